@@ -1,0 +1,3 @@
+from statsd_gateway.cli import main
+
+raise SystemExit(main())
