@@ -1,0 +1,272 @@
+"""Per-interval state per series, and the swap that hands a finished interval to the flusher.
+
+Contract:
+- `add_samples()` runs on the event loop and never blocks or raises for bad input: it returns the
+  rejects by reason. Buckets are aligned to wall-clock multiples of the flush interval; a sample
+  with its own timestamp lands in its own bucket.
+- `swap()` moves everything in memory into a numbered Snapshot (the only point where the live maps
+  change hands); `finish_snapshot()` turns a snapshot into BucketRows off the loop; `release()`
+  forgets a snapshot once the store holds it. Until then queries still see it (`collect()`).
+- The clock is injected: tests own time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from statsd_gateway import sketch
+from statsd_gateway.model import FUTURE_MAX_SECONDS, BucketRow, MetricType, SeriesKey, Tags
+from statsd_gateway.protocol import Sample
+
+# Reject reasons raised here (the parser's are in protocol.py).
+TYPE_CONFLICT = "type_conflict"
+CARDINALITY_LIMIT = "cardinality_limit"
+TIMESTAMP_TOO_OLD = "timestamp_too_old"
+TIMESTAMP_IN_FUTURE = "timestamp_in_future"
+INVALID_MEMBER = "invalid_value"
+AGGREGATOR_REJECT_REASONS = (TYPE_CONFLICT, CARDINALITY_LIMIT, TIMESTAMP_TOO_OLD, TIMESTAMP_IN_FUTURE)
+
+
+class Acc:
+    """Running aggregate of one series in one bucket."""
+
+    __slots__ = ("count", "last", "last_ts", "max", "members", "min", "sum", "type", "values", "weights")
+
+    def __init__(self, mtype: MetricType) -> None:
+        self.type = mtype
+        self.count = 0.0
+        self.sum = 0.0
+        self.min = math.inf
+        self.max = -math.inf
+        self.last: float | None = None
+        self.last_ts = -math.inf
+        self.values: list[float] | None = [] if mtype.has_sketch else None
+        self.weights: list[float] | None = None  # only once a sample rate < 1 arrives
+        self.members: set[str] | None = set() if mtype is MetricType.SET else None
+
+    def copy(self) -> Acc:
+        c = Acc.__new__(Acc)
+        c.type, c.count, c.sum, c.min, c.max = self.type, self.count, self.sum, self.min, self.max
+        c.last, c.last_ts = self.last, self.last_ts
+        c.values = None if self.values is None else list(self.values)
+        c.weights = None if self.weights is None else list(self.weights)
+        c.members = None if self.members is None else set(self.members)
+        return c
+
+
+Buckets = dict[float, dict[SeriesKey, Acc]]
+
+
+@dataclass(slots=True)
+class Snapshot:
+    seq: int
+    buckets: Buckets = field(default_factory=dict)
+
+    def series_count(self) -> int:
+        return sum(len(m) for m in self.buckets.values())
+
+
+class SeriesRegistry:
+    """Types per (tenant, name) and known series per tenant, seeded from the store at start."""
+
+    def __init__(self) -> None:
+        self.types: dict[tuple[str, str], MetricType] = {}
+        self.series: dict[str, set[tuple[str, Tags]]] = {}
+
+    def add(self, tenant: str, name: str, tags: Tags, mtype: MetricType) -> None:
+        self.types.setdefault((tenant, name), mtype)
+        self.series.setdefault(tenant, set()).add((name, tags))
+
+
+class IntervalAggregator:
+    def __init__(
+        self,
+        *,
+        interval: float,
+        clock: Callable[[], float],
+        registry: SeriesRegistry,
+        max_series_per_tenant: int,
+        max_backdate: float,
+        first_seq: int = 1,
+    ) -> None:
+        self.interval = interval
+        self.clock = clock
+        self.registry = registry
+        self.max_series_per_tenant = max_series_per_tenant
+        self.max_backdate = max_backdate
+        self._live: Buckets = {}
+        self._pending: list[Snapshot] = []
+        self._next_seq = first_seq
+        self._gauges: dict[SeriesKey, float] = {}
+
+    def bucket_of(self, t: float) -> float:
+        i = self.interval
+        b = math.floor(t / i) * i
+        return float(round(b, 6))
+
+    def add_samples(self, tenant: str, samples: Iterable[Sample]) -> list[tuple[int, str]]:
+        """Adds samples; returns (index, reason) of each rejected one."""
+        now = self.clock()
+        bucket_now = self.bucket_of(now)
+        rejects: list[tuple[int, str]] = []
+        live = self._live
+        current = live.get(bucket_now)
+        if current is None:
+            current = live[bucket_now] = {}
+        # Hot loop: inlined on purpose; UDP lines pass here one by one.
+        for i, (name, tags, mtype, value, rate, ts, delta) in enumerate(samples):
+            if ts is None:
+                t = now
+                m = current
+            else:
+                if ts > now + FUTURE_MAX_SECONDS:
+                    rejects.append((i, TIMESTAMP_IN_FUTURE))
+                    continue
+                if ts < now - self.max_backdate:
+                    rejects.append((i, TIMESTAMP_TOO_OLD))
+                    continue
+                t = ts
+                b = self.bucket_of(ts)
+                m = live.get(b)  # type: ignore[assignment]
+                if m is None:
+                    m = live[b] = {}
+            key = (tenant, name, tags)
+            acc = m.get(key)
+            if acc is None:
+                reason = self._admit(tenant, name, tags, mtype)
+                if reason is not None:
+                    rejects.append((i, reason))
+                    continue
+                acc = m[key] = Acc(mtype)
+            elif acc.type is not mtype:
+                rejects.append((i, TYPE_CONFLICT))
+                continue
+            if mtype is MetricType.SET:
+                acc.members.add(str(value))  # type: ignore[union-attr]
+                acc.count += 1.0
+                continue
+            v = float(value)
+            if mtype is MetricType.GAUGE:
+                if delta:
+                    v = self._gauges.get(key, 0.0) + v
+                self._gauges[key] = v
+                if t >= acc.last_ts:
+                    acc.last, acc.last_ts = v, t
+                rate = 1.0
+            if rate == 1.0:
+                acc.count += 1.0
+                acc.sum += v
+                if acc.values is not None:
+                    acc.values.append(v)
+                    if acc.weights is not None:
+                        acc.weights.append(1.0)
+            else:
+                w = 1.0 / rate
+                acc.count += w
+                acc.sum += v * w
+                if acc.values is not None:
+                    if acc.weights is None:
+                        acc.weights = [1.0] * len(acc.values)
+                    acc.values.append(v)
+                    acc.weights.append(w)
+            if v < acc.min:
+                acc.min = v
+            if v > acc.max:
+                acc.max = v
+        return rejects
+
+    def _admit(self, tenant: str, name: str, tags: Tags, mtype: MetricType) -> str | None:
+        reg = self.registry
+        known = reg.types.get((tenant, name))
+        if known is not None and known is not mtype:
+            return TYPE_CONFLICT
+        series = reg.series.get(tenant)
+        if series is None or (name, tags) not in series:
+            if series is not None and len(series) >= self.max_series_per_tenant:
+                return CARDINALITY_LIMIT
+            reg.add(tenant, name, tags, mtype)
+        return None
+
+    def swap(self) -> Snapshot:
+        """Moves the live interval into a new pending snapshot (on the event loop, O(1))."""
+        snap = Snapshot(self._next_seq, self._live)
+        self._next_seq += 1
+        self._live = {}
+        self._pending.append(snap)
+        return snap
+
+    @property
+    def pending(self) -> list[Snapshot]:
+        return list(self._pending)
+
+    def release(self, snap: Snapshot) -> None:
+        self._pending.remove(snap)
+
+    def drop_oldest_pending(self) -> Snapshot:
+        return self._pending.pop(0)
+
+    def collect(self, tenant: str, name: str) -> list[tuple[int, float, SeriesKey, Acc]]:
+        """Copies of the in-memory accumulators of one metric, each with the seq of the snapshot
+        it belongs to (the live interval carries the next seq)."""
+        out: list[tuple[int, float, SeriesKey, Acc]] = []
+        sources = [(s.seq, s.buckets) for s in self._pending]
+        sources.append((self._next_seq, self._live))
+        for seq, buckets in sources:
+            for ts, m in buckets.items():
+                for key, acc in m.items():
+                    if key[1] == name and key[0] == tenant:
+                        out.append((seq, ts, key, acc.copy()))
+        return out
+
+
+def finish(entries: list[tuple[float, SeriesKey, Acc]]) -> list[BucketRow]:
+    """Accumulators → BucketRows, binning every sketch value of the batch in one numpy pass."""
+    rows: list[BucketRow] = []
+    sketched: list[tuple[BucketRow, Acc]] = []
+    for ts, key, acc in entries:
+        if acc.count == 0 and not acc.members:
+            continue
+        row = BucketRow(
+            ts=ts,
+            key=key,
+            type=acc.type,
+            count=acc.count,
+            sum=acc.sum,
+            min=None if acc.type is MetricType.SET else acc.min,
+            max=None if acc.type is MetricType.SET else acc.max,
+            last=acc.last,
+            last_ts=None if acc.last is None else acc.last_ts,
+        )
+        if acc.type is MetricType.SET:
+            row.sum = 0.0
+            row.hll = sketch.hll_from_members(acc.members or ())
+        elif acc.values:
+            sketched.append((row, acc))
+        rows.append(row)
+    if sketched:
+        values: list[float] = []
+        weights: list[float] = []
+        any_weight = any(acc.weights is not None for _, acc in sketched)
+        offsets = [0]
+        for _, acc in sketched:
+            vals = acc.values or []
+            values.extend(vals)
+            if any_weight:
+                weights.extend(acc.weights if acc.weights is not None else [1.0] * len(vals))
+            offsets.append(len(values))
+        bins = sketch.bin_groups(
+            np.asarray(values, dtype=np.float64),
+            np.asarray(weights, dtype=np.float64) if any_weight else None,
+            np.asarray(offsets, dtype=np.int64),
+        )
+        for (row, _), b in zip(sketched, bins, strict=True):
+            row.sketch = b
+    return rows
+
+
+def finish_snapshot(snap: Snapshot) -> list[BucketRow]:
+    return finish([(ts, key, acc) for ts, m in snap.buckets.items() for key, acc in m.items()])

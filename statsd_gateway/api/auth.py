@@ -1,0 +1,46 @@
+"""API keys and the principal a request acts as."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from statsd_gateway.config import ApiKey
+from statsd_gateway.errors import PermissionDenied
+
+
+class KeyRing:
+    """API keys by SHA-256; a presented key is hashed and compared in constant time."""
+
+    def __init__(self, keys: tuple[ApiKey, ...]) -> None:
+        self.keys = keys
+
+    def lookup(self, presented: str) -> ApiKey | None:
+        digest = hashlib.sha256(presented.encode("utf-8")).hexdigest()
+        found = None
+        for k in self.keys:
+            if hmac.compare_digest(k.sha256, digest):
+                found = k
+        return found
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    name: str
+    tenant: str
+    scopes: frozenset[str]
+
+
+PRINCIPAL = "statsd_gateway.principal"
+
+
+def require(request: web.Request, scope: str) -> Principal:
+    p: Principal = request[PRINCIPAL]
+    if scope not in p.scopes:
+        raise PermissionDenied(f"the key {p.name!r} lacks the {scope!r} scope")
+    return p
+
+

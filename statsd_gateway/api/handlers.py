@@ -1,0 +1,168 @@
+"""Thin handlers: validate, call the stage that does the work, shape the JSON."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from statsd_gateway.aggregator import CARDINALITY_LIMIT, TYPE_CONFLICT
+from statsd_gateway.api.auth import KeyRing, require
+from statsd_gateway.api.schemas import parse_point
+from statsd_gateway.errors import (
+    CardinalityLimit,
+    GatewayError,
+    InvalidArgument,
+    PayloadTooLarge,
+    TypeConflict,
+    Unavailable,
+)
+from statsd_gateway.ingest import Ingest
+from statsd_gateway.protocol import Sample
+from statsd_gateway.query import QueryEngine, parse_query
+from statsd_gateway.telemetry import Telemetry
+
+
+class GatewayServices(Protocol):
+    """What the handlers need of the composition root."""
+
+    keyring: KeyRing
+    ingest: Ingest
+    query_engine: QueryEngine
+    telemetry: Telemetry
+    max_body_bytes: int
+    max_batch_points: int
+    max_query_points: int
+
+    def now(self) -> float: ...
+
+    def readiness(self) -> list[str]: ...
+
+    def metrics_of(self, tenant: str) -> list[dict[str, Any]]: ...
+
+
+SERVICES = web.AppKey("services", GatewayServices)
+_REASON_ERRORS: dict[str, type[GatewayError]] = {
+    TYPE_CONFLICT: TypeConflict,
+    CARDINALITY_LIMIT: CardinalityLimit,
+}
+_REASON_MESSAGES = {
+    TYPE_CONFLICT: "the metric already exists with another type",
+    CARDINALITY_LIMIT: "the tenant has reached its series limit; new series are refused",
+    "timestamp_too_old": "timestamp is older than the finest tier's retention",
+    "timestamp_in_future": "timestamp is more than 10 minutes in the future",
+}
+_REASON_FIELDS = {"timestamp_too_old": "timestamp", "timestamp_in_future": "timestamp"}
+
+
+def reason_error(reason: str, prefix: str = "") -> GatewayError:
+    cls = _REASON_ERRORS.get(reason, InvalidArgument)
+    field = _REASON_FIELDS.get(reason)
+    return cls(_REASON_MESSAGES.get(reason, reason), prefix + field if field else None)
+
+
+async def _json_body(request: web.Request) -> Any:
+    svc = request.app[SERVICES]
+    if request.content_length is not None and request.content_length > svc.max_body_bytes:
+        raise PayloadTooLarge(f"the body is over {svc.max_body_bytes} bytes", "body")
+    ctype = request.content_type
+    if ctype not in ("application/json", "") and not ctype.endswith("+json"):
+        raise InvalidArgument("the body must be JSON (Content-Type: application/json)", "body")
+    raw = await request.read()
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidArgument("the body is not valid JSON", "body") from None
+
+
+def _count_http(svc: GatewayServices, request: web.Request, points: int) -> None:
+    t = svc.telemetry
+    t.packets["http"] += 1
+    t.bytes["http"] += request.content_length or 0
+    t.lines["http"] += points
+
+
+async def report(request: web.Request) -> web.Response:
+    svc = request.app[SERVICES]
+    principal = require(request, "write")
+    body = await _json_body(request)
+    _count_http(svc, request, 1)
+    try:
+        sample = parse_point(body, extra=frozenset({"idempotency_key"}))
+    except GatewayError as e:
+        svc.telemetry.reject("http", "invalid_point")
+        raise e
+    rejects = svc.ingest.samples(principal.tenant, [sample], "http")
+    if rejects:
+        raise reason_error(rejects[0][1])
+    return web.json_response({"ok": True})
+
+
+async def batch(request: web.Request) -> web.Response:
+    svc = request.app[SERVICES]
+    principal = require(request, "write")
+    body = await _json_body(request)
+    if not isinstance(body, dict):
+        raise InvalidArgument("the body must be an object with a points list", "body")
+    for k in body:
+        if k not in ("points", "idempotency_key"):
+            raise InvalidArgument(f"unknown field {k!r}", k)
+    points = body.get("points")
+    if not isinstance(points, list):
+        raise InvalidArgument("points must be a list", "points")
+    if len(points) > svc.max_batch_points:
+        raise InvalidArgument(f"a batch holds at most {svc.max_batch_points} points", "points")
+    _count_http(svc, request, len(points))
+    errors: list[dict[str, Any]] = []
+    samples: list[Sample] = []
+    positions: list[int] = []
+    for i, obj in enumerate(points):
+        try:
+            samples.append(parse_point(obj, prefix=f"points[{i}]."))
+            positions.append(i)
+        except GatewayError as e:
+            svc.telemetry.reject("http", "invalid_point")
+            errors.append({"index": i, "code": e.code, "message": e.message, "field": e.field})
+    for j, reason in svc.ingest.samples(principal.tenant, samples, "http"):
+        i = positions[j]
+        e = reason_error(reason, prefix=f"points[{i}].")
+        errors.append({"index": i, "code": e.code, "message": e.message, "field": e.field})
+    errors.sort(key=lambda e: int(e["index"]))
+    return web.json_response(
+        {
+            "ok": not errors,
+            "accepted": len(points) - len(errors),
+            "rejected": len(errors),
+            "errors": errors,
+        }
+    )
+
+
+async def query(request: web.Request) -> web.Response:
+    svc = request.app[SERVICES]
+    principal = require(request, "read")
+    spec = parse_query(request.query, svc.now(), svc.max_query_points)
+    return web.json_response(await svc.query_engine.run(principal.tenant, spec))
+
+
+async def list_metrics(request: web.Request) -> web.Response:
+    svc = request.app[SERVICES]
+    principal = require(request, "read")
+    return web.json_response({"ok": True, "metrics": svc.metrics_of(principal.tenant)})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    problems = request.app[SERVICES].readiness()
+    if problems:
+        raise Unavailable("; ".join(problems))
+    return web.json_response({"ok": True})
+
+
+async def prometheus(request: web.Request) -> web.Response:
+    body = request.app[SERVICES].telemetry.render()
+    return web.Response(body=body, content_type="text/plain", charset="utf-8")

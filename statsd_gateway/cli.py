@@ -1,0 +1,145 @@
+"""Command line: serve, check-config, keygen, query. Signals and logging are set up here."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import secrets
+import signal
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Sequence
+
+from statsd_gateway.config import Config, hash_key, load_config
+from statsd_gateway.errors import ConfigError
+from statsd_gateway.gateway import Gateway
+from statsd_gateway.store import StoreError
+
+log = logging.getLogger("statsd_gateway")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+async def _serve(config: Config) -> int:
+    gateway = Gateway(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await gateway.start()
+    except (StoreError, OSError) as e:
+        log.error("cannot start: %s", e)
+        await gateway.stop()
+        return 1
+    await stop.wait()
+    log.info("stopping: flushing what is in memory")
+    await gateway.stop()
+    log.info("stopped")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config) if args.config else Config()
+    except ConfigError as e:
+        print(f"statsd-gateway: bad config: {e}", file=sys.stderr)
+        return 2
+    _setup_logging(config.log.level)
+    try:
+        import uvloop
+
+        return int(uvloop.run(_serve(config)))
+    except ImportError:  # pragma: no cover - uvloop is a dependency; plain asyncio still works
+        return asyncio.run(_serve(config))
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        load_config(args.file)
+    except ConfigError as e:
+        print(f"{args.file}: {e}", file=sys.stderr)
+        return 1
+    print(f"{args.file}: ok")
+    return 0
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    key = "sgw_" + secrets.token_urlsafe(32)
+    print(f"key: {key}")
+    print("config entry (the key itself is not stored):")
+    print("auth:")
+    print("  keys:")
+    print(f"    - name: {args.name}")
+    print(f"      sha256: {hash_key(key)}")
+    print(f"      tenant: {args.tenant}")
+    print("      scopes: [read, write]")
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    params = {"name": args.name, "agg": args.agg}
+    for k in ("tags", "window", "since", "until", "group_by"):
+        if getattr(args, k):
+            params[k] = getattr(args, k)
+    url = args.url.rstrip("/") + "/v1/metrics/query?" + urllib.parse.urlencode(params)
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {args.key}"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            body = json.load(resp)
+    except urllib.error.HTTPError as e:
+        err = json.load(e).get("error", {})
+        print(f"error {e.code} {err.get('code')}: {err.get('message')}", file=sys.stderr)
+        return 1
+    except urllib.error.URLError as e:
+        print(f"cannot reach {args.url}: {e.reason}", file=sys.stderr)
+        return 1
+    series = body.get("series") or [{"tags": body.get("tags", {}), "points": body["points"]}]
+    print(f"{'timestamp':>12}  {'value':>16}  tags")
+    for s in series:
+        tags = ",".join(f"{k}:{v}" for k, v in s["tags"].items())
+        for p in s["points"]:
+            print(f"{p['timestamp']:>12}  {p['value']:>16}  {tags}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="statsd-gateway", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="run the daemon")
+    s.add_argument("--config", help="YAML config file (default: embedded defaults)")
+    s.set_defaults(func=cmd_serve)
+    c = sub.add_parser("check-config", help="validate a config file and exit")
+    c.add_argument("file")
+    c.set_defaults(func=cmd_check_config)
+    k = sub.add_parser("keygen", help="print a new API key and its config entry")
+    k.add_argument("--name", default="my-key")
+    k.add_argument("--tenant", default="default")
+    k.set_defaults(func=cmd_keygen)
+    q = sub.add_parser("query", help="query a running daemon and print a table")
+    q.add_argument("name")
+    q.add_argument("agg")
+    q.add_argument("--url", default="http://127.0.0.1:8080")
+    q.add_argument("--key", required=True)
+    q.add_argument("--tags")
+    q.add_argument("--window")
+    q.add_argument("--since")
+    q.add_argument("--until")
+    q.add_argument("--group-by", dest="group_by")
+    q.set_defaults(func=cmd_query)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))

@@ -1,0 +1,294 @@
+"""Configuration: frozen dataclasses parsed strictly from YAML text.
+
+Every default lives in the dataclass fields below, and only there. Unknown keys and bad values
+raise ConfigError naming the key's path (`udp.listen`, `auth.keys[0].sha256`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from statsd_gateway.errors import ConfigError
+
+SCOPES = frozenset({"read", "write"})
+LOG_LEVELS = ("debug", "info", "warning", "error")
+_DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+def parse_duration(text: str | int | float) -> float:
+    """`10s`, `500ms`, `1m`, `1h`, `1d`, or a plain number of seconds → seconds."""
+    if isinstance(text, bool):
+        raise ValueError("expected a duration such as 10s, 500ms or 1m")
+    if isinstance(text, int | float):
+        seconds = float(text)
+    else:
+        m = _DURATION_RE.match(text.strip())
+        if not m:
+            raise ValueError(f"{text!r} is not a duration such as 10s, 500ms or 1m")
+        seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    if seconds <= 0:
+        raise ValueError("a duration must be positive")
+    return seconds
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """`host:port` or `[v6]:port` → (host, port); port 0 means any free port."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{text!r} is not host:port (use [::1]:8125 for IPv6)")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
+
+
+@dataclass(frozen=True, kw_only=True)
+class UdpConfig:
+    enabled: bool = True
+    listen: str = "127.0.0.1:8125"
+    tenant: str = "default"
+    queue_size: int = 65536  # datagrams waiting to be parsed; beyond it they are dropped and counted
+    read_buffer: int = 8 * 1024 * 1024  # SO_RCVBUF asked of the kernel, in bytes
+
+
+@dataclass(frozen=True, kw_only=True)
+class HttpConfig:
+    listen: str = "127.0.0.1:8080"
+    max_body_bytes: int = 5 * 1024 * 1024
+    max_batch_points: int = 10_000
+
+
+@dataclass(frozen=True, kw_only=True)
+class StorageConfig:
+    path: str = "./data/metrics.db"
+
+
+@dataclass(frozen=True, kw_only=True)
+class AggregationConfig:
+    flush_interval: float = 10.0
+    max_series_per_tenant: int = 100_000
+
+
+@dataclass(frozen=True, kw_only=True)
+class QueryConfig:
+    max_points: int = 10_000
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class ApiKey:
+    name: str
+    sha256: str
+    tenant: str = "default"
+    scopes: tuple[str, ...] = ("read", "write")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuthConfig:
+    keys: tuple[ApiKey, ...] = ()
+    # Where the generated key goes when `keys` is empty; default: api-key beside the database.
+    key_file: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class LogConfig:
+    level: str = "info"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    udp: UdpConfig = field(default_factory=UdpConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    aggregation: AggregationConfig = field(default_factory=AggregationConfig)
+    query: QueryConfig = field(default_factory=QueryConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    @property
+    def key_file(self) -> Path:
+        if self.auth.key_file:
+            return Path(self.auth.key_file)
+        return Path(self.storage.path).parent / "api-key"
+
+
+def _mapping(value: Any, path: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(path, "expected a mapping")
+    for k in value:
+        if not isinstance(k, str):
+            raise ConfigError(path, f"keys must be strings, got {k!r}")
+    return value
+
+
+def _check_keys(data: dict[str, Any], cls: type, path: str) -> None:
+    known = {f.name for f in dataclasses.fields(cls)}
+    for k in data:
+        if k not in known:
+            where = f"{path}.{k}" if path else k
+            raise ConfigError(where, f"unknown key (known: {', '.join(sorted(known))})")
+
+
+def _str(v: Any, path: str, *, empty: bool = False) -> str:
+    if not isinstance(v, str) or (not empty and not v):
+        raise ConfigError(path, "expected a non-empty string")
+    return v
+
+
+def _int(v: Any, path: str, minimum: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+        raise ConfigError(path, f"expected an integer >= {minimum}")
+    return v
+
+
+def _bool(v: Any, path: str) -> bool:
+    if not isinstance(v, bool):
+        raise ConfigError(path, "expected true or false")
+    return v
+
+
+def _duration(v: Any, path: str) -> float:
+    try:
+        return parse_duration(v)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(path, str(e)) from None
+
+
+def _listen(v: Any, path: str) -> str:
+    s = _str(v, path)
+    try:
+        parse_listen(s)
+    except ValueError as e:
+        raise ConfigError(path, str(e)) from None
+    return s
+
+
+def _api_key(v: Any, path: str) -> ApiKey:
+    d = _mapping(v, path)
+    _check_keys(d, ApiKey, path)
+    for required in ("name", "sha256"):
+        if required not in d:
+            raise ConfigError(f"{path}.{required}", "required")
+    sha = _str(d["sha256"], f"{path}.sha256").lower()
+    if not _SHA256_RE.match(sha):
+        raise ConfigError(f"{path}.sha256", "expected 64 hex digits (statsd-gateway keygen)")
+    scopes = d.get("scopes", ["read", "write"])
+    if not isinstance(scopes, list) or not scopes:
+        raise ConfigError(f"{path}.scopes", "expected a non-empty list of read, write")
+    for i, s in enumerate(scopes):
+        if s not in SCOPES:
+            raise ConfigError(f"{path}.scopes[{i}]", f"unknown scope {s!r} (read, write)")
+    return ApiKey(
+        name=_str(d["name"], f"{path}.name"),
+        sha256=sha,
+        tenant=_str(d.get("tenant", "default"), f"{path}.tenant"),
+        scopes=tuple(scopes),
+    )
+
+
+def _section(raw: dict[str, Any], name: str, cls: type) -> dict[str, Any]:
+    d = _mapping(raw.get(name), name)
+    _check_keys(d, cls, name)
+    return d
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    raw = _mapping(raw, "")
+    _check_keys(raw, Config, "")
+    u = _section(raw, "udp", UdpConfig)
+    h = _section(raw, "http", HttpConfig)
+    s = _section(raw, "storage", StorageConfig)
+    a = _section(raw, "aggregation", AggregationConfig)
+    q = _section(raw, "query", QueryConfig)
+    au = _section(raw, "auth", AuthConfig)
+    lg = _section(raw, "log", LogConfig)
+
+    udp_d, http_d, agg_d, q_d = UdpConfig(), HttpConfig(), AggregationConfig(), QueryConfig()
+    udp = UdpConfig(
+        enabled=_bool(u.get("enabled", udp_d.enabled), "udp.enabled"),
+        listen=_listen(u.get("listen", udp_d.listen), "udp.listen"),
+        tenant=_str(u.get("tenant", udp_d.tenant), "udp.tenant"),
+        queue_size=_int(u.get("queue_size", udp_d.queue_size), "udp.queue_size", 1),
+        read_buffer=_int(u.get("read_buffer", udp_d.read_buffer), "udp.read_buffer", 0),
+    )
+    http = HttpConfig(
+        listen=_listen(h.get("listen", http_d.listen), "http.listen"),
+        max_body_bytes=_int(
+            h.get("max_body_bytes", http_d.max_body_bytes), "http.max_body_bytes", 1024
+        ),
+        max_batch_points=_int(
+            h.get("max_batch_points", http_d.max_batch_points), "http.max_batch_points", 1
+        ),
+    )
+    storage = StorageConfig(path=_str(s.get("path", StorageConfig().path), "storage.path"))
+    aggregation = AggregationConfig(
+        flush_interval=_duration(
+            a.get("flush_interval", agg_d.flush_interval), "aggregation.flush_interval"
+        ),
+        max_series_per_tenant=_int(
+            a.get("max_series_per_tenant", agg_d.max_series_per_tenant),
+            "aggregation.max_series_per_tenant",
+            1,
+        ),
+    )
+    query = QueryConfig(
+        max_points=_int(q.get("max_points", q_d.max_points), "query.max_points", 1),
+        timeout=_duration(q.get("timeout", q_d.timeout), "query.timeout"),
+    )
+    keys_raw = au.get("keys", [])
+    if keys_raw is None:
+        keys_raw = []
+    if not isinstance(keys_raw, list):
+        raise ConfigError("auth.keys", "expected a list")
+    keys = tuple(_api_key(k, f"auth.keys[{i}]") for i, k in enumerate(keys_raw))
+    seen: set[str] = set()
+    for i, k in enumerate(keys):
+        if k.sha256 in seen:
+            raise ConfigError(f"auth.keys[{i}].sha256", "the same key is listed twice")
+        seen.add(k.sha256)
+    key_file = au.get("key_file")
+    auth = AuthConfig(
+        keys=keys, key_file=None if key_file is None else _str(key_file, "auth.key_file")
+    )
+    level = lg.get("level", LogConfig().level)
+    if level not in LOG_LEVELS:
+        raise ConfigError("log.level", f"expected one of {', '.join(LOG_LEVELS)}")
+    return Config(
+        udp=udp,
+        http=http,
+        storage=storage,
+        aggregation=aggregation,
+        query=query,
+        auth=auth,
+        log=LogConfig(level=level),
+    )
+
+
+def parse_config(text: str) -> Config:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError("", f"not valid YAML: {e}") from None
+    return config_from_dict(raw if raw is not None else {})
+
+
+def load_config(path: str | Path) -> Config:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError("", f"cannot read {path}: {e.strerror}") from None
+    return parse_config(text)
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()

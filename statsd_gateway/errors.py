@@ -1,0 +1,106 @@
+"""The exception tree; every API error is one of these, rendered as one JSON envelope.
+
+    GatewayError                 500 INTERNAL
+    ├── InvalidArgument          400 INVALID_ARGUMENT
+    │   └── QueryTooLarge        400 INVALID_ARGUMENT (answer would exceed the points limit)
+    ├── Unauthenticated          401 UNAUTHENTICATED
+    ├── PermissionDenied         403 PERMISSION_DENIED
+    ├── NotFound                 404 NOT_FOUND (unknown path)
+    ├── MetricNotFound           404 METRIC_NOT_FOUND
+    ├── MethodNotAllowed         405 METHOD_NOT_ALLOWED
+    ├── TypeConflict             409 TYPE_CONFLICT
+    ├── IdempotencyKeyReused     409 IDEMPOTENCY_KEY_REUSED
+    ├── PayloadTooLarge          413 PAYLOAD_TOO_LARGE
+    ├── CardinalityLimit         429 CARDINALITY_LIMIT
+    └── Unavailable              503 UNAVAILABLE
+
+ConfigError is separate: it stops a start and names the offending key; it never reaches HTTP.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class GatewayError(Exception):
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "INTERNAL"
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+    def envelope(self) -> dict[str, Any]:
+        return error_envelope(self.code, self.message, self.field)
+
+
+def error_envelope(code: str, message: str, field: str | None = None) -> dict[str, Any]:
+    return {"ok": False, "error": {"code": code, "message": message, "field": field}}
+
+
+class InvalidArgument(GatewayError):
+    status = 400
+    code = "INVALID_ARGUMENT"
+
+
+class QueryTooLarge(InvalidArgument):
+    pass
+
+
+class Unauthenticated(GatewayError):
+    status = 401
+    code = "UNAUTHENTICATED"
+
+
+class PermissionDenied(GatewayError):
+    status = 403
+    code = "PERMISSION_DENIED"
+
+
+class NotFound(GatewayError):
+    status = 404
+    code = "NOT_FOUND"
+
+
+class MetricNotFound(GatewayError):
+    status = 404
+    code = "METRIC_NOT_FOUND"
+
+
+class MethodNotAllowed(GatewayError):
+    status = 405
+    code = "METHOD_NOT_ALLOWED"
+
+
+class TypeConflict(GatewayError):
+    status = 409
+    code = "TYPE_CONFLICT"
+
+
+class IdempotencyKeyReused(GatewayError):
+    status = 409
+    code = "IDEMPOTENCY_KEY_REUSED"
+
+
+class PayloadTooLarge(GatewayError):
+    status = 413
+    code = "PAYLOAD_TOO_LARGE"
+
+
+class CardinalityLimit(GatewayError):
+    status = 429
+    code = "CARDINALITY_LIMIT"
+
+
+class Unavailable(GatewayError):
+    status = 503
+    code = "UNAVAILABLE"
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; the message starts with the offending key's path."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}" if path else message)
+        self.path = path

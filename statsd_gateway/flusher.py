@@ -1,0 +1,102 @@
+"""Aligned flush ticks: swap the live interval, finish it off the loop, write it, release it.
+
+A flush is swap → finish → write → release, each timed. A failed write is logged and counted; the
+snapshot stays pending (queries still see it) and is retried on the next tick, oldest first. At
+most `max_pending` snapshots wait: past that the oldest is dropped and counted, so memory stays
+bounded while the store is down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable
+
+from statsd_gateway.aggregator import IntervalAggregator, Snapshot, finish_snapshot
+from statsd_gateway.store import SqliteStore
+from statsd_gateway.telemetry import Telemetry
+
+log = logging.getLogger(__name__)
+
+
+class Flusher:
+    def __init__(
+        self,
+        aggregator: IntervalAggregator,
+        store: SqliteStore,
+        telemetry: Telemetry,
+        *,
+        clock: Callable[[], float] = time.time,
+        max_pending: int = 360,
+    ) -> None:
+        self.aggregator = aggregator
+        self.store = store
+        self.telemetry = telemetry
+        self.clock = clock
+        self.max_pending = max_pending
+        self.last_flush_ok: float | None = None
+        self.last_error: str | None = None
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+
+    def seconds_to_next_tick(self) -> float:
+        i = self.aggregator.interval
+        now = self.clock()
+        return (math.floor(now / i) + 1) * i - now
+
+    async def run(self) -> None:
+        """Flushes at every wall-clock multiple of the interval until cancelled."""
+        while True:
+            await asyncio.sleep(self.seconds_to_next_tick())
+            await self.flush()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run(), name="flusher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    async def flush(self) -> bool:
+        """Swaps the live interval and writes every pending snapshot. True if all were written."""
+        async with self._lock:
+            self.aggregator.swap()
+            pending = self.aggregator.pending
+            while len(pending) > self.max_pending:
+                dropped = self.aggregator.drop_oldest_pending()
+                pending.remove(dropped)
+                self.telemetry.flush_dropped_series += dropped.series_count()
+                log.error("dropped a pending flush of %d series", dropped.series_count())
+            for snap in pending:
+                if not await self._write(snap):
+                    return False
+            return True
+
+    async def _write(self, snap: Snapshot) -> bool:
+        started = time.perf_counter()
+        try:
+            n = await self.store.run_write(lambda: self._finish_and_write(snap))
+        except Exception as e:
+            self.telemetry.flush_errors += 1
+            self.last_error = str(e)
+            log.error("flush failed, will retry: %s", e)
+            return False
+        self.aggregator.release(snap)
+        self.telemetry.flushes += 1
+        self.telemetry.flushed_rows += n
+        self.telemetry.last_flush_seconds = time.perf_counter() - started
+        self.last_flush_ok = self.clock()
+        self.last_error = None
+        return True
+
+    def _finish_and_write(self, snap: Snapshot) -> int:
+        rows = finish_snapshot(snap)
+        self.store.write_rows(rows, flushed_seq=snap.seq)
+        return len(rows)

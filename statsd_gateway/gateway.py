@@ -1,0 +1,166 @@
+"""The composition root: builds every stage from a Config; start() binds, stop() drains.
+
+stop() order: stop listening (UDP queue drained into the aggregator), stop HTTP, final flush of
+everything in memory, close the store. Nothing received before stop() is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from statsd_gateway.aggregator import IntervalAggregator, SeriesRegistry
+from statsd_gateway.api.app import create_app
+from statsd_gateway.api.auth import KeyRing
+from statsd_gateway.config import ApiKey, Config, hash_key, parse_listen
+from statsd_gateway.flusher import Flusher
+from statsd_gateway.ingest import Ingest
+from statsd_gateway.query import QueryEngine
+from statsd_gateway.store import SqliteStore
+from statsd_gateway.telemetry import Telemetry
+from statsd_gateway.udp import UdpListener
+
+log = logging.getLogger(__name__)
+
+# Points may be back-dated as far as the finest tier's retention (DESIGN.md §2).
+MAX_BACKDATE_SECONDS = 6 * 3600.0
+
+
+def ensure_generated_key(path: Path) -> str:
+    """Returns the key stored at `path`, creating it (mode 0600) on first use."""
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = "sgw_" + secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(key + "\n")
+    log.info("created an API key for tenant 'default' in %s", path)
+    return key
+
+
+class Gateway:
+    def __init__(self, config: Config, *, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.clock = clock
+        self.telemetry = Telemetry()
+        self.store = SqliteStore(config.storage.path, read_timeout=config.query.timeout)
+        self.registry = SeriesRegistry()
+        self.max_body_bytes = config.http.max_body_bytes
+        self.max_batch_points = config.http.max_batch_points
+        self.max_query_points = config.query.max_points
+        self.keyring = KeyRing(())
+        self.udp: UdpListener | None = None
+        self.udp_address: tuple[str, int] | None = None
+        self.http_address: tuple[str, int] | None = None
+        self._runner: web.AppRunner | None = None
+        self._store_open = False
+
+    def now(self) -> float:
+        return self.clock()
+
+    async def start(self) -> None:
+        cfg = self.config
+        self._setup_keys()
+        for info in await asyncio.to_thread(self.store.open):
+            self.registry.add(info.tenant, info.name, info.tags, info.type)
+        self._store_open = True
+        first_seq = await asyncio.to_thread(self.store.flushed_seq) + 1
+        self.aggregator = IntervalAggregator(
+            interval=cfg.aggregation.flush_interval,
+            clock=self.clock,
+            registry=self.registry,
+            max_series_per_tenant=cfg.aggregation.max_series_per_tenant,
+            max_backdate=MAX_BACKDATE_SECONDS,
+            first_seq=first_seq,
+        )
+        self.ingest = Ingest(self.aggregator, self.telemetry)
+        self.flusher = Flusher(self.aggregator, self.store, self.telemetry, clock=self.clock)
+        self.query_engine = QueryEngine(self.store, self.aggregator)
+        self.telemetry.pending_flushes = lambda: len(self.aggregator.pending)
+        self.telemetry.series_count = lambda: sum(len(s) for s in self.registry.series.values())
+
+        if cfg.udp.enabled:
+            self.udp = UdpListener(
+                self.ingest,
+                self.telemetry,
+                tenant=cfg.udp.tenant,
+                queue_size=cfg.udp.queue_size,
+                read_buffer=cfg.udp.read_buffer,
+            )
+            self.udp_address = await self.udp.start(*parse_listen(cfg.udp.listen))
+            log.info("listening udp %s", _fmt(self.udp_address))
+
+        app = create_app(self, max_body_bytes=cfg.http.max_body_bytes)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        host, port = parse_listen(cfg.http.listen)
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        server = site._server
+        assert server is not None and server.sockets  # type: ignore[attr-defined]
+        addr = server.sockets[0].getsockname()  # type: ignore[attr-defined]
+        self.http_address = (addr[0], addr[1])
+        log.info("listening http %s", _fmt(self.http_address))
+        self.flusher.start()
+
+    def _setup_keys(self) -> None:
+        keys = self.config.auth.keys
+        if not keys:
+            key = ensure_generated_key(self.config.key_file)
+            log.info("no auth.keys configured: using the API key in %s", self.config.key_file)
+            keys = (ApiKey(name="generated", sha256=hash_key(key)),)
+        self.keyring = KeyRing(keys)
+
+    async def stop(self) -> None:
+        if self.udp is not None:
+            self.udp.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._store_open:
+            await self.flusher.stop()
+            if not await self.flusher.flush():
+                log.error("the final flush failed: %s", self.flusher.last_error)
+            await asyncio.to_thread(self.store.close)
+            self._store_open = False
+
+    # -- for the handlers ------------------------------------------------------------------
+
+    def readiness(self) -> list[str]:
+        problems = []
+        if not self._store_open:
+            problems.append("store not open")
+        if self.flusher.last_error:
+            problems.append(f"last flush failed: {self.flusher.last_error}")
+        if self.config.udp.enabled and self.udp_address is None:
+            problems.append("udp listener not bound")
+        return problems
+
+    def metrics_of(self, tenant: str) -> list[dict[str, Any]]:
+        tag_keys: dict[str, set[str]] = {}
+        for name, tags in self.registry.series.get(tenant, ()):
+            tag_keys.setdefault(name, set()).update(k for k, _ in tags)
+        return [
+            {
+                "name": name,
+                "type": self.registry.types[(tenant, name)].value,
+                "tag_keys": sorted(keys),
+            }
+            for name, keys in sorted(tag_keys.items())
+        ]
+
+
+def _fmt(addr: tuple[str, int]) -> str:
+    host, port = addr
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

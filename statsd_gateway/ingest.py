@@ -1,0 +1,81 @@
+"""The one path every point takes into the aggregator, whether it came over UDP or HTTP.
+
+Counts what arrives and what is rejected, by transport and reason; logs bad lines at debug level,
+rate-limited. Never raises for bad input.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from statsd_gateway.aggregator import IntervalAggregator
+from statsd_gateway.protocol import Sample, StatsdParser
+from statsd_gateway.telemetry import Telemetry
+
+log = logging.getLogger(__name__)
+
+
+class RateLimitedLog:
+    """At most `per_second` debug lines a second; the rest are summed into the next line."""
+
+    def __init__(self, per_second: int = 10) -> None:
+        self.per_second = per_second
+        self._window = 0
+        self._n = 0
+        self._suppressed = 0
+
+    def debug(self, msg: str, *args: object) -> None:
+        if not log.isEnabledFor(logging.DEBUG):
+            return
+        now = int(time.monotonic())
+        if now != self._window:
+            if self._suppressed:
+                log.debug("%d more rejected lines not logged", self._suppressed)
+            self._window, self._n, self._suppressed = now, 0, 0
+        if self._n >= self.per_second:
+            self._suppressed += 1
+            return
+        self._n += 1
+        log.debug(msg, *args)
+
+
+class Ingest:
+    def __init__(self, aggregator: IntervalAggregator, telemetry: Telemetry) -> None:
+        self.aggregator = aggregator
+        self.telemetry = telemetry
+        self.parser = StatsdParser()
+        self._log = RateLimitedLog()
+
+    def statsd(self, tenant: str, data: bytes, transport: str) -> None:
+        """One datagram (or one TCP line batch) of StatsD text."""
+        t = self.telemetry
+        res = self.parser.parse(data)
+        t.packets[transport] += 1
+        t.bytes[transport] += len(data)
+        t.lines[transport] += res.lines
+        for reason, line in res.rejects:
+            t.rejects[(transport, reason)] += 1
+            self._log.debug("rejected %s line (%s): %.200r", transport, reason, line)
+        if res.events:
+            t.ignored["event"] += res.events
+        if res.service_checks:
+            t.ignored["service_check"] += res.service_checks
+        if res.unknown_sections:
+            t.ignored["unknown_section"] += res.unknown_sections
+        samples = res.samples
+        if not samples:
+            return
+        rejects = self.aggregator.add_samples(tenant, samples)
+        t.accepted[transport] += len(samples) - len(rejects)
+        for i, reason in rejects:
+            t.rejects[(transport, reason)] += 1
+            self._log.debug("rejected %s sample (%s): %.200r", transport, reason, samples[i][0])
+
+    def samples(self, tenant: str, samples: list[Sample], transport: str) -> list[tuple[int, str]]:
+        """Validated samples from HTTP; returns (index, reason) of those the aggregator refused."""
+        rejects = self.aggregator.add_samples(tenant, samples)
+        self.telemetry.accepted[transport] += len(samples) - len(rejects)
+        for _, reason in rejects:
+            self.telemetry.rejects[(transport, reason)] += 1
+        return rejects

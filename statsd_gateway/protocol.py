@@ -1,0 +1,263 @@
+"""StatsD text → samples, plus rejects by reason. Pure: no I/O, no clock, no logging.
+
+Grammar accepted (DESIGN.md §3), one line per metric, several lines per datagram:
+
+    name[,k=v…]:value[:value…]|type[|@rate][|#tag,k:v…][|T<unix>][|c:…][|e:…][|card:…]
+
+- type is one of c g ms h d s; a gauge value with a leading + or - is a change of the current value.
+- DogStatsD packed values (`a:1:2:3|ms`) give one sample each; empty packed values are skipped.
+- `#` sections (several merge) hold DogStatsD tags, split at the first `:`; a bare tag has value "".
+  Influx/Telegraf tags ride on the name: `name,k=v,k2=v2`.
+- `c:`, `e:`, `card:` sections are accepted and ignored; other unknown sections are ignored and
+  counted. Events `_e{…}` and service checks `_sc|…` are counted, not stored.
+- Names are sanitised as Etsy statsd does: whitespace runs → `_`, `/` → `-`, anything outside
+  `A-Za-z0-9_.-` dropped.
+
+A sample is a plain tuple (the hot path builds millions of them):
+    (name, tags, type, value, sample_rate, timestamp_or_None, is_gauge_delta)
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+from statsd_gateway.model import (
+    NAME_MAX,
+    STATSD_TYPES,
+    TAG_KEY_MAX,
+    TAG_VALUE_MAX,
+    TAGS_MAX,
+    VALUE_ABS_MAX,
+    MetricType,
+    Tags,
+)
+
+Sample = tuple[str, Tags, MetricType, float | str, float, float | None, bool]
+
+# Reject reasons (snake_case; each is a self-metric label).
+MALFORMED_LINE = "malformed_line"
+EMPTY_NAME = "empty_name"
+NAME_TOO_LONG = "name_too_long"
+EMPTY_VALUE = "empty_value"
+INVALID_VALUE = "invalid_value"
+NON_FINITE_VALUE = "non_finite_value"
+UNKNOWN_TYPE = "unknown_type"
+INVALID_SAMPLE_RATE = "invalid_sample_rate"
+INVALID_TIMESTAMP = "invalid_timestamp"
+INVALID_TAGS = "invalid_tags"
+INVALID_UTF8 = "invalid_utf8"
+LINE_TOO_LONG = "line_too_long"
+REJECT_REASONS = (
+    MALFORMED_LINE,
+    EMPTY_NAME,
+    NAME_TOO_LONG,
+    EMPTY_VALUE,
+    INVALID_VALUE,
+    NON_FINITE_VALUE,
+    UNKNOWN_TYPE,
+    INVALID_SAMPLE_RATE,
+    INVALID_TIMESTAMP,
+    INVALID_TAGS,
+    INVALID_UTF8,
+    LINE_TOO_LONG,
+)
+
+MAX_LINE_BYTES = 8192
+_INF = math.inf
+_SANITISE_WS = re.compile(r"\s+")
+_SANITISE_DROP = re.compile(r"[^A-Za-z0-9_.\-]")
+_IGNORED_SECTION_PREFIXES = ("c:", "e:", "card:")
+_KEY_CACHE_MAX = 100_000
+
+
+class LineError(Exception):
+    """Internal: a line is rejected for `reason`. Never leaves this module."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+@dataclass(slots=True)
+class ParseResult:
+    samples: list[Sample] = field(default_factory=list)
+    rejects: list[tuple[str, str]] = field(default_factory=list)  # (reason, line)
+    lines: int = 0
+    events: int = 0
+    service_checks: int = 0
+    unknown_sections: int = 0
+
+
+def sanitise_name(name: str) -> str:
+    if name.isascii() and name.replace(".", "").replace("_", "").replace("-", "").isalnum():
+        return name
+    return _SANITISE_DROP.sub("", _SANITISE_WS.sub("_", name).replace("/", "-"))
+
+
+def _validated_tags(pairs: list[tuple[str, str]]) -> Tags:
+    tags = tuple(sorted(dict(pairs).items()))
+    if len(tags) > TAGS_MAX:
+        raise LineError(INVALID_TAGS)
+    for k, v in tags:
+        if not k or len(k) > TAG_KEY_MAX or len(v) > TAG_VALUE_MAX:
+            raise LineError(INVALID_TAGS)
+    return tags
+
+
+def _parse_float(text: str) -> float:
+    if not text:
+        raise LineError(EMPTY_VALUE)
+    try:
+        v = float(text)
+    except ValueError:
+        raise LineError(INVALID_VALUE) from None
+    if "_" in text or text != text.strip():
+        raise LineError(INVALID_VALUE)
+    if v != v or v == _INF or v == -_INF or abs(v) > VALUE_ABS_MAX:
+        raise LineError(NON_FINITE_VALUE)
+    return v
+
+
+class StatsdParser:
+    """Parses datagrams. Keeps a bounded cache of name/tag sections already validated, because
+    clients repeat the same few series millions of times and re-sanitising them dominates."""
+
+    def __init__(self) -> None:
+        self._keys: dict[tuple[str, str], tuple[str, Tags]] = {}
+
+    def parse(self, data: bytes) -> ParseResult:
+        result = ParseResult()
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            self._parse_lines_one_by_one(data, result)
+            return result
+        for line in text.split("\n"):
+            self._parse_line(line, result)
+        return result
+
+    def _parse_lines_one_by_one(self, data: bytes, result: ParseResult) -> None:
+        # Only the invalid lines are lost: decode line by line.
+        for raw in data.split(b"\n"):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                result.lines += 1
+                result.rejects.append((INVALID_UTF8, raw.decode("utf-8", "replace")))
+                continue
+            self._parse_line(line, result)
+
+    def _parse_line(self, line: str, result: ParseResult) -> None:
+        if line.endswith("\r"):
+            line = line[:-1]
+        if not line:
+            return
+        result.lines += 1
+        try:
+            if len(line) > MAX_LINE_BYTES and len(line.encode("utf-8")) > MAX_LINE_BYTES:
+                raise LineError(LINE_TOO_LONG)
+            if line[0] == "_":
+                if line.startswith("_e{"):
+                    result.events += 1
+                    return
+                if line.startswith("_sc|"):
+                    result.service_checks += 1
+                    return
+            self._parse_metric(line, result)
+        except LineError as e:
+            result.rejects.append((e.reason, line))
+
+    def _parse_metric(self, line: str, result: ParseResult) -> None:
+        # Hot loop: kept in one function on purpose (a call per line costs ~10 % here).
+        head, sep, rest = line.partition(":")
+        if not sep:
+            raise LineError(MALFORMED_LINE)
+        sections = rest.split("|")
+        if len(sections) < 2:
+            raise LineError(MALFORMED_LINE)
+        mtype = STATSD_TYPES.get(sections[1])
+        if mtype is None:
+            raise LineError(UNKNOWN_TYPE if sections[1] else MALFORMED_LINE)
+        rate = 1.0
+        ts: float | None = None
+        tag_text = ""
+        if len(sections) > 2:
+            tag_parts: list[str] = []
+            for s in sections[2:]:
+                if not s:
+                    continue
+                c = s[0]
+                if c == "#":
+                    tag_parts.append(s[1:])
+                elif c == "@":
+                    try:
+                        rate = float(s[1:])
+                    except ValueError:
+                        raise LineError(INVALID_SAMPLE_RATE) from None
+                    if not 0.0 < rate <= 1.0:
+                        raise LineError(INVALID_SAMPLE_RATE)
+                elif c == "T":
+                    try:
+                        ts = float(int(s[1:]))
+                    except ValueError:
+                        raise LineError(INVALID_TIMESTAMP) from None
+                    if ts <= 0:
+                        raise LineError(INVALID_TIMESTAMP)
+                elif s.startswith(_IGNORED_SECTION_PREFIXES):
+                    pass
+                else:
+                    result.unknown_sections += 1
+            tag_text = ",".join(tag_parts)
+        key = self._keys.get((head, tag_text))
+        if key is None:
+            key = self._key(head, tag_text)
+        name, tags = key
+
+        raw_value = sections[0]
+        values = raw_value.split(":") if ":" in raw_value else (raw_value,)
+        append = result.samples.append
+        if mtype is MetricType.SET:
+            for member in values:
+                if member:
+                    append((name, tags, mtype, member, 1.0, ts, False))
+                elif len(values) == 1:
+                    raise LineError(EMPTY_VALUE)
+            return
+        parsed: list[float] = []
+        for vs in values:
+            if vs or len(values) == 1:
+                parsed.append(_parse_float(vs))
+        if mtype is MetricType.GAUGE:
+            for vs, v in zip((s for s in values if s), parsed, strict=True):
+                append((name, tags, mtype, v, 1.0, ts, vs[0] in "+-"))
+            return
+        for v in parsed:
+            append((name, tags, mtype, v, rate, ts, False))
+
+    def _key(self, head: str, tag_text: str) -> tuple[str, Tags]:
+        pairs: list[tuple[str, str]] = []
+        name = head
+        if "," in head:  # Influx/Telegraf: name,k=v,k2=v2
+            name, *influx = head.split(",")
+            for item in influx:
+                k, eq, v = item.partition("=")
+                if not eq or not k:
+                    raise LineError(INVALID_TAGS)
+                pairs.append((k, v))
+        if tag_text:
+            for item in tag_text.split(","):
+                if not item:
+                    continue
+                k, _, v = item.partition(":")
+                pairs.append((k, v))
+        name = sanitise_name(name.strip())
+        if not name:
+            raise LineError(EMPTY_NAME)
+        if len(name) > NAME_MAX:
+            raise LineError(NAME_TOO_LONG)
+        key = (name, _validated_tags(pairs))
+        if len(self._keys) >= _KEY_CACHE_MAX:
+            self._keys.clear()
+        self._keys[(head, tag_text)] = key
+        return key

@@ -1,0 +1,301 @@
+"""Query: a validated QuerySpec → store reads + the interval still in memory → a time series.
+
+Semantics (DESIGN.md §2, §4):
+- Window buckets are aligned to multiples of the window since the epoch; rows are read from the
+  start of the window bucket holding `since`, so every reported bucket is whole. Empty buckets are
+  left out. Without a window there is one point, stamped `since`, for the whole range.
+- Quantiles merge the DDSketch bins of every matching bucket and series, then clamp the estimate
+  into the exact [min, max]; p0 and p100 are the exact min and max.
+- The in-memory interval is merged in, minus any snapshot the store already holds (by flush
+  sequence number, read in the same read transaction), so nothing is counted twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import re
+import sqlite3
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from statsd_gateway import sketch
+from statsd_gateway.aggregator import IntervalAggregator, finish
+from statsd_gateway.config import parse_duration
+from statsd_gateway.errors import InvalidArgument, MetricNotFound, QueryTooLarge
+from statsd_gateway.model import BucketRow, MetricType, Tags
+from statsd_gateway.store import SqliteStore
+from statsd_gateway.store.sqlite import read_flushed_seq, read_rows, read_series
+
+_AGG_RE = re.compile(r"^p(100|\d{1,2}(?:\.\d+)?)$")
+_PLAIN_AGGS = ("count", "sum", "avg", "min", "max", "last", "rate", "distinct")
+_RELATIVE_RE = re.compile(r"^-(\d+(?:\.\d+)?(?:ms|s|m|h|d))$")
+DEFAULT_RANGE = 3600.0
+_SUGGESTED_WINDOWS = (
+    ("10s", 10),
+    ("1m", 60),
+    ("5m", 300),
+    ("10m", 600),
+    ("30m", 1800),
+    ("1h", 3600),
+    ("6h", 21600),
+    ("1d", 86400),
+    ("7d", 604800),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class QuerySpec:
+    name: str
+    agg: str
+    quantile: float | None  # 0..1 for pNN aggregations
+    tags: Tags
+    window: float | None
+    window_text: str | None
+    since: float
+    until: float
+    group_by: tuple[str, ...] = ()
+
+
+def parse_time(text: str, now: float, field: str) -> float:
+    """Unix seconds, RFC 3339, `now`, or relative to now (`-15m`)."""
+    t = text.strip()
+    if t == "now":
+        return now
+    m = _RELATIVE_RE.match(t)
+    if m:
+        return now - parse_duration(m.group(1))
+    try:
+        v = float(t)
+    except ValueError:
+        pass
+    else:
+        if not math.isfinite(v) or v < 0:
+            raise InvalidArgument(f"{field} must be a non-negative time", field)
+        return v
+    try:
+        dt = datetime.fromisoformat(t.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidArgument(
+            f"{field} must be unix seconds, RFC 3339, 'now' or relative like -15m", field
+        ) from None
+    if dt.tzinfo is None:
+        raise InvalidArgument(f"{field}: an RFC 3339 time needs a UTC offset (or Z)", field)
+    return dt.timestamp()
+
+
+def parse_tag_filter(params: Mapping[str, Any]) -> Tags:
+    """`tags=k:v,k2:v2`, `tags={"k": "v"}`, or `tags[k]=v`."""
+    pairs: dict[str, str] = {}
+    raw = params.get("tags")
+    if raw:
+        raw = str(raw).strip()
+        if raw.startswith("{"):
+            try:
+                obj = json.loads(raw)
+            except ValueError:
+                raise InvalidArgument("tags is not a valid JSON object", "tags") from None
+            if not isinstance(obj, dict) or not all(isinstance(v, str) for v in obj.values()):
+                raise InvalidArgument("tags must map strings to strings", "tags")
+            pairs.update(obj)
+        else:
+            for item in raw.split(","):
+                k, sep, v = item.partition(":")
+                if not k or not sep:
+                    raise InvalidArgument(f"tag filter {item!r} is not key:value", "tags")
+                pairs[k] = v
+    for k in params:
+        if k.startswith("tags[") and k.endswith("]") and len(k) > 6:
+            pairs[k[5:-1]] = str(params[k])
+    return tuple(sorted(pairs.items()))
+
+
+def parse_query(params: Mapping[str, Any], now: float, max_points: int) -> QuerySpec:
+    name = params.get("name")
+    if not name:
+        raise InvalidArgument("name is required", "name")
+    agg = params.get("agg")
+    if not agg:
+        raise InvalidArgument("agg is required", "agg")
+    quantile: float | None = None
+    m = _AGG_RE.match(agg)
+    if m:
+        quantile = float(m.group(1)) / 100.0
+    elif agg not in _PLAIN_AGGS:
+        raise InvalidArgument(
+            f"unknown aggregation {agg!r}: use one of {', '.join(_PLAIN_AGGS)} or pNN like p99",
+            "agg",
+        )
+    until = parse_time(params["until"], now, "until") if params.get("until") else now
+    if params.get("since"):
+        since = parse_time(params["since"], now, "since")
+    else:
+        since = until - DEFAULT_RANGE
+    if since >= until:
+        raise InvalidArgument("since must be before until", "since")
+    window: float | None = None
+    window_text = params.get("window") or None
+    if window_text:
+        try:
+            window = parse_duration(window_text)
+        except ValueError as e:
+            raise InvalidArgument(str(e), "window") from None
+        first = math.floor(since / window) * window
+        n = math.ceil((until - first) / window)
+        if n > max_points:
+            fits = next(
+                (text for text, w in _SUGGESTED_WINDOWS if (until - since) / w < max_points),
+                None,
+            )
+            hint = f"; window={fits} would fit" if fits else "; narrow since/until"
+            raise QueryTooLarge(
+                f"the answer would have {n} points per series, more than {max_points}{hint}",
+                "window",
+            )
+    group_by = tuple(k for k in str(params.get("group_by", "")).split(",") if k)
+    return QuerySpec(
+        name=name,
+        agg=agg,
+        quantile=quantile,
+        tags=parse_tag_filter(params),
+        window=window,
+        window_text=window_text,
+        since=since,
+        until=until,
+        group_by=group_by,
+    )
+
+
+def _check_agg(spec: QuerySpec, mtype: MetricType) -> None:
+    allowed = mtype.aggregations
+    wanted = "pNN" if spec.quantile is not None else spec.agg
+    if wanted not in allowed:
+        raise InvalidArgument(
+            f"{spec.agg} is not available for {mtype.value} metrics; "
+            f"a {mtype.value} has: {', '.join(allowed)}",
+            "agg",
+        )
+
+
+def _matches(tags: Tags, want: Tags) -> bool:
+    if not want:
+        return True
+    have = dict(tags)
+    return all(have.get(k) == v for k, v in want)
+
+
+def _json_number(v: float) -> float | int:
+    if v.is_integer() and abs(v) < 2**53:
+        return int(v)
+    return v
+
+
+def aggregate(rows: Sequence[BucketRow], spec: QuerySpec, seconds: float) -> float | None:
+    """One aggregation over the rows of one output point."""
+    agg = spec.agg
+    if spec.quantile is not None:
+        mn = min(r.min for r in rows if r.min is not None)
+        mx = max(r.max for r in rows if r.max is not None)
+        if spec.quantile == 0.0:
+            return mn
+        if spec.quantile == 1.0:
+            return mx
+        merged = sketch.merge(r.sketch for r in rows if r.sketch is not None)
+        q = sketch.quantile(merged, spec.quantile)
+        return None if q is None else min(max(q, mn), mx)
+    if agg == "count":
+        return sum(r.count for r in rows)
+    if agg == "sum":
+        return sum(r.sum for r in rows)
+    if agg == "avg":
+        c = sum(r.count for r in rows)
+        return sum(r.sum for r in rows) / c if c else None
+    if agg == "rate":
+        return sum(r.sum for r in rows) / seconds
+    if agg == "min":
+        return min((r.min for r in rows if r.min is not None), default=None)
+    if agg == "max":
+        return max((r.max for r in rows if r.max is not None), default=None)
+    if agg == "last":
+        with_last = [r for r in rows if r.last is not None and r.last_ts is not None]
+        return max(with_last, key=lambda r: r.last_ts or 0.0).last if with_last else None
+    if agg == "distinct":
+        blobs = [r.hll for r in rows if r.hll is not None]
+        return float(round(sketch.hll_estimate(sketch.hll_merge(blobs)))) if blobs else 0.0
+    raise AssertionError(agg)
+
+
+class QueryEngine:
+    def __init__(self, store: SqliteStore, aggregator: IntervalAggregator) -> None:
+        self.store = store
+        self.aggregator = aggregator
+
+    def metric_type(self, tenant: str, name: str) -> MetricType:
+        mtype = self.aggregator.registry.types.get((tenant, name))
+        if mtype is None:
+            raise MetricNotFound(f"no metric named {name!r}", "name")
+        return mtype
+
+    async def run(self, tenant: str, spec: QuerySpec) -> dict[str, Any]:
+        mtype = self.metric_type(tenant, spec.name)
+        _check_agg(spec, mtype)
+        start = math.floor(spec.since / spec.window) * spec.window if spec.window else spec.since
+        memory = self.aggregator.collect(tenant, spec.name)
+
+        def read(conn: sqlite3.Connection) -> tuple[int, list[BucketRow]]:
+            seq = read_flushed_seq(conn)
+            series = [s for s in read_series(conn, tenant, spec.name) if _matches(s.tags, spec.tags)]
+            return seq, read_rows(conn, series, start, spec.until)
+
+        seq, rows = await self.store.run_read(read)
+        fresh = [
+            (ts, key, acc)
+            for s, ts, key, acc in memory
+            if s > seq and start <= ts < spec.until and _matches(key[2], spec.tags)
+        ]
+        if fresh:
+            rows.extend(await asyncio.to_thread(finish, fresh))
+        result = await asyncio.to_thread(self._shape, spec, rows)
+        return {
+            "ok": True,
+            "name": spec.name,
+            "type": mtype.value,
+            "agg": spec.agg,
+            "tags": dict(spec.tags),
+            "window": spec.window_text,
+            "since": _json_number(spec.since),
+            "until": _json_number(spec.until),
+            **result,
+        }
+
+    def _shape(self, spec: QuerySpec, rows: list[BucketRow]) -> dict[str, Any]:
+        groups: dict[Tags, dict[float, list[BucketRow]]] = {}
+        w = spec.window
+        for r in rows:
+            if spec.group_by:
+                have = dict(r.key[2])
+                g: Tags = tuple((k, have[k]) for k in spec.group_by if k in have)
+            else:
+                g = ()
+            bucket = math.floor(r.ts / w) * w if w else spec.since
+            groups.setdefault(g, {}).setdefault(bucket, []).append(r)
+        seconds = w if w else spec.until - spec.since
+
+        def points(buckets: dict[float, list[BucketRow]]) -> list[dict[str, Any]]:
+            out = []
+            for ts in sorted(buckets):
+                v = aggregate(buckets[ts], spec, seconds)
+                if v is not None:
+                    out.append({"timestamp": _json_number(ts), "value": _json_number(v)})
+            return out
+
+        if not spec.group_by:
+            return {"points": points(groups.get((), {}))}
+        return {
+            "series": [
+                {"tags": dict(g), "points": points(groups[g])} for g in sorted(groups)
+            ]
+        }

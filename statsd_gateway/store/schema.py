@@ -1,0 +1,74 @@
+"""The SQLite schema, its version, and the migrations from the first release on.
+
+Layout (see shared/research/sketch-storage.md, schema "F"):
+- `series`: one row per (tenant, name, tags); tags as canonical JSON (sorted keys, no spaces).
+- `points_raw`: one row per series per flush-interval bucket, keyed time-major (ts, series_id) so
+  that a flush appends to the right edge of one B-tree. Exact count/sum/min/max/last in columns,
+  DDSketch bins as a DDV1 blob in `sketch`, a set's HyperLogLog in `hll`.
+- `meta`: schema version, sketch format, and `flushed_seq` (the last flushed snapshot; queries use
+  it to avoid counting a snapshot both from memory and from disk).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+SCHEMA_VERSION = 1
+
+_V1 = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS series(
+  id INTEGER PRIMARY KEY,
+  tenant TEXT NOT NULL,
+  name TEXT NOT NULL,
+  tags TEXT NOT NULL,
+  type TEXT NOT NULL,
+  UNIQUE(tenant, name, tags));
+CREATE TABLE IF NOT EXISTS points_raw(
+  ts REAL NOT NULL,
+  series_id INTEGER NOT NULL,
+  count REAL NOT NULL,
+  sum REAL NOT NULL,
+  min REAL,
+  max REAL,
+  last REAL,
+  last_ts REAL,
+  sketch BLOB,
+  hll BLOB,
+  PRIMARY KEY(ts, series_id)) WITHOUT ROWID;
+"""
+
+MIGRATIONS: dict[int, str] = {1: _V1}
+
+
+class SchemaError(Exception):
+    pass
+
+
+def migrate(conn: sqlite3.Connection, sketch_format: str) -> None:
+    """Brings a database to SCHEMA_VERSION; refuses files that are not ours or are newer."""
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if tables and "meta" not in tables:
+        raise SchemaError("the file is an SQLite database, but not a statsd-gateway one")
+    version = 0
+    if "meta" in tables:
+        row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        version = int(row[0]) if row else 0
+    if version > SCHEMA_VERSION:
+        raise SchemaError(
+            f"the database has schema version {version}, newer than this release's "
+            f"{SCHEMA_VERSION}: upgrade statsd-gateway"
+        )
+    if version < SCHEMA_VERSION:
+        steps = "".join(MIGRATIONS[v] for v in range(version + 1, SCHEMA_VERSION + 1))
+        # One transaction: a crash mid-migration leaves the old version intact.
+        conn.executescript(
+            f"BEGIN IMMEDIATE;{steps}"
+            f"INSERT OR REPLACE INTO meta VALUES('schema_version', '{SCHEMA_VERSION}');"
+            f"INSERT OR IGNORE INTO meta VALUES('sketch_format', '{sketch_format}');"
+            "INSERT OR IGNORE INTO meta VALUES('flushed_seq', '0');"
+            "COMMIT;"
+        )
+    fmt = conn.execute("SELECT value FROM meta WHERE key='sketch_format'").fetchone()[0]
+    if fmt != sketch_format:
+        raise SchemaError(f"sketch format {fmt!r} is not {sketch_format!r}")

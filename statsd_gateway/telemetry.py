@@ -1,0 +1,96 @@
+"""The daemon's own metrics: plain counters on the hot path, exported through prometheus_client.
+
+Counting is a Python integer increment (the ingest path cannot afford a registry lock per line);
+`TelemetryCollector` turns the counters into Prometheus metric families at scrape time. Every
+metric name is listed in METRICS and documented in docs/METRICS.md (a test keeps that true).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+PREFIX = "statsd_gateway_"
+METRICS: dict[str, str] = {
+    "packets_received_total": "Datagrams or HTTP requests received, by transport.",
+    "bytes_received_total": "Payload bytes received, by transport.",
+    "lines_received_total": "StatsD lines or JSON points received, by transport.",
+    "samples_accepted_total": "Samples accepted into the aggregator, by transport.",
+    "rejects_total": "Lines or points rejected, by transport and reason.",
+    "ignored_total": "Accepted but not stored: events, service checks, unknown sections.",
+    "queue_dropped_total": "Datagrams dropped because the UDP queue was full.",
+    "flushes_total": "Flushes written to the store.",
+    "flush_errors_total": "Flushes that failed and were kept for retry.",
+    "flush_rows_total": "Bucket rows written by flushes.",
+    "flush_dropped_series_total": "Series-buckets dropped because too many flushes were pending.",
+    "last_flush_duration_seconds": "Duration of the last successful flush.",
+    "pending_flushes": "Snapshots waiting to be written to the store.",
+    "series": "Series known to the daemon, all tenants.",
+}
+
+
+class Telemetry:
+    def __init__(self) -> None:
+        self.packets: Counter[str] = Counter()
+        self.bytes: Counter[str] = Counter()
+        self.lines: Counter[str] = Counter()
+        self.accepted: Counter[str] = Counter()
+        self.rejects: Counter[tuple[str, str]] = Counter()
+        self.ignored: Counter[str] = Counter()
+        self.queue_dropped = 0
+        self.flushes = 0
+        self.flush_errors = 0
+        self.flushed_rows = 0
+        self.flush_dropped_series = 0
+        self.last_flush_seconds = 0.0
+        # Filled in by the composition root: values read at scrape time.
+        self.pending_flushes: Callable[[], int] = lambda: 0
+        self.series_count: Callable[[], int] = lambda: 0
+
+    def reject(self, transport: str, reason: str, n: int = 1) -> None:
+        self.rejects[(transport, reason)] += n
+
+    def render(self) -> bytes:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(TelemetryCollector(self))
+        return generate_latest(registry)
+
+
+def _labelled(name: str, labels: list[str], items: dict[tuple[str, ...], int]) -> Metric:
+    fam = CounterMetricFamily(PREFIX + name.removesuffix("_total"), METRICS[name], labels=labels)
+    for key, value in sorted(items.items()):
+        fam.add_metric(list(key), value)
+    return fam
+
+
+class TelemetryCollector(Collector):
+    def __init__(self, t: Telemetry) -> None:
+        self.t = t
+
+    def collect(self) -> Iterator[Metric]:
+        t = self.t
+        by_transport = ["transport"]
+        yield _labelled("packets_received_total", by_transport, {(k,): v for k, v in t.packets.items()})
+        yield _labelled("bytes_received_total", by_transport, {(k,): v for k, v in t.bytes.items()})
+        yield _labelled("lines_received_total", by_transport, {(k,): v for k, v in t.lines.items()})
+        yield _labelled("samples_accepted_total", by_transport, {(k,): v for k, v in t.accepted.items()})
+        yield _labelled("rejects_total", ["transport", "reason"], dict(t.rejects))
+        yield _labelled("ignored_total", ["kind"], {(k,): v for k, v in t.ignored.items()})
+        for name, value in (
+            ("queue_dropped_total", t.queue_dropped),
+            ("flushes_total", t.flushes),
+            ("flush_errors_total", t.flush_errors),
+            ("flush_rows_total", t.flushed_rows),
+            ("flush_dropped_series_total", t.flush_dropped_series),
+        ):
+            yield CounterMetricFamily(PREFIX + name.removesuffix("_total"), METRICS[name], value)
+        for name, gvalue in (
+            ("last_flush_duration_seconds", t.last_flush_seconds),
+            ("pending_flushes", float(t.pending_flushes())),
+            ("series", float(t.series_count())),
+        ):
+            yield GaugeMetricFamily(PREFIX + name, METRICS[name], gvalue)
