@@ -50,9 +50,17 @@ def ensure_generated_key(path: Path) -> str:
 
 
 class Gateway:
-    def __init__(self, config: Config, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clock: Callable[[], float] = time.time,
+        flush_on_ticks: bool = True,
+    ) -> None:
         self.config = config
         self.clock = clock
+        # Tests that own the clock turn the tick loop off and call flusher.flush() themselves.
+        self.flush_on_ticks = flush_on_ticks
         self.telemetry = Telemetry()
         self.store = SqliteStore(config.storage.path, read_timeout=config.query.timeout)
         self.registry = SeriesRegistry()
@@ -112,7 +120,8 @@ class Gateway:
         addr = server.sockets[0].getsockname()  # type: ignore[attr-defined]
         self.http_address = (addr[0], addr[1])
         log.info("listening http %s", _fmt(self.http_address))
-        self.flusher.start()
+        if self.flush_on_ticks:
+            self.flusher.start()
 
     def _setup_keys(self) -> None:
         keys = self.config.auth.keys

@@ -34,7 +34,7 @@ class Principal:
     scopes: frozenset[str]
 
 
-PRINCIPAL = "statsd_gateway.principal"
+PRINCIPAL = web.RequestKey("principal", Principal)
 
 
 def require(request: web.Request, scope: str) -> Principal:

@@ -1,0 +1,630 @@
+"""Quantile sketches (DDSketch bins) and distinct-count sketches (HyperLogLog) for the gateway.
+
+Contract:
+- This is the only module that imports ``ddsketch`` (lazily, in :func:`to_ddsketch`, for tests
+  and reference) and ``datasketches``.
+- A quantile sketch is a :class:`Bins`: the sparse bins of a DDSketch with the
+  LogarithmicMapping at relative accuracy 0.01 and index offset 0 (``MAPPING_ID`` 1). Binning
+  is bit-identical to ``ddsketch.DDSketch(0.01)`` fed the same values and weights in the same
+  order: same keys, same per-bin float counts, same ``zero`` weight. Values with
+  ``|v| <= MIN_POSSIBLE`` count as zero; negative values go to a separate store keyed by ``|v|``.
+- Values must be finite and weights finite and > 0; anything else raises ``ValueError`` (ddsketch
+  silently counts NaN as zero and raises ``OverflowError`` on infinities). Reject them earlier.
+- :func:`merge` is exact: bin counts add, so the merge of the sketches of parts equals the
+  sketch of the union (bit-identical for integral counts).
+- :func:`quantile` uses ddsketch's rank rule and returns a bucket centre; it is *not* clamped to
+  the exact [min, max], which the caller keeps and clamps with.
+- Storage format "DDV1" (:func:`encode` / :func:`decode`); every field an unsigned LEB128 varint,
+  signed values zigzag-encoded::
+
+      version(=1) flags mapping_id(=1) zero_count
+      n_pos { zz(key - prev_key) count } * n_pos     # prev_key starts at 0, keys increasing
+      n_neg { zz(key - prev_key) count } * n_neg     # prev_key restarts at 0; keys of |v|
+
+  flags bit0: zero_count and every count are IEEE-754 float64 little-endian (8 bytes) instead of
+  varints; set when any of them is non-integral or >= 2**53. Other flag bits are reserved and
+  rejected by :func:`decode`.
+- :class:`Bins` arrays are shared views (read-only when produced here); treat them as immutable.
+- :func:`to_proto` gives the DDSketch protobuf (sketches-proto schema) for API export.
+- Sets: HyperLogLog sketches from Apache DataSketches, lg_k=12, HLL_4, stored as the compact
+  serialisation.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import datasketches
+import numpy as np
+import numpy.typing as npt
+
+if TYPE_CHECKING:
+    import ddsketch
+
+__all__ = [
+    "FORMAT",
+    "GAMMA",
+    "HLL_LG_K",
+    "MAPPING_ID",
+    "MIN_POSSIBLE",
+    "RELATIVE_ACCURACY",
+    "Bins",
+    "bin_groups",
+    "bin_values",
+    "decode",
+    "encode",
+    "hll_estimate",
+    "hll_from_members",
+    "hll_merge",
+    "hll_merge_pair",
+    "key_of",
+    "merge",
+    "merge_blobs",
+    "quantile",
+    "to_ddsketch",
+    "to_proto",
+    "value_of",
+]
+
+RELATIVE_ACCURACY: float = 0.01
+MAPPING_ID: int = 1  # LogarithmicMapping α=0.01, index offset 0 (ddsketch's LogarithmicMapping)
+FORMAT: str = "DDV1"
+HLL_LG_K: int = 12
+
+# Computed with exactly the operations of ddsketch.mapping.LogarithmicMapping (bit-identical).
+_GAMMA_MANTISSA = 2 * RELATIVE_ACCURACY / (1 - RELATIVE_ACCURACY)
+GAMMA: float = 1 + _GAMMA_MANTISSA
+_MULT: float = (1 / math.log1p(_GAMMA_MANTISSA)) * math.log(2)
+_LN2: float = math.log(2)
+_CENTRE: float = 2.0 / (1 + GAMMA)
+MIN_POSSIBLE: float = sys.float_info.min * GAMMA
+
+_VERSION = 1
+_FLAG_FLOAT = 0x01
+_INT_LIMIT = 2.0**53  # counts at or above this are stored as float64
+_KEY_LIMIT = 1 << 31  # sanity bound for decoded keys (real keys lie within about ±35,500)
+_EDGE_EPS = 1e-7  # |log_gamma(v) - nearest integer| below which keys are recomputed with math.log
+
+_I64 = npt.NDArray[np.int64]
+_F64 = npt.NDArray[np.float64]
+FloatArrayLike = Sequence[float] | npt.NDArray[Any]
+
+
+def _readonly_i64(a: npt.NDArray[Any]) -> _I64:
+    out: _I64 = np.asarray(a, dtype=np.int64)
+    out.flags.writeable = False
+    return out
+
+
+def _readonly_f64(a: npt.NDArray[Any]) -> _F64:
+    out: _F64 = np.asarray(a, dtype=np.float64)
+    out.flags.writeable = False
+    return out
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Bins:
+    """A DDSketch as sparse bins: the bins of ddsketch.DDSketch(0.01) fed the same values/weights.
+
+    pos_keys/neg_keys are int64 and strictly increasing, pos_counts/neg_counts float64 and > 0;
+    neg_keys are the keys of |v| for v < 0; zero is the weight of values with |v| <= MIN_POSSIBLE.
+    Equality compares bins exactly.
+    """
+
+    pos_keys: _I64
+    pos_counts: _F64
+    neg_keys: _I64
+    neg_counts: _F64
+    zero: float
+
+    @property
+    def count(self) -> float:
+        """Total weight (negative store + zero + positive store)."""
+        return float(self.neg_counts.sum()) + self.zero + float(self.pos_counts.sum())
+
+    @property
+    def is_empty(self) -> bool:
+        return self.zero == 0 and self.pos_keys.size == 0 and self.neg_keys.size == 0
+
+    @staticmethod
+    def empty() -> Bins:
+        return _EMPTY
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Bins):
+            return NotImplemented
+        return (
+            self.zero == other.zero
+            and np.array_equal(self.pos_keys, other.pos_keys)
+            and np.array_equal(self.pos_counts, other.pos_counts)
+            and np.array_equal(self.neg_keys, other.neg_keys)
+            and np.array_equal(self.neg_counts, other.neg_counts)
+        )
+
+    def __repr__(self) -> str:
+        pos = dict(zip(self.pos_keys.tolist(), self.pos_counts.tolist(), strict=True))
+        neg = dict(zip(self.neg_keys.tolist(), self.neg_counts.tolist(), strict=True))
+        return f"Bins(pos={pos}, neg={neg}, zero={self.zero})"
+
+
+_EMPTY = Bins(
+    _readonly_i64(np.empty(0)), _readonly_f64(np.empty(0)), _readonly_i64(np.empty(0)),
+    _readonly_f64(np.empty(0)), 0.0,
+)  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# Mapping
+
+
+def key_of(value: float) -> int:
+    """ddsketch's key for a value > MIN_POSSIBLE (for |v| of a negative value, pass |v|)."""
+    return math.ceil(math.log(value, 2) * _MULT)
+
+
+def value_of(key: int) -> float:
+    """ddsketch's value for a key: the bucket centre 2·γ^key/(γ+1). Overflow gives inf."""
+    try:
+        return math.pow(2.0, float(key) / _MULT) * _CENTRE
+    except OverflowError:
+        return math.inf
+
+
+def _keys(a: _F64) -> _I64:
+    """Keys of finite values > MIN_POSSIBLE, identical to ddsketch's ``mapping.key``.
+
+    np.log may differ from libm's log by an ulp; that can only move a key when log_gamma(v) lies
+    within a few 1e-12 of an integer, so such values are recomputed with math.log exactly as
+    ddsketch does.
+    """
+    x = np.log(a) / _LN2 * _MULT  # same operation order as math.log(v, 2) * multiplier
+    k = np.ceil(x)
+    near = np.abs(x - np.rint(x)) <= _EDGE_EPS
+    if near.any():
+        idx = np.flatnonzero(near)
+        k[idx] = [math.ceil(math.log(t, 2) * _MULT) for t in a[idx].tolist()]
+    return k.astype(np.int64)
+
+
+# --------------------------------------------------------------------------------------------
+# Binning
+
+
+def bin_values(values: FloatArrayLike, weights: FloatArrayLike | None = None) -> Bins:
+    """Bins of one series (values in insertion order; weights default to 1)."""
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    w = None if weights is None else np.asarray(weights, dtype=np.float64).reshape(-1)
+    return bin_groups(v, w, np.array([0, v.size], dtype=np.int64))[0]
+
+
+def bin_groups(
+    values: npt.NDArray[Any], weights: npt.NDArray[Any] | None, offsets: npt.NDArray[Any]
+) -> list[Bins]:
+    """Bins of many series at once, in one vectorised pass.
+
+    ``values`` holds the values of all series concatenated; series i is
+    ``values[offsets[i]:offsets[i + 1]]`` (``offsets[0] == 0``, ``offsets[-1] == len(values)``,
+    non-decreasing). ``weights`` (same length, > 0) default to 1. Empty segments give
+    ``Bins.empty()``. The returned arrays are read-only views into shared buffers.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    off = np.asarray(offsets)
+    if v.ndim != 1:
+        raise ValueError("values must be one-dimensional")
+    if off.ndim != 1 or off.size < 1 or off.dtype.kind not in "iu":
+        raise ValueError("offsets must be a one-dimensional integer array of length n+1")
+    off = off.astype(np.int64, copy=False)
+    n = off.size - 1
+    lengths = np.diff(off)
+    if off[0] != 0 or off[-1] != v.size or (lengths < 0).any():
+        raise ValueError("offsets must start at 0, end at len(values) and be non-decreasing")
+    if not np.isfinite(v).all():
+        raise ValueError("values must be finite (NaN and ±inf are not sketchable)")
+    w: _F64 | None = None
+    if weights is not None:
+        w = np.asarray(weights, dtype=np.float64)
+        if w.shape != v.shape:
+            raise ValueError("weights must have the same length as values")
+        if not (np.isfinite(w) & (w > 0)).all():
+            raise ValueError("weights must be finite and > 0")
+    if n == 0:
+        return []
+    if v.size == 0:
+        return [_EMPTY] * n
+
+    sid = np.repeat(np.arange(n, dtype=np.int64), lengths)
+    a = np.abs(v)
+    nz = a > MIN_POSSIBLE
+    all_nz = bool(nz.all())
+    if all_nz:
+        zeros: list[float] = [0.0] * n
+    else:
+        zmask = ~nz
+        zw = None if w is None else w[zmask]
+        zeros = np.bincount(sid[zmask], weights=zw, minlength=n).astype(np.float64).tolist()
+        a, sid = a[nz], sid[nz]
+        v = v[nz]
+        if w is not None:
+            w = w[nz]
+
+    if a.size == 0:
+        return [_EMPTY if z == 0 else _only_zero(z) for z in zeros]
+
+    keys = _keys(a)
+    # Group code: series, then store (0 = negative, 1 = positive), then key.
+    group = sid * 2 + (v > 0)
+    kmin = int(keys.min())
+    width = int(keys.max()) - kmin + 1
+    code = group * width + (keys - kmin)
+    uniq, inv = np.unique(code, return_inverse=True)
+    # bincount accumulates in input order, exactly like ddsketch's per-bin ``+=``.
+    counts = _readonly_f64(np.bincount(inv.reshape(-1), weights=w, minlength=uniq.size))
+    ugroup = uniq // width
+    ukeys = _readonly_i64(uniq - ugroup * width + kmin)
+    bounds = np.searchsorted(ugroup, np.arange(2 * n + 1, dtype=np.int64)).tolist()
+
+    out: list[Bins] = []
+    append = out.append
+    ek, ec = _EMPTY.pos_keys, _EMPTY.pos_counts
+    for i in range(n):
+        b0, b1, b2 = bounds[2 * i], bounds[2 * i + 1], bounds[2 * i + 2]
+        z = zeros[i]
+        if b0 == b2:
+            append(_EMPTY if z == 0 else _only_zero(z))
+        elif b0 == b1:  # no negative values (the common case)
+            append(Bins(ukeys[b1:b2], counts[b1:b2], ek, ec, z))
+        elif b1 == b2:
+            append(Bins(ek, ec, ukeys[b0:b1], counts[b0:b1], z))
+        else:
+            append(Bins(ukeys[b1:b2], counts[b1:b2], ukeys[b0:b1], counts[b0:b1], z))
+    return out
+
+
+def _only_zero(z: float) -> Bins:
+    return Bins(_EMPTY.pos_keys, _EMPTY.pos_counts, _EMPTY.neg_keys, _EMPTY.neg_counts, z)
+
+
+# --------------------------------------------------------------------------------------------
+# Merge and quantile
+
+
+def merge(items: Iterable[Bins]) -> Bins:
+    """Exact merge: counts of equal keys add (in item order, like repeated ddsketch merges)."""
+    parts = [b for b in items if not b.is_empty]
+    if not parts:
+        return _EMPTY
+    if len(parts) == 1:
+        return parts[0]
+    zero = 0.0
+    for b in parts:
+        zero += b.zero
+    pk, pc = _merge_store([b.pos_keys for b in parts], [b.pos_counts for b in parts])
+    nk, nc = _merge_store([b.neg_keys for b in parts], [b.neg_counts for b in parts])
+    return Bins(pk, pc, nk, nc, zero)
+
+
+def _merge_store(keys: list[_I64], counts: list[_F64]) -> tuple[_I64, _F64]:
+    k = np.concatenate(keys)
+    if k.size == 0:
+        return _EMPTY.pos_keys, _EMPTY.pos_counts
+    uniq, inv = np.unique(k, return_inverse=True)
+    c = np.bincount(inv.reshape(-1), weights=np.concatenate(counts), minlength=uniq.size)
+    return _readonly_i64(uniq), _readonly_f64(c)
+
+
+def quantile(b: Bins, q: float) -> float | None:
+    """ddsketch's ``get_quantile_value``: a bucket centre, not clamped to [min, max].
+
+    rank = q·(count−1); the negative store is scanned from the top, the zero bucket gives 0.0.
+    None if the sketch is empty or q is outside [0, 1] (or NaN).
+    """
+    if not 0 <= q <= 1:
+        return None
+    neg_total = float(b.neg_counts.sum())
+    pos_total = float(b.pos_counts.sum())
+    total = neg_total + b.zero + pos_total
+    if total == 0:
+        return None
+    rank = q * (total - 1)
+    if rank < neg_total:
+        reversed_rank = neg_total - rank - 1
+        cum = np.cumsum(b.neg_counts)
+        i = int(np.searchsorted(cum, reversed_rank + 1, side="left"))
+        return -value_of(int(b.neg_keys[min(i, cum.size - 1)]))
+    if rank < b.zero + neg_total:
+        return 0.0
+    if b.pos_keys.size == 0:  # only reachable through float rounding of fractional weights
+        return 0.0 if b.zero > 0 else -value_of(int(b.neg_keys[0]))
+    cum = np.cumsum(b.pos_counts)
+    i = int(np.searchsorted(cum, rank - b.zero - neg_total, side="right"))
+    return value_of(int(b.pos_keys[min(i, cum.size - 1)]))
+
+
+# --------------------------------------------------------------------------------------------
+# DDV1 encoding
+
+
+def _put_varint(out: bytearray, x: int) -> None:
+    while x >= 0x80:
+        out.append((x & 0x7F) | 0x80)
+        x >>= 7
+    out.append(x)
+
+
+def _zigzag_deltas(keys: _I64) -> _I64:
+    d = np.diff(keys, prepend=np.int64(0))
+    zz: _I64 = (d << 1) ^ (d >> 63)
+    return zz
+
+
+def _is_integral(c: _F64) -> bool:
+    return bool(((c == np.floor(c)) & (c < _INT_LIMIT)).all())
+
+
+def encode(b: Bins) -> bytes:
+    """Serialise as DDV1 (see the module docstring)."""
+    integral = (
+        b.zero == math.floor(b.zero)
+        and b.zero < _INT_LIMIT
+        and _is_integral(b.pos_counts)
+        and _is_integral(b.neg_counts)
+    )
+    out = bytearray((_VERSION, 0 if integral else _FLAG_FLOAT, MAPPING_ID))
+    if integral:
+        _put_varint(out, int(b.zero))
+        for keys, counts in ((b.pos_keys, b.pos_counts), (b.neg_keys, b.neg_counts)):
+            _put_varint(out, keys.size)
+            if keys.size == 0:
+                continue
+            pairs = np.empty(2 * keys.size, dtype=np.int64)
+            pairs[0::2] = _zigzag_deltas(keys)
+            pairs[1::2] = counts
+            if int(pairs.max()) < 0x80:  # typical: every varint is one byte
+                out += pairs.astype(np.uint8).tobytes()
+            else:
+                for x in pairs.tolist():
+                    if x < 0x80:
+                        out.append(x)
+                    else:
+                        _put_varint(out, x)
+    else:
+        out += struct.pack("<d", b.zero)
+        for keys, counts in ((b.pos_keys, b.pos_counts), (b.neg_keys, b.neg_counts)):
+            _put_varint(out, keys.size)
+            for zz, c in zip(_zigzag_deltas(keys).tolist(), counts.tolist(), strict=True):
+                _put_varint(out, zz)
+                out += struct.pack("<d", c)
+    return bytes(out)
+
+
+class _Reader:
+    """Sequential varint/float64 reader that raises ValueError on truncation."""
+
+    __slots__ = ("data", "pos")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def varint(self) -> int:
+        data, pos, x, shift = self.data, self.pos, 0, 0
+        while True:
+            if pos >= len(data):
+                raise ValueError("DDV1 blob truncated (in a varint)")
+            byte = data[pos]
+            pos += 1
+            x |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                self.pos = pos
+                return x
+            shift += 7
+            if shift > 56:
+                raise ValueError("DDV1 blob has an overlong varint")
+
+    def float64(self) -> float:
+        if self.pos + 8 > len(self.data):
+            raise ValueError("DDV1 blob truncated (in a float64)")
+        (x,) = struct.unpack_from("<d", self.data, self.pos)
+        self.pos += 8
+        return float(x)
+
+
+def _varint_stream(data: bytes, start: int) -> list[int]:
+    """All varints of data[start:]; raises ValueError if the last one is cut short."""
+    tail = data[start:]
+    if tail.isascii():  # every byte < 0x80: one varint per byte
+        return list(tail)
+    out: list[int] = []
+    x = shift = 0
+    for byte in tail:
+        if byte < 0x80:
+            out.append(x | (byte << shift))
+            x = shift = 0
+        else:
+            x |= (byte & 0x7F) << shift
+            shift += 7
+            if shift > 56:
+                raise ValueError("DDV1 blob has an overlong varint")
+    if shift:
+        raise ValueError("DDV1 blob truncated (in a varint)")
+    return out
+
+
+def _store_from(zz: list[int], counts: list[float] | list[int]) -> tuple[_I64, _F64]:
+    if not zz:
+        return _EMPTY.pos_keys, _EMPTY.pos_counts
+    z = np.array(zz, dtype=np.int64)
+    d = (z >> 1) ^ -(z & 1)
+    if (d[1:] <= 0).any():
+        raise ValueError("DDV1 keys are not strictly increasing")
+    if (np.abs(d) >= _KEY_LIMIT).any():
+        raise ValueError("DDV1 key out of range")
+    keys = np.cumsum(d)
+    if np.abs(keys[-1]) >= _KEY_LIMIT:
+        raise ValueError("DDV1 key out of range")
+    c = np.array(counts, dtype=np.float64)
+    if not (np.isfinite(c) & (c > 0)).all():
+        raise ValueError("DDV1 counts must be finite and > 0")
+    return _readonly_i64(keys), _readonly_f64(c)
+
+
+def decode(blob: bytes) -> Bins:
+    """Parse a DDV1 blob. ValueError on a wrong version, flags or mapping, or a malformed blob."""
+    data = bytes(blob)
+    if len(data) < 4:
+        raise ValueError(f"DDV1 blob too short ({len(data)} bytes)")
+    if data[0] != _VERSION:
+        raise ValueError(f"unsupported sketch blob version {data[0]} (expected {_VERSION})")
+    flags = data[1]
+    if flags & ~_FLAG_FLOAT:
+        raise ValueError(f"unsupported DDV1 flags 0x{flags:02x}")
+    if data[2] != MAPPING_ID:
+        raise ValueError(f"unsupported sketch mapping id {data[2]} (expected {MAPPING_ID})")
+    r = _Reader(data)
+    r.pos = 3
+    if flags & _FLAG_FLOAT:
+        zero = r.float64()
+        stores: list[tuple[_I64, _F64]] = []
+        for _ in range(2):
+            n = r.varint()
+            if n * 9 > len(data) - r.pos:
+                raise ValueError("DDV1 blob truncated (bin count exceeds the data)")
+            zz: list[int] = []
+            fc: list[float] = []
+            for _ in range(n):
+                zz.append(r.varint())
+                fc.append(r.float64())
+            stores.append(_store_from(zz, fc))
+        if r.pos != len(data):
+            raise ValueError("DDV1 blob has trailing bytes")
+    else:
+        zero = float(r.varint())
+        vals = _varint_stream(data, r.pos)
+        stores = []
+        p = 0
+        for _ in range(2):
+            if p >= len(vals):
+                raise ValueError("DDV1 blob truncated (missing store)")
+            n = vals[p]
+            end = p + 1 + 2 * n
+            if end > len(vals):
+                raise ValueError("DDV1 blob truncated (bin count exceeds the data)")
+            stores.append(_store_from(vals[p + 1 : end : 2], vals[p + 2 : end : 2]))
+            p = end
+        if p != len(vals):
+            raise ValueError("DDV1 blob has trailing bytes")
+    if not (math.isfinite(zero) and zero >= 0):
+        raise ValueError("DDV1 zero count must be finite and >= 0")
+    (pk, pc), (nk, nc) = stores
+    if zero == 0 and pk.size == 0 and nk.size == 0:
+        return _EMPTY
+    return Bins(pk, pc, nk, nc, zero)
+
+
+def merge_blobs(a: bytes | None, b: bytes | None) -> bytes | None:
+    """Merge two DDV1 blobs (a SQLite user function for upserts). None is the empty operand."""
+    if a is None:
+        return None if b is None else bytes(b)
+    if b is None:
+        return bytes(a)
+    return encode(merge((decode(a), decode(b))))
+
+
+def to_ddsketch(b: Bins) -> ddsketch.DDSketch:
+    """A ``ddsketch.DDSketch`` with exactly these bins (sum/min/max unknown). Tests/reference."""
+    from ddsketch import DDSketch
+
+    s = DDSketch(RELATIVE_ACCURACY)
+    for k, c in zip(b.pos_keys.tolist(), b.pos_counts.tolist(), strict=True):
+        s._store.add(k, c)
+    for k, c in zip(b.neg_keys.tolist(), b.neg_counts.tolist(), strict=True):
+        s._negative_store.add(k, c)
+    s._zero_count = b.zero
+    s._count = s._negative_store.count + s._zero_count + s._store.count
+    return s
+
+
+def _proto_store(keys: _I64, counts: _F64) -> bytes:
+    """DDSketch ``Store`` message: trimmed contiguousBinCounts (field 2) + index offset (3)."""
+    if keys.size == 0:
+        return b""
+    lo = int(keys[0])
+    dense = np.zeros(int(keys[-1]) - lo + 1, dtype="<f8")
+    dense[keys - lo] = counts
+    payload = dense.tobytes()
+    out = bytearray(b"\x12")
+    _put_varint(out, len(payload))
+    out += payload
+    out.append(0x18)
+    _put_varint(out, (lo << 1) ^ (lo >> 63))
+    return bytes(out)
+
+
+def to_proto(b: Bins) -> bytes:
+    """Serialise as a ``DDSketch`` protobuf message (DataDog sketches-proto schema).
+
+    Hand-written (no protobuf dependency): mapping {gamma, indexOffset 0, interpolation NONE},
+    positive/negative stores as trimmed ``contiguousBinCounts`` (the only store encoding that
+    ``ddsketch``'s ``from_proto`` reads), zeroCount. The dense range covers min..max key, so a
+    sketch spanning many orders of magnitude gives a large message.
+    """
+    out = bytearray()
+    mapping = b"\x09" + struct.pack("<d", GAMMA) + b"\x11" + struct.pack("<d", 0.0)
+    for field, msg in ((1, mapping), (2, _proto_store(b.pos_keys, b.pos_counts))):
+        out.append((field << 3) | 2)
+        _put_varint(out, len(msg))
+        out += msg
+    neg = _proto_store(b.neg_keys, b.neg_counts)
+    out.append((3 << 3) | 2)
+    _put_varint(out, len(neg))
+    out += neg
+    out.append((4 << 3) | 1)
+    out += struct.pack("<d", b.zero)
+    return bytes(out)
+
+
+# --------------------------------------------------------------------------------------------
+# Sets: HyperLogLog
+
+
+def _hll_load(blob: bytes) -> Any:
+    try:
+        return datasketches.hll_sketch.deserialize(bytes(blob))
+    except (ValueError, IndexError, RuntimeError) as e:
+        raise ValueError(f"invalid HLL blob: {e}") from e
+
+
+def hll_from_members(members: Iterable[str]) -> bytes:
+    """A compact HLL_4 (lg_k=12) serialisation of the set of members."""
+    sk = datasketches.hll_sketch(HLL_LG_K, datasketches.tgt_hll_type.HLL_4)
+    update = sk.update
+    for m in members:
+        update(m)
+    return bytes(sk.serialize_compact())
+
+
+def hll_merge(blobs: Iterable[bytes]) -> bytes:
+    """Union of HLL blobs, serialised compact as HLL_4 (lg_k=12). No blobs -> empty sketch."""
+    union = datasketches.hll_union(HLL_LG_K)
+    for blob in blobs:
+        union.update(_hll_load(blob))
+    return bytes(union.get_result(datasketches.tgt_hll_type.HLL_4).serialize_compact())
+
+
+def hll_merge_pair(a: bytes | None, b: bytes | None) -> bytes | None:
+    """Union of two HLL blobs (a SQLite user function for upserts). None is the empty operand."""
+    if a is None:
+        return None if b is None else bytes(b)
+    if b is None:
+        return bytes(a)
+    return hll_merge((a, b))
+
+
+def hll_estimate(blob: bytes) -> float:
+    """Estimated number of distinct members."""
+    return float(_hll_load(blob).get_estimate())

@@ -1,0 +1,126 @@
+"""Shared fixtures: a manual clock, a config on loopback ports 0, and a running Gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import ClientSession
+
+from statsd_gateway.config import ApiKey, Config, config_from_dict, hash_key
+from statsd_gateway.gateway import Gateway
+
+KEY = "test-key-default"
+OTHER_KEY = "test-key-other-tenant"
+READ_ONLY_KEY = "test-key-read-only"
+T0 = 1_764_172_800.0  # 2025-11-26T16:00:00Z, a multiple of every window used in tests
+
+
+class ManualClock:
+    """The injected clock: time moves only when a test says so."""
+
+    def __init__(self, t: float = T0 + 5.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+
+
+def make_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
+    raw: dict[str, Any] = {
+        "udp": {"listen": "127.0.0.1:0", "read_buffer": 0},
+        "http": {"listen": "127.0.0.1:0"},
+        "storage": {"path": str(tmp_path / "data" / "metrics.db")},
+        "aggregation": {"flush_interval": "10s"},
+        "log": {"level": "debug"},
+    }
+    for name, values in sections.items():
+        raw.setdefault(name, {}).update(values)
+    cfg = config_from_dict(raw)
+    keys = (
+        ApiKey(name="main", sha256=hash_key(KEY), tenant="default"),
+        ApiKey(name="other", sha256=hash_key(OTHER_KEY), tenant="other"),
+        ApiKey(name="reader", sha256=hash_key(READ_ONLY_KEY), tenant="default", scopes=("read",)),
+    )
+    return replace(cfg, auth=replace(cfg.auth, keys=keys))
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Config:
+    return make_config(tmp_path)
+
+
+@pytest.fixture
+async def gateway(config: Config, clock: ManualClock) -> AsyncIterator[Gateway]:
+    gw = Gateway(config, clock=clock, flush_on_ticks=False)
+    await gw.start()
+    try:
+        yield gw
+    finally:
+        await gw.stop()
+
+
+class Api:
+    """A real HTTP client against the running gateway."""
+
+    def __init__(self, session: ClientSession, base: str) -> None:
+        self.session = session
+        self.base = base
+
+    async def request(
+        self, method: str, path: str, *, key: str | None = KEY, **kw: Any
+    ) -> tuple[int, Any]:
+        headers = dict(kw.pop("headers", {}))
+        if key is not None:
+            headers["Authorization"] = f"Bearer {key}"
+        async with self.session.request(method, self.base + path, headers=headers, **kw) as r:
+            return r.status, await r.json(content_type=None)
+
+    async def report(self, point: dict[str, Any], key: str = KEY) -> tuple[int, Any]:
+        return await self.request("POST", "/v1/metrics/report", json=point, key=key)
+
+    async def batch(self, points: list[Any], key: str = KEY) -> tuple[int, Any]:
+        return await self.request("POST", "/v1/metrics/batch", json={"points": points}, key=key)
+
+    async def query(self, key: str = KEY, **params: Any) -> tuple[int, Any]:
+        return await self.request("GET", "/v1/metrics/query", params=params, key=key)
+
+
+@pytest.fixture
+async def api(gateway: Gateway) -> AsyncIterator[Api]:
+    assert gateway.http_address is not None
+    host, port = gateway.http_address
+    async with ClientSession() as session:
+        yield Api(session, f"http://{host}:{port}")
+
+
+def send_udp(gateway: Gateway, *datagrams: bytes) -> None:
+    assert gateway.udp_address is not None
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for d in datagrams:
+            s.sendto(d, gateway.udp_address)
+
+
+async def wait_for_udp(gateway: Gateway, packets: int, timeout: float = 5.0) -> None:
+    """Waits (on real events, not on time passing) until the gateway has read `packets`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while gateway.telemetry.packets["udp"] < packets:
+        if loop.time() > deadline:
+            raise AssertionError(
+                f"only {gateway.telemetry.packets['udp']} of {packets} datagrams arrived"
+            )
+        await asyncio.sleep(0.005)

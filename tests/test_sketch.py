@@ -1,0 +1,578 @@
+"""Behaviour of statsd_gateway.sketch against the reference ``ddsketch`` package."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import sqlite3
+import struct
+
+import numpy as np
+import pytest
+from ddsketch import DDSketch
+
+from statsd_gateway import sketch as sk
+
+QS = (0.0, 0.01, 0.5, 0.9, 0.99, 0.999, 1.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+
+
+def dd_of(values: list[float], weights: list[float] | None = None) -> DDSketch:
+    d = DDSketch(0.01)
+    if weights is None:
+        for v in values:
+            d.add(v)
+    else:
+        for v, w in zip(values, weights, strict=True):
+            d.add(v, w)
+    return d
+
+
+def store_dict(store: object) -> dict[int, float]:
+    bins: list[float] = store.bins  # type: ignore[attr-defined]
+    offset: int = store.offset  # type: ignore[attr-defined]
+    return {i + offset: c for i, c in enumerate(bins) if c != 0.0}
+
+
+def dd_bins(d: DDSketch) -> tuple[dict[int, float], dict[int, float], float]:
+    return store_dict(d._store), store_dict(d._negative_store), d._zero_count
+
+
+def our_bins(b: sk.Bins) -> tuple[dict[int, float], dict[int, float], float]:
+    pos = dict(zip(b.pos_keys.tolist(), b.pos_counts.tolist(), strict=True))
+    neg = dict(zip(b.neg_keys.tolist(), b.neg_counts.tolist(), strict=True))
+    return pos, neg, b.zero
+
+
+def assert_same_bins(b: sk.Bins, d: DDSketch) -> None:
+    ours, ref = our_bins(b), dd_bins(d)
+    assert ours[2] == ref[2], "zero count differs"
+    for name, o, r in (("positive", ours[0], ref[0]), ("negative", ours[1], ref[1])):
+        mismatched = {k for k in o.keys() | r.keys() if o.get(k) != r.get(k)}
+        assert not mismatched, (
+            f"{len(mismatched)} {name} bins differ, e.g. {sorted(mismatched)[:5]}"
+        )
+
+
+def assert_well_formed(b: sk.Bins) -> None:
+    for keys, counts in ((b.pos_keys, b.pos_counts), (b.neg_keys, b.neg_counts)):
+        assert keys.dtype == np.int64 and counts.dtype == np.float64
+        assert keys.shape == counts.shape
+        assert (np.diff(keys) > 0).all()
+        assert (counts > 0).all()
+
+
+def lognormal(n: int, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).lognormal(math.log(20), 0.8, n)
+
+
+def bimodal(n: int, seed: int = 2) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    fast = rng.lognormal(math.log(5), 0.2, n)
+    slow = rng.lognormal(math.log(200), 0.2, n)
+    return np.where(rng.random(n) < 0.9, fast, slow)
+
+
+def pareto(n: int, seed: int = 3) -> np.ndarray:
+    return 10 * (1 + np.random.default_rng(seed).pareto(1.5, n))
+
+
+def tricky(seed: int = 4) -> np.ndarray:
+    """Edges: exact powers of gamma and their neighbours, tiny/huge, zeros, negatives."""
+    rng = np.random.default_rng(seed)
+    powers = [sk.GAMMA**k for k in range(-3000, 3001, 3)]
+    edges = [x for p in powers for x in (p, math.nextafter(p, 0), math.nextafter(p, math.inf))]
+    centres = [sk.value_of(k) for k in range(-2000, 2000, 13)]
+    special = [
+        0.0, -0.0, 5e-324, -5e-324, 1e-310, sk.MIN_POSSIBLE, -sk.MIN_POSSIBLE,
+        math.nextafter(sk.MIN_POSSIBLE, 1), -math.nextafter(sk.MIN_POSSIBLE, 1),
+        2.2250738585072014e-308, -2.2250738585072014e-308, 1e-300, -1e-300, 1e300, -1e300, 1.7e308,
+        1.0, -1.0, 2.0, 0.5,
+    ]  # fmt: skip
+    wide = np.exp(rng.uniform(-700, 700, 60_000)) * rng.choice([-1.0, 1.0], 60_000)
+    normal = rng.normal(0, 100, 20_000)
+    ints = rng.integers(0, 1000, 10_000).astype(float)  # many exact zeros and small integers
+    return np.concatenate([edges, centres, special, wide, normal, ints, -np.array(edges)])
+
+
+DATASETS = {
+    "lognormal": lognormal(20_000),
+    "bimodal": bimodal(20_000),
+    "pareto": pareto(20_000),
+    "negatives": -lognormal(5_000, seed=9),
+    "mixed_sign": np.random.default_rng(5).normal(0, 100, 10_000),
+    "zeros": np.zeros(100),
+    "tiny": np.array([5e-324, 1e-320, -1e-315, 2.2250738585072014e-308, 1e-307, 3e-308] * 5),
+    "tricky": tricky(),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# binning is bit-identical to ddsketch
+
+
+def test_constants_match_ddsketch() -> None:
+    m = DDSketch(0.01)._mapping
+    assert m.gamma == sk.GAMMA
+    assert m.min_possible == sk.MIN_POSSIBLE
+    for k in (-40000, -1000, -1, 0, 1, 17, 500, 35000):
+        assert sk.value_of(k) == m.value(k)
+    for v in (1e-300, 0.001, 1.0, 3.7, 20.0, sk.GAMMA**100, 1e300):
+        assert sk.key_of(v) == m.key(v)
+
+
+@pytest.mark.parametrize("name", sorted(DATASETS))
+def test_bins_identical_to_ddsketch(name: str) -> None:
+    values = DATASETS[name]
+    b = sk.bin_values(values)
+    assert_well_formed(b)
+    assert_same_bins(b, dd_of(values.tolist()))
+    assert b.count == len(values)
+
+
+def test_tricky_dataset_is_large_and_covers_edges() -> None:
+    # Guard against the identity test silently shrinking: ~1e5 values incl. powers of gamma.
+    values = DATASETS["tricky"]
+    assert len(values) >= 100_000
+    assert sk.GAMMA**699 in values and -(sk.GAMMA**-699) in values
+
+
+@pytest.mark.parametrize("name", ["lognormal", "bimodal", "pareto", "mixed_sign", "tricky"])
+def test_weighted_bins_identical_to_ddsketch(name: str) -> None:
+    values = DATASETS[name][:20_000]
+    rates = np.random.default_rng(6).choice([0.1, 0.3, 0.5, 1.0], len(values))
+    weights = [1 / r for r in rates.tolist()]
+    b = sk.bin_values(values, weights)
+    assert_well_formed(b)
+    d = dd_of(values.tolist(), weights)
+    assert_same_bins(b, d)
+    assert b.count == pytest.approx(d.count, rel=1e-12)
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.3, 0.5])
+def test_uniform_sample_rate_weights(rate: float) -> None:
+    values = lognormal(3_000, seed=7)
+    weights = [1 / rate] * len(values)
+    b = sk.bin_values(values, np.array(weights))
+    d = dd_of(values.tolist(), weights)
+    assert_same_bins(b, d)
+    for q in QS:
+        assert sk.quantile(b, q) == d.get_quantile_value(q)
+
+
+# ----------------------------------------------------------------------------------------------
+# quantiles
+
+
+@pytest.mark.parametrize("name", sorted(DATASETS))
+def test_quantile_equals_ddsketch(name: str) -> None:
+    values = DATASETS[name]
+    b = sk.bin_values(values)
+    d = dd_of(values.tolist())
+    for q in (*QS, 0.25, 0.75, 0.95):
+        got, want = sk.quantile(b, q), d.get_quantile_value(q)
+        assert got == want, (q, got, want)
+        assert isinstance(got, float)
+
+
+def test_weighted_quantile_equals_ddsketch() -> None:
+    values = DATASETS["mixed_sign"]
+    rates = np.random.default_rng(8).choice([0.1, 0.3, 0.5], len(values))
+    weights = [1 / r for r in rates.tolist()]
+    b = sk.bin_values(values, weights)
+    d = dd_of(values.tolist(), weights)
+    for q in QS:
+        assert sk.quantile(b, q) == d.get_quantile_value(q)
+
+
+@pytest.mark.parametrize("gen", [lognormal, bimodal])
+def test_relative_error_within_one_percent(gen: object) -> None:
+    values = gen(10_000, seed=11)  # type: ignore[operator]
+    b = sk.bin_values(values)
+    for q in QS:
+        exact = float(np.quantile(values, q, method="lower"))
+        got = sk.quantile(b, q)
+        assert got is not None
+        assert abs(got - exact) <= 0.01 * abs(exact), (q, got, exact)
+
+
+def test_quantile_edge_cases() -> None:
+    assert sk.quantile(sk.Bins.empty(), 0.5) is None
+    b = sk.bin_values([1.0, 2.0, 3.0])
+    assert sk.quantile(b, -0.01) is None
+    assert sk.quantile(b, 1.01) is None
+    assert sk.quantile(b, math.nan) is None
+    z = sk.bin_values([0.0, 0.0, -0.0])
+    assert z.zero == 3.0 and z.pos_keys.size == 0
+    assert sk.quantile(z, 0.5) == 0.0
+    # not clamped: the bucket centre of a single value is not the value
+    one = sk.bin_values([1234.0])
+    assert sk.quantile(one, 0.5) == DDSketch(0.01)._mapping.value(sk.key_of(1234.0))
+    assert sk.quantile(one, 0.5) != 1234.0
+    # negative store is read from the top: p0 is the most negative value
+    neg = sk.bin_values([-1.0, -10.0, -100.0])
+    p0, p100 = sk.quantile(neg, 0.0), sk.quantile(neg, 1.0)
+    assert p0 is not None and p100 is not None
+    assert p0 == pytest.approx(-100, rel=0.01)
+    assert p100 == pytest.approx(-1, rel=0.01)
+
+
+def test_to_ddsketch_reproduces_bins_and_quantiles() -> None:
+    values = DATASETS["mixed_sign"]
+    b = sk.bin_values(values)
+    d = sk.to_ddsketch(b)
+    assert_same_bins(b, d)
+    assert d.count == len(values)
+    for q in QS:
+        assert d.get_quantile_value(q) == sk.quantile(b, q)
+
+
+# ----------------------------------------------------------------------------------------------
+# validation
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_values_rejected(bad: float) -> None:
+    with pytest.raises(ValueError):
+        sk.bin_values([1.0, bad])
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, math.nan, math.inf])
+def test_bad_weights_rejected(bad: float) -> None:
+    with pytest.raises(ValueError):
+        sk.bin_values([1.0, 2.0], [1.0, bad])
+
+
+def test_bad_offsets_rejected() -> None:
+    v = np.arange(1.0, 5.0)
+    for off in ([1, 4], [0, 3], [0, 3, 2, 4], [[0, 4]]):
+        with pytest.raises(ValueError):
+            sk.bin_groups(v, None, np.array(off))
+
+
+# ----------------------------------------------------------------------------------------------
+# merge
+
+
+def test_merge_of_parts_equals_sketch_of_union() -> None:
+    values = np.concatenate([DATASETS["mixed_sign"], np.zeros(7), lognormal(5_000)])
+    cuts = [0, 3, 1_000, 1_000, 9_000, 12_345, len(values)]
+    parts = [sk.bin_values(values[a:b]) for a, b in itertools.pairwise(cuts)]
+    merged = sk.merge(parts)
+    whole = sk.bin_values(values)
+    assert merged == whole
+    assert_well_formed(merged)
+    assert sk.merge([whole]) == whole
+    assert sk.merge([]) == sk.Bins.empty()
+    assert sk.merge([sk.Bins.empty(), whole, sk.Bins.empty()]) == whole
+
+
+def test_merge_weighted_equals_ddsketch_merge() -> None:
+    values = DATASETS["mixed_sign"]
+    rates = np.random.default_rng(12).choice([0.1, 0.3, 0.5], len(values))
+    weights = [1 / r for r in rates.tolist()]
+    cuts = [0, 2_500, 5_000, len(values)]
+    ours = []
+    ref = DDSketch(0.01)
+    for a, b in itertools.pairwise(cuts):
+        ours.append(sk.bin_values(values[a:b], weights[a:b]))
+        ref.merge(dd_of(values[a:b].tolist(), weights[a:b]))
+    merged = sk.merge(ours)
+    assert_same_bins(merged, ref)  # same addition order as ddsketch's merge: bit-identical
+    whole = sk.bin_values(values, weights)
+    assert np.array_equal(merged.pos_keys, whole.pos_keys)
+    np.testing.assert_allclose(merged.pos_counts, whole.pos_counts, rtol=1e-12)
+
+
+def test_merge_detects_difference() -> None:
+    a = sk.bin_values([1.0, 2.0])
+    assert sk.merge([a, a]) != a
+    assert sk.merge([a, a]).count == 4
+
+
+# ----------------------------------------------------------------------------------------------
+# bin_groups
+
+
+def test_bin_groups_equals_per_segment_bin_values() -> None:
+    rng = np.random.default_rng(13)
+    lengths = rng.integers(0, 30, 500)
+    lengths[:3] = 0
+    lengths[-2:] = 0
+    lengths[100] = 1
+    total = int(lengths.sum())
+    values = np.concatenate(
+        [rng.normal(0, 50, total // 2), rng.lognormal(3, 1, total - total // 2)]
+    )
+    values[rng.random(total) < 0.05] = 0.0
+    rng.shuffle(values)
+    weights = 1 / rng.choice([0.1, 0.3, 0.5, 1.0], total)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    for w in (None, weights):
+        groups = sk.bin_groups(values, w, offsets)
+        assert len(groups) == len(lengths)
+        for i, g in enumerate(groups):
+            a, b = offsets[i], offsets[i + 1]
+            single = sk.bin_values(values[a:b], None if w is None else w[a:b])
+            assert g == single, i
+            assert_well_formed(g)
+            if a == b:
+                assert g == sk.Bins.empty() and g.count == 0
+            else:
+                assert g.count == pytest.approx(b - a if w is None else w[a:b].sum())
+
+
+def test_bin_groups_matches_ddsketch_per_series() -> None:
+    rng = np.random.default_rng(14)
+    lengths = rng.integers(0, 12, 200)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    values = bimodal(int(offsets[-1]), seed=15)
+    for i, g in enumerate(sk.bin_groups(values, None, offsets)):
+        assert_same_bins(g, dd_of(values[offsets[i] : offsets[i + 1]].tolist()))
+
+
+def test_bin_groups_degenerate_inputs() -> None:
+    assert sk.bin_groups(np.empty(0), None, np.array([0])) == []
+    empties = sk.bin_groups(np.empty(0), None, np.array([0, 0, 0]))
+    assert empties == [sk.Bins.empty(), sk.Bins.empty()]
+    zeros = sk.bin_groups(np.zeros(3), None, np.array([0, 2, 2, 3]))
+    assert [g.zero for g in zeros] == [2.0, 0.0, 1.0]
+
+
+# ----------------------------------------------------------------------------------------------
+# DDV1 encoding
+
+
+def roundtrip_cases() -> dict[str, sk.Bins]:
+    lognorm = lognormal(1_000, seed=17)
+    big = sk.bin_values([1.0, 5.0, 1e300, -1e-300], [3e20, 1.0, 2.0**53, 7.0])
+    return {
+        "empty": sk.Bins.empty(),
+        "integral": sk.bin_values(np.concatenate([lognorm, -lognorm[:100], np.zeros(5)])),
+        "heavy_counts": sk.bin_values(np.repeat(lognorm[:20], 300)),  # multi-byte varints
+        "float_counts": sk.bin_values(lognorm, np.full(lognorm.size, 1 / 0.3)),
+        "negatives_only": sk.bin_values(-lognorm[:50]),
+        "zeros_only": sk.bin_values(np.zeros(4)),
+        "float_zero_only": sk.bin_values([0.0], [1 / 0.3]),
+        "wide_keys": sk.bin_values(DATASETS["tricky"]),
+        "huge_counts": big,
+    }
+
+
+@pytest.mark.parametrize("name", sorted(roundtrip_cases()))
+def test_encode_decode_roundtrip(name: str) -> None:
+    b = roundtrip_cases()[name]
+    blob = sk.encode(b)
+    assert isinstance(blob, bytes)
+    assert blob[0] == 1 and blob[2] == sk.MAPPING_ID
+    back = sk.decode(blob)
+    assert back == b
+    assert_well_formed(back)
+    assert sk.encode(back) == blob
+    for q in QS:
+        assert sk.quantile(back, q) == sk.quantile(b, q)
+
+
+def test_encoding_layout() -> None:
+    # version, flags, mapping, zero; n_pos, zz(key) count...; n_neg ...
+    k1, k2 = sk.key_of(1.0), sk.key_of(2.0)
+    b = sk.bin_values([2.0, 1.0, 2.0, 0.0, -1.0])
+    assert k1 == 0 and 0 < 2 * k2 < 0x80
+    assert sk.encode(b) == bytes([1, 0, 1, 1, 2, 0, 1, 2 * k2, 2, 1, 0, 1])
+    f = sk.bin_values([2.0], [1 / 0.3])
+    assert sk.encode(f) == bytes([1, 1, 1]) + struct.pack("<d", 0.0) + bytes(
+        [1, 2 * k2]
+    ) + struct.pack("<d", 1 / 0.3) + bytes([0])
+    assert sk.encode(sk.Bins.empty()) == bytes([1, 0, 1, 0, 0, 0])
+    # sparse varints keep 10-value buckets tiny
+    assert len(sk.encode(sk.bin_values(lognormal(10, seed=18)))) <= 30
+
+
+def test_float_mode_only_when_needed() -> None:
+    assert sk.encode(sk.bin_values([1.0, 2.0], [10.0, 2.0]))[1] == 0
+    assert sk.encode(sk.bin_values([1.0, 2.0], [10.0, 1 / 0.3]))[1] == 1
+    assert sk.encode(sk.bin_values([0.0], [2.5]))[1] == 1
+
+
+def test_decode_rejects_bad_blobs() -> None:
+    good = sk.encode(roundtrip_cases()["integral"])
+    good_f = sk.encode(roundtrip_cases()["float_counts"])
+    bad = [
+        b"",
+        b"\x01",
+        b"garbage that is not a sketch",
+        b"\x02" + good[1:],  # unknown version
+        good[:2] + b"\x02" + good[3:],  # unknown mapping
+        good[:1] + b"\x02" + good[2:],  # reserved flag
+        good + b"\x00",  # trailing bytes
+        good_f + b"\x00",
+        bytes([1, 0, 1, 0, 2, 2, 1, 0, 1, 0]),  # non-increasing keys (delta 0)
+        bytes([1, 0, 1, 0, 1, 2, 0, 0]),  # zero count
+        bytes([1, 0, 1, 0, 1] + [0xFF] * 12 + [1, 1, 0]),  # overlong varint
+        bytes([1, 1, 1]) + struct.pack("<d", math.nan) + b"\x00\x00",  # NaN zero count
+        bytes([1, 1, 1]) + struct.pack("<d", 0.0) + b"\x01\x02" + struct.pack("<d", -1.0) + b"\0",
+    ]
+    bad += [good[:i] for i in range(len(good))]  # every truncation
+    bad += [good_f[:i] for i in range(len(good_f))]
+    for blob in bad:
+        with pytest.raises(ValueError):
+            sk.decode(blob)
+
+
+def test_merge_blobs() -> None:
+    a_vals, b_vals = lognormal(500, seed=19), -bimodal(300, seed=20)
+    a, b = sk.encode(sk.bin_values(a_vals)), sk.encode(sk.bin_values(b_vals))
+    assert sk.merge_blobs(None, None) is None
+    assert sk.merge_blobs(a, None) == a
+    assert sk.merge_blobs(None, b) == b
+    merged = sk.merge_blobs(a, b)
+    assert merged is not None
+    assert sk.decode(merged) == sk.bin_values(np.concatenate([a_vals, b_vals]))
+    with pytest.raises(ValueError):
+        sk.merge_blobs(a, b"\x09junk")
+
+
+def test_merge_blobs_as_sqlite_upsert_function() -> None:
+    db = sqlite3.connect(":memory:")
+    db.create_function("dd_merge", 2, sk.merge_blobs, deterministic=True)
+    db.execute("CREATE TABLE p(id INTEGER PRIMARY KEY, sketch BLOB)")
+    upsert = (
+        "INSERT INTO p(id, sketch) VALUES (1, ?) "
+        "ON CONFLICT(id) DO UPDATE SET sketch = dd_merge(sketch, excluded.sketch)"
+    )
+    chunks = [lognormal(100, seed=s) for s in (21, 22, 23)]
+    for c in chunks:
+        db.execute(upsert, (sk.encode(sk.bin_values(c)),))
+    (blob,) = db.execute("SELECT sketch FROM p WHERE id = 1").fetchone()
+    assert sk.decode(blob) == sk.bin_values(np.concatenate(chunks))
+
+
+# ----------------------------------------------------------------------------------------------
+# HyperLogLog sets
+
+
+def test_hll_estimate_within_three_percent() -> None:
+    members = [f"user-{i}" for i in range(10_000)]
+    blob = sk.hll_from_members(members + members[:5_000])  # duplicates don't count
+    assert isinstance(blob, bytes)
+    assert sk.hll_estimate(blob) == pytest.approx(10_000, rel=0.03)
+
+
+def test_hll_merge_of_overlapping_sets() -> None:
+    a = sk.hll_from_members(f"m{i}" for i in range(0, 8_000))
+    b = sk.hll_from_members(f"m{i}" for i in range(4_000, 12_000))
+    merged = sk.hll_merge([a, b])
+    assert sk.hll_estimate(merged) == pytest.approx(12_000, rel=0.03)
+    pair = sk.hll_merge_pair(a, b)
+    assert pair is not None
+    assert sk.hll_estimate(pair) == pytest.approx(12_000, rel=0.03)
+    assert sk.hll_estimate(sk.hll_merge([merged, a, b])) == pytest.approx(12_000, rel=0.03)
+
+
+def test_hll_empty_and_none() -> None:
+    empty = sk.hll_from_members([])
+    assert sk.hll_estimate(empty) == 0.0
+    assert sk.hll_estimate(sk.hll_merge([])) == 0.0
+    small = sk.hll_from_members(["a", "b", "c"])
+    assert sk.hll_estimate(small) == pytest.approx(3, abs=0.01)
+    assert sk.hll_merge_pair(None, None) is None
+    assert sk.hll_merge_pair(small, None) == small
+    assert sk.hll_merge_pair(None, small) == small
+    both = sk.hll_merge_pair(empty, small)
+    assert both is not None and sk.hll_estimate(both) == pytest.approx(3, abs=0.01)
+    with pytest.raises(ValueError):
+        sk.hll_estimate(b"not an hll")
+    with pytest.raises(ValueError):
+        sk.hll_merge([small, small[: len(small) // 2]])
+
+
+# ----------------------------------------------------------------------------------------------
+# DDSketch protobuf export
+
+
+def parse_proto(data: bytes) -> dict[int, list[object]]:
+    """Minimal independent protobuf wire-format reader (varint, fixed64, length-delimited)."""
+    fields: dict[int, list[object]] = {}
+    i = 0
+
+    def varint() -> int:
+        nonlocal i
+        x = shift = 0
+        while True:
+            byte = data[i]
+            i += 1
+            x |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                return x
+
+    while i < len(data):
+        tag = varint()
+        field, wire = tag >> 3, tag & 7
+        value: object
+        if wire == 0:
+            value = varint()
+        elif wire == 1:
+            (value,) = struct.unpack_from("<d", data, i)
+            i += 8
+        elif wire == 2:
+            n = varint()
+            value = data[i : i + n]
+            i += n
+        else:
+            raise AssertionError(f"unexpected wire type {wire}")
+        fields.setdefault(field, []).append(value)
+    assert i == len(data)
+    return fields
+
+
+def proto_store_bins(msg: bytes) -> dict[int, float]:
+    f = parse_proto(msg)
+    if not f:
+        return {}
+    assert 1 not in f  # no sparse binCounts: ddsketch's from_proto ignores them
+    (packed,) = f[2]
+    assert isinstance(packed, bytes)
+    counts = struct.unpack(f"<{len(packed) // 8}d", packed)
+    zz = f.get(3, [0])[0]
+    assert isinstance(zz, int)
+    offset = (zz >> 1) ^ -(zz & 1)
+    return {offset + i: c for i, c in enumerate(counts) if c != 0.0}
+
+
+@pytest.mark.parametrize("name", sorted(roundtrip_cases()))
+def test_to_proto_carries_the_bins(name: str) -> None:
+    b = roundtrip_cases()[name]
+    if name == "wide_keys":
+        b = sk.bin_values(DATASETS["mixed_sign"])
+    top = parse_proto(sk.to_proto(b))
+    (mapping,) = top[1]
+    assert isinstance(mapping, bytes)
+    m = parse_proto(mapping)
+    assert m[1] == [DDSketch(0.01)._mapping.gamma]
+    assert m.get(2, [0.0]) == [0.0] and m.get(3, [0]) == [0]
+    pos, neg, zero = our_bins(b)
+    (pos_msg,), (neg_msg,) = top[2], top[3]
+    assert isinstance(pos_msg, bytes) and isinstance(neg_msg, bytes)
+    assert proto_store_bins(pos_msg) == pos
+    assert proto_store_bins(neg_msg) == neg
+    assert top.get(4, [0.0]) == [zero]
+
+
+def test_to_proto_parses_with_ddsketch_from_proto() -> None:
+    pytest.importorskip("google.protobuf")
+    from ddsketch.pb import ddsketch_pb2
+    from ddsketch.pb.proto import DDSketchProto
+
+    b = sk.bin_values(np.concatenate([DATASETS["mixed_sign"], np.zeros(3)]))
+    msg = ddsketch_pb2.DDSketch()
+    msg.ParseFromString(sk.to_proto(b))
+    d = DDSketchProto.from_proto(msg)  # type: ignore[no-untyped-call]
+    assert_same_bins(b, d)
+    # from_proto rebuilds the mapping from gamma (α = (γ−1)/(γ+1)), which moves the multiplier
+    # by an ulp or so, so the bucket centres agree only to ~1e-15.
+    for q in QS:
+        assert d.get_quantile_value(q) == pytest.approx(sk.quantile(b, q), rel=1e-12)
