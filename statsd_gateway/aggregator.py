@@ -27,14 +27,29 @@ TYPE_CONFLICT = "type_conflict"
 CARDINALITY_LIMIT = "cardinality_limit"
 TIMESTAMP_TOO_OLD = "timestamp_too_old"
 TIMESTAMP_IN_FUTURE = "timestamp_in_future"
-INVALID_MEMBER = "invalid_value"
-AGGREGATOR_REJECT_REASONS = (TYPE_CONFLICT, CARDINALITY_LIMIT, TIMESTAMP_TOO_OLD, TIMESTAMP_IN_FUTURE)
+AGGREGATOR_REJECT_REASONS = (
+    TYPE_CONFLICT,
+    CARDINALITY_LIMIT,
+    TIMESTAMP_TOO_OLD,
+    TIMESTAMP_IN_FUTURE,
+)
 
 
 class Acc:
     """Running aggregate of one series in one bucket."""
 
-    __slots__ = ("count", "last", "last_ts", "max", "members", "min", "sum", "type", "values", "weights")
+    __slots__ = (
+        "count",
+        "last",
+        "last_ts",
+        "max",
+        "members",
+        "min",
+        "sum",
+        "type",
+        "values",
+        "weights",
+    )
 
     def __init__(self, mtype: MetricType) -> None:
         self.type = mtype

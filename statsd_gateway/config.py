@@ -55,7 +55,9 @@ class UdpConfig:
     enabled: bool = True
     listen: str = "127.0.0.1:8125"
     tenant: str = "default"
-    queue_size: int = 65536  # datagrams waiting to be parsed; beyond it they are dropped and counted
+    queue_size: int = (
+        65536  # datagrams waiting to be parsed; beyond it they are dropped and counted
+    )
     read_buffer: int = 8 * 1024 * 1024  # SO_RCVBUF asked of the kernel, in bytes
 
 

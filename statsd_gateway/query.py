@@ -247,7 +247,9 @@ class QueryEngine:
 
         def read(conn: sqlite3.Connection) -> tuple[int, list[BucketRow]]:
             seq = read_flushed_seq(conn)
-            series = [s for s in read_series(conn, tenant, spec.name) if _matches(s.tags, spec.tags)]
+            series = [
+                s for s in read_series(conn, tenant, spec.name) if _matches(s.tags, spec.tags)
+            ]
             return seq, read_rows(conn, series, start, spec.until)
 
         seq, rows = await self.store.run_read(read)
@@ -294,8 +296,4 @@ class QueryEngine:
 
         if not spec.group_by:
             return {"points": points(groups.get((), {}))}
-        return {
-            "series": [
-                {"tags": dict(g), "points": points(groups[g])} for g in sorted(groups)
-            ]
-        }
+        return {"series": [{"tags": dict(g), "points": points(groups[g])} for g in sorted(groups)]}

@@ -74,11 +74,17 @@ class TelemetryCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         t = self.t
         by_transport = ["transport"]
-        yield _labelled("packets_received_total", by_transport, {(k,): v for k, v in t.packets.items()})
+        yield _labelled(
+            "packets_received_total", by_transport, {(k,): v for k, v in t.packets.items()}
+        )
         yield _labelled("bytes_received_total", by_transport, {(k,): v for k, v in t.bytes.items()})
         yield _labelled("lines_received_total", by_transport, {(k,): v for k, v in t.lines.items()})
-        yield _labelled("samples_accepted_total", by_transport, {(k,): v for k, v in t.accepted.items()})
-        yield _labelled("rejects_total", ["transport", "reason"], dict(t.rejects))
+        yield _labelled(
+            "samples_accepted_total", by_transport, {(k,): v for k, v in t.accepted.items()}
+        )
+        yield _labelled(
+            "rejects_total", ["transport", "reason"], {k: v for k, v in t.rejects.items()}
+        )
         yield _labelled("ignored_total", ["kind"], {(k,): v for k, v in t.ignored.items()})
         for name, value in (
             ("queue_dropped_total", t.queue_dropped),

@@ -42,7 +42,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(PayloadTooLarge("the request body is too large", "body"))
     except web.HTTPMethodNotAllowed as e:
         return error_response(
-            MethodNotAllowed(f"{request.method} is not allowed here; use {', '.join(sorted(e.allowed_methods))}")
+            MethodNotAllowed(
+                f"{request.method} is not allowed here; use {', '.join(sorted(e.allowed_methods))}"
+            )
         )
     except web.HTTPNotFound:
         return error_response(NotFound(f"no endpoint at {request.path}"))

@@ -42,5 +42,3 @@ def require(request: web.Request, scope: str) -> Principal:
     if scope not in p.scopes:
         raise PermissionDenied(f"the key {p.name!r} lacks the {scope!r} scope")
     return p
-
-

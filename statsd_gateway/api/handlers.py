@@ -90,13 +90,17 @@ async def report(request: web.Request) -> web.Response:
     _count_http(svc, request, 1)
     try:
         sample = parse_point(body, extra=frozenset({"idempotency_key"}))
-    except GatewayError as e:
+    except GatewayError:
         svc.telemetry.reject("http", "invalid_point")
-        raise e
+        raise
     rejects = svc.ingest.samples(principal.tenant, [sample], "http")
     if rejects:
         raise reason_error(rejects[0][1])
     return web.json_response({"ok": True})
+
+
+def _indexed(index: int, e: GatewayError) -> dict[str, Any]:
+    return {"index": index, "code": e.code, "message": e.message, "field": e.field}
 
 
 async def batch(request: web.Request) -> web.Response:
@@ -123,12 +127,11 @@ async def batch(request: web.Request) -> web.Response:
             positions.append(i)
         except GatewayError as e:
             svc.telemetry.reject("http", "invalid_point")
-            errors.append({"index": i, "code": e.code, "message": e.message, "field": e.field})
+            errors.append(_indexed(i, e))
     for j, reason in svc.ingest.samples(principal.tenant, samples, "http"):
         i = positions[j]
-        e = reason_error(reason, prefix=f"points[{i}].")
-        errors.append({"index": i, "code": e.code, "message": e.message, "field": e.field})
-    errors.sort(key=lambda e: int(e["index"]))
+        errors.append(_indexed(i, reason_error(reason, prefix=f"points[{i}].")))
+    errors.sort(key=lambda err: int(err["index"]))
     return web.json_response(
         {
             "ok": not errors,
