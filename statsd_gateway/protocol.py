@@ -70,6 +70,7 @@ _SANITISE_WS = re.compile(r"\s+")
 _SANITISE_DROP = re.compile(r"[^A-Za-z0-9_.\-]")
 _IGNORED_SECTION_PREFIXES = ("c:", "e:", "card:")
 _KEY_CACHE_MAX = 100_000
+_LINE_CACHE_MAX = 50_000
 
 
 class LineError(Exception):
@@ -120,11 +121,16 @@ def _parse_float(text: str) -> float:
 
 
 class StatsdParser:
-    """Parses datagrams. Keeps a bounded cache of name/tag sections already validated, because
-    clients repeat the same few series millions of times and re-sanitising them dominates."""
+    """Parses datagrams.
+
+    Clients repeat the same lines (`hits:1|c`) and the same few series millions of times, so two
+    bounded caches skip the work already done: whole lines that gave one sample → that sample
+    (samples are immutable tuples), and name/tag sections → the validated (name, tags).
+    """
 
     def __init__(self) -> None:
         self._keys: dict[tuple[str, str], tuple[str, Tags]] = {}
+        self._lines: dict[str, Sample] = {}
 
     def parse(self, data: bytes) -> ParseResult:
         result = ParseResult()
@@ -133,8 +139,16 @@ class StatsdParser:
         except UnicodeDecodeError:
             self._parse_lines_one_by_one(data, result)
             return result
+        # Hot loop: the cache hit path is inlined on purpose.
+        cached = self._lines.get
+        append = result.samples.append
         for line in text.split("\n"):
-            self._parse_line(line, result)
+            sample = cached(line)
+            if sample is not None:
+                result.lines += 1
+                append(sample)
+            elif line:
+                self._parse_line(line, result)
         return result
 
     def _parse_lines_one_by_one(self, data: bytes, result: ParseResult) -> None:
@@ -149,10 +163,11 @@ class StatsdParser:
             self._parse_line(line, result)
 
     def _parse_line(self, line: str, result: ParseResult) -> None:
+        raw = line
         if line.endswith("\r"):
             line = line[:-1]
-        if not line:
-            return
+            if not line:
+                return
         result.lines += 1
         try:
             if len(line) > MAX_LINE_BYTES and len(line.encode("utf-8")) > MAX_LINE_BYTES:
@@ -164,7 +179,12 @@ class StatsdParser:
                 if line.startswith("_sc|"):
                     result.service_checks += 1
                     return
+            before = len(result.samples)
             self._parse_metric(line, result)
+            if len(result.samples) == before + 1:
+                if len(self._lines) >= _LINE_CACHE_MAX:
+                    self._lines.clear()
+                self._lines[raw] = result.samples[-1]
         except LineError as e:
             result.rejects.append((e.reason, line))
 
