@@ -1,0 +1,47 @@
+"""Docs that a test keeps complete: self-metrics, error codes, reject reasons."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import pytest
+
+from statsd_gateway import errors, protocol
+from statsd_gateway.aggregator import AGGREGATOR_REJECT_REASONS
+from statsd_gateway.telemetry import METRICS, PREFIX, Telemetry
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+@pytest.mark.parametrize("name", sorted(METRICS))
+def test_every_self_metric_is_documented(name: str) -> None:
+    assert f"`{PREFIX}{name}`" in (DOCS / "METRICS.md").read_text()
+
+
+def test_every_exported_metric_is_in_the_list() -> None:
+    text = Telemetry().render().decode()
+    exported = {line.split()[2] for line in text.splitlines() if line.startswith("# HELP ")}
+    documented = {PREFIX + n for n in METRICS}
+    assert exported == documented
+
+
+def _error_classes() -> list[type[errors.GatewayError]]:
+    return [
+        c
+        for _, c in inspect.getmembers(errors, inspect.isclass)
+        if issubclass(c, errors.GatewayError)
+    ]
+
+
+@pytest.mark.parametrize("cls", _error_classes(), ids=lambda c: c.__name__)
+def test_every_error_code_is_in_the_api_table(cls: type[errors.GatewayError]) -> None:
+    row = f"| `{cls.code}` | {cls.status} |"
+    assert row in (DOCS / "API.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "reason", [*protocol.REJECT_REASONS, *AGGREGATOR_REJECT_REASONS, "internal_error"]
+)
+def test_every_udp_reject_reason_is_documented(reason: str) -> None:
+    assert f"| `{reason}` |" in (DOCS / "STATSD.md").read_text()
