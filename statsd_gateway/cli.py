@@ -18,6 +18,7 @@ from statsd_gateway.config import Config, hash_key, load_config
 from statsd_gateway.errors import ConfigError
 from statsd_gateway.gateway import Gateway
 from statsd_gateway.store import StoreError
+from statsd_gateway.systemd import Notifier
 
 log = logging.getLogger("statsd_gateway")
 
@@ -32,6 +33,7 @@ def _setup_logging(level: str) -> None:
 
 async def _serve(config: Config) -> int:
     gateway = Gateway(config)
+    notifier = Notifier()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -42,8 +44,10 @@ async def _serve(config: Config) -> int:
         log.error("cannot start: %s", e)
         await gateway.stop()
         return 1
+    notifier.ready("ingesting")
     await stop.wait()
     log.info("stopping: flushing what is in memory")
+    await notifier.stopping()
     await gateway.stop()
     log.info("stopped")
     return 0
