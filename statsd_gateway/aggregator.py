@@ -215,6 +215,11 @@ class IntervalAggregator:
         return snap
 
     @property
+    def next_seq(self) -> int:
+        """The seq the live interval will carry when swapped."""
+        return self._next_seq
+
+    @property
     def pending(self) -> list[Snapshot]:
         return list(self._pending)
 

@@ -16,7 +16,9 @@ import time
 from collections.abc import Callable
 
 from statsd_gateway.aggregator import IntervalAggregator, Snapshot, finish_snapshot
+from statsd_gateway.idempotency import TTL_SECONDS, IdempotencyLedger
 from statsd_gateway.store import SqliteStore
+from statsd_gateway.store.sqlite import IdempotencyRecord
 from statsd_gateway.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -31,7 +33,9 @@ class Flusher:
         *,
         clock: Callable[[], float] = time.time,
         max_pending: int = 360,
+        ledger: IdempotencyLedger | None = None,
     ) -> None:
+        self.ledger = ledger
         self.aggregator = aggregator
         self.store = store
         self.telemetry = telemetry
@@ -80,14 +84,20 @@ class Flusher:
 
     async def _write(self, snap: Snapshot) -> bool:
         started = time.perf_counter()
+        records = self.ledger.records_upto(snap.seq) if self.ledger else []
+        expire_before = self.clock() - TTL_SECONDS
         try:
-            n = await self.store.run_write(lambda: self._finish_and_write(snap))
+            n = await self.store.run_write(
+                lambda: self._finish_and_write(snap, records, expire_before)
+            )
         except Exception as e:
             self.telemetry.flush_errors += 1
             self.last_error = str(e)
             log.error("flush failed, will retry: %s", e)
             return False
         self.aggregator.release(snap)
+        if self.ledger:
+            self.ledger.forget(records)
         self.telemetry.flushes += 1
         self.telemetry.flushed_rows += n
         self.telemetry.last_flush_seconds = time.perf_counter() - started
@@ -95,7 +105,14 @@ class Flusher:
         self.last_error = None
         return True
 
-    def _finish_and_write(self, snap: Snapshot) -> int:
+    def _finish_and_write(
+        self, snap: Snapshot, records: list[IdempotencyRecord], expire_before: float
+    ) -> int:
         rows = finish_snapshot(snap)
-        self.store.write_rows(rows, flushed_seq=snap.seq)
+        self.store.write_rows(
+            rows,
+            flushed_seq=snap.seq,
+            idempotency=records,
+            idempotency_expire_before=expire_before,
+        )
         return len(rows)

@@ -22,6 +22,7 @@ from statsd_gateway.api.app import create_app
 from statsd_gateway.api.auth import KeyRing
 from statsd_gateway.config import ApiKey, Config, hash_key, parse_listen
 from statsd_gateway.flusher import Flusher
+from statsd_gateway.idempotency import IdempotencyLedger
 from statsd_gateway.ingest import Ingest
 from statsd_gateway.query import QueryEngine
 from statsd_gateway.store import SqliteStore
@@ -93,7 +94,12 @@ class Gateway:
             first_seq=first_seq,
         )
         self.ingest = Ingest(self.aggregator, self.telemetry)
-        self.flusher = Flusher(self.aggregator, self.store, self.telemetry, clock=self.clock)
+        self.idempotency = IdempotencyLedger(
+            self.store, lambda: self.aggregator.next_seq, self.clock
+        )
+        self.flusher = Flusher(
+            self.aggregator, self.store, self.telemetry, clock=self.clock, ledger=self.idempotency
+        )
         self.query_engine = QueryEngine(self.store, self.aggregator)
         self.telemetry.pending_flushes = lambda: len(self.aggregator.pending)
         self.telemetry.series_count = lambda: sum(len(s) for s in self.registry.series.values())

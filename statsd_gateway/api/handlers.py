@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -18,6 +19,7 @@ from statsd_gateway.errors import (
     TypeConflict,
     Unavailable,
 )
+from statsd_gateway.idempotency import IdempotencyLedger, body_digest, request_key
 from statsd_gateway.ingest import Ingest
 from statsd_gateway.protocol import Sample
 from statsd_gateway.query import QueryEngine, parse_query
@@ -30,6 +32,7 @@ class GatewayServices(Protocol):
     keyring: KeyRing
     ingest: Ingest
     query_engine: QueryEngine
+    idempotency: IdempotencyLedger
     telemetry: Telemetry
     max_body_bytes: int
     max_batch_points: int
@@ -83,20 +86,37 @@ def _count_http(svc: GatewayServices, request: web.Request, points: int) -> None
     t.lines["http"] += points
 
 
+async def _once(
+    request: web.Request, tenant: str, body: Any, apply: Callable[[], dict[str, Any]]
+) -> web.Response:
+    """Applies a write once per idempotency key, when the request carries one."""
+    key = request_key(request.headers.get("Idempotency-Key"), body)
+    if key is None:
+        return web.json_response(apply())
+    svc = request.app[SERVICES]
+    answer, replayed = await svc.idempotency.run(tenant, key, body_digest(body), apply)
+    headers = {"Idempotent-Replayed": "true"} if replayed else None
+    return web.json_response(answer, headers=headers)
+
+
 async def report(request: web.Request) -> web.Response:
     svc = request.app[SERVICES]
     principal = require(request, "write")
     body = await _json_body(request)
     _count_http(svc, request, 1)
-    try:
-        sample = parse_point(body, extra=frozenset({"idempotency_key"}))
-    except GatewayError:
-        svc.telemetry.reject("http", "invalid_point")
-        raise
-    rejects = svc.ingest.samples(principal.tenant, [sample], "http")
-    if rejects:
-        raise reason_error(rejects[0][1])
-    return web.json_response({"ok": True})
+
+    def apply() -> dict[str, Any]:
+        try:
+            sample = parse_point(body, extra=frozenset({"idempotency_key"}))
+        except GatewayError:
+            svc.telemetry.reject("http", "invalid_point")
+            raise
+        rejects = svc.ingest.samples(principal.tenant, [sample], "http")
+        if rejects:
+            raise reason_error(rejects[0][1])
+        return {"ok": True}
+
+    return await _once(request, principal.tenant, body, apply)
 
 
 def _indexed(index: int, e: GatewayError) -> dict[str, Any]:
@@ -118,28 +138,30 @@ async def batch(request: web.Request) -> web.Response:
     if len(points) > svc.max_batch_points:
         raise InvalidArgument(f"a batch holds at most {svc.max_batch_points} points", "points")
     _count_http(svc, request, len(points))
-    errors: list[dict[str, Any]] = []
-    samples: list[Sample] = []
-    positions: list[int] = []
-    for i, obj in enumerate(points):
-        try:
-            samples.append(parse_point(obj, prefix=f"points[{i}]."))
-            positions.append(i)
-        except GatewayError as e:
-            svc.telemetry.reject("http", "invalid_point")
-            errors.append(_indexed(i, e))
-    for j, reason in svc.ingest.samples(principal.tenant, samples, "http"):
-        i = positions[j]
-        errors.append(_indexed(i, reason_error(reason, prefix=f"points[{i}].")))
-    errors.sort(key=lambda err: int(err["index"]))
-    return web.json_response(
-        {
+
+    def apply() -> dict[str, Any]:
+        errors: list[dict[str, Any]] = []
+        samples: list[Sample] = []
+        positions: list[int] = []
+        for i, obj in enumerate(points):
+            try:
+                samples.append(parse_point(obj, prefix=f"points[{i}]."))
+                positions.append(i)
+            except GatewayError as e:
+                svc.telemetry.reject("http", "invalid_point")
+                errors.append(_indexed(i, e))
+        for j, reason in svc.ingest.samples(principal.tenant, samples, "http"):
+            i = positions[j]
+            errors.append(_indexed(i, reason_error(reason, prefix=f"points[{i}].")))
+        errors.sort(key=lambda err: int(err["index"]))
+        return {
             "ok": not errors,
             "accepted": len(points) - len(errors),
             "rejected": len(errors),
             "errors": errors,
         }
-    )
+
+    return await _once(request, principal.tenant, body, apply)
 
 
 async def query(request: web.Request) -> web.Response:

@@ -5,6 +5,8 @@ Layout (see shared/research/sketch-storage.md, schema "F"):
 - `points_raw`: one row per series per flush-interval bucket, keyed time-major (ts, series_id) so
   that a flush appends to the right edge of one B-tree. Exact count/sum/min/max/last in columns,
   DDSketch bins as a DDV1 blob in `sketch`, a set's HyperLogLog in `hll`.
+- `idempotency`: the stored response of each idempotency key, written in the same transaction as
+  the points it answers for.
 - `meta`: schema version, sketch format, and `flushed_seq` (the last flushed snapshot; queries use
   it to avoid counting a snapshot both from memory and from disk).
 """
@@ -36,6 +38,15 @@ CREATE TABLE IF NOT EXISTS points_raw(
   sketch BLOB,
   hll BLOB,
   PRIMARY KEY(ts, series_id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS idempotency(
+  tenant TEXT NOT NULL,
+  key TEXT NOT NULL,
+  body_sha256 TEXT NOT NULL,
+  status INTEGER NOT NULL,
+  response TEXT NOT NULL,
+  created REAL NOT NULL,
+  PRIMARY KEY(tenant, key)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS idempotency_created ON idempotency(created);
 """
 
 MIGRATIONS: dict[int, str] = {1: _V1}

@@ -37,6 +37,17 @@ class StoreTimeout(StoreError):
 
 
 @dataclass(frozen=True, slots=True)
+class IdempotencyRecord:
+    tenant: str
+    key: str
+    body_sha256: str
+    status: int
+    response: str  # the JSON body answered
+    created: float
+    seq: int = 0  # the snapshot holding the points this request applied
+
+
+@dataclass(frozen=True, slots=True)
 class SeriesInfo:
     id: int
     tenant: str
@@ -130,8 +141,15 @@ class SqliteStore:
         """Runs `fn` on the writer thread (it may call `write_rows`)."""
         return await asyncio.get_running_loop().run_in_executor(self._writer, fn)
 
-    def write_rows(self, rows: Sequence[BucketRow], flushed_seq: int | None = None) -> None:
-        """Writer thread only. One transaction: series rows, bucket upserts, flushed_seq."""
+    def write_rows(
+        self,
+        rows: Sequence[BucketRow],
+        flushed_seq: int | None = None,
+        idempotency: Sequence[IdempotencyRecord] = (),
+        idempotency_expire_before: float | None = None,
+    ) -> None:
+        """Writer thread only. One transaction: series rows, bucket upserts, flushed_seq, and the
+        idempotency records of the requests whose points these rows hold."""
         conn = self._wconn
         if conn is None:
             raise StoreError("the store is closed")
@@ -158,6 +176,17 @@ class SqliteStore:
                         )
                     )
                 conn.executemany(_UPSERT, params)
+                conn.executemany(
+                    "INSERT OR IGNORE INTO idempotency VALUES (?, ?, ?, ?, ?, ?)",
+                    [
+                        (r.tenant, r.key, r.body_sha256, r.status, r.response, r.created)
+                        for r in idempotency
+                    ],
+                )
+                if idempotency_expire_before is not None:
+                    conn.execute(
+                        "DELETE FROM idempotency WHERE created < ?", (idempotency_expire_before,)
+                    )
                 if flushed_seq is not None:
                     conn.execute(
                         "UPDATE meta SET value=? WHERE key='flushed_seq'", (str(flushed_seq),)
@@ -287,3 +316,13 @@ def read_rows(
                 )
             )
     return out
+
+
+def read_idempotency(conn: sqlite3.Connection, tenant: str, key: str) -> IdempotencyRecord | None:
+    row = conn.execute(
+        "SELECT body_sha256, status, response, created FROM idempotency WHERE tenant=? AND key=?",
+        (tenant, key),
+    ).fetchone()
+    if row is None:
+        return None
+    return IdempotencyRecord(tenant, key, row[0], int(row[1]), row[2], float(row[3]))

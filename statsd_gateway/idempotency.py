@@ -1,0 +1,103 @@
+"""Idempotency keys (DESIGN.md §4), per tenant.
+
+- The first request with a key is applied once; its response is recorded.
+- A retry with the same key and the same body gets the recorded response, marked replayed, and
+  changes nothing. The same key with another body is IDEMPOTENCY_KEY_REUSED.
+- Concurrent requests with one key: the later ones wait for the first, then replay it.
+- A record is written to the store in the same transaction as the snapshot that holds the points
+  it answers for, so it is exactly as durable as those points (and survives a restart with them).
+  Records are kept at least TTL_SECONDS.
+Only successful answers (200, including a batch with some rejected points) are recorded; an
+error leaves the key unused so the client can retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import Callable
+from typing import Any
+
+from statsd_gateway.errors import IdempotencyKeyReused, InvalidArgument
+from statsd_gateway.store import SqliteStore
+from statsd_gateway.store.sqlite import IdempotencyRecord, read_idempotency
+
+TTL_SECONDS = 25 * 3600.0
+KEY_MAX = 200
+
+
+def body_digest(body: Any) -> str:
+    """SHA-256 of the canonical JSON of the body, without its idempotency_key field."""
+    if isinstance(body, dict):
+        body = {k: v for k, v in body.items() if k != "idempotency_key"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def request_key(header: str | None, body: Any) -> str | None:
+    """The key from the Idempotency-Key header or the body field; both must agree."""
+    field = body.get("idempotency_key") if isinstance(body, dict) else None
+    if field is not None and (not isinstance(field, str) or not 0 < len(field) <= KEY_MAX):
+        raise InvalidArgument(
+            f"idempotency_key must be a string of 1-{KEY_MAX} characters", "idempotency_key"
+        )
+    if header is not None and not 0 < len(header) <= KEY_MAX:
+        raise InvalidArgument(f"Idempotency-Key must be 1-{KEY_MAX} characters", "Idempotency-Key")
+    if header is not None and field is not None and header != field:
+        raise InvalidArgument(
+            "the Idempotency-Key header and the idempotency_key field differ", "idempotency_key"
+        )
+    return header if header is not None else field
+
+
+class IdempotencyLedger:
+    def __init__(
+        self, store: SqliteStore, next_seq: Callable[[], int], clock: Callable[[], float]
+    ) -> None:
+        self.store = store
+        self.next_seq = next_seq
+        self.clock = clock
+        self._memory: dict[tuple[str, str], IdempotencyRecord] = {}
+        self._inflight: dict[tuple[str, str], asyncio.Future[None]] = {}
+
+    async def run(
+        self,
+        tenant: str,
+        key: str,
+        digest: str,
+        apply: Callable[[], dict[str, Any]],
+    ) -> tuple[dict[str, Any], bool]:
+        """Applies `apply` once per (tenant, key); returns (response body, replayed)."""
+        k = (tenant, key)
+        while k in self._inflight:
+            await asyncio.shield(self._inflight[k])
+        rec = self._memory.get(k)
+        if rec is None:
+            # Claim the key before reading the store, so a concurrent request waits for us.
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._inflight[k] = done
+            try:
+                rec = await self.store.run_read(lambda c: read_idempotency(c, tenant, key))
+                if rec is None:
+                    body = apply()
+                    self._memory[k] = IdempotencyRecord(
+                        tenant, key, digest, 200, json.dumps(body), self.clock(), self.next_seq()
+                    )
+                    return body, False
+            finally:
+                del self._inflight[k]
+                done.set_result(None)
+        if rec.body_sha256 != digest:
+            raise IdempotencyKeyReused(
+                "this idempotency key was used with a different body", "idempotency_key"
+            )
+        return json.loads(rec.response), True
+
+    def records_upto(self, seq: int) -> list[IdempotencyRecord]:
+        return [r for r in self._memory.values() if r.seq <= seq]
+
+    def forget(self, records: list[IdempotencyRecord]) -> None:
+        for r in records:
+            if self._memory.get((r.tenant, r.key)) is r:
+                del self._memory[(r.tenant, r.key)]
