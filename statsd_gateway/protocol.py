@@ -163,6 +163,8 @@ class StatsdParser:
             self._parse_line(line, result)
 
     def _parse_line(self, line: str, result: ParseResult) -> None:
+        if not line:
+            return
         raw = line
         if line.endswith("\r"):
             line = line[:-1]
@@ -180,8 +182,10 @@ class StatsdParser:
                     result.service_checks += 1
                     return
             before = len(result.samples)
+            unknown = result.unknown_sections
             self._parse_metric(line, result)
-            if len(result.samples) == before + 1:
+            # Cache only lines whose whole outcome is their one sample.
+            if len(result.samples) == before + 1 and result.unknown_sections == unknown:
                 if len(self._lines) >= _LINE_CACHE_MAX:
                     self._lines.clear()
                 self._lines[raw] = result.samples[-1]
@@ -237,19 +241,16 @@ class StatsdParser:
         raw_value = sections[0]
         values = raw_value.split(":") if ":" in raw_value else (raw_value,)
         append = result.samples.append
+        present = [v for v in values if v]  # empty packed values are skipped
+        if not present:
+            raise LineError(EMPTY_VALUE)
         if mtype is MetricType.SET:
-            for member in values:
-                if member:
-                    append((name, tags, mtype, member, 1.0, ts, False))
-                elif len(values) == 1:
-                    raise LineError(EMPTY_VALUE)
+            for member in present:
+                append((name, tags, mtype, member, 1.0, ts, False))
             return
-        parsed: list[float] = []
-        for vs in values:
-            if vs or len(values) == 1:
-                parsed.append(_parse_float(vs))
+        parsed = [_parse_float(vs) for vs in present]
         if mtype is MetricType.GAUGE:
-            for vs, v in zip((s for s in values if s), parsed, strict=True):
+            for vs, v in zip(present, parsed, strict=True):
                 append((name, tags, mtype, v, 1.0, ts, vs[0] in "+-"))
             return
         for v in parsed:

@@ -220,8 +220,15 @@ def aggregate(rows: Sequence[BucketRow], spec: QuerySpec, seconds: float) -> flo
     if agg == "max":
         return max((r.max for r in rows if r.max is not None), default=None)
     if agg == "last":
-        with_last = [r for r in rows if r.last is not None and r.last_ts is not None]
-        return max(with_last, key=lambda r: r.last_ts or 0.0).last if with_last else None
+        # Rows come oldest first (disk, then pending snapshots, then live): on equal
+        # timestamps the later row wins.
+        best: BucketRow | None = None
+        for r in rows:
+            if r.last is None or r.last_ts is None:
+                continue
+            if best is None or r.last_ts >= (best.last_ts or 0.0):
+                best = r
+        return None if best is None else best.last
     if agg == "distinct":
         blobs = [r.hll for r in rows if r.hll is not None]
         return float(round(sketch.hll_estimate(sketch.hll_merge(blobs)))) if blobs else 0.0
