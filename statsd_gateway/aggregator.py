@@ -116,7 +116,8 @@ class IntervalAggregator:
         self._live: Buckets = {}
         self._pending: list[Snapshot] = []
         self._next_seq = first_seq
-        self._gauges: dict[SeriesKey, float] = {}
+        # The current value of each gauge and its time: what +N/-N changes apply to.
+        self._gauges: dict[SeriesKey, tuple[float, float]] = {}
 
     def bucket_of(self, t: float) -> float:
         i = self.interval
@@ -166,9 +167,11 @@ class IntervalAggregator:
                 continue
             v = float(value)
             if mtype is MetricType.GAUGE:
+                cur_v, cur_t = self._gauges.get(key, (0.0, -math.inf))
                 if delta:
-                    v = self._gauges.get(key, 0.0) + v
-                self._gauges[key] = v
+                    v = cur_v + v
+                if delta or t >= cur_t:  # a late absolute value does not move the current one
+                    self._gauges[key] = (v, max(t, cur_t))
                 if t >= acc.last_ts:
                     acc.last, acc.last_ts = v, t
                 rate = 1.0

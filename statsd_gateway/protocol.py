@@ -239,7 +239,11 @@ class StatsdParser:
         name, tags = key
 
         raw_value = sections[0]
-        values = raw_value.split(":") if ":" in raw_value else (raw_value,)
+        # A set member is kept whole (`user:1` is one member); other types may be packed.
+        if ":" in raw_value and mtype is not MetricType.SET:
+            values: list[str] | tuple[str] = raw_value.split(":")
+        else:
+            values = (raw_value,)
         append = result.samples.append
         present = [v for v in values if v]  # empty packed values are skipped
         if not present:

@@ -47,6 +47,9 @@ SCENARIOS: list[Any] = [
     pytest.param(b"size:12|h", [s("size", 12.0, "h")], [], {}, id="histogram h"),
     pytest.param(b"lat:1.5|d", [s("lat", 1.5, "d")], [], {}, id="distribution d"),
     pytest.param(b"users:alice|s", [s("users", "alice", "s")], [], {}, id="set s"),
+    pytest.param(
+        b"users:user:1|s", [s("users", "user:1", "s")], [], {}, id="set member with a colon"
+    ),
     pytest.param(b"lat:-4e2|ms", [s("lat", -400.0, "ms")], [], {}, id="negative exponent value"),
     # --- framing -----------------------------------------------------------------------------
     pytest.param(

@@ -24,6 +24,7 @@ from statsd_gateway.errors import (
 
 log = logging.getLogger(__name__)
 
+OPENAPI_PATH = "/v1/openapi.json"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -63,7 +64,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 def auth_middleware(keyring: Callable[[], KeyRing]) -> Callable[..., Awaitable[web.StreamResponse]]:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path.startswith("/v1/"):
+        if request.path.startswith("/v1/") and request.path != OPENAPI_PATH:
             header = request.headers.get("Authorization", "")
             scheme, _, token = header.partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
@@ -87,6 +88,7 @@ def create_app(gateway: handlers.GatewayServices, *, max_body_bytes: int) -> web
     app.router.add_post("/v1/metrics/batch", handlers.batch)
     app.router.add_get("/v1/metrics/query", handlers.query)
     app.router.add_get("/v1/metrics", handlers.list_metrics)
+    app.router.add_get(OPENAPI_PATH, handlers.openapi)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     app.router.add_get("/metrics", handlers.prometheus)

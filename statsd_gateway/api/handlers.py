@@ -10,6 +10,7 @@ from aiohttp import web
 
 from statsd_gateway.aggregator import CARDINALITY_LIMIT, TYPE_CONFLICT
 from statsd_gateway.api.auth import KeyRing, require
+from statsd_gateway.api.openapi import openapi_spec
 from statsd_gateway.api.schemas import parse_point
 from statsd_gateway.errors import (
     CardinalityLimit,
@@ -175,6 +176,10 @@ async def list_metrics(request: web.Request) -> web.Response:
     svc = request.app[SERVICES]
     principal = require(request, "read")
     return web.json_response({"ok": True, "metrics": svc.metrics_of(principal.tenant)})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi_spec())
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -99,14 +99,17 @@ class SqliteStore:
         return self._writer.submit(self._open).result()
 
     def _open(self) -> list[SeriesInfo]:
+        conn: sqlite3.Connection | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=5000")
             migrate(conn, sketch.FORMAT)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
         except (sqlite3.DatabaseError, SchemaError, OSError) as e:
+            if conn is not None:
+                conn.close()
             raise StoreError(f"cannot open the database {self.path}: {e}") from None
         conn.create_function("dd_merge", 2, sketch.merge_blobs, deterministic=True)
         conn.create_function("hll_merge", 2, sketch.hll_merge_pair, deterministic=True)

@@ -1,0 +1,343 @@
+"""The OpenAPI 3.0 description of the HTTP API, served at GET /v1/openapi.json (no auth)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from statsd_gateway import __version__
+from statsd_gateway.errors import GatewayError
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _error_response(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ERROR}}}
+
+
+_COMMON_ERRORS = {
+    "400": _error_response("INVALID_ARGUMENT"),
+    "401": {
+        **_error_response("UNAUTHENTICATED"),
+        "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
+    },
+    "403": _error_response("PERMISSION_DENIED"),
+    "500": _error_response("INTERNAL"),
+}
+_WRITE_ERRORS = {
+    **_COMMON_ERRORS,
+    "409": _error_response("TYPE_CONFLICT or IDEMPOTENCY_KEY_REUSED"),
+    "413": _error_response("PAYLOAD_TOO_LARGE"),
+    "429": _error_response("CARDINALITY_LIMIT"),
+}
+_IDEMPOTENCY_HEADER = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+}
+_REPLAYED = {"Idempotent-Replayed": {"schema": {"type": "string", "enum": ["true"]}}}
+
+
+def _query_param(name: str, description: str, required: bool = False) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": required,
+        "description": description,
+        "schema": {"type": "string"},
+    }
+
+
+_POINT: dict[str, Any] = {
+    "type": "object",
+    "required": ["name", "value"],
+    "additionalProperties": False,
+    "properties": {
+        "name": {"type": "string", "pattern": "^[A-Za-z0-9_.\\-/:]{1,200}$"},
+        "value": {"oneOf": [{"type": "number"}, {"type": "string", "minLength": 1}]},
+        "type": {
+            "type": "string",
+            "enum": ["counter", "gauge", "timing", "histogram", "distribution", "set"],
+            "default": "gauge",
+        },
+        "tags": {
+            "type": "object",
+            "maxProperties": 32,
+            "additionalProperties": {"type": "string", "maxLength": 200},
+        },
+        "timestamp": {"oneOf": [{"type": "number"}, {"type": "string", "format": "date-time"}]},
+        "sample_rate": {"type": "number", "exclusiveMinimum": True, "minimum": 0, "maximum": 1},
+    },
+}
+
+_POINTS_LIST = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "properties": {"timestamp": {"type": "number"}, "value": {"type": "number"}},
+        "required": ["timestamp", "value"],
+    },
+}
+
+
+def openapi_spec() -> dict[str, Any]:
+    codes = sorted({c.code for c in _all_errors()})
+    ok = {"type": "object", "required": ["ok"], "properties": {"ok": {"type": "boolean"}}}
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "statsd-gateway", "version": __version__},
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["ok", "error"],
+                    "properties": {
+                        "ok": {"type": "boolean", "enum": [False]},
+                        "error": {
+                            "type": "object",
+                            "required": ["code", "message", "field"],
+                            "properties": {
+                                "code": {"type": "string", "enum": codes},
+                                "message": {"type": "string"},
+                                "field": {"type": "string", "nullable": True},
+                            },
+                        },
+                    },
+                },
+                "MetricPoint": _POINT,
+            },
+        },
+        "security": [{"bearer": []}],
+        "paths": {
+            "/v1/metrics/report": {
+                "post": {
+                    "summary": "Report one point",
+                    "parameters": [_IDEMPOTENCY_HEADER],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    **_POINT,
+                                    "properties": {
+                                        **_POINT["properties"],
+                                        "idempotency_key": {
+                                            "type": "string",
+                                            "minLength": 1,
+                                            "maxLength": 200,
+                                        },
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "accepted",
+                            "headers": _REPLAYED,
+                            "content": {"application/json": {"schema": ok}},
+                        },
+                        **_WRITE_ERRORS,
+                    },
+                }
+            },
+            "/v1/metrics/batch": {
+                "post": {
+                    "summary": "Report many points; valid ones are kept, invalid ones reported",
+                    "parameters": [_IDEMPOTENCY_HEADER],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["points"],
+                                    "additionalProperties": False,
+                                    "properties": {
+                                        "points": {
+                                            "type": "array",
+                                            "maxItems": 10000,
+                                            "items": {"$ref": "#/components/schemas/MetricPoint"},
+                                        },
+                                        "idempotency_key": {
+                                            "type": "string",
+                                            "minLength": 1,
+                                            "maxLength": 200,
+                                        },
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "the batch was processed",
+                            "headers": _REPLAYED,
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "required": ["ok", "accepted", "rejected", "errors"],
+                                        "properties": {
+                                            "ok": {"type": "boolean"},
+                                            "accepted": {"type": "integer"},
+                                            "rejected": {"type": "integer"},
+                                            "errors": {
+                                                "type": "array",
+                                                "items": {
+                                                    "type": "object",
+                                                    "required": ["index", "code", "message"],
+                                                    "properties": {
+                                                        "index": {"type": "integer"},
+                                                        "code": {"type": "string"},
+                                                        "message": {"type": "string"},
+                                                        "field": {
+                                                            "type": "string",
+                                                            "nullable": True,
+                                                        },
+                                                    },
+                                                },
+                                            },
+                                        },
+                                    }
+                                }
+                            },
+                        },
+                        **_WRITE_ERRORS,
+                    },
+                }
+            },
+            "/v1/metrics/query": {
+                "get": {
+                    "summary": "A time series of one aggregation of one metric",
+                    "parameters": [
+                        _query_param("name", "metric name", required=True),
+                        _query_param(
+                            "agg",
+                            "count sum avg min max rate last distinct, or pNN / pNN.N",
+                            required=True,
+                        ),
+                        _query_param("tags", "filter: k:v,k2:v2 or a JSON object"),
+                        _query_param("window", "bucket width: 10s 1m 5m 1h 1d"),
+                        _query_param("since", "unix seconds, RFC 3339, now, or -15m"),
+                        _query_param("until", "unix seconds, RFC 3339, now, or -15m"),
+                        _query_param("group_by", "comma-separated tag keys"),
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "the series",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "required": ["ok", "name", "type", "agg", "since", "until"],
+                                        "properties": {
+                                            "ok": {"type": "boolean"},
+                                            "name": {"type": "string"},
+                                            "type": {"type": "string"},
+                                            "agg": {"type": "string"},
+                                            "tags": {"type": "object"},
+                                            "window": {"type": "string", "nullable": True},
+                                            "since": {"type": "number"},
+                                            "until": {"type": "number"},
+                                            "points": _POINTS_LIST,
+                                            "series": {
+                                                "type": "array",
+                                                "items": {
+                                                    "type": "object",
+                                                    "properties": {
+                                                        "tags": {"type": "object"},
+                                                        "points": _POINTS_LIST,
+                                                    },
+                                                },
+                                            },
+                                        },
+                                    }
+                                }
+                            },
+                        },
+                        **_COMMON_ERRORS,
+                        "404": _error_response("METRIC_NOT_FOUND"),
+                    },
+                }
+            },
+            "/v1/metrics": {
+                "get": {
+                    "summary": "The tenant's metrics with type and tag keys",
+                    "responses": {
+                        "200": {
+                            "description": "the metrics",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "required": ["ok", "metrics"],
+                                        "properties": {
+                                            "ok": {"type": "boolean"},
+                                            "metrics": {"type": "array"},
+                                        },
+                                    }
+                                }
+                            },
+                        },
+                        **_COMMON_ERRORS,
+                    },
+                }
+            },
+            "/v1/openapi.json": {
+                "get": {
+                    "summary": "This document",
+                    "security": [],
+                    "responses": {"200": {"description": "OpenAPI 3.0"}},
+                }
+            },
+            "/healthz": {
+                "get": {
+                    "summary": "The process is alive",
+                    "security": [],
+                    "responses": {
+                        "200": {
+                            "description": "alive",
+                            "content": {"application/json": {"schema": ok}},
+                        }
+                    },
+                }
+            },
+            "/readyz": {
+                "get": {
+                    "summary": "Store writable, flushes succeeding, listeners bound",
+                    "security": [],
+                    "responses": {
+                        "200": {
+                            "description": "ready",
+                            "content": {"application/json": {"schema": ok}},
+                        },
+                        "503": _error_response("UNAVAILABLE"),
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "The daemon's own metrics, Prometheus text format",
+                    "security": [],
+                    "responses": {
+                        "200": {
+                            "description": "metrics",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
+        },
+    }
+
+
+def _all_errors() -> list[type[GatewayError]]:
+    out: list[type[GatewayError]] = []
+    todo: list[type[GatewayError]] = [GatewayError]
+    while todo:
+        c = todo.pop()
+        out.append(c)
+        todo.extend(c.__subclasses__())
+    return out
