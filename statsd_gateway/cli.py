@@ -31,13 +31,31 @@ def _setup_logging(level: str) -> None:
     )
 
 
-async def _serve(config: Config) -> int:
+def _reload(gateway: Gateway, notifier: Notifier, path: str | None) -> None:
+    """SIGHUP: re-read the config file; a bad file is logged and the running config stays."""
+    if path is None:
+        log.info("SIGHUP: no --config file to reload")
+        return
+    notifier.notify("RELOADING=1")
+    try:
+        new = load_config(path)
+    except ConfigError as e:
+        log.error("reload: %s is not valid, keeping the running config: %s", path, e)
+    else:
+        for key in gateway.reload(new):
+            log.warning("reload: %s changed; it takes effect after a restart", key)
+        log.info("reloaded %s", path)
+    notifier.notify("READY=1")
+
+
+async def _serve(config: Config, path: str | None) -> int:
     gateway = Gateway(config)
     notifier = Notifier()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, _reload, gateway, notifier, path)
     try:
         await gateway.start()
     except (StoreError, OSError) as e:
@@ -63,9 +81,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         import uvloop
 
-        return int(uvloop.run(_serve(config)))
+        return int(uvloop.run(_serve(config, args.config)))
     except ImportError:  # pragma: no cover - uvloop is a dependency; plain asyncio still works
-        return asyncio.run(_serve(config))
+        return asyncio.run(_serve(config, args.config))
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

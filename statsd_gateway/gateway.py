@@ -129,6 +129,34 @@ class Gateway:
         if self.flush_on_ticks:
             self.flusher.start()
 
+    def reload(self, new: Config) -> list[str]:
+        """Applies what can change while running (keys, limits, log level); returns the changed
+        settings that only take effect after a restart."""
+        old = self.config
+        self.config = new
+        self._setup_keys()
+        self.max_batch_points = new.http.max_batch_points
+        self.max_query_points = new.query.max_points
+        self.store.read_timeout = new.query.timeout
+        if self._store_open:
+            self.aggregator.max_series_per_tenant = new.aggregation.max_series_per_tenant
+        logging.getLogger("statsd_gateway").setLevel(new.log.level.upper())
+        needs_restart = []
+        for path, before, after in (
+            ("udp", old.udp, new.udp),
+            ("http.listen", old.http.listen, new.http.listen),
+            ("http.max_body_bytes", old.http.max_body_bytes, new.http.max_body_bytes),
+            ("storage.path", old.storage.path, new.storage.path),
+            (
+                "aggregation.flush_interval",
+                old.aggregation.flush_interval,
+                new.aggregation.flush_interval,
+            ),
+        ):
+            if before != after:
+                needs_restart.append(path)
+        return needs_restart
+
     def _setup_keys(self) -> None:
         keys = self.config.auth.keys
         if not keys:

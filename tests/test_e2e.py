@@ -313,3 +313,46 @@ def test_keygen_prints_a_key_and_its_sha256(tmp_path: Path) -> None:
     assert hashlib.sha256(key_line.group(1).encode()).hexdigest() == sha_line.group(1)
     other = run_cli("keygen", cwd=tmp_path)
     assert key_line.group(1) not in other.stdout  # a new key each time
+
+
+def wait_for_log(d: Daemon, text: str, after: int) -> None:
+    """Waits until a stderr line past index `after` contains `text`."""
+    deadline = time.monotonic() + POLL_TIMEOUT
+    while not any(text in line for line in d.lines[after:]):
+        if time.monotonic() > deadline or d.proc.poll() is not None:
+            pytest.fail(f"no log line with {text!r}; stderr:\n{d.stderr}")
+        time.sleep(0.02)
+
+
+def test_sighup_reloads_keys_and_keeps_the_old_config_on_a_bad_file(
+    tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    path = tmp_path / "reload.yaml"
+    write_config(path, tmp_path / "state", flush_interval="1s")
+    base = path.read_text()
+
+    def with_key(key: str) -> str:
+        sha = hashlib.sha256(key.encode()).hexdigest()
+        return base + f"auth:\n  keys:\n    - name: k\n      sha256: {sha}\n"
+
+    path.write_text(with_key("first-key"))
+    d = Daemon(path)
+    daemons.append(d)
+    assert d.request("GET", "/v1/metrics", "first-key")[0] == 200
+    assert d.request("GET", "/v1/metrics", "second-key")[0] == 401
+
+    path.write_text(with_key("second-key") + "log:\n  level: debug\n")
+    mark = len(d.lines)
+    d.proc.send_signal(signal.SIGHUP)
+    wait_for_log(d, "reloaded", mark)
+    assert d.request("GET", "/v1/metrics", "second-key")[0] == 200
+    assert d.request("GET", "/v1/metrics", "first-key")[0] == 401
+
+    path.write_text(with_key("third-key") + "udp:\n  bogus: 1\n")
+    mark = len(d.lines)
+    d.proc.send_signal(signal.SIGHUP)
+    wait_for_log(d, "keeping the running config", mark)
+    assert "udp.bogus" in d.stderr
+    assert d.request("GET", "/v1/metrics", "second-key")[0] == 200
+    assert d.request("GET", "/v1/metrics", "third-key")[0] == 401
+    assert d.terminate() == 0
