@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from statsd_gateway.errors import ConfigError
+from statsd_gateway.protocol import GAUGE_SIGNS, SANITISERS
 
 SCOPES = frozenset({"read", "write"})
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -59,6 +60,14 @@ class UdpConfig:
         65536  # datagrams waiting to be parsed; beyond it they are dropped and counted
     )
     read_buffer: int = 8 * 1024 * 1024  # SO_RCVBUF asked of the kernel, in bytes
+
+
+@dataclass(frozen=True, kw_only=True)
+class StatsdConfig:
+    """How StatsD text is read, whatever the transport."""
+
+    gauge_sign: str = "delta"  # delta (Etsy) or absolute (DogStatsD)
+    name_sanitising: str = "statsd"  # statsd (Etsy), none, or prometheus
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -108,6 +117,7 @@ class LogConfig:
 @dataclass(frozen=True, kw_only=True)
 class Config:
     udp: UdpConfig = field(default_factory=UdpConfig)
+    statsd: StatsdConfig = field(default_factory=StatsdConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)
@@ -159,6 +169,12 @@ def _bool(v: Any, path: str) -> bool:
     return v
 
 
+def _choice(v: Any, path: str, choices: tuple[str, ...]) -> str:
+    if v not in choices:
+        raise ConfigError(path, f"expected one of {', '.join(choices)}")
+    return str(v)
+
+
 def _duration(v: Any, path: str) -> float:
     try:
         return parse_duration(v)
@@ -208,6 +224,7 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
     raw = _mapping(raw, "")
     _check_keys(raw, Config, "")
     u = _section(raw, "udp", UdpConfig)
+    sd = _section(raw, "statsd", StatsdConfig)
     h = _section(raw, "http", HttpConfig)
     s = _section(raw, "storage", StorageConfig)
     a = _section(raw, "aggregation", AggregationConfig)
@@ -222,6 +239,12 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
         tenant=_str(u.get("tenant", udp_d.tenant), "udp.tenant"),
         queue_size=_int(u.get("queue_size", udp_d.queue_size), "udp.queue_size", 1),
         read_buffer=_int(u.get("read_buffer", udp_d.read_buffer), "udp.read_buffer", 0),
+    )
+    statsd = StatsdConfig(
+        gauge_sign=_choice(sd.get("gauge_sign", "delta"), "statsd.gauge_sign", GAUGE_SIGNS),
+        name_sanitising=_choice(
+            sd.get("name_sanitising", "statsd"), "statsd.name_sanitising", SANITISERS
+        ),
     )
     http = HttpConfig(
         listen=_listen(h.get("listen", http_d.listen), "http.listen"),
@@ -267,6 +290,7 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
         raise ConfigError("log.level", f"expected one of {', '.join(LOG_LEVELS)}")
     return Config(
         udp=udp,
+        statsd=statsd,
         http=http,
         storage=storage,
         aggregation=aggregation,

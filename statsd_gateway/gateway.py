@@ -24,6 +24,7 @@ from statsd_gateway.config import ApiKey, Config, hash_key, parse_listen
 from statsd_gateway.flusher import Flusher
 from statsd_gateway.idempotency import IdempotencyLedger
 from statsd_gateway.ingest import Ingest
+from statsd_gateway.protocol import StatsdParser
 from statsd_gateway.query import QueryEngine
 from statsd_gateway.store import SqliteStore
 from statsd_gateway.telemetry import Telemetry
@@ -93,7 +94,8 @@ class Gateway:
             max_backdate=MAX_BACKDATE_SECONDS,
             first_seq=first_seq,
         )
-        self.ingest = Ingest(self.aggregator, self.telemetry)
+        parser = StatsdParser(gauge_sign=cfg.statsd.gauge_sign, sanitise=cfg.statsd.name_sanitising)
+        self.ingest = Ingest(self.aggregator, self.telemetry, parser)
         self.idempotency = IdempotencyLedger(
             self.store, lambda: self.aggregator.next_seq, self.clock
         )
@@ -144,6 +146,7 @@ class Gateway:
         needs_restart = []
         for path, before, after in (
             ("udp", old.udp, new.udp),
+            ("statsd", old.statsd, new.statsd),
             ("http.listen", old.http.listen, new.http.listen),
             ("http.max_body_bytes", old.http.max_body_bytes, new.http.max_body_bytes),
             ("storage.path", old.storage.path, new.storage.path),

@@ -41,10 +41,12 @@ class RateLimitedLog:
 
 
 class Ingest:
-    def __init__(self, aggregator: IntervalAggregator, telemetry: Telemetry) -> None:
+    def __init__(
+        self, aggregator: IntervalAggregator, telemetry: Telemetry, parser: StatsdParser
+    ) -> None:
         self.aggregator = aggregator
         self.telemetry = telemetry
-        self.parser = StatsdParser()
+        self.parser = parser
         self._log = RateLimitedLog()
 
     def statsd(self, tenant: str, data: bytes, transport: str) -> None:

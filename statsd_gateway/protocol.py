@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from statsd_gateway.model import (
@@ -49,6 +50,7 @@ INVALID_TIMESTAMP = "invalid_timestamp"
 INVALID_TAGS = "invalid_tags"
 INVALID_UTF8 = "invalid_utf8"
 LINE_TOO_LONG = "line_too_long"
+MIXED_TAG_STYLES = "mixed_tag_styles"
 REJECT_REASONS = (
     MALFORMED_LINE,
     EMPTY_NAME,
@@ -62,7 +64,11 @@ REJECT_REASONS = (
     INVALID_TAGS,
     INVALID_UTF8,
     LINE_TOO_LONG,
+    MIXED_TAG_STYLES,
 )
+
+GAUGE_SIGNS = ("delta", "absolute")
+SANITISERS = ("statsd", "none", "prometheus")
 
 MAX_LINE_BYTES = 8192
 _INF = math.inf
@@ -91,9 +97,24 @@ class ParseResult:
 
 
 def sanitise_name(name: str) -> str:
+    """Etsy statsd's rules."""
     if name.isascii() and name.replace(".", "").replace("_", "").replace("-", "").isalnum():
         return name
     return _SANITISE_DROP.sub("", _SANITISE_WS.sub("_", name).replace("/", "-"))
+
+
+def sanitise_prometheus(name: str) -> str:
+    """statsd_exporter's rules: anything outside [A-Za-z0-9_:] becomes `_`, no leading digit."""
+    name = _PROM_INVALID.sub("_", name)
+    return "_" + name if name[:1].isdigit() else name
+
+
+_SANITISE_FUNCS: dict[str, Callable[[str], str]] = {
+    "statsd": sanitise_name,
+    "none": str.strip,
+    "prometheus": sanitise_prometheus,
+}
+_PROM_INVALID = re.compile(r"[^A-Za-z0-9_:]")
 
 
 def _validated_tags(pairs: list[tuple[str, str]]) -> Tags:
@@ -104,6 +125,16 @@ def _validated_tags(pairs: list[tuple[str, str]]) -> Tags:
         if not k or len(k) > TAG_KEY_MAX or len(v) > TAG_VALUE_MAX:
             raise LineError(INVALID_TAGS)
     return tags
+
+
+def _kv_pairs(items: list[str]) -> list[tuple[str, str]]:
+    pairs = []
+    for item in items:
+        k, eq, v = item.partition("=")
+        if not eq or not k:
+            raise LineError(INVALID_TAGS)
+        pairs.append((k, v))
+    return pairs
 
 
 def _parse_float(text: str) -> float:
@@ -128,7 +159,13 @@ class StatsdParser:
     (samples are immutable tuples), and name/tag sections → the validated (name, tags).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, gauge_sign: str = "delta", sanitise: str = "statsd") -> None:
+        """gauge_sign: `delta` (Etsy: `+3`/`-3` change the current value) or `absolute`
+        (DogStatsD: a signed value is the value). sanitise: `statsd`, `none` or `prometheus`."""
+        if gauge_sign not in GAUGE_SIGNS or sanitise not in SANITISERS:
+            raise ValueError(f"gauge_sign {gauge_sign!r} / sanitise {sanitise!r}")
+        self._gauge_delta = gauge_sign == "delta"
+        self._sanitise = _SANITISE_FUNCS[sanitise]
         self._keys: dict[tuple[str, str], tuple[str, Tags]] = {}
         self._lines: dict[str, Sample] = {}
 
@@ -202,6 +239,9 @@ class StatsdParser:
             raise LineError(MALFORMED_LINE)
         mtype = STATSD_TYPES.get(sections[1])
         if mtype is None:
+            if ":" in sections[1]:  # Etsy multi-metric line: a:1|c:2|ms
+                self._parse_multi(head, rest, result)
+                return
             raise LineError(UNKNOWN_TYPE if sections[1] else MALFORMED_LINE)
         rate = 1.0
         ts: float | None = None
@@ -254,29 +294,49 @@ class StatsdParser:
             return
         parsed = [_parse_float(vs) for vs in present]
         if mtype is MetricType.GAUGE:
+            delta = self._gauge_delta
             for vs, v in zip(present, parsed, strict=True):
-                append((name, tags, mtype, v, 1.0, ts, vs[0] in "+-"))
+                append((name, tags, mtype, v, 1.0, ts, delta and vs[0] in "+-"))
             return
         for v in parsed:
             append((name, tags, mtype, v, rate, ts, False))
 
+    def _parse_multi(self, head: str, rest: str, result: ParseResult) -> None:
+        """Etsy's `name:v|t[|@r]:v|t…`: every segment is a metric of the same name. All
+        segments are checked before any is kept, so a bad segment rejects the whole line."""
+        staged = ParseResult()
+        for segment in rest.split(":"):
+            self._parse_metric(f"{head}:{segment}", staged)
+        result.samples.extend(staged.samples)
+        result.unknown_sections += staged.unknown_sections
+
     def _key(self, head: str, tag_text: str) -> tuple[str, Tags]:
         pairs: list[tuple[str, str]] = []
         name = head
-        if "," in head:  # Influx/Telegraf: name,k=v,k2=v2
-            name, *influx = head.split(",")
-            for item in influx:
-                k, eq, v = item.partition("=")
-                if not eq or not k:
-                    raise LineError(INVALID_TAGS)
-                pairs.append((k, v))
+        styles = 0
+        if "#" in name:  # Librato: name#k=v,k2=v2
+            name, _, text = name.partition("#")
+            pairs.extend(_kv_pairs(text.split(",")))
+            styles += 1
+        if name.endswith("]") and "[" in name:  # SignalFx: name[k=v,k2=v2]
+            name, _, text = name[:-1].partition("[")
+            pairs.extend(_kv_pairs(text.split(",")))
+            styles += 1
+        if "," in name:  # Influx/Telegraf: name,k=v,k2=v2
+            name, *items = name.split(",")
+            pairs.extend(_kv_pairs(items))
+            styles += 1
+        if tag_text:
+            styles += 1
+        if styles > 1:
+            raise LineError(MIXED_TAG_STYLES)
         if tag_text:
             for item in tag_text.split(","):
                 if not item:
                     continue
                 k, _, v = item.partition(":")
                 pairs.append((k, v))
-        name = sanitise_name(name.strip())
+        name = self._sanitise(name.strip())
         if not name:
             raise LineError(EMPTY_NAME)
         if len(name) > NAME_MAX:

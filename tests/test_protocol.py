@@ -115,10 +115,10 @@ SCENARIOS: list[Any] = [
     ),
     pytest.param(
         b"req,env=prod:1|c|#region:eu",
-        [s("req", 1.0, tags={"env": "prod", "region": "eu"})],
         [],
+        ["mixed_tag_styles"],
         {},
-        id="influx and dogstatsd tags combine",
+        id="influx and dogstatsd tags in one line are refused",
     ),
     # --- other sections ----------------------------------------------------------------------
     pytest.param(b"g:5|g|T%d" % TS, [s("g", 5.0, "g", ts=float(TS))], [], {}, id="unix timestamp"),
