@@ -80,6 +80,13 @@ class HttpConfig:
 @dataclass(frozen=True, kw_only=True)
 class StorageConfig:
     path: str = "./data/metrics.db"
+    # Points accepted over HTTP are fsynced to a write-ahead log before the 200.
+    wal: bool = True
+    wal_dir: str | None = None  # default: <path>.http-wal
+
+    @property
+    def wal_directory(self) -> Path:
+        return Path(self.wal_dir) if self.wal_dir else Path(self.path + ".http-wal")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -255,7 +262,12 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
             h.get("max_batch_points", http_d.max_batch_points), "http.max_batch_points", 1
         ),
     )
-    storage = StorageConfig(path=_str(s.get("path", StorageConfig().path), "storage.path"))
+    wal_dir = s.get("wal_dir")
+    storage = StorageConfig(
+        path=_str(s.get("path", StorageConfig().path), "storage.path"),
+        wal=_bool(s.get("wal", True), "storage.wal"),
+        wal_dir=None if wal_dir is None else _str(wal_dir, "storage.wal_dir"),
+    )
     aggregation = AggregationConfig(
         flush_interval=_duration(
             a.get("flush_interval", agg_d.flush_interval), "aggregation.flush_interval"

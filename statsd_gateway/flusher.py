@@ -20,6 +20,7 @@ from statsd_gateway.idempotency import TTL_SECONDS, IdempotencyLedger
 from statsd_gateway.store import SqliteStore
 from statsd_gateway.store.sqlite import IdempotencyRecord
 from statsd_gateway.telemetry import Telemetry
+from statsd_gateway.wal import WriteAheadLog
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +35,10 @@ class Flusher:
         clock: Callable[[], float] = time.time,
         max_pending: int = 360,
         ledger: IdempotencyLedger | None = None,
+        wal: WriteAheadLog | None = None,
     ) -> None:
         self.ledger = ledger
+        self.wal = wal
         self.aggregator = aggregator
         self.store = store
         self.telemetry = telemetry
@@ -98,6 +101,8 @@ class Flusher:
         self.aggregator.release(snap)
         if self.ledger:
             self.ledger.forget(records)
+        if self.wal:
+            self.wal.release_upto(snap.seq)
         self.telemetry.flushes += 1
         self.telemetry.flushed_rows += n
         self.telemetry.last_flush_seconds = time.perf_counter() - started

@@ -29,6 +29,7 @@ from statsd_gateway.query import QueryEngine
 from statsd_gateway.store import SqliteStore
 from statsd_gateway.telemetry import Telemetry
 from statsd_gateway.udp import UdpListener
+from statsd_gateway.wal import WriteAheadLog
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,7 @@ class Gateway:
         self.http_address: tuple[str, int] | None = None
         self._runner: web.AppRunner | None = None
         self._store_open = False
+        self.wal: WriteAheadLog | None = None
 
     def now(self) -> float:
         return self.clock()
@@ -85,7 +87,11 @@ class Gateway:
         for info in await asyncio.to_thread(self.store.open):
             self.registry.add(info.tenant, info.name, info.tags, info.type)
         self._store_open = True
-        first_seq = await asyncio.to_thread(self.store.flushed_seq) + 1
+        flushed_seq = await asyncio.to_thread(self.store.flushed_seq)
+        wal = WriteAheadLog(cfg.storage.wal_directory) if cfg.storage.wal else None
+        replayed = await asyncio.to_thread(wal.replay, flushed_seq) if wal else []
+        # Replayed points go into the first new snapshot; its seq must be above every segment's.
+        first_seq = max([flushed_seq, *(seq for seq, _ in replayed)]) + 1
         self.aggregator = IntervalAggregator(
             interval=cfg.aggregation.flush_interval,
             clock=self.clock,
@@ -95,12 +101,21 @@ class Gateway:
             first_seq=first_seq,
         )
         parser = StatsdParser(gauge_sign=cfg.statsd.gauge_sign, sanitise=cfg.statsd.name_sanitising)
-        self.ingest = Ingest(self.aggregator, self.telemetry, parser)
+        self.ingest = Ingest(self.aggregator, self.telemetry, parser, wal)
         self.idempotency = IdempotencyLedger(
-            self.store, lambda: self.aggregator.next_seq, self.clock
+            self.store, lambda: self.aggregator.next_seq, self.clock, wal
         )
+        self._replay(replayed, first_seq)
+        if wal is not None:
+            wal.start()
+        self.wal = wal
         self.flusher = Flusher(
-            self.aggregator, self.store, self.telemetry, clock=self.clock, ledger=self.idempotency
+            self.aggregator,
+            self.store,
+            self.telemetry,
+            clock=self.clock,
+            ledger=self.idempotency,
+            wal=wal,
         )
         self.query_engine = QueryEngine(self.store, self.aggregator)
         self.telemetry.pending_flushes = lambda: len(self.aggregator.pending)
@@ -130,6 +145,17 @@ class Gateway:
         log.info("listening http %s", _fmt(self.http_address))
         if self.flush_on_ticks:
             self.flusher.start()
+
+    def _replay(self, entries: list[tuple[int, Any]], first_seq: int) -> None:
+        points = 0
+        for _, entry in entries:
+            if entry["k"] == "points":
+                self.ingest.replay(entry["tenant"], entry["samples"])
+                points += len(entry["samples"])
+            elif entry["k"] == "idempotency":
+                self.idempotency.restore({k: v for k, v in entry.items() if k != "k"}, first_seq)
+        if entries:
+            log.info("replayed %d HTTP points from the write-ahead log", points)
 
     def reload(self, new: Config) -> list[str]:
         """Applies what can change while running (keys, limits, log level); returns the changed
@@ -178,6 +204,8 @@ class Gateway:
             await self.flusher.stop()
             if not await self.flusher.flush():
                 log.error("the final flush failed: %s", self.flusher.last_error)
+            if self.wal is not None:
+                await asyncio.to_thread(self.wal.stop)
             await asyncio.to_thread(self.store.close)
             self._store_open = False
 

@@ -22,6 +22,7 @@ from typing import Any
 from statsd_gateway.errors import IdempotencyKeyReused, InvalidArgument
 from statsd_gateway.store import SqliteStore
 from statsd_gateway.store.sqlite import IdempotencyRecord, read_idempotency
+from statsd_gateway.wal import WriteAheadLog
 
 TTL_SECONDS = 25 * 3600.0
 KEY_MAX = 200
@@ -33,6 +34,17 @@ def body_digest(body: Any) -> str:
         body = {k: v for k, v in body.items() if k != "idempotency_key"}
     text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def record_fields(rec: IdempotencyRecord) -> dict[str, Any]:
+    return {
+        "tenant": rec.tenant,
+        "key": rec.key,
+        "body_sha256": rec.body_sha256,
+        "status": rec.status,
+        "response": rec.response,
+        "created": rec.created,
+    }
 
 
 def request_key(header: str | None, body: Any) -> str | None:
@@ -53,11 +65,16 @@ def request_key(header: str | None, body: Any) -> str | None:
 
 class IdempotencyLedger:
     def __init__(
-        self, store: SqliteStore, next_seq: Callable[[], int], clock: Callable[[], float]
+        self,
+        store: SqliteStore,
+        next_seq: Callable[[], int],
+        clock: Callable[[], float],
+        wal: WriteAheadLog | None = None,
     ) -> None:
         self.store = store
         self.next_seq = next_seq
         self.clock = clock
+        self.wal = wal
         self._memory: dict[tuple[str, str], IdempotencyRecord] = {}
         self._inflight: dict[tuple[str, str], asyncio.Future[None]] = {}
 
@@ -81,9 +98,12 @@ class IdempotencyLedger:
                 rec = await self.store.run_read(lambda c: read_idempotency(c, tenant, key))
                 if rec is None:
                     body = apply()
-                    self._memory[k] = IdempotencyRecord(
+                    rec = IdempotencyRecord(
                         tenant, key, digest, 200, json.dumps(body), self.clock(), self.next_seq()
                     )
+                    self._memory[k] = rec
+                    if self.wal is not None:
+                        self.wal.append(rec.seq, {"k": "idempotency", **record_fields(rec)})
                     return body, False
             finally:
                 del self._inflight[k]
@@ -93,6 +113,11 @@ class IdempotencyLedger:
                 "this idempotency key was used with a different body", "idempotency_key"
             )
         return json.loads(rec.response), True
+
+    def restore(self, fields: dict[str, Any], seq: int) -> None:
+        """A record replayed from the write-ahead log, to be stored with snapshot `seq`."""
+        rec = IdempotencyRecord(**{**fields, "seq": seq})
+        self._memory[(rec.tenant, rec.key)] = rec
 
     def records_upto(self, seq: int) -> list[IdempotencyRecord]:
         return [r for r in self._memory.values() if r.seq <= seq]

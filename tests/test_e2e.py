@@ -255,10 +255,6 @@ def test_sigterm_loses_no_udp_data(tmp_path: Path, daemons: list[Daemon]) -> Non
     assert [p["value"] for p in body["points"]] == [5]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HTTP points wait in memory until the next flush: the write-ahead log is its own issue",
-)
 def test_http_200_survives_kill_9(tmp_path: Path, daemons: list[Daemon]) -> None:
     """DESIGN.md §4 Durability: an HTTP 200 means the points survive kill -9 right after it."""
     config_file = tmp_path / "slow.yaml"

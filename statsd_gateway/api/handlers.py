@@ -25,6 +25,7 @@ from statsd_gateway.ingest import Ingest
 from statsd_gateway.protocol import Sample
 from statsd_gateway.query import QueryEngine, parse_query
 from statsd_gateway.telemetry import Telemetry
+from statsd_gateway.wal import WalError
 
 
 class GatewayServices(Protocol):
@@ -92,10 +93,17 @@ async def _once(
 ) -> web.Response:
     """Applies a write once per idempotency key, when the request carries one."""
     key = request_key(request.headers.get("Idempotency-Key"), body)
-    if key is None:
-        return web.json_response(apply())
     svc = request.app[SERVICES]
-    answer, replayed = await svc.idempotency.run(tenant, key, body_digest(body), apply)
+    if key is None:
+        answer, replayed = apply(), False
+    else:
+        answer, replayed = await svc.idempotency.run(tenant, key, body_digest(body), apply)
+    wal = svc.ingest.wal
+    if wal is not None:  # answer only once the points are on disk
+        try:
+            await wal.barrier()
+        except WalError as e:
+            raise Unavailable(str(e)) from None
     headers = {"Idempotent-Replayed": "true"} if replayed else None
     return web.json_response(answer, headers=headers)
 

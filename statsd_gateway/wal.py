@@ -1,0 +1,186 @@
+"""The HTTP write-ahead log: a 200 from report or batch means its points survive `kill -9`.
+
+- Accepted points (and idempotency records) are appended, tagged with the seq of the snapshot
+  that holds them, to one segment file per seq: `<dir>/<seq>.log`.
+- One worker thread writes and fsyncs. Group commit: it takes every entry waiting at that moment,
+  writes them, fsyncs each touched segment once, then answers all their waiters.
+- `barrier()` resolves once everything appended before it is on disk; a handler awaits it before
+  answering 200.
+- After the store commits snapshot `seq`, `release_upto(seq)` deletes segments <= seq, in order
+  behind every append already queued.
+- At start, `replay()` returns what the segments not yet in the store hold. A torn record at the
+  end of a segment (a crash mid-write) ends that segment's replay.
+
+Record format: u32 length (LE), u32 CRC-32 of the payload, payload (UTF-8 JSON).
+UDP is not logged: it is fire-and-forget (DESIGN.md §4).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import queue
+import struct
+import threading
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+log = logging.getLogger(__name__)
+_HEADER = struct.Struct("<II")
+_STOP = object()
+
+
+class WalError(Exception):
+    pass
+
+
+def _segment_seq(path: Path) -> int | None:
+    stem, dot, ext = path.name.partition(".")
+    return int(stem) if dot and ext == "log" and stem.isdigit() else None
+
+
+def _records(data: bytes) -> Iterator[Any]:
+    pos = 0
+    while pos + _HEADER.size <= len(data):
+        length, crc = _HEADER.unpack_from(data, pos)
+        payload = data[pos + _HEADER.size : pos + _HEADER.size + length]
+        if len(payload) < length or zlib.crc32(payload) != crc:
+            return  # torn tail: the write this crash interrupted was never acknowledged
+        yield json.loads(payload)
+        pos += _HEADER.size + length
+
+
+class WriteAheadLog:
+    def __init__(self, directory: str | Path) -> None:
+        self.dir = Path(directory)
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._files: dict[int, BinaryIO] = {}
+        self.synced_batches = 0  # fsync rounds, for tests and self-metrics
+
+    def replay(self, flushed_seq: int) -> list[tuple[int, Any]]:
+        """Entries of segments after `flushed_seq`, oldest first; older segments are deleted."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        out: list[tuple[int, Any]] = []
+        for path in sorted(self.dir.iterdir(), key=lambda p: _segment_seq(p) or -1):
+            seq = _segment_seq(path)
+            if seq is None:
+                continue
+            if seq <= flushed_seq:
+                path.unlink()
+                continue
+            out.extend((seq, entry) for entry in _records(path.read_bytes()))
+        return out
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._run, name="http-wal", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._queue.put(_STOP)
+            self._thread.join()
+            self._thread = None
+
+    def append(self, seq: int, entry: Any) -> None:
+        """Queues an entry for segment `seq`; call barrier() to wait for it to be on disk."""
+        payload = json.dumps(entry, separators=(",", ":")).encode("utf-8")
+        self._queue.put((seq, _HEADER.pack(len(payload), zlib.crc32(payload)) + payload))
+
+    def barrier(self) -> asyncio.Future[None]:
+        assert self._loop is not None
+        fut: asyncio.Future[None] = self._loop.create_future()
+        self._queue.put(fut)
+        return fut
+
+    def release_upto(self, seq: int) -> None:
+        self._queue.put(("release", seq))
+
+    # -- worker thread ----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            items = [self._queue.get()]
+            while True:  # group commit: everything queued right now shares one fsync
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = any(i is _STOP for i in items)
+            self._process([i for i in items if i is not _STOP])
+            if stop:
+                for f in self._files.values():
+                    f.close()
+                self._files.clear()
+                return
+
+    def _process(self, items: list[Any]) -> None:
+        waiters: list[asyncio.Future[None]] = []
+        dirty: set[int] = set()
+        error: Exception | None = None
+        for item in items:
+            if isinstance(item, asyncio.Future):
+                waiters.append(item)
+            elif item[0] == "release":
+                error = error or self._sync(dirty)
+                dirty.clear()
+                self._release(item[1])
+            else:
+                seq, record = item
+                try:
+                    self._file(seq).write(record)
+                    dirty.add(seq)
+                except OSError as e:
+                    error = error or e
+        error = error or self._sync(dirty)
+        if waiters:
+            self.synced_batches += 1
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(_settle, waiters, error)
+
+    def _file(self, seq: int) -> BinaryIO:
+        f = self._files.get(seq)
+        if f is None:
+            f = open(self.dir / f"{seq:012d}.log", "ab")  # noqa: SIM115 - kept open across calls
+            self._files[seq] = f
+            fd = os.open(self.dir, os.O_RDONLY)
+            try:
+                os.fsync(fd)  # the new file's directory entry must survive a crash too
+            finally:
+                os.close(fd)
+        return f
+
+    def _sync(self, seqs: set[int]) -> Exception | None:
+        try:
+            for seq in seqs:
+                f = self._files[seq]
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            log.error("http write-ahead log: fsync failed: %s", e)
+            return e
+        return None
+
+    def _release(self, upto: int) -> None:
+        for seq in [s for s in self._files if s <= upto]:
+            self._files.pop(seq).close()
+        for path in self.dir.iterdir():
+            found = _segment_seq(path)
+            if found is not None and found <= upto:
+                path.unlink(missing_ok=True)
+
+
+def _settle(waiters: list[asyncio.Future[None]], error: Exception | None) -> None:
+    for w in waiters:
+        if w.done():
+            continue
+        if error is None:
+            w.set_result(None)
+        else:
+            w.set_exception(WalError(f"the write-ahead log could not be written: {error}"))
