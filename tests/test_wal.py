@@ -1,0 +1,102 @@
+"""The HTTP write-ahead log: group commit, replay after a crash, segments released after flush."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from aiohttp import ClientSession
+
+from statsd_gateway.config import Config
+from statsd_gateway.gateway import Gateway
+from statsd_gateway.wal import WriteAheadLog
+from tests.conftest import KEY, T0, Api, ManualClock
+
+
+def segments(config: Config) -> list[str]:
+    return sorted(p.name for p in config.storage.wal_directory.iterdir())
+
+
+async def crash(gw: Gateway) -> None:
+    """What kill -9 leaves: no final flush; the log's worker and the store are just dropped."""
+    assert gw.udp is not None and gw.wal is not None and gw._runner is not None
+    gw.udp.close()
+    await gw._runner.cleanup()
+    await gw.flusher.stop()
+    await asyncio.to_thread(gw.wal.stop)
+    await asyncio.to_thread(gw.store.close)
+
+
+async def started(config: Config, clock: ManualClock) -> tuple[Gateway, ClientSession, Api]:
+    gw = Gateway(config, clock=clock, flush_on_ticks=False)
+    await gw.start()
+    assert gw.http_address is not None
+    session = ClientSession()
+    return gw, session, Api(session, "http://{}:{}".format(*gw.http_address))
+
+
+async def test_acknowledged_points_and_keys_survive_a_crash(
+    config: Config, clock: ManualClock
+) -> None:
+    gw, session, api = await started(config, clock)
+    try:
+        assert (await api.report({"name": "paid", "type": "counter", "value": 5}))[0] == 200
+        body = {
+            "points": [{"name": "paid", "type": "counter", "value": 2}],
+            "idempotency_key": "k1",
+        }
+        status, _ = await api.request("POST", "/v1/metrics/batch", json=body)
+        assert status == 200
+        assert segments(config)  # the log holds them; nothing is flushed
+    finally:
+        await session.close()
+        await crash(gw)
+    clock.advance(8 * 3600)  # down for longer than the back-dating limit: still replayed
+    gw, session, api = await started(config, clock)
+    try:
+        status, answer = await api.query(name="paid", agg="sum", since=int(T0), until=int(T0 + 60))
+        assert (status, answer["points"][0]["value"]) == (200, 7)
+        h = {"Authorization": f"Bearer {KEY}"}
+        async with session.post(api.base + "/v1/metrics/batch", json=body, headers=h) as r:
+            assert r.headers.get("Idempotent-Replayed") == "true"
+        await gw.flusher.flush()
+        assert gw.wal is not None
+        await gw.wal.barrier()  # the release is queued behind earlier appends
+        assert segments(config) == []  # released once the store holds them
+    finally:
+        await session.close()
+        await gw.stop()
+    gw, session, api = await started(config, clock)  # and nothing is replayed twice
+    try:
+        status, answer = await api.query(name="paid", agg="sum", since=int(T0), until=int(T0 + 60))
+        assert answer["points"][0]["value"] == 7
+    finally:
+        await session.close()
+        await gw.stop()
+
+
+async def test_concurrent_requests_share_fsyncs(gateway: Gateway, api: Api) -> None:
+    assert gateway.wal is not None
+    before = gateway.wal.synced_batches
+    n = 40
+    results = await asyncio.gather(
+        *(api.report({"name": "burst", "type": "counter", "value": 1}) for _ in range(n))
+    )
+    assert all(status == 200 for status, _ in results)
+    assert 1 <= gateway.wal.synced_batches - before < n
+
+
+async def test_a_torn_record_ends_the_replay_of_its_segment(tmp_path: Path) -> None:
+    wal = WriteAheadLog(tmp_path / "wal")
+    wal.replay(0)
+    wal.start()
+    wal.append(3, {"k": "points", "n": 1})
+    wal.append(3, {"k": "points", "n": 2})
+    await wal.barrier()
+    wal.stop()
+    seg = tmp_path / "wal" / "000000000003.log"
+    data = seg.read_bytes()
+    seg.write_bytes(data[:-3])  # the second record was cut short by a crash
+    assert WriteAheadLog(tmp_path / "wal").replay(0) == [(3, {"k": "points", "n": 1})]
+    assert WriteAheadLog(tmp_path / "wal").replay(3) == []
+    assert not seg.exists()  # segments the store already holds are deleted
