@@ -23,6 +23,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 _DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_MODE_RE = re.compile(r"^0?[0-7]{3}$")
 
 
 def parse_duration(text: str | int | float) -> float:
@@ -63,6 +64,31 @@ class UdpConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class TcpConfig:
+    """StatsD lines over TCP, newline framed; off by default."""
+
+    enabled: bool = False
+    listen: str = "127.0.0.1:8125"
+    tenant: str = "default"
+    max_connections: int = 1024  # beyond it, new connections are closed at once and counted
+    idle_timeout: float = 300.0  # a connection silent this long is closed
+
+
+@dataclass(frozen=True, kw_only=True)
+class UnixConfig:
+    """StatsD datagrams over a Unix datagram socket (DogStatsD's default transport); off by
+    default."""
+
+    enabled: bool = False
+    path: str = "./data/statsd.sock"
+    tenant: str = "default"
+    # Permissions of the socket file, octal. Senders need only the write bit; 0622 lets every
+    # local user send, as UDP on loopback does (DogStatsD's 0722 without the meaningless x bit).
+    mode: str = "0622"
+    queue_size: int = 65536  # datagrams waiting to be parsed; beyond it dropped and counted
+
+
+@dataclass(frozen=True, kw_only=True)
 class StatsdConfig:
     """How StatsD text is read, whatever the transport."""
 
@@ -93,6 +119,9 @@ class StorageConfig:
 class AggregationConfig:
     flush_interval: float = 10.0
     max_series_per_tenant: int = 100_000
+    # Series-buckets kept in memory while the store cannot be written; beyond, the oldest
+    # flushes are dropped and counted.
+    max_pending_rows: int = 1_000_000
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -124,6 +153,8 @@ class LogConfig:
 @dataclass(frozen=True, kw_only=True)
 class Config:
     udp: UdpConfig = field(default_factory=UdpConfig)
+    tcp: TcpConfig = field(default_factory=TcpConfig)
+    unix: UnixConfig = field(default_factory=UnixConfig)
     statsd: StatsdConfig = field(default_factory=StatsdConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
@@ -227,10 +258,48 @@ def _section(raw: dict[str, Any], name: str, cls: type) -> dict[str, Any]:
     return d
 
 
+def _tcp(d: dict[str, Any]) -> TcpConfig:
+    df = TcpConfig()
+    return TcpConfig(
+        enabled=_bool(d.get("enabled", df.enabled), "tcp.enabled"),
+        listen=_listen(d.get("listen", df.listen), "tcp.listen"),
+        tenant=_str(d.get("tenant", df.tenant), "tcp.tenant"),
+        max_connections=_int(
+            d.get("max_connections", df.max_connections), "tcp.max_connections", 1
+        ),
+        idle_timeout=_duration(d.get("idle_timeout", df.idle_timeout), "tcp.idle_timeout"),
+    )
+
+
+def _unix(d: dict[str, Any]) -> UnixConfig:
+    df = UnixConfig()
+    return UnixConfig(
+        enabled=_bool(d.get("enabled", df.enabled), "unix.enabled"),
+        path=_str(d.get("path", df.path), "unix.path"),
+        tenant=_str(d.get("tenant", df.tenant), "unix.tenant"),
+        mode=_file_mode(d.get("mode", df.mode), "unix.mode"),
+        queue_size=_int(d.get("queue_size", df.queue_size), "unix.queue_size", 1),
+    )
+
+
+def _file_mode(v: Any, path: str) -> str:
+    # YAML reads an unquoted 0660 as the integer 432, and 660 as 660: only a string is clear.
+    if not isinstance(v, str) or not _MODE_RE.match(v):
+        raise ConfigError(path, 'expected an octal mode as a quoted string, such as "0660"')
+    return v
+
+
+def parse_mode(text: str) -> int:
+    """`"0660"` → 0o660."""
+    return int(text, 8)
+
+
 def config_from_dict(raw: dict[str, Any]) -> Config:
     raw = _mapping(raw, "")
     _check_keys(raw, Config, "")
     u = _section(raw, "udp", UdpConfig)
+    tcp = _tcp(_section(raw, "tcp", TcpConfig))
+    unix = _unix(_section(raw, "unix", UnixConfig))
     sd = _section(raw, "statsd", StatsdConfig)
     h = _section(raw, "http", HttpConfig)
     s = _section(raw, "storage", StorageConfig)
@@ -277,6 +346,9 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
             "aggregation.max_series_per_tenant",
             1,
         ),
+        max_pending_rows=_int(
+            a.get("max_pending_rows", agg_d.max_pending_rows), "aggregation.max_pending_rows", 1
+        ),
     )
     query = QueryConfig(
         max_points=_int(q.get("max_points", q_d.max_points), "query.max_points", 1),
@@ -302,6 +374,8 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
         raise ConfigError("log.level", f"expected one of {', '.join(LOG_LEVELS)}")
     return Config(
         udp=udp,
+        tcp=tcp,
+        unix=unix,
         statsd=statsd,
         http=http,
         storage=storage,

@@ -33,7 +33,8 @@ class Flusher:
         telemetry: Telemetry,
         *,
         clock: Callable[[], float] = time.time,
-        max_pending: int = 360,
+        max_pending_rows: int = 1_000_000,
+        max_backoff: float = 300.0,
         ledger: IdempotencyLedger | None = None,
         wal: WriteAheadLog | None = None,
     ) -> None:
@@ -43,7 +44,10 @@ class Flusher:
         self.store = store
         self.telemetry = telemetry
         self.clock = clock
-        self.max_pending = max_pending
+        self.max_pending_rows = max_pending_rows
+        self.max_backoff = max_backoff
+        self.failures = 0
+        self._retry_at = -math.inf
         self.last_flush_ok: float | None = None
         self.last_error: str | None = None
         self._lock = asyncio.Lock()
@@ -70,20 +74,39 @@ class Flusher:
                 await self._task
             self._task = None
 
-    async def flush(self) -> bool:
-        """Swaps the live interval and writes every pending snapshot. True if all were written."""
+    async def flush(self, *, force: bool = False) -> bool:
+        """Swaps the live interval and writes every pending snapshot, oldest first. True if all
+        were written. After a failure, writes wait out an exponential backoff (interval, 2×, 4×…
+        up to max_backoff) unless `force` (the final flush at stop)."""
         async with self._lock:
             self.aggregator.swap()
-            pending = self.aggregator.pending
-            while len(pending) > self.max_pending:
-                dropped = self.aggregator.drop_oldest_pending()
-                pending.remove(dropped)
-                self.telemetry.flush_dropped_series += dropped.series_count()
-                log.error("dropped a pending flush of %d series", dropped.series_count())
-            for snap in pending:
+            self._bound_pending()
+            if not force and self.clock() < self._retry_at:
+                return False
+            for snap in self.aggregator.pending:
                 if not await self._write(snap):
+                    self.failures += 1
+                    delay = min(
+                        self.aggregator.interval * 2 ** (self.failures - 1), self.max_backoff
+                    )
+                    self._retry_at = self.clock() + delay
                     return False
+            self.failures = 0
+            self._retry_at = -math.inf
             return True
+
+    def _bound_pending(self) -> None:
+        """Past the bound, the oldest snapshots are dropped and counted: memory stays bounded
+        however long the store is down."""
+        pending = self.aggregator.pending
+        rows = sum(s.series_count() for s in pending)
+        while len(pending) > 1 and rows > self.max_pending_rows:
+            dropped = self.aggregator.drop_oldest_pending()
+            pending.remove(dropped)
+            n = dropped.series_count()
+            rows -= n
+            self.telemetry.flush_dropped_series += n
+            log.error("the store is failing: dropped the oldest pending flush (%d series)", n)
 
     async def _write(self, snap: Snapshot) -> bool:
         started = time.perf_counter()

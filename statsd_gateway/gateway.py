@@ -1,7 +1,8 @@
 """The composition root: builds every stage from a Config; start() binds, stop() drains.
 
-stop() order: stop listening (UDP queue drained into the aggregator), stop HTTP, final flush of
-everything in memory, close the store. Nothing received before stop() is lost.
+stop() order: stop listening on every transport (datagram queues and what TCP connections still
+hold drained into the aggregator), stop HTTP, final flush of everything in memory, close the
+store. Nothing received before stop() is lost.
 """
 
 from __future__ import annotations
@@ -20,15 +21,17 @@ from aiohttp import web
 from statsd_gateway.aggregator import IntervalAggregator, SeriesRegistry
 from statsd_gateway.api.app import create_app
 from statsd_gateway.api.auth import KeyRing
-from statsd_gateway.config import ApiKey, Config, hash_key, parse_listen
+from statsd_gateway.config import ApiKey, Config, hash_key, parse_listen, parse_mode
 from statsd_gateway.flusher import Flusher
 from statsd_gateway.idempotency import IdempotencyLedger
 from statsd_gateway.ingest import Ingest
 from statsd_gateway.protocol import StatsdParser
 from statsd_gateway.query import QueryEngine
 from statsd_gateway.store import SqliteStore
+from statsd_gateway.tcp import TcpListener
 from statsd_gateway.telemetry import Telemetry
 from statsd_gateway.udp import UdpListener
+from statsd_gateway.unixgram import UnixgramListener
 from statsd_gateway.wal import WriteAheadLog
 
 log = logging.getLogger(__name__)
@@ -73,16 +76,22 @@ class Gateway:
         self.keyring = KeyRing(())
         self.udp: UdpListener | None = None
         self.udp_address: tuple[str, int] | None = None
+        self.tcp: TcpListener | None = None
+        self.tcp_address: tuple[str, int] | None = None
+        self.unix: UnixgramListener | None = None
+        self.unix_path: str | None = None
         self.http_address: tuple[str, int] | None = None
         self._runner: web.AppRunner | None = None
         self._store_open = False
         self.wal: WriteAheadLog | None = None
+        self.started_at = 0.0
 
     def now(self) -> float:
         return self.clock()
 
     async def start(self) -> None:
         cfg = self.config
+        self.started_at = self.clock()
         self._setup_keys()
         for info in await asyncio.to_thread(self.store.open):
             self.registry.add(info.tenant, info.name, info.tags, info.type)
@@ -116,6 +125,7 @@ class Gateway:
             clock=self.clock,
             ledger=self.idempotency,
             wal=wal,
+            max_pending_rows=cfg.aggregation.max_pending_rows,
         )
         self.query_engine = QueryEngine(self.store, self.aggregator)
         self.telemetry.pending_flushes = lambda: len(self.aggregator.pending)
@@ -131,6 +141,8 @@ class Gateway:
             )
             self.udp_address = await self.udp.start(*parse_listen(cfg.udp.listen))
             log.info("listening udp %s", _fmt(self.udp_address))
+        await self._start_stream_transports()
+        self.telemetry.kernel_drops = self._kernel_drops
 
         app = create_app(self, max_body_bytes=cfg.http.max_body_bytes)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -157,6 +169,35 @@ class Gateway:
         if entries:
             log.info("replayed %d HTTP points from the write-ahead log", points)
 
+    async def _start_stream_transports(self) -> None:
+        cfg = self.config
+        if cfg.tcp.enabled:
+            self.tcp = TcpListener(
+                self.ingest,
+                self.telemetry,
+                tenant=cfg.tcp.tenant,
+                max_connections=cfg.tcp.max_connections,
+                idle_timeout=cfg.tcp.idle_timeout,
+            )
+            self.tcp_address = await self.tcp.start(*parse_listen(cfg.tcp.listen))
+            tcp = self.tcp
+            self.telemetry.tcp_connections_open = lambda: len(tcp.connections)
+            log.info("listening tcp %s", _fmt(self.tcp_address))
+        if cfg.unix.enabled:
+            self.unix = UnixgramListener(
+                self.ingest,
+                self.telemetry,
+                tenant=cfg.unix.tenant,
+                queue_size=cfg.unix.queue_size,
+                mode=parse_mode(cfg.unix.mode),
+            )
+            self.unix_path = await self.unix.start(cfg.unix.path)
+            log.info("listening unixgram %s", self.unix_path)
+
+    def _kernel_drops(self) -> dict[str, int]:
+        drops = self.udp.kernel_drops() if self.udp is not None else None
+        return {} if drops is None else {"udp": drops}
+
     def reload(self, new: Config) -> list[str]:
         """Applies what can change while running (keys, limits, log level); returns the changed
         settings that only take effect after a restart."""
@@ -172,6 +213,8 @@ class Gateway:
         needs_restart = []
         for path, before, after in (
             ("udp", old.udp, new.udp),
+            ("tcp", old.tcp, new.tcp),
+            ("unix", old.unix, new.unix),
             ("statsd", old.statsd, new.statsd),
             ("http.listen", old.http.listen, new.http.listen),
             ("http.max_body_bytes", old.http.max_body_bytes, new.http.max_body_bytes),
@@ -195,14 +238,19 @@ class Gateway:
         self.keyring = KeyRing(keys)
 
     async def stop(self) -> None:
+        # Stop receiving everywhere first; what the listeners hold goes to the aggregator.
         if self.udp is not None:
             self.udp.close()
+        if self.unix is not None:
+            self.unix.close()
+        if self.tcp is not None:
+            await self.tcp.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
         if self._store_open:
             await self.flusher.stop()
-            if not await self.flusher.flush():
+            if not await self.flusher.flush(force=True):
                 log.error("the final flush failed: %s", self.flusher.last_error)
             if self.wal is not None:
                 await asyncio.to_thread(self.wal.stop)
@@ -217,8 +265,17 @@ class Gateway:
             problems.append("store not open")
         if self.flusher.last_error:
             problems.append(f"last flush failed: {self.flusher.last_error}")
+        elif self.flush_on_ticks:
+            # Ticks every interval: no success for 3 intervals means flushing is stuck.
+            last = self.flusher.last_flush_ok or self.started_at
+            if self.clock() - last > 3 * self.config.aggregation.flush_interval + 5:
+                problems.append("no successful flush recently")
         if self.config.udp.enabled and self.udp_address is None:
             problems.append("udp listener not bound")
+        if self.config.tcp.enabled and self.tcp_address is None:
+            problems.append("tcp listener not bound")
+        if self.config.unix.enabled and self.unix_path is None:
+            problems.append("unix socket not bound")
         return problems
 
     def metrics_of(self, tenant: str) -> list[dict[str, Any]]:

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import threading
@@ -126,7 +127,8 @@ class SqliteStore:
     def close(self) -> None:
         def _close() -> None:
             if self._wconn is not None:
-                self._wconn.execute("PRAGMA optimize")
+                with contextlib.suppress(sqlite3.Error):  # e.g. a full disk: close regardless
+                    self._wconn.execute("PRAGMA optimize")
                 self._wconn.close()
                 self._wconn = None
 
@@ -196,7 +198,10 @@ class SqliteStore:
                     )
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                # SQLite may have rolled back already (a full disk does): keep the first error.
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
                 # Series inserted in the rolled-back transaction are gone: forget their ids.
                 valid = {r[0] for r in conn.execute("SELECT id FROM series")}
                 self._series_ids = {k: v for k, v in self._series_ids.items() if v in valid}
