@@ -20,7 +20,8 @@ from statsd_gateway.protocol import GAUGE_SIGNS, SANITISERS
 
 SCOPES = frozenset({"read", "write"})
 LOG_LEVELS = ("debug", "info", "warning", "error")
-_DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+MAX_DURATION = 100 * 365 * 86400.0
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _MODE_RE = re.compile(r"^0?[0-7]{3}$")
@@ -33,12 +34,12 @@ def parse_duration(text: str | int | float) -> float:
     if isinstance(text, int | float):
         seconds = float(text)
     else:
-        m = _DURATION_RE.match(text.strip())
+        m = _DURATION_RE.fullmatch(text.strip())
         if not m:
             raise ValueError(f"{text!r} is not a duration such as 10s, 500ms or 1m")
         seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
-    if seconds <= 0:
-        raise ValueError("a duration must be positive")
+    if not 0 < seconds <= MAX_DURATION:
+        raise ValueError("a duration must be positive and at most 100 years")
     return seconds
 
 

@@ -8,6 +8,7 @@ store. Nothing received before stop() is lost.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import secrets
@@ -21,11 +22,12 @@ from aiohttp import web
 from statsd_gateway.aggregator import IntervalAggregator, SeriesRegistry
 from statsd_gateway.api.app import create_app
 from statsd_gateway.api.auth import KeyRing
+from statsd_gateway.api.schemas import parse_point
 from statsd_gateway.config import ApiKey, Config, hash_key, parse_listen, parse_mode
 from statsd_gateway.flusher import Flusher
 from statsd_gateway.idempotency import IdempotencyLedger
 from statsd_gateway.ingest import Ingest
-from statsd_gateway.protocol import StatsdParser
+from statsd_gateway.protocol import Sample, StatsdParser
 from statsd_gateway.query import QueryEngine
 from statsd_gateway.store import SqliteStore
 from statsd_gateway.tcp import TcpListener
@@ -100,7 +102,7 @@ class Gateway:
         wal = WriteAheadLog(cfg.storage.wal_directory) if cfg.storage.wal else None
         replayed = await asyncio.to_thread(wal.replay, flushed_seq) if wal else []
         # Replayed points go into the first new snapshot; its seq must be above every segment's.
-        first_seq = max([flushed_seq, *(seq for seq, _ in replayed)]) + 1
+        first_seq = max([flushed_seq, *(seq for seq, _, _ in replayed)]) + 1
         self.aggregator = IntervalAggregator(
             interval=cfg.aggregation.flush_interval,
             clock=self.clock,
@@ -158,14 +160,15 @@ class Gateway:
         if self.flush_on_ticks:
             self.flusher.start()
 
-    def _replay(self, entries: list[tuple[int, Any]], first_seq: int) -> None:
+    def _replay(self, entries: list[tuple[int, Any, bytes]], first_seq: int) -> None:
         points = 0
-        for _, entry in entries:
-            if entry["k"] == "points":
-                self.ingest.replay(entry["tenant"], entry["samples"])
-                points += len(entry["samples"])
-            elif entry["k"] == "idempotency":
-                self.idempotency.restore({k: v for k, v in entry.items() if k != "k"}, first_seq)
+        for _, header, blob in entries:
+            if header["k"] == "body":
+                samples = samples_from_logged_body(header, blob)
+                self.ingest.replay(header["tenant"], samples)
+                points += len(samples)
+            elif header["k"] == "idempotency":
+                self.idempotency.restore({k: v for k, v in header.items() if k != "k"}, first_seq)
         if entries:
             log.info("replayed %d HTTP points from the write-ahead log", points)
 
@@ -290,6 +293,22 @@ class Gateway:
             }
             for name, keys in sorted(tag_keys.items())
         ]
+
+
+def samples_from_logged_body(header: dict[str, Any], blob: bytes) -> list[Sample]:
+    """The points of a logged HTTP body that were accepted, each in the bucket of its receive
+    time (or its own timestamp)."""
+    body = json.loads(blob)
+    points = [body] if header["form"] == "report" else body["points"]
+    keep = header["keep"]
+    now = header["now"]
+    out: list[Sample] = []
+    for i in range(len(points)) if keep is None else keep:
+        name, tags, mtype, value, rate, ts, delta = parse_point(
+            points[i], extra=frozenset({"idempotency_key"})
+        )
+        out.append((name, tags, mtype, value, rate, now if ts is None else ts, delta))
+    return out
 
 
 def _fmt(addr: tuple[str, int]) -> str:

@@ -9,10 +9,9 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Any
+from dataclasses import dataclass
 
 from statsd_gateway.aggregator import IntervalAggregator
-from statsd_gateway.model import MetricType
 from statsd_gateway.protocol import Sample, StatsdParser
 from statsd_gateway.telemetry import Telemetry
 from statsd_gateway.wal import WriteAheadLog
@@ -42,6 +41,17 @@ class RateLimitedLog:
             return
         self._n += 1
         log.debug(msg, *args)
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedBody:
+    """An HTTP body as received, for the write-ahead log: `positions[i]` is the index in the
+    body's points of the i-th sample handed to Ingest.samples()."""
+
+    form: str  # "report" (the body is one point) or "batch" (the body's "points")
+    body: bytes
+    positions: list[int]
+    total: int
 
 
 class Ingest:
@@ -83,37 +93,42 @@ class Ingest:
             t.rejects[(transport, reason)] += 1
             self._log.debug("rejected %s sample (%s): %.200r", transport, reason, samples[i][0])
 
-    def samples(self, tenant: str, samples: list[Sample], transport: str) -> list[tuple[int, str]]:
+    def samples(
+        self,
+        tenant: str,
+        samples: list[Sample],
+        transport: str,
+        *,
+        logged: LoggedBody | None = None,
+    ) -> list[tuple[int, str]]:
         """Validated samples from HTTP; returns (index, reason) of those the aggregator refused.
 
-        With a write-ahead log, the accepted samples are queued to it, stamped with their receive
-        time so that a replay puts them in the same bucket; the caller awaits `wal.barrier()`
-        before answering.
+        With a write-ahead log and `logged` (the request body they came from), the body itself
+        is queued to the log with the receive time and the positions accepted, so that a replay
+        re-reads exactly those points into the same buckets; the caller awaits `wal.barrier()`
+        before answering. Logging the raw body costs no encoding on the hot path.
         """
-        if self.wal is not None:
-            now = self.aggregator.clock()
-            samples = [s if s[5] is not None else (*s[:5], now, s[6]) for s in samples]
         seq = self.aggregator.next_seq
+        now = self.aggregator.clock()
         rejects = self.aggregator.add_samples(tenant, samples)
         self.telemetry.accepted[transport] += len(samples) - len(rejects)
         for _, reason in rejects:
             self.telemetry.rejects[(transport, reason)] += 1
-        if self.wal is not None and len(rejects) < len(samples):
-            refused = {i for i, _ in rejects}
-            kept = [
-                [name, tags, mtype.value, value, rate, ts, delta]
-                for i, (name, tags, mtype, value, rate, ts, delta) in enumerate(samples)
-                if i not in refused
-            ]
-            self.wal.append(seq, {"k": "points", "tenant": tenant, "samples": kept})
+        if self.wal is not None and logged is not None and len(rejects) < len(samples):
+            refused = {logged.positions[i] for i, _ in rejects}
+            keep = [p for p in logged.positions if p not in refused]
+            header = {
+                "k": "body",
+                "form": logged.form,
+                "tenant": tenant,
+                "now": now,
+                "keep": None if len(keep) == logged.total else keep,
+            }
+            self.wal.append(seq, header, logged.body)
         return rejects
 
-    def replay(self, tenant: str, stored: list[list[Any]]) -> None:
-        """Samples from the write-ahead log, as JSON lists; applied whatever their age."""
-        samples: list[Sample] = [
-            (name, tuple((k, v) for k, v in tags), MetricType(mtype), value, rate, ts, delta)
-            for name, tags, mtype, value, rate, ts, delta in stored
-        ]
+    def replay(self, tenant: str, samples: list[Sample]) -> None:
+        """Samples re-read from the write-ahead log: applied whatever their age."""
         saved = self.aggregator.max_backdate
         self.aggregator.max_backdate = math.inf
         try:

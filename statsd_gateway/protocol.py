@@ -127,6 +127,14 @@ def _validated_tags(pairs: list[tuple[str, str]]) -> Tags:
     return tags
 
 
+def _is_multi_metric(rest: str) -> bool:
+    """Etsy's `v|t[|@r]:v|t…` (a:1|c|@0.5:2|c) as opposed to a DogStatsD line whose later
+    sections hold colons (`|#env:prod`, `|c:container`): every colon-separated segment must
+    itself be `value|type…`."""
+    segments = rest.split(":")
+    return all("|" in s and s.split("|", 2)[1] in STATSD_TYPES and "#" not in s for s in segments)
+
+
 def _kv_pairs(items: list[str]) -> list[tuple[str, str]]:
     pairs = []
     for item in items:
@@ -137,6 +145,12 @@ def _kv_pairs(items: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
+def _plain_number(text: str) -> bool:
+    """Python's float() and int() also take `1_000`, ` 1 ` and non-ASCII digits (`１`);
+    StatsD does not."""
+    return text.isascii() and "_" not in text and text == text.strip()
+
+
 def _parse_float(text: str) -> float:
     if not text:
         raise LineError(EMPTY_VALUE)
@@ -144,7 +158,7 @@ def _parse_float(text: str) -> float:
         v = float(text)
     except ValueError:
         raise LineError(INVALID_VALUE) from None
-    if "_" in text or text != text.strip():
+    if not _plain_number(text):
         raise LineError(INVALID_VALUE)
     if v != v or v == _INF or v == -_INF or abs(v) > VALUE_ABS_MAX:
         raise LineError(NON_FINITE_VALUE)
@@ -209,7 +223,8 @@ class StatsdParser:
                 return
         result.lines += 1
         try:
-            if len(line) > MAX_LINE_BYTES and len(line.encode("utf-8")) > MAX_LINE_BYTES:
+            # A character is at most 4 bytes: only long lines need encoding to be measured.
+            if len(line) > MAX_LINE_BYTES // 4 and len(line.encode("utf-8")) > MAX_LINE_BYTES:
                 raise LineError(LINE_TOO_LONG)
             if line[0] == "_":
                 if line.startswith("_e{"):
@@ -221,8 +236,13 @@ class StatsdParser:
             before = len(result.samples)
             unknown = result.unknown_sections
             self._parse_metric(line, result)
-            # Cache only lines whose whole outcome is their one sample.
-            if len(result.samples) == before + 1 and result.unknown_sections == unknown:
+            # Cache only lines whose whole outcome is their one sample, and not timings: their
+            # values rarely repeat, so caching them would only churn the cache.
+            if (
+                len(result.samples) == before + 1
+                and result.unknown_sections == unknown
+                and not result.samples[-1][2].has_sketch
+            ):
                 if len(self._lines) >= _LINE_CACHE_MAX:
                     self._lines.clear()
                 self._lines[raw] = result.samples[-1]
@@ -234,14 +254,14 @@ class StatsdParser:
         head, sep, rest = line.partition(":")
         if not sep:
             raise LineError(MALFORMED_LINE)
+        if ":" in rest[rest.find("|") + 1 :] and _is_multi_metric(rest):
+            self._parse_multi(head, rest, result)
+            return
         sections = rest.split("|")
         if len(sections) < 2:
             raise LineError(MALFORMED_LINE)
         mtype = STATSD_TYPES.get(sections[1])
         if mtype is None:
-            if ":" in sections[1]:  # Etsy multi-metric line: a:1|c:2|ms
-                self._parse_multi(head, rest, result)
-                return
             raise LineError(UNKNOWN_TYPE if sections[1] else MALFORMED_LINE)
         rate = 1.0
         ts: float | None = None
@@ -259,14 +279,14 @@ class StatsdParser:
                         rate = float(s[1:])
                     except ValueError:
                         raise LineError(INVALID_SAMPLE_RATE) from None
-                    if not 0.0 < rate <= 1.0:
+                    if not 0.0 < rate <= 1.0 or not _plain_number(s[1:]):
                         raise LineError(INVALID_SAMPLE_RATE)
                 elif c == "T":
                     try:
                         ts = float(int(s[1:]))
                     except ValueError:
                         raise LineError(INVALID_TIMESTAMP) from None
-                    if ts <= 0:
+                    if ts <= 0 or not _plain_number(s[1:]):
                         raise LineError(INVALID_TIMESTAMP)
                 elif s.startswith(_IGNORED_SECTION_PREFIXES):
                     pass

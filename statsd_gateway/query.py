@@ -30,9 +30,11 @@ from statsd_gateway.model import BucketRow, MetricType, Tags
 from statsd_gateway.store import SqliteStore
 from statsd_gateway.store.sqlite import read_flushed_seq, read_rows, read_series
 
-_AGG_RE = re.compile(r"^p(100|\d{1,2}(?:\.\d+)?)$")
+_AGG_RE = re.compile(r"p(100|\d{1,2}(?:\.\d+)?)")
 _PLAIN_AGGS = ("count", "sum", "avg", "min", "max", "last", "rate", "distinct")
-_RELATIVE_RE = re.compile(r"^-(\d+(?:\.\d+)?(?:ms|s|m|h|d))$")
+_RELATIVE_RE = re.compile(r"-(\d+(?:\.\d+)?(?:ms|s|m|h|d))")
+# Times a query may name: from the epoch to year ~5138; beyond is a typo, not a range.
+_TIME_MAX = 1e11
 DEFAULT_RANGE = 3600.0
 _SUGGESTED_WINDOWS = (
     ("10s", 10),
@@ -61,20 +63,30 @@ class QuerySpec:
 
 
 def parse_time(text: str, now: float, field: str) -> float:
-    """Unix seconds, RFC 3339, `now`, or relative to now (`-15m`)."""
-    t = text.strip()
+    """Unix seconds, RFC 3339, `now`, or relative to now (`-15m`); between the epoch and
+    _TIME_MAX."""
+    t = _parse_time(text.strip(), now, field)
+    if not 0 <= t <= _TIME_MAX:
+        raise InvalidArgument(f"{field} must lie between 1970 and the year 5000", field)
+    return t
+
+
+def _parse_time(t: str, now: float, field: str) -> float:
     if t == "now":
         return now
-    m = _RELATIVE_RE.match(t)
+    m = _RELATIVE_RE.fullmatch(t)
     if m:
-        return now - parse_duration(m.group(1))
+        try:
+            return now - parse_duration(m.group(1))
+        except ValueError as e:
+            raise InvalidArgument(f"{field}: {e}", field) from None
     try:
         v = float(t)
     except ValueError:
         pass
     else:
-        if not math.isfinite(v) or v < 0:
-            raise InvalidArgument(f"{field} must be a non-negative time", field)
+        if not math.isfinite(v):
+            raise InvalidArgument(f"{field} must be a finite time", field)
         return v
     try:
         dt = datetime.fromisoformat(t.replace("Z", "+00:00"))
@@ -121,7 +133,7 @@ def parse_query(params: Mapping[str, Any], now: float, max_points: int) -> Query
     if not agg:
         raise InvalidArgument("agg is required", "agg")
     quantile: float | None = None
-    m = _AGG_RE.match(agg)
+    m = _AGG_RE.fullmatch(agg)
     if m:
         quantile = float(m.group(1)) / 100.0
     elif agg not in _PLAIN_AGGS:
@@ -187,7 +199,10 @@ def _matches(tags: Tags, want: Tags) -> bool:
     return all(have.get(k) == v for k, v in want)
 
 
-def _json_number(v: float) -> float | int:
+def _json_number(v: float) -> float | int | None:
+    """JSON has no Infinity or NaN (a sum can overflow): those become null."""
+    if not math.isfinite(v):
+        return None
     if v.is_integer() and abs(v) < 2**53:
         return int(v)
     return v

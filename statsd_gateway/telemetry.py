@@ -22,7 +22,12 @@ METRICS: dict[str, str] = {
     "samples_accepted_total": "Samples accepted into the aggregator, by transport.",
     "rejects_total": "Lines or points rejected, by transport and reason.",
     "ignored_total": "Accepted but not stored: events, service checks, unknown sections.",
-    "queue_dropped_total": "Datagrams dropped because the UDP queue was full.",
+    "queue_dropped_total": "Datagrams dropped because a UDP or Unix datagram queue was full.",
+    "kernel_drops_total": "Datagrams the kernel dropped on the socket, by transport (Linux only).",
+    "tcp_connections_total": "TCP connections accepted.",
+    "tcp_connections_refused_total": "TCP connections closed at once: tcp.max_connections open.",
+    "tcp_idle_closed_total": "TCP connections closed after tcp.idle_timeout without data.",
+    "tcp_connections_open": "TCP connections open now.",
     "flushes_total": "Flushes written to the store.",
     "flush_errors_total": "Flushes that failed and were kept for retry.",
     "flush_rows_total": "Bucket rows written by flushes.",
@@ -47,9 +52,15 @@ class Telemetry:
         self.flushed_rows = 0
         self.flush_dropped_series = 0
         self.last_flush_seconds = 0.0
+        self.tcp_connections = 0
+        self.tcp_connections_refused = 0
+        self.tcp_idle_closed = 0
         # Filled in by the composition root: values read at scrape time.
         self.pending_flushes: Callable[[], int] = lambda: 0
         self.series_count: Callable[[], int] = lambda: 0
+        self.tcp_connections_open: Callable[[], int] = lambda: 0
+        # transport -> drops the kernel reports; a transport it does not report for is absent.
+        self.kernel_drops: Callable[[], dict[str, int]] = dict
 
     def reject(self, transport: str, reason: str, n: int = 1) -> None:
         self.rejects[(transport, reason)] += n
@@ -86,17 +97,24 @@ class TelemetryCollector(Collector):
             "rejects_total", ["transport", "reason"], {k: v for k, v in t.rejects.items()}
         )
         yield _labelled("ignored_total", ["kind"], {(k,): v for k, v in t.ignored.items()})
+        yield _labelled(
+            "kernel_drops_total", by_transport, {(k,): v for k, v in t.kernel_drops().items()}
+        )
         for name, value in (
             ("queue_dropped_total", t.queue_dropped),
             ("flushes_total", t.flushes),
             ("flush_errors_total", t.flush_errors),
             ("flush_rows_total", t.flushed_rows),
             ("flush_dropped_series_total", t.flush_dropped_series),
+            ("tcp_connections_total", t.tcp_connections),
+            ("tcp_connections_refused_total", t.tcp_connections_refused),
+            ("tcp_idle_closed_total", t.tcp_idle_closed),
         ):
             yield CounterMetricFamily(PREFIX + name.removesuffix("_total"), METRICS[name], value)
         for name, gvalue in (
             ("last_flush_duration_seconds", t.last_flush_seconds),
             ("pending_flushes", float(t.pending_flushes())),
             ("series", float(t.series_count())),
+            ("tcp_connections_open", float(t.tcp_connections_open())),
         ):
             yield GaugeMetricFamily(PREFIX + name, METRICS[name], gvalue)

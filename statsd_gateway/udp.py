@@ -1,13 +1,16 @@
-"""UDP listener: datagram endpoint → bounded queue → ingest.
+"""Datagram listeners: datagram endpoint → bounded queue → ingest.
 
+`DatagramListener` is the part UDP and the Unix datagram socket (unixgram.py) share:
 `datagram_received` only appends to the queue (or drops and counts when it is full); the queue is
-drained in one loop callback, so a burst of datagrams is parsed in a batch.
+drained in one loop callback, so a burst of datagrams is parsed in a batch. `UdpListener` adds the
+socket: address family, SO_RCVBUF, and the kernel's drop count for the socket.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 from collections import deque
 from typing import cast
@@ -17,49 +20,29 @@ from statsd_gateway.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
+_PROC_NET_UDP = {socket.AF_INET: "/proc/net/udp", socket.AF_INET6: "/proc/net/udp6"}
 
-class UdpListener(asyncio.DatagramProtocol):
-    def __init__(
-        self,
-        ingest: Ingest,
-        telemetry: Telemetry,
-        *,
-        tenant: str,
-        queue_size: int,
-        read_buffer: int,
-    ) -> None:
+
+class DatagramListener(asyncio.DatagramProtocol):
+    """The queue and drain shared by every datagram transport; `kind` is the transport label."""
+
+    kind = "datagram"
+
+    def __init__(self, ingest: Ingest, telemetry: Telemetry, *, tenant: str, queue_size: int):
         self.ingest = ingest
         self.telemetry = telemetry
         self.tenant = tenant
         self.queue_size = queue_size
-        self.read_buffer = read_buffer
         self._queue: deque[bytes] = deque()
         self._scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self.transport: asyncio.DatagramTransport | None = None
-        self.address: tuple[str, int] | None = None
 
-    async def start(self, host: str, port: int) -> tuple[str, int]:
+    async def _open(self, sock: socket.socket) -> None:
+        """Starts receiving on a bound socket."""
         self._loop = asyncio.get_running_loop()
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-        if self.read_buffer:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.read_buffer)
-            granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
-            # Linux reports twice what it grants for bookkeeping; it caps at net.core.rmem_max.
-            if granted // 2 < self.read_buffer:
-                log.warning(
-                    "udp receive buffer: asked %d bytes, kernel granted %d "
-                    "(raise net.core.rmem_max)",
-                    self.read_buffer,
-                    granted // 2,
-                )
-        sock.bind((host, port))
         sock.setblocking(False)
         await self._loop.create_datagram_endpoint(lambda: self, sock=sock)
-        addr = sock.getsockname()
-        self.address = (addr[0], addr[1])
-        return self.address
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's UDP transport is not an asyncio.DatagramTransport subclass, hence the cast.
@@ -76,7 +59,7 @@ class UdpListener(asyncio.DatagramProtocol):
             self._loop.call_soon(self.drain)
 
     def error_received(self, exc: Exception) -> None:
-        log.warning("udp socket error: %s", exc)
+        log.warning("%s socket error: %s", self.kind, exc)
 
     def drain(self) -> None:
         """Parses everything queued. Never raises into the loop."""
@@ -84,16 +67,92 @@ class UdpListener(asyncio.DatagramProtocol):
         q = self._queue
         statsd = self.ingest.statsd
         tenant = self.tenant
+        kind = self.kind
         while q:
             data = q.popleft()
             try:
-                statsd(tenant, data, "udp")
+                statsd(tenant, data, kind)
             except Exception:  # a bug must not kill the listener; count it and go on
-                self.telemetry.reject("udp", "internal_error")
+                self.telemetry.reject(kind, "internal_error")
                 log.exception("internal error while ingesting a datagram")
 
     def close(self) -> None:
+        """Stops receiving, then parses what is still queued."""
         if self.transport is not None:
             self.transport.close()
             self.transport = None
         self.drain()
+
+
+class UdpListener(DatagramListener):
+    kind = "udp"
+
+    def __init__(
+        self,
+        ingest: Ingest,
+        telemetry: Telemetry,
+        *,
+        tenant: str,
+        queue_size: int,
+        read_buffer: int,
+    ) -> None:
+        super().__init__(ingest, telemetry, tenant=tenant, queue_size=queue_size)
+        self.read_buffer = read_buffer
+        self.address: tuple[str, int] | None = None
+        self._family = socket.AF_INET
+        self._inode = 0
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        self._family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(self._family, socket.SOCK_DGRAM)
+        try:
+            self._set_receive_buffer(sock)
+            sock.bind((host, port))
+            await self._open(sock)
+        except BaseException:
+            sock.close()
+            raise
+        self._inode = os.fstat(sock.fileno()).st_ino
+        addr = sock.getsockname()
+        self.address = (addr[0], addr[1])
+        return self.address
+
+    def _set_receive_buffer(self, sock: socket.socket) -> None:
+        if self.read_buffer:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.read_buffer)
+        # Linux reports twice what it grants for bookkeeping; it caps at net.core.rmem_max.
+        granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
+        if not self.read_buffer:
+            log.info("udp receive buffer: system default, granted %d bytes", granted)
+            return
+        log.info("udp receive buffer: asked %d bytes, granted %d", self.read_buffer, granted)
+        if granted < self.read_buffer:
+            log.warning(
+                "udp receive buffer: the kernel granted %d of the %d bytes asked "
+                "(raise net.core.rmem_max)",
+                granted,
+                self.read_buffer,
+            )
+
+    def kernel_drops(self) -> int | None:
+        """Datagrams the kernel dropped on this socket (its receive buffer was full), as Linux
+        reports in /proc/net/udp[6]; None where the system does not say."""
+        if not self._inode:
+            return None
+        return read_proc_drops(_PROC_NET_UDP[self._family], self._inode)
+
+
+def read_proc_drops(path: str, inode: int) -> int | None:
+    """The `drops` column (the last) of the /proc/net/udp-style row whose inode matches."""
+    try:
+        with open(path, encoding="ascii") as f:
+            next(f, None)  # the header
+            want = str(inode)
+            for row in f:
+                fields = row.split()
+                # sl local rem st tx:rx tr:when retrnsmt uid timeout inode ref pointer drops
+                if len(fields) >= 13 and fields[9] == want:
+                    return int(fields[-1])
+    except (OSError, ValueError):
+        return None
+    return None

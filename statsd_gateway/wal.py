@@ -11,7 +11,8 @@
 - At start, `replay()` returns what the segments not yet in the store hold. A torn record at the
   end of a segment (a crash mid-write) ends that segment's replay.
 
-Record format: u32 length (LE), u32 CRC-32 of the payload, payload (UTF-8 JSON).
+Record format: u32 length (LE), u32 CRC-32 of the payload, payload = a one-line JSON header,
+`\n`, and an optional blob (an HTTP body as received).
 UDP is not logged: it is fire-and-forget (DESIGN.md §4).
 """
 
@@ -43,14 +44,15 @@ def _segment_seq(path: Path) -> int | None:
     return int(stem) if dot and ext == "log" and stem.isdigit() else None
 
 
-def _records(data: bytes) -> Iterator[Any]:
+def _records(data: bytes) -> Iterator[tuple[Any, bytes]]:
     pos = 0
     while pos + _HEADER.size <= len(data):
         length, crc = _HEADER.unpack_from(data, pos)
         payload = data[pos + _HEADER.size : pos + _HEADER.size + length]
         if len(payload) < length or zlib.crc32(payload) != crc:
             return  # torn tail: the write this crash interrupted was never acknowledged
-        yield json.loads(payload)
+        header, _, blob = payload.partition(b"\n")
+        yield json.loads(header), blob
         pos += _HEADER.size + length
 
 
@@ -63,10 +65,11 @@ class WriteAheadLog:
         self._files: dict[int, BinaryIO] = {}
         self.synced_batches = 0  # fsync rounds, for tests and self-metrics
 
-    def replay(self, flushed_seq: int) -> list[tuple[int, Any]]:
-        """Entries of segments after `flushed_seq`, oldest first; older segments are deleted."""
+    def replay(self, flushed_seq: int) -> list[tuple[int, Any, bytes]]:
+        """(seq, header, blob) of segments after `flushed_seq`, oldest first; older segments
+        are deleted."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        out: list[tuple[int, Any]] = []
+        out: list[tuple[int, Any, bytes]] = []
         for path in sorted(self.dir.iterdir(), key=lambda p: _segment_seq(p) or -1):
             seq = _segment_seq(path)
             if seq is None:
@@ -74,7 +77,7 @@ class WriteAheadLog:
             if seq <= flushed_seq:
                 path.unlink()
                 continue
-            out.extend((seq, entry) for entry in _records(path.read_bytes()))
+            out.extend((seq, header, blob) for header, blob in _records(path.read_bytes()))
         return out
 
     def start(self) -> None:
@@ -88,9 +91,9 @@ class WriteAheadLog:
             self._thread.join()
             self._thread = None
 
-    def append(self, seq: int, entry: Any) -> None:
+    def append(self, seq: int, header: Any, blob: bytes = b"") -> None:
         """Queues an entry for segment `seq`; call barrier() to wait for it to be on disk."""
-        payload = json.dumps(entry, separators=(",", ":")).encode("utf-8")
+        payload = json.dumps(header, separators=(",", ":")).encode("utf-8") + b"\n" + blob
         self._queue.put((seq, _HEADER.pack(len(payload), zlib.crc32(payload)) + payload))
 
     def barrier(self) -> asyncio.Future[None]:

@@ -90,13 +90,15 @@ async def test_a_torn_record_ends_the_replay_of_its_segment(tmp_path: Path) -> N
     wal = WriteAheadLog(tmp_path / "wal")
     wal.replay(0)
     wal.start()
-    wal.append(3, {"k": "points", "n": 1})
-    wal.append(3, {"k": "points", "n": 2})
+    wal.append(3, {"k": "body", "n": 1}, b'{"name": "a", "value": 1}')
+    wal.append(3, {"k": "body", "n": 2}, b'{"name": "b", "value": 2}')
     await wal.barrier()
     wal.stop()
     seg = tmp_path / "wal" / "000000000003.log"
     data = seg.read_bytes()
     seg.write_bytes(data[:-3])  # the second record was cut short by a crash
-    assert WriteAheadLog(tmp_path / "wal").replay(0) == [(3, {"k": "points", "n": 1})]
+    assert WriteAheadLog(tmp_path / "wal").replay(0) == [
+        (3, {"k": "body", "n": 1}, b'{"name": "a", "value": 1}')
+    ]
     assert WriteAheadLog(tmp_path / "wal").replay(3) == []
     assert not seg.exists()  # segments the store already holds are deleted

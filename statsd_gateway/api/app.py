@@ -28,8 +28,9 @@ OPENAPI_PATH = "/v1/openapi.json"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def error_response(err: GatewayError) -> web.Response:
-    headers = {"WWW-Authenticate": 'Bearer realm="statsd-gateway"'} if err.status == 401 else None
+def error_response(err: GatewayError, headers: dict[str, str] | None = None) -> web.Response:
+    if err.status == 401:
+        headers = {**(headers or {}), "WWW-Authenticate": 'Bearer realm="statsd-gateway"'}
     return web.json_response(err.envelope(), status=err.status, headers=headers)
 
 
@@ -42,10 +43,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPRequestEntityTooLarge:
         return error_response(PayloadTooLarge("the request body is too large", "body"))
     except web.HTTPMethodNotAllowed as e:
+        allow = ", ".join(sorted(e.allowed_methods))
         return error_response(
-            MethodNotAllowed(
-                f"{request.method} is not allowed here; use {', '.join(sorted(e.allowed_methods))}"
-            )
+            MethodNotAllowed(f"{request.method} is not allowed here; use {allow}"),
+            headers={"Allow": allow},
         )
     except web.HTTPNotFound:
         return error_response(NotFound(f"no endpoint at {request.path}"))

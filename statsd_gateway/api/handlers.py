@@ -21,7 +21,7 @@ from statsd_gateway.errors import (
     Unavailable,
 )
 from statsd_gateway.idempotency import IdempotencyLedger, body_digest, request_key
-from statsd_gateway.ingest import Ingest
+from statsd_gateway.ingest import Ingest, LoggedBody
 from statsd_gateway.protocol import Sample
 from statsd_gateway.query import QueryEngine, parse_query
 from statsd_gateway.telemetry import Telemetry
@@ -67,7 +67,7 @@ def reason_error(reason: str, prefix: str = "") -> GatewayError:
     return cls(_REASON_MESSAGES.get(reason, reason), prefix + field if field else None)
 
 
-async def _json_body(request: web.Request) -> Any:
+async def _json_body(request: web.Request) -> tuple[Any, bytes]:
     svc = request.app[SERVICES]
     if request.content_length is not None and request.content_length > svc.max_body_bytes:
         raise PayloadTooLarge(f"the body is over {svc.max_body_bytes} bytes", "body")
@@ -76,7 +76,7 @@ async def _json_body(request: web.Request) -> Any:
         raise InvalidArgument("the body must be JSON (Content-Type: application/json)", "body")
     raw = await request.read()
     try:
-        return json.loads(raw)
+        return json.loads(raw), raw
     except (ValueError, UnicodeDecodeError):
         raise InvalidArgument("the body is not valid JSON", "body") from None
 
@@ -111,7 +111,7 @@ async def _once(
 async def report(request: web.Request) -> web.Response:
     svc = request.app[SERVICES]
     principal = require(request, "write")
-    body = await _json_body(request)
+    body, raw = await _json_body(request)
     _count_http(svc, request, 1)
 
     def apply() -> dict[str, Any]:
@@ -120,7 +120,8 @@ async def report(request: web.Request) -> web.Response:
         except GatewayError:
             svc.telemetry.reject("http", "invalid_point")
             raise
-        rejects = svc.ingest.samples(principal.tenant, [sample], "http")
+        logged = LoggedBody("report", raw, [0], 1)
+        rejects = svc.ingest.samples(principal.tenant, [sample], "http", logged=logged)
         if rejects:
             raise reason_error(rejects[0][1])
         return {"ok": True}
@@ -135,7 +136,7 @@ def _indexed(index: int, e: GatewayError) -> dict[str, Any]:
 async def batch(request: web.Request) -> web.Response:
     svc = request.app[SERVICES]
     principal = require(request, "write")
-    body = await _json_body(request)
+    body, raw = await _json_body(request)
     if not isinstance(body, dict):
         raise InvalidArgument("the body must be an object with a points list", "body")
     for k in body:
@@ -159,7 +160,8 @@ async def batch(request: web.Request) -> web.Response:
             except GatewayError as e:
                 svc.telemetry.reject("http", "invalid_point")
                 errors.append(_indexed(i, e))
-        for j, reason in svc.ingest.samples(principal.tenant, samples, "http"):
+        logged = LoggedBody("batch", raw, positions, len(points))
+        for j, reason in svc.ingest.samples(principal.tenant, samples, "http", logged=logged):
             i = positions[j]
             errors.append(_indexed(i, reason_error(reason, prefix=f"points[{i}].")))
         errors.sort(key=lambda err: int(err["index"]))

@@ -35,29 +35,39 @@ _IDEMPOTENCY_HEADER = {
     "required": False,
     "schema": {"type": "string", "minLength": 1, "maxLength": 200},
 }
+# The body-field twin of the header; null is the same as absent.
+_IDEMPOTENCY_FIELD = {"type": "string", "minLength": 1, "maxLength": 200, "nullable": True}
 _REPLAYED = {"Idempotent-Replayed": {"schema": {"type": "string", "enum": ["true"]}}}
 
 
-def _query_param(name: str, description: str, required: bool = False) -> dict[str, Any]:
+def _query_param(
+    name: str, description: str, required: bool = False, **schema: Any
+) -> dict[str, Any]:
     return {
         "name": name,
         "in": "query",
         "required": required,
         "description": description,
-        "schema": {"type": "string"},
+        "schema": {"type": "string", **schema},
     }
 
+
+_NAME_PATTERN = "^[A-Za-z0-9_.\\-/:]{1,200}$"
+_AGG_PATTERN = "^(count|sum|avg|min|max|last|rate|distinct|p(100|[0-9]{1,2}(\\.[0-9]+)?))$"
+# Empty is the same as absent (one point for the whole range).
+_DURATION_PATTERN = "^([0-9]+(\\.[0-9]+)?(ms|s|m|h|d))?$"
+_TYPES = ["counter", "gauge", "timing", "histogram", "distribution", "set"]
 
 _POINT: dict[str, Any] = {
     "type": "object",
     "required": ["name", "value"],
     "additionalProperties": False,
     "properties": {
-        "name": {"type": "string", "pattern": "^[A-Za-z0-9_.\\-/:]{1,200}$"},
+        "name": {"type": "string", "pattern": _NAME_PATTERN},
         "value": {"oneOf": [{"type": "number"}, {"type": "string", "minLength": 1}]},
         "type": {
             "type": "string",
-            "enum": ["counter", "gauge", "timing", "histogram", "distribution", "set"],
+            "enum": _TYPES,
             "default": "gauge",
         },
         "tags": {
@@ -65,7 +75,13 @@ _POINT: dict[str, Any] = {
             "maxProperties": 32,
             "additionalProperties": {"type": "string", "maxLength": 200},
         },
-        "timestamp": {"oneOf": [{"type": "number"}, {"type": "string", "format": "date-time"}]},
+        # null is the same as absent: the server's receive time.
+        "timestamp": {
+            "oneOf": [
+                {"type": "number", "nullable": True},
+                {"type": "string", "format": "date-time"},
+            ]
+        },
         "sample_rate": {"type": "number", "exclusiveMinimum": True, "minimum": 0, "maximum": 1},
     },
 }
@@ -74,7 +90,10 @@ _POINTS_LIST = {
     "type": "array",
     "items": {
         "type": "object",
-        "properties": {"timestamp": {"type": "number"}, "value": {"type": "number"}},
+        "properties": {
+            "timestamp": {"type": "number"},
+            "value": {"type": "number", "nullable": True},
+        },
         "required": ["timestamp", "value"],
     },
 }
@@ -122,11 +141,7 @@ def openapi_spec() -> dict[str, Any]:
                                     **_POINT,
                                     "properties": {
                                         **_POINT["properties"],
-                                        "idempotency_key": {
-                                            "type": "string",
-                                            "minLength": 1,
-                                            "maxLength": 200,
-                                        },
+                                        "idempotency_key": _IDEMPOTENCY_FIELD,
                                     },
                                 }
                             }
@@ -160,11 +175,7 @@ def openapi_spec() -> dict[str, Any]:
                                             "maxItems": 10000,
                                             "items": {"$ref": "#/components/schemas/MetricPoint"},
                                         },
-                                        "idempotency_key": {
-                                            "type": "string",
-                                            "minLength": 1,
-                                            "maxLength": 200,
-                                        },
+                                        "idempotency_key": _IDEMPOTENCY_FIELD,
                                     },
                                 }
                             }
@@ -212,14 +223,17 @@ def openapi_spec() -> dict[str, Any]:
                 "get": {
                     "summary": "A time series of one aggregation of one metric",
                     "parameters": [
-                        _query_param("name", "metric name", required=True),
+                        _query_param("name", "metric name", True, pattern=_NAME_PATTERN),
                         _query_param(
                             "agg",
                             "count sum avg min max rate last distinct, or pNN / pNN.N",
-                            required=True,
+                            True,
+                            pattern=_AGG_PATTERN,
                         ),
                         _query_param("tags", "filter: k:v,k2:v2 or a JSON object"),
-                        _query_param("window", "bucket width: 10s 1m 5m 1h 1d"),
+                        _query_param(
+                            "window", "bucket width: 10s 1m 5m 1h 1d", pattern=_DURATION_PATTERN
+                        ),
                         _query_param("since", "unix seconds, RFC 3339, now, or -15m"),
                         _query_param("until", "unix seconds, RFC 3339, now, or -15m"),
                         _query_param("group_by", "comma-separated tag keys"),
@@ -235,7 +249,7 @@ def openapi_spec() -> dict[str, Any]:
                                         "properties": {
                                             "ok": {"type": "boolean"},
                                             "name": {"type": "string"},
-                                            "type": {"type": "string"},
+                                            "type": {"type": "string", "enum": _TYPES},
                                             "agg": {"type": "string"},
                                             "tags": {"type": "object"},
                                             "window": {"type": "string", "nullable": True},
@@ -275,7 +289,21 @@ def openapi_spec() -> dict[str, Any]:
                                         "required": ["ok", "metrics"],
                                         "properties": {
                                             "ok": {"type": "boolean"},
-                                            "metrics": {"type": "array"},
+                                            "metrics": {
+                                                "type": "array",
+                                                "items": {
+                                                    "type": "object",
+                                                    "required": ["name", "type", "tag_keys"],
+                                                    "properties": {
+                                                        "name": {"type": "string"},
+                                                        "type": {"type": "string", "enum": _TYPES},
+                                                        "tag_keys": {
+                                                            "type": "array",
+                                                            "items": {"type": "string"},
+                                                        },
+                                                    },
+                                                },
+                                            },
                                         },
                                     }
                                 }

@@ -25,10 +25,21 @@ def _number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
+def _finite(v: Any) -> float | None:
+    """A JSON number as a finite float; None for anything else (incl. integers past float)."""
+    if not _number(v):
+        return None
+    try:
+        f = float(v)
+    except OverflowError:
+        return None
+    return f if math.isfinite(f) else None
+
+
 def parse_timestamp(v: Any, field: str) -> float:
     if _number(v):
-        t = float(v)
-        if not math.isfinite(t) or t <= 0:
+        t = _finite(v)
+        if t is None or t <= 0:
             raise InvalidArgument("timestamp must be positive unix seconds", field)
         return t
     if isinstance(v, str):
@@ -66,10 +77,10 @@ def parse_point(obj: Any, prefix: str = "", extra: frozenset[str] = frozenset())
         if not raw:
             raise InvalidArgument("a set member must not be empty", prefix + "value")
         value = raw
-    elif _number(raw) and math.isfinite(raw) and abs(raw) <= VALUE_ABS_MAX:
-        value = float(raw)
+    elif (f := _finite(raw)) is not None and abs(f) <= VALUE_ABS_MAX:
+        value = f
         if mtype is MetricType.SET:  # members 1 and 1.0 are the same member
-            value = str(int(raw)) if float(raw).is_integer() else repr(float(raw))
+            value = str(int(f)) if f.is_integer() else repr(f)
     else:
         raise InvalidArgument("value must be a finite number", prefix + "value")
     tags_obj = obj.get("tags", {})

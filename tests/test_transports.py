@@ -1,0 +1,395 @@
+"""StatsD over TCP, a Unix datagram socket and UDP over IPv6: real sockets into a running Gateway,
+read back through the query API or the daemon's counters. Tests wait on events, never on time."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import stat
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import ClientSession
+
+from statsd_gateway.config import Config, parse_config, parse_mode
+from statsd_gateway.errors import ConfigError
+from statsd_gateway.gateway import Gateway
+from statsd_gateway.udp import read_proc_drops
+from tests.conftest import T0, Api, ManualClock, make_config
+
+SINCE = int(T0 - 3600)
+UNTIL = int(T0 + 60)
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Config:
+    return transports_config(tmp_path)
+
+
+def transports_config(tmp_path: Path, **tcp: Any) -> Config:
+    return make_config(
+        tmp_path,
+        tcp={"enabled": True, "listen": "127.0.0.1:0", **tcp},
+        unix={"enabled": True, "path": str(tmp_path / "s.sock")},
+    )
+
+
+@contextlib.asynccontextmanager
+async def running(cfg: Config) -> AsyncIterator[tuple[Gateway, Api]]:
+    gw = Gateway(cfg, clock=ManualClock(), flush_on_ticks=False)
+    await gw.start()
+    try:
+        assert gw.http_address is not None
+        host, port = gw.http_address
+        async with ClientSession() as session:
+            yield gw, Api(session, f"http://{host}:{port}")
+    finally:
+        await gw.stop()
+
+
+async def wait_until(what: str, done: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Polls for an event (bounded): the daemon having read or closed something."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not done():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.005)
+
+
+async def value(api: Api, name: str, agg: str = "sum") -> Any:
+    status, body = await api.query(name=name, agg=agg, since=SINCE, until=UNTIL)
+    assert status == 200, body
+    (point,) = body["points"]
+    return point["value"]
+
+
+@contextlib.asynccontextmanager
+async def tcp_client(
+    gw: Gateway,
+) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    assert gw.tcp_address is not None
+    reader, writer = await asyncio.open_connection(*gw.tcp_address)
+    try:
+        yield reader, writer
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+async def closed_by_server(reader: asyncio.StreamReader) -> bool:
+    """Waits (bounded) for the server to close the connection."""
+    try:
+        return await asyncio.wait_for(reader.read(), timeout=5.0) == b""
+    except ConnectionResetError:
+        return True
+
+
+def lines(gw: Gateway, transport: str = "tcp") -> int:
+    return gw.telemetry.lines[transport]
+
+
+# --- TCP ---------------------------------------------------------------------------------------
+
+
+async def test_tcp_line_split_across_writes_is_joined(gateway: Gateway, api: Api) -> None:
+    assert gateway.tcp is not None
+    tcp = gateway.tcp
+    async with tcp_client(gateway) as (_, writer):
+        writer.write(b"tcp.split:1")
+        await writer.drain()
+        await wait_until("the first part", lambda: any(c.buffered for c in tcp.connections))
+        assert lines(gateway) == 0
+        writer.write(b"5|c|#env:prod\ntcp.split:2|c\n")
+        await writer.drain()
+        await wait_until("both lines", lambda: lines(gateway) == 2)
+    assert await value(api, "tcp.split") == 17
+    status, body = await api.query(name="tcp.split", agg="sum", tags="env:prod", since=SINCE)
+    assert status == 200 and body["points"][0]["value"] == 15, body
+
+
+async def test_tcp_several_lines_per_write(gateway: Gateway, api: Api) -> None:
+    async with tcp_client(gateway) as (_, writer):
+        writer.write(b"multi.c:1|c\nmulti.g:2|g\r\nmulti.t:3|ms\nmulti.t:5|ms\n")
+        await writer.drain()
+        await wait_until("four lines", lambda: lines(gateway) == 4)
+    assert gateway.telemetry.accepted["tcp"] == 4
+    assert await value(api, "multi.c") == 1
+    assert await value(api, "multi.g", "last") == 2
+    assert await value(api, "multi.t", "count") == 2
+    assert await value(api, "multi.t", "max") == 5
+
+
+async def test_tcp_final_line_without_newline_counts_at_close(gateway: Gateway, api: Api) -> None:
+    async with tcp_client(gateway) as (reader, writer):
+        writer.write(b"eof.a:1|c\neof.b:7|c")
+        writer.write_eof()
+        await writer.drain()
+        assert await closed_by_server(reader)
+    await wait_until("both lines", lambda: lines(gateway) == 2)
+    assert await value(api, "eof.a") == 1
+    assert await value(api, "eof.b") == 7
+
+
+async def test_tcp_long_line_is_rejected_and_the_connection_goes_on(
+    gateway: Gateway, api: Api
+) -> None:
+    t = gateway.telemetry
+    async with tcp_client(gateway) as (_, writer):
+        # A long partial line is rejected before its newline arrives, not buffered whole.
+        writer.write(b"long:" + b"1" * 9000)
+        await writer.drain()
+        await wait_until("the reject", lambda: t.rejects[("tcp", "line_too_long")] == 1)
+        writer.write(b"111|c\nafter.a:1|c\n")
+        # A long line that arrives whole with its newline.
+        writer.write(b"long:" + b"2" * 9000 + b"|c\nafter.b:2|c\n")
+        await writer.drain()
+        await wait_until("the next lines", lambda: t.accepted["tcp"] == 2)
+    assert t.rejects[("tcp", "line_too_long")] == 2
+    assert await value(api, "after.a") == 1
+    assert await value(api, "after.b") == 2
+    status, body = await api.query(name="long", agg="sum", since=SINCE, until=UNTIL)
+    assert status == 404, body
+
+
+async def test_tcp_connection_limit(tmp_path: Path) -> None:
+    async with running(transports_config(tmp_path, max_connections=2)) as (gw, api):
+        t = gw.telemetry
+        async with tcp_client(gw) as (_, w1), tcp_client(gw) as (_, w2):
+            await wait_until("two connections", lambda: t.tcp_connections == 2)
+            async with tcp_client(gw) as (r3, _):
+                assert await closed_by_server(r3)
+            assert t.tcp_connections_refused == 1
+            w1.write(b"limit:1|c\n")
+            w2.write(b"limit:2|c\n")
+            await w1.drain()
+            await w2.drain()
+            await wait_until("the lines of the open connections", lambda: lines(gw) == 2)
+        assert await value(api, "limit") == 3
+        async with api.session.get(api.base + "/metrics") as r:
+            text = await r.text()
+        assert "statsd_gateway_tcp_connections_refused_total 1.0" in text
+
+
+async def test_tcp_idle_connection_is_closed(tmp_path: Path) -> None:
+    async with running(transports_config(tmp_path, idle_timeout="200ms")) as (gw, _):
+        async with tcp_client(gw) as (reader, writer):
+            writer.write(b"idle:1|c\n")
+            await writer.drain()
+            assert await closed_by_server(reader)
+        assert gw.telemetry.tcp_idle_closed == 1
+        assert gw.telemetry.accepted["tcp"] == 1
+        await wait_until(
+            "the connection to go", lambda: gw.tcp is not None and not gw.tcp.connections
+        )
+
+
+async def test_tcp_lines_already_sent_survive_stop(tmp_path: Path) -> None:
+    cfg = transports_config(tmp_path)
+    gw = Gateway(cfg, clock=ManualClock(), flush_on_ticks=False)
+    await gw.start()
+    try:
+        async with tcp_client(gw) as (_, writer):
+            await wait_until("the connection", lambda: gw.telemetry.tcp_connections == 1)
+            writer.write(b"late.tcp:4|c\nlate.part:1")
+            await writer.drain()
+            await gw.stop()
+    finally:
+        await gw.stop()
+    assert gw.telemetry.rejects[("tcp", "truncated_line")] == 1
+    async with running(cfg) as (_, api):
+        assert await value(api, "late.tcp") == 4
+
+
+# --- Unix datagram socket -----------------------------------------------------------------------
+
+
+def send_unix(path: str, *datagrams: bytes) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        for d in datagrams:
+            s.sendto(d, path)
+
+
+async def test_unix_datagrams_are_counted_and_queryable(gateway: Gateway, api: Api) -> None:
+    assert gateway.unix_path is not None
+    assert stat.S_IMODE(os.stat(gateway.unix_path).st_mode) == 0o622
+    send_unix(gateway.unix_path, b"uds.c:1|c|#env:prod\nuds.t:10|ms", b"uds.c:2|c\nbad line")
+    t = gateway.telemetry
+    await wait_until("two datagrams", lambda: t.packets["unixgram"] == 2)
+    assert t.lines["unixgram"] == 4
+    assert t.accepted["unixgram"] == 3
+    assert t.rejects[("unixgram", "malformed_line")] == 1
+    assert await value(api, "uds.c") == 3
+    assert await value(api, "uds.t", "max") == 10
+    async with api.session.get(api.base + "/metrics") as r:
+        text = await r.text()
+    assert 'statsd_gateway_lines_received_total{transport="unixgram"} 4.0' in text
+
+
+async def test_unix_socket_file_is_replaced_when_stale_and_removed_at_stop(
+    tmp_path: Path,
+) -> None:
+    cfg = transports_config(tmp_path)
+    path = cfg.unix.path
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as stale:
+        stale.bind(path)  # left behind, as by a crash: nobody receives on it once closed
+    async with running(cfg) as (gw, api):
+        assert stat.S_ISSOCK(os.stat(path).st_mode)
+        send_unix(path, b"fresh:1|c")
+        await wait_until("the datagram", lambda: gw.telemetry.packets["unixgram"] == 1)
+        assert await value(api, "fresh") == 1
+    assert not os.path.exists(path)
+
+
+async def test_unix_path_that_is_not_a_socket_is_an_error(tmp_path: Path) -> None:
+    cfg = transports_config(tmp_path)
+    Path(cfg.unix.path).write_text("not a socket")
+    gw = Gateway(cfg, clock=ManualClock(), flush_on_ticks=False)
+    try:
+        with pytest.raises(OSError, match="not a socket"):
+            await gw.start()
+    finally:
+        await gw.stop()
+    assert Path(cfg.unix.path).read_text() == "not a socket"
+
+
+# --- UDP ---------------------------------------------------------------------------------------
+
+
+def has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback on this machine")
+async def test_udp_over_ipv6(tmp_path: Path) -> None:
+    async with running(make_config(tmp_path, udp={"listen": "[::1]:0"})) as (gw, api):
+        assert gw.udp_address is not None and gw.udp_address[0] == "::1"
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.sendto(b"v6:5|c\nv6:1|c", gw.udp_address)
+        await wait_until("the datagram", lambda: gw.telemetry.packets["udp"] == 1)
+        assert await value(api, "v6") == 6
+        drops = gw.udp.kernel_drops() if gw.udp is not None else None
+        if os.path.exists("/proc/net/udp6"):
+            assert drops == 0
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/net/udp"), reason="the kernel reports no drops")
+async def test_kernel_drops_are_exported(tmp_path: Path) -> None:
+    # A tiny receive buffer, and datagrams sent while the loop cannot read: the kernel drops.
+    async with running(make_config(tmp_path, udp={"read_buffer": 4096})) as (gw, api):
+        assert gw.udp_address is not None
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for i in range(200):
+                s.sendto(b"flood:1|c\n" + b"x" * 1000 + str(i).encode(), gw.udp_address)
+        assert gw.udp is not None
+        drops = gw.udp.kernel_drops()
+        assert drops is not None and drops > 0
+        async with api.session.get(api.base + "/metrics") as r:
+            text = await r.text()
+        exported = [
+            line
+            for line in text.splitlines()
+            if line.startswith('statsd_gateway_kernel_drops_total{transport="udp"}')
+        ]
+        assert len(exported) == 1 and float(exported[0].split()[-1]) >= drops
+
+
+def test_proc_drops_row_is_found_by_inode(tmp_path: Path) -> None:
+    proc = tmp_path / "udp"
+    proc.write_text(
+        "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  "
+        "timeout inode ref pointer drops\n"
+        "  1: 0100007F:1FBD 00000000:0000 07 00000000:00000000 00:00000000 00000000     0"
+        "        0 4242 2 0000000000000000 17\n"
+        "  2: 0100007F:1FBE 00000000:0000 07 00000000:00000000 00:00000000 00000000     0"
+        "        0 4343 2 0000000000000000 3\n"
+    )
+    assert read_proc_drops(str(proc), 4343) == 3
+    assert read_proc_drops(str(proc), 4242) == 17
+    assert read_proc_drops(str(proc), 1) is None
+    assert read_proc_drops(str(tmp_path / "absent"), 4242) is None
+
+
+# --- the composition root ----------------------------------------------------------------------
+
+
+async def test_all_transports_log_their_address_and_show_in_metrics(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="statsd_gateway")
+    async with running(transports_config(tmp_path)) as (gw, api):
+        assert gw.tcp_address is not None and gw.tcp_address[1] != 0
+        assert f"listening tcp 127.0.0.1:{gw.tcp_address[1]}" in caplog.text
+        assert f"listening unixgram {gw.unix_path}" in caplog.text
+        assert "udp receive buffer:" in caplog.text
+        assert gw.udp_address is not None and gw.unix_path is not None
+        line = b"everywhere:1|c\n"
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.sendto(line, gw.udp_address)
+        send_unix(gw.unix_path, line)
+        async with tcp_client(gw) as (_, writer):
+            writer.write(line)
+            await writer.drain()
+            t = gw.telemetry
+            await wait_until(
+                "all three", lambda: all(t.accepted[k] == 1 for k in ("udp", "tcp", "unixgram"))
+            )
+        assert await value(api, "everywhere") == 3
+        async with api.session.get(api.base + "/metrics") as r:
+            text = await r.text()
+        for transport in ("udp", "tcp", "unixgram"):
+            assert f'statsd_gateway_packets_received_total{{transport="{transport}"}}' in text
+
+
+async def test_reload_says_listener_changes_need_a_restart(gateway: Gateway) -> None:
+    cfg = gateway.config
+    new = replace(
+        cfg,
+        tcp=replace(cfg.tcp, listen="127.0.0.1:1"),
+        unix=replace(cfg.unix, path=cfg.unix.path + ".new"),
+    )
+    assert {"tcp", "unix"} <= set(gateway.reload(new))
+
+
+# --- config ------------------------------------------------------------------------------------
+
+
+def test_transport_defaults_are_off() -> None:
+    cfg = parse_config("")
+    assert (cfg.tcp.enabled, cfg.tcp.listen, cfg.tcp.tenant) == (False, "127.0.0.1:8125", "default")
+    assert (cfg.tcp.max_connections, cfg.tcp.idle_timeout) == (1024, 300.0)
+    assert (cfg.unix.enabled, cfg.unix.path, cfg.unix.tenant) == (
+        False,
+        "./data/statsd.sock",
+        "default",
+    )
+    assert parse_mode(cfg.unix.mode) == 0o622
+
+
+@pytest.mark.parametrize(
+    ("text", "path"),
+    [
+        ("tcp:\n  listen: nope\n", "tcp.listen"),
+        ("tcp:\n  max_connections: 0\n", "tcp.max_connections"),
+        ("tcp:\n  idle_timeout: soon\n", "tcp.idle_timeout"),
+        ("tcp:\n  backlog: 5\n", "tcp.backlog"),
+        ("unix:\n  mode: 0660\n", "unix.mode"),  # YAML reads this as the integer 432
+        ('unix:\n  mode: "0999"\n', "unix.mode"),
+        ("unix:\n  path: ''\n", "unix.path"),
+    ],
+)
+def test_transport_config_errors_name_the_key(text: str, path: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_config(text)
+    assert e.value.path == path
