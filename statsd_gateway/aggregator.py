@@ -80,6 +80,9 @@ Buckets = dict[float, dict[SeriesKey, Acc]]
 class Snapshot:
     seq: int
     buckets: Buckets = field(default_factory=dict)
+    # Start of the live interval when this snapshot was swapped out: every bucket that ends at
+    # or before it has all its (non-late) points in this snapshot or an earlier one.
+    boundary: float = 0.0
 
     def series_count(self) -> int:
         return sum(len(m) for m in self.buckets.values())
@@ -95,6 +98,16 @@ class SeriesRegistry:
     def add(self, tenant: str, name: str, tags: Tags, mtype: MetricType) -> None:
         self.types.setdefault((tenant, name), mtype)
         self.series.setdefault(tenant, set()).add((name, tags))
+
+    def forget(self, keys: Iterable[SeriesKey]) -> None:
+        """Series the store deleted (no data within any retention)."""
+        names: set[tuple[str, str]] = set()
+        for tenant, name, tags in keys:
+            self.series.get(tenant, set()).discard((name, tags))
+            names.add((tenant, name))
+        for tenant, name in names:
+            if not any(n == name for n, _ in self.series.get(tenant, ())):
+                self.types.pop((tenant, name), None)
 
 
 class IntervalAggregator:
@@ -209,9 +222,13 @@ class IntervalAggregator:
             reg.add(tenant, name, tags, mtype)
         return None
 
+    def forget_gauges(self, keys: Iterable[SeriesKey]) -> None:
+        for key in keys:
+            self._gauges.pop(key, None)
+
     def swap(self) -> Snapshot:
         """Moves the live interval into a new pending snapshot (on the event loop, O(1))."""
-        snap = Snapshot(self._next_seq, self._live)
+        snap = Snapshot(self._next_seq, self._live, self.bucket_of(self.clock()))
         self._next_seq += 1
         self._live = {}
         self._pending.append(snap)

@@ -105,8 +105,28 @@ class HttpConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class TierConfig:
+    """One storage tier: buckets of `resolution` seconds kept `retention` seconds."""
+
+    resolution: float
+    retention: float
+
+
+DEFAULT_TIERS = (
+    TierConfig(resolution=10.0, retention=6 * 3600.0),
+    TierConfig(resolution=60.0, retention=7 * 86400.0),
+    TierConfig(resolution=3600.0, retention=400 * 86400.0),
+)
+
+
+@dataclass(frozen=True, kw_only=True)
 class StorageConfig:
     path: str = "./data/metrics.db"
+    # Finest first; each resolution a multiple of the one before (the finest a multiple of
+    # aggregation.flush_interval), each retention at least the next tier's resolution.
+    tiers: tuple[TierConfig, ...] = DEFAULT_TIERS
+    # How often expired buckets are deleted.
+    retention_check_interval: float = 60.0
     # Points accepted over HTTP are fsynced to a write-ahead log before the 200.
     wal: bool = True
     wal_dir: str | None = None  # default: <path>.http-wal
@@ -129,6 +149,9 @@ class AggregationConfig:
 class QueryConfig:
     max_points: int = 10_000
     timeout: float = 10.0
+    # Most bucket sketches one quantile query may merge (series x buckets read); beyond, the
+    # query is refused with a message saying what would fit.
+    max_sketches: int = 200_000
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -206,6 +229,44 @@ def _bool(v: Any, path: str) -> bool:
     if not isinstance(v, bool):
         raise ConfigError(path, "expected true or false")
     return v
+
+
+def _tiers(v: Any, path: str) -> tuple[TierConfig, ...]:
+    if v is None:
+        return DEFAULT_TIERS
+    if not isinstance(v, list) or not v:
+        raise ConfigError(path, "expected a non-empty list of {resolution, retention}")
+    tiers: list[TierConfig] = []
+    for i, item in enumerate(v):
+        d = _mapping(item, f"{path}[{i}]")
+        _check_keys(d, TierConfig, f"{path}[{i}]")
+        for k in ("resolution", "retention"):
+            if k not in d:
+                raise ConfigError(f"{path}[{i}].{k}", "required")
+        res = _duration(d["resolution"], f"{path}[{i}].resolution")
+        ret = _duration(d["retention"], f"{path}[{i}].retention")
+        if ret < res:
+            raise ConfigError(f"{path}[{i}].retention", "must be at least the resolution")
+        if tiers:
+            prev = tiers[-1]
+            if res <= prev.resolution or not _multiple(res, prev.resolution):
+                raise ConfigError(
+                    f"{path}[{i}].resolution",
+                    f"must be a multiple of the previous tier's ({prev.resolution:g}s) and larger",
+                )
+            if prev.retention < res:
+                raise ConfigError(
+                    f"{path}[{i - 1}].retention",
+                    f"must be at least the next tier's resolution ({res:g}s): the open bucket "
+                    "of a tier is rebuilt from the tier below after a restart",
+                )
+        tiers.append(TierConfig(resolution=res, retention=ret))
+    return tuple(tiers)
+
+
+def _multiple(a: float, b: float) -> bool:
+    q = a / b
+    return abs(q - round(q)) < 1e-9
 
 
 def _choice(v: Any, path: str, choices: tuple[str, ...]) -> str:
@@ -335,6 +396,11 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
     wal_dir = s.get("wal_dir")
     storage = StorageConfig(
         path=_str(s.get("path", StorageConfig().path), "storage.path"),
+        tiers=_tiers(s.get("tiers"), "storage.tiers"),
+        retention_check_interval=_duration(
+            s.get("retention_check_interval", StorageConfig().retention_check_interval),
+            "storage.retention_check_interval",
+        ),
         wal=_bool(s.get("wal", True), "storage.wal"),
         wal_dir=None if wal_dir is None else _str(wal_dir, "storage.wal_dir"),
     )
@@ -354,6 +420,7 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
     query = QueryConfig(
         max_points=_int(q.get("max_points", q_d.max_points), "query.max_points", 1),
         timeout=_duration(q.get("timeout", q_d.timeout), "query.timeout"),
+        max_sketches=_int(q.get("max_sketches", q_d.max_sketches), "query.max_sketches", 1),
     )
     keys_raw = au.get("keys", [])
     if keys_raw is None:
@@ -373,6 +440,12 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
     level = lg.get("level", LogConfig().level)
     if level not in LOG_LEVELS:
         raise ConfigError("log.level", f"expected one of {', '.join(LOG_LEVELS)}")
+    finest = storage.tiers[0].resolution
+    if not _multiple(finest, aggregation.flush_interval) or finest < aggregation.flush_interval:
+        raise ConfigError(
+            "storage.tiers[0].resolution",
+            f"must be a multiple of aggregation.flush_interval ({aggregation.flush_interval:g}s)",
+        )
     return Config(
         udp=udp,
         tcp=tcp,

@@ -17,7 +17,8 @@ from collections.abc import Callable
 
 from statsd_gateway.aggregator import IntervalAggregator, Snapshot, finish_snapshot
 from statsd_gateway.idempotency import TTL_SECONDS, IdempotencyLedger
-from statsd_gateway.store import SqliteStore
+from statsd_gateway.store import SqliteStore, StoreError
+from statsd_gateway.store.rollup import TierRollup
 from statsd_gateway.store.sqlite import IdempotencyRecord
 from statsd_gateway.telemetry import Telemetry
 from statsd_gateway.wal import WriteAheadLog
@@ -37,7 +38,9 @@ class Flusher:
         max_backoff: float = 300.0,
         ledger: IdempotencyLedger | None = None,
         wal: WriteAheadLog | None = None,
+        rollup: TierRollup | None = None,
     ) -> None:
+        self.rollup = rollup
         self.ledger = ledger
         self.wal = wal
         self.aggregator = aggregator
@@ -136,11 +139,25 @@ class Flusher:
     def _finish_and_write(
         self, snap: Snapshot, records: list[IdempotencyRecord], expire_before: float
     ) -> int:
+        """Writer thread: the finest tier in one transaction, then the coarse tiers' completed
+        rollups in another. A failed rollup write is retried with the next flush; a crash in
+        between loses nothing, since open rollups are rebuilt from the finest tier at start."""
         rows = finish_snapshot(snap)
-        self.store.write_rows(
+        self.store.write_flush(
             rows,
             flushed_seq=snap.seq,
             idempotency=records,
             idempotency_expire_before=expire_before,
         )
+        if self.rollup is not None:
+            self.rollup.fold(rows)
+            self.rollup.complete(snap.boundary)
+            try:
+                self.store.write_rollups(
+                    self.rollup.take_unwritten(), dict(self.rollup.complete_until)
+                )
+                self.rollup.written()
+            except StoreError as e:
+                self.telemetry.rollup_errors += 1
+                log.error("rollup write failed, will retry with the next flush: %s", e)
         return len(rows)

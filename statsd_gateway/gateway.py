@@ -14,6 +14,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +28,12 @@ from statsd_gateway.config import ApiKey, Config, hash_key, parse_listen, parse_
 from statsd_gateway.flusher import Flusher
 from statsd_gateway.idempotency import IdempotencyLedger
 from statsd_gateway.ingest import Ingest
+from statsd_gateway.model import SeriesKey
 from statsd_gateway.protocol import Sample, StatsdParser
 from statsd_gateway.query import QueryEngine
 from statsd_gateway.store import SqliteStore
+from statsd_gateway.store.retention import RetentionJob
+from statsd_gateway.store.rollup import TierRollup
 from statsd_gateway.tcp import TcpListener
 from statsd_gateway.telemetry import Telemetry
 from statsd_gateway.udp import UdpListener
@@ -37,9 +41,6 @@ from statsd_gateway.unixgram import UnixgramListener
 from statsd_gateway.wal import WriteAheadLog
 
 log = logging.getLogger(__name__)
-
-# Points may be back-dated as far as the finest tier's retention (DESIGN.md §2).
-MAX_BACKDATE_SECONDS = 6 * 3600.0
 
 
 def ensure_generated_key(path: Path) -> str:
@@ -70,7 +71,15 @@ class Gateway:
         # Tests that own the clock turn the tick loop off and call flusher.flush() themselves.
         self.flush_on_ticks = flush_on_ticks
         self.telemetry = Telemetry()
-        self.store = SqliteStore(config.storage.path, read_timeout=config.query.timeout)
+        self.resolutions = tuple(t.resolution for t in config.storage.tiers)
+        self.store = SqliteStore(
+            config.storage.path,
+            resolutions=self.resolutions,
+            read_timeout=config.query.timeout,
+            clock=clock,
+        )
+        self.retention: RetentionJob | None = None
+        self._pipeline = False  # aggregator, flusher and the rest are built
         self.registry = SeriesRegistry()
         self.max_body_bytes = config.http.max_body_bytes
         self.max_batch_points = config.http.max_batch_points
@@ -108,7 +117,8 @@ class Gateway:
             clock=self.clock,
             registry=self.registry,
             max_series_per_tenant=cfg.aggregation.max_series_per_tenant,
-            max_backdate=MAX_BACKDATE_SECONDS,
+            # Points may be back-dated as far as the finest tier keeps (DESIGN.md §2).
+            max_backdate=cfg.storage.tiers[0].retention,
             first_seq=first_seq,
         )
         parser = StatsdParser(gauge_sign=cfg.statsd.gauge_sign, sanitise=cfg.statsd.name_sanitising)
@@ -128,8 +138,20 @@ class Gateway:
             ledger=self.idempotency,
             wal=wal,
             max_pending_rows=cfg.aggregation.max_pending_rows,
+            rollup=await self._rebuild_rollups(),
         )
-        self.query_engine = QueryEngine(self.store, self.aggregator)
+        self.retention = RetentionJob(
+            self.store,
+            cfg.storage.tiers,
+            self.telemetry,
+            clock=self.clock,
+            interval=cfg.storage.retention_check_interval,
+            forget_series=self._forget_series,
+        )
+        self._pipeline = True
+        self.query_engine = QueryEngine(
+            self.store, self.aggregator, max_sketches=cfg.query.max_sketches
+        )
         self.telemetry.pending_flushes = lambda: len(self.aggregator.pending)
         self.telemetry.series_count = lambda: sum(len(s) for s in self.registry.series.values())
 
@@ -159,6 +181,25 @@ class Gateway:
         log.info("listening http %s", _fmt(self.http_address))
         if self.flush_on_ticks:
             self.flusher.start()
+            self.retention.start()
+
+    async def _rebuild_rollups(self) -> TierRollup:
+        """The coarse tiers' open buckets, from the rows of the tier below them on disk."""
+        store = self.store
+        complete_until = await store.run_write(store.complete_until)
+        rollup = TierRollup(self.resolutions, complete_until)
+        for level, res in enumerate(rollup.coarse):
+            finer = self.resolutions[level]
+            since = complete_until[res]
+            rows = await store.run_write(partial(store.read_for_rebuild, finer, since))
+            await store.run_write(partial(rollup.fold, rows, level))
+        if rollup.open_buckets():
+            log.info("rebuilt %d open rollup buckets from disk", rollup.open_buckets())
+        return rollup
+
+    def _forget_series(self, keys: list[SeriesKey]) -> None:
+        self.registry.forget(keys)
+        self.aggregator.forget_gauges(keys)
 
     def _replay(self, entries: list[tuple[int, Any, bytes]], first_seq: int) -> None:
         points = 0
@@ -210,8 +251,9 @@ class Gateway:
         self.max_batch_points = new.http.max_batch_points
         self.max_query_points = new.query.max_points
         self.store.read_timeout = new.query.timeout
-        if self._store_open:
+        if self._pipeline:
             self.aggregator.max_series_per_tenant = new.aggregation.max_series_per_tenant
+            self.query_engine.max_sketches = new.query.max_sketches
         logging.getLogger("statsd_gateway").setLevel(new.log.level.upper())
         needs_restart = []
         for path, before, after in (
@@ -222,6 +264,7 @@ class Gateway:
             ("http.listen", old.http.listen, new.http.listen),
             ("http.max_body_bytes", old.http.max_body_bytes, new.http.max_body_bytes),
             ("storage.path", old.storage.path, new.storage.path),
+            ("storage.tiers", old.storage.tiers, new.storage.tiers),
             (
                 "aggregation.flush_interval",
                 old.aggregation.flush_interval,
@@ -251,12 +294,16 @@ class Gateway:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        if self._store_open:
+        if self.retention is not None:
+            await self.retention.stop()
+        if self._store_open and self._pipeline:
             await self.flusher.stop()
             if not await self.flusher.flush(force=True):
                 log.error("the final flush failed: %s", self.flusher.last_error)
-            if self.wal is not None:
-                await asyncio.to_thread(self.wal.stop)
+        if self.wal is not None:
+            await asyncio.to_thread(self.wal.stop)
+            self.wal = None
+        if self._store_open:
             await asyncio.to_thread(self.store.close)
             self._store_open = False
 

@@ -266,6 +266,7 @@ class StatsdParser:
         rate = 1.0
         ts: float | None = None
         tag_text = ""
+        unknown = 0  # counted only if the line is accepted
         if len(sections) > 2:
             tag_parts: list[str] = []
             for s in sections[2:]:
@@ -291,7 +292,7 @@ class StatsdParser:
                 elif s.startswith(_IGNORED_SECTION_PREFIXES):
                     pass
                 else:
-                    result.unknown_sections += 1
+                    unknown += 1
             tag_text = ",".join(tag_parts)
         key = self._keys.get((head, tag_text))
         if key is None:
@@ -308,11 +309,13 @@ class StatsdParser:
         present = [v for v in values if v]  # empty packed values are skipped
         if not present:
             raise LineError(EMPTY_VALUE)
+        parsed = None if mtype is MetricType.SET else [_parse_float(vs) for vs in present]
+        result.unknown_sections += unknown  # the line is accepted from here on
         if mtype is MetricType.SET:
             for member in present:
                 append((name, tags, mtype, member, 1.0, ts, False))
             return
-        parsed = [_parse_float(vs) for vs in present]
+        assert parsed is not None
         if mtype is MetricType.GAUGE:
             delta = self._gauge_delta
             for vs, v in zip(present, parsed, strict=True):

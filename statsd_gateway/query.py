@@ -13,6 +13,7 @@ Semantics (DESIGN.md §2, §4):
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import math
 import re
@@ -22,13 +23,20 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import numpy as np
+
 from statsd_gateway import sketch
 from statsd_gateway.aggregator import IntervalAggregator, finish
 from statsd_gateway.config import parse_duration
 from statsd_gateway.errors import InvalidArgument, MetricNotFound, QueryTooLarge
 from statsd_gateway.model import BucketRow, MetricType, Tags
 from statsd_gateway.store import SqliteStore
-from statsd_gateway.store.sqlite import read_flushed_seq, read_rows, read_series
+from statsd_gateway.store.sqlite import (
+    read_complete_until,
+    read_flushed_seq,
+    read_rows,
+    read_series,
+)
 
 _AGG_RE = re.compile(r"p(100|\d{1,2}(?:\.\d+)?)")
 _PLAIN_AGGS = ("count", "sum", "avg", "min", "max", "last", "rate", "distinct")
@@ -250,10 +258,76 @@ def aggregate(rows: Sequence[BucketRow], spec: QuerySpec, seconds: float) -> flo
     raise AssertionError(agg)
 
 
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """Rows of tier `resolution` with lo <= ts < hi."""
+
+    resolution: float
+    lo: float
+    hi: float
+
+
+def plan(
+    resolutions: Sequence[float],
+    complete_until: dict[float, float],
+    window: float | None,
+    start: float,
+    until: float,
+) -> list[Segment]:
+    """Which tier serves which part of [start, until): the coarsest tier whose resolution divides
+    the window serves the whole buckets it has completed; what is left at either edge goes to
+    the next finer eligible tier, and the finest tier serves the rest."""
+    coarse = [r for r in reversed(resolutions[1:]) if window is None or _is_multiple(window, r)]
+    segments: list[Segment] = []
+
+    def cover(lo: float, hi: float, candidates: list[float]) -> None:
+        if lo >= hi:
+            return
+        if not candidates:
+            segments.append(Segment(resolutions[0], lo, hi))
+            return
+        r, finer = candidates[0], candidates[1:]
+        a = math.ceil(lo / r) * r
+        b = min(math.floor(hi / r) * r, complete_until.get(r, 0.0))
+        if a >= b:
+            cover(lo, hi, finer)
+            return
+        cover(lo, a, finer)
+        segments.append(Segment(r, a, b))
+        cover(b, hi, finer)
+
+    cover(start, until, coarse)
+    return segments
+
+
+def _is_multiple(a: float, b: float) -> bool:
+    q = a / b
+    return q >= 1 and abs(q - round(q)) < 1e-9
+
+
+def _sketch_budget_error(n: int, limit: int, spec: QuerySpec) -> QueryTooLarge:
+    span = spec.until - spec.since
+    hint = "a coarser window (a multiple of 1m or 1h reads the rollup tiers)"
+    if spec.window is None:
+        hint = "a window that is a multiple of 1h, which reads the hourly tier"
+    return QueryTooLarge(
+        f"this query would merge about {n} bucket sketches, more than query.max_sketches "
+        f"({limit}); use {hint}, a range shorter than {span:g}s, or a narrower tag filter",
+        "window",
+    )
+
+
 class QueryEngine:
-    def __init__(self, store: SqliteStore, aggregator: IntervalAggregator) -> None:
+    def __init__(
+        self,
+        store: SqliteStore,
+        aggregator: IntervalAggregator,
+        *,
+        max_sketches: int = 200_000,
+    ) -> None:
         self.store = store
         self.aggregator = aggregator
+        self.max_sketches = max_sketches
 
     def metric_type(self, tenant: str, name: str) -> MetricType:
         mtype = self.aggregator.registry.types.get((tenant, name))
@@ -261,18 +335,33 @@ class QueryEngine:
             raise MetricNotFound(f"no metric named {name!r}", "name")
         return mtype
 
-    async def run(self, tenant: str, spec: QuerySpec) -> dict[str, Any]:
-        mtype = self.metric_type(tenant, spec.name)
-        _check_agg(spec, mtype)
-        start = math.floor(spec.since / spec.window) * spec.window if spec.window else spec.since
+    async def collect(
+        self, tenant: str, spec: QuerySpec, start: float, sketches: bool
+    ) -> list[BucketRow]:
+        """Every bucket row of the matching series in [start, until): from the tiers the plan
+        picks, plus what is still in memory and not yet in the store."""
         memory = self.aggregator.collect(tenant, spec.name)
+        resolutions = self.store.resolutions
 
         def read(conn: sqlite3.Connection) -> tuple[int, list[BucketRow]]:
             seq = read_flushed_seq(conn)
-            series = [
-                s for s in read_series(conn, tenant, spec.name) if _matches(s.tags, spec.tags)
-            ]
-            return seq, read_rows(conn, series, start, spec.until)
+            series = read_series(conn, tenant, spec.name)
+            series = [s for s in series if _matches(s.tags, spec.tags)]
+            segments = plan(
+                resolutions,
+                read_complete_until(conn, resolutions),
+                spec.window,
+                start,
+                spec.until,
+            )
+            if sketches:
+                n = len(series) * sum(math.ceil((g.hi - g.lo) / g.resolution) for g in segments)
+                if n > self.max_sketches:
+                    raise _sketch_budget_error(n, self.max_sketches, spec)
+            rows: list[BucketRow] = []
+            for g in segments:
+                rows.extend(read_rows(conn, series, g.lo, g.hi, g.resolution))
+            return seq, rows
 
         seq, rows = await self.store.run_read(read)
         fresh = [
@@ -282,6 +371,13 @@ class QueryEngine:
         ]
         if fresh:
             rows.extend(await asyncio.to_thread(finish, fresh))
+        return rows
+
+    async def run(self, tenant: str, spec: QuerySpec) -> dict[str, Any]:
+        mtype = self.metric_type(tenant, spec.name)
+        _check_agg(spec, mtype)
+        start = math.floor(spec.since / spec.window) * spec.window if spec.window else spec.since
+        rows = await self.collect(tenant, spec, start, sketches=spec.quantile is not None)
         result = await asyncio.to_thread(self._shape, spec, rows)
         return {
             "ok": True,
@@ -293,6 +389,35 @@ class QueryEngine:
             "since": _json_number(spec.since),
             "until": _json_number(spec.until),
             **result,
+        }
+
+    async def export_sketch(self, tenant: str, spec: QuerySpec) -> dict[str, Any]:
+        """The merged DDSketch of the range, as DDSketch protobuf (base64), with the exact
+        count, sum, min and max."""
+        mtype = self.metric_type(tenant, spec.name)
+        if not mtype.has_sketch:
+            raise InvalidArgument(
+                f"a {mtype.value} metric has no sketch; only gauges, timings, histograms and "
+                "distributions do",
+                "name",
+            )
+        rows = await self.collect(tenant, spec, spec.since, sketches=True)
+        merged = sketch.merge(r.sketch for r in rows if r.sketch is not None)
+        count = sum(r.count for r in rows)
+        return {
+            "ok": True,
+            "name": spec.name,
+            "type": mtype.value,
+            "tags": dict(spec.tags),
+            "since": _json_number(spec.since),
+            "until": _json_number(spec.until),
+            "count": _json_number(count),
+            "sum": _json_number(sum(r.sum for r in rows)),
+            "min": min((r.min for r in rows if r.min is not None), default=None),
+            "max": max((r.max for r in rows if r.max is not None), default=None),
+            "format": "ddsketch-proto",
+            "relative_accuracy": sketch.RELATIVE_ACCURACY,
+            "sketch": base64.b64encode(sketch.to_proto(merged)).decode("ascii"),
         }
 
     def _shape(self, spec: QuerySpec, rows: list[BucketRow]) -> dict[str, Any]:
@@ -307,15 +432,42 @@ class QueryEngine:
             bucket = math.floor(r.ts / w) * w if w else spec.since
             groups.setdefault(g, {}).setdefault(bucket, []).append(r)
         seconds = w if w else spec.until - spec.since
-
-        def points(buckets: dict[float, list[BucketRow]]) -> list[dict[str, Any]]:
-            out = []
-            for ts in sorted(buckets):
-                v = aggregate(buckets[ts], spec, seconds)
-                if v is not None:
-                    out.append({"timestamp": _json_number(ts), "value": _json_number(v)})
-            return out
-
+        cells = [(g, ts, groups[g][ts]) for g in sorted(groups) for ts in sorted(groups[g])]
+        if spec.quantile is not None:
+            values = _quantiles([c[2] for c in cells], spec.quantile)
+        else:
+            values = [aggregate(c[2], spec, seconds) for c in cells]
+        by_group: dict[Tags, list[dict[str, Any]]] = {g: [] for g in groups}
+        for (g, ts, _), v in zip(cells, values, strict=True):
+            if v is not None:
+                by_group[g].append({"timestamp": _json_number(ts), "value": _json_number(v)})
         if not spec.group_by:
-            return {"points": points(groups.get((), {}))}
-        return {"series": [{"tags": dict(g), "points": points(groups[g])} for g in sorted(groups)]}
+            return {"points": by_group.get((), [])}
+        return {"series": [{"tags": dict(g), "points": by_group[g]} for g in sorted(groups)]}
+
+
+def _quantiles(cells: list[list[BucketRow]], q: float) -> list[float | None]:
+    """One quantile per cell, every cell's sketches merged in one vectorised pass, each estimate
+    clamped into the cell's exact [min, max] (p0 and p100 are the exact extremes)."""
+    items: list[sketch.Bins] = []
+    group_ids: list[int] = []
+    for i, rows in enumerate(cells):
+        for r in rows:
+            if r.sketch is not None:
+                items.append(r.sketch)
+                group_ids.append(i)
+    merged = sketch.merge_groups(items, np.asarray(group_ids, dtype=np.int64), len(cells))
+    out: list[float | None] = []
+    for rows, m in zip(cells, merged, strict=True):
+        mn = min((r.min for r in rows if r.min is not None), default=None)
+        mx = max((r.max for r in rows if r.max is not None), default=None)
+        if mn is None or mx is None:
+            out.append(None)
+        elif q == 0.0:
+            out.append(mn)
+        elif q == 1.0:
+            out.append(mx)
+        else:
+            v = sketch.quantile(m, q)
+            out.append(None if v is None else min(max(v, mn), mx))
+    return out

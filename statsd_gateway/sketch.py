@@ -32,10 +32,11 @@ Contract:
 
 from __future__ import annotations
 
+import itertools
 import math
 import struct
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Sequence, Sized
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -57,7 +58,9 @@ __all__ = [
     "bin_groups",
     "bin_values",
     "decode",
+    "decode_many",
     "encode",
+    "encode_many",
     "hll_estimate",
     "hll_from_members",
     "hll_merge",
@@ -65,6 +68,7 @@ __all__ = [
     "key_of",
     "merge",
     "merge_blobs",
+    "merge_groups",
     "quantile",
     "to_ddsketch",
     "to_proto",
@@ -296,6 +300,13 @@ def _only_zero(z: float) -> Bins:
 def merge(items: Iterable[Bins]) -> Bins:
     """Exact merge: counts of equal keys add (in item order, like repeated ddsketch merges)."""
     parts = [b for b in items if not b.is_empty]
+    if len(parts) >= _MERGE_VECTOR_MIN:
+        return merge_groups(parts, np.zeros(len(parts), dtype=np.int64), 1)[0]
+    return _merge_parts(parts)
+
+
+def _merge_parts(parts: list[Bins]) -> Bins:
+    """merge() of non-empty parts, one np.unique per store."""
     if not parts:
         return _EMPTY
     if len(parts) == 1:
@@ -524,6 +535,397 @@ def decode(blob: bytes) -> Bins:
     if zero == 0 and pk.size == 0 and nk.size == 0:
         return _EMPTY
     return Bins(pk, pc, nk, nc, zero)
+
+
+# --------------------------------------------------------------------------------------------
+# Batch paths (vectorised over many sketches; results identical to the per-item functions)
+
+_MERGE_VECTOR_MIN = 32  # merge() switches to the vectorised path from this many non-empty parts
+_U8 = npt.NDArray[np.uint8]
+_U64 = npt.NDArray[np.uint64]
+_BOOL = npt.NDArray[np.bool_]
+
+
+def _seg_arange(lengths: _I64) -> _I64:
+    """Concatenated ``arange(n)`` for every n in lengths."""
+    total = int(lengths.sum())
+    starts = np.cumsum(lengths) - lengths
+    out: _I64 = np.arange(total, dtype=np.int64) - np.repeat(starts, lengths)
+    return out
+
+
+def _seg_any(mask: _BOOL, lengths: _I64) -> _BOOL:
+    """Per segment (consecutive runs of the given lengths): whether any element of mask is set."""
+    cs = np.zeros(mask.size + 1, dtype=np.int64)
+    np.cumsum(mask, out=cs[1:])
+    ends = np.cumsum(lengths)
+    out: _BOOL = cs[ends] > cs[ends - lengths]
+    return out
+
+
+def _sizes(arrays: Sequence[Sized]) -> _I64:
+    return np.fromiter(map(len, arrays), dtype=np.int64, count=len(arrays))
+
+
+def encode_many(items: Sequence[Bins]) -> list[bytes]:
+    """``[encode(b) for b in items]`` (bit-identical), vectorised over the whole batch.
+
+    All varints (keys as zigzag deltas, integral counts, sizes) of all blobs are encoded at once;
+    float mode is decided per blob exactly as :func:`encode` does. Unusual inputs (negative,
+    zero or non-finite counts, key deltas beyond int64) go through :func:`encode` itself.
+    """
+    n = len(items)
+    if n == 0:
+        return []
+    pk = [b.pos_keys for b in items]
+    pc = [b.pos_counts for b in items]
+    nk = [b.neg_keys for b in items]
+    nc = [b.neg_counts for b in items]
+    try:
+        zero = np.array([b.zero for b in items], dtype=np.float64)
+    except (TypeError, ValueError):
+        return [encode(b) for b in items]
+    n_pos, n_neg = _sizes(pk), _sizes(nk)
+    keys_p, keys_n = np.concatenate(pk), np.concatenate(nk)
+    cnt_p, cnt_n = np.concatenate(pc), np.concatenate(nc)
+    if (
+        keys_p.dtype != np.int64
+        or keys_n.dtype != np.int64
+        or cnt_p.dtype != np.float64
+        or cnt_n.dtype != np.float64
+        or keys_p.ndim != 1
+        or keys_n.ndim != 1
+        or cnt_p.shape != keys_p.shape
+        or cnt_n.shape != keys_n.shape
+        or not np.array_equal(_sizes(pc), n_pos)
+        or not np.array_equal(_sizes(nc), n_neg)
+    ):
+        return [encode(b) for b in items]
+
+    def zigzag(keys: _I64, lengths: _I64) -> _I64:
+        d = np.empty_like(keys)
+        if keys.size:
+            d[0] = keys[0]
+            np.subtract(keys[1:], keys[:-1], out=d[1:])
+            first = (np.cumsum(lengths) - lengths)[lengths > 0]
+            d[first] = keys[first]
+        zz: _I64 = (d << 1) ^ (d >> 63)
+        return zz
+
+    zz_p, zz_n = zigzag(keys_p, n_pos), zigzag(keys_n, n_neg)
+    # Per element: count not integral (or too large for a varint); unusual input.
+    nonint_p = ~((cnt_p == np.floor(cnt_p)) & (cnt_p < _INT_LIMIT))
+    nonint_n = ~((cnt_n == np.floor(cnt_n)) & (cnt_n < _INT_LIMIT))
+    odd_p = ~((cnt_p > 0) & (cnt_p < math.inf)) | (zz_p < 0)
+    odd_n = ~((cnt_n > 0) & (cnt_n < math.inf)) | (zz_n < 0)
+    odd = _seg_any(odd_p, n_pos) | _seg_any(odd_n, n_neg) | ~((zero >= 0) & (zero < math.inf))
+    if odd.any():
+        out: list[bytes] = [b""] * n
+        good = np.flatnonzero(~odd).tolist()
+        for i, blob in zip(good, encode_many([items[i] for i in good]), strict=True):
+            out[i] = blob
+        for i in np.flatnonzero(odd).tolist():
+            out[i] = encode(items[i])
+        return out
+    is_float = (
+        _seg_any(nonint_p, n_pos)
+        | _seg_any(nonint_n, n_neg)
+        | ~((zero == np.floor(zero)) & (zero < _INT_LIMIT))
+    )
+
+    # Element stream per blob: 1 flags 1 zero n_pos (zz c)*n_pos n_neg (zz c)*n_neg.
+    m = 6 + 2 * (n_pos + n_neg)
+    start = np.cumsum(m) - m
+    total = int(m.sum())
+    vals = np.empty(total, dtype=np.uint64)  # varint value, or the float64 bits (isf)
+    isf = np.zeros(total, dtype=np.bool_)
+    vals[start] = 1
+    vals[start + 1] = is_float
+    vals[start + 2] = MAPPING_ID
+    vals[start + 3] = np.where(
+        is_float, zero.view(np.uint64), np.where(is_float, 0.0, zero).astype(np.uint64)
+    )
+    isf[start + 3] = is_float
+    vals[start + 4] = n_pos
+    neg_at = start + 5 + 2 * n_pos
+    vals[neg_at] = n_neg
+    for keys_zz, cnt, lengths, base in (
+        (zz_p, cnt_p, n_pos, start + 5),
+        (zz_n, cnt_n, n_neg, neg_at + 1),
+    ):
+        if keys_zz.size == 0:
+            continue
+        at = np.repeat(base, lengths) + 2 * _seg_arange(lengths)
+        vals[at] = keys_zz.view(np.uint64)
+        fl = np.repeat(is_float, lengths)
+        vals[at + 1] = np.where(fl, cnt.view(np.uint64), np.where(fl, 0.0, cnt).astype(np.uint64))
+        isf[at + 1] = fl
+
+    # Byte length of every element: LEB128 length, or 8 for a float64.
+    length = np.ones(total, dtype=np.int64)
+    big = np.flatnonzero(vals >= 0x80)
+    v = vals[big]
+    for k in range(2, 10):
+        length[big] += v >= np.uint64(1 << (7 * (k - 1)))
+    length[isf] = 8
+    boff = np.zeros(total + 1, dtype=np.int64)
+    np.cumsum(length, out=boff[1:])
+    buf = np.empty(int(boff[-1]), dtype=np.uint8)
+    cont = (length > 1).astype(np.uint8) << 7
+    buf[boff[:-1]] = (vals & np.uint64(0x7F)).astype(np.uint8) | cont
+    idx = np.flatnonzero(length > 1)
+    j = 1
+    while idx.size:
+        more = (length[idx] > j + 1).astype(np.uint8) << 7
+        shifted = (vals[idx] >> np.uint64(7 * j)) & np.uint64(0x7F)
+        buf[boff[idx] + j] = shifted.astype(np.uint8) | more
+        idx = idx[length[idx] > j + 1]
+        j += 1
+    fi = np.flatnonzero(isf)
+    if fi.size:
+        fbytes = vals[fi].astype("<u8").view(np.uint8).reshape(-1, 8)
+        buf[boff[fi][:, None] + np.arange(8)] = fbytes
+    data = buf.tobytes()
+    bounds = boff[np.append(start, total)].tolist()
+    return [data[a:b] for a, b in itertools.pairwise(bounds)]
+
+
+def decode_many(blobs: Sequence[bytes]) -> list[Bins]:
+    """``[decode(b) for b in blobs]``, vectorised over the whole batch.
+
+    Integral-count blobs (the common case) are parsed in one numpy pass; float-mode blobs and
+    any blob that the fast checks do not accept are parsed by :func:`decode`. A malformed blob
+    raises ``ValueError("blob <index>: <reason>")``. The arrays of the returned Bins are read-only
+    views into shared buffers.
+    """
+    nb = len(blobs)
+    if nb == 0:
+        return []
+    raw = [b if type(b) is bytes else bytes(b) for b in blobs]
+    lens = _sizes(raw)
+    bend = np.cumsum(lens)
+    bstart = bend - lens
+    buf = np.frombuffer(b"".join(raw), dtype=np.uint8)
+    # Only blobs of >= 6 bytes with the integral header 1 0 1 take the fast path.
+    ok = lens >= 6
+    hs = bstart[ok]
+    ok[ok] = (buf[hs] == _VERSION) & (buf[hs + 1] == 0) & (buf[hs + 2] == MAPPING_ID)
+    ok[ok] = buf[bend[ok] - 1] < 0x80  # last varint complete
+
+    # Varints: every byte < 0x80 ends one; blob ends are forced ends so none crosses blobs.
+    term = buf < 0x80
+    term[bend[lens > 0] - 1] = True
+    ends = np.flatnonzero(term)
+    vstart = np.empty_like(ends)
+    if ends.size:
+        vstart[0] = 0
+        vstart[1:] = ends[:-1] + 1
+    vlen = ends - vstart + 1
+    vfirst = np.searchsorted(ends, bstart)
+    vcount = np.searchsorted(ends, bend) - vfirst
+    val = (buf[ends] & 0x7F).astype(np.uint64)
+    idx = np.flatnonzero(vlen > 1)
+    if idx.size:
+        ok &= ~_seg_any(vlen > 9, vcount)  # overlong varints
+        idx = idx[vlen[idx] <= 9]
+        val[idx] = 0
+        for j in range(9):
+            idx = idx[vlen[idx] > j]
+            if idx.size == 0:
+                break
+            byte = buf[vstart[idx] + j].astype(np.uint64) & np.uint64(0x7F)
+            val[idx] |= byte << np.uint64(7 * j)
+
+    # Structure: 1 0 1 zero n_pos (zz c)*n_pos n_neg (zz c)*n_neg, nothing after.
+    ok &= vcount >= 6
+    n_pos = np.zeros(nb, dtype=np.int64)
+    n_neg = np.zeros(nb, dtype=np.int64)
+    sel = np.flatnonzero(ok)
+    room = (vcount[sel] - 6) // 2
+    np_raw = val[vfirst[sel] + 4]
+    good = np_raw <= room.astype(np.uint64)
+    sel, room, np_sel = sel[good], room[good], np_raw[good].astype(np.int64)
+    nn_raw = val[vfirst[sel] + 5 + 2 * np_sel]
+    good = (nn_raw <= room.astype(np.uint64)) & ((vcount[sel] - 6) % 2 == 0)
+    good &= nn_raw.astype(np.int64) == room - np_sel
+    ok[:] = False
+    ok[sel[good]] = True
+    n_pos[sel[good]] = np_sel[good]
+    n_neg[sel[good]] = nn_raw[good].astype(np.int64)
+
+    # Bin elements of the accepted blobs, store by store (blob 0 pos, blob 0 neg, blob 1 ...).
+    seg_len = np.stack([n_pos, n_neg], axis=1).reshape(-1)
+    seg_base = np.stack([vfirst + 5, vfirst + 6 + 2 * n_pos], axis=1).reshape(-1)
+    zi = np.repeat(seg_base, seg_len) + 2 * _seg_arange(seg_len)
+    z = val[zi].astype(np.int64)
+    d = (z >> 1) ^ -(z & 1)
+    counts = _readonly_f64(val[zi + 1].astype(np.float64))
+    seg_end = np.cumsum(seg_len)
+    seg_start = seg_end - seg_len
+    step_ok = d > 0
+    step_ok[seg_start[seg_len > 0]] = True
+    bad_el = ~step_ok | (np.abs(d) >= _KEY_LIMIT) | (counts <= 0)
+    cs = np.cumsum(d)
+    before = np.zeros(seg_len.size, dtype=np.int64)
+    nz_seg = seg_len > 0
+    before[nz_seg] = cs[seg_start[nz_seg]] - d[seg_start[nz_seg]]
+    keys = _readonly_i64(cs - np.repeat(before, seg_len))
+    bad_el |= np.abs(keys) >= _KEY_LIMIT
+    ok &= ~_seg_any(bad_el, seg_len).reshape(-1, 2).any(axis=1)
+    zero_a = np.zeros(nb, dtype=np.float64)
+    zero_a[ok] = val[vfirst[ok] + 3]
+    zero = zero_a.tolist()
+
+    bounds = np.append(seg_start, seg_end[-1] if seg_end.size else 0).tolist()
+    out: list[Bins] = []
+    append = out.append
+    ek, ec = _EMPTY.pos_keys, _EMPTY.pos_counts
+    for i, fast in enumerate(ok.tolist()):
+        if not fast:
+            try:
+                append(decode(raw[i]))
+            except ValueError as e:
+                raise ValueError(f"blob {i}: {e}") from e
+            continue
+        b0, b1, b2 = bounds[2 * i], bounds[2 * i + 1], bounds[2 * i + 2]
+        zr = zero[i]
+        if b0 == b2 and zr == 0:
+            append(_EMPTY)
+        else:
+            append(
+                Bins(
+                    keys[b0:b1] if b1 > b0 else ek,
+                    counts[b0:b1] if b1 > b0 else ec,
+                    keys[b1:b2] if b2 > b1 else ek,
+                    counts[b1:b2] if b2 > b1 else ec,
+                    zr,
+                )
+            )
+    return out
+
+
+def merge_groups(
+    items: Sequence[Bins], groups: npt.ArrayLike, n_groups: int | None = None
+) -> list[Bins]:
+    """Merge the sketches of each group: ``[merge(items[i] for i where groups[i] == g) ...]``.
+
+    ``groups`` holds a group id in ``0..G-1`` for every item, in any order; G is ``n_groups`` or
+    ``max(groups) + 1``. Returns G sketches (an empty group gives ``Bins.empty()``),
+    bit-identical to :func:`merge` per group (counts add in item order), in one vectorised pass.
+    """
+    g = np.asarray(groups)
+    if g.ndim != 1 or g.size != len(items) or (g.size and g.dtype.kind not in "iu"):
+        raise ValueError("groups must be a one-dimensional integer array with one id per item")
+    g = g.astype(np.int64, copy=False)
+    if g.size and int(g.min()) < 0:
+        raise ValueError("group ids must be >= 0")
+    n_g = (int(g.max()) + 1 if g.size else 0) if n_groups is None else int(n_groups)
+    if g.size and int(g.max()) >= n_g:
+        raise ValueError("group ids must be < n_groups")
+    out: list[Bins] = [_EMPTY] * n_g
+    if g.size == 0:
+        return out
+    pk = [b.pos_keys for b in items]
+    nk = [b.neg_keys for b in items]
+    zero = np.array([b.zero for b in items], dtype=np.float64)
+    n_pos, n_neg = _sizes(pk), _sizes(nk)
+    nonempty = (n_pos > 0) | (n_neg > 0) | (zero != 0)
+    parts = np.bincount(g[nonempty], minlength=n_g)
+    for i in np.flatnonzero(nonempty & (parts[g] == 1)).tolist():
+        out[int(g[i])] = items[i]  # merge() of one non-empty part returns that part
+    multi = nonempty & (parts[g] >= 2)
+    if not multi.any():
+        return out
+    if multi.all():
+        sel_items, gs = items, g
+        pc = [b.pos_counts for b in items]
+        nc = [b.neg_counts for b in items]
+    else:
+        sel = np.flatnonzero(multi)
+        sel_items, gs = [items[i] for i in sel.tolist()], g[sel]
+        pk = [pk[i] for i in sel.tolist()]
+        nk = [nk[i] for i in sel.tolist()]
+        pc = [b.pos_counts for b in sel_items]
+        nc = [b.neg_counts for b in sel_items]
+        n_pos, n_neg, zero = n_pos[sel], n_neg[sel], zero[sel]
+    zsum = np.bincount(gs, weights=zero, minlength=n_g).tolist()
+    pos_store = _merge_store_groups(pk, pc, n_pos, gs, n_g)
+    neg_store = _merge_store_groups(nk, nc, n_neg, gs, n_g)
+    if pos_store is None or neg_store is None:  # unusual dtypes or key ranges
+        gl = gs.tolist()
+        for gid in np.unique(gs).tolist():
+            out[gid] = _merge_parts([b for b, gg in zip(sel_items, gl, strict=True) if gg == gid])
+        return out
+    (pkeys, pcnts, pb), (nkeys, ncnts, nb) = pos_store, neg_store
+    ek, ec = _EMPTY.pos_keys, _EMPTY.pos_counts
+    for gid in np.flatnonzero(parts >= 2).tolist():
+        p0, p1, n0, n1 = pb[gid], pb[gid + 1], nb[gid], nb[gid + 1]
+        out[gid] = Bins(
+            pkeys[p0:p1] if p1 > p0 else ek,
+            pcnts[p0:p1] if p1 > p0 else ec,
+            nkeys[n0:n1] if n1 > n0 else ek,
+            ncnts[n0:n1] if n1 > n0 else ec,
+            zsum[gid],
+        )
+    return out
+
+
+def _merge_store_groups(
+    key_list: list[_I64], cnt_list: list[_F64], lens: _I64, gs: _I64, n_g: int
+) -> tuple[_I64, _F64, list[int]] | None:
+    """One store of merge_groups: merged (keys, counts) sorted by (group, key), group bounds.
+
+    Counts of a (group, key) add in input order through bincount, exactly as in merge(). None if
+    the arrays are not int64/float64 or the key range is too wide to code in int64.
+    """
+    keys = np.concatenate(key_list)
+    cnts = np.concatenate(cnt_list)
+    if (
+        keys.dtype != np.int64
+        or cnts.dtype != np.float64
+        or keys.ndim != 1
+        or cnts.shape != keys.shape
+        or not np.array_equal(_sizes(cnt_list), lens)
+    ):
+        return None
+    if keys.size == 0:
+        return _EMPTY.pos_keys, _EMPTY.pos_counts, [0] * (n_g + 1)
+    kmin, kmax = int(keys.min()), int(keys.max())
+    width = kmax - kmin + 1
+    budget = 4 * keys.size + (1 << 16)
+    if n_g * width <= budget:  # dense over one global key range per group
+        lo = np.full(n_g, kmin, dtype=np.int64)
+        base = np.arange(n_g, dtype=np.int64) * width
+        dense_total = n_g * width
+    else:  # dense over each group's own key range (per-item min/max, then per group)
+        nzs = lens > 0
+        starts = (np.cumsum(lens) - lens)[nzs]
+        lo = np.full(n_g, kmax, dtype=np.int64)
+        hi = np.full(n_g, kmin, dtype=np.int64)
+        np.minimum.at(lo, gs[nzs], np.minimum.reduceat(keys, starts))
+        np.maximum.at(hi, gs[nzs], np.maximum.reduceat(keys, starts))
+        wid = np.maximum(hi - lo + 1, 0)
+        dense_total = int(wid.sum())
+        base = np.cumsum(wid) - wid
+        if dense_total > budget:
+            if n_g * width >= 1 << 62:
+                return None
+            # Sparse: sort (group, key) codes; counts still add in input order via bincount.
+            code = np.repeat(gs * width - kmin, lens) + keys
+            uniq, inv = np.unique(code, return_inverse=True)
+            merged = np.bincount(inv.reshape(-1), weights=cnts, minlength=uniq.size)
+            ugroup = uniq // width
+            ukeys = uniq - ugroup * width + kmin
+            bounds = np.searchsorted(ugroup, np.arange(n_g + 1)).tolist()
+            return _readonly_i64(ukeys), _readonly_f64(merged), bounds
+    code = np.repeat((base - lo)[gs], lens) + keys
+    acc = np.bincount(code, weights=cnts, minlength=dense_total)
+    present = np.zeros(dense_total, dtype=np.bool_)
+    present[code] = True
+    pos = np.flatnonzero(present)
+    gb = np.searchsorted(pos, np.append(base, dense_total))
+    ukeys = pos + np.repeat(lo - base, np.diff(gb))
+    return _readonly_i64(ukeys), _readonly_f64(acc[pos]), gb.tolist()
 
 
 def merge_blobs(a: bytes | None, b: bytes | None) -> bytes | None:

@@ -93,9 +93,36 @@ def test_every_config_key_is_documented_in_the_example(key: str) -> None:
     ],
 )
 def test_durations(text: str, seconds: float) -> None:
-    cfg = parse_config(f"aggregation:\n  flush_interval: {text}\nquery:\n  timeout: {text}\n")
-    assert cfg.aggregation.flush_interval == seconds
+    cfg = parse_config(
+        f"storage:\n  retention_check_interval: {text}\nquery:\n  timeout: {text}\n"
+    )
+    assert cfg.storage.retention_check_interval == seconds
     assert cfg.query.timeout == seconds
+
+
+@pytest.mark.parametrize(
+    ("tiers", "path"),
+    [
+        ("[{resolution: 10s, retention: 1h}, {resolution: 15s, retention: 1d}]", "[1].resolution"),
+        ("[{resolution: 10s, retention: 30s}, {resolution: 1m, retention: 1d}]", "[0].retention"),
+        ("[{resolution: 10s, retention: 5s}]", "[0].retention"),
+        ("[{resolution: 10s}]", "[0].retention"),
+        ("[{resolution: 10s, retention: 1h, extra: 1}]", "[0].extra"),
+        ("[]", ""),
+    ],
+)
+def test_bad_tiers_name_the_key(tiers: str, path: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_config(f"storage:\n  tiers: {tiers}\n")
+    assert e.value.path == "storage.tiers" + path
+
+
+def test_finest_tier_must_hold_whole_flush_intervals() -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_config("aggregation:\n  flush_interval: 3s\n")
+    assert e.value.path == "storage.tiers[0].resolution"
+    cfg = parse_config("aggregation:\n  flush_interval: 5s\n")
+    assert cfg.storage.tiers[0].resolution == 10.0
 
 
 def test_empty_file_is_the_defaults() -> None:

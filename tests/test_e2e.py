@@ -146,7 +146,9 @@ def write_config(path: Path, state: Path, *, flush_interval: str) -> None:
         "  listen: 127.0.0.1:0\n"
         "storage:\n"
         f"  path: {state / 'metrics.db'}\n"
-        "aggregation:\n"
+        # The finest tier must hold whole flush intervals: with a 1 h flush, one 1 h tier.
+        + ("  tiers: [{resolution: 1h, retention: 30d}]\n" if flush_interval == "1h" else "")
+        + "aggregation:\n"
         f"  flush_interval: {flush_interval}\n",
         encoding="utf-8",
     )

@@ -576,3 +576,176 @@ def test_to_proto_parses_with_ddsketch_from_proto() -> None:
     # by an ulp or so, so the bucket centres agree only to ~1e-15.
     for q in QS:
         assert d.get_quantile_value(q) == pytest.approx(sk.quantile(b, q), rel=1e-12)
+
+
+# ----------------------------------------------------------------------------------------------
+# batch paths: encode_many / decode_many / merge_groups / quantiles_many
+
+
+def random_batch(n: int, seed: int) -> list[sk.Bins]:
+    """Varied sketches: empty, negatives-only, zero-only, float counts, large keys, single bin."""
+    rng = np.random.default_rng(seed)
+    kinds = [
+        lambda: sk.Bins.empty(),
+        lambda: sk.bin_values(
+            lognormal(int(rng.integers(1, 300)), seed=int(rng.integers(1 << 30)))
+        ),
+        lambda: sk.bin_values(-bimodal(int(rng.integers(1, 100)), seed=int(rng.integers(1 << 30)))),
+        lambda: sk.bin_values(np.zeros(int(rng.integers(1, 5)))),
+        lambda: sk.bin_values([0.0], [1 / 0.3]),
+        lambda: sk.bin_values(rng.normal(0, 50, 60), np.full(60, 1 / 0.3)),  # float mode
+        lambda: sk.bin_values(rng.normal(0, 50, 40), rng.choice([1.0, 1 / 0.3], 40)),
+        lambda: sk.bin_values(np.exp(rng.uniform(-700, 700, 30)) * rng.choice([-1.0, 1.0], 30)),
+        lambda: sk.bin_values([float(rng.lognormal(3, 2))]),  # single bin
+        lambda: sk.bin_values([1e300, -1e-300, 1.0], [3e20, 2.0**53, 1.0]),  # huge counts
+        lambda: sk.bin_values(np.repeat(lognormal(20, seed=3), 500)),  # multi-byte counts
+        lambda: sk.bin_values(np.concatenate([pareto(50), np.zeros(3), -pareto(7)])),
+    ]
+    return [kinds[int(k)]() for k in rng.integers(0, len(kinds), n)]
+
+
+def test_encode_many_is_bit_identical_to_encode() -> None:
+    items = random_batch(600, seed=31)
+    assert sk.encode_many(items) == [sk.encode(b) for b in items]
+    assert sk.encode_many([]) == []
+    assert sk.encode_many([sk.Bins.empty()]) == [sk.encode(sk.Bins.empty())]
+    for b in items[:50]:  # one at a time, including each kind on its own
+        assert sk.encode_many([b]) == [sk.encode(b)]
+
+
+def test_encode_many_on_unusual_bins_matches_encode() -> None:
+    ok = sk.bin_values([1.0, 2.0, 3.0])
+    k, c = np.array([5, 10**12]), np.array([1.0, 2.0])
+    unusual = [
+        sk.Bins(k, c, k[:0], c[:0], 0.0),  # huge key delta: multi-byte zigzag
+        sk.Bins(np.array([1, 2], dtype=np.int32), np.array([1, 2]), k[:0], c[:0], 2),  # dtypes
+    ]
+    items = [ok, *unusual, ok]
+    assert sk.encode_many(items) == [sk.encode(b) for b in items]
+
+
+def test_decode_many_equals_decode() -> None:
+    items = random_batch(600, seed=32)
+    blobs = [sk.encode(b) for b in items]
+    got = sk.decode_many(blobs)
+    assert got == [sk.decode(b) for b in blobs] == items
+    for b in got:
+        assert_well_formed(b)
+        assert not b.pos_keys.flags.writeable and not b.pos_counts.flags.writeable
+    assert sk.decode_many([]) == []
+    assert sk.decode_many([bytearray(blobs[1]), memoryview(blobs[2])]) == items[1:3]
+    assert [sk.encode(b) for b in got] == blobs
+
+
+def test_decode_many_accepts_non_canonical_but_valid_blobs() -> None:
+    # Over-long (but <= 9 byte) varints decode like decode() does.
+    blob = bytes([1, 0, 1, 0x80, 0x00, 0x81, 0x00, 0x84, 0x80, 0x00, 0x83, 0x00, 0x00])
+    assert sk.decode_many([blob, blob]) == [sk.decode(blob)] * 2
+
+
+def test_decode_many_names_the_bad_blob() -> None:
+    good = [sk.encode(b) for b in random_batch(40, seed=33)]
+    good_i = sk.encode(roundtrip_cases()["integral"])
+    bad_cases = [
+        b"",
+        b"\x02" + good_i[1:],
+        good_i + b"\x00",
+        good_i[:-1],
+        bytes([1, 0, 1, 0, 2, 2, 1, 0, 1, 0]),  # non-increasing keys
+        bytes([1, 0, 1, 0, 1, 2, 0, 0]),  # zero count
+        bytes([1, 0, 1, 0, 1] + [0xFF] * 12 + [1, 1, 0]),  # overlong varint
+        bytes([1, 0, 1, 0, 1, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F, 1, 0]),  # key out of range
+    ]
+    for bad in bad_cases:
+        with pytest.raises(ValueError) as ref:
+            sk.decode(bad)
+        blobs = [*good[:17], bad, *good[17:]]
+        with pytest.raises(ValueError, match=r"^blob 17: ") as err:
+            sk.decode_many(blobs)
+        assert str(err.value) == f"blob 17: {ref.value}"
+    # the first bad blob is the one named
+    with pytest.raises(ValueError, match=r"^blob 2: "):
+        sk.decode_many([good[0], good[1], b"\x01", b""])
+
+
+def test_decode_many_on_every_truncation() -> None:
+    cases = roundtrip_cases()
+    for blob in (sk.encode(cases["integral"]), sk.encode(cases["huge_counts"])):
+        for i in range(len(blob)):
+            with pytest.raises(ValueError, match=r"^blob 1: "):
+                sk.decode_many([blob, blob[:i], blob])
+
+
+def merge_reference(items: list[sk.Bins], groups: np.ndarray, n: int) -> list[sk.Bins]:
+    return [sk.merge(items[i] for i in range(len(items)) if groups[i] == g) for g in range(n)]
+
+
+def assert_bit_identical(a: sk.Bins, b: sk.Bins) -> None:
+    assert a == b
+    for x, y in ((a.pos_counts, b.pos_counts), (a.neg_counts, b.neg_counts)):
+        assert x.tobytes() == y.tobytes()
+    assert struct.pack("<d", a.zero) == struct.pack("<d", b.zero)
+
+
+def test_merge_groups_equals_per_group_merge() -> None:
+    items = random_batch(500, seed=34)
+    rng = np.random.default_rng(35)
+    for n_groups in (1, 3, 12, 200, 700):  # 700 groups: many empty, some single-item
+        groups = rng.integers(0, n_groups, len(items))
+        got = sk.merge_groups(items, groups, n_groups=n_groups)
+        ref = merge_reference(items, groups, n_groups)
+        assert len(got) == n_groups
+        for a, b in zip(got, ref, strict=True):
+            assert_bit_identical(a, b)
+
+
+def test_merge_groups_empty_and_out_of_order_groups() -> None:
+    a, b, c = (sk.bin_values(lognormal(50, seed=s)) for s in (40, 41, 42))
+    items = [a, sk.Bins.empty(), b, c, a]
+    groups = np.array([4, 0, 1, 4, 1])
+    got = sk.merge_groups(items, groups)
+    assert len(got) == 5
+    assert got[0] == sk.Bins.empty() and got[2] == sk.Bins.empty() and got[3] == sk.Bins.empty()
+    assert got[1] == sk.merge([b, a]) and got[4] == sk.merge([a, c])
+    assert got[4] == sk.bin_values(np.concatenate([lognormal(50, seed=40), lognormal(50, seed=42)]))
+    assert len(sk.merge_groups(items, groups, n_groups=7)) == 7
+    assert sk.merge_groups([], np.array([], dtype=np.int64)) == []
+    assert sk.merge_groups([], np.array([], dtype=np.int64), n_groups=2) == [sk.Bins.empty()] * 2
+    with pytest.raises(ValueError):
+        sk.merge_groups(items, groups, n_groups=3)
+    with pytest.raises(ValueError):
+        sk.merge_groups(items, groups[:3])
+    with pytest.raises(ValueError):
+        sk.merge_groups(items, -groups)
+
+
+def test_merge_groups_float_counts_add_in_item_order() -> None:
+    rng = np.random.default_rng(36)
+    vals = [rng.lognormal(3, 0.3, 20) for _ in range(80)]
+    items = [sk.bin_values(v, rng.choice([1 / 0.3, 1 / 0.7, 0.1], v.size)) for v in vals]
+    groups = rng.integers(0, 5, len(items))
+    for a, b in zip(sk.merge_groups(items, groups), merge_reference(items, groups, 5), strict=True):
+        assert_bit_identical(a, b)
+
+
+def test_merge_groups_wide_and_sparse_key_ranges() -> None:
+    # Keys spanning the whole range in many groups force the sorted (sparse) path.
+    rng = np.random.default_rng(37)
+    items = [
+        sk.bin_values(np.exp(rng.uniform(-700, 700, 5)) * rng.choice([-1.0, 1.0], 5))
+        for _ in range(300)
+    ]
+    groups = rng.integers(0, 150, len(items))
+    for a, b in zip(
+        sk.merge_groups(items, groups), merge_reference(items, groups, 150), strict=True
+    ):
+        assert_bit_identical(a, b)
+
+
+def test_merge_of_many_uses_identical_vectorised_path() -> None:
+    items = random_batch(300, seed=38)
+    parts = [b for b in items if not b.is_empty]
+    assert len(parts) >= 64
+    assert_bit_identical(sk.merge(items), sk._merge_parts(parts))
+    assert sk.merge(iter(items)) == sk._merge_parts(parts)
+    assert sk.merge([sk.Bins.empty()] * 100) == sk.Bins.empty()

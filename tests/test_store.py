@@ -129,9 +129,9 @@ def test_open_creates_the_schema(store: SqliteStore, db_path: Path) -> None:
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         journal = conn.execute("PRAGMA journal_mode").fetchone()[0]
     conn.close()
-    assert {"meta", "series", "points_raw"} <= tables
+    assert {"meta", "series", "points_10s", "points_60s", "points_3600s"} <= tables
     assert meta["schema_version"] == str(SCHEMA_VERSION)
-    assert meta["sketch_format"] == sketch.FORMAT
+    assert meta["sketch_format"] == f"{sketch.FORMAT}:mapping={sketch.MAPPING_ID}"
     assert meta["flushed_seq"] == "0"
     assert journal == "wal"
 

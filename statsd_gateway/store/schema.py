@@ -2,13 +2,19 @@
 
 Layout (see shared/research/sketch-storage.md, schema "F"):
 - `series`: one row per (tenant, name, tags); tags as canonical JSON (sorted keys, no spaces).
-- `points_raw`: one row per series per flush-interval bucket, keyed time-major (ts, series_id) so
-  that a flush appends to the right edge of one B-tree. Exact count/sum/min/max/last in columns,
-  DDSketch bins as a DDV1 blob in `sketch`, a set's HyperLogLog in `hll`.
+- One table per storage tier, `points_<resolution>` (`points_10s`, `points_60s`, …): one row per
+  series per bucket. Exact count/sum/min/max/last in columns, DDSketch bins as a DDV1 blob in
+  `sketch`, a set's HyperLogLog in `hll`. The finest tier is keyed time-major (ts, series_id), so
+  that a flush appends to the right edge of one B-tree; coarser tiers series-major
+  (series_id, ts), so that range reads of a series are cheap. Tier tables are created for the
+  configured tiers when the store opens.
 - `idempotency`: the stored response of each idempotency key, written in the same transaction as
   the points it answers for.
-- `meta`: schema version, sketch format, and `flushed_seq` (the last flushed snapshot; queries use
-  it to avoid counting a snapshot both from memory and from disk).
+- `meta`: schema version, sketch format (`DDV1`, mapping id), `flushed_seq` (the last flushed
+  snapshot; queries use it to avoid counting a snapshot both from memory and from disk), and per
+  coarse tier `complete_until:<table>` (buckets before it are written in that tier; the open
+  one is rebuilt from the tier below after a restart).
+New databases use incremental auto-vacuum, so retention deletes give space back.
 """
 
 from __future__ import annotations
@@ -25,19 +31,8 @@ CREATE TABLE IF NOT EXISTS series(
   name TEXT NOT NULL,
   tags TEXT NOT NULL,
   type TEXT NOT NULL,
+  created REAL NOT NULL,
   UNIQUE(tenant, name, tags));
-CREATE TABLE IF NOT EXISTS points_raw(
-  ts REAL NOT NULL,
-  series_id INTEGER NOT NULL,
-  count REAL NOT NULL,
-  sum REAL NOT NULL,
-  min REAL,
-  max REAL,
-  last REAL,
-  last_ts REAL,
-  sketch BLOB,
-  hll BLOB,
-  PRIMARY KEY(ts, series_id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS idempotency(
   tenant TEXT NOT NULL,
   key TEXT NOT NULL,
@@ -49,6 +44,33 @@ CREATE TABLE IF NOT EXISTS idempotency(
 CREATE INDEX IF NOT EXISTS idempotency_created ON idempotency(created);
 """
 
+_COLUMNS = """
+  count REAL NOT NULL,
+  sum REAL NOT NULL,
+  min REAL,
+  max REAL,
+  last REAL,
+  last_ts REAL,
+  sketch BLOB,
+  hll BLOB,"""
+
+
+def tier_table(resolution: float) -> str:
+    """`points_10s`, `points_60s`, `points_500ms`: the table of the tier of that resolution."""
+    if float(resolution).is_integer():
+        return f"points_{int(resolution)}s"
+    return f"points_{round(resolution * 1000)}ms"
+
+
+def ensure_tier_table(conn: sqlite3.Connection, resolution: float, time_major: bool) -> None:
+    key = "ts, series_id" if time_major else "series_id, ts"
+    conn.execute(
+        f"CREATE TABLE IF NOT EXISTS {tier_table(resolution)}("
+        f"ts REAL NOT NULL, series_id INTEGER NOT NULL,{_COLUMNS} "
+        f"PRIMARY KEY({key})) WITHOUT ROWID"
+    )
+
+
 MIGRATIONS: dict[int, str] = {1: _V1}
 
 
@@ -59,6 +81,8 @@ class SchemaError(Exception):
 def migrate(conn: sqlite3.Connection, sketch_format: str) -> None:
     """Brings a database to SCHEMA_VERSION; refuses files that are not ours or are newer."""
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if not tables:
+        conn.execute("PRAGMA auto_vacuum=INCREMENTAL")  # only takes effect before any table
     if tables and "meta" not in tables:
         raise SchemaError("the file is an SQLite database, but not a statsd-gateway one")
     version = 0

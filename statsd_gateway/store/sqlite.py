@@ -20,11 +20,11 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from statsd_gateway import sketch
 from statsd_gateway.model import BucketRow, MetricType, SeriesKey, Tags
-from statsd_gateway.store.schema import SchemaError, migrate
+from statsd_gateway.store.schema import SchemaError, ensure_tier_table, migrate, tier_table
 
 T = TypeVar("T")
 
@@ -65,10 +65,11 @@ def _tags_from_json(text: str) -> Tags:
     return tuple(sorted(json.loads(text).items()))
 
 
-_UPSERT = """
-INSERT INTO points_raw(ts, series_id, count, sum, min, max, last, last_ts, sketch, hll)
+def _upsert_sql(table: str) -> str:
+    return f"""
+INSERT INTO {table}(ts, series_id, count, sum, min, max, last, last_ts, sketch, hll)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT(ts, series_id) DO UPDATE SET
+ON CONFLICT DO UPDATE SET
   count = count + excluded.count,
   sum = sum + excluded.sum,
   min = min(coalesce(min, excluded.min), coalesce(excluded.min, min)),
@@ -81,15 +82,30 @@ ON CONFLICT(ts, series_id) DO UPDATE SET
 """
 
 
+SKETCH_FORMAT = f"{sketch.FORMAT}:mapping={sketch.MAPPING_ID}"
+
+
 class SqliteStore:
-    def __init__(self, path: str | Path, *, read_timeout: float = 10.0) -> None:
+    """`resolutions` are the tiers' bucket widths, finest first (see config.TierConfig)."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        resolutions: Sequence[float] = (10.0, 60.0, 3600.0),
+        read_timeout: float = 10.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.path = Path(path)
+        self.resolutions = tuple(resolutions)
         self.read_timeout = read_timeout
+        self.clock = clock
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
         self._readers = ThreadPoolExecutor(2, thread_name_prefix="sqlite-reader")
         self._local = threading.local()
         self._wconn: sqlite3.Connection | None = None
         self._series_ids: dict[SeriesKey, int] = {}
+        self._last_write: dict[int, float] = {}  # series id -> last write by this process
         self._read_conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
 
@@ -105,9 +121,15 @@ class SqliteStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA busy_timeout=5000")
-            migrate(conn, sketch.FORMAT)
+            migrate(conn, SKETCH_FORMAT)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
+            for i, res in enumerate(self.resolutions):
+                ensure_tier_table(conn, res, time_major=i == 0)
+                if i:
+                    conn.execute(
+                        "INSERT OR IGNORE INTO meta VALUES (?, '0')", (_complete_key(res),)
+                    )
         except (sqlite3.DatabaseError, SchemaError, OSError) as e:
             if conn is not None:
                 conn.close()
@@ -140,62 +162,67 @@ class SqliteStore:
                 c.close()
             self._read_conns.clear()
 
-    # -- writes ----------------------------------------------------------------------------
+    # -- writes (writer thread only) ---------------------------------------------------------
 
     async def run_write(self, fn: Callable[[], T]) -> T:
-        """Runs `fn` on the writer thread (it may call `write_rows`)."""
+        """Runs `fn` on the writer thread (it may call the write_* methods)."""
         return await asyncio.get_running_loop().run_in_executor(self._writer, fn)
 
-    def write_rows(
+    def write_flush(
         self,
         rows: Sequence[BucketRow],
         flushed_seq: int | None = None,
         idempotency: Sequence[IdempotencyRecord] = (),
         idempotency_expire_before: float | None = None,
     ) -> None:
-        """Writer thread only. One transaction: series rows, bucket upserts, flushed_seq, and the
-        idempotency records of the requests whose points these rows hold."""
+        """One transaction: the flush's rows into the finest tier (merged into buckets already
+        there), flushed_seq, and the idempotency records of the requests these rows hold."""
+
+        def work(conn: sqlite3.Connection) -> None:
+            self._upsert(conn, self.resolutions[0], rows)
+            conn.executemany(
+                "INSERT OR IGNORE INTO idempotency VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (r.tenant, r.key, r.body_sha256, r.status, r.response, r.created)
+                    for r in idempotency
+                ],
+            )
+            if idempotency_expire_before is not None:
+                conn.execute(
+                    "DELETE FROM idempotency WHERE created < ?", (idempotency_expire_before,)
+                )
+            if flushed_seq is not None:
+                conn.execute("UPDATE meta SET value=? WHERE key='flushed_seq'", (str(flushed_seq),))
+
+        self._transaction(work)
+
+    def write_rows(self, rows: Sequence[BucketRow], flushed_seq: int | None = None) -> None:
+        """The finest tier's rows alone (tests and tools)."""
+        self.write_flush(rows, flushed_seq)
+
+    def write_rollups(
+        self, rows: dict[float, list[BucketRow]], complete_until: dict[float, float]
+    ) -> None:
+        """One transaction: completed buckets of coarse tiers, and how far each is complete."""
+
+        def work(conn: sqlite3.Connection) -> None:
+            for res, tier_rows in rows.items():
+                self._upsert(conn, res, tier_rows)
+            for res, until in complete_until.items():
+                conn.execute(
+                    "UPDATE meta SET value=? WHERE key=?", (repr(until), _complete_key(res))
+                )
+
+        self._transaction(work)
+
+    def _transaction(self, work: Callable[[sqlite3.Connection], None]) -> None:
         conn = self._wconn
         if conn is None:
             raise StoreError("the store is closed")
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                params = []
-                for r in rows:
-                    sid = self._series_ids.get(r.key)
-                    if sid is None:
-                        sid = self._insert_series(conn, r.key, r.type)
-                    params.append(
-                        (
-                            r.ts,
-                            sid,
-                            r.count,
-                            r.sum,
-                            r.min,
-                            r.max,
-                            r.last,
-                            r.last_ts,
-                            None if r.sketch is None else sketch.encode(r.sketch),
-                            r.hll,
-                        )
-                    )
-                conn.executemany(_UPSERT, params)
-                conn.executemany(
-                    "INSERT OR IGNORE INTO idempotency VALUES (?, ?, ?, ?, ?, ?)",
-                    [
-                        (r.tenant, r.key, r.body_sha256, r.status, r.response, r.created)
-                        for r in idempotency
-                    ],
-                )
-                if idempotency_expire_before is not None:
-                    conn.execute(
-                        "DELETE FROM idempotency WHERE created < ?", (idempotency_expire_before,)
-                    )
-                if flushed_seq is not None:
-                    conn.execute(
-                        "UPDATE meta SET value=? WHERE key='flushed_seq'", (str(flushed_seq),)
-                    )
+                work(conn)
                 conn.execute("COMMIT")
             except BaseException:
                 # SQLite may have rolled back already (a full disk does): keep the first error.
@@ -209,12 +236,44 @@ class SqliteStore:
         except sqlite3.Error as e:
             raise StoreError(f"write failed: {e}") from e
 
-    def _insert_series(self, conn: sqlite3.Connection, key: SeriesKey, mtype: MetricType) -> int:
+    def _upsert(self, conn: sqlite3.Connection, res: float, rows: Sequence[BucketRow]) -> None:
+        if not rows:
+            return
+        now = self.clock()
+        ids = []
+        for r in rows:
+            sid = self._series_ids.get(r.key)
+            if sid is None:
+                sid = self._insert_series(conn, r.key, r.type, now)
+            self._last_write[sid] = now
+            ids.append(sid)
+        blobs = sketch.encode_many([r.sketch for r in rows if r.sketch is not None])
+        blob_iter = iter(blobs)
+        params = [
+            (
+                r.ts,
+                sid,
+                r.count,
+                r.sum,
+                r.min,
+                r.max,
+                r.last,
+                r.last_ts,
+                None if r.sketch is None else next(blob_iter),
+                r.hll,
+            )
+            for r, sid in zip(rows, ids, strict=True)
+        ]
+        conn.executemany(_upsert_sql(tier_table(res)), params)
+
+    def _insert_series(
+        self, conn: sqlite3.Connection, key: SeriesKey, mtype: MetricType, now: float
+    ) -> int:
         tenant, name, tags = key
         cur = conn.execute(
-            "INSERT INTO series(tenant, name, tags, type) VALUES (?, ?, ?, ?) "
+            "INSERT INTO series(tenant, name, tags, type, created) VALUES (?, ?, ?, ?, ?) "
             "ON CONFLICT(tenant, name, tags) DO UPDATE SET type=type RETURNING id",
-            (tenant, name, tags_json(tags), mtype.value),
+            (tenant, name, tags_json(tags), mtype.value, now),
         )
         sid = int(cur.fetchone()[0])
         self._series_ids[key] = sid
@@ -225,9 +284,99 @@ class SqliteStore:
 
     def _read_flushed_seq_w(self) -> int:
         assert self._wconn is not None
-        return int(
-            self._wconn.execute("SELECT value FROM meta WHERE key='flushed_seq'").fetchone()[0]
+        return read_flushed_seq(self._wconn)
+
+    def read_for_rebuild(self, res: float, since: float) -> list[BucketRow]:
+        """Writer thread: every row of tier `res` from `since` on (rebuilding rollups at
+        start); the series they hold count as written now."""
+        assert self._wconn is not None
+        rows = _rows_where(self._wconn, tier_table(res), "ts >= ?", (since,))
+        now = self.clock()
+        for r in rows:
+            sid = self._series_ids.get(r.key)
+            if sid is not None:
+                self._last_write[sid] = now
+        return rows
+
+    def complete_until(self) -> dict[float, float]:
+        assert self._wconn is not None
+        return read_complete_until(self._wconn, self.resolutions)
+
+    # -- retention (writer thread) -----------------------------------------------------------
+
+    def delete_expired(self, res: float, before: float, cursor: int = -1) -> tuple[int, int]:
+        """One short transaction of deletes of tier `res` rows older than `before`.
+
+        Returns (rows deleted, next cursor); call again with the cursor until it is -1. The
+        finest tier (time-major) deletes a range at its B-tree's left edge, about one bucket of
+        series at a time; coarse tiers (series-major) seek per series, 500 series at a time."""
+        table = tier_table(res)
+        conn = self._wconn
+        assert conn is not None
+        if res == self.resolutions[0]:  # cursor unused: the left edge moves by itself
+            row = conn.execute(
+                f"SELECT ts FROM {table} WHERE ts < ? ORDER BY ts LIMIT 1 OFFSET 20000", (before,)
+            ).fetchone()
+            sql, args, nxt = f"DELETE FROM {table} WHERE ts < ?", (before,), -1
+            if row is not None:  # more than a batch: up to that bucket, then again
+                sql, args, nxt = f"DELETE FROM {table} WHERE ts <= ?", (row[0],), 0
+        else:
+            ids = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT id FROM series WHERE id > ? ORDER BY id LIMIT 500", (cursor,)
+                )
+            ]
+            if not ids:
+                return 0, -1
+            marks = ",".join("?" * len(ids))
+            sql = f"DELETE FROM {table} WHERE series_id IN ({marks}) AND ts < ?"
+            args, nxt = (*ids, before), ids[-1]
+        n = 0
+
+        def work(c: sqlite3.Connection) -> None:
+            nonlocal n
+            n = c.execute(sql, args).rowcount
+
+        self._transaction(work)
+        return n, nxt
+
+    def vacuum_free_pages(self, pages: int = 2000) -> None:
+        assert self._wconn is not None
+        with contextlib.suppress(sqlite3.Error):
+            self._wconn.execute(f"PRAGMA incremental_vacuum({int(pages)})")
+
+    def forget_stale_series(self, horizon: float) -> list[SeriesKey]:
+        """Deletes series created before `horizon`, not written by this process since then,
+        with no row in any series-major tier (the finest tier's rows roll up into those within
+        a coarse bucket, so a series with data has rows there). Returns their keys."""
+        conn = self._wconn
+        assert conn is not None
+        coarse = [tier_table(r) for r in self.resolutions[1:]]
+        if not coarse:
+            return []
+        no_rows = " AND ".join(
+            f"NOT EXISTS (SELECT 1 FROM {t} WHERE series_id = s.id)" for t in coarse
         )
+        candidates = conn.execute(
+            f"SELECT id, tenant, name, tags FROM series s WHERE created < ? AND {no_rows}",
+            (horizon,),
+        ).fetchall()
+        stale = [c for c in candidates if self._last_write.get(c[0], -1.0) < horizon]
+        if not stale:
+            return []
+
+        def work(c: sqlite3.Connection) -> None:
+            c.executemany("DELETE FROM series WHERE id = ?", [(sid,) for sid, *_ in stale])
+
+        self._transaction(work)
+        keys: list[SeriesKey] = []
+        for sid, tenant, name, tags in stale:
+            key = (tenant, name, _tags_from_json(tags))
+            self._series_ids.pop(key, None)
+            self._last_write.pop(sid, None)
+            keys.append(key)
+        return keys
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -272,8 +421,23 @@ class SqliteStore:
             conn.set_progress_handler(None, 0)
 
 
+def _complete_key(res: float) -> str:
+    return f"complete_until:{tier_table(res)}"
+
+
 def read_flushed_seq(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT value FROM meta WHERE key='flushed_seq'").fetchone()[0])
+
+
+def read_complete_until(
+    conn: sqlite3.Connection, resolutions: Sequence[float]
+) -> dict[float, float]:
+    """For each coarse tier: every bucket before this time is written in that tier."""
+    out = {}
+    for res in resolutions[1:]:
+        row = conn.execute("SELECT value FROM meta WHERE key=?", (_complete_key(res),)).fetchone()
+        out[res] = float(row[0]) if row else 0.0
+    return out
 
 
 def read_series(conn: sqlite3.Connection, tenant: str, name: str | None = None) -> list[SeriesInfo]:
@@ -291,38 +455,66 @@ def read_series(conn: sqlite3.Connection, tenant: str, name: str | None = None) 
     ]
 
 
+_SELECT = "SELECT ts, series_id, count, sum, min, max, last, last_ts, sketch, hll FROM "
+
+
 def read_rows(
-    conn: sqlite3.Connection, series: Sequence[SeriesInfo], since: float, until: float
+    conn: sqlite3.Connection,
+    series: Sequence[SeriesInfo],
+    since: float,
+    until: float,
+    resolution: float = 10.0,
 ) -> list[BucketRow]:
-    """Bucket rows of the given series with since <= ts < until."""
+    """Bucket rows of tier `resolution` of the given series with since <= ts < until."""
     by_id = {s.id: s for s in series}
     out: list[BucketRow] = []
     ids = list(by_id)
+    table = tier_table(resolution)
     for i in range(0, len(ids), 500):
         chunk = ids[i : i + 500]
         marks = ",".join("?" * len(chunk))
         cur = conn.execute(
-            "SELECT ts, series_id, count, sum, min, max, last, last_ts, sketch, hll "
-            f"FROM points_raw WHERE ts >= ? AND ts < ? AND series_id IN ({marks})",
+            f"{_SELECT}{table} WHERE ts >= ? AND ts < ? AND series_id IN ({marks})",
             (since, until, *chunk),
         )
-        for ts, sid, count, total, mn, mx, last, last_ts, blob, hll in cur:
-            s = by_id[sid]
-            out.append(
-                BucketRow(
-                    ts=ts,
-                    key=(s.tenant, s.name, s.tags),
-                    type=s.type,
-                    count=count,
-                    sum=total,
-                    min=mn,
-                    max=mx,
-                    last=last,
-                    last_ts=last_ts,
-                    sketch=None if blob is None else sketch.decode(blob),
-                    hll=hll,
-                )
+        out.extend(_to_rows(cur.fetchall(), by_id))
+    return out
+
+
+def _rows_where(
+    conn: sqlite3.Connection, table: str, where: str, args: tuple[object, ...]
+) -> list[BucketRow]:
+    by_id = {
+        sid: SeriesInfo(sid, t, n, _tags_from_json(tags), MetricType(mt))
+        for sid, t, n, tags, mt in conn.execute("SELECT id, tenant, name, tags, type FROM series")
+    }
+    return _to_rows(conn.execute(f"{_SELECT}{table} WHERE {where}", args).fetchall(), by_id)
+
+
+def _to_rows(raw: list[tuple[Any, ...]], by_id: dict[int, SeriesInfo]) -> list[BucketRow]:
+    sketches = sketch.decode_many([r[8] for r in raw if r[8] is not None])
+    it = iter(sketches)
+    out = []
+    for ts, sid, count, total, mn, mx, last, last_ts, blob, hll in raw:
+        decoded = None if blob is None else next(it)
+        s = by_id.get(sid)
+        if s is None:
+            continue  # a series deleted meanwhile
+        out.append(
+            BucketRow(
+                ts=ts,
+                key=(s.tenant, s.name, s.tags),
+                type=s.type,
+                count=count,
+                sum=total,
+                min=mn,
+                max=mx,
+                last=last,
+                last_ts=last_ts,
+                sketch=decoded,
+                hll=hll,
             )
+        )
     return out
 
 
