@@ -93,9 +93,7 @@ def test_every_config_key_is_documented_in_the_example(key: str) -> None:
     ],
 )
 def test_durations(text: str, seconds: float) -> None:
-    cfg = parse_config(
-        f"storage:\n  retention_check_interval: {text}\nquery:\n  timeout: {text}\n"
-    )
+    cfg = parse_config(f"storage:\n  retention_check_interval: {text}\nquery:\n  timeout: {text}\n")
     assert cfg.storage.retention_check_interval == seconds
     assert cfg.query.timeout == seconds
 
