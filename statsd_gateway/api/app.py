@@ -88,6 +88,7 @@ def create_app(gateway: handlers.GatewayServices, *, max_body_bytes: int) -> web
     app.router.add_post("/v1/metrics/report", handlers.report)
     app.router.add_post("/v1/metrics/batch", handlers.batch)
     app.router.add_get("/v1/metrics/query", handlers.query)
+    app.router.add_get("/v1/metrics/sketch", handlers.export_sketch)
     app.router.add_get("/v1/metrics", handlers.list_metrics)
     app.router.add_get(OPENAPI_PATH, handlers.openapi)
     app.router.add_get("/healthz", handlers.healthz)

@@ -182,6 +182,18 @@ async def query(request: web.Request) -> web.Response:
     return web.json_response(await svc.query_engine.run(principal.tenant, spec))
 
 
+async def export_sketch(request: web.Request) -> web.Response:
+    svc = request.app[SERVICES]
+    principal = require(request, "read")
+    params = dict(request.query)
+    for p in ("agg", "window", "group_by"):
+        if p in params:
+            raise InvalidArgument(f"{p} does not apply to a sketch export", p)
+    params["agg"] = "count"  # validated like a query over the whole range, then exported
+    spec = parse_query(params, svc.now(), svc.max_query_points)
+    return web.json_response(await svc.query_engine.export_sketch(principal.tenant, spec))
+
+
 async def list_metrics(request: web.Request) -> web.Response:
     svc = request.app[SERVICES]
     principal = require(request, "read")

@@ -276,6 +276,50 @@ def openapi_spec() -> dict[str, Any]:
                     },
                 }
             },
+            "/v1/metrics/sketch": {
+                "get": {
+                    "summary": "The merged DDSketch of a metric over a range (DDSketch protobuf)",
+                    "parameters": [
+                        _query_param("name", "metric name", True, pattern=_NAME_PATTERN),
+                        _query_param("tags", "filter: k:v,k2:v2 or a JSON object"),
+                        _query_param("since", "unix seconds, RFC 3339, now, or -15m"),
+                        _query_param("until", "unix seconds, RFC 3339, now, or -15m"),
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "the sketch, base64 of a DDSketch protobuf message",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "required": ["ok", "name", "format", "sketch", "count"],
+                                        "properties": {
+                                            "ok": {"type": "boolean"},
+                                            "name": {"type": "string"},
+                                            "type": {"type": "string"},
+                                            "tags": {"type": "object"},
+                                            "since": {"type": "number"},
+                                            "until": {"type": "number"},
+                                            "count": {"type": "number", "nullable": True},
+                                            "sum": {"type": "number", "nullable": True},
+                                            "min": {"type": "number", "nullable": True},
+                                            "max": {"type": "number", "nullable": True},
+                                            "format": {
+                                                "type": "string",
+                                                "enum": ["ddsketch-proto"],
+                                            },
+                                            "relative_accuracy": {"type": "number"},
+                                            "sketch": {"type": "string", "format": "byte"},
+                                        },
+                                    }
+                                }
+                            },
+                        },
+                        **_COMMON_ERRORS,
+                        "404": _error_response("METRIC_NOT_FOUND"),
+                    },
+                }
+            },
             "/v1/metrics": {
                 "get": {
                     "summary": "The tenant's metrics with type and tag keys",
