@@ -155,9 +155,10 @@ async def batch(request: web.Request) -> web.Response:
         positions: list[int] = []
         for i, obj in enumerate(points):
             try:
-                samples.append(parse_point(obj, prefix=f"points[{i}]."))
+                samples.append(parse_point(obj))
                 positions.append(i)
-            except GatewayError as e:
+            except GatewayError as e:  # the field is named within the batch only on error
+                e.field = f"points[{i}].{e.field}" if e.field else f"points[{i}]"
                 svc.telemetry.reject("http", "invalid_point")
                 errors.append(_indexed(i, e))
         logged = LoggedBody("batch", raw, positions, len(points))

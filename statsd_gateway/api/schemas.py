@@ -14,6 +14,7 @@ from statsd_gateway.model import (
     TAGS_MAX,
     VALUE_ABS_MAX,
     MetricType,
+    Tags,
 )
 from statsd_gateway.protocol import Sample
 
@@ -55,52 +56,84 @@ def parse_timestamp(v: Any, field: str) -> float:
 
 def parse_point(obj: Any, prefix: str = "", extra: frozenset[str] = frozenset()) -> Sample:
     """One MetricPoint → a sample; raises InvalidArgument naming `prefix + field`."""
+    try:
+        return _parse_point(obj, extra)
+    except InvalidArgument as e:
+        if prefix:
+            e.field = prefix + e.field if e.field else prefix.rstrip(".")
+        raise
+
+
+# Names and tag objects already validated: clients send the same few over and over, and the
+# checks cost more than a dict lookup. Bounded: cleared when full.
+_CACHE_MAX = 50_000
+_valid_names: set[str] = set()
+_tag_cache: dict[tuple[tuple[Any, Any], ...], Tags] = {}
+
+
+def _parse_point(obj: Any, extra: frozenset[str]) -> Sample:
     if not isinstance(obj, dict):
-        raise InvalidArgument("a point must be a JSON object", prefix.rstrip(".") or None)
-    for k in obj:
-        if k not in POINT_FIELDS and k not in extra:
-            raise InvalidArgument(f"unknown field {k!r}", prefix + k)
+        raise InvalidArgument("a point must be a JSON object", None)
+    if not obj.keys() <= POINT_FIELDS:
+        for k in obj:
+            if k not in POINT_FIELDS and k not in extra:
+                raise InvalidArgument(f"unknown field {k!r}", k)
     name = obj.get("name")
-    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise InvalidArgument(
-            "name must be 1-200 characters of A-Z a-z 0-9 _ . - / :", prefix + "name"
-        )
+    if not isinstance(name, str) or name not in _valid_names:
+        if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+            raise InvalidArgument("name must be 1-200 characters of A-Z a-z 0-9 _ . - / :", "name")
+        if len(_valid_names) >= _CACHE_MAX:
+            _valid_names.clear()
+        _valid_names.add(name)
     type_name = obj.get("type", "gauge")
     mtype = _TYPES.get(type_name) if isinstance(type_name, str) else None
     if mtype is None:
-        raise InvalidArgument(f"type must be one of {', '.join(_TYPES)}", prefix + "type")
+        raise InvalidArgument(f"type must be one of {', '.join(_TYPES)}", "type")
     if "value" not in obj:
-        raise InvalidArgument("value is required", prefix + "value")
+        raise InvalidArgument("value is required", "value")
     raw = obj["value"]
     value: float | str
     if mtype is MetricType.SET and isinstance(raw, str):
         if not raw:
-            raise InvalidArgument("a set member must not be empty", prefix + "value")
+            raise InvalidArgument("a set member must not be empty", "value")
         value = raw
     elif (f := _finite(raw)) is not None and abs(f) <= VALUE_ABS_MAX:
         value = f
         if mtype is MetricType.SET:  # members 1 and 1.0 are the same member
             value = str(int(f)) if f.is_integer() else repr(f)
     else:
-        raise InvalidArgument("value must be a finite number", prefix + "value")
-    tags_obj = obj.get("tags", {})
-    if not isinstance(tags_obj, dict):
-        raise InvalidArgument("tags must be an object of string to string", prefix + "tags")
-    if len(tags_obj) > TAGS_MAX:
-        raise InvalidArgument(f"at most {TAGS_MAX} tags", prefix + "tags")
-    for k, v in tags_obj.items():
-        if not k or len(k) > TAG_KEY_MAX:
-            raise InvalidArgument(f"tag keys must be 1-{TAG_KEY_MAX} characters", prefix + "tags")
-        if not isinstance(v, str) or len(v) > TAG_VALUE_MAX:
-            raise InvalidArgument(
-                f"tag values must be strings of at most {TAG_VALUE_MAX} characters",
-                f"{prefix}tags.{k}",
-            )
+        raise InvalidArgument("value must be a finite number", "value")
+    tags = _tags(obj.get("tags", {}))
     ts = None
     if obj.get("timestamp") is not None:
-        ts = parse_timestamp(obj["timestamp"], prefix + "timestamp")
+        ts = parse_timestamp(obj["timestamp"], "timestamp")
     rate = obj.get("sample_rate", 1.0)
     if not _number(rate) or not 0.0 < rate <= 1.0:
-        raise InvalidArgument("sample_rate must be a number in (0, 1]", prefix + "sample_rate")
-    tags = tuple(sorted(tags_obj.items()))
+        raise InvalidArgument("sample_rate must be a number in (0, 1]", "sample_rate")
     return (name, tags, mtype, value, float(rate), ts, False)
+
+
+def _tags(tags_obj: Any) -> Tags:
+    if not isinstance(tags_obj, dict):
+        raise InvalidArgument("tags must be an object of string to string", "tags")
+    if not tags_obj:
+        return ()
+    items = tuple(tags_obj.items())
+    try:
+        return _tag_cache[items]
+    except (KeyError, TypeError):  # TypeError: a value that is not hashable (not a string)
+        pass
+    if len(tags_obj) > TAGS_MAX:
+        raise InvalidArgument(f"at most {TAGS_MAX} tags", "tags")
+    for k, v in items:
+        if not k or len(k) > TAG_KEY_MAX:
+            raise InvalidArgument(f"tag keys must be 1-{TAG_KEY_MAX} characters", "tags")
+        if not isinstance(v, str) or len(v) > TAG_VALUE_MAX:
+            raise InvalidArgument(
+                f"tag values must be strings of at most {TAG_VALUE_MAX} characters", f"tags.{k}"
+            )
+    tags = tuple(sorted(items))
+    if len(_tag_cache) >= _CACHE_MAX:
+        _tag_cache.clear()
+    _tag_cache[items] = tags
+    return tags
