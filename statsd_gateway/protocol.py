@@ -76,6 +76,7 @@ _SANITISE_WS = re.compile(r"\s+")
 _SANITISE_DROP = re.compile(r"[^A-Za-z0-9_.\-]")
 _IGNORED_SECTION_PREFIXES = ("c:", "e:", "card:")
 _KEY_CACHE_MAX = 100_000
+_UNCACHED_TYPES = frozenset({MetricType.TIMING, MetricType.HISTOGRAM, MetricType.DISTRIBUTION})
 _LINE_CACHE_MAX = 50_000
 
 
@@ -241,7 +242,7 @@ class StatsdParser:
             if (
                 len(result.samples) == before + 1
                 and result.unknown_sections == unknown
-                and not result.samples[-1][2].has_sketch
+                and result.samples[-1][2] not in _UNCACHED_TYPES
             ):
                 if len(self._lines) >= _LINE_CACHE_MAX:
                     self._lines.clear()
@@ -254,7 +255,7 @@ class StatsdParser:
         head, sep, rest = line.partition(":")
         if not sep:
             raise LineError(MALFORMED_LINE)
-        if ":" in rest[rest.find("|") + 1 :] and _is_multi_metric(rest):
+        if rest.find(":", rest.find("|") + 1) >= 0 and _is_multi_metric(rest):
             self._parse_multi(head, rest, result)
             return
         sections = rest.split("|")
@@ -309,7 +310,12 @@ class StatsdParser:
         present = [v for v in values if v]  # empty packed values are skipped
         if not present:
             raise LineError(EMPTY_VALUE)
-        parsed = None if mtype is MetricType.SET else [_parse_float(vs) for vs in present]
+        if mtype is MetricType.SET:
+            parsed = None
+        elif len(present) == 1:
+            parsed = [_parse_float(present[0])]
+        else:
+            parsed = [_parse_float(vs) for vs in present]
         result.unknown_sections += unknown  # the line is accepted from here on
         if mtype is MetricType.SET:
             for member in present:
