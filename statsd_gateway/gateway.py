@@ -8,6 +8,7 @@ store. Nothing received before stop() is lost.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -24,7 +25,7 @@ from statsd_gateway.aggregator import IntervalAggregator, SeriesRegistry
 from statsd_gateway.api.app import create_app
 from statsd_gateway.api.auth import KeyRing
 from statsd_gateway.api.schemas import parse_point
-from statsd_gateway.config import ApiKey, Config, hash_key, parse_listen, parse_mode
+from statsd_gateway.config import ApiKey, Config, StorageConfig, hash_key, parse_listen, parse_mode
 from statsd_gateway.flusher import Flusher
 from statsd_gateway.idempotency import IdempotencyLedger
 from statsd_gateway.ingest import Ingest
@@ -254,6 +255,7 @@ class Gateway:
         if self._pipeline:
             self.aggregator.max_series_per_tenant = new.aggregation.max_series_per_tenant
             self.query_engine.max_sketches = new.query.max_sketches
+            self.flusher.max_pending_rows = new.aggregation.max_pending_rows
         logging.getLogger("statsd_gateway").setLevel(new.log.level.upper())
         needs_restart = []
         for path, before, after in (
@@ -263,8 +265,10 @@ class Gateway:
             ("statsd", old.statsd, new.statsd),
             ("http.listen", old.http.listen, new.http.listen),
             ("http.max_body_bytes", old.http.max_body_bytes, new.http.max_body_bytes),
-            ("storage.path", old.storage.path, new.storage.path),
-            ("storage.tiers", old.storage.tiers, new.storage.tiers),
+            *(
+                (f"storage.{f.name}", getattr(old.storage, f.name), getattr(new.storage, f.name))
+                for f in dataclasses.fields(StorageConfig)
+            ),
             (
                 "aggregation.flush_interval",
                 old.aggregation.flush_interval,
@@ -318,7 +322,7 @@ class Gateway:
         elif self.flush_on_ticks:
             # Ticks every interval: no success for 3 intervals means flushing is stuck.
             last = self.flusher.last_flush_ok or self.started_at
-            if self.clock() - last > 3 * self.config.aggregation.flush_interval + 5:
+            if self.clock() - last > 3 * self.aggregator.interval + 5:
                 problems.append("no successful flush recently")
         if self.config.udp.enabled and self.udp_address is None:
             problems.append("udp listener not bound")

@@ -123,7 +123,9 @@ class SqliteStore:
             conn.execute("PRAGMA busy_timeout=5000")
             migrate(conn, SKETCH_FORMAT)
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
+            # FULL, not NORMAL: the HTTP write-ahead log is deleted once a flush commits, so a
+            # commit must survive a power cut too (one more fsync per flush).
+            conn.execute("PRAGMA synchronous=FULL")
             for i, res in enumerate(self.resolutions):
                 ensure_tier_table(conn, res, time_major=i == 0)
                 if i:
