@@ -222,6 +222,14 @@ class IntervalAggregator:
             reg.add(tenant, name, tags, mtype)
         return None
 
+    def keys_in_memory(self) -> set[SeriesKey]:
+        """Every series with a point in the live interval or a snapshot not yet written."""
+        out: set[SeriesKey] = set()
+        for buckets in [self._live, *(s.buckets for s in self._pending)]:
+            for m in buckets.values():
+                out.update(m)
+        return out
+
     def forget_gauges(self, keys: Iterable[SeriesKey]) -> None:
         for key in keys:
             self._gauges.pop(key, None)

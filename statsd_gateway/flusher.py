@@ -17,7 +17,8 @@ from collections.abc import Callable
 
 from statsd_gateway.aggregator import IntervalAggregator, Snapshot, finish_snapshot
 from statsd_gateway.idempotency import TTL_SECONDS, IdempotencyLedger
-from statsd_gateway.store import SqliteStore, StoreError
+from statsd_gateway.model import BucketRow
+from statsd_gateway.store import SqliteStore
 from statsd_gateway.store.rollup import TierRollup
 from statsd_gateway.store.sqlite import IdempotencyRecord
 from statsd_gateway.telemetry import Telemetry
@@ -139,25 +140,30 @@ class Flusher:
     def _finish_and_write(
         self, snap: Snapshot, records: list[IdempotencyRecord], expire_before: float
     ) -> int:
-        """Writer thread: the finest tier in one transaction, then the coarse tiers' completed
-        rollups in another. A failed rollup write is retried with the next flush; a crash in
-        between loses nothing, since open rollups are rebuilt from the finest tier at start."""
+        """Writer thread: the finest tier's rows and the coarse tiers' buckets they complete, in
+        one transaction. If it fails, the rollups go back to their state before this snapshot,
+        which is retried whole with the next flush."""
         rows = finish_snapshot(snap)
-        self.store.write_flush(
-            rows,
-            flushed_seq=snap.seq,
-            idempotency=records,
-            idempotency_expire_before=expire_before,
-        )
+        rollups: dict[float, list[BucketRow]] = {}
+        saved = None
         if self.rollup is not None:
+            saved = self.rollup.save()
             self.rollup.fold(rows)
             self.rollup.complete(snap.boundary)
-            try:
-                self.store.write_rollups(
-                    self.rollup.take_unwritten(), dict(self.rollup.complete_until)
-                )
-                self.rollup.written()
-            except StoreError as e:
-                self.telemetry.rollup_errors += 1
-                log.error("rollup write failed, will retry with the next flush: %s", e)
+            rollups = self.rollup.take_unwritten()
+        try:
+            self.store.write_flush(
+                rows,
+                flushed_seq=snap.seq,
+                idempotency=records,
+                idempotency_expire_before=expire_before,
+                rollups=rollups,
+                complete_until=None if self.rollup is None else dict(self.rollup.complete_until),
+            )
+        except BaseException:
+            if self.rollup is not None and saved is not None:
+                self.rollup.restore(saved)
+            raise
+        if self.rollup is not None:
+            self.rollup.written()
         return len(rows)

@@ -199,8 +199,12 @@ class Gateway:
         return rollup
 
     def _forget_series(self, keys: list[SeriesKey]) -> None:
-        self.registry.forget(keys)
-        self.aggregator.forget_gauges(keys)
+        """Series the store removed; one with a point in memory since stays known (its next
+        flush writes it again)."""
+        in_memory = self.aggregator.keys_in_memory()
+        gone = [k for k in keys if k not in in_memory]
+        self.registry.forget(gone)
+        self.aggregator.forget_gauges(gone)
 
     def _replay(self, entries: list[tuple[int, Any, bytes]], first_seq: int) -> None:
         points = 0

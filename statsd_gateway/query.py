@@ -209,6 +209,7 @@ def _matches(tags: Tags, want: Tags) -> bool:
 
 def _json_number(v: float) -> float | int | None:
     """JSON has no Infinity or NaN (a sum can overflow): those become null."""
+    v = float(v)
     if not math.isfinite(v):
         return None
     if v.is_integer() and abs(v) < 2**53:

@@ -32,7 +32,6 @@ METRICS: dict[str, str] = {
     "flush_errors_total": "Flushes that failed and were kept for retry.",
     "flush_rows_total": "Bucket rows written by flushes.",
     "flush_dropped_series_total": "Series-buckets dropped because too many flushes were pending.",
-    "rollup_errors_total": "Writes of completed coarse-tier buckets that failed (retried).",
     "retention_deleted_rows_total": "Bucket rows deleted because they outlived their tier.",
     "last_flush_duration_seconds": "Duration of the last successful flush.",
     "pending_flushes": "Snapshots waiting to be written to the store.",
@@ -53,7 +52,6 @@ class Telemetry:
         self.flush_errors = 0
         self.flushed_rows = 0
         self.flush_dropped_series = 0
-        self.rollup_errors = 0
         self.retention_deleted_rows = 0
         self.last_flush_seconds = 0.0
         self.tcp_connections = 0
@@ -110,7 +108,6 @@ class TelemetryCollector(Collector):
             ("flush_errors_total", t.flush_errors),
             ("flush_rows_total", t.flushed_rows),
             ("flush_dropped_series_total", t.flush_dropped_series),
-            ("rollup_errors_total", t.rollup_errors),
             ("retention_deleted_rows_total", t.retention_deleted_rows),
             ("tcp_connections_total", t.tcp_connections),
             ("tcp_connections_refused_total", t.tcp_connections_refused),

@@ -24,6 +24,7 @@ from statsd_gateway import sketch
 from statsd_gateway.model import BucketRow, SeriesKey
 
 OpenBuckets = dict[tuple[float, SeriesKey], list[BucketRow]]
+RollupState = tuple[list[OpenBuckets], dict[float, float], dict[float, list[BucketRow]]]
 
 
 class TierRollup:
@@ -32,7 +33,7 @@ class TierRollup:
         self.coarse = tuple(resolutions[1:])
         self.complete_until = {r: complete_until.get(r, 0.0) for r in self.coarse}
         self._open: list[OpenBuckets] = [{} for _ in self.coarse]
-        # Completed rows not yet written (a failed write is retried with the next flush).
+        # Completed rows, between complete() and the write that takes them.
         self.unwritten: dict[float, list[BucketRow]] = {r: [] for r in self.coarse}
 
     def fold(self, rows: Sequence[BucketRow], level: int = 0) -> None:
@@ -44,10 +45,8 @@ class TierRollup:
         for r in rows:
             b = math.floor(r.ts / res) * res
             parts = open_.get((b, r.key))
-            if parts is None:
-                open_[(b, r.key)] = [r]
-            else:
-                parts.append(r)
+            # A new list, never an append: save() keeps shallow copies of the open buckets.
+            open_[(b, r.key)] = [r] if parts is None else [*parts, r]
 
     def complete(self, boundary: float) -> None:
         """Closes every bucket that ends at or before `boundary`, tier by tier upwards; the
@@ -60,8 +59,23 @@ class TierRollup:
             if not done:
                 continue
             merged = merge_parts([(k[0], open_.pop(k)) for k in done])
-            self.unwritten[res].extend(merged)
+            self.unwritten[res] = [*self.unwritten[res], *merged]
             self.fold(merged, level + 1)
+
+    def save(self) -> RollupState:
+        """A copy of the state to restore() if the write of what fold/complete produced fails.
+        Shallow: fold() and complete() replace the lists they change instead of mutating them."""
+        return (
+            [dict(o) for o in self._open],
+            dict(self.complete_until),
+            {r: list(rows) for r, rows in self.unwritten.items()},
+        )
+
+    def restore(self, state: RollupState) -> None:
+        opened, until, unwritten = state
+        self._open = [dict(o) for o in opened]
+        self.complete_until = dict(until)
+        self.unwritten = {r: list(rows) for r, rows in unwritten.items()}
 
     def take_unwritten(self) -> dict[float, list[BucketRow]]:
         out = {r: rows for r, rows in self.unwritten.items() if rows}

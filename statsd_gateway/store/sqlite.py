@@ -176,12 +176,18 @@ class SqliteStore:
         flushed_seq: int | None = None,
         idempotency: Sequence[IdempotencyRecord] = (),
         idempotency_expire_before: float | None = None,
+        rollups: dict[float, list[BucketRow]] | None = None,
+        complete_until: dict[float, float] | None = None,
     ) -> None:
         """One transaction: the flush's rows into the finest tier (merged into buckets already
-        there), flushed_seq, and the idempotency records of the requests these rows hold."""
+        there), the coarse tiers' buckets this flush completed and how far each tier is
+        complete, flushed_seq, and the idempotency records of the requests these rows hold.
+        One transaction, so a query never sees the snapshot gone from memory and its rows in one
+        tier but not yet in another."""
 
         def work(conn: sqlite3.Connection) -> None:
             self._upsert(conn, self.resolutions[0], rows)
+            self._write_rollups(conn, rollups or {}, complete_until or {})
             conn.executemany(
                 "INSERT OR IGNORE INTO idempotency VALUES (?, ?, ?, ?, ?, ?)",
                 [
@@ -205,17 +211,20 @@ class SqliteStore:
     def write_rollups(
         self, rows: dict[float, list[BucketRow]], complete_until: dict[float, float]
     ) -> None:
-        """One transaction: completed buckets of coarse tiers, and how far each is complete."""
+        """One transaction: completed buckets of coarse tiers, and how far each is complete
+        (history imports and tools; flushes pass them to write_flush)."""
+        self._transaction(lambda conn: self._write_rollups(conn, rows, complete_until))
 
-        def work(conn: sqlite3.Connection) -> None:
-            for res, tier_rows in rows.items():
-                self._upsert(conn, res, tier_rows)
-            for res, until in complete_until.items():
-                conn.execute(
-                    "UPDATE meta SET value=? WHERE key=?", (repr(until), _complete_key(res))
-                )
-
-        self._transaction(work)
+    def _write_rollups(
+        self,
+        conn: sqlite3.Connection,
+        rows: dict[float, list[BucketRow]],
+        complete_until: dict[float, float],
+    ) -> None:
+        for res, tier_rows in rows.items():
+            self._upsert(conn, res, tier_rows)
+        for res, until in complete_until.items():
+            conn.execute("UPDATE meta SET value=? WHERE key=?", (repr(until), _complete_key(res)))
 
     def _transaction(self, work: Callable[[sqlite3.Connection], None]) -> None:
         conn = self._wconn
