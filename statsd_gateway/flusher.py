@@ -72,8 +72,11 @@ class Flusher:
         self._task = asyncio.create_task(self.run(), name="flusher")
 
     async def stop(self) -> None:
+        """Stops the ticks, after any flush in progress has finished (cancelling a flush while
+        the writer thread commits it would leave the snapshot to be written twice)."""
         if self._task is not None:
-            self._task.cancel()
+            async with self._lock:
+                self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
@@ -143,6 +146,8 @@ class Flusher:
         """Writer thread: the finest tier's rows and the coarse tiers' buckets they complete, in
         one transaction. If it fails, the rollups go back to their state before this snapshot,
         which is retried whole with the next flush."""
+        if snap.seq <= self.store.flushed_seq_now():
+            return 0  # already committed (a retry after an answer that never arrived)
         rows = finish_snapshot(snap)
         rollups: dict[float, list[BucketRow]] = {}
         saved = None

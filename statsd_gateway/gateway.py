@@ -125,7 +125,7 @@ class Gateway:
         parser = StatsdParser(gauge_sign=cfg.statsd.gauge_sign, sanitise=cfg.statsd.name_sanitising)
         self.ingest = Ingest(self.aggregator, self.telemetry, parser, wal)
         self.idempotency = IdempotencyLedger(
-            self.store, lambda: self.aggregator.next_seq, self.clock, wal
+            self.store, lambda: self.aggregator.next_seq, self.clock
         )
         self._replay(replayed, first_seq)
         if wal is not None:
@@ -213,6 +213,8 @@ class Gateway:
                 samples = samples_from_logged_body(header, blob)
                 self.ingest.replay(header["tenant"], samples)
                 points += len(samples)
+                if "idempotency" in header:
+                    self.idempotency.restore(header["idempotency"], first_seq)
             elif header["k"] == "idempotency":
                 self.idempotency.restore({k: v for k, v in header.items() if k != "k"}, first_seq)
         if entries:

@@ -4,8 +4,10 @@
 - A retry with the same key and the same body gets the recorded response, marked replayed, and
   changes nothing. The same key with another body is IDEMPOTENCY_KEY_REUSED.
 - Concurrent requests with one key: the later ones wait for the first, then replay it.
-- A record is written to the store in the same transaction as the snapshot that holds the points
-  it answers for, so it is exactly as durable as those points (and survives a restart with them).
+- A record goes into the HTTP write-ahead log in the same entry as the points it answers for, and
+  into the store in the same transaction as the snapshot that holds them, so it is exactly as
+  durable as those points (and survives a restart or a crash with them). If the log cannot be
+  written, the request answers 503 and the key is left unused.
   Records are kept at least TTL_SECONDS.
 Only successful answers (200, including a batch with some rejected points) are recorded; an
 error leaves the key unused so the client can retry.
@@ -22,7 +24,6 @@ from typing import Any
 from statsd_gateway.errors import IdempotencyKeyReused, InvalidArgument
 from statsd_gateway.store import SqliteStore
 from statsd_gateway.store.sqlite import IdempotencyRecord, read_idempotency
-from statsd_gateway.wal import WriteAheadLog
 
 TTL_SECONDS = 25 * 3600.0
 KEY_MAX = 200
@@ -69,12 +70,10 @@ class IdempotencyLedger:
         store: SqliteStore,
         next_seq: Callable[[], int],
         clock: Callable[[], float],
-        wal: WriteAheadLog | None = None,
     ) -> None:
         self.store = store
         self.next_seq = next_seq
         self.clock = clock
-        self.wal = wal
         self._memory: dict[tuple[str, str], IdempotencyRecord] = {}
         self._inflight: dict[tuple[str, str], asyncio.Future[None]] = {}
 
@@ -84,8 +83,9 @@ class IdempotencyLedger:
         key: str,
         digest: str,
         apply: Callable[[], dict[str, Any]],
-    ) -> tuple[dict[str, Any], bool]:
-        """Applies `apply` once per (tenant, key); returns (response body, replayed)."""
+    ) -> tuple[dict[str, Any], bool, IdempotencyRecord | None]:
+        """Applies `apply` once per (tenant, key); returns (response body, replayed, the new
+        record when this request applied it). The caller logs the record with the points."""
         k = (tenant, key)
         while k in self._inflight:
             await asyncio.shield(self._inflight[k])
@@ -102,9 +102,7 @@ class IdempotencyLedger:
                         tenant, key, digest, 200, json.dumps(body), self.clock(), self.next_seq()
                     )
                     self._memory[k] = rec
-                    if self.wal is not None:
-                        self.wal.append(rec.seq, {"k": "idempotency", **record_fields(rec)})
-                    return body, False
+                    return body, False, rec
             finally:
                 del self._inflight[k]
                 done.set_result(None)
@@ -112,7 +110,12 @@ class IdempotencyLedger:
             raise IdempotencyKeyReused(
                 "this idempotency key was used with a different body", "idempotency_key"
             )
-        return json.loads(rec.response), True
+        return json.loads(rec.response), True, None
+
+    def discard(self, rec: IdempotencyRecord) -> None:
+        """The request's points could not be logged (it answered 503): the key is unused again."""
+        if self._memory.get((rec.tenant, rec.key)) is rec:
+            del self._memory[(rec.tenant, rec.key)]
 
     def restore(self, fields: dict[str, Any], seq: int) -> None:
         """A record replayed from the write-ahead log, to be stored with snapshot `seq`."""

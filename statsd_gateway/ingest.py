@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from statsd_gateway.aggregator import IntervalAggregator
 from statsd_gateway.protocol import Sample, StatsdParser
@@ -43,15 +44,19 @@ class RateLimitedLog:
         log.debug(msg, *args)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class LoggedBody:
     """An HTTP body as received, for the write-ahead log: `positions[i]` is the index in the
-    body's points of the i-th sample handed to Ingest.samples()."""
+    body's points of the i-th sample handed to Ingest.samples(), which fills in `seq` and
+    `header` when it accepted any. The caller appends the entry (with the request's
+    idempotency record, if any, so both are on disk or neither is)."""
 
     form: str  # "report" (the body is one point) or "batch" (the body's "points")
     body: bytes
-    positions: list[int]
-    total: int
+    positions: list[int] = field(default_factory=list)
+    total: int = 0
+    seq: int | None = None
+    header: dict[str, Any] | None = None
 
 
 class Ingest:
@@ -103,10 +108,10 @@ class Ingest:
     ) -> list[tuple[int, str]]:
         """Validated samples from HTTP; returns (index, reason) of those the aggregator refused.
 
-        With a write-ahead log and `logged` (the request body they came from), the body itself
-        is queued to the log with the receive time and the positions accepted, so that a replay
-        re-reads exactly those points into the same buckets; the caller awaits `wal.barrier()`
-        before answering. Logging the raw body costs no encoding on the hot path.
+        With a write-ahead log and `logged` (the request body they came from), `logged` gets the
+        log entry to append: the body itself, the receive time and the positions accepted, so
+        that a replay re-reads exactly those points into the same buckets. Logging the raw body
+        costs no encoding on the hot path.
         """
         seq = self.aggregator.next_seq
         now = self.aggregator.clock()
@@ -117,14 +122,14 @@ class Ingest:
         if self.wal is not None and logged is not None and len(rejects) < len(samples):
             refused = {logged.positions[i] for i, _ in rejects}
             keep = [p for p in logged.positions if p not in refused]
-            header = {
+            logged.seq = seq
+            logged.header = {
                 "k": "body",
                 "form": logged.form,
                 "tenant": tenant,
                 "now": now,
                 "keep": None if len(keep) == logged.total else keep,
             }
-            self.wal.append(seq, header, logged.body)
         return rejects
 
     def replay(self, tenant: str, samples: list[Sample]) -> None:

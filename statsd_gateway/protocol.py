@@ -286,7 +286,7 @@ class StatsdParser:
                 elif c == "T":
                     try:
                         ts = float(int(s[1:]))
-                    except ValueError:
+                    except (ValueError, OverflowError):  # `T` + 400 digits: past a double
                         raise LineError(INVALID_TIMESTAMP) from None
                     if ts <= 0 or not _plain_number(s[1:]):
                         raise LineError(INVALID_TIMESTAMP)

@@ -167,7 +167,11 @@ def parse_query(params: Mapping[str, Any], now: float, max_points: int) -> Query
         n = math.ceil((until - first) / window)
         if n > max_points:
             fits = next(
-                (text for text, w in _SUGGESTED_WINDOWS if (until - since) / w < max_points),
+                (
+                    text
+                    for text, w in _SUGGESTED_WINDOWS
+                    if math.ceil((until - math.floor(since / w) * w) / w) <= max_points
+                ),
                 None,
             )
             hint = f"; window={fits} would fit" if fits else "; narrow since/until"
@@ -377,6 +381,15 @@ class QueryEngine:
     async def run(self, tenant: str, spec: QuerySpec) -> dict[str, Any]:
         mtype = self.metric_type(tenant, spec.name)
         _check_agg(spec, mtype)
+        finest = self.store.resolutions[0]
+        if spec.window is not None and not _is_multiple(spec.window, finest):
+            # A finest-tier bucket cannot be split across windows: sums and rates would be wrong.
+            up = max(1, math.ceil(spec.window / finest)) * finest
+            raise InvalidArgument(
+                f"window must be a multiple of the finest storage tier ({finest:g}s); "
+                f"window={up:g}s would do",
+                "window",
+            )
         start = math.floor(spec.since / spec.window) * spec.window if spec.window else spec.since
         rows = await self.collect(tenant, spec, start, sketches=spec.quantile is not None)
         result = await asyncio.to_thread(self._shape, spec, rows)

@@ -19,6 +19,7 @@ UDP is not logged: it is fire-and-forget (DESIGN.md §4).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -27,8 +28,9 @@ import struct
 import threading
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 log = logging.getLogger(__name__)
 _HEADER = struct.Struct("<II")
@@ -62,7 +64,7 @@ class WriteAheadLog:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._files: dict[int, BinaryIO] = {}
+        self._segments: dict[int, _Segment] = {}
         self.synced_batches = 0  # fsync rounds, for tests and self-metrics
 
     def replay(self, flushed_seq: int) -> list[tuple[int, Any, bytes]]:
@@ -118,9 +120,7 @@ class WriteAheadLog:
             stop = any(i is _STOP for i in items)
             self._process([i for i in items if i is not _STOP])
             if stop:
-                for f in self._files.values():
-                    f.close()
-                self._files.clear()
+                self._close_older_than(2**63)
                 return
 
     def _process(self, items: list[Any]) -> None:
@@ -134,49 +134,75 @@ class WriteAheadLog:
                 error = error or self._sync(dirty)
                 dirty.clear()
                 self._release(item[1])
-            else:
+            elif error is None:  # after a failure the batch's waiters all get it: stop writing
                 seq, record = item
                 try:
-                    self._file(seq).write(record)
+                    self._write(seq, record)
                     dirty.add(seq)
                 except OSError as e:
-                    error = error or e
+                    log.error("http write-ahead log: write failed: %s", e)
+                    error = e
         error = error or self._sync(dirty)
+        if error is not None:
+            self._undo_unsynced()
+        self._close_older_than(max(self._segments, default=0))
         if waiters:
             self.synced_batches += 1
             assert self._loop is not None
             self._loop.call_soon_threadsafe(_settle, waiters, error)
 
-    def _file(self, seq: int) -> BinaryIO:
-        f = self._files.get(seq)
-        if f is None:
-            f = open(self.dir / f"{seq:012d}.log", "ab")  # noqa: SIM115 - kept open across calls
-            self._files[seq] = f
-            fd = os.open(self.dir, os.O_RDONLY)
+    def _write(self, seq: int, record: bytes) -> None:
+        seg = self._segments.get(seq)
+        if seg is None:
+            path = self.dir / f"{seq:012d}.log"
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            seg = self._segments[seq] = _Segment(fd, os.fstat(fd).st_size)
+            dfd = os.open(self.dir, os.O_RDONLY)
             try:
-                os.fsync(fd)  # the new file's directory entry must survive a crash too
+                os.fsync(dfd)  # the new file's directory entry must survive a crash too
             finally:
-                os.close(fd)
-        return f
+                os.close(dfd)
+        view = memoryview(record)
+        while view:
+            view = view[os.write(seg.fd, view) :]
 
     def _sync(self, seqs: set[int]) -> Exception | None:
         try:
             for seq in seqs:
-                f = self._files[seq]
-                f.flush()
-                os.fsync(f.fileno())
+                seg = self._segments[seq]
+                os.fsync(seg.fd)
+                seg.synced = os.fstat(seg.fd).st_size
         except OSError as e:
             log.error("http write-ahead log: fsync failed: %s", e)
             return e
         return None
 
+    def _undo_unsynced(self) -> None:
+        """Cuts every segment back to what was last synced, so a half-written record never
+        hides the records acknowledged after it (replay stops at the first bad record)."""
+        for seg in self._segments.values():
+            with contextlib.suppress(OSError):
+                os.ftruncate(seg.fd, seg.synced)
+
+    def _close_older_than(self, seq: int) -> None:
+        # Appends target the live interval's seq: once a newer one is in use, older segments
+        # get no more, and keeping them open would cost a descriptor per interval.
+        for old in [s for s in self._segments if s < seq]:
+            os.close(self._segments.pop(old).fd)
+
     def _release(self, upto: int) -> None:
-        for seq in [s for s in self._files if s <= upto]:
-            self._files.pop(seq).close()
+        for seq in [s for s in self._segments if s <= upto]:
+            os.close(self._segments.pop(seq).fd)
         for path in self.dir.iterdir():
             found = _segment_seq(path)
             if found is not None and found <= upto:
                 path.unlink(missing_ok=True)
+
+
+@dataclass(slots=True)
+class _Segment:
+    fd: int
+    synced: int  # bytes known to be on disk
 
 
 def _settle(waiters: list[asyncio.Future[None]], error: Exception | None) -> None:

@@ -75,3 +75,37 @@ async def test_an_internal_error_is_an_envelope_without_details(
         "error": {"code": "INTERNAL", "message": "internal error", "field": None},
     }
     assert "secret detail" in caplog.text  # logged for the operator, not sent to the client
+
+
+async def test_a_deeply_nested_body_is_a_400(small: tuple[Gateway, Api]) -> None:
+    _, api = small
+    headers = {"Content-Type": "application/json"}
+    status, body = await api.request(
+        "POST", "/v1/metrics/report", data=b"[" * 100_000, headers=headers
+    )
+    assert (status, body["error"]["code"]) == (400, "INVALID_ARGUMENT")
+
+
+async def test_a_window_that_splits_the_finest_buckets_is_refused(
+    small: tuple[Gateway, Api],
+) -> None:
+    _, api = small
+    await api.report(point("a"))
+    status, body = await api.query(name="a", agg="rate", window="5s")
+    assert status == 400
+    assert "window=10s" in body["error"]["message"]
+    assert (await api.query(name="a", agg="rate", window="20s"))[0] == 200
+
+
+async def test_a_snapshot_already_committed_is_not_written_twice(
+    small: tuple[Gateway, Api],
+) -> None:
+    """What a flush cancelled while the writer thread committed it leaves behind."""
+    gw, api = small
+    await api.report(point("a"))
+    snap = gw.aggregator.swap()
+    assert await gw.store.run_write(lambda: gw.flusher._finish_and_write(snap, [], 0.0)) == 1
+    assert await gw.store.run_write(lambda: gw.flusher._finish_and_write(snap, [], 0.0)) == 0
+    gw.aggregator.release(snap)
+    status, body = await api.query(name="a", agg="count", since="-1h")
+    assert (status, body["points"][0]["value"]) == (200, 1)

@@ -50,6 +50,13 @@ SCENARIOS: list[Any] = [
     pytest.param(
         b"users:user:1|s", [s("users", "user:1", "s")], [], {}, id="set member with a colon"
     ),
+    pytest.param(
+        b"ok:1|c\nbad:1|c|T" + b"9" * 400,
+        [s("ok", 1.0)],
+        ["invalid_timestamp"],
+        {},
+        id="timestamp past a double rejected, neighbour kept",
+    ),
     pytest.param(b"lat:-4e2|ms", [s("lat", -400.0, "ms")], [], {}, id="negative exponent value"),
     # --- framing -----------------------------------------------------------------------------
     pytest.param(

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
 from aiohttp import ClientSession
 
 from statsd_gateway.config import Config
 from statsd_gateway.gateway import Gateway
-from statsd_gateway.wal import WriteAheadLog
+from statsd_gateway.wal import WalError, WriteAheadLog
 from tests.conftest import KEY, T0, Api, ManualClock
 
 
@@ -102,3 +103,64 @@ async def test_a_torn_record_ends_the_replay_of_its_segment(tmp_path: Path) -> N
     ]
     assert WriteAheadLog(tmp_path / "wal").replay(3) == []
     assert not seg.exists()  # segments the store already holds are deleted
+
+
+async def test_a_failed_log_write_answers_503_and_leaves_the_key_unused(
+    gateway: Gateway, api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert gateway.wal is not None
+    wal = gateway.wal
+    real_write = wal._write
+    calls = {"n": 0}
+
+    def failing_once(seq: int, record: bytes) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OSError(28, "No space left on device")
+        real_write(seq, record)
+
+    monkeypatch.setattr(wal, "_write", failing_once)
+    body = {"points": [{"name": "paid", "type": "counter", "value": 2}], "idempotency_key": "k9"}
+    status, answer = await api.request("POST", "/v1/metrics/batch", json=body)
+    assert status == 503
+    assert answer["error"]["code"] == "UNAVAILABLE"
+    h = {"Authorization": f"Bearer {KEY}"}
+    async with api.session.post(api.base + "/v1/metrics/batch", json=body, headers=h) as r:
+        assert r.status == 200
+        assert r.headers.get("Idempotent-Replayed") is None  # applied, not replayed
+
+
+async def test_a_half_written_record_does_not_hide_later_ones(tmp_path: Path) -> None:
+    wal = WriteAheadLog(tmp_path / "wal")
+    wal.replay(0)
+    wal.start()
+    real_write = wal._write
+
+    def torn(seq: int, record: bytes) -> None:
+        real_write(seq, record[: len(record) // 2])
+        raise OSError(5, "Input/output error")
+
+    wal.append(4, {"k": "body", "n": "A"})
+    await wal.barrier()
+    wal._write = torn  # type: ignore[method-assign]
+    wal.append(4, {"k": "body", "n": "B"})
+    with pytest.raises(WalError):
+        await wal.barrier()
+    wal._write = real_write  # type: ignore[method-assign]
+    wal.append(4, {"k": "body", "n": "C"})
+    await wal.barrier()
+    wal.stop()
+    replayed = [h["n"] for _, h, _ in WriteAheadLog(tmp_path / "wal").replay(0)]
+    assert replayed == ["A", "C"]
+
+
+async def test_only_the_newest_segment_stays_open(tmp_path: Path) -> None:
+    wal = WriteAheadLog(tmp_path / "wal")
+    wal.replay(0)
+    wal.start()
+    for seq in range(1, 50):  # fifty intervals while the store is down: nothing released
+        wal.append(seq, {"k": "body", "n": seq})
+        await wal.barrier()
+    assert len(wal._segments) == 1
+    wal.stop()
+    assert len(WriteAheadLog(tmp_path / "wal").replay(0)) == 49

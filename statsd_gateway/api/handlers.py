@@ -20,7 +20,12 @@ from statsd_gateway.errors import (
     TypeConflict,
     Unavailable,
 )
-from statsd_gateway.idempotency import IdempotencyLedger, body_digest, request_key
+from statsd_gateway.idempotency import (
+    IdempotencyLedger,
+    body_digest,
+    record_fields,
+    request_key,
+)
 from statsd_gateway.ingest import Ingest, LoggedBody
 from statsd_gateway.protocol import Sample
 from statsd_gateway.query import QueryEngine, parse_query
@@ -77,7 +82,7 @@ async def _json_body(request: web.Request) -> tuple[Any, bytes]:
     raw = await request.read()
     try:
         return json.loads(raw), raw
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: [[[[…]]]]
         raise InvalidArgument("the body is not valid JSON", "body") from None
 
 
@@ -89,21 +94,45 @@ def _count_http(svc: GatewayServices, request: web.Request, points: int) -> None
 
 
 async def _once(
-    request: web.Request, tenant: str, body: Any, apply: Callable[[], dict[str, Any]]
+    request: web.Request,
+    tenant: str,
+    body: Any,
+    apply: Callable[[], dict[str, Any]],
+    logged: LoggedBody,
 ) -> web.Response:
-    """Applies a write once per idempotency key, when the request carries one."""
+    """Applies a write once per idempotency key, when the request carries one, and answers
+    only once its points (and its idempotency record, in the same log entry) are on disk."""
     key = request_key(request.headers.get("Idempotency-Key"), body)
     svc = request.app[SERVICES]
+    rec = None
     if key is None:
         answer, replayed = apply(), False
     else:
-        answer, replayed = await svc.idempotency.run(tenant, key, body_digest(body), apply)
+        answer, replayed, rec = await svc.idempotency.run(tenant, key, body_digest(body), apply)
     wal = svc.ingest.wal
-    if wal is not None:  # answer only once the points are on disk
+    if wal is not None:
+        header = logged.header
+        if rec is not None:
+            fields = record_fields(rec)
+            header = (
+                {"k": "idempotency", **fields}
+                if header is None
+                else {
+                    **header,
+                    "idempotency": fields,
+                }
+            )
+        if header is not None:
+            seq = logged.seq if logged.seq is not None else rec.seq if rec else 0
+            wal.append(seq, header, logged.body if logged.header is not None else b"")
         try:
-            await wal.barrier()
+            await wal.barrier()  # also waits for an earlier request this one replays
         except WalError as e:
-            raise Unavailable(str(e)) from None
+            if rec is not None:
+                svc.idempotency.discard(rec)
+            raise Unavailable(
+                f"{e}; the points may be counted already, and a retry may count them twice"
+            ) from None
     headers = {"Idempotent-Replayed": "true"} if replayed else None
     return web.json_response(answer, headers=headers)
 
@@ -114,19 +143,20 @@ async def report(request: web.Request) -> web.Response:
     body, raw = await _json_body(request)
     _count_http(svc, request, 1)
 
+    logged = LoggedBody("report", raw, [0], 1)
+
     def apply() -> dict[str, Any]:
         try:
             sample = parse_point(body, extra=frozenset({"idempotency_key"}))
         except GatewayError:
             svc.telemetry.reject("http", "invalid_point")
             raise
-        logged = LoggedBody("report", raw, [0], 1)
         rejects = svc.ingest.samples(principal.tenant, [sample], "http", logged=logged)
         if rejects:
             raise reason_error(rejects[0][1])
         return {"ok": True}
 
-    return await _once(request, principal.tenant, body, apply)
+    return await _once(request, principal.tenant, body, apply, logged)
 
 
 def _indexed(index: int, e: GatewayError) -> dict[str, Any]:
@@ -148,6 +178,7 @@ async def batch(request: web.Request) -> web.Response:
     if len(points) > svc.max_batch_points:
         raise InvalidArgument(f"a batch holds at most {svc.max_batch_points} points", "points")
     _count_http(svc, request, len(points))
+    logged = LoggedBody("batch", raw, total=len(points))
 
     def apply() -> dict[str, Any]:
         errors: list[dict[str, Any]] = []
@@ -161,7 +192,7 @@ async def batch(request: web.Request) -> web.Response:
                 e.field = f"points[{i}].{e.field}" if e.field else f"points[{i}]"
                 svc.telemetry.reject("http", "invalid_point")
                 errors.append(_indexed(i, e))
-        logged = LoggedBody("batch", raw, positions, len(points))
+        logged.positions = positions
         for j, reason in svc.ingest.samples(principal.tenant, samples, "http", logged=logged):
             i = positions[j]
             errors.append(_indexed(i, reason_error(reason, prefix=f"points[{i}].")))
@@ -173,7 +204,7 @@ async def batch(request: web.Request) -> web.Response:
             "errors": errors,
         }
 
-    return await _once(request, principal.tenant, body, apply)
+    return await _once(request, principal.tenant, body, apply, logged)
 
 
 async def query(request: web.Request) -> web.Response:

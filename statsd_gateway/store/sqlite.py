@@ -297,6 +297,10 @@ class SqliteStore:
         assert self._wconn is not None
         return read_flushed_seq(self._wconn)
 
+    def flushed_seq_now(self) -> int:
+        """Writer thread: the last snapshot committed."""
+        return self._read_flushed_seq_w()
+
     def read_for_rebuild(self, res: float, since: float) -> list[BucketRow]:
         """Writer thread: every row of tier `res` from `since` on (rebuilding rollups at
         start); the series they hold count as written now."""
