@@ -354,3 +354,30 @@ def test_sighup_reloads_keys_and_keeps_the_old_config_on_a_bad_file(
     assert d.request("GET", "/v1/metrics", "second-key")[0] == 200
     assert d.request("GET", "/v1/metrics", "third-key")[0] == 401
     assert d.terminate() == 0
+
+
+def test_query_command_prints_a_table(
+    tmp_path: Path, config_file: Path, daemons: list[Daemon]
+) -> None:
+    d = Daemon(config_file)
+    daemons.append(d)
+    key = (tmp_path / "state" / "api-key").read_text(encoding="utf-8").strip()
+    points = [
+        {"name": "cli.lat", "type": "timing", "value": v, "tags": {"env": e}}
+        for v, e in ((12.5, "prod"), (40.0, "dev"))
+    ]
+    assert d.request("POST", "/v1/metrics/batch", key, {"points": points})[0] == 200
+    url = d.base
+    r = run_cli(
+        "query", "cli.lat", "max", "--url", url, "--key", key, "--group-by", "env", cwd=tmp_path
+    )
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].split() == ["timestamp", "value", "tags"]
+    assert sorted(line.split()[1:] for line in lines[1:]) == [
+        ["12.5", "env:prod"],
+        ["40", "env:dev"],
+    ]
+    bad = run_cli("query", "cli.lat", "max", "--url", url, "--key", "wrong", cwd=tmp_path)
+    assert bad.returncode == 1
+    assert "UNAUTHENTICATED" in bad.stderr
