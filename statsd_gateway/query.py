@@ -365,7 +365,17 @@ class QueryEngine:
                     raise _sketch_budget_error(n, self.max_sketches, spec)
             rows: list[BucketRow] = []
             for g in segments:
-                rows.extend(read_rows(conn, series, g.lo, g.hi, g.resolution))
+                rows.extend(
+                    read_rows(
+                        conn,
+                        series,
+                        g.lo,
+                        g.hi,
+                        g.resolution,
+                        sketches="decode" if sketches else "skip",
+                        hll=spec.agg == "distinct",
+                    )
+                )
             return seq, rows
 
         seq, rows = await self.store.run_read(read)

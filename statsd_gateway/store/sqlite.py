@@ -479,20 +479,32 @@ def read_rows(
     since: float,
     until: float,
     resolution: float = 10.0,
+    *,
+    sketches: str = "decode",
+    hll: bool = True,
 ) -> list[BucketRow]:
-    """Bucket rows of tier `resolution` of the given series with since <= ts < until."""
+    """Bucket rows of tier `resolution` of the given series with since <= ts < until.
+
+    `sketches`: "decode" (BucketRow.sketch), "raw" (the DDV1 blob in BucketRow.blob, for a batch
+    quantile) or "skip" (not read: count/sum/avg/… never need them); `hll` likewise for sets.
+    """
     by_id = {s.id: s for s in series}
     out: list[BucketRow] = []
     ids = list(by_id)
     table = tier_table(resolution)
+    select = _SELECT
+    if sketches == "skip":
+        select = select.replace("sketch,", "NULL,")
+    if not hll:
+        select = select.replace("hll FROM", "NULL FROM")
     for i in range(0, len(ids), 500):
         chunk = ids[i : i + 500]
         marks = ",".join("?" * len(chunk))
         cur = conn.execute(
-            f"{_SELECT}{table} WHERE ts >= ? AND ts < ? AND series_id IN ({marks})",
+            f"{select}{table} WHERE ts >= ? AND ts < ? AND series_id IN ({marks})",
             (since, until, *chunk),
         )
-        out.extend(_to_rows(cur.fetchall(), by_id))
+        out.extend(_to_rows(cur.fetchall(), by_id, decode=sketches == "decode"))
     return out
 
 
@@ -506,12 +518,14 @@ def _rows_where(
     return _to_rows(conn.execute(f"{_SELECT}{table} WHERE {where}", args).fetchall(), by_id)
 
 
-def _to_rows(raw: list[tuple[Any, ...]], by_id: dict[int, SeriesInfo]) -> list[BucketRow]:
-    sketches = sketch.decode_many([r[8] for r in raw if r[8] is not None])
+def _to_rows(
+    raw: list[tuple[Any, ...]], by_id: dict[int, SeriesInfo], decode: bool = True
+) -> list[BucketRow]:
+    sketches = sketch.decode_many([r[8] for r in raw if r[8] is not None]) if decode else []
     it = iter(sketches)
     out = []
     for ts, sid, count, total, mn, mx, last, last_ts, blob, hll in raw:
-        decoded = None if blob is None else next(it)
+        decoded = None if blob is None or not decode else next(it)
         s = by_id.get(sid)
         if s is None:
             continue  # a series deleted meanwhile
@@ -528,6 +542,7 @@ def _to_rows(raw: list[tuple[Any, ...]], by_id: dict[int, SeriesInfo]) -> list[B
                 last_ts=last_ts,
                 sketch=decoded,
                 hll=hll,
+                blob=None if decode else blob,
             )
         )
     return out
