@@ -341,10 +341,11 @@ class QueryEngine:
         return mtype
 
     async def collect(
-        self, tenant: str, spec: QuerySpec, start: float, sketches: bool
+        self, tenant: str, spec: QuerySpec, start: float, sketches: str
     ) -> list[BucketRow]:
         """Every bucket row of the matching series in [start, until): from the tiers the plan
-        picks, plus what is still in memory and not yet in the store."""
+        picks, plus what is still in memory and not yet in the store. `sketches` as for
+        read_rows: "skip", "raw" (blobs, for batch quantiles) or "decode"."""
         memory = self.aggregator.collect(tenant, spec.name)
         resolutions = self.store.resolutions
 
@@ -359,7 +360,7 @@ class QueryEngine:
                 start,
                 spec.until,
             )
-            if sketches:
+            if sketches != "skip":
                 n = len(series) * sum(math.ceil((g.hi - g.lo) / g.resolution) for g in segments)
                 if n > self.max_sketches:
                     raise _sketch_budget_error(n, self.max_sketches, spec)
@@ -372,7 +373,7 @@ class QueryEngine:
                         g.lo,
                         g.hi,
                         g.resolution,
-                        sketches="decode" if sketches else "skip",
+                        sketches=sketches,
                         hll=spec.agg == "distinct",
                     )
                 )
@@ -401,7 +402,9 @@ class QueryEngine:
                 "window",
             )
         start = math.floor(spec.since / spec.window) * spec.window if spec.window else spec.since
-        rows = await self.collect(tenant, spec, start, sketches=spec.quantile is not None)
+        rows = await self.collect(
+            tenant, spec, start, sketches="skip" if spec.quantile is None else "raw"
+        )
         result = await asyncio.to_thread(self._shape, spec, rows)
         return {
             "ok": True,
@@ -425,7 +428,7 @@ class QueryEngine:
                 "distributions do",
                 "name",
             )
-        rows = await self.collect(tenant, spec, spec.since, sketches=True)
+        rows = await self.collect(tenant, spec, spec.since, sketches="decode")
         merged = sketch.merge(r.sketch for r in rows if r.sketch is not None)
         count = sum(r.count for r in rows)
         return {
@@ -471,18 +474,26 @@ class QueryEngine:
 
 
 def _quantiles(cells: list[list[BucketRow]], q: float) -> list[float | None]:
-    """One quantile per cell, every cell's sketches merged in one vectorised pass, each estimate
-    clamped into the cell's exact [min, max] (p0 and p100 are the exact extremes)."""
-    items: list[sketch.Bins] = []
-    group_ids: list[int] = []
+    """One quantile per cell, over the DDV1 blobs of all cells at once (no object per row),
+    each estimate clamped into the cell's exact [min, max]; p0 and p100 are the exact extremes.
+    Rows still in memory carry decoded bins: they are encoded to join the batch."""
+    blobs: list[bytes] = []
+    cell_ids: list[int] = []
+    pending: list[sketch.Bins] = []
+    pending_cells: list[int] = []
     for i, rows in enumerate(cells):
         for r in rows:
-            if r.sketch is not None:
-                items.append(r.sketch)
-                group_ids.append(i)
-    merged = sketch.merge_groups(items, np.asarray(group_ids, dtype=np.int64), len(cells))
+            if r.blob is not None:
+                blobs.append(r.blob)
+                cell_ids.append(i)
+            elif r.sketch is not None:
+                pending.append(r.sketch)
+                pending_cells.append(i)
+    blobs.extend(sketch.encode_many(pending))
+    cell_ids.extend(pending_cells)
+    values = sketch.cell_quantiles(blobs, np.asarray(cell_ids, dtype=np.int64), len(cells), q)
     out: list[float | None] = []
-    for rows, m in zip(cells, merged, strict=True):
+    for rows, v in zip(cells, values.tolist(), strict=True):
         mn = min((r.min for r in rows if r.min is not None), default=None)
         mx = max((r.max for r in rows if r.max is not None), default=None)
         if mn is None or mx is None:
@@ -492,6 +503,5 @@ def _quantiles(cells: list[list[BucketRow]], q: float) -> list[float | None]:
         elif q == 1.0:
             out.append(mx)
         else:
-            v = sketch.quantile(m, q)
-            out.append(None if v is None else min(max(v, mn), mx))
+            out.append(None if math.isnan(v) else min(max(v, mn), mx))
     return out

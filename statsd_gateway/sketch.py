@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 import struct
 import sys
 from collections.abc import Iterable, Sequence, Sized
@@ -55,9 +56,12 @@ __all__ = [
     "MIN_POSSIBLE",
     "RELATIVE_ACCURACY",
     "Bins",
+    "FlatBins",
     "bin_groups",
     "bin_values",
+    "cell_quantiles",
     "decode",
+    "decode_flat",
     "decode_many",
     "encode",
     "encode_many",
@@ -542,6 +546,7 @@ def decode(blob: bytes) -> Bins:
 
 _MERGE_VECTOR_MIN = 32  # merge() switches to the vectorised path from this many non-empty parts
 _U8 = npt.NDArray[np.uint8]
+_I8 = npt.NDArray[np.int8]
 _U64 = npt.NDArray[np.uint64]
 _BOOL = npt.NDArray[np.bool_]
 
@@ -690,23 +695,78 @@ def encode_many(items: Sequence[Bins]) -> list[bytes]:
     return [data[a:b] for a, b in itertools.pairwise(bounds)]
 
 
-def decode_many(blobs: Sequence[bytes]) -> list[Bins]:
-    """``[decode(b) for b in blobs]``, vectorised over the whole batch.
+_SAFE_INT = 1 << 53  # integral counts below this add exactly in float64
 
-    Integral-count blobs (the common case) are parsed in one numpy pass; float-mode blobs and
-    any blob that the fast checks do not accept are parsed by :func:`decode`. A malformed blob
-    raises ``ValueError("blob <index>: <reason>")``. The arrays of the returned Bins are read-only
-    views into shared buffers.
+
+@dataclass(frozen=True, slots=True, eq=False)
+class FlatBins:
+    """The bins of many DDV1 blobs as flat arrays (what :func:`decode_many` slices into Bins).
+
+    Store s (0 positive, 1 negative) of blob i is ``keys[bounds[2*i+s]:bounds[2*i+s+1]]`` with
+    ``counts`` alike; ``zero[i]`` is blob i's zero count. ``integral[i]`` tells whether every
+    count of blob i and its zero count are integers below 2**53 (so that float64 sums of them
+    are exact while they stay below 2**53). All arrays are read-only.
     """
-    nb = len(blobs)
-    if nb == 0:
-        return []
-    raw = [b if type(b) is bytes else bytes(b) for b in blobs]
+
+    keys: _I64
+    counts: _F64
+    bounds: _I64
+    zero: _F64
+    integral: _BOOL
+
+    def __len__(self) -> int:
+        return int(self.zero.size)
+
+    def bins(self, i: int) -> Bins:
+        """Blob i as a :class:`Bins` (views into the flat arrays)."""
+        b0, b1, b2 = (int(x) for x in self.bounds[2 * i : 2 * i + 3])
+        return _bins_from(self.keys, self.counts, b0, b1, b2, float(self.zero[i]))
+
+
+def _bins_from(keys: _I64, counts: _F64, b0: int, b1: int, b2: int, zero: float) -> Bins:
+    if b0 == b2 and zero == 0:
+        return _EMPTY
+    ek, ec = _EMPTY.pos_keys, _EMPTY.pos_counts
+    return Bins(
+        keys[b0:b1] if b1 > b0 else ek,
+        counts[b0:b1] if b1 > b0 else ec,
+        keys[b1:b2] if b2 > b1 else ek,
+        counts[b1:b2] if b2 > b1 else ec,
+        zero,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Scan:
+    """Result of the vectorised DDV1 parse: what it accepted, and their bins as deltas."""
+
+    fast: _BOOL  # per blob: parsed here (integral mode, counts and zero < 2**53, well formed)
+    zero: _F64  # per blob; 0 where not fast
+    seg_len: _I64  # per store (2 per blob: positive, negative); 0 where not fast
+    d8: _I8  # per bin of the fast blobs: key - previous key (a store's first: the key), if
+    c8: _U8  # one-byte; count, if one-byte. Multi-byte ones: at fd_el/fc_el, values fd/fc_val
+    fd_el: _I64
+    fd_val: _I64
+    fc_el: _I64
+    fc_val: _F64
+    first: _I64  # per store: first and last key (0 if empty)
+    last: _I64
+
+
+def _scan(raw: list[bytes]) -> _Scan:
+    """Parse the integral-mode blobs of a batch in one numpy pass.
+
+    A blob is accepted ("fast") only if it is well formed and exactly what :func:`decode` would
+    return with every count and the zero count integral and below 2**53; anything else (float
+    mode, huge counts, malformed or merely unusual blobs) is left to :func:`decode`.
+    Varints are located through the (rare) continuation bytes only: the one-byte varints are the
+    bytes themselves, so the per-byte work stays in uint8.
+    """
+    nb = len(raw)
     lens = _sizes(raw)
     bend = np.cumsum(lens)
     bstart = bend - lens
-    buf = np.frombuffer(b"".join(raw), dtype=np.uint8)
-    # Only blobs of >= 6 bytes with the integral header 1 0 1 take the fast path.
+    buf: _U8 = np.frombuffer(b"".join(raw), dtype=np.uint8)
     ok = lens >= 6
     hs = bstart[ok]
     ok[ok] = (buf[hs] == _VERSION) & (buf[hs + 1] == 0) & (buf[hs + 2] == MAPPING_ID)
@@ -715,90 +775,291 @@ def decode_many(blobs: Sequence[bytes]) -> list[Bins]:
     # Varints: every byte < 0x80 ends one; blob ends are forced ends so none crosses blobs.
     term = buf < 0x80
     term[bend[lens > 0] - 1] = True
-    ends = np.flatnonzero(term)
-    vstart = np.empty_like(ends)
-    if ends.size:
-        vstart[0] = 0
-        vstart[1:] = ends[:-1] + 1
-    vlen = ends - vstart + 1
-    vfirst = np.searchsorted(ends, bstart)
-    vcount = np.searchsorted(ends, bend) - vfirst
-    val = (buf[ends] & 0x7F).astype(np.uint64)
-    idx = np.flatnonzero(vlen > 1)
-    if idx.size:
-        ok &= ~_seg_any(vlen > 9, vcount)  # overlong varints
-        idx = idx[vlen[idx] <= 9]
-        val[idx] = 0
+    cont = np.flatnonzero(~term)  # continuation bytes, few in practice
+    v8: _U8 = buf[term] if cont.size else buf  # the last byte of every varint
+    vfirst = bstart - np.searchsorted(cont, bstart)  # index of a blob's first varint
+    vcount = bend - np.searchsorted(cont, bend) - vfirst
+    # Multi-byte varints: runs of continuation bytes plus their final byte.
+    if cont.size:
+        brk = np.flatnonzero(np.diff(cont) != 1)
+        run_last = np.append(brk, cont.size - 1)
+        run_first = np.append(0, brk + 1)
+        first_byte = cont[run_first]
+        nbytes = run_last - run_first + 2
+        big_idx = cont[run_last] + 1 - (run_last + 1)  # index in v8
+        big_blob = np.searchsorted(bend, first_byte, side="right")
+        over = nbytes > 9
+        ok[big_blob[over]] = False  # overlong varints
+        big_val = np.zeros(big_idx.size, dtype=np.uint64)
         for j in range(9):
-            idx = idx[vlen[idx] > j]
-            if idx.size == 0:
+            sel = np.flatnonzero((nbytes > j) & ~over)
+            if sel.size == 0:
                 break
-            byte = buf[vstart[idx] + j].astype(np.uint64) & np.uint64(0x7F)
-            val[idx] |= byte << np.uint64(7 * j)
+            byte = buf[first_byte[sel] + j].astype(np.uint64) & np.uint64(0x7F)
+            big_val[sel] |= byte << np.uint64(7 * j)
+    else:
+        big_idx = big_blob = np.empty(0, dtype=np.int64)
+        big_val = np.empty(0, dtype=np.uint64)
+
+    def at(idx: _I64) -> _U64:
+        """The varint values at the given varint indices."""
+        out: _U64 = v8[idx].astype(np.uint64)
+        if big_idx.size and idx.size:
+            j = np.minimum(np.searchsorted(big_idx, idx), big_idx.size - 1)
+            hit = big_idx[j] == idx
+            out[hit] = big_val[j[hit]]
+        return out
 
     # Structure: 1 0 1 zero n_pos (zz c)*n_pos n_neg (zz c)*n_neg, nothing after.
     ok &= vcount >= 6
-    n_pos = np.zeros(nb, dtype=np.int64)
-    n_neg = np.zeros(nb, dtype=np.int64)
     sel = np.flatnonzero(ok)
     room = (vcount[sel] - 6) // 2
-    np_raw = val[vfirst[sel] + 4]
+    np_raw = at(vfirst[sel] + 4)
     good = np_raw <= room.astype(np.uint64)
     sel, room, np_sel = sel[good], room[good], np_raw[good].astype(np.int64)
-    nn_raw = val[vfirst[sel] + 5 + 2 * np_sel]
+    nn_raw = at(vfirst[sel] + 5 + 2 * np_sel)
     good = (nn_raw <= room.astype(np.uint64)) & ((vcount[sel] - 6) % 2 == 0)
     good &= nn_raw.astype(np.int64) == room - np_sel
+    zero_raw = at(vfirst[sel] + 3)
+    good &= zero_raw < np.uint64(_SAFE_INT)
     ok[:] = False
-    ok[sel[good]] = True
-    n_pos[sel[good]] = np_sel[good]
-    n_neg[sel[good]] = nn_raw[good].astype(np.int64)
+    sel = sel[good]
+    ok[sel] = True
+    n_pos = np.zeros(nb, dtype=np.int64)
+    n_neg = np.zeros(nb, dtype=np.int64)
+    zero = np.zeros(nb, dtype=np.float64)
+    n_pos[sel] = np_sel[good]
+    n_neg[sel] = nn_raw[good].astype(np.int64)
+    zero[sel] = zero_raw[good].astype(np.float64)
 
-    # Bin elements of the accepted blobs, store by store (blob 0 pos, blob 0 neg, blob 1 ...).
-    seg_len = np.stack([n_pos, n_neg], axis=1).reshape(-1)
-    seg_base = np.stack([vfirst + 5, vfirst + 6 + 2 * n_pos], axis=1).reshape(-1)
-    zi = np.repeat(seg_base, seg_len) + 2 * _seg_arange(seg_len)
-    z = val[zi].astype(np.int64)
-    d = (z >> 1) ^ -(z & 1)
-    counts = _readonly_f64(val[zi + 1].astype(np.float64))
-    seg_end = np.cumsum(seg_len)
-    seg_start = seg_end - seg_len
-    step_ok = d > 0
-    step_ok[seg_start[seg_len > 0]] = True
-    bad_el = ~step_ok | (np.abs(d) >= _KEY_LIMIT) | (counts <= 0)
-    cs = np.cumsum(d)
-    before = np.zeros(seg_len.size, dtype=np.int64)
-    nz_seg = seg_len > 0
-    before[nz_seg] = cs[seg_start[nz_seg]] - d[seg_start[nz_seg]]
-    keys = _readonly_i64(cs - np.repeat(before, seg_len))
-    bad_el |= np.abs(keys) >= _KEY_LIMIT
-    ok &= ~_seg_any(bad_el, seg_len).reshape(-1, 2).any(axis=1)
-    zero_a = np.zeros(nb, dtype=np.float64)
-    zero_a[ok] = val[vfirst[ok] + 3]
-    zero = zero_a.tolist()
+    # Multi-byte varints inside the bins: which bin, and key delta or count.
+    bo = big_idx - vfirst[big_blob] if big_idx.size else big_idx
+    npb = n_pos[big_blob]
+    in_pos = (bo >= 5) & (bo < 5 + 2 * npb)
+    in_neg = bo >= 6 + 2 * npb
+    p = np.where(in_pos, bo - 5, bo - 6)
+    in_bins = in_pos | in_neg
+    is_count = in_bins & (p % 2 == 1)
+    is_delta = in_bins & (p % 2 == 0)
+    with np.errstate(over="ignore"):
+        zzs = big_val.astype(np.int64)  # < 2**63: nine bytes carry 63 bits
+    big_delta = (zzs >> 1) ^ -(zzs & 1)
+    bad_big = (is_count & ((big_val == 0) | (big_val >= np.uint64(_SAFE_INT)))) | (
+        is_delta & (np.abs(big_delta) >= _KEY_LIMIT)
+    )
+    ok[big_blob[bad_big]] = False
 
-    bounds = np.append(seg_start, seg_end[-1] if seg_end.size else 0).tolist()
+    while True:
+        n_pos[~ok] = 0
+        n_neg[~ok] = 0
+        zero[~ok] = 0.0
+        seg_len = np.stack([n_pos, n_neg], axis=1).reshape(-1)
+        n_el = n_pos + n_neg
+        ebase = np.cumsum(n_el) - n_el
+        total = int(n_el.sum())
+        # Keep the varints of the bins of the accepted blobs (drop headers, sizes, rejected).
+        if ok.all():
+            keep = np.ones(v8.size, dtype=np.bool_)
+            for k in range(5):
+                keep[vfirst + k] = False
+            keep[vfirst + 5 + 2 * n_pos] = False
+        else:
+            okb = np.flatnonzero(ok)
+            f, npo = vfirst[okb], n_pos[okb]
+            starts = np.concatenate([f + 5, f + 6 + 2 * npo])
+            stops = np.concatenate([f + 5 + 2 * npo, f + vcount[okb]])
+            ne = stops > starts
+            edge = np.zeros(v8.size + 1, dtype=np.int8)
+            edge[starts[ne]] = 1
+            edge[stops[ne]] = -1
+            keep = np.cumsum(edge[:-1], dtype=np.int8).view(np.bool_)
+        pairs = v8[keep]
+        zz8, c8 = pairs[0::2], pairs[1::2]
+        d8: _I8 = (zz8 >> 1).view(np.int8)  # zigzag of the one-byte varints, in place
+        sign = (zz8 & 1).view(np.int8)
+        np.negative(sign, out=sign)
+        np.bitwise_xor(d8, sign, out=d8)
+        fix = np.flatnonzero(in_bins & ok[big_blob])
+        el = ebase[big_blob[fix]] + p[fix] // 2  # negative bins follow the positive ones
+        isd = is_delta[fix]
+        fd_el, fd_val = el[isd], big_delta[fix[isd]]
+        fc_el, fc_val = el[~isd], big_val[fix[~isd]].astype(np.float64)
+        # Per bin: keys strictly increasing inside a store, counts > 0; keys within range.
+        seg_end = np.cumsum(seg_len)
+        seg_start = seg_end - seg_len
+        nz = seg_len > 0
+        first_at = seg_start[nz]
+        bad_el = (d8 <= 0) | (c8 == 0)
+        # Special bins: a store's first (its delta is the key) and those with a multi-byte
+        # varint (d8/c8 hold only its last byte): judge them from their real values.
+        bad_el[first_at] = False
+        bad_el[fd_el] = False
+        bad_el[fc_el] = False
+        at_first_d, at_first_c = _member(fd_el, first_at), _member(fc_el, first_at)
+        fixed_c_d, fixed_d_c = _member(fd_el, fc_el), _member(fc_el, fd_el)
+        bad_el[fd_el[(fd_val <= 0) & ~at_first_d]] = True
+        bad_el[fc_el[(d8[fc_el] <= 0) & ~at_first_c & ~fixed_d_c]] = True
+        bad_el[fd_el[(c8[fd_el] == 0) & ~fixed_c_d]] = True
+        bad_el[first_at[(c8[first_at] == 0) & ~_member(first_at, fc_el)]] = True
+        first = np.zeros(seg_len.size, dtype=np.int64)
+        last = np.zeros(seg_len.size, dtype=np.int64)
+        bad_seg = np.zeros(seg_len.size, dtype=np.bool_)
+        if first_at.size:
+            if bad_el.any():
+                bad_seg[nz] = np.logical_or.reduceat(bad_el, first_at)
+            fk = d8[first_at].astype(np.int64)
+            acc_t = np.int32 if int(seg_len.max()) < 1 << 24 else np.int64  # no overflow
+            lk = np.add.reduceat(d8, first_at, dtype=acc_t).astype(np.int64)
+            if fd_el.size:
+                j = np.minimum(np.searchsorted(fd_el, first_at), fd_el.size - 1)
+                hit = fd_el[j] == first_at
+                fk[hit] = fd_val[j[hit]]
+                seg_of = np.searchsorted(first_at, fd_el, side="right") - 1
+                np.add.at(lk, seg_of, fd_val - d8[fd_el])
+            first[nz], last[nz] = fk, lk
+            bad_seg |= (np.abs(first) >= _KEY_LIMIT) | (np.abs(last) >= _KEY_LIMIT)
+        bad = bad_seg.reshape(-1, 2).any(axis=1)
+        if not bad.any():
+            break
+        ok &= ~bad  # rare: rescan without the blobs decode() must judge
+    assert c8.size == total
+    return _Scan(ok, zero, seg_len, d8, c8, fd_el, fd_val, fc_el, fc_val, first, last)
+
+
+def _member(a: _I64, sorted_b: _I64) -> _BOOL:
+    """Elementwise ``a in sorted_b`` for a sorted, duplicate-free sorted_b."""
+    if sorted_b.size == 0 or a.size == 0:
+        return np.zeros(a.size, dtype=np.bool_)
+    j = np.minimum(np.searchsorted(sorted_b, a), sorted_b.size - 1)
+    out: _BOOL = sorted_b[j] == a
+    return out
+
+
+def _seg_values(delta: _I64, seg_len: _I64, first: _I64, last: _I64, off: _I64 | int) -> _I64:
+    """In place: per segment, off + the running sum of delta (keys from key deltas, offset).
+
+    ``first``/``last`` are every segment's first and last key (the first delta is the key), so
+    the first delta of each segment is replaced by the jump from the previous segment's last
+    value, and a single cumulative sum yields every segment's values.
+    """
+    nz = seg_len > 0
+    if delta.size:
+        fa = (np.cumsum(seg_len) - seg_len)[nz]
+        o = off[nz] if isinstance(off, np.ndarray) else off
+        lo_v, hi_v = first[nz] + o, last[nz] + o
+        delta[fa[0]] = lo_v[0]
+        delta[fa[1:]] = lo_v[1:] - hi_v[:-1]
+        np.cumsum(delta, out=delta)
+    return delta
+
+
+@dataclass(frozen=True, slots=True)
+class _Flat:
+    """All blobs of a batch, bins as key deltas (before :func:`_seg_values`)."""
+
+    seg_len: _I64
+    delta: _I64
+    counts: _F64
+    first: _I64
+    last: _I64
+    zero: _F64
+    integral: _BOOL
+    slow: dict[int, Bins]  # the blobs decode() parsed
+
+
+def _gather(raw: list[bytes]) -> _Flat:
+    """_scan, then decode() for the blobs it left, spliced in (errors name the first bad blob)."""
+    s = _scan(raw)
+    slow: dict[int, Bins] = {}
+    for i in np.flatnonzero(~s.fast).tolist():
+        try:
+            slow[i] = decode(raw[i])
+        except ValueError as e:
+            raise ValueError(f"blob {i}: {e}") from e
+    delta = s.d8.astype(np.int64)
+    delta[s.fd_el] = s.fd_val
+    counts = s.c8.astype(np.float64)
+    counts[s.fc_el] = s.fc_val
+    seg_len, zero, integral, first, last = s.seg_len, s.zero, s.fast.copy(), s.first, s.last
+    if slow:
+        seg_len, zero, first, last = seg_len.copy(), zero.copy(), first.copy(), last.copy()
+        for i, b in slow.items():
+            zero[i] = b.zero
+            integral[i] = (
+                b.zero == math.floor(b.zero)
+                and b.zero < _SAFE_INT
+                and _is_integral(b.pos_counts)
+                and _is_integral(b.neg_counts)
+            )
+            for j, keys in ((2 * i, b.pos_keys), (2 * i + 1, b.neg_keys)):
+                seg_len[j] = keys.size
+                if keys.size:
+                    first[j], last[j] = keys[0], keys[-1]
+        new_start = np.cumsum(seg_len) - seg_len
+        old_start = np.cumsum(s.seg_len) - s.seg_len
+        dest = np.arange(delta.size, dtype=np.int64) + np.repeat(new_start - old_start, s.seg_len)
+        n_all = int(seg_len.sum())
+        d_all = np.empty(n_all, dtype=np.int64)
+        c_all = np.empty(n_all, dtype=np.float64)
+        d_all[dest] = delta
+        c_all[dest] = counts
+        for i, b in slow.items():
+            for j, keys, cnts in (
+                (2 * i, b.pos_keys, b.pos_counts),
+                (2 * i + 1, b.neg_keys, b.neg_counts),
+            ):
+                a = int(new_start[j])
+                d_all[a : a + keys.size] = np.diff(keys, prepend=np.int64(0))
+                c_all[a : a + keys.size] = cnts
+        delta, counts = d_all, c_all
+    return _Flat(seg_len, delta, counts, first, last, zero, integral, slow)
+
+
+def _decode_flat(raw: list[bytes]) -> tuple[FlatBins, dict[int, Bins]]:
+    """decode_flat, plus the Bins that decode() produced for the blobs _scan left to it."""
+    g = _gather(raw)
+    keys = _seg_values(g.delta, g.seg_len, g.first, g.last, 0)
+    bounds = np.zeros(g.seg_len.size + 1, dtype=np.int64)
+    np.cumsum(g.seg_len, out=bounds[1:])
+    g.integral.flags.writeable = False
+    flat = FlatBins(
+        _readonly_i64(keys), _readonly_f64(g.counts), _readonly_i64(bounds),
+        _readonly_f64(g.zero), g.integral,
+    )  # fmt: skip
+    return flat, g.slow
+
+
+def decode_flat(blobs: Sequence[bytes]) -> FlatBins:
+    """The bins of many DDV1 blobs as flat arrays: ``.bins(i) == decode(blobs[i])``.
+
+    Integral-count blobs (the common case) are parsed in one numpy pass; float-mode blobs and
+    any blob that the fast checks do not accept are parsed by :func:`decode`. A malformed blob
+    raises ``ValueError("blob <index>: <reason>")`` (the first such blob).
+    """
+    return _decode_flat([b if type(b) is bytes else bytes(b) for b in blobs])[0]
+
+
+def decode_many(blobs: Sequence[bytes]) -> list[Bins]:
+    """``[decode(b) for b in blobs]``, vectorised over the whole batch (see :func:`decode_flat`).
+
+    A malformed blob raises ``ValueError("blob <index>: <reason>")``. The arrays of the returned
+    Bins are read-only views into shared buffers.
+    """
+    if not blobs:
+        return []
+    flat, slow = _decode_flat([b if type(b) is bytes else bytes(b) for b in blobs])
+    keys, counts = flat.keys, flat.counts
+    bounds = flat.bounds.tolist()
+    zero = flat.zero.tolist()
     out: list[Bins] = []
     append = out.append
-    ek, ec = _EMPTY.pos_keys, _EMPTY.pos_counts
-    for i, fast in enumerate(ok.tolist()):
-        if not fast:
-            try:
-                append(decode(raw[i]))
-            except ValueError as e:
-                raise ValueError(f"blob {i}: {e}") from e
-            continue
-        b0, b1, b2 = bounds[2 * i], bounds[2 * i + 1], bounds[2 * i + 2]
-        zr = zero[i]
-        if b0 == b2 and zr == 0:
-            append(_EMPTY)
+    for i in range(len(zero)):
+        if i in slow:
+            append(slow[i])
         else:
             append(
-                Bins(
-                    keys[b0:b1] if b1 > b0 else ek,
-                    counts[b0:b1] if b1 > b0 else ec,
-                    keys[b1:b2] if b2 > b1 else ek,
-                    counts[b1:b2] if b2 > b1 else ec,
-                    zr,
+                _bins_from(
+                    keys, counts, bounds[2 * i], bounds[2 * i + 1], bounds[2 * i + 2], zero[i]
                 )
             )
     return out
@@ -888,8 +1149,23 @@ def _merge_store_groups(
         or not np.array_equal(_sizes(cnt_list), lens)
     ):
         return None
+    merged = _merge_store_flat(keys, cnts, lens, gs, n_g)
+    if merged is None:
+        return None
+    return merged[0], merged[1], merged[2].tolist()
+
+
+def _merge_store_flat(
+    keys: _I64, cnts: _F64, lens: _I64, gs: _I64, n_g: int
+) -> tuple[_I64, _F64, _I64] | None:
+    """Merged (keys, counts) of flat segments, sorted by (group, key), and the group bounds.
+
+    Segment j (``lens[j]`` consecutive bins, keys increasing) belongs to group ``gs[j]``.
+    Counts of a (group, key) add in segment order through bincount. None if the key range is
+    too wide to code in int64.
+    """
     if keys.size == 0:
-        return _EMPTY.pos_keys, _EMPTY.pos_counts, [0] * (n_g + 1)
+        return _EMPTY.pos_keys, _EMPTY.pos_counts, np.zeros(n_g + 1, dtype=np.int64)
     kmin, kmax = int(keys.min()), int(keys.max())
     width = kmax - kmin + 1
     budget = 4 * keys.size + (1 << 16)
@@ -916,7 +1192,7 @@ def _merge_store_groups(
             merged = np.bincount(inv.reshape(-1), weights=cnts, minlength=uniq.size)
             ugroup = uniq // width
             ukeys = uniq - ugroup * width + kmin
-            bounds = np.searchsorted(ugroup, np.arange(n_g + 1)).tolist()
+            bounds = np.searchsorted(ugroup, np.arange(n_g + 1))
             return _readonly_i64(ukeys), _readonly_f64(merged), bounds
     code = np.repeat((base - lo)[gs], lens) + keys
     acc = np.bincount(code, weights=cnts, minlength=dense_total)
@@ -925,7 +1201,146 @@ def _merge_store_groups(
     pos = np.flatnonzero(present)
     gb = np.searchsorted(pos, np.append(base, dense_total))
     ukeys = pos + np.repeat(lo - base, np.diff(gb))
-    return _readonly_i64(ukeys), _readonly_f64(acc[pos]), gb.tolist()
+    return _readonly_i64(ukeys), _readonly_f64(acc[pos]), gb
+
+
+def cell_quantiles(
+    blobs: Sequence[bytes], cells: npt.ArrayLike, n_cells: int, q: float
+) -> npt.NDArray[np.float64]:
+    """Quantile q of the merge of the blobs of every cell, without a Bins object per blob.
+
+    ``cells[i]`` (integers in ``0..n_cells-1``) is the output cell of DDV1 blob ``blobs[i]``.
+    Returns a float64 array of ``n_cells``: element c is exactly
+    ``quantile(merge(decode(b) for the blobs b of cell c), q)``, NaN where that is None (no
+    blobs, an empty merge, or q outside [0, 1]). Malformed blobs raise
+    ``ValueError("blob <index>: <reason>")`` as in :func:`decode_many`.
+
+    All blobs are parsed into flat arrays (:func:`decode_flat`), the bins of every (cell, store,
+    key) are summed in one bincount in blob order (as :func:`merge` adds them), and the rank
+    search runs for all cells at once on one cumulative sum. That search is exact only for
+    integral counts, so cells holding a float-count blob (or counts summing to 2**53 or more)
+    call :func:`quantile` on their merged bins instead, which reproduces its float arithmetic.
+    """
+    nb = len(blobs)
+    cell = np.asarray(cells)
+    if cell.ndim != 1 or cell.size != nb or (cell.size and cell.dtype.kind not in "iu"):
+        raise ValueError("cells must be a one-dimensional integer array with one id per blob")
+    n_c = operator.index(n_cells)
+    if n_c < 0:
+        raise ValueError("n_cells must be >= 0")
+    cell = cell.astype(np.int64, copy=False)
+    if nb and (int(cell.min()) < 0 or int(cell.max()) >= n_c):
+        raise ValueError("cell ids must lie in 0..n_cells-1")
+    out: _F64 = np.full(n_c, np.nan)
+    if nb == 0:
+        return out
+    g = _gather([b if type(b) is bytes else bytes(b) for b in blobs])
+    if not 0 <= q <= 1:
+        return out
+    q = float(q)
+    # Groups: 2*c is the positive store of cell c, 2*c + 1 its negative store.
+    n_g = 2 * n_c
+    seg_group = (2 * cell[:, None] + np.array([0, 1], dtype=np.int64)).reshape(-1)
+    merged = _merge_deltas(g, seg_group, n_g)
+    if merged is None:  # (group, key) codes beyond int64: needs about 2**30 cells
+        raise ValueError("too many cells")
+    ukeys, counts, gb = merged
+    g_zero, g_integral = g.zero, g.integral
+    zc = np.bincount(cell, weights=g_zero, minlength=n_c)
+    inexact: _BOOL = np.bincount(cell[~g_integral], minlength=n_c) > 0
+    fast_cnt = counts
+    if inexact.any():
+        fast_cnt = counts.copy()
+        fast_cnt[np.repeat(np.repeat(inexact, 2), np.diff(gb))] = 0.0
+    cum = np.cumsum(fast_cnt)
+    if cum.size and float(cum[-1]) + float(zc[~inexact].sum()) >= _SAFE_INT:
+        inexact[:] = True  # sums may round: every cell by quantile()
+    # Vectorised rank search over the exact-integer cells (quantile()'s arithmetic, elementwise).
+    f = np.flatnonzero(~inexact)
+    if f.size:
+        cp = np.zeros(cum.size + 1, dtype=np.float64)
+        cp[1:] = cum
+        p0, n0, n1 = gb[2 * f], gb[2 * f + 1], gb[2 * f + 2]
+        pos_total, neg_total, z = cp[n0] - cp[p0], cp[n1] - cp[n0], zc[f]
+        total = neg_total + z + pos_total
+        rank = q * (total - 1.0)
+        nonempty = total != 0
+        in_neg = nonempty & (rank < neg_total)
+        in_pos = nonempty & ~in_neg & ~(rank < z + neg_total) & (n0 > p0)
+        # Negative store, read from the top: first cumulative count >= reversed rank + 1.
+        t = np.ceil((neg_total - rank - 1.0) + 1.0)  # integral cumulative counts: >= ceil(t)
+        i = np.searchsorted(cum, cp[n0] + t, side="left") - n0
+        neg_at = n0 + np.minimum(np.where(t <= 0, 0, i), n1 - n0 - 1)
+        # Positive store: first cumulative count > rank - zero - neg_total.
+        t = np.floor(rank - z - neg_total)  # integral cumulative counts: > floor(t)
+        i = np.searchsorted(cum, cp[p0] + t, side="right") - p0
+        pos_at = p0 + np.minimum(np.where(t < 0, 0, i), n0 - p0 - 1)
+        # No positive bins (unreachable with exact sums): 0 with a zero bucket, else -value.
+        odd = nonempty & ~in_neg & ~in_pos & ~(rank < z + neg_total)
+        odd_neg = odd & (z <= 0)
+        res = np.zeros(f.size, dtype=np.float64)
+        key_at = np.concatenate([neg_at[in_neg], pos_at[in_pos], n0[odd_neg]])
+        if key_at.size:
+            uk, inv = np.unique(ukeys[key_at], return_inverse=True)
+            vals = np.array([value_of(k) for k in uk.tolist()], dtype=np.float64)[inv]
+            k_neg, k_pos = int(in_neg.sum()), int(in_pos.sum())
+            res[in_neg] = -vals[:k_neg]
+            res[in_pos] = vals[k_neg : k_neg + k_pos]
+            res[odd_neg] = -vals[k_neg + k_pos :]
+        res[~nonempty] = np.nan
+        out[f] = res
+    gbl = gb.tolist()
+    ek, ec = _EMPTY.pos_keys, _EMPTY.pos_counts
+    for c in np.flatnonzero(inexact).tolist():
+        a, b, e = gbl[2 * c], gbl[2 * c + 1], gbl[2 * c + 2]
+        merged_bins = Bins(
+            ukeys[a:b] if b > a else ek,
+            counts[a:b] if b > a else ec,
+            ukeys[b:e] if e > b else ek,
+            counts[b:e] if e > b else ec,
+            float(zc[c]),
+        )
+        v = quantile(merged_bins, q)
+        if v is not None:
+            out[c] = v
+    return out
+
+
+def _merge_deltas(g: _Flat, gs: _I64, n_g: int) -> tuple[_I64, _F64, _I64] | None:
+    """_merge_store_flat of the segments of g (consumes g.delta), grouped by gs per segment.
+
+    Dense layouts code (group, key) straight from the key deltas with one cumulative sum.
+    """
+    lens = g.seg_len
+    total = int(g.delta.size)
+    if total == 0:
+        return _EMPTY.pos_keys, _EMPTY.pos_counts, np.zeros(n_g + 1, dtype=np.int64)
+    nz = lens > 0
+    first, last = g.first[nz], g.last[nz]
+    kmin, kmax = int(first.min()), int(last.max())
+    width = kmax - kmin + 1
+    budget = 4 * total + (1 << 16)
+    if n_g * width <= budget:  # dense over one global key range per group
+        lo = np.full(n_g, kmin, dtype=np.int64)
+        base = np.arange(n_g, dtype=np.int64) * width
+        dense_total = n_g * width
+    else:  # dense over each group's own key range
+        lo = np.full(n_g, kmax, dtype=np.int64)
+        hi = np.full(n_g, kmin, dtype=np.int64)
+        np.minimum.at(lo, gs[nz], first)
+        np.maximum.at(hi, gs[nz], last)
+        wid = np.maximum(hi - lo + 1, 0)
+        dense_total = int(wid.sum())
+        base = np.cumsum(wid) - wid
+        if dense_total > budget:
+            keys = _seg_values(g.delta, lens, g.first, g.last, 0)
+            return _merge_store_flat(keys, g.counts, lens, gs, n_g)
+    code = _seg_values(g.delta, lens, g.first, g.last, (base - lo)[gs])
+    acc = np.bincount(code, weights=g.counts, minlength=dense_total)
+    pos = np.flatnonzero(acc > 0)  # every count is > 0, so every used bin is
+    gb = np.searchsorted(pos, np.append(base, dense_total))
+    ukeys = pos + np.repeat(lo - base, np.diff(gb))
+    return _readonly_i64(ukeys), _readonly_f64(acc[pos]), gb
 
 
 def merge_blobs(a: bytes | None, b: bytes | None) -> bytes | None:

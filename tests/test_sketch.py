@@ -749,3 +749,165 @@ def test_merge_of_many_uses_identical_vectorised_path() -> None:
     assert_bit_identical(sk.merge(items), sk._merge_parts(parts))
     assert sk.merge(iter(items)) == sk._merge_parts(parts)
     assert sk.merge([sk.Bins.empty()] * 100) == sk.Bins.empty()
+
+
+# ----------------------------------------------------------------------------------------------
+# cell_quantiles / decode_flat
+
+
+CELL_QS = (0.0, 0.5, 0.99, 0.999, 1.0)
+
+
+def cell_reference(blobs: list[bytes], cells: np.ndarray, n_cells: int, q: float) -> np.ndarray:
+    """One quantile per cell the slow way: decode every blob, merge per cell, quantile()."""
+    out = np.full(n_cells, np.nan)
+    for c in range(n_cells):
+        v = sk.quantile(
+            sk.merge(sk.decode(b) for b, g in zip(blobs, cells, strict=True) if g == c), q
+        )
+        if v is not None:
+            out[c] = v
+    return out
+
+
+def assert_same_floats(got: np.ndarray, want: np.ndarray) -> None:
+    assert got.dtype == np.float64 and got.shape == want.shape
+    both_nan = np.isnan(got) & np.isnan(want)
+    assert ((got == want) | both_nan).all(), [
+        (i, g, w)
+        for i, (g, w) in enumerate(zip(got, want, strict=True))
+        if not (g == w or both_nan[i])
+    ][:5]
+
+
+def cell_blobs(n: int, seed: int, weighted: bool) -> list[bytes]:
+    """Blobs of varied series: lognormal, bimodal, negatives, zeros; weights 1 / 0.3 if weighted."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        k = int(rng.integers(0, 6))
+        size = int(rng.integers(1, 120))
+        if k == 0:
+            v = rng.lognormal(3, 1, size)
+        elif k == 1:
+            v = bimodal(size, seed=int(rng.integers(1 << 30)))
+        elif k == 2:
+            v = rng.normal(0, 50, size)  # negatives and positives
+        elif k == 3:
+            v = np.where(rng.random(size) < 0.5, 0.0, -rng.lognormal(1, 1, size))
+        elif k == 4:
+            v = np.zeros(size)
+        else:
+            v = rng.lognormal(8, 3, size)  # wide key range, multi-byte deltas
+        w = rng.choice([1.0, 1 / 0.3], size) if weighted and rng.random() < 0.5 else None
+        out.append(sk.encode(sk.bin_values(v, w)))
+    out[::17] = [sk.encode(sk.Bins.empty())] * len(out[::17])
+    return out
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("n_cells", [1, 3, 12, 90])
+def test_cell_quantiles_equal_per_blob_reference(weighted: bool, n_cells: int) -> None:
+    blobs = cell_blobs(400, seed=50 + n_cells, weighted=weighted)
+    rng = np.random.default_rng(51)
+    cells = rng.integers(0, n_cells, len(blobs))
+    if n_cells >= 12:
+        cells[cells == 5] = 6  # an empty cell
+        cells[7] = 5  # ... then a single-blob cell
+    for q in CELL_QS:
+        got = sk.cell_quantiles(blobs, cells, n_cells, q)
+        assert_same_floats(got, cell_reference(blobs, cells, n_cells, q))
+
+
+def test_cell_quantiles_float_counts_bit_identical() -> None:
+    # Every cell with fractional counts: the float path must reproduce quantile()'s sums.
+    rng = np.random.default_rng(52)
+    blobs = [
+        sk.encode(sk.bin_values(rng.lognormal(3, 0.5, 60), np.full(60, 1 / 0.3)))
+        for _ in range(200)
+    ]
+    cells = rng.integers(0, 4, len(blobs))
+    for q in (*CELL_QS, 0.25, 0.9):
+        assert_same_floats(
+            sk.cell_quantiles(blobs, cells, 4, q), cell_reference(blobs, cells, 4, q)
+        )
+
+
+def test_cell_quantiles_edge_cases() -> None:
+    lo = sk.encode(sk.bin_values(lognormal(50, seed=53)))
+    zeros = sk.encode(sk.bin_values(np.zeros(3)))
+    neg = sk.encode(sk.bin_values(-lognormal(30, seed=54)))
+    empty = sk.encode(sk.Bins.empty())
+    huge = sk.encode(sk.bin_values([1.0, 2.0], [2.0**52, 2.0**52]))  # integral, sums >= 2**53
+    wide = sk.encode(sk.bin_values([1e-300, 1e300, -1e-300, -1e300]))
+    blobs = [lo, zeros, neg, empty, huge, huge, huge, wide, lo, neg, zeros]
+    cells = np.array([0, 0, 1, 2, 3, 3, 3, 4, 4, 4, 5])
+    for q in (*CELL_QS, 0.1, 0.75):
+        got = sk.cell_quantiles(blobs, cells, 7, q)
+        assert_same_floats(got, cell_reference(blobs, cells, 7, q))
+        assert np.isnan(got[2]) and np.isnan(got[6])  # only an empty blob / no blob
+    assert np.isnan(sk.cell_quantiles(blobs, cells, 7, 1.5)).all()
+    assert np.isnan(sk.cell_quantiles(blobs, cells, 7, math.nan)).all()
+    only_zero = sk.cell_quantiles([empty, zeros, empty], np.array([0, 1, 1]), 2, 0.5)
+    assert np.isnan(only_zero[0]) and only_zero[1] == 0.0
+    assert sk.cell_quantiles([], np.array([], dtype=np.int64), 3, 0.5).shape == (3,)
+    assert sk.cell_quantiles([], np.array([], dtype=np.int64), 0, 0.5).shape == (0,)
+    # bytearray / memoryview blobs
+    got = sk.cell_quantiles([bytearray(lo), memoryview(neg)], np.array([0, 0]), 1, 0.5)
+    assert_same_floats(got, cell_reference([lo, neg], np.array([0, 0]), 1, 0.5))
+    with pytest.raises(ValueError):
+        sk.cell_quantiles(blobs, cells, 5, 0.5)  # cell id 5 out of range
+    with pytest.raises(ValueError):
+        sk.cell_quantiles(blobs, cells[:3], 7, 0.5)
+    with pytest.raises(ValueError):
+        sk.cell_quantiles(blobs, -cells, 7, 0.5)
+
+
+def test_cell_quantiles_on_non_canonical_blob() -> None:
+    blob = bytes([1, 0, 1, 0x80, 0x00, 0x81, 0x00, 0x84, 0x80, 0x00, 0x83, 0x00, 0x00])
+    good = sk.encode(sk.bin_values(lognormal(40, seed=55)))
+    blobs, cells = [good, blob, good, blob], np.array([0, 0, 1, 0])
+    for q in CELL_QS:
+        assert_same_floats(
+            sk.cell_quantiles(blobs, cells, 2, q), cell_reference(blobs, cells, 2, q)
+        )
+
+
+def test_cell_quantiles_names_the_bad_blob() -> None:
+    good = [sk.encode(b) for b in random_batch(40, seed=56)]
+    good_i = sk.encode(roundtrip_cases()["integral"])
+    for bad in (b"", good_i[:-1], good_i + b"\x00", bytes([1, 0, 1, 0, 1, 2, 0, 0])):
+        with pytest.raises(ValueError) as ref:
+            sk.decode(bad)
+        blobs = [*good[:17], bad, *good[17:]]
+        with pytest.raises(ValueError, match=r"^blob 17: ") as err:
+            sk.cell_quantiles(blobs, np.zeros(len(blobs), dtype=np.int64), 1, 0.5)
+        assert str(err.value) == f"blob 17: {ref.value}"
+
+
+def test_cell_quantiles_random_batch_and_many_cells() -> None:
+    items = random_batch(500, seed=57)
+    blobs = [sk.encode(b) for b in items]
+    rng = np.random.default_rng(58)
+    for n_cells in (1, 5, 300):
+        cells = rng.integers(0, n_cells, len(blobs))
+        merged = sk.merge_groups(items, cells, n_cells)
+        for q in CELL_QS:
+            want = np.array([math.nan if (v := sk.quantile(m, q)) is None else v for m in merged])
+            assert_same_floats(sk.cell_quantiles(blobs, cells, n_cells, q), want)
+
+
+def test_decode_flat_matches_decode() -> None:
+    items = random_batch(300, seed=59)
+    blobs = [sk.encode(b) for b in items]
+    flat = sk.decode_flat(blobs)
+    assert len(flat) == len(blobs)
+    assert flat.bounds.size == 2 * len(blobs) + 1
+    for i, b in enumerate(items):
+        assert flat.bins(i) == b
+        counts = np.concatenate([b.pos_counts, b.neg_counts, [b.zero]])
+        assert flat.integral[i] == bool(((counts == np.floor(counts)) & (counts < 2**53)).all())
+    assert not flat.keys.flags.writeable and not flat.counts.flags.writeable
+    assert len(sk.decode_flat([])) == 0
+    with pytest.raises(ValueError, match=r"^blob 1: "):
+        sk.decode_flat([blobs[0], b"\x01"])
