@@ -339,10 +339,16 @@ def test_sighup_reloads_keys_and_keeps_the_old_config_on_a_bad_file(
     assert d.request("GET", "/v1/metrics", "first-key")[0] == 200
     assert d.request("GET", "/v1/metrics", "second-key")[0] == 401
 
-    path.write_text(with_key("second-key") + "log:\n  level: debug\n")
+    # A new key and log level apply at once; a new flush interval needs a restart, and says so.
+    new = with_key("second-key").replace("flush_interval: 1s", "flush_interval: 2s")
+    path.write_text(new + "log:\n  level: debug\n")
     mark = len(d.lines)
     d.proc.send_signal(signal.SIGHUP)
     wait_for_log(d, "reloaded", mark)
+    assert any(
+        "aggregation.flush_interval changed; it takes effect after a restart" in line
+        for line in d.lines[mark:]
+    )
     assert d.request("GET", "/v1/metrics", "second-key")[0] == 200
     assert d.request("GET", "/v1/metrics", "first-key")[0] == 401
 
