@@ -222,18 +222,8 @@ def _json_number(v: float) -> float | int | None:
 
 
 def aggregate(rows: Sequence[BucketRow], spec: QuerySpec, seconds: float) -> float | None:
-    """One aggregation over the rows of one output point."""
+    """One aggregation other than a quantile (see _quantiles) over the rows of one point."""
     agg = spec.agg
-    if spec.quantile is not None:
-        mn = min(r.min for r in rows if r.min is not None)
-        mx = max(r.max for r in rows if r.max is not None)
-        if spec.quantile == 0.0:
-            return mn
-        if spec.quantile == 1.0:
-            return mx
-        merged = sketch.merge(r.sketch for r in rows if r.sketch is not None)
-        q = sketch.quantile(merged, spec.quantile)
-        return None if q is None else min(max(q, mn), mx)
     if agg == "count":
         return sum(r.count for r in rows)
     if agg == "sum":
