@@ -120,8 +120,10 @@ class Ingest:
         for _, reason in rejects:
             self.telemetry.rejects[(transport, reason)] += 1
         if self.wal is not None and logged is not None and len(rejects) < len(samples):
-            refused = {logged.positions[i] for i, _ in rejects}
-            keep = [p for p in logged.positions if p not in refused]
+            keep = logged.positions
+            if rejects:
+                refused = {logged.positions[i] for i, _ in rejects}
+                keep = [p for p in logged.positions if p not in refused]
             logged.seq = seq
             logged.header = {
                 "k": "body",
