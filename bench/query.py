@@ -54,6 +54,7 @@ import numpy as np
 from statsd_gateway import sketch
 from statsd_gateway.aggregator import IntervalAggregator, SeriesRegistry
 from statsd_gateway.flusher import Flusher
+from statsd_gateway.gateway import tune_gc
 from statsd_gateway.model import BucketRow, MetricType, SeriesKey
 from statsd_gateway.protocol import Sample
 from statsd_gateway.query import QueryEngine, parse_query
@@ -612,6 +613,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.quick:
         args.flushes, args.flushes_100, args.days, args.runs = 12, 6, 7, 5
+    tune_gc()  # as the daemon does at start (statsd_gateway.cli)
     report = asyncio.run(main_async(args))
     if args.json:
         args.json.write_text(json.dumps(report, indent=1, default=str), encoding="utf-8")

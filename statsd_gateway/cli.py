@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import secrets
@@ -16,7 +17,7 @@ from collections.abc import Sequence
 
 from statsd_gateway.config import Config, hash_key, load_config
 from statsd_gateway.errors import ConfigError
-from statsd_gateway.gateway import Gateway
+from statsd_gateway.gateway import Gateway, tune_gc
 from statsd_gateway.store import StoreError
 from statsd_gateway.systemd import Notifier
 
@@ -49,6 +50,7 @@ def _reload(gateway: Gateway, notifier: Notifier, path: str | None) -> None:
 
 
 async def _serve(config: Config, path: str | None) -> int:
+    tune_gc()
     gateway = Gateway(config)
     notifier = Notifier()
     stop = asyncio.Event()
@@ -62,6 +64,7 @@ async def _serve(config: Config, path: str | None) -> int:
         log.error("cannot start: %s", e)
         await gateway.stop()
         return 1
+    gc.freeze()  # what start-up built lives as long as the process: keep it out of collections
     notifier.ready("ingesting")
     await stop.wait()
     log.info("stopping: flushing what is in memory")
