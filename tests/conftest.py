@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -97,6 +98,19 @@ class Api:
 
     async def query(self, key: str = KEY, **params: Any) -> tuple[int, Any]:
         return await self.request("GET", "/v1/metrics/query", params=params, key=key)
+
+
+@contextlib.asynccontextmanager
+async def running(config: Config, clock: ManualClock) -> AsyncIterator[tuple[Gateway, Api]]:
+    """A Gateway on `config` (ticks off, the test's clock) and a client for its HTTP API."""
+    gw = Gateway(config, clock=clock, flush_on_ticks=False)
+    await gw.start()
+    assert gw.http_address is not None
+    try:
+        async with ClientSession() as session:
+            yield gw, Api(session, "http://{}:{}".format(*gw.http_address))
+    finally:
+        await gw.stop()
 
 
 @pytest.fixture

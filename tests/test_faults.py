@@ -15,7 +15,7 @@ from aiohttp import ClientSession
 
 from statsd_gateway.config import Config
 from statsd_gateway.gateway import Gateway
-from tests.conftest import T0, Api, ManualClock, make_config, send_udp, wait_for_udp
+from tests.conftest import T0, Api, ManualClock, make_config, running, send_udp, wait_for_udp
 
 
 async def pragma(gw: Gateway, sql: str) -> None:
@@ -117,15 +117,8 @@ async def test_a_locked_database_is_retried(gateway: Gateway, api: Api, clock: M
 
 @pytest.fixture
 async def bounded(tmp_path: Path, clock: ManualClock) -> AsyncIterator[tuple[Gateway, Api]]:
-    cfg = make_config(tmp_path, aggregation={"max_pending_rows": 2})
-    gw = Gateway(cfg, clock=clock, flush_on_ticks=False)
-    await gw.start()
-    assert gw.http_address is not None
-    try:
-        async with ClientSession() as session:
-            yield gw, Api(session, "http://{}:{}".format(*gw.http_address))
-    finally:
-        await gw.stop()
+    async with running(make_config(tmp_path, aggregation={"max_pending_rows": 2}), clock) as r:
+        yield r
 
 
 async def test_past_the_bound_the_oldest_flushes_are_dropped_and_counted(

@@ -7,23 +7,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import ClientSession
 
 from statsd_gateway.gateway import Gateway
-from tests.conftest import OTHER_KEY, Api, ManualClock, make_config, send_udp, wait_for_udp
+from tests.conftest import OTHER_KEY, Api, ManualClock, make_config, running, send_udp, wait_for_udp
 
 
 @pytest.fixture
 async def small(tmp_path: Path, clock: ManualClock) -> AsyncIterator[tuple[Gateway, Api]]:
     cfg = make_config(tmp_path, aggregation={"max_series_per_tenant": 2})
-    gw = Gateway(cfg, clock=clock, flush_on_ticks=False)
-    await gw.start()
-    assert gw.http_address is not None
-    try:
-        async with ClientSession() as session:
-            yield gw, Api(session, "http://{}:{}".format(*gw.http_address))
-    finally:
-        await gw.stop()
+    async with running(cfg, clock) as r:
+        yield r
 
 
 def point(name: str, **tags: str) -> dict[str, Any]:
