@@ -115,13 +115,15 @@ def _readonly_f64(a: npt.NDArray[Any]) -> _F64:
     return out
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(slots=True, eq=False)
 class Bins:
     """A DDSketch as sparse bins: the bins of ddsketch.DDSketch(0.01) fed the same values/weights.
 
     pos_keys/neg_keys are int64 and strictly increasing, pos_counts/neg_counts float64 and > 0;
     neg_keys are the keys of |v| for v < 0; zero is the weight of values with |v| <= MIN_POSSIBLE.
-    Equality compares bins exactly.
+    Equality compares bins exactly. Treat a Bins as immutable (its arrays are read-only); the
+    class is not frozen only because a frozen dataclass costs 3x to build, and a flush builds one
+    per series.
     """
 
     pos_keys: _I64
