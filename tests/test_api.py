@@ -31,6 +31,7 @@ V1_ENDPOINTS = [
     ("POST", "/v1/metrics/report", {"json": {"name": "a", "value": 1}}),
     ("POST", "/v1/metrics/batch", {"json": {"points": []}}),
     ("GET", "/v1/metrics/query", {"params": {"name": "a", "agg": "sum"}}),
+    ("GET", "/v1/metrics/sketch", {"params": {"name": "a"}}),
     ("GET", "/v1/metrics", {}),
 ]
 
