@@ -132,12 +132,12 @@ class TimedRollup(TierRollup):
         if level == 0:
             self.fold_seconds.append(time.perf_counter() - t)
 
-    def complete(self, boundary: float) -> None:
+    def complete(self, boundary: float) -> dict[float, list[BucketRow]]:
         t = time.perf_counter()
-        before = sum(len(rows) for rows in self.unwritten.values())
-        super().complete(boundary)
+        completed = super().complete(boundary)
         self.complete_seconds.append(time.perf_counter() - t)
-        self.completed_rows.append(sum(len(rows) for rows in self.unwritten.values()) - before)
+        self.completed_rows.append(sum(len(rows) for rows in completed.values()))
+        return completed
 
 
 class TimedEngine(QueryEngine):

@@ -154,8 +154,7 @@ class Flusher:
         if self.rollup is not None:
             saved = self.rollup.save()
             self.rollup.fold(rows)
-            self.rollup.complete(snap.boundary)
-            rollups = self.rollup.take_unwritten()
+            rollups = self.rollup.complete(snap.boundary)
         try:
             self.store.write_flush(
                 rows,
@@ -169,6 +168,4 @@ class Flusher:
             if self.rollup is not None and saved is not None:
                 self.rollup.restore(saved)
             raise
-        if self.rollup is not None:
-            self.rollup.written()
         return len(rows)

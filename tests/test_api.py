@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +10,6 @@ import numpy as np
 import pytest
 from aiohttp import ClientSession
 
-from statsd_gateway.config import Config
 from statsd_gateway.gateway import Gateway
 from tests.conftest import (
     KEY,
@@ -21,6 +19,7 @@ from tests.conftest import (
     Api,
     ManualClock,
     make_config,
+    running,
     send_udp,
     wait_for_udp,
 )
@@ -34,20 +33,6 @@ V1_ENDPOINTS = [
     ("GET", "/v1/metrics/sketch", {"params": {"name": "a"}}),
     ("GET", "/v1/metrics", {}),
 ]
-
-
-@asynccontextmanager
-async def running(config: Config, clock: ManualClock) -> AsyncIterator[tuple[Gateway, Api]]:
-    """A Gateway on a config of the test's own, with a client for it."""
-    gw = Gateway(config, clock=clock, flush_on_ticks=False)
-    await gw.start()
-    try:
-        assert gw.http_address is not None
-        host, port = gw.http_address
-        async with ClientSession() as session:
-            yield gw, Api(session, f"http://{host}:{port}")
-    finally:
-        await gw.stop()
 
 
 def assert_error(status: int, body: Any, want_status: int, code: str, field: Any = ...) -> None:

@@ -14,13 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import ClientSession
 
 from statsd_gateway.config import Config, parse_config, parse_mode
 from statsd_gateway.errors import ConfigError
 from statsd_gateway.gateway import Gateway
 from statsd_gateway.udp import read_proc_drops
-from tests.conftest import T0, Api, ManualClock, make_config
+from tests.conftest import T0, Api, ManualClock, make_config, running
 
 SINCE = int(T0 - 3600)
 UNTIL = int(T0 + 60)
@@ -37,19 +36,6 @@ def transports_config(tmp_path: Path, **tcp: Any) -> Config:
         tcp={"enabled": True, "listen": "127.0.0.1:0", **tcp},
         unix={"enabled": True, "path": str(tmp_path / "s.sock")},
     )
-
-
-@contextlib.asynccontextmanager
-async def running(cfg: Config) -> AsyncIterator[tuple[Gateway, Api]]:
-    gw = Gateway(cfg, clock=ManualClock(), flush_on_ticks=False)
-    await gw.start()
-    try:
-        assert gw.http_address is not None
-        host, port = gw.http_address
-        async with ClientSession() as session:
-            yield gw, Api(session, f"http://{host}:{port}")
-    finally:
-        await gw.stop()
 
 
 async def wait_until(what: str, done: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -159,7 +145,7 @@ async def test_tcp_long_line_is_rejected_and_the_connection_goes_on(
 
 
 async def test_tcp_connection_limit(tmp_path: Path) -> None:
-    async with running(transports_config(tmp_path, max_connections=2)) as (gw, api):
+    async with running(transports_config(tmp_path, max_connections=2), ManualClock()) as (gw, api):
         t = gw.telemetry
         async with tcp_client(gw) as (_, w1), tcp_client(gw) as (_, w2):
             await wait_until("two connections", lambda: t.tcp_connections == 2)
@@ -178,7 +164,7 @@ async def test_tcp_connection_limit(tmp_path: Path) -> None:
 
 
 async def test_tcp_idle_connection_is_closed(tmp_path: Path) -> None:
-    async with running(transports_config(tmp_path, idle_timeout="200ms")) as (gw, _):
+    async with running(transports_config(tmp_path, idle_timeout="200ms"), ManualClock()) as (gw, _):
         async with tcp_client(gw) as (reader, writer):
             writer.write(b"idle:1|c\n")
             await writer.drain()
@@ -203,7 +189,7 @@ async def test_tcp_lines_already_sent_survive_stop(tmp_path: Path) -> None:
     finally:
         await gw.stop()
     assert gw.telemetry.rejects[("tcp", "truncated_line")] == 1
-    async with running(cfg) as (_, api):
+    async with running(cfg, ManualClock()) as (_, api):
         assert await value(api, "late.tcp") == 4
 
 
@@ -239,7 +225,7 @@ async def test_unix_socket_file_is_replaced_when_stale_and_removed_at_stop(
     path = cfg.unix.path
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as stale:
         stale.bind(path)  # left behind, as by a crash: nobody receives on it once closed
-    async with running(cfg) as (gw, api):
+    async with running(cfg, ManualClock()) as (gw, api):
         assert stat.S_ISSOCK(os.stat(path).st_mode)
         send_unix(path, b"fresh:1|c")
         await wait_until("the datagram", lambda: gw.telemetry.packets["unixgram"] == 1)
@@ -273,7 +259,10 @@ def has_ipv6_loopback() -> bool:
 
 @pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback on this machine")
 async def test_udp_over_ipv6(tmp_path: Path) -> None:
-    async with running(make_config(tmp_path, udp={"listen": "[::1]:0"})) as (gw, api):
+    async with running(make_config(tmp_path, udp={"listen": "[::1]:0"}), ManualClock()) as (
+        gw,
+        api,
+    ):
         assert gw.udp_address is not None and gw.udp_address[0] == "::1"
         with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
             s.sendto(b"v6:5|c\nv6:1|c", gw.udp_address)
@@ -287,7 +276,10 @@ async def test_udp_over_ipv6(tmp_path: Path) -> None:
 @pytest.mark.skipif(not os.path.exists("/proc/net/udp"), reason="the kernel reports no drops")
 async def test_kernel_drops_are_exported(tmp_path: Path) -> None:
     # A tiny receive buffer, and datagrams sent while the loop cannot read: the kernel drops.
-    async with running(make_config(tmp_path, udp={"read_buffer": 4096})) as (gw, api):
+    async with running(make_config(tmp_path, udp={"read_buffer": 4096}), ManualClock()) as (
+        gw,
+        api,
+    ):
         assert gw.udp_address is not None
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             for i in range(200):
@@ -328,7 +320,7 @@ async def test_all_transports_log_their_address_and_show_in_metrics(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level("INFO", logger="statsd_gateway")
-    async with running(transports_config(tmp_path)) as (gw, api):
+    async with running(transports_config(tmp_path), ManualClock()) as (gw, api):
         assert gw.tcp_address is not None and gw.tcp_address[1] != 0
         assert f"listening tcp 127.0.0.1:{gw.tcp_address[1]}" in caplog.text
         assert f"listening unixgram {gw.unix_path}" in caplog.text

@@ -24,7 +24,7 @@ from statsd_gateway import sketch
 from statsd_gateway.model import BucketRow, SeriesKey
 
 OpenBuckets = dict[tuple[float, SeriesKey], list[BucketRow]]
-RollupState = tuple[list[OpenBuckets], dict[float, float], dict[float, list[BucketRow]]]
+RollupState = tuple[list[OpenBuckets], dict[float, float]]
 
 
 class TierRollup:
@@ -33,8 +33,6 @@ class TierRollup:
         self.coarse = tuple(resolutions[1:])
         self.complete_until = {r: complete_until.get(r, 0.0) for r in self.coarse}
         self._open: list[OpenBuckets] = [{} for _ in self.coarse]
-        # Completed rows, between complete() and the write that takes them.
-        self.unwritten: dict[float, list[BucketRow]] = {r: [] for r in self.coarse}
 
     def fold(self, rows: Sequence[BucketRow], level: int = 0) -> None:
         """Adds rows of the tier below coarse tier `level` to its open buckets."""
@@ -48,9 +46,10 @@ class TierRollup:
             # A new list, never an append: save() keeps shallow copies of the open buckets.
             open_[(b, r.key)] = [r] if parts is None else [*parts, r]
 
-    def complete(self, boundary: float) -> None:
-        """Closes every bucket that ends at or before `boundary`, tier by tier upwards; the
-        merged rows join `unwritten` and feed the next tier."""
+    def complete(self, boundary: float) -> dict[float, list[BucketRow]]:
+        """Closes every bucket that ends at or before `boundary`, tier by tier upwards; returns
+        the merged rows to write, per tier, each of which also feeds the next tier."""
+        completed: dict[float, list[BucketRow]] = {}
         for level, res in enumerate(self.coarse):
             until = max(self.complete_until[res], math.floor(boundary / res) * res)
             self.complete_until[res] = until
@@ -59,30 +58,19 @@ class TierRollup:
             if not done:
                 continue
             merged = merge_parts([(k[0], open_.pop(k)) for k in done])
-            self.unwritten[res] = [*self.unwritten[res], *merged]
+            completed[res] = merged
             self.fold(merged, level + 1)
+        return completed
 
     def save(self) -> RollupState:
         """A copy of the state to restore() if the write of what fold/complete produced fails.
         Shallow: fold() and complete() replace the lists they change instead of mutating them."""
-        return (
-            [dict(o) for o in self._open],
-            dict(self.complete_until),
-            {r: list(rows) for r, rows in self.unwritten.items()},
-        )
+        return [dict(o) for o in self._open], dict(self.complete_until)
 
     def restore(self, state: RollupState) -> None:
-        opened, until, unwritten = state
+        opened, until = state
         self._open = [dict(o) for o in opened]
         self.complete_until = dict(until)
-        self.unwritten = {r: list(rows) for r, rows in unwritten.items()}
-
-    def take_unwritten(self) -> dict[float, list[BucketRow]]:
-        out = {r: rows for r, rows in self.unwritten.items() if rows}
-        return out
-
-    def written(self) -> None:
-        self.unwritten = {r: [] for r in self.coarse}
 
     def open_buckets(self) -> int:
         return sum(len(o) for o in self._open)
