@@ -55,7 +55,7 @@ from statsd_gateway import sketch
 from statsd_gateway.aggregator import IntervalAggregator, SeriesRegistry
 from statsd_gateway.flusher import Flusher
 from statsd_gateway.gateway import tune_gc
-from statsd_gateway.model import BucketRow, MetricType, SeriesKey
+from statsd_gateway.model import BucketRow, MetricType, RowBatch, SeriesKey
 from statsd_gateway.protocol import Sample
 from statsd_gateway.query import QueryEngine, parse_query
 from statsd_gateway.store import SqliteStore
@@ -107,7 +107,7 @@ class TimedStore(SqliteStore):
         self.flush_seconds.append(time.perf_counter() - t)
 
     def write_rollups(
-        self, rows: dict[float, list[BucketRow]], complete_until: dict[float, float]
+        self, rows: dict[float, RowBatch], complete_until: dict[float, float]
     ) -> None:
         t = time.perf_counter()
         try:
@@ -126,13 +126,13 @@ class TimedRollup(TierRollup):
         self.complete_seconds: list[float] = []
         self.completed_rows: list[int] = []  # coarse rows each complete() closed
 
-    def fold(self, rows: Sequence[BucketRow], level: int = 0) -> None:
+    def fold(self, rows: RowBatch, level: int = 0) -> None:
         t = time.perf_counter()
         super().fold(rows, level)
         if level == 0:
             self.fold_seconds.append(time.perf_counter() - t)
 
-    def complete(self, boundary: float) -> dict[float, list[BucketRow]]:
+    def complete(self, boundary: float) -> dict[float, RowBatch]:
         t = time.perf_counter()
         completed = super().complete(boundary)
         self.complete_seconds.append(time.perf_counter() - t)
@@ -355,10 +355,11 @@ async def write_tier(
     total, started = 0, time.perf_counter()
 
     async def put(end: float) -> None:
+        batch = RowBatch.from_rows(rows)
         if res == RESOLUTIONS[0]:
-            fn: Callable[[], None] = partial(store.write_flush, rows)
+            fn: Callable[[], None] = partial(store.write_flush, batch)
         else:
-            fn = partial(store.write_rollups, {res: rows}, {res: end})
+            fn = partial(store.write_rollups, {res: batch}, {res: end})
         await store.run_write(fn)
 
     for ts, keys in timeline:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from statsd_gateway.aggregator import IntervalAggregator, Snapshot, finish_snapshot
 from statsd_gateway.idempotency import TTL_SECONDS, IdempotencyLedger
-from statsd_gateway.model import BucketRow
+from statsd_gateway.model import RowBatch
 from statsd_gateway.store import SqliteStore
 from statsd_gateway.store.rollup import TierRollup
 from statsd_gateway.store.sqlite import IdempotencyRecord
@@ -149,7 +149,7 @@ class Flusher:
         if snap.seq <= self.store.flushed_seq_now():
             return 0  # already committed (a retry after an answer that never arrived)
         rows = finish_snapshot(snap)
-        rollups: dict[float, list[BucketRow]] = {}
+        rollups: dict[float, RowBatch] = {}
         saved = None
         if self.rollup is not None:
             saved = self.rollup.save()

@@ -14,11 +14,15 @@ from __future__ import annotations
 import enum
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
-if TYPE_CHECKING:
-    from statsd_gateway.sketch import Bins
+import numpy as np
+import numpy.typing as npt
+
+from statsd_gateway import sketch
+from statsd_gateway.sketch import Bins, FlatBins
 
 Tags = tuple[tuple[str, str], ...]
 
@@ -127,3 +131,110 @@ class BucketRow:
     sketch: Bins | None = None
     hll: bytes | None = None
     blob: bytes | None = None  # the sketch still DDV1-encoded, when read for a batch quantile
+
+
+_F64 = npt.NDArray[np.float64]
+
+
+def _nan_to_none(a: _F64) -> list[float | None]:
+    if not np.isnan(a).any():
+        return a.tolist()  # type: ignore[no-any-return]
+    return [None if x != x else x for x in a.tolist()]
+
+
+def _none_to_nan(xs: Sequence[float | None]) -> _F64:
+    return np.array([math.nan if x is None else x for x in xs], dtype=np.float64)
+
+
+@dataclass(slots=True, eq=False)
+class RowBatch:
+    """Bucket rows as columns: what a flush finishes, writes and folds into the rollups, without
+    a Python object per row (a flush holds one row per series).
+
+    Row i is (ts[i], keys[i], types[i], count[i], …); NaN stands where a BucketRow has None.
+    `sketches` holds one item per row (empty bins for rows without a sketch), `has_sketch`
+    which rows have one, `hll` the HyperLogLog blob of set rows. Treat a batch as immutable.
+    """
+
+    ts: _F64
+    keys: list[SeriesKey]
+    types: list[MetricType]
+    count: _F64
+    sum: _F64
+    min: _F64
+    max: _F64
+    last: _F64
+    last_ts: _F64
+    sketches: FlatBins
+    has_sketch: npt.NDArray[np.bool_]
+    hll: list[bytes | None]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @staticmethod
+    def from_rows(rows: Sequence[BucketRow]) -> RowBatch:
+        empty = Bins.empty()
+        return RowBatch(
+            ts=np.array([r.ts for r in rows], dtype=np.float64),
+            keys=[r.key for r in rows],
+            types=[r.type for r in rows],
+            count=np.array([r.count for r in rows], dtype=np.float64),
+            sum=np.array([r.sum for r in rows], dtype=np.float64),
+            min=_none_to_nan([r.min for r in rows]),
+            max=_none_to_nan([r.max for r in rows]),
+            last=_none_to_nan([r.last for r in rows]),
+            last_ts=_none_to_nan([r.last_ts for r in rows]),
+            sketches=sketch.flat_from_bins([r.sketch or empty for r in rows]),
+            has_sketch=np.array([r.sketch is not None for r in rows], dtype=np.bool_),
+            hll=[r.hll for r in rows],
+        )
+
+    def rows(self) -> list[BucketRow]:
+        """One BucketRow per row (tests, tools and the rare per-row paths)."""
+        cols = [_nan_to_none(a) for a in (self.min, self.max, self.last, self.last_ts)]
+        has = self.has_sketch.tolist()
+        return [
+            BucketRow(
+                t, k, ty, c, s, mn, mx, la, lt, self.sketches.bins(i) if has[i] else None, h
+            )
+            for i, (t, k, ty, c, s, mn, mx, la, lt, h) in enumerate(
+                zip(
+                    self.ts.tolist(), self.keys, self.types, self.count.tolist(),
+                    self.sum.tolist(), *cols, self.hll, strict=True,
+                )
+            )
+        ]  # fmt: skip
+
+    def nullable(self, column: str) -> list[float | None]:
+        """A float column as SQL parameters: NaN → None."""
+        a: _F64 = getattr(self, column)
+        return _nan_to_none(a)
+
+    def take(self, idx: npt.NDArray[Any]) -> RowBatch:
+        """Rows idx (integer indices, in that order)."""
+        sel = np.asarray(idx, dtype=np.int64)
+        at = sel.tolist()
+        return RowBatch(
+            self.ts[sel], [self.keys[i] for i in at], [self.types[i] for i in at],
+            self.count[sel], self.sum[sel], self.min[sel], self.max[sel], self.last[sel],
+            self.last_ts[sel], sketch.flat_take(self.sketches, sel), self.has_sketch[sel],
+            [self.hll[i] for i in at],
+        )  # fmt: skip
+
+    @staticmethod
+    def concat(batches: Sequence[RowBatch]) -> RowBatch:
+        if len(batches) == 1:
+            return batches[0]
+        if not batches:
+            return RowBatch.from_rows([])
+
+        def cat(name: str) -> _F64:
+            return np.concatenate([getattr(b, name) for b in batches])
+
+        return RowBatch(
+            cat("ts"), [k for b in batches for k in b.keys], [t for b in batches for t in b.types],
+            cat("count"), cat("sum"), cat("min"), cat("max"), cat("last"), cat("last_ts"),
+            sketch.flat_concat([b.sketches for b in batches]),
+            np.concatenate([b.has_sketch for b in batches]), [h for b in batches for h in b.hll],
+        )  # fmt: skip

@@ -376,7 +376,8 @@ class QueryEngine:
             if s > seq and start <= ts < spec.until and _matches(key[2], spec.tags)
         ]
         if fresh:
-            rows.extend(await asyncio.to_thread(finish, fresh))
+            batch = await asyncio.to_thread(finish, fresh)
+            rows.extend(batch.rows())
         return rows
 
     async def run(self, tenant: str, spec: QuerySpec) -> dict[str, Any]:

@@ -37,7 +37,7 @@ import math
 import operator
 import struct
 import sys
-from collections.abc import Iterable, Sequence, Sized
+from collections.abc import Callable, Iterable, Sequence, Sized
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +57,7 @@ __all__ = [
     "RELATIVE_ACCURACY",
     "Bins",
     "FlatBins",
+    "bin_flat",
     "bin_groups",
     "bin_values",
     "cell_quantiles",
@@ -64,7 +65,11 @@ __all__ = [
     "decode_flat",
     "decode_many",
     "encode",
+    "encode_flat",
     "encode_many",
+    "flat_concat",
+    "flat_from_bins",
+    "flat_take",
     "hll_estimate",
     "hll_from_members",
     "hll_merge",
@@ -72,6 +77,7 @@ __all__ = [
     "key_of",
     "merge",
     "merge_blobs",
+    "merge_flat",
     "merge_groups",
     "quantile",
     "to_ddsketch",
@@ -215,12 +221,30 @@ def bin_values(values: FloatArrayLike, weights: FloatArrayLike | None = None) ->
 def bin_groups(
     values: npt.NDArray[Any], weights: npt.NDArray[Any] | None, offsets: npt.NDArray[Any]
 ) -> list[Bins]:
-    """Bins of many series at once, in one vectorised pass.
+    """Bins of many series at once, in one vectorised pass (:func:`bin_flat`, sliced).
+
+    Empty segments give ``Bins.empty()``. The returned arrays are read-only views into shared
+    buffers.
+    """
+    flat = bin_flat(values, weights, offsets)
+    bounds = flat.bounds.tolist()
+    zeros = flat.zero.tolist()
+    keys, counts = flat.keys, flat.counts
+    return [
+        _bins_from(keys, counts, bounds[2 * i], bounds[2 * i + 1], bounds[2 * i + 2], z)
+        for i, z in enumerate(zeros)
+    ]
+
+
+def bin_flat(
+    values: npt.NDArray[Any], weights: npt.NDArray[Any] | None, offsets: npt.NDArray[Any]
+) -> FlatBins:
+    """The bins of many series at once, in one vectorised pass, as flat arrays.
 
     ``values`` holds the values of all series concatenated; series i is
     ``values[offsets[i]:offsets[i + 1]]`` (``offsets[0] == 0``, ``offsets[-1] == len(values)``,
-    non-decreasing). ``weights`` (same length, > 0) default to 1. Empty segments give
-    ``Bins.empty()``. The returned arrays are read-only views into shared buffers.
+    non-decreasing). ``weights`` (same length, > 0) default to 1. ``.bins(i)`` equals
+    :func:`bin_values` of series i; an empty segment gives empty bins.
     """
     v = np.asarray(values, dtype=np.float64)
     off = np.asarray(offsets)
@@ -242,61 +266,71 @@ def bin_groups(
             raise ValueError("weights must have the same length as values")
         if not (np.isfinite(w) & (w > 0)).all():
             raise ValueError("weights must be finite and > 0")
-    if n == 0:
-        return []
-    if v.size == 0:
-        return [_EMPTY] * n
 
     sid = np.repeat(np.arange(n, dtype=np.int64), lengths)
     a = np.abs(v)
     nz = a > MIN_POSSIBLE
-    all_nz = bool(nz.all())
-    if all_nz:
-        zeros: list[float] = [0.0] * n
+    if nz.all():
+        zeros: _F64 = np.zeros(n, dtype=np.float64)
     else:
         zmask = ~nz
         zw = None if w is None else w[zmask]
-        zeros = np.bincount(sid[zmask], weights=zw, minlength=n).astype(np.float64).tolist()
+        zeros = np.bincount(sid[zmask], weights=zw, minlength=n).astype(np.float64)
         a, sid = a[nz], sid[nz]
         v = v[nz]
         if w is not None:
             w = w[nz]
-
     if a.size == 0:
-        return [_EMPTY if z == 0 else _only_zero(z) for z in zeros]
+        ukeys, counts = _EMPTY.pos_keys, _EMPTY.pos_counts
+        bounds = np.zeros(2 * n + 1, dtype=np.int64)
+    else:
+        keys = _keys(a)
+        # Group: series, then store (0 = positive, 1 = negative).
+        group = sid * 2 + (v < 0)
+        ukeys, counts, bounds = _bin_dense(keys, group, w, 2 * n)
+    if w is None:
+        integral = np.ones(n, dtype=np.bool_)
+    else:
+        nonint = ~((counts == np.floor(counts)) & (counts < _SAFE_INT))
+        seg = _seg_any(nonint, np.diff(bounds)).reshape(-1, 2).any(axis=1)
+        integral = ~seg & (zeros == np.floor(zeros)) & (zeros < _SAFE_INT)
+    integral.flags.writeable = False
+    return FlatBins(ukeys, counts, _readonly_i64(bounds), _readonly_f64(zeros), integral)
 
-    keys = _keys(a)
-    # Group code: series, then store (0 = negative, 1 = positive), then key.
-    group = sid * 2 + (v > 0)
+
+def _bin_dense(keys: _I64, group: _I64, w: _F64 | None, n_g: int) -> tuple[_I64, _F64, _I64]:
+    """Bin counts per (group, key): keys sorted by (group, key), counts (weights added in input
+    order, as ddsketch's per-bin ``+=``), and the n_g + 1 group bounds.
+
+    Counted densely over each group's own key range (one bincount, no sort) unless those
+    ranges are too wide; then through a sort of (group, key) codes."""
+    members = np.bincount(group, minlength=n_g)
+    lo = np.full(n_g, np.iinfo(np.int64).max, dtype=np.int64)
+    hi = np.full(n_g, np.iinfo(np.int64).min, dtype=np.int64)
+    np.minimum.at(lo, group, keys)
+    np.maximum.at(hi, group, keys)
+    empty = members == 0
+    lo[empty], hi[empty] = 0, -1
+    wid = hi - lo + 1
+    dense_total = int(wid.sum())
+    # A sparse dense range is still cheaper than the sort (a few ns per slot against ~50 ns per
+    # value): allow up to 32 slots per value.
+    if dense_total <= 32 * keys.size + (1 << 16):
+        base = np.cumsum(wid) - wid
+        code = (base - lo)[group] + keys
+        acc = np.bincount(code, weights=w, minlength=dense_total)
+        at = np.flatnonzero(acc > 0)  # every weight is > 0, so every used bin is
+        bounds = np.searchsorted(at, np.append(base, dense_total))
+        ukeys = at + np.repeat(lo - base, np.diff(bounds))
+        return _readonly_i64(ukeys), _readonly_f64(acc[at]), bounds
     kmin = int(keys.min())
     width = int(keys.max()) - kmin + 1
-    code = group * width + (keys - kmin)
-    uniq, inv = np.unique(code, return_inverse=True)
-    # bincount accumulates in input order, exactly like ddsketch's per-bin ``+=``.
-    counts = _readonly_f64(np.bincount(inv.reshape(-1), weights=w, minlength=uniq.size))
+    uniq, inv = np.unique(group * width + (keys - kmin), return_inverse=True)
+    counts = np.bincount(inv.reshape(-1), weights=w, minlength=uniq.size)
     ugroup = uniq // width
-    ukeys = _readonly_i64(uniq - ugroup * width + kmin)
-    bounds = np.searchsorted(ugroup, np.arange(2 * n + 1, dtype=np.int64)).tolist()
-
-    out: list[Bins] = []
-    append = out.append
-    ek, ec = _EMPTY.pos_keys, _EMPTY.pos_counts
-    for i in range(n):
-        b0, b1, b2 = bounds[2 * i], bounds[2 * i + 1], bounds[2 * i + 2]
-        z = zeros[i]
-        if b0 == b2:
-            append(_EMPTY if z == 0 else _only_zero(z))
-        elif b0 == b1:  # no negative values (the common case)
-            append(Bins(ukeys[b1:b2], counts[b1:b2], ek, ec, z))
-        elif b1 == b2:
-            append(Bins(ek, ec, ukeys[b0:b1], counts[b0:b1], z))
-        else:
-            append(Bins(ukeys[b1:b2], counts[b1:b2], ukeys[b0:b1], counts[b0:b1], z))
-    return out
-
-
-def _only_zero(z: float) -> Bins:
-    return Bins(_EMPTY.pos_keys, _EMPTY.pos_counts, _EMPTY.neg_keys, _EMPTY.neg_counts, z)
+    ukeys = uniq - ugroup * width + kmin
+    bounds = np.searchsorted(ugroup, np.arange(n_g + 1, dtype=np.int64))
+    return _readonly_i64(ukeys), _readonly_f64(counts), bounds
 
 
 # --------------------------------------------------------------------------------------------
@@ -584,61 +618,73 @@ def encode_many(items: Sequence[Bins]) -> list[bytes]:
     n = len(items)
     if n == 0:
         return []
-    pk = [b.pos_keys for b in items]
-    pc = [b.pos_counts for b in items]
-    nk = [b.neg_keys for b in items]
-    nc = [b.neg_counts for b in items]
     try:
         zero = np.array([b.zero for b in items], dtype=np.float64)
     except (TypeError, ValueError):
         return [encode(b) for b in items]
-    n_pos, n_neg = _sizes(pk), _sizes(nk)
-    keys_p, keys_n = np.concatenate(pk), np.concatenate(nk)
-    cnt_p, cnt_n = np.concatenate(pc), np.concatenate(nc)
+    key_list = [a for b in items for a in (b.pos_keys, b.neg_keys)]
+    cnt_list = [a for b in items for a in (b.pos_counts, b.neg_counts)]
+    seg_len = _sizes(key_list)
+    keys, cnts = np.concatenate(key_list), np.concatenate(cnt_list)
     if (
-        keys_p.dtype != np.int64
-        or keys_n.dtype != np.int64
-        or cnt_p.dtype != np.float64
-        or cnt_n.dtype != np.float64
-        or keys_p.ndim != 1
-        or keys_n.ndim != 1
-        or cnt_p.shape != keys_p.shape
-        or cnt_n.shape != keys_n.shape
-        or not np.array_equal(_sizes(pc), n_pos)
-        or not np.array_equal(_sizes(nc), n_neg)
+        keys.dtype != np.int64
+        or cnts.dtype != np.float64
+        or keys.ndim != 1
+        or cnts.shape != keys.shape
+        or not np.array_equal(_sizes(cnt_list), seg_len)
     ):
         return [encode(b) for b in items]
+    return _encode_segments(keys, cnts, seg_len, zero, lambda i: encode(items[i]))
 
-    def zigzag(keys: _I64, lengths: _I64) -> _I64:
-        d = np.empty_like(keys)
-        if keys.size:
-            d[0] = keys[0]
-            np.subtract(keys[1:], keys[:-1], out=d[1:])
-            first = (np.cumsum(lengths) - lengths)[lengths > 0]
-            d[first] = keys[first]
-        zz: _I64 = (d << 1) ^ (d >> 63)
-        return zz
 
-    zz_p, zz_n = zigzag(keys_p, n_pos), zigzag(keys_n, n_neg)
+def encode_flat(flat: FlatBins) -> list[bytes]:
+    """``[encode(flat.bins(i)) for i in range(len(flat))]`` (bit-identical), vectorised."""
+    if len(flat) == 0:
+        return []
+    return _encode_segments(
+        flat.keys, flat.counts, np.diff(flat.bounds), flat.zero, lambda i: encode(flat.bins(i))
+    )
+
+
+def _encode_segments(
+    keys: _I64, cnt: _F64, seg_len: _I64, zero: _F64, fallback: Callable[[int], bytes]
+) -> list[bytes]:
+    """DDV1 blobs of flat bins: blob i has its positive store in segment 2i and its negative
+    store in segment 2i+1 (``seg_len`` bins each, keys increasing). Blobs with unusual input
+    are encoded by ``fallback(i)``."""
+    n = zero.size
+    # Zigzag key deltas; a segment's first delta is its key.
+    d = np.empty_like(keys)
+    if keys.size:
+        d[0] = keys[0]
+        np.subtract(keys[1:], keys[:-1], out=d[1:])
+        first = (np.cumsum(seg_len) - seg_len)[seg_len > 0]
+        d[first] = keys[first]
+    zz: _I64 = (d << 1) ^ (d >> 63)
     # Per element: count not integral (or too large for a varint); unusual input.
-    nonint_p = ~((cnt_p == np.floor(cnt_p)) & (cnt_p < _INT_LIMIT))
-    nonint_n = ~((cnt_n == np.floor(cnt_n)) & (cnt_n < _INT_LIMIT))
-    odd_p = ~((cnt_p > 0) & (cnt_p < math.inf)) | (zz_p < 0)
-    odd_n = ~((cnt_n > 0) & (cnt_n < math.inf)) | (zz_n < 0)
-    odd = _seg_any(odd_p, n_pos) | _seg_any(odd_n, n_neg) | ~((zero >= 0) & (zero < math.inf))
+    nonint = ~((cnt == np.floor(cnt)) & (cnt < _INT_LIMIT))
+    odd_el = ~((cnt > 0) & (cnt < math.inf)) | (zz < 0)
+    odd = _seg_any(odd_el, seg_len).reshape(-1, 2).any(axis=1) | ~((zero >= 0) & (zero < math.inf))
     if odd.any():
         out: list[bytes] = [b""] * n
-        good = np.flatnonzero(~odd).tolist()
-        for i, blob in zip(good, encode_many([items[i] for i in good]), strict=True):
+        good = np.flatnonzero(~odd)
+        keep = np.repeat(np.repeat(~odd, 2), seg_len)
+        sub = _encode_segments(
+            keys[keep],
+            cnt[keep],
+            seg_len.reshape(-1, 2)[good].reshape(-1),
+            zero[good],
+            lambda j: fallback(int(good[j])),
+        )
+        for i, blob in zip(good.tolist(), sub, strict=True):
             out[i] = blob
         for i in np.flatnonzero(odd).tolist():
-            out[i] = encode(items[i])
+            out[i] = fallback(i)
         return out
-    is_float = (
-        _seg_any(nonint_p, n_pos)
-        | _seg_any(nonint_n, n_neg)
-        | ~((zero == np.floor(zero)) & (zero < _INT_LIMIT))
+    is_float = _seg_any(nonint, seg_len).reshape(-1, 2).any(axis=1) | ~(
+        (zero == np.floor(zero)) & (zero < _INT_LIMIT)
     )
+    n_pos, n_neg = seg_len[0::2], seg_len[1::2]
 
     # Element stream per blob: 1 flags 1 zero n_pos (zz c)*n_pos n_neg (zz c)*n_neg.
     m = 6 + 2 * (n_pos + n_neg)
@@ -656,15 +702,12 @@ def encode_many(items: Sequence[Bins]) -> list[bytes]:
     vals[start + 4] = n_pos
     neg_at = start + 5 + 2 * n_pos
     vals[neg_at] = n_neg
-    for keys_zz, cnt, lengths, base in (
-        (zz_p, cnt_p, n_pos, start + 5),
-        (zz_n, cnt_n, n_neg, neg_at + 1),
-    ):
-        if keys_zz.size == 0:
-            continue
-        at = np.repeat(base, lengths) + 2 * _seg_arange(lengths)
-        vals[at] = keys_zz.view(np.uint64)
-        fl = np.repeat(is_float, lengths)
+    if keys.size:
+        # Segment 2i starts at element start+5, segment 2i+1 after n_pos pairs and n_neg.
+        seg_base = np.stack([start + 5, neg_at + 1], axis=1).reshape(-1)
+        at = np.repeat(seg_base, seg_len) + 2 * _seg_arange(seg_len)
+        vals[at] = zz.view(np.uint64)
+        fl = np.repeat(np.repeat(is_float, 2), seg_len)
         vals[at + 1] = np.where(fl, cnt.view(np.uint64), np.where(fl, 0.0, cnt).astype(np.uint64))
         isf[at + 1] = fl
 
@@ -1065,6 +1108,86 @@ def decode_many(blobs: Sequence[bytes]) -> list[Bins]:
                 )
             )
     return out
+
+
+def flat_take(flat: FlatBins, idx: npt.ArrayLike) -> FlatBins:
+    """The items ``idx`` of ``flat`` (in that order) as a new FlatBins."""
+    sel = np.asarray(idx, dtype=np.int64)
+    segs = (2 * sel[:, None] + np.array([0, 1], dtype=np.int64)).reshape(-1)
+    seg_len = np.diff(flat.bounds)[segs]
+    at = np.repeat(flat.bounds[segs], seg_len) + _seg_arange(seg_len)
+    bounds = np.zeros(segs.size + 1, dtype=np.int64)
+    np.cumsum(seg_len, out=bounds[1:])
+    integral = flat.integral[sel]
+    integral.flags.writeable = False
+    return FlatBins(
+        _readonly_i64(flat.keys[at]), _readonly_f64(flat.counts[at]), _readonly_i64(bounds),
+        _readonly_f64(flat.zero[sel]), integral,
+    )  # fmt: skip
+
+
+def flat_concat(flats: Sequence[FlatBins]) -> FlatBins:
+    """The items of every FlatBins, in order, as one."""
+    if len(flats) == 1:
+        return flats[0]
+    seg_len = np.concatenate([np.diff(f.bounds) for f in flats])
+    bounds = np.zeros(seg_len.size + 1, dtype=np.int64)
+    np.cumsum(seg_len, out=bounds[1:])
+    integral = np.concatenate([f.integral for f in flats])
+    integral.flags.writeable = False
+    return FlatBins(
+        _readonly_i64(np.concatenate([f.keys for f in flats])),
+        _readonly_f64(np.concatenate([f.counts for f in flats])),
+        _readonly_i64(bounds),
+        _readonly_f64(np.concatenate([f.zero for f in flats])),
+        integral,
+    )
+
+
+def flat_from_bins(items: Sequence[Bins]) -> FlatBins:
+    """Bins as one FlatBins (``.bins(i) == items[i]``)."""
+    n = len(items)
+    key_list = [a for b in items for a in (b.pos_keys, b.neg_keys)]
+    cnt_list = [a for b in items for a in (b.pos_counts, b.neg_counts)]
+    bounds = np.zeros(2 * n + 1, dtype=np.int64)
+    np.cumsum(_sizes(key_list), out=bounds[1:])
+    zero = np.array([b.zero for b in items], dtype=np.float64)
+    keys = np.concatenate(key_list).astype(np.int64) if n else _EMPTY.pos_keys
+    counts = np.concatenate(cnt_list).astype(np.float64) if n else _EMPTY.pos_counts
+    nonint = ~((counts == np.floor(counts)) & (counts < _SAFE_INT))
+    integral = ~_seg_any(nonint, np.diff(bounds)).reshape(-1, 2).any(axis=1)
+    integral &= (zero == np.floor(zero)) & (zero < _SAFE_INT)
+    integral.flags.writeable = False
+    return FlatBins(
+        _readonly_i64(keys), _readonly_f64(counts), _readonly_i64(bounds), _readonly_f64(zero),
+        integral,
+    )  # fmt: skip
+
+
+def merge_flat(flat: FlatBins, groups: npt.ArrayLike, n_groups: int) -> FlatBins:
+    """Merge the items of each group: item g of the result is ``merge(flat.bins(i) for i where
+    groups[i] == g)``, bit-identical (counts add in item order), in one vectorised pass."""
+    g = np.asarray(groups, dtype=np.int64)
+    if g.size != len(flat) or (g.size and (int(g.min()) < 0 or int(g.max()) >= n_groups)):
+        raise ValueError("groups must hold one id in 0..n_groups-1 per item")
+    seg_len = np.diff(flat.bounds)
+    seg_group = (2 * g[:, None] + np.array([0, 1], dtype=np.int64)).reshape(-1)
+    merged = _merge_store_flat(flat.keys, flat.counts, seg_len, seg_group, 2 * n_groups)
+    zero = np.bincount(g, weights=flat.zero, minlength=n_groups).astype(np.float64)
+    if merged is None:  # key ranges too wide to code in int64: one merge() per group
+        parts: list[list[Bins]] = [[] for _ in range(n_groups)]
+        for i, gid in enumerate(g.tolist()):
+            parts[gid].append(flat.bins(i))
+        return flat_from_bins([merge(p) for p in parts])
+    keys, counts, bounds = merged
+    # Exact while every part is and the sums stay below 2**53.
+    inexact = np.bincount(g[~flat.integral], minlength=n_groups) > 0
+    big = counts >= _SAFE_INT
+    if big.any():
+        inexact |= _seg_any(big, np.diff(bounds)).reshape(-1, 2).any(axis=1)
+    integral = ~inexact & (zero < _SAFE_INT)
+    integral.flags.writeable = False
+    return FlatBins(keys, counts, _readonly_i64(bounds), _readonly_f64(zero), integral)
 
 
 def merge_groups(

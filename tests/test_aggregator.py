@@ -42,7 +42,7 @@ def feed(agg: IntervalAggregator, datagram: bytes, tenant: str = "default") -> l
 
 def flush(agg: IntervalAggregator) -> dict[tuple[float, SeriesKey], BucketRow]:
     """swap() + finish_snapshot(), keyed by (bucket, (tenant, name, tags))."""
-    rows = finish_snapshot(agg.swap())
+    rows = finish_snapshot(agg.swap()).rows()
     out = {(r.ts, r.key): r for r in rows}
     assert len(out) == len(rows)
     return out
@@ -360,8 +360,8 @@ def test_swap_numbers_snapshots_and_leaves_an_empty_live_interval() -> None:
     first = agg.swap()
     second = agg.swap()
     assert (first.seq, second.seq) == (41, 42)
-    assert finish_snapshot(second) == []
-    assert [r.sum for r in finish_snapshot(first)] == [1.0]
+    assert finish_snapshot(second).rows() == []
+    assert [r.sum for r in finish_snapshot(first).rows()] == [1.0]
 
 
 def test_snapshot_is_not_changed_by_later_samples() -> None:
@@ -369,7 +369,7 @@ def test_snapshot_is_not_changed_by_later_samples() -> None:
     feed(agg, b"hits:1|c")
     snap = agg.swap()
     feed(agg, b"hits:5|c")
-    assert [r.sum for r in finish_snapshot(snap)] == [1.0]
+    assert [r.sum for r in finish_snapshot(snap).rows()] == [1.0]
 
 
 def test_collect_sees_live_and_pending_data_until_released() -> None:

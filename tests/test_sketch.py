@@ -624,6 +624,51 @@ def test_encode_many_on_unusual_bins_matches_encode() -> None:
     assert sk.encode_many(items) == [sk.encode(b) for b in items]
 
 
+def test_flat_bins_round_trip_take_concat_and_encode() -> None:
+    items = random_batch(400, seed=41)
+    flat = sk.flat_from_bins(items)
+    assert [flat.bins(i) for i in range(len(items))] == items
+    assert sk.encode_flat(flat) == [sk.encode(b) for b in items]
+    pick = np.random.default_rng(41).permutation(len(items))[:150]
+    taken = sk.flat_take(flat, pick)
+    assert [taken.bins(j) for j in range(pick.size)] == [items[i] for i in pick]
+    both = sk.flat_concat([taken, flat])
+    assert [both.bins(j) for j in range(len(both))] == [items[i] for i in pick] + items
+    # integral: every count and the zero count are integers (float-mode blobs are not).
+    assert flat.integral.tolist() == [sk.decode_flat([sk.encode(b)]).integral[0] for b in items]
+
+
+def test_merge_flat_equals_merge_per_group() -> None:
+    items = random_batch(500, seed=42)
+    groups = np.random.default_rng(42).integers(0, 37, len(items))
+    merged = sk.merge_flat(sk.flat_from_bins(items), groups, 40)
+    for g in range(40):
+        want = sk.merge(b for b, gg in zip(items, groups.tolist(), strict=True) if gg == g)
+        assert_bit_identical(merged.bins(g), want)
+    with pytest.raises(ValueError):
+        sk.merge_flat(sk.flat_from_bins(items), groups, 10)
+
+
+@pytest.mark.parametrize("spread", [0.8, 40.0])  # dense counting, and the sort fallback
+@pytest.mark.parametrize("weighted", [False, True])
+def test_bin_flat_matches_ddsketch_per_series(spread: float, weighted: bool) -> None:
+    rng = np.random.default_rng(43)
+    sizes = rng.integers(0, 30, 300)
+    n = int(sizes.sum())
+    values = np.clip(rng.lognormal(3, spread, n), 0, 1e300) * rng.choice([-1.0, 1.0, 0.0], n)
+    weights = rng.choice([1.0, 1 / 0.3, 4.0], n) if weighted else None
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    flat = sk.bin_flat(values, weights, offsets)
+    assert len(flat) == sizes.size
+    for i in range(sizes.size):
+        a, b = offsets[i], offsets[i + 1]
+        w = None if weights is None else weights[a:b].tolist()
+        assert_same_bins(flat.bins(i), dd_of(values[a:b].tolist(), w))
+        got = flat.bins(i)
+        counts = [*got.pos_counts.tolist(), *got.neg_counts.tolist(), got.zero]
+        assert flat.integral[i] == all(c.is_integer() for c in counts)
+
+
 def test_decode_many_equals_decode() -> None:
     items = random_batch(600, seed=32)
     blobs = [sk.encode(b) for b in items]

@@ -36,7 +36,7 @@ from ddsketch.pb.proto import DDSketchProto
 from statsd_gateway import sketch
 from statsd_gateway.config import Config
 from statsd_gateway.gateway import Gateway
-from statsd_gateway.model import BucketRow, MetricType
+from statsd_gateway.model import BucketRow, MetricType, RowBatch
 from statsd_gateway.query import Segment, plan
 from tests.conftest import T0, Api, ManualClock, make_config
 
@@ -557,7 +557,8 @@ async def test_a_30_day_query_with_window_1h_reads_the_hourly_tier(tmp_path: Pat
                     sketch=sketch.bin_values(vals),
                 )
             )
-        await gw.store.run_write(lambda: gw.store.write_rollups({3600.0: rows}, {3600.0: T0}))
+        batch = RowBatch.from_rows(rows)
+        await gw.store.run_write(lambda: gw.store.write_rollups({3600.0: batch}, {3600.0: T0}))
         raw = d.raw["hist.latency"]
         for ts, vals in history.items():
             raw.add(np.full(vals.size, ts + 1.0), np.zeros(vals.size, dtype=np.int64), vals)
@@ -967,3 +968,61 @@ async def test_a_series_with_a_point_in_memory_is_not_forgotten(tmp_path: Path) 
         assert [m["name"] for m in body["metrics"]] == ["cron.duration"]
     finally:
         await d.stop()
+
+
+# -- merging rows into a coarser bucket (TierRollup's merge) ------------------------------------
+
+
+def test_merge_rows_equals_merging_each_bucket_and_series_by_hand() -> None:
+    """Rows of several series, types and minutes, in arrival order, merged into 1 m buckets."""
+    from statsd_gateway.store.rollup import merge_rows
+
+    rng = np.random.default_rng(5)
+    timer = ("default", "t", (("h", "a"),))
+    gauge = ("default", "g", ())
+    members = ("default", "s", ())
+    rows: list[BucketRow] = []
+    for i in range(300):
+        ts = T0 + 10.0 * int(rng.integers(0, 18))
+        which = int(rng.integers(0, 3))
+        if which == 0:
+            vals = values_of(rng, int(rng.integers(1, 9)))
+            lo, hi, n = float(vals.min()), float(vals.max()), float(vals.size)
+            b = sketch.bin_values(vals)
+            rows.append(
+                BucketRow(ts, timer, MetricType.TIMING, n, float(vals.sum()), lo, hi, sketch=b)
+            )
+        elif which == 1:
+            last_ts = ts + float(rng.integers(0, 3))  # equal last_ts: the later row wins
+            v, b = float(i), sketch.bin_values([i])
+            rows.append(BucketRow(ts, gauge, MetricType.GAUGE, 1.0, v, v, v, v, last_ts, sketch=b))
+        else:
+            hll = sketch.hll_from_members([f"m{i}", "shared"])
+            rows.append(BucketRow(ts, members, MetricType.SET, 2.0, 0.0, None, None, hll=hll))
+    got = {(r.ts, r.key): r for r in merge_rows(RowBatch.from_rows(rows), 60.0).rows()}
+    groups: dict[tuple[float, Any], list[BucketRow]] = {}
+    for r in rows:
+        groups.setdefault((math.floor(r.ts / 60) * 60.0, r.key), []).append(r)
+    assert got.keys() == groups.keys()
+    for k, parts in groups.items():
+        g = got[k]
+        assert g.type is parts[0].type
+        assert g.count == sum(p.count for p in parts)
+        assert g.sum == sum(p.sum for p in parts)
+        assert g.min == min((p.min for p in parts if p.min is not None), default=None)
+        assert g.max == max((p.max for p in parts if p.max is not None), default=None)
+        latest = None
+        for p in parts:
+            if p.last_ts is not None and (latest is None or p.last_ts >= latest.last_ts):
+                latest = p
+        assert (g.last, g.last_ts) == (
+            (None, None) if latest is None else (latest.last, latest.last_ts)
+        )
+        bins = [p.sketch for p in parts if p.sketch is not None]
+        assert g.sketch == (sketch.merge(bins) if bins else None)
+        hlls = [p.hll for p in parts if p.hll is not None]
+        if hlls:
+            assert g.hll is not None
+            assert sketch.hll_estimate(g.hll) == sketch.hll_estimate(sketch.hll_merge(hlls))
+        else:
+            assert g.hll is None

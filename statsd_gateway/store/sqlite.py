@@ -22,8 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
+
 from statsd_gateway import sketch
-from statsd_gateway.model import BucketRow, MetricType, SeriesKey, Tags
+from statsd_gateway.model import BucketRow, MetricType, RowBatch, SeriesKey, Tags
 from statsd_gateway.store.schema import SchemaError, ensure_tier_table, migrate, tier_table
 
 T = TypeVar("T")
@@ -65,10 +67,16 @@ def _tags_from_json(text: str) -> Tags:
     return tuple(sorted(json.loads(text).items()))
 
 
-def _upsert_sql(table: str) -> str:
+_ALL_COLUMNS = ("ts", "series_id", "count", "sum", "min", "max", "last", "last_ts", "sketch", "hll")
+# Rows with neither `last` (gauges) nor `hll` (sets) bind these only: each bound parameter
+# costs, and a flush binds one row per series.
+_NARROW_COLUMNS = ("ts", "series_id", "count", "sum", "min", "max", "sketch")
+
+
+def _upsert_sql(table: str, columns: Sequence[str] = _ALL_COLUMNS) -> str:
     return f"""
-INSERT INTO {table}(ts, series_id, count, sum, min, max, last, last_ts, sketch, hll)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+INSERT INTO {table}({", ".join(columns)})
+VALUES ({", ".join("?" * len(columns))})
 ON CONFLICT DO UPDATE SET
   count = count + excluded.count,
   sum = sum + excluded.sum,
@@ -172,11 +180,11 @@ class SqliteStore:
 
     def write_flush(
         self,
-        rows: Sequence[BucketRow],
+        rows: RowBatch,
         flushed_seq: int | None = None,
         idempotency: Sequence[IdempotencyRecord] = (),
         idempotency_expire_before: float | None = None,
-        rollups: dict[float, list[BucketRow]] | None = None,
+        rollups: dict[float, RowBatch] | None = None,
         complete_until: dict[float, float] | None = None,
     ) -> None:
         """One transaction: the flush's rows into the finest tier (merged into buckets already
@@ -206,10 +214,10 @@ class SqliteStore:
 
     def write_rows(self, rows: Sequence[BucketRow], flushed_seq: int | None = None) -> None:
         """The finest tier's rows alone (tests and tools)."""
-        self.write_flush(rows, flushed_seq)
+        self.write_flush(RowBatch.from_rows(rows), flushed_seq)
 
     def write_rollups(
-        self, rows: dict[float, list[BucketRow]], complete_until: dict[float, float]
+        self, rows: dict[float, RowBatch], complete_until: dict[float, float]
     ) -> None:
         """One transaction: completed buckets of coarse tiers, and how far each is complete
         (history imports and tools; flushes pass them to write_flush)."""
@@ -218,7 +226,7 @@ class SqliteStore:
     def _write_rollups(
         self,
         conn: sqlite3.Connection,
-        rows: dict[float, list[BucketRow]],
+        rows: dict[float, RowBatch],
         complete_until: dict[float, float],
     ) -> None:
         for res, tier_rows in rows.items():
@@ -247,35 +255,46 @@ class SqliteStore:
         except sqlite3.Error as e:
             raise StoreError(f"write failed: {e}") from e
 
-    def _upsert(self, conn: sqlite3.Connection, res: float, rows: Sequence[BucketRow]) -> None:
-        if not rows:
+    def _upsert(self, conn: sqlite3.Connection, res: float, rows: RowBatch) -> None:
+        n = len(rows)
+        if not n:
             return
         now = self.clock()
         ids = []
-        for r in rows:
-            sid = self._series_ids.get(r.key)
+        series_ids, last_write = self._series_ids, self._last_write
+        for key, mtype in zip(rows.keys, rows.types, strict=True):
+            sid = series_ids.get(key)
             if sid is None:
-                sid = self._insert_series(conn, r.key, r.type, now)
-            self._last_write[sid] = now
+                sid = self._insert_series(conn, key, mtype, now)
+            last_write[sid] = now
             ids.append(sid)
-        blobs = sketch.encode_many([r.sketch for r in rows if r.sketch is not None])
-        blob_iter = iter(blobs)
-        params = [
-            (
-                r.ts,
-                sid,
-                r.count,
-                r.sum,
-                r.min,
-                r.max,
-                r.last,
-                r.last_ts,
-                None if r.sketch is None else next(blob_iter),
-                r.hll,
-            )
-            for r, sid in zip(rows, ids, strict=True)
-        ]
-        conn.executemany(_upsert_sql(tier_table(res)), params)
+        blobs: list[bytes | None] = [None] * n
+        if rows.has_sketch.any():
+            encoded = sketch.encode_flat(rows.sketches)
+            has = rows.has_sketch.tolist()
+            blobs = [b if h else None for b, h in zip(encoded, has, strict=True)]
+        table = tier_table(res)
+        wide = ~(np.isnan(rows.last) & np.isnan(rows.last_ts))
+        if any(h is not None for h in rows.hll):
+            wide |= np.array([h is not None for h in rows.hll], dtype=np.bool_)
+        ts, count, total = rows.ts.tolist(), rows.count.tolist(), rows.sum.tolist()
+        mn, mx = rows.nullable("min"), rows.nullable("max")
+        if not wide.any():
+            params = zip(ts, ids, count, total, mn, mx, blobs, strict=True)
+            conn.executemany(_upsert_sql(table, _NARROW_COLUMNS), params)
+            return
+        last, last_ts = rows.nullable("last"), rows.nullable("last_ts")
+        full = zip(ts, ids, count, total, mn, mx, last, last_ts, blobs, rows.hll, strict=True)
+        if wide.all():
+            conn.executemany(_upsert_sql(table), full)
+            return
+        is_wide = wide.tolist()
+        rows_all = list(full)
+        narrow = [r[:6] + r[8:9] for r, w in zip(rows_all, is_wide, strict=True) if not w]
+        conn.executemany(_upsert_sql(table, _NARROW_COLUMNS), narrow)
+        conn.executemany(
+            _upsert_sql(table), [r for r, w in zip(rows_all, is_wide, strict=True) if w]
+        )
 
     def _insert_series(
         self, conn: sqlite3.Connection, key: SeriesKey, mtype: MetricType, now: float
@@ -301,7 +320,7 @@ class SqliteStore:
         """Writer thread: the last snapshot committed."""
         return self._read_flushed_seq_w()
 
-    def read_for_rebuild(self, res: float, since: float) -> list[BucketRow]:
+    def read_for_rebuild(self, res: float, since: float) -> RowBatch:
         """Writer thread: every row of tier `res` from `since` on (rebuilding rollups at
         start); the series they hold count as written now."""
         assert self._wconn is not None
@@ -311,7 +330,7 @@ class SqliteStore:
             sid = self._series_ids.get(r.key)
             if sid is not None:
                 self._last_write[sid] = now
-        return rows
+        return RowBatch.from_rows(rows)
 
     def complete_until(self) -> dict[float, float]:
         assert self._wconn is not None
