@@ -228,12 +228,41 @@ async def build_pipeline(
     return store, rollup, flusher
 
 
-async def bench_flush(tmp: Path, series: int, per: int, flushes: int) -> dict[str, Any]:
+async def prefill_minutes(path: Path, names: list[str], per: int, minutes: int) -> float:
+    """`minutes` of 1 m history for every series before HOUR0, so that the minute flushes write
+    into a series-major tier that already holds pages of every series (one dirty leaf page per
+    series, as in steady state) rather than into an empty one. Returns the seconds it took."""
+    started = time.perf_counter()
+    store = SqliteStore(path, resolutions=RESOLUTIONS, clock=ManualClock(HOUR0))
+    await asyncio.to_thread(store.open)
+    pool = make_pool(np.random.default_rng(60), 6 * per, 64)
+    rng = np.random.default_rng(61)
+    tags = (("env", "prod"),)
+    stamps = [HOUR0 - 60.0 * (minutes - i) for i in range(minutes)]
+    try:
+        step = max(1, 25_000 // max(1, minutes))
+        for i in range(0, len(names), step):  # series order: sequential inserts, a quick fill
+            keys = [(TENANT, n, tags) for n in names[i : i + step]]
+            rows = [r for k in keys for t in stamps for r in rows_at(t, [k], pool, rng)]
+            batch = RowBatch.from_rows(rows)
+            await store.run_write(partial(store.write_rollups, {60.0: batch}, {60.0: HOUR0}))
+    finally:
+        await asyncio.to_thread(store.close)
+    return time.perf_counter() - started
+
+
+async def bench_flush(
+    tmp: Path, series: int, per: int, flushes: int, prefill: int = 0
+) -> dict[str, Any]:
     """`flushes` intervals of `series` timer series × `per` values each, flushed one by one."""
     rng = np.random.default_rng(per)
     clock = ManualClock(HOUR0 + 1.0)
-    store, rollup, flusher = await build_pipeline(tmp / f"flush-{series}x{per}.db", clock)
+    path = tmp / f"flush-{series}x{per}.db"
     names = [f"bench.flush.s{i:05d}" for i in range(series)]
+    if prefill:
+        seconds = await prefill_minutes(path, names, per, prefill)
+        print(f"  (prefilled {prefill} min of 1 m history, {series:,} series, in {seconds:.1f} s)")
+    store, rollup, flusher = await build_pipeline(path, clock)
     batches = [interval_samples(rng, names, per) for _ in range(2)]
     ingest, awaited = [], []
     try:
@@ -584,7 +613,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         tmp = Path(d)
         for per, flushes in ((10, args.flushes), (100, args.flushes_100)):
             r = {"series": args.series, "values_per_series": per}
-            r |= await bench_flush(tmp, args.series, per, flushes)
+            r |= await bench_flush(tmp, args.series, per, flushes, args.prefill_minutes)
             report["flush"].append(r)
             print_flush(r)
         now = HOUR0 + 1835.0  # mid-hour, mid-minute: queries combine tiers
@@ -606,6 +635,12 @@ def main() -> None:
     p.add_argument("--series", type=int, default=10_000, help="series per flush")
     p.add_argument("--flushes", type=int, default=60, help="flushes with 10 values/series")
     p.add_argument("--flushes-100", type=int, default=60, help="flushes with 100 values/series")
+    p.add_argument(
+        "--prefill-minutes",
+        type=int,
+        default=60,
+        help="minutes of 1 m history written before the flushes (steady-state minute writes)",
+    )
     p.add_argument("--days", type=int, default=30, help="days of 1 h history")
     p.add_argument("--rate", type=int, default=10, help="values per series per 10 s (history)")
     p.add_argument("--runs", type=int, default=7, help="runs per query (median reported)")

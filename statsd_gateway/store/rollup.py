@@ -11,8 +11,8 @@ batches in one vectorised pass (`merge_rows`), and a tier holding many batches m
 into one (the hour tier would otherwise keep 60 minute batches).
 
 Open buckets are never written: after a restart they are rebuilt from the tier below, which holds
-everything they covered (Gateway._rebuild_rollups). Late points for a bucket already written are folded as usual
-and, their bucket being complete, written at once and merged into the row on disk.
+everything they covered (Gateway._rebuild_rollups). Late points for a bucket already written are
+folded as usual and, their bucket being complete, written at once and merged into the row on disk.
 
 Only the store's writer thread touches a TierRollup.
 """
@@ -70,8 +70,12 @@ class TierRollup:
             done = _bucket_of(rows.ts, res) + res <= until
             if not done.any():
                 continue
-            self._open[level] = [] if done.all() else [rows.take(np.flatnonzero(~done))]
-            merged = merge_rows(rows.take(np.flatnonzero(done)), res)
+            if done.all():
+                self._open[level] = []
+            else:
+                self._open[level] = [rows.take(np.flatnonzero(~done))]
+                rows = rows.take(np.flatnonzero(done))
+            merged = merge_rows(rows, res)
             completed[res] = merged
             self.fold(merged, level + 1)
         return completed
