@@ -612,6 +612,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="sgw-bench-query-") as d:
         tmp = Path(d)
         for per, flushes in ((10, args.flushes), (100, args.flushes_100)):
+            if not flushes:
+                continue
             r = {"series": args.series, "values_per_series": per}
             r |= await bench_flush(tmp, args.series, per, flushes, args.prefill_minutes)
             report["flush"].append(r)

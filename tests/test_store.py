@@ -136,6 +136,29 @@ def test_open_creates_the_schema(store: SqliteStore, db_path: Path) -> None:
     assert journal == "wal"
 
 
+def test_the_wal_is_checkpointed_between_writes_and_stays_small(
+    store: SqliteStore, db_path: Path
+) -> None:
+    """Checkpoints run after each commit on a thread of their own, so the WAL starts over
+    instead of growing to SQLite's automatic threshold (4 MB) inside a flush."""
+    wal = db_path.with_name(db_path.name + "-wal")
+    sizes = []
+    for i in range(20):
+        rows = [
+            BucketRow(T0 + 10 * i, ("default", f"m{j}", ()), MetricType.TIMING, 3.0, 6.0, 1.0,
+                      3.0, sketch=sketch.bin_values([1.0, 2.0, 3.0 + j]))
+            for j in range(1000)
+        ]  # fmt: skip
+        store._writer.submit(store.write_rows, rows).result()
+        store._checkpointer.submit(lambda: None).result()  # the queued checkpoint has run
+        sizes.append(wal.stat().st_size)
+    one_write = sizes[0]
+    assert max(sizes) < 3 * one_write < 800_000, sizes
+    with sqlite3.connect(db_path) as conn:
+        assert conn.execute("SELECT count(*) FROM points_10s").fetchone()[0] == 20_000
+    conn.close()
+
+
 def test_open_of_a_new_database_knows_no_series(db_path: Path) -> None:
     s = SqliteStore(db_path)
     try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -29,6 +30,7 @@ from statsd_gateway.model import BucketRow, MetricType, RowBatch, SeriesKey, Tag
 from statsd_gateway.store.schema import SchemaError, ensure_tier_table, migrate, tier_table
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class StoreError(Exception):
@@ -116,6 +118,11 @@ class SqliteStore:
         self._last_write: dict[int, float] = {}  # series id -> last write by this process
         self._read_conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        # Checkpoints run on a thread of their own, after each commit, instead of inside the
+        # commit that crosses SQLite's WAL threshold (which would put them on a flush).
+        self._checkpointer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-checkpoint")
+        self._checkpoint_conn: sqlite3.Connection | None = None
+        self._checkpoint_queued = False
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -134,6 +141,7 @@ class SqliteStore:
             # FULL, not NORMAL: the HTTP write-ahead log is deleted once a flush commits, so a
             # commit must survive a power cut too (one more fsync per flush).
             conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA wal_autocheckpoint=0")  # see _request_checkpoint
             for i, res in enumerate(self.resolutions):
                 ensure_tier_table(conn, res, time_major=i == 0)
                 if i:
@@ -164,6 +172,10 @@ class SqliteStore:
                 self._wconn.close()
                 self._wconn = None
 
+        self._checkpointer.shutdown(wait=True)
+        if self._checkpoint_conn is not None:
+            self._checkpoint_conn.close()
+            self._checkpoint_conn = None
         self._writer.submit(_close).result()
         self._writer.shutdown(wait=True)
         self._readers.shutdown(wait=True)
@@ -243,6 +255,7 @@ class SqliteStore:
             try:
                 work(conn)
                 conn.execute("COMMIT")
+                self._request_checkpoint()
             except BaseException:
                 # SQLite may have rolled back already (a full disk does): keep the first error.
                 if conn.in_transaction:
@@ -254,6 +267,30 @@ class SqliteStore:
                 raise
         except sqlite3.Error as e:
             raise StoreError(f"write failed: {e}") from e
+
+    def _request_checkpoint(self) -> None:
+        """Queues a passive checkpoint (copying committed WAL frames into the database, so the
+        WAL can start over) unless one is queued already. Passive: it never blocks the writer
+        or readers, and skips frames a reader still needs."""
+        if self._checkpoint_queued:
+            return
+        self._checkpoint_queued = True
+        try:
+            self._checkpointer.submit(self._checkpoint)
+        except RuntimeError:  # shutting down: closing the last connection checkpoints
+            self._checkpoint_queued = False
+
+    def _checkpoint(self) -> None:
+        self._checkpoint_queued = False
+        try:
+            if self._checkpoint_conn is None:
+                self._checkpoint_conn = sqlite3.connect(
+                    self.path, isolation_level=None, check_same_thread=False
+                )
+                self._checkpoint_conn.execute("PRAGMA busy_timeout=1000")
+            self._checkpoint_conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as e:
+            log.warning("WAL checkpoint failed (retried after the next write): %s", e)
 
     def _upsert(self, conn: sqlite3.Connection, res: float, rows: RowBatch) -> None:
         n = len(rows)
