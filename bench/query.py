@@ -57,7 +57,7 @@ from statsd_gateway.flusher import Flusher
 from statsd_gateway.gateway import tune_gc
 from statsd_gateway.model import BucketRow, MetricType, RowBatch, SeriesKey
 from statsd_gateway.protocol import Sample
-from statsd_gateway.query import QueryEngine, parse_query
+from statsd_gateway.query import QueryEngine, QueryRows, parse_query
 from statsd_gateway.store import SqliteStore
 from statsd_gateway.store.rollup import TierRollup
 from statsd_gateway.telemetry import Telemetry
@@ -150,7 +150,7 @@ class TimedEngine(QueryEngine):
         self.shape_seconds: list[float] = []
         self.rows: list[int] = []
 
-    async def collect(self, *args: Any, **kwargs: Any) -> list[BucketRow]:
+    async def collect(self, *args: Any, **kwargs: Any) -> QueryRows:
         t = time.perf_counter()
         rows = await super().collect(*args, **kwargs)
         self.collect_seconds.append(time.perf_counter() - t)

@@ -24,17 +24,20 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from statsd_gateway import sketch
 from statsd_gateway.aggregator import IntervalAggregator, finish
 from statsd_gateway.config import parse_duration
 from statsd_gateway.errors import InvalidArgument, MetricNotFound, QueryTooLarge
-from statsd_gateway.model import BucketRow, MetricType, Tags
+from statsd_gateway.model import MetricType, RowBatch, Tags
 from statsd_gateway.store import SqliteStore
 from statsd_gateway.store.sqlite import (
+    Columns,
+    SeriesInfo,
+    read_columns,
     read_complete_until,
     read_flushed_seq,
-    read_rows,
     read_series,
 )
 
@@ -221,38 +224,6 @@ def _json_number(v: float) -> float | int | None:
     return v
 
 
-def aggregate(rows: Sequence[BucketRow], spec: QuerySpec, seconds: float) -> float | None:
-    """One aggregation other than a quantile (see _quantiles) over the rows of one point."""
-    agg = spec.agg
-    if agg == "count":
-        return sum(r.count for r in rows)
-    if agg == "sum":
-        return sum(r.sum for r in rows)
-    if agg == "avg":
-        c = sum(r.count for r in rows)
-        return sum(r.sum for r in rows) / c if c else None
-    if agg == "rate":
-        return sum(r.sum for r in rows) / seconds
-    if agg == "min":
-        return min((r.min for r in rows if r.min is not None), default=None)
-    if agg == "max":
-        return max((r.max for r in rows if r.max is not None), default=None)
-    if agg == "last":
-        # Rows come oldest first (disk, then pending snapshots, then live): on equal
-        # timestamps the later row wins.
-        best: BucketRow | None = None
-        for r in rows:
-            if r.last is None or r.last_ts is None:
-                continue
-            if best is None or r.last_ts >= (best.last_ts or 0.0):
-                best = r
-        return None if best is None else best.last
-    if agg == "distinct":
-        blobs = [r.hll for r in rows if r.hll is not None]
-        return float(round(sketch.hll_estimate(sketch.hll_merge(blobs)))) if blobs else 0.0
-    raise AssertionError(agg)
-
-
 @dataclass(frozen=True, slots=True)
 class Segment:
     """Rows of tier `resolution` with lo <= ts < hi."""
@@ -312,6 +283,34 @@ def _sketch_budget_error(n: int, limit: int, spec: QuerySpec) -> QueryTooLarge:
     )
 
 
+_F64 = npt.NDArray[np.float64]
+_I64 = npt.NDArray[np.int64]
+# The numeric columns each aggregation but a quantile reads.
+_AGG_VALUES: dict[str, tuple[str, ...]] = {
+    "count": ("count",),
+    "sum": ("sum",),
+    "avg": ("count", "sum"),
+    "rate": ("sum",),
+    "min": ("min",),
+    "max": ("max",),
+    "last": ("last", "last_ts"),
+    "distinct": (),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class QueryRows:
+    """The bucket rows a query reads, as columns: the stored rows (segment by segment, each in
+    store order), then the rows still in memory. `cols.series` (read only to group by tags)
+    indexes `tags`; a series both stored and in memory has two entries."""
+
+    tags: list[Tags]
+    cols: Columns
+
+    def __len__(self) -> int:
+        return len(self.cols)
+
+
 class QueryEngine:
     def __init__(
         self,
@@ -331,15 +330,24 @@ class QueryEngine:
         return mtype
 
     async def collect(
-        self, tenant: str, spec: QuerySpec, start: float, sketches: str
-    ) -> list[BucketRow]:
-        """Every bucket row of the matching series in [start, until): from the tiers the plan
-        picks, plus what is still in memory and not yet in the store. `sketches` as for
-        read_rows: "skip", "raw" (blobs, for batch quantiles) or "decode"."""
+        self,
+        tenant: str,
+        spec: QuerySpec,
+        start: float,
+        *,
+        values: Sequence[str],
+        sketches: bool = False,
+        hll: bool = False,
+    ) -> QueryRows:
+        """Every bucket row of the matching series in [start, until), as columns: from the
+        tiers the plan picks, plus what is still in memory and not yet in the store. `values`,
+        `sketches` and `hll` say which columns to read, as for read_columns; the rows' series
+        are read only to group by tags."""
         memory = self.aggregator.collect(tenant, spec.name)
         resolutions = self.store.resolutions
+        by_series = bool(spec.group_by)
 
-        def read(conn: sqlite3.Connection) -> tuple[int, list[BucketRow]]:
+        def read(conn: sqlite3.Connection) -> tuple[int, list[SeriesInfo], list[Columns]]:
             seq = read_flushed_seq(conn)
             series = read_series(conn, tenant, spec.name)
             series = [s for s in series if _matches(s.tags, spec.tags)]
@@ -350,35 +358,43 @@ class QueryEngine:
                 start,
                 spec.until,
             )
-            if sketches != "skip":
+            if sketches:
                 n = len(series) * sum(math.ceil((g.hi - g.lo) / g.resolution) for g in segments)
                 if n > self.max_sketches:
                     raise _sketch_budget_error(n, self.max_sketches, spec)
-            rows: list[BucketRow] = []
-            for g in segments:
-                rows.extend(
-                    read_rows(
-                        conn,
-                        series,
-                        g.lo,
-                        g.hi,
-                        g.resolution,
-                        sketches=sketches,
-                        hll=spec.agg == "distinct",
-                    )
+            parts = [
+                read_columns(
+                    conn,
+                    series,
+                    g.lo,
+                    g.hi,
+                    g.resolution,
+                    values=values,
+                    sketches=sketches,
+                    hll=hll,
+                    by_series=by_series,
                 )
-            return seq, rows
+                for g in segments
+            ]
+            return seq, series, parts
 
-        seq, rows = await self.store.run_read(read)
+        seq, series, stored = await self.store.run_read(read)
         fresh = [
             (ts, key, acc)
             for s, ts, key, acc in memory
             if s > seq and start <= ts < spec.until and _matches(key[2], spec.tags)
         ]
+        tags = [s.tags for s in series]
+        parts = [(0, c) for c in stored]
         if fresh:
-            batch = await asyncio.to_thread(finish, fresh)
-            rows.extend(batch.rows())
-        return rows
+
+            def convert() -> tuple[list[Tags], Columns]:
+                return _memory_columns(finish(fresh), values, sketches, hll, by_series)
+
+            memory_tags, in_memory = await asyncio.to_thread(convert)
+            parts.append((len(tags), in_memory))
+            tags += memory_tags
+        return QueryRows(tags, _concat(parts, values))
 
     async def run(self, tenant: str, spec: QuerySpec) -> dict[str, Any]:
         mtype = self.metric_type(tenant, spec.name)
@@ -393,9 +409,12 @@ class QueryEngine:
                 "window",
             )
         start = math.floor(spec.since / spec.window) * spec.window if spec.window else spec.since
-        rows = await self.collect(
-            tenant, spec, start, sketches="skip" if spec.quantile is None else "raw"
-        )
+        if spec.quantile is None:
+            rows = await self.collect(
+                tenant, spec, start, values=_AGG_VALUES[spec.agg], hll=spec.agg == "distinct"
+            )
+        else:
+            rows = await self.collect(tenant, spec, start, values=("min", "max"), sketches=True)
         result = await asyncio.to_thread(self._shape, spec, rows)
         return {
             "ok": True,
@@ -419,9 +438,15 @@ class QueryEngine:
                 "distributions do",
                 "name",
             )
-        rows = await self.collect(tenant, spec, spec.since, sketches="decode")
-        merged = sketch.merge(r.sketch for r in rows if r.sketch is not None)
-        count = sum(r.count for r in rows)
+        rows = await self.collect(
+            tenant, spec, spec.since, values=("count", "sum", "min", "max"), sketches=True
+        )
+        cols = rows.cols
+        # Python's sum, min and max of the rows in row order, as a loop over the rows computes
+        # them (numpy's sum is pairwise: another rounding).
+        mins = [v for v in cols.values["min"].tolist() if not math.isnan(v)]
+        maxs = [v for v in cols.values["max"].tolist() if not math.isnan(v)]
+        merged = sketch.merge(sketch.decode_many(cols.sketches))
         return {
             "ok": True,
             "name": spec.name,
@@ -429,70 +454,171 @@ class QueryEngine:
             "tags": dict(spec.tags),
             "since": _json_number(spec.since),
             "until": _json_number(spec.until),
-            "count": _json_number(count),
-            "sum": _json_number(sum(r.sum for r in rows)),
-            "min": min((r.min for r in rows if r.min is not None), default=None),
-            "max": max((r.max for r in rows if r.max is not None), default=None),
+            "count": _json_number(sum(cols.values["count"].tolist())),
+            "sum": _json_number(sum(cols.values["sum"].tolist())),
+            "min": min(mins, default=None),
+            "max": max(maxs, default=None),
             "format": "ddsketch-proto",
             "relative_accuracy": sketch.RELATIVE_ACCURACY,
             "sketch": base64.b64encode(sketch.to_proto(merged)).decode("ascii"),
         }
 
-    def _shape(self, spec: QuerySpec, rows: list[BucketRow]) -> dict[str, Any]:
-        groups: dict[Tags, dict[float, list[BucketRow]]] = {}
+    def _shape(self, spec: QuerySpec, rows: QueryRows) -> dict[str, Any]:
+        cols = rows.cols
         w = spec.window
-        for r in rows:
-            if spec.group_by:
-                have = dict(r.key[2])
-                g: Tags = tuple((k, have[k]) for k in spec.group_by if k in have)
-            else:
-                g = ()
-            bucket = math.floor(r.ts / w) * w if w else spec.since
-            groups.setdefault(g, {}).setdefault(bucket, []).append(r)
-        seconds = w if w else spec.until - spec.since
-        cells = [(g, ts, groups[g][ts]) for g in sorted(groups) for ts in sorted(groups[g])]
+        bucket = np.floor(cols.ts / w) * w if w else np.full(len(cols), spec.since)
+        buckets, cell = np.unique(bucket, return_inverse=True)
+        cell_ts: list[float] = buckets.tolist()
+        cell_group = [0] * len(cell_ts)
+        groups: list[Tags] = [()]
+        if spec.group_by:
+            assert cols.series is not None  # collect reads the rows' series to group them
+            # The group of each series, once per series (not per row), by rank in sorted order.
+            group_of = [_group(t, spec.group_by) for t in rows.tags]
+            groups = sorted(set(group_of))
+            rank = {g: i for i, g in enumerate(groups)}
+            series_group = np.array([rank[g] for g in group_of], dtype=np.int64)
+            n_b = max(buckets.size, 1)
+            # Cells sorted by (group, bucket), as the answer lists them.
+            codes, cell = np.unique(series_group[cols.series] * n_b + cell, return_inverse=True)
+            cell_group = (codes // n_b).tolist()
+            cell_ts = buckets[codes % n_b].tolist()
+        n = len(cell_ts)
         if spec.quantile is not None:
-            values = _quantiles([c[2] for c in cells], spec.quantile)
+            values = _quantiles(cols, cell, n, spec.quantile)
         else:
-            values = [aggregate(c[2], spec, seconds) for c in cells]
-        by_group: dict[Tags, list[dict[str, Any]]] = {g: [] for g in groups}
-        for (g, ts, _), v in zip(cells, values, strict=True):
+            values = _aggregate(spec.agg, cols, cell, n, w if w else spec.until - spec.since)
+        by_group: dict[int, list[dict[str, Any]]] = {}
+        for g, ts, v in zip(cell_group, cell_ts, values, strict=True):
+            points = by_group.setdefault(g, [])
             if v is not None:
-                by_group[g].append({"timestamp": _json_number(ts), "value": _json_number(v)})
+                points.append({"timestamp": _json_number(ts), "value": _json_number(v)})
         if not spec.group_by:
-            return {"points": by_group.get((), [])}
-        return {"series": [{"tags": dict(g), "points": by_group[g]} for g in sorted(groups)]}
+            return {"points": by_group.get(0, [])}
+        return {"series": [{"tags": dict(groups[g]), "points": p} for g, p in by_group.items()]}
 
 
-def _quantiles(cells: list[list[BucketRow]], q: float) -> list[float | None]:
+def _group(tags: Tags, keys: tuple[str, ...]) -> Tags:
+    have = dict(tags)
+    return tuple((k, have[k]) for k in keys if k in have)
+
+
+def _memory_columns(
+    rows: RowBatch, values: Sequence[str], sketches: bool, hll: bool, by_series: bool
+) -> tuple[list[Tags], Columns]:
+    """The rows still in memory as Columns, with the tag sets their `series` index. Their
+    sketch bins are encoded to DDV1, to merge with the stored blobs."""
+    index: dict[Tags, int] = {}
+    series = [index.setdefault(key[2], len(index)) for key in rows.keys]
+    empty = np.empty(0, dtype=np.int64)
+    sketch_rows = np.flatnonzero(rows.has_sketch) if sketches else empty
+    hll_rows = [i for i, h in enumerate(rows.hll) if h is not None] if hll else []
+    return list(index), Columns(
+        ts=rows.ts,
+        series=np.array(series, dtype=np.int64) if by_series else None,
+        values={v: getattr(rows, v) for v in values},
+        sketches=sketch.encode_flat(sketch.flat_take(rows.sketches, sketch_rows)),
+        sketch_rows=sketch_rows,
+        hlls=[h for h in (rows.hll[i] for i in hll_rows) if h is not None],
+        hll_rows=np.array(hll_rows, dtype=np.int64),
+    )
+
+
+def _concat(parts: Sequence[tuple[int, Columns]], values: Sequence[str]) -> Columns:
+    """The rows of the parts (at least one) in order, each part's series indices shifted by
+    its offset."""
+    parts = [p for p in parts if len(p[1])] or parts[:1]
+    if len(parts) == 1 and parts[0][0] == 0:
+        return parts[0][1]
+    starts = np.cumsum([0, *(len(c) for _, c in parts[:-1])]).tolist()
+    series = [c.series + offset for offset, c in parts if c.series is not None]
+    shifted = list(zip(starts, (c for _, c in parts), strict=True))
+    return Columns(
+        ts=np.concatenate([c.ts for _, c in parts]),
+        series=np.concatenate(series) if len(series) == len(parts) else None,
+        values={v: np.concatenate([c.values[v] for _, c in parts]) for v in values},
+        sketches=[b for _, c in parts for b in c.sketches],
+        sketch_rows=np.concatenate([c.sketch_rows + start for start, c in shifted]),
+        hlls=[h for _, c in parts for h in c.hlls],
+        hll_rows=np.concatenate([c.hll_rows + start for start, c in shifted]),
+    )
+
+
+def _aggregate(agg: str, cols: Columns, cell: _I64, n: int, seconds: float) -> list[float | None]:
+    """One aggregation other than a quantile (see _quantiles) per cell; `cell` is each row's.
+    Sums add the rows one by one in row order (np.bincount does), as Python 3.11's sum() over
+    the rows does: the same float, where a pairwise or compensated sum could differ."""
+    v = cols.values
+    if agg == "count":
+        out: list[float | None] = np.bincount(cell, v["count"], n).tolist()
+        return out
+    if agg in ("sum", "rate"):
+        total = np.bincount(cell, v["sum"], n)
+        out = (total / seconds if agg == "rate" else total).tolist()
+        return out
+    if agg == "avg":
+        c = np.bincount(cell, v["count"], n).tolist()
+        t = np.bincount(cell, v["sum"], n).tolist()
+        return [s / k if k else None for s, k in zip(t, c, strict=True)]
+    if agg == "min":
+        return _or_none(_cell_extreme(np.fmin, v["min"], cell, n))
+    if agg == "max":
+        return _or_none(_cell_extreme(np.fmax, v["max"], cell, n))
+    if agg == "last":
+        return _or_none(_cell_last(v["last"], v["last_ts"], cell, n))
+    if agg == "distinct":
+        return _cell_distinct(cols, cell, n)
+    raise AssertionError(agg)
+
+
+def _cell_extreme(op: np.ufunc, x: _F64, cell: _I64, n: int) -> _F64:
+    """np.fmin or np.fmax over each cell's rows: NULLs (NaN) ignored, NaN where a cell has
+    none."""
+    out = np.full(n, np.nan)
+    op.at(out, cell, x)
+    return out
+
+
+def _cell_last(last: _F64, last_ts: _F64, cell: _I64, n: int) -> _F64:
+    """Each cell's `last` of the row with the greatest last_ts; on equal timestamps the later
+    row (rows come oldest first: disk, then pending snapshots, then live). Rows without a last
+    value are ignored; NaN where a cell has none."""
+    rows = np.flatnonzero(~(np.isnan(last) | np.isnan(last_ts)))
+    rows = rows[np.lexsort((rows, last_ts[rows], cell[rows]))]
+    cells = cell[rows]
+    ends = np.flatnonzero(np.append(cells[1:] != cells[:-1], True)) if rows.size else rows
+    out = np.full(n, np.nan)
+    out[cells[ends]] = last[rows[ends]]
+    return out
+
+
+def _cell_distinct(cols: Columns, cell: _I64, n: int) -> list[float | None]:
+    """The estimated distinct members of each cell: its HyperLogLogs merged."""
+    per_cell: list[list[bytes]] = [[] for _ in range(n)]
+    for c, blob in zip(cell[cols.hll_rows].tolist(), cols.hlls, strict=True):
+        per_cell[c].append(blob)
+    return [
+        float(round(sketch.hll_estimate(sketch.hll_merge(blobs)))) if blobs else 0.0
+        for blobs in per_cell
+    ]
+
+
+def _quantiles(cols: Columns, cell: _I64, n: int, q: float) -> list[float | None]:
     """One quantile per cell, over the DDV1 blobs of all cells at once (no object per row),
     each estimate clamped into the cell's exact [min, max]; p0 and p100 are the exact extremes.
-    Rows still in memory carry decoded bins: they are encoded to join the batch."""
-    blobs: list[bytes] = []
-    cell_ids: list[int] = []
-    pending: list[sketch.Bins] = []
-    pending_cells: list[int] = []
-    for i, rows in enumerate(cells):
-        for r in rows:
-            if r.blob is not None:
-                blobs.append(r.blob)
-                cell_ids.append(i)
-            elif r.sketch is not None:
-                pending.append(r.sketch)
-                pending_cells.append(i)
-    blobs.extend(sketch.encode_many(pending))
-    cell_ids.extend(pending_cells)
-    values = sketch.cell_quantiles(blobs, np.asarray(cell_ids, dtype=np.int64), len(cells), q)
-    out: list[float | None] = []
-    for rows, v in zip(cells, values.tolist(), strict=True):
-        mn = min((r.min for r in rows if r.min is not None), default=None)
-        mx = max((r.max for r in rows if r.max is not None), default=None)
-        if mn is None or mx is None:
-            out.append(None)
-        elif q == 0.0:
-            out.append(mn)
-        elif q == 1.0:
-            out.append(mx)
-        else:
-            out.append(None if math.isnan(v) else min(max(v, mn), mx))
-    return out
+    None where a cell has no min or max."""
+    mn = _cell_extreme(np.fmin, cols.values["min"], cell, n)
+    mx = _cell_extreme(np.fmax, cols.values["max"], cell, n)
+    if q == 0.0:
+        out = mn
+    elif q == 1.0:
+        out = mx
+    else:
+        estimate = sketch.cell_quantiles(cols.sketches, cell[cols.sketch_rows], n, q)
+        out = np.minimum(np.maximum(estimate, mn), mx)  # NaN (no estimate) stays NaN
+    out[np.isnan(mn) | np.isnan(mx)] = np.nan
+    return _or_none(out)
+
+
+def _or_none(x: _F64) -> list[float | None]:
+    return [None if math.isnan(v) else v for v in x.tolist()]
