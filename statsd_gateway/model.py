@@ -130,7 +130,6 @@ class BucketRow:
     last_ts: float | None = None
     sketch: Bins | None = None
     hll: bytes | None = None
-    blob: bytes | None = None  # the sketch still DDV1-encoded, when read for a batch quantile
 
 
 _F64 = npt.NDArray[np.float64]

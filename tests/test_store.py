@@ -13,7 +13,7 @@ from statsd_gateway import sketch
 from statsd_gateway.model import BucketRow, MetricType, SeriesKey
 from statsd_gateway.store import SqliteStore, StoreError
 from statsd_gateway.store.schema import SCHEMA_VERSION
-from statsd_gateway.store.sqlite import read_flushed_seq, read_rows, read_series
+from statsd_gateway.store.sqlite import read_columns, read_flushed_seq, read_series
 from tests.conftest import T0
 
 LAT: SeriesKey = ("default", "api.latency", (("env", "prod"), ("region", "eu")))
@@ -90,10 +90,9 @@ async def write(store: SqliteStore, rows: list[BucketRow], flushed_seq: int | No
 async def read_all(
     store: SqliteStore, name: str | None = None
 ) -> dict[tuple[float, str], BucketRow]:
-    def fn(conn: sqlite3.Connection) -> list[BucketRow]:
-        return read_rows(conn, read_series(conn, "default", name), 0.0, 1e12)
-
-    rows = await store.run_read(fn)
+    """Every row of the finest tier, as the store reads them back to rebuild its rollups."""
+    batch = await store.run_write(lambda: store.read_for_rebuild(store.resolutions[0], 0.0))
+    rows = [r for r in batch.rows() if name is None or r.key[1] == name]
     out = {(r.ts, r.key[1]): r for r in rows}
     assert len(out) == len(rows)
     return out
@@ -200,11 +199,12 @@ async def test_series_are_stored_with_type_and_tags(store: SqliteStore) -> None:
     assert await store.run_read(lambda c: read_series(c, "other-tenant")) == []
 
 
-async def test_read_rows_respects_the_time_range(store: SqliteStore) -> None:
+async def test_read_columns_respects_the_time_range(store: SqliteStore) -> None:
     await write(store, [counter(T0 + i * 10, 1.0, 1.0) for i in range(6)])
 
     def fn(conn: sqlite3.Connection) -> list[float]:
-        return sorted(r.ts for r in read_rows(conn, read_series(conn, "default"), T0 + 10, T0 + 40))
+        cols = read_columns(conn, read_series(conn, "default"), T0 + 10, T0 + 40)
+        return sorted(cols.ts.tolist())
 
     assert await store.run_read(fn) == [T0 + 10, T0 + 20, T0 + 30]
 

@@ -531,47 +531,12 @@ def read_series(conn: sqlite3.Connection, tenant: str, name: str | None = None) 
 _SELECT = "SELECT ts, series_id, count, sum, min, max, last, last_ts, sketch, hll FROM "
 
 
-def read_rows(
-    conn: sqlite3.Connection,
-    series: Sequence[SeriesInfo],
-    since: float,
-    until: float,
-    resolution: float = 10.0,
-    *,
-    sketches: str = "decode",
-    hll: bool = True,
-) -> list[BucketRow]:
-    """Bucket rows of tier `resolution` of the given series with since <= ts < until.
-
-    `sketches`: "decode" (BucketRow.sketch), "raw" (the DDV1 blob in BucketRow.blob, for a batch
-    quantile) or "skip" (not read: count/sum/avg/… never need them); `hll` likewise for sets.
-    """
-    by_id = {s.id: s for s in series}
-    out: list[BucketRow] = []
-    ids = list(by_id)
-    table = tier_table(resolution)
-    select = _SELECT
-    if sketches == "skip":
-        select = select.replace("sketch,", "NULL,")
-    if not hll:
-        select = select.replace("hll FROM", "NULL FROM")
-    for i in range(0, len(ids), 500):
-        chunk = ids[i : i + 500]
-        marks = ",".join("?" * len(chunk))
-        cur = conn.execute(
-            f"{select}{table} WHERE ts >= ? AND ts < ? AND series_id IN ({marks})",
-            (since, until, *chunk),
-        )
-        out.extend(_to_rows(cur.fetchall(), by_id, decode=sketches == "decode"))
-    return out
-
-
 NUMERIC_COLUMNS = ("count", "sum", "min", "max", "last", "last_ts")
 
 
 @dataclass(frozen=True, slots=True)
 class Columns:
-    """Bucket rows as arrays, one element per row: read_rows' answer without an object per row.
+    """Bucket rows as arrays, one element per row (no Python object per row).
 
     `series[i]` is the position of row i's series in the series list the rows were read for
     (None when the rows' series were not read).
@@ -604,7 +569,7 @@ def read_columns(
     hll: bool = False,
     by_series: bool = True,
 ) -> Columns:
-    """The rows read_rows reads (tier `resolution`, the given series, since <= ts < until), as
+    """The rows of tier `resolution` of the given series with since <= ts < until, as
     Columns. Only the numeric columns named in `values` are read, the sketch and HyperLogLog
     blobs only when asked, and the rows' series only `by_series`: every column read costs a
     Python object per row in sqlite3."""
@@ -677,26 +642,18 @@ def _rows_where(
     return _to_rows(conn.execute(f"{_SELECT}{table} WHERE {where}", args).fetchall(), by_id)
 
 
-def _to_rows(
-    raw: list[tuple[Any, ...]], by_id: dict[int, SeriesInfo], decode: bool = True
-) -> list[BucketRow]:
-    sketches = sketch.decode_many([r[8] for r in raw if r[8] is not None]) if decode else []
+def _to_rows(raw: list[tuple[Any, ...]], by_id: dict[int, SeriesInfo]) -> list[BucketRow]:
+    sketches = sketch.decode_many([r[8] for r in raw if r[8] is not None])
     it = iter(sketches)
     keys = {sid: ((s.tenant, s.name, s.tags), s.type) for sid, s in by_id.items()}
     out = []
-    # Positional BucketRow(...): a query may build tens of thousands, and keywords cost 3x.
     for ts, sid, count, total, mn, mx, last, last_ts, blob, hll in raw:
-        decoded = None if blob is None or not decode else next(it)
+        decoded = None if blob is None else next(it)
         known = keys.get(sid)
         if known is None:
             continue  # a series deleted meanwhile
         key, mtype = known
-        out.append(
-            BucketRow(
-                ts, key, mtype, count, total, mn, mx, last, last_ts, decoded, hll,
-                None if decode else blob,
-            )
-        )  # fmt: skip
+        out.append(BucketRow(ts, key, mtype, count, total, mn, mx, last, last_ts, decoded, hll))
     return out
 
 
