@@ -506,8 +506,9 @@ def _group(tags: Tags, keys: tuple[str, ...]) -> Tags:
 def _memory_columns(
     rows: list[BucketRow], values: Sequence[str], sketches: bool, hll: bool, by_series: bool
 ) -> tuple[list[Tags], Columns]:
-    """The rows still in memory as Columns, with the tag sets their `series` index. Their
-    decoded sketches are encoded to DDV1, to merge with the stored blobs."""
+    """The rows still in memory (finish()'s BucketRows) as Columns, with the tag sets their
+    `series` index; the one place that knows finish()'s output. Their decoded sketches are
+    encoded to DDV1, to merge with the stored blobs."""
     index: dict[Tags, int] = {}
     series = [index.setdefault(r.key[2], len(index)) for r in rows]
     bins = [(i, r.sketch) for i, r in enumerate(rows) if r.sketch is not None] if sketches else []
