@@ -150,12 +150,11 @@ class Flusher:
             return 0  # already committed (a retry after an answer that never arrived)
         rows = finish_snapshot(snap)
         rollups: dict[float, RowBatch] = {}
-        saved = None
-        if self.rollup is not None:
-            saved = self.rollup.save()
-            self.rollup.fold(rows)
-            rollups = self.rollup.complete(snap.boundary)
+        saved = None if self.rollup is None else self.rollup.save()
         try:
+            if self.rollup is not None:
+                self.rollup.fold(rows)
+                rollups = self.rollup.complete(snap.boundary)
             self.store.write_flush(
                 rows,
                 flushed_seq=snap.seq,

@@ -203,8 +203,9 @@ class Gateway:
             since = complete_until[res]
             rows = await store.run_write(partial(store.read_for_rebuild, finer, since))
             await store.run_write(partial(rollup.fold, rows, level))
-        if rollup.open_buckets():
-            log.info("rebuilt %d open rollup buckets from disk", rollup.open_buckets())
+        n_open = rollup.open_buckets()
+        if n_open:
+            log.info("rebuilt %d open rollup buckets from disk", n_open)
         return rollup
 
     def _forget_series(self, keys: list[SeriesKey]) -> None:

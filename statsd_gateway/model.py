@@ -77,6 +77,9 @@ TAG_KEY_MAX = 100
 TAG_VALUE_MAX = 200
 # ddsketch accepts up to ~1.79e308 but then overflows computing quantiles: cap magnitudes here.
 VALUE_ABS_MAX = 1e300
+# A sample rate r weighs a value by 1/r; below this the weight (and a flush's sums of weights)
+# could overflow to infinity, which no sketch can hold. No real client samples that sparsely.
+SAMPLE_RATE_MIN = 1e-9
 FUTURE_MAX_SECONDS = 600.0
 
 

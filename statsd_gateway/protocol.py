@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 from statsd_gateway.model import (
     NAME_MAX,
+    SAMPLE_RATE_MIN,
     STATSD_TYPES,
     TAG_KEY_MAX,
     TAG_VALUE_MAX,
@@ -281,7 +282,7 @@ class StatsdParser:
                         rate = float(s[1:])
                     except ValueError:
                         raise LineError(INVALID_SAMPLE_RATE) from None
-                    if not 0.0 < rate <= 1.0 or not _plain_number(s[1:]):
+                    if not SAMPLE_RATE_MIN <= rate <= 1.0 or not _plain_number(s[1:]):
                         raise LineError(INVALID_SAMPLE_RATE)
                 elif c == "T":
                     try:

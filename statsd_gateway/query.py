@@ -442,8 +442,10 @@ class QueryEngine:
             tenant, spec, spec.since, values=("count", "sum", "min", "max"), sketches=True
         )
         cols = rows.cols
-        # Python's sum, min and max of the rows in row order, as a loop over the rows computes
-        # them (numpy's sum is pairwise: another rounding).
+        # Sums add row by row, as the query's bincount does (numpy's sum is pairwise and
+        # Python 3.12's sum() compensated: other roundings).
+        n = np.zeros(len(cols), dtype=np.int64)
+        count, total = (np.bincount(n, cols.values[v], 1)[0] for v in ("count", "sum"))
         mins = [v for v in cols.values["min"].tolist() if not math.isnan(v)]
         maxs = [v for v in cols.values["max"].tolist() if not math.isnan(v)]
         merged = sketch.merge(sketch.decode_many(cols.sketches))
@@ -454,8 +456,8 @@ class QueryEngine:
             "tags": dict(spec.tags),
             "since": _json_number(spec.since),
             "until": _json_number(spec.until),
-            "count": _json_number(sum(cols.values["count"].tolist())),
-            "sum": _json_number(sum(cols.values["sum"].tolist())),
+            "count": _json_number(count),
+            "sum": _json_number(total),
             "min": min(mins, default=None),
             "max": max(maxs, default=None),
             "format": "ddsketch-proto",

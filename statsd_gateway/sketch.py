@@ -66,7 +66,6 @@ __all__ = [
     "decode_many",
     "encode",
     "encode_flat",
-    "encode_many",
     "flat_concat",
     "flat_from_bins",
     "flat_take",
@@ -314,8 +313,9 @@ def _bin_dense(keys: _I64, group: _I64, w: _F64 | None, n_g: int) -> tuple[_I64,
     wid = hi - lo + 1
     dense_total = int(wid.sum())
     # A sparse dense range is still cheaper than the sort (a few ns per slot against ~50 ns per
-    # value): allow up to 32 slots per value.
-    if dense_total <= 32 * keys.size + (1 << 16):
+    # value): up to 32 slots per value, but never more than 4M slots (32 MB of counts) unless
+    # the values fill them densely, so that values spread on purpose cannot balloon a flush.
+    if dense_total <= max(4 * keys.size + (1 << 16), min(32 * keys.size, 1 << 22)):
         base = np.cumsum(wid) - wid
         code = (base - lo)[group] + keys
         acc = np.bincount(code, weights=w, minlength=dense_total)
@@ -606,35 +606,6 @@ def _seg_any(mask: _BOOL, lengths: _I64) -> _BOOL:
 
 def _sizes(arrays: Sequence[Sized]) -> _I64:
     return np.fromiter(map(len, arrays), dtype=np.int64, count=len(arrays))
-
-
-def encode_many(items: Sequence[Bins]) -> list[bytes]:
-    """``[encode(b) for b in items]`` (bit-identical), vectorised over the whole batch.
-
-    All varints (keys as zigzag deltas, integral counts, sizes) of all blobs are encoded at once;
-    float mode is decided per blob exactly as :func:`encode` does. Unusual inputs (negative,
-    zero or non-finite counts, key deltas beyond int64) go through :func:`encode` itself.
-    """
-    n = len(items)
-    if n == 0:
-        return []
-    try:
-        zero = np.array([b.zero for b in items], dtype=np.float64)
-    except (TypeError, ValueError):
-        return [encode(b) for b in items]
-    key_list = [a for b in items for a in (b.pos_keys, b.neg_keys)]
-    cnt_list = [a for b in items for a in (b.pos_counts, b.neg_counts)]
-    seg_len = _sizes(key_list)
-    keys, cnts = np.concatenate(key_list), np.concatenate(cnt_list)
-    if (
-        keys.dtype != np.int64
-        or cnts.dtype != np.float64
-        or keys.ndim != 1
-        or cnts.shape != keys.shape
-        or not np.array_equal(_sizes(cnt_list), seg_len)
-    ):
-        return [encode(b) for b in items]
-    return _encode_segments(keys, cnts, seg_len, zero, lambda i: encode(items[i]))
 
 
 def encode_flat(flat: FlatBins) -> list[bytes]:

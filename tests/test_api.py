@@ -119,6 +119,8 @@ async def test_report_returns_ok(api: Api) -> None:
         ({"name": "v", "value": 1, "tags": {f"k{i}": "v" for i in range(33)}}, "tags"),
         ({"name": "v", "value": 1, "sample_rate": 0}, "sample_rate"),
         ({"name": "v", "value": 1, "sample_rate": 2}, "sample_rate"),
+        ({"name": "v", "value": 1, "sample_rate": 1e-10}, "sample_rate"),
+        ({"name": "v", "value": 1, "sample_rate": 5e-324}, "sample_rate"),
         ({"name": "v", "value": 1, "foo": 1}, "foo"),
         ({"name": "v", "value": 1, "timestamp": "yesterday"}, "timestamp"),
     ],

@@ -804,6 +804,14 @@ SCENARIOS: list[Any] = [
     bad("sample rate nan", "rj.rnan:1|ms|@nan", "invalid_sample_rate"),
     bad("sample rate empty", "rj.rempty:1|c|@", "invalid_sample_rate"),
     bad("sample rate inf", "rj.rinf:1|c|@inf", "invalid_sample_rate"),
+    # 1/rate would overflow (a subnormal rate), or weights could add up to infinity: refused.
+    bad(
+        "sample rate subnormal",
+        "rj.rsub:5|ms|@0." + "0" * 320 + "1",
+        "invalid_sample_rate",
+        q("rj.rsub", "count", NOT_FOUND),
+    ),
+    bad("sample rate below 1e-9", "rj.rtiny:5|c|@0.0000000001", "invalid_sample_rate"),
     bad("sample rate with underscore", "rj.rus:1|c|@0.0_1", "invalid_sample_rate"),
     bad("bad sample rate on a gauge", "rj.rg:1|g|@2", "invalid_sample_rate"),
     bad("empty timestamp", "rj.t:1|c|T", "invalid_timestamp", q("rj.t", "sum", NOT_FOUND)),

@@ -579,7 +579,7 @@ def test_to_proto_parses_with_ddsketch_from_proto() -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# batch paths: encode_many / decode_many / merge_groups / quantiles_many
+# batch paths: encode_flat / decode_many / merge_groups / cell_quantiles
 
 
 def random_batch(n: int, seed: int) -> list[sk.Bins]:
@@ -604,16 +604,20 @@ def random_batch(n: int, seed: int) -> list[sk.Bins]:
     return [kinds[int(k)]() for k in rng.integers(0, len(kinds), n)]
 
 
-def test_encode_many_is_bit_identical_to_encode() -> None:
+def encode_batch(items: list[sk.Bins]) -> list[bytes]:
+    return sk.encode_flat(sk.flat_from_bins(items))
+
+
+def test_encode_flat_is_bit_identical_to_encode() -> None:
     items = random_batch(600, seed=31)
-    assert sk.encode_many(items) == [sk.encode(b) for b in items]
-    assert sk.encode_many([]) == []
-    assert sk.encode_many([sk.Bins.empty()]) == [sk.encode(sk.Bins.empty())]
+    assert encode_batch(items) == [sk.encode(b) for b in items]
+    assert encode_batch([]) == []
+    assert encode_batch([sk.Bins.empty()]) == [sk.encode(sk.Bins.empty())]
     for b in items[:50]:  # one at a time, including each kind on its own
-        assert sk.encode_many([b]) == [sk.encode(b)]
+        assert encode_batch([b]) == [sk.encode(b)]
 
 
-def test_encode_many_on_unusual_bins_matches_encode() -> None:
+def test_encode_flat_on_unusual_bins_matches_encode() -> None:
     ok = sk.bin_values([1.0, 2.0, 3.0])
     k, c = np.array([5, 10**12]), np.array([1.0, 2.0])
     unusual = [
@@ -621,7 +625,7 @@ def test_encode_many_on_unusual_bins_matches_encode() -> None:
         sk.Bins(np.array([1, 2], dtype=np.int32), np.array([1, 2]), k[:0], c[:0], 2),  # dtypes
     ]
     items = [ok, *unusual, ok]
-    assert sk.encode_many(items) == [sk.encode(b) for b in items]
+    assert encode_batch(items) == [sk.encode(b) for b in items]
 
 
 def test_flat_bins_round_trip_take_concat_and_encode() -> None:

@@ -1026,3 +1026,48 @@ def test_merge_rows_equals_merging_each_bucket_and_series_by_hand() -> None:
             assert sketch.hll_estimate(g.hll) == sketch.hll_estimate(sketch.hll_merge(hlls))
         else:
             assert g.hll is None
+
+
+async def test_a_rollup_that_fails_midway_is_undone_and_the_snapshot_counted_once(
+    tmp_path: Path,
+) -> None:
+    """If completing the minute raises after it changed the rollups, the flush fails, the
+    rollups go back to their state before it, and the retry counts the snapshot once."""
+    from statsd_gateway.aggregator import IntervalAggregator, SeriesRegistry
+    from statsd_gateway.flusher import Flusher
+    from statsd_gateway.store import SqliteStore
+    from statsd_gateway.store.rollup import TierRollup
+    from statsd_gateway.telemetry import Telemetry
+
+    clock = ManualClock(T0 + 1.0)
+    store = SqliteStore(tmp_path / "m.db", clock=clock)
+    store.open()
+    rollup = TierRollup(store.resolutions, store.complete_until())
+    aggregator = IntervalAggregator(interval=10.0, clock=clock, registry=SeriesRegistry(),
+                                    max_series_per_tenant=100, max_backdate=3600.0)  # fmt: skip
+    flusher = Flusher(aggregator, store, Telemetry(), clock=clock, rollup=rollup)
+    real_complete = rollup.complete
+    failures = [RuntimeError("injected")]
+
+    def complete_then_fail(boundary: float) -> dict[float, RowBatch]:
+        done = real_complete(boundary)
+        if done and failures:
+            raise failures.pop()
+        return done
+
+    rollup.complete = complete_then_fail  # type: ignore[method-assign]
+    try:
+        for _ in range(7):  # six 10 s buckets of one minute, then the flush that completes it
+            aggregator.add_samples(
+                "default", [("lat", (), MetricType.TIMING, 5.0, 1.0, None, False)]
+            )
+            clock.t += 10.0
+            await flusher.flush(force=True)
+        assert not failures and flusher.telemetry.flush_errors == 1
+        assert await flusher.flush(force=True)  # the retry
+        with sqlite3.connect(store.path) as conn:
+            minute = conn.execute("SELECT ts, count FROM points_60s").fetchall()
+        conn.close()
+        assert minute == [(T0, 6.0)]
+    finally:
+        store.close()

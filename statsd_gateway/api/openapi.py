@@ -6,6 +6,7 @@ from typing import Any
 
 from statsd_gateway import __version__
 from statsd_gateway.errors import GatewayError
+from statsd_gateway.model import SAMPLE_RATE_MIN
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
@@ -82,7 +83,7 @@ _POINT: dict[str, Any] = {
                 {"type": "string", "format": "date-time"},
             ]
         },
-        "sample_rate": {"type": "number", "exclusiveMinimum": True, "minimum": 0, "maximum": 1},
+        "sample_rate": {"type": "number", "minimum": SAMPLE_RATE_MIN, "maximum": 1},
     },
 }
 

@@ -9,6 +9,7 @@ from typing import Any
 from statsd_gateway.errors import InvalidArgument
 from statsd_gateway.model import (
     NAME_RE,
+    SAMPLE_RATE_MIN,
     TAG_KEY_MAX,
     TAG_VALUE_MAX,
     TAGS_MAX,
@@ -108,8 +109,10 @@ def _parse_point(obj: Any, extra: frozenset[str]) -> Sample:
     if obj.get("timestamp") is not None:
         ts = parse_timestamp(obj["timestamp"], "timestamp")
     rate = obj.get("sample_rate", 1.0)
-    if not _number(rate) or not 0.0 < rate <= 1.0:
-        raise InvalidArgument("sample_rate must be a number in (0, 1]", "sample_rate")
+    if not _number(rate) or not SAMPLE_RATE_MIN <= rate <= 1.0:
+        raise InvalidArgument(
+            f"sample_rate must be a number between {SAMPLE_RATE_MIN:g} and 1", "sample_rate"
+        )
     return (name, tags, mtype, value, float(rate), ts, False)
 
 

@@ -257,7 +257,6 @@ class SqliteStore:
             try:
                 work(conn)
                 conn.execute("COMMIT")
-                self._request_checkpoint()
             except BaseException:
                 # SQLite may have rolled back already (a full disk does): keep the first error.
                 if conn.in_transaction:
@@ -269,6 +268,7 @@ class SqliteStore:
                 raise
         except sqlite3.Error as e:
             raise StoreError(f"write failed: {e}") from e
+        self._request_checkpoint()
 
     def _request_checkpoint(self) -> None:
         """Queues a passive checkpoint (copying committed WAL frames into the database, so the
@@ -279,7 +279,7 @@ class SqliteStore:
         self._checkpoint_queued = True
         try:
             self._checkpointer.submit(self._checkpoint)
-        except RuntimeError:  # shutting down: closing the last connection checkpoints
+        except RuntimeError:  # shutting down: the next open replays what is left in the WAL
             self._checkpoint_queued = False
 
     def _checkpoint(self) -> None:
