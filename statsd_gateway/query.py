@@ -448,7 +448,10 @@ class QueryEngine:
         count, total = (np.bincount(n, cols.values[v], 1)[0] for v in ("count", "sum"))
         mins = [v for v in cols.values["min"].tolist() if not math.isnan(v)]
         maxs = [v for v in cols.values["max"].tolist() if not math.isnan(v)]
-        merged = sketch.merge(sketch.decode_many(cols.sketches))
+        merged = sketch.Bins.empty()
+        if cols.sketches:  # parsed flat and merged in one pass, no Bins per blob
+            flat = sketch.decode_flat(cols.sketches)
+            merged = sketch.merge_flat(flat, np.zeros(len(flat), dtype=np.int64), 1).bins(0)
         return {
             "ok": True,
             "name": spec.name,
@@ -514,15 +517,15 @@ def _memory_columns(
     series = [index.setdefault(key[2], len(index)) for key in rows.keys]
     empty = np.empty(0, dtype=np.int64)
     sketch_rows = np.flatnonzero(rows.has_sketch) if sketches else empty
-    hll_rows = [i for i, h in enumerate(rows.hll) if h is not None] if hll else []
+    with_hll = [(i, h) for i, h in enumerate(rows.hll) if h is not None] if hll else []
     return list(index), Columns(
         ts=rows.ts,
         series=np.array(series, dtype=np.int64) if by_series else None,
         values={v: getattr(rows, v) for v in values},
         sketches=sketch.encode_flat(sketch.flat_take(rows.sketches, sketch_rows)),
         sketch_rows=sketch_rows,
-        hlls=[h for h in (rows.hll[i] for i in hll_rows) if h is not None],
-        hll_rows=np.array(hll_rows, dtype=np.int64),
+        hlls=[h for _, h in with_hll],
+        hll_rows=np.array([i for i, _ in with_hll], dtype=np.int64),
     )
 
 

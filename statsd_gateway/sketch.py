@@ -1145,11 +1145,13 @@ def merge_flat(flat: FlatBins, groups: npt.ArrayLike, n_groups: int) -> FlatBins
     seg_group = (2 * g[:, None] + np.array([0, 1], dtype=np.int64)).reshape(-1)
     merged = _merge_store_flat(flat.keys, flat.counts, seg_len, seg_group, 2 * n_groups)
     zero = np.bincount(g, weights=flat.zero, minlength=n_groups).astype(np.float64)
-    if merged is None:  # key ranges too wide to code in int64: one merge() per group
+    if merged is None:  # key ranges too wide to code in int64: one np.unique per group
         parts: list[list[Bins]] = [[] for _ in range(n_groups)]
         for i, gid in enumerate(g.tolist()):
-            parts[gid].append(flat.bins(i))
-        return flat_from_bins([merge(p) for p in parts])
+            b = flat.bins(i)
+            if not b.is_empty:
+                parts[gid].append(b)
+        return flat_from_bins([_merge_parts(p) for p in parts])
     keys, counts, bounds = merged
     # Exact while every part is and the sums stay below 2**53.
     inexact = np.bincount(g[~flat.integral], minlength=n_groups) > 0
@@ -1179,76 +1181,8 @@ def merge_groups(
     n_g = (int(g.max()) + 1 if g.size else 0) if n_groups is None else int(n_groups)
     if g.size and int(g.max()) >= n_g:
         raise ValueError("group ids must be < n_groups")
-    out: list[Bins] = [_EMPTY] * n_g
-    if g.size == 0:
-        return out
-    pk = [b.pos_keys for b in items]
-    nk = [b.neg_keys for b in items]
-    zero = np.array([b.zero for b in items], dtype=np.float64)
-    n_pos, n_neg = _sizes(pk), _sizes(nk)
-    nonempty = (n_pos > 0) | (n_neg > 0) | (zero != 0)
-    parts = np.bincount(g[nonempty], minlength=n_g)
-    for i in np.flatnonzero(nonempty & (parts[g] == 1)).tolist():
-        out[int(g[i])] = items[i]  # merge() of one non-empty part returns that part
-    multi = nonempty & (parts[g] >= 2)
-    if not multi.any():
-        return out
-    if multi.all():
-        sel_items, gs = items, g
-        pc = [b.pos_counts for b in items]
-        nc = [b.neg_counts for b in items]
-    else:
-        sel = np.flatnonzero(multi)
-        sel_items, gs = [items[i] for i in sel.tolist()], g[sel]
-        pk = [pk[i] for i in sel.tolist()]
-        nk = [nk[i] for i in sel.tolist()]
-        pc = [b.pos_counts for b in sel_items]
-        nc = [b.neg_counts for b in sel_items]
-        n_pos, n_neg, zero = n_pos[sel], n_neg[sel], zero[sel]
-    zsum = np.bincount(gs, weights=zero, minlength=n_g).tolist()
-    pos_store = _merge_store_groups(pk, pc, n_pos, gs, n_g)
-    neg_store = _merge_store_groups(nk, nc, n_neg, gs, n_g)
-    if pos_store is None or neg_store is None:  # unusual dtypes or key ranges
-        gl = gs.tolist()
-        for gid in np.unique(gs).tolist():
-            out[gid] = _merge_parts([b for b, gg in zip(sel_items, gl, strict=True) if gg == gid])
-        return out
-    (pkeys, pcnts, pb), (nkeys, ncnts, nb) = pos_store, neg_store
-    ek, ec = _EMPTY.pos_keys, _EMPTY.pos_counts
-    for gid in np.flatnonzero(parts >= 2).tolist():
-        p0, p1, n0, n1 = pb[gid], pb[gid + 1], nb[gid], nb[gid + 1]
-        out[gid] = Bins(
-            pkeys[p0:p1] if p1 > p0 else ek,
-            pcnts[p0:p1] if p1 > p0 else ec,
-            nkeys[n0:n1] if n1 > n0 else ek,
-            ncnts[n0:n1] if n1 > n0 else ec,
-            zsum[gid],
-        )
-    return out
-
-
-def _merge_store_groups(
-    key_list: list[_I64], cnt_list: list[_F64], lens: _I64, gs: _I64, n_g: int
-) -> tuple[_I64, _F64, list[int]] | None:
-    """One store of merge_groups: merged (keys, counts) sorted by (group, key), group bounds.
-
-    Counts of a (group, key) add in input order through bincount, exactly as in merge(). None if
-    the arrays are not int64/float64 or the key range is too wide to code in int64.
-    """
-    keys = np.concatenate(key_list)
-    cnts = np.concatenate(cnt_list)
-    if (
-        keys.dtype != np.int64
-        or cnts.dtype != np.float64
-        or keys.ndim != 1
-        or cnts.shape != keys.shape
-        or not np.array_equal(_sizes(cnt_list), lens)
-    ):
-        return None
-    merged = _merge_store_flat(keys, cnts, lens, gs, n_g)
-    if merged is None:
-        return None
-    return merged[0], merged[1], merged[2].tolist()
+    merged = merge_flat(flat_from_bins(items), g, n_g)
+    return [merged.bins(i) for i in range(n_g)]
 
 
 def _merge_store_flat(
