@@ -15,16 +15,22 @@ import math
 import time
 from collections.abc import Callable
 
-from statsd_gateway.aggregator import IntervalAggregator, Snapshot, finish_snapshot
+from statsd_gateway.aggregator import Acc, IntervalAggregator, Snapshot, finish, finish_snapshot
 from statsd_gateway.idempotency import TTL_SECONDS, IdempotencyLedger
-from statsd_gateway.model import RowBatch
+from statsd_gateway.model import RowBatch, SeriesKey
 from statsd_gateway.store import SqliteStore
 from statsd_gateway.store.rollup import TierRollup
-from statsd_gateway.store.sqlite import IdempotencyRecord
+from statsd_gateway.store.sqlite import IdempotencyRecord, StoreError
 from statsd_gateway.telemetry import Telemetry
 from statsd_gateway.wal import WriteAheadLog
 
 log = logging.getLogger(__name__)
+# Writes of one snapshot that fail with an error of its data (not an outage) before it is
+# dropped whole, when no single series can be blamed.
+QUARANTINE_AFTER = 3
+_LOGGED_PER_FLUSH = 10
+# Failures after which the same write is worth retrying as it is.
+_OUTAGES = (StoreError, MemoryError)
 
 
 class Flusher:
@@ -54,6 +60,7 @@ class Flusher:
         self._retry_at = -math.inf
         self.last_flush_ok: float | None = None
         self.last_error: str | None = None
+        self._data_failures: dict[int, int] = {}
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
 
@@ -116,18 +123,34 @@ class Flusher:
             log.error("the store is failing: dropped the oldest pending flush (%d series)", n)
 
     async def _write(self, snap: Snapshot) -> bool:
+        """Writes one snapshot; True once the store holds it (or it was set aside whole)."""
         started = time.perf_counter()
         records = self.ledger.records_upto(snap.seq) if self.ledger else []
         expire_before = self.clock() - TTL_SECONDS
-        try:
-            n = await self.store.run_write(
-                lambda: self._finish_and_write(snap, records, expire_before)
-            )
-        except Exception as e:
-            self.telemetry.flush_errors += 1
-            self.last_error = str(e)
-            log.error("flush failed, will retry: %s", e)
-            return False
+        while True:  # ends: each pass that continues has removed series from the snapshot
+            try:
+                n = await self.store.run_write(
+                    lambda: self._finish_and_write(snap, records, expire_before)
+                )
+                break
+            except _OUTAGES as e:  # the same write is worth retrying later
+                self._failed(e)
+                return False
+            except Exception as e:
+                # An error of the data: retried as it is, it would fail this way forever, and
+                # every snapshot behind it with it. Set aside what cannot be written.
+                try:
+                    if await self._set_aside_unwritable(snap):
+                        continue
+                except _OUTAGES as outage:
+                    self._failed(outage)
+                    return False
+                self._failed(e)
+                tries = self._data_failures[snap.seq] = self._data_failures.get(snap.seq, 0) + 1
+                if tries < QUARANTINE_AFTER:
+                    return False
+                self._drop_unwritable(snap, records)
+                return True
         self.aggregator.release(snap)
         if self.ledger:
             self.ledger.forget(records)
@@ -138,17 +161,99 @@ class Flusher:
         self.telemetry.last_flush_seconds = time.perf_counter() - started
         self.last_flush_ok = self.clock()
         self.last_error = None
+        self._data_failures.pop(snap.seq, None)
         return True
 
+    def _failed(self, e: Exception) -> None:
+        self.telemetry.flush_errors += 1
+        self.last_error = str(e) or type(e).__name__
+        log.error("flush failed, will retry: %s", self.last_error)
+
+    async def _set_aside_unwritable(self, snap: Snapshot) -> bool:
+        """Finds the series-buckets of `snap` that cannot be written and removes them from it
+        (logged and counted): True if any were found. A snapshot that keeps failing with no
+        series to blame counts a data failure towards QUARANTINE_AFTER."""
+        found = await self.store.run_write(lambda: self._find_unwritable(snap))
+        for (ts, key), why in found[:_LOGGED_PER_FLUSH]:
+            log.error(
+                "flush: set aside series %r of bucket %s, which cannot be written: %s",
+                key,
+                ts,
+                why,
+            )
+        if len(found) > _LOGGED_PER_FLUSH:
+            log.error("flush: %d more series set aside", len(found) - _LOGGED_PER_FLUSH)
+        for (ts, key), _ in found:
+            del snap.buckets[ts][key]
+            if not snap.buckets[ts]:
+                del snap.buckets[ts]
+        self.telemetry.flush_quarantined_series += len(found)
+        return bool(found)
+
+    def _drop_unwritable(self, snap: Snapshot, records: list[IdempotencyRecord]) -> None:
+        """The last resort for a snapshot that failed QUARANTINE_AFTER times with an error of
+        its data and no series to blame: drop it whole, so the ones behind it get written."""
+        n = snap.series_count()
+        log.error(
+            "flush: dropped snapshot %d (%d series) after %d failures of its data: %s",
+            snap.seq,
+            n,
+            QUARANTINE_AFTER,
+            self.last_error,
+        )
+        self._data_failures.pop(snap.seq, None)
+        self.aggregator.release(snap)
+        if self.ledger:
+            self.ledger.forget(records)
+        if self.wal:  # its points must not come back at the next start
+            self.wal.release_upto(snap.seq)
+        self.telemetry.flush_quarantined_series += n
+
+    def _find_unwritable(self, snap: Snapshot) -> list[tuple[tuple[float, SeriesKey], Exception]]:
+        """Writer thread: bisects the snapshot's series-buckets with trial writes (rolled back)
+        down to the single ones that fail, each with its error; none if the whole snapshot's
+        rows write (the error was elsewhere, or passed). Costs about two trial writes of the
+        snapshot per bad series. An outage ends the search (it propagates)."""
+
+        def trial(part: list[tuple[float, SeriesKey, Acc]]) -> Exception | None:
+            try:
+                self._finish_and_write(snap, [], 0.0, entries=part, trial=True)
+            except _OUTAGES:
+                raise
+            except Exception as e:
+                return e
+            return None
+
+        entries = [(ts, key, acc) for ts, m in snap.buckets.items() for key, acc in m.items()]
+        found: list[tuple[tuple[float, SeriesKey], Exception]] = []
+        suspects = [(entries, e)] if (e := trial(entries)) is not None else []
+        while suspects:
+            part, why = suspects.pop()
+            if len(part) == 1:
+                found.append(((part[0][0], part[0][1]), why))
+                continue
+            mid = len(part) // 2
+            for half in (part[:mid], part[mid:]):
+                if (e := trial(half)) is not None:
+                    suspects.append((half, e))
+        return found
+
     def _finish_and_write(
-        self, snap: Snapshot, records: list[IdempotencyRecord], expire_before: float
+        self,
+        snap: Snapshot,
+        records: list[IdempotencyRecord],
+        expire_before: float,
+        *,
+        entries: list[tuple[float, SeriesKey, Acc]] | None = None,
+        trial: bool = False,
     ) -> int:
         """Writer thread: the finest tier's rows and the coarse tiers' buckets they complete, in
         one transaction. If it fails, the rollups go back to their state before this snapshot,
-        which is retried whole with the next flush."""
-        if snap.seq <= self.store.flushed_seq_now():
+        which is retried whole with the next flush. `entries` (a part of the snapshot) and
+        `trial` (roll back, leave the rollups as they were) serve _find_unwritable."""
+        if not trial and snap.seq <= self.store.flushed_seq_now():
             return 0  # already committed (a retry after an answer that never arrived)
-        rows = finish_snapshot(snap)
+        rows = finish_snapshot(snap) if entries is None else finish(entries)
         rollups: dict[float, RowBatch] = {}
         saved = None if self.rollup is None else self.rollup.save()
         try:
@@ -162,9 +267,12 @@ class Flusher:
                 idempotency_expire_before=expire_before,
                 rollups=rollups,
                 complete_until=None if self.rollup is None else dict(self.rollup.complete_until),
+                trial=trial,
             )
         except BaseException:
             if self.rollup is not None and saved is not None:
                 self.rollup.restore(saved)
             raise
+        if trial and self.rollup is not None and saved is not None:
+            self.rollup.restore(saved)
         return len(rows)

@@ -27,6 +27,7 @@ from statsd_gateway.api.app import create_app
 from statsd_gateway.api.auth import KeyRing
 from statsd_gateway.api.schemas import parse_point
 from statsd_gateway.config import ApiKey, Config, StorageConfig, hash_key, parse_listen, parse_mode
+from statsd_gateway.errors import GatewayError
 from statsd_gateway.flusher import Flusher
 from statsd_gateway.idempotency import IdempotencyLedger
 from statsd_gateway.ingest import Ingest
@@ -217,18 +218,31 @@ class Gateway:
         self.aggregator.forget_gauges(gone)
 
     def _replay(self, entries: list[tuple[int, Any, bytes]], first_seq: int) -> None:
+        """Re-applies the logged HTTP points. A point or record that does not pass today's
+        validation (one logged before a check existed could poison every flush) is reported and
+        skipped; everything else in its segment is replayed."""
         points = 0
-        for _, header, blob in entries:
-            if header["k"] == "body":
-                samples = samples_from_logged_body(header, blob)
-                self.ingest.replay(header["tenant"], samples)
-                points += len(samples)
-                if "idempotency" in header:
-                    self.idempotency.restore(header["idempotency"], first_seq)
-            elif header["k"] == "idempotency":
-                self.idempotency.restore({k: v for k, v in header.items() if k != "k"}, first_seq)
+        for seq, header, blob in entries:
+            try:
+                if header["k"] == "body":
+                    samples, bad = samples_from_logged_body(header, blob)
+                    for i, e in bad:
+                        self._skip_logged(seq, f"point {i}: {e}")
+                    self.ingest.replay(header["tenant"], samples)
+                    points += len(samples)
+                    if "idempotency" in header:
+                        self.idempotency.restore(header["idempotency"], first_seq)
+                elif header["k"] == "idempotency":
+                    fields = {k: v for k, v in header.items() if k != "k"}
+                    self.idempotency.restore(fields, first_seq)
+            except Exception as e:  # a record of a shape this version cannot read
+                self._skip_logged(seq, f"record: {type(e).__name__}: {e}")
         if entries:
             log.info("replayed %d HTTP points from the write-ahead log", points)
+
+    def _skip_logged(self, seq: int, what: str) -> None:
+        self.telemetry.wal_replay_skipped += 1
+        log.error("write-ahead log segment %d: skipped %s", seq, what)
 
     async def _start_stream_transports(self) -> None:
         cfg = self.config
@@ -362,20 +376,27 @@ class Gateway:
         ]
 
 
-def samples_from_logged_body(header: dict[str, Any], blob: bytes) -> list[Sample]:
+def samples_from_logged_body(
+    header: dict[str, Any], blob: bytes
+) -> tuple[list[Sample], list[tuple[int, GatewayError]]]:
     """The points of a logged HTTP body that were accepted, each in the bucket of its receive
-    time (or its own timestamp)."""
+    time (or its own timestamp), and (index, error) of those that no longer validate."""
     body = json.loads(blob)
     points = [body] if header["form"] == "report" else body["points"]
     keep = header["keep"]
     now = header["now"]
     out: list[Sample] = []
+    bad: list[tuple[int, GatewayError]] = []
     for i in range(len(points)) if keep is None else keep:
-        name, tags, mtype, value, rate, ts, delta = parse_point(
-            points[i], extra=frozenset({"idempotency_key"})
-        )
+        try:
+            name, tags, mtype, value, rate, ts, delta = parse_point(
+                points[i], extra=frozenset({"idempotency_key"})
+            )
+        except GatewayError as e:
+            bad.append((i, e))
+            continue
         out.append((name, tags, mtype, value, rate, now if ts is None else ts, delta))
-    return out
+    return out, bad
 
 
 def _fmt(addr: tuple[str, int]) -> str:

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from statsd_gateway.errors import IdempotencyKeyReused, InvalidArgument
+from statsd_gateway.model import is_utf8_text
 from statsd_gateway.store import SqliteStore
 from statsd_gateway.store.sqlite import IdempotencyRecord, read_idempotency
 
@@ -55,8 +56,12 @@ def request_key(header: str | None, body: Any) -> str | None:
         raise InvalidArgument(
             f"idempotency_key must be a string of 1-{KEY_MAX} characters", "idempotency_key"
         )
+    if field is not None and not is_utf8_text(field):
+        raise InvalidArgument("idempotency_key must be valid Unicode", "idempotency_key")
     if header is not None and not 0 < len(header) <= KEY_MAX:
         raise InvalidArgument(f"Idempotency-Key must be 1-{KEY_MAX} characters", "Idempotency-Key")
+    if header is not None and not is_utf8_text(header):
+        raise InvalidArgument("Idempotency-Key must be valid UTF-8", "Idempotency-Key")
     if header is not None and field is not None and header != field:
         raise InvalidArgument(
             "the Idempotency-Key header and the idempotency_key field differ", "idempotency_key"

@@ -83,6 +83,19 @@ SAMPLE_RATE_MIN = 1e-9
 FUTURE_MAX_SECONDS = 600.0
 
 
+def is_utf8_text(text: str) -> bool:
+    """True when `text` encodes as UTF-8. JSON's `\\ud800` escapes and header bytes that were
+    not UTF-8 (aiohttp keeps them as surrogates) decode to lone surrogates, which no store, log
+    or JSON answer can encode: every string a client sends is checked with this at the door."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def is_valid_value(v: float) -> bool:
     return math.isfinite(v) and abs(v) <= VALUE_ABS_MAX
 

@@ -32,6 +32,8 @@ METRICS: dict[str, str] = {
     "flush_errors_total": "Flushes that failed and were kept for retry.",
     "flush_rows_total": "Bucket rows written by flushes.",
     "flush_dropped_series_total": "Series-buckets dropped because too many flushes were pending.",
+    "flush_quarantined_series_total": "Series-buckets set aside because they cannot be written.",
+    "wal_replay_skipped_total": "Write-ahead-log points or records skipped at start: invalid.",
     "retention_deleted_rows_total": "Bucket rows deleted because they outlived their tier.",
     "last_flush_duration_seconds": "Duration of the last successful flush.",
     "pending_flushes": "Snapshots waiting to be written to the store.",
@@ -52,6 +54,8 @@ class Telemetry:
         self.flush_errors = 0
         self.flushed_rows = 0
         self.flush_dropped_series = 0
+        self.flush_quarantined_series = 0
+        self.wal_replay_skipped = 0
         self.retention_deleted_rows = 0
         self.last_flush_seconds = 0.0
         self.tcp_connections = 0
@@ -108,6 +112,8 @@ class TelemetryCollector(Collector):
             ("flush_errors_total", t.flush_errors),
             ("flush_rows_total", t.flushed_rows),
             ("flush_dropped_series_total", t.flush_dropped_series),
+            ("flush_quarantined_series_total", t.flush_quarantined_series),
+            ("wal_replay_skipped_total", t.wal_replay_skipped),
             ("retention_deleted_rows_total", t.retention_deleted_rows),
             ("tcp_connections_total", t.tcp_connections),
             ("tcp_connections_refused_total", t.tcp_connections_refused),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -15,6 +15,7 @@ from aiohttp import ClientSession
 
 from statsd_gateway.config import ApiKey, Config, config_from_dict, hash_key
 from statsd_gateway.gateway import Gateway
+from tests.daemon import Daemon
 
 KEY = "test-key-default"
 OTHER_KEY = "test-key-other-tenant"
@@ -52,6 +53,15 @@ def make_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
         ApiKey(name="reader", sha256=hash_key(READ_ONLY_KEY), tenant="default", scopes=("read",)),
     )
     return replace(cfg, auth=replace(cfg.auth, keys=keys))
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Daemon]]:
+    """Every daemon (subprocess) a test starts; any still running at the end is killed."""
+    started: list[Daemon] = []
+    yield started
+    for d in started:
+        d.kill()
 
 
 @pytest.fixture

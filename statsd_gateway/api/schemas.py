@@ -16,9 +16,11 @@ from statsd_gateway.model import (
     VALUE_ABS_MAX,
     MetricType,
     Tags,
+    is_utf8_text,
 )
 from statsd_gateway.protocol import Sample
 
+_NOT_UTF8 = "strings must be valid Unicode (a lone surrogate such as \\ud800 is not)"
 POINT_FIELDS = frozenset({"name", "value", "type", "tags", "timestamp", "sample_rate"})
 _TYPES = {t.value: t for t in MetricType}
 
@@ -97,6 +99,8 @@ def _parse_point(obj: Any, extra: frozenset[str]) -> Sample:
     if mtype is MetricType.SET and isinstance(raw, str):
         if not raw:
             raise InvalidArgument("a set member must not be empty", "value")
+        if not is_utf8_text(raw):
+            raise InvalidArgument(_NOT_UTF8, "value")
         value = raw
     elif (f := _finite(raw)) is not None and abs(f) <= VALUE_ABS_MAX:
         value = f
@@ -131,10 +135,14 @@ def _tags(tags_obj: Any) -> Tags:
     for k, v in items:
         if not k or len(k) > TAG_KEY_MAX:
             raise InvalidArgument(f"tag keys must be 1-{TAG_KEY_MAX} characters", "tags")
+        if not is_utf8_text(k):
+            raise InvalidArgument(f"tag keys: {_NOT_UTF8}", "tags")
         if not isinstance(v, str) or len(v) > TAG_VALUE_MAX:
             raise InvalidArgument(
                 f"tag values must be strings of at most {TAG_VALUE_MAX} characters", f"tags.{k}"
             )
+        if not is_utf8_text(v):
+            raise InvalidArgument(_NOT_UTF8, f"tags.{k}")
     tags = tuple(sorted(items))
     if len(_tag_cache) >= _CACHE_MAX:
         _tag_cache.clear()

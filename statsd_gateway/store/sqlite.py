@@ -36,7 +36,10 @@ log = logging.getLogger(__name__)
 
 
 class StoreError(Exception):
-    """The store cannot be opened or written."""
+    """The store cannot be opened or written: an outage (locked, full, I/O, closed), after
+    which the same write is worth retrying. An error of the data itself (a value the database
+    cannot encode, a constraint it breaks, a merge function that fails on a stored blob) is not
+    wrapped: it propagates as it was raised, and the flusher sets the offending rows aside."""
 
 
 class StoreTimeout(StoreError):
@@ -200,12 +203,15 @@ class SqliteStore:
         idempotency_expire_before: float | None = None,
         rollups: dict[float, RowBatch] | None = None,
         complete_until: dict[float, float] | None = None,
+        *,
+        trial: bool = False,
     ) -> None:
         """One transaction: the flush's rows into the finest tier (merged into buckets already
         there), the coarse tiers' buckets this flush completed and how far each tier is
         complete, flushed_seq, and the idempotency records of the requests these rows hold.
         One transaction, so a query never sees the snapshot gone from memory and its rows in one
-        tier but not yet in another."""
+        tier but not yet in another. `trial`: do all of it, then roll back (raises what the
+        real write would raise; the flusher's search for unwritable rows)."""
 
         def work(conn: sqlite3.Connection) -> None:
             self._upsert(conn, self.resolutions[0], rows)
@@ -224,7 +230,7 @@ class SqliteStore:
             if flushed_seq is not None:
                 conn.execute("UPDATE meta SET value=? WHERE key='flushed_seq'", (str(flushed_seq),))
 
-        self._transaction(work)
+        self._transaction(work, commit=not trial)
 
     def write_rows(self, rows: Sequence[BucketRow], flushed_seq: int | None = None) -> None:
         """The finest tier's rows alone (tests and tools)."""
@@ -248,7 +254,9 @@ class SqliteStore:
         for res, until in complete_until.items():
             conn.execute("UPDATE meta SET value=? WHERE key=?", (repr(until), _complete_key(res)))
 
-    def _transaction(self, work: Callable[[sqlite3.Connection], None]) -> None:
+    def _transaction(
+        self, work: Callable[[sqlite3.Connection], None], *, commit: bool = True
+    ) -> None:
         conn = self._wconn
         if conn is None:
             raise StoreError("the store is closed")
@@ -256,19 +264,29 @@ class SqliteStore:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 work(conn)
-                conn.execute("COMMIT")
+                if commit:
+                    conn.execute("COMMIT")
             except BaseException:
-                # SQLite may have rolled back already (a full disk does): keep the first error.
-                if conn.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
-                # Series inserted in the rolled-back transaction are gone: forget their ids.
-                valid = {r[0] for r in conn.execute("SELECT id FROM series")}
-                self._series_ids = {k: v for k, v in self._series_ids.items() if v in valid}
+                self._roll_back(conn)
                 raise
+            if not commit:
+                self._roll_back(conn)
+                return
         except sqlite3.Error as e:
+            if _is_data_error(e):
+                raise
             raise StoreError(f"write failed: {e}") from e
         self._request_checkpoint()
+
+    def _roll_back(self, conn: sqlite3.Connection) -> None:
+        # SQLite may have rolled back already (a full disk does): keep the first error.
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        # Series inserted in the rolled-back transaction are gone: forget their ids.
+        valid = {r[0] for r in conn.execute("SELECT id FROM series")}
+        self._series_ids = {k: v for k, v in self._series_ids.items() if v in valid}
+        self._last_write = {k: v for k, v in self._last_write.items() if k in valid}
 
     def _request_checkpoint(self) -> None:
         """Queues a passive checkpoint (copying committed WAL frames into the database, so the
@@ -492,6 +510,24 @@ class SqliteStore:
             raise StoreError(f"read failed: {e}") from e
         finally:
             conn.set_progress_handler(None, 0)
+
+
+_DATA_ERRORS = (
+    sqlite3.InterfaceError,  # a value SQLite cannot bind
+    sqlite3.DataError,
+    sqlite3.IntegrityError,
+    sqlite3.ProgrammingError,
+    sqlite3.NotSupportedError,
+)
+
+
+def _is_data_error(e: sqlite3.Error) -> bool:
+    """An error that the same rows would raise again however often they are retried, as
+    against an outage (locked, full, I/O: OperationalError, or a corrupt file)."""
+    if isinstance(e, _DATA_ERRORS):
+        return True
+    # dd_merge/hll_merge failing on the blobs it was given
+    return "user-defined function raised exception" in str(e)
 
 
 def _complete_key(res: float) -> str:

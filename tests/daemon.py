@@ -1,0 +1,165 @@
+"""The real daemon as a subprocess (`python -m statsd_gateway serve --config FILE`), for the
+end-to-end and fault tests: start it, talk to it over its sockets, stop or kill it."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+START_TIMEOUT = 20.0
+STOP_TIMEOUT = 10.0
+POLL_TIMEOUT = 10.0
+_LISTENING_RE = re.compile(r"listening (udp|http) 127\.0\.0\.1:(\d+)")
+
+
+class Daemon:
+    """One run of the daemon; stderr is drained by a thread so the pipe never fills."""
+
+    def __init__(self, config_path: Path) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "statsd_gateway", "serve", "--config", str(config_path)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.udp_port, self.http_port = self._wait_listening()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            with self._changed:
+                self.lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    @property
+    def stderr(self) -> str:
+        with self._changed:
+            return "\n".join(self.lines)
+
+    def _wait_listening(self) -> tuple[int, int]:
+        deadline = time.monotonic() + START_TIMEOUT
+        ports: dict[str, int] = {}
+        with self._changed:
+            while True:
+                for line in self.lines:
+                    m = _LISTENING_RE.search(line)
+                    if m:
+                        ports[m.group(1)] = int(m.group(2))
+                if len(ports) == 2:
+                    return ports["udp"], ports["http"]
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
+                    break
+                self._changed.wait(min(left, 0.2))
+        self.kill()
+        pytest.fail(f"the daemon did not report both listeners; stderr:\n{self.stderr}")
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def send_udp(self, *datagrams: bytes) -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for d in datagrams:
+                s.sendto(d, ("127.0.0.1", self.udp_port))
+
+    def request(
+        self, method: str, path: str, key: str | None, body: Any = None
+    ) -> tuple[int, Any, dict[str, str]]:
+        headers = {"Content-Type": "application/json"}
+        if key is not None:
+            headers["Authorization"] = f"Bearer {key}"
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.base + path, data=data, headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, json.load(r), dict(r.headers)
+        except urllib.error.HTTPError as e:
+            with e:
+                return e.code, json.load(e), dict(e.headers)
+
+    def query(self, key: str, **params: Any) -> tuple[int, Any]:
+        status, body, _ = self.request(
+            "GET", "/v1/metrics/query?" + urllib.parse.urlencode(params), key
+        )
+        return status, body
+
+    def terminate(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"the daemon did not stop on SIGTERM; stderr:\n{self.stderr}")
+        self._close()
+        return code
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(STOP_TIMEOUT)
+        self._close()
+
+    def _close(self) -> None:
+        self._reader.join(STOP_TIMEOUT)
+        if self.proc.stderr is not None and not self._reader.is_alive():
+            self.proc.stderr.close()
+
+
+def write_config(path: Path, state: Path, *, flush_interval: str) -> None:
+    path.write_text(
+        "udp:\n"
+        "  listen: 127.0.0.1:0\n"
+        "  read_buffer: 0\n"
+        "http:\n"
+        "  listen: 127.0.0.1:0\n"
+        "storage:\n"
+        f"  path: {state / 'metrics.db'}\n"
+        # The finest tier must hold whole flush intervals: with a 1 h flush, one 1 h tier.
+        + ("  tiers: [{resolution: 1h, retention: 30d}]\n" if flush_interval == "1h" else "")
+        + "aggregation:\n"
+        f"  flush_interval: {flush_interval}\n",
+        encoding="utf-8",
+    )
+
+
+def poll_value(d: Daemon, key: str, want: float, **params: Any) -> Any:
+    """Polls the query until its single value equals `want` (the flush is the daemon's own)."""
+    deadline = time.monotonic() + POLL_TIMEOUT
+    while True:
+        status, body = d.query(key, **params)
+        assert status == 200, body
+        if body["points"] and body["points"][0]["value"] == want:
+            return body
+        if time.monotonic() > deadline:
+            pytest.fail(f"{params} never reached {want}: last answer {body}\n{d.stderr}")
+        time.sleep(0.05)
+
+
+def wait_for_log(d: Daemon, text: str, after: int) -> None:
+    """Waits until a stderr line past index `after` contains `text`."""
+    deadline = time.monotonic() + POLL_TIMEOUT
+    while not any(text in line for line in d.lines[after:]):
+        if time.monotonic() > deadline or d.proc.poll() is not None:
+            pytest.fail(f"no log line with {text!r}; stderr:\n{d.stderr}")
+        time.sleep(0.02)
