@@ -76,6 +76,9 @@ class Acc:
 
 
 Buckets = dict[float, dict[SeriesKey, Acc]]
+# (tenant, name) -> the (bucket, series) entries of that metric in one interval: a query reads
+# its metric's entries without scanning every series in memory.
+MetricIndex = dict[tuple[str, str], list[tuple[float, SeriesKey]]]
 
 
 @dataclass(slots=True)
@@ -85,6 +88,7 @@ class Snapshot:
     # Start of the live interval when this snapshot was swapped out: every bucket that ends at
     # or before it has all its (non-late) points in this snapshot or an earlier one.
     boundary: float = 0.0
+    index: MetricIndex = field(default_factory=dict)
 
     def series_count(self) -> int:
         return sum(len(m) for m in self.buckets.values())
@@ -129,6 +133,7 @@ class IntervalAggregator:
         self.max_series_per_tenant = max_series_per_tenant
         self.max_backdate = max_backdate
         self._live: Buckets = {}
+        self._live_index: MetricIndex = {}
         self._pending: list[Snapshot] = []
         self._next_seq = first_seq
         # The current value of each gauge and its time: what +N/-N changes apply to.
@@ -148,10 +153,12 @@ class IntervalAggregator:
         current = live.get(bucket_now)
         if current is None:
             current = live[bucket_now] = {}
+        index = self._live_index
         # Hot loop: inlined on purpose; UDP lines pass here one by one.
         for i, (name, tags, mtype, value, rate, ts, delta) in enumerate(samples):
             if ts is None:
                 t = now
+                b = bucket_now
                 m = current
             else:
                 if ts > now + FUTURE_MAX_SECONDS:
@@ -173,6 +180,10 @@ class IntervalAggregator:
                     rejects.append((i, reason))
                     continue
                 acc = m[key] = Acc(mtype)
+                entries = index.get((tenant, name))
+                if entries is None:
+                    entries = index[(tenant, name)] = []
+                entries.append((b, key))
             elif acc.type is not mtype:
                 rejects.append((i, TYPE_CONFLICT))
                 continue
@@ -238,9 +249,10 @@ class IntervalAggregator:
 
     def swap(self) -> Snapshot:
         """Moves the live interval into a new pending snapshot (on the event loop, O(1))."""
-        snap = Snapshot(self._next_seq, self._live, self.bucket_of(self.clock()))
+        snap = Snapshot(self._next_seq, self._live, self.bucket_of(self.clock()), self._live_index)
         self._next_seq += 1
         self._live = {}
+        self._live_index = {}
         self._pending.append(snap)
         return snap
 
@@ -261,15 +273,18 @@ class IntervalAggregator:
 
     def collect(self, tenant: str, name: str) -> list[tuple[int, float, SeriesKey, Acc]]:
         """Copies of the in-memory accumulators of one metric, each with the seq of the snapshot
-        it belongs to (the live interval carries the next seq)."""
+        it belongs to (the live interval carries the next seq). Reads that metric's entries
+        through each interval's index: the cost grows with the metric's series in memory, not
+        with everything in memory (this runs on the event loop)."""
         out: list[tuple[int, float, SeriesKey, Acc]] = []
-        sources = [(s.seq, s.buckets) for s in self._pending]
-        sources.append((self._next_seq, self._live))
-        for seq, buckets in sources:
-            for ts, m in buckets.items():
-                for key, acc in m.items():
-                    if key[1] == name and key[0] == tenant:
-                        out.append((seq, ts, key, acc.copy()))
+        sources = [(s.seq, s.buckets, s.index) for s in self._pending]
+        sources.append((self._next_seq, self._live, self._live_index))
+        metric = (tenant, name)
+        for seq, buckets, index in sources:
+            for ts, key in index.get(metric, ()):
+                acc = buckets.get(ts, {}).get(key)
+                if acc is not None:  # None: set aside by the flusher
+                    out.append((seq, ts, key, acc.copy()))
         return out
 
 

@@ -392,6 +392,32 @@ def test_collect_sees_live_and_pending_data_until_released() -> None:
     assert agg.pending == []
 
 
+class _NoScan(dict):  # type: ignore[type-arg]
+    """A bucket map that fails the test if anything walks it instead of looking a key up."""
+
+    def items(self):  # type: ignore[no-untyped-def]
+        raise AssertionError("collect walked every series in memory")
+
+    def values(self):  # type: ignore[no-untyped-def]
+        raise AssertionError("collect walked every series in memory")
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        raise AssertionError("collect walked every series in memory")
+
+
+def test_collect_reads_one_metric_without_walking_everything_in_memory() -> None:
+    """A query runs collect on the event loop: its cost must follow the metric asked for, not
+    the millions of other series a flood may have put in memory."""
+    agg = make_aggregator(ManualClock())
+    feed(agg, b"\n".join(b"noise.%d:1|c" % i for i in range(500)) + b"\nhits:1|c")
+    snap = agg.swap()
+    feed(agg, b"\n".join(b"noise.%d:1|c" % i for i in range(500)) + b"\nhits:2|c")
+    snap.buckets = {ts: _NoScan(m) for ts, m in snap.buckets.items()}
+    agg._live = {ts: _NoScan(m) for ts, m in agg._live.items()}
+    seen = sorted((seq, acc.sum) for seq, _, _, acc in agg.collect("default", "hits"))
+    assert seen == [(1, 1.0), (2, 2.0)]
+
+
 def test_collect_returns_copies() -> None:
     agg = make_aggregator(ManualClock())
     feed(agg, b"lat:1|ms")
