@@ -19,7 +19,8 @@ class KeyRing:
         self.keys = keys
 
     def lookup(self, presented: str) -> ApiKey | None:
-        digest = hashlib.sha256(presented.encode("utf-8")).hexdigest()
+        # Header bytes that were not UTF-8 arrive as surrogates: no key has them.
+        digest = hashlib.sha256(presented.encode("utf-8", "surrogateescape")).hexdigest()
         found = None
         for k in self.keys:
             if hmac.compare_digest(k.sha256, digest):

@@ -92,6 +92,19 @@ async def test_an_idempotency_key_header_that_is_not_utf8_is_refused(
         assert b'"field": "Idempotency-Key"' in answer
 
 
+async def test_an_api_key_header_that_is_not_utf8_is_a_401(
+    config: Config, clock: ManualClock
+) -> None:
+    async with running(config, clock) as (gw, _):
+        assert gw.http_address is not None
+        request = (
+            b"GET /v1/metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            b"Authorization: Bearer k\xed\xa0\x80\xff\r\n\r\n"
+        )
+        answer = await asyncio.to_thread(raw_http, gw.http_address, request)
+        assert answer.startswith(b"HTTP/1.1 401"), answer
+
+
 async def test_a_series_that_cannot_be_written_is_set_aside_and_the_rest_written(
     config: Config, clock: ManualClock
 ) -> None:
