@@ -136,13 +136,31 @@ def parse_tag_filter(params: Mapping[str, Any]) -> Tags:
     return tuple(sorted(pairs.items()))
 
 
+QUERY_PARAMETERS = ("name", "agg", "tags", "window", "since", "until", "group_by")
+QUERY_REQUIRED = ("name", "agg")
+
+
+def check_parameters(
+    params: Mapping[str, Any], valid: Sequence[str], required: Sequence[str] = ()
+) -> None:
+    """An unknown parameter (a typo such as `tag=` for `tags=` would otherwise be ignored and
+    answer for everything) is an error naming it and the valid ones; every missing required
+    parameter is named in one error. `tags[K]` counts as `tags`."""
+    for k in params:
+        if k not in valid and not (k.startswith("tags[") and "tags" in valid):
+            raise InvalidArgument(
+                f"unknown parameter {k!r}; valid parameters: {', '.join(valid)}", k
+            )
+    missing = [p for p in required if not params.get(p)]
+    if missing:
+        what = "is" if len(missing) == 1 else "are"
+        raise InvalidArgument(f"{' and '.join(missing)} {what} required", missing[0])
+
+
 def parse_query(params: Mapping[str, Any], now: float, max_points: int) -> QuerySpec:
-    name = params.get("name")
-    if not name:
-        raise InvalidArgument("name is required", "name")
-    agg = params.get("agg")
-    if not agg:
-        raise InvalidArgument("agg is required", "agg")
+    """The parameters of /v1/metrics/query (already checked by check_parameters)."""
+    name = params["name"]
+    agg = params["agg"]
     quantile: float | None = None
     m = _AGG_RE.fullmatch(agg)
     if m:

@@ -464,6 +464,31 @@ async def test_unknown_and_missing_aggregation(api: Api) -> None:
     assert_error(status, body, 400, "INVALID_ARGUMENT", "name")
 
 
+async def test_an_unknown_parameter_is_an_error_naming_it_and_the_valid_ones(api: Api) -> None:
+    await api.report({"name": "c", "type": "counter", "value": 1, "tags": {"env": "dev"}})
+    status, body = await api.query(name="c", agg="sum", tag="env:prod")  # a typo of tags=
+    assert_error(status, body, 400, "INVALID_ARGUMENT", "tag")
+    message = body["error"]["message"]
+    assert "'tag'" in message and "name, agg, tags, window, since, until, group_by" in message
+    status, body = await api.query(name="c", agg="sum", **{"tags[env]": "prod"})
+    assert status == 200 and body["points"] == [], body  # tags[K] is the tags parameter
+    status, body = await api.request(
+        "GET", "/v1/metrics/sketch", params={"name": "c", "windw": "1m"}
+    )
+    assert_error(status, body, 400, "INVALID_ARGUMENT", "windw")
+    assert "name, tags, since, until" in body["error"]["message"]
+    status, body = await api.request("GET", "/v1/metrics", params={"nme": "c"})
+    assert_error(status, body, 400, "INVALID_ARGUMENT", "nme")
+
+
+async def test_every_missing_required_parameter_is_named_at_once(api: Api) -> None:
+    status, body = await api.query()
+    assert_error(status, body, 400, "INVALID_ARGUMENT", "name")
+    assert body["error"]["message"] == "name and agg are required"
+    status, body = await api.query(window="1m")
+    assert body["error"]["message"] == "name and agg are required"
+
+
 async def test_since_until_formats(api: Api, clock: ManualClock) -> None:
     await api.report({"name": "t", "type": "counter", "value": 2, "timestamp": T0 + 1})
     await api.report({"name": "t", "type": "counter", "value": 5, "timestamp": T0 - 1800})

@@ -28,7 +28,15 @@ from statsd_gateway.idempotency import (
 )
 from statsd_gateway.ingest import Ingest, LoggedBody
 from statsd_gateway.protocol import Sample
-from statsd_gateway.query import QueryEngine, parse_query
+from statsd_gateway.query import (
+    QUERY_PARAMETERS,
+    QUERY_REQUIRED,
+    QueryEngine,
+    check_parameters,
+    parse_query,
+)
+
+SKETCH_PARAMETERS = ("name", "tags", "since", "until")
 from statsd_gateway.telemetry import Telemetry
 from statsd_gateway.wal import WalError
 
@@ -210,6 +218,7 @@ async def batch(request: web.Request) -> web.Response:
 async def query(request: web.Request) -> web.Response:
     svc = request.app[SERVICES]
     principal = require(request, "read")
+    check_parameters(request.query, QUERY_PARAMETERS, QUERY_REQUIRED)
     spec = parse_query(request.query, svc.now(), svc.max_query_points)
     return web.json_response(await svc.query_engine.run(principal.tenant, spec))
 
@@ -221,6 +230,7 @@ async def export_sketch(request: web.Request) -> web.Response:
     for p in ("agg", "window", "group_by"):
         if p in params:
             raise InvalidArgument(f"{p} does not apply to a sketch export", p)
+    check_parameters(params, SKETCH_PARAMETERS, ("name",))
     params["agg"] = "count"  # validated like a query over the whole range, then exported
     spec = parse_query(params, svc.now(), svc.max_query_points)
     return web.json_response(await svc.query_engine.export_sketch(principal.tenant, spec))
@@ -229,6 +239,7 @@ async def export_sketch(request: web.Request) -> web.Response:
 async def list_metrics(request: web.Request) -> web.Response:
     svc = request.app[SERVICES]
     principal = require(request, "read")
+    check_parameters(request.query, ())
     return web.json_response({"ok": True, "metrics": svc.metrics_of(principal.tenant)})
 
 
