@@ -35,8 +35,6 @@ from statsd_gateway.query import (
     check_parameters,
     parse_query,
 )
-
-SKETCH_PARAMETERS = ("name", "tags", "since", "until")
 from statsd_gateway.telemetry import Telemetry
 from statsd_gateway.wal import WalError
 
@@ -61,6 +59,7 @@ class GatewayServices(Protocol):
 
 
 SERVICES = web.AppKey("services", GatewayServices)
+SKETCH_PARAMETERS = ("name", "tags", "since", "until")
 _REASON_ERRORS: dict[str, type[GatewayError]] = {
     TYPE_CONFLICT: TypeConflict,
     CARDINALITY_LIMIT: CardinalityLimit,
