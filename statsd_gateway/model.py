@@ -52,7 +52,8 @@ _SKETCHED = frozenset(
 _NUMERIC = ("count", "sum", "avg", "min", "max", "rate")
 _AGGREGATIONS: dict[MetricType, tuple[str, ...]] = {
     MetricType.COUNTER: _NUMERIC,
-    MetricType.GAUGE: (*_NUMERIC, "last", "pNN"),
+    # A gauge is a level, not a flow: no rate of it means anything a StatsD user expects.
+    MetricType.GAUGE: ("count", "sum", "avg", "min", "max", "last", "pNN"),
     MetricType.TIMING: (*_NUMERIC, "pNN"),
     MetricType.HISTOGRAM: (*_NUMERIC, "pNN"),
     MetricType.DISTRIBUTION: (*_NUMERIC, "pNN"),

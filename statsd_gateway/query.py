@@ -309,6 +309,7 @@ _AGG_VALUES: dict[str, tuple[str, ...]] = {
     "sum": ("sum",),
     "avg": ("count", "sum"),
     "rate": ("sum",),
+    "count_rate": ("count",),
     "min": ("min",),
     "max": ("max",),
     "last": ("last", "last_ts"),
@@ -427,13 +428,14 @@ class QueryEngine:
                 "window",
             )
         start = math.floor(spec.since / spec.window) * spec.window if spec.window else spec.since
+        agg = _internal_agg(spec.agg, mtype)
         if spec.quantile is None:
             rows = await self.collect(
-                tenant, spec, start, values=_AGG_VALUES[spec.agg], hll=spec.agg == "distinct"
+                tenant, spec, start, values=_AGG_VALUES[agg], hll=agg == "distinct"
             )
         else:
             rows = await self.collect(tenant, spec, start, values=("min", "max"), sketches=True)
-        result = await asyncio.to_thread(self._shape, spec, rows)
+        result = await asyncio.to_thread(self._shape, spec, agg, rows)
         return {
             "ok": True,
             "name": spec.name,
@@ -486,7 +488,7 @@ class QueryEngine:
             "sketch": base64.b64encode(sketch.to_proto(merged)).decode("ascii"),
         }
 
-    def _shape(self, spec: QuerySpec, rows: QueryRows) -> dict[str, Any]:
+    def _shape(self, spec: QuerySpec, agg: str, rows: QueryRows) -> dict[str, Any]:
         cols = rows.cols
         w = spec.window
         bucket = np.floor(cols.ts / w) * w if w else np.full(len(cols), spec.since)
@@ -510,7 +512,7 @@ class QueryEngine:
         if spec.quantile is not None:
             values = _quantiles(cols, cell, n, spec.quantile)
         else:
-            values = _aggregate(spec.agg, cols, cell, n, w if w else spec.until - spec.since)
+            values = _aggregate(agg, cols, cell, n, w if w else spec.until - spec.since)
         by_group: dict[int, list[dict[str, Any]]] = {}
         for g, ts, v in zip(cell_group, cell_ts, values, strict=True):
             points = by_group.setdefault(g, [])
@@ -567,6 +569,17 @@ def _concat(parts: Sequence[tuple[int, Columns]], values: Sequence[str]) -> Colu
     )
 
 
+_OBSERVATIONS = frozenset({MetricType.TIMING, MetricType.HISTOGRAM, MetricType.DISTRIBUTION})
+
+
+def _internal_agg(agg: str, mtype: MetricType) -> str:
+    """`rate` is what StatsD users expect of the type: a counter's sum per second, and for a
+    timing, histogram or distribution its observations per second (Etsy's `count_ps`)."""
+    if agg == "rate" and mtype in _OBSERVATIONS:
+        return "count_rate"
+    return agg
+
+
 def _aggregate(agg: str, cols: Columns, cell: _I64, n: int, seconds: float) -> list[float | None]:
     """One aggregation other than a quantile (see _quantiles) per cell; `cell` is each row's.
     Sums add the rows one by one in row order (np.bincount does), as Python 3.11's sum() over
@@ -578,6 +591,9 @@ def _aggregate(agg: str, cols: Columns, cell: _I64, n: int, seconds: float) -> l
     if agg in ("sum", "rate"):
         total = np.bincount(cell, v["sum"], n)
         out = (total / seconds if agg == "rate" else total).tolist()
+        return out
+    if agg == "count_rate":
+        out = (np.bincount(cell, v["count"], n) / seconds).tolist()
         return out
     if agg == "avg":
         c = np.bincount(cell, v["count"], n).tolist()

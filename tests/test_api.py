@@ -464,6 +464,22 @@ async def test_unknown_and_missing_aggregation(api: Api) -> None:
     assert_error(status, body, 400, "INVALID_ARGUMENT", "name")
 
 
+async def test_rate_is_what_statsd_users_expect_of_each_type(api: Api) -> None:
+    """Etsy statsd's `count_ps` for timings, the sum per second for counters, none for gauges."""
+    t = T0 + 1
+    for v in (100.0, 200.0, 300.0):
+        await api.report({"name": "lat", "type": "timing", "value": v, "timestamp": t})
+    await api.report({"name": "hits", "type": "counter", "value": 30, "timestamp": t})
+    await api.report({"name": "temp", "type": "gauge", "value": 20, "timestamp": t})
+    q = {"since": int(T0), "until": int(T0 + 10), "window": "10s"}
+    status, body = await api.query(name="lat", agg="rate", **q)
+    assert status == 200 and body["points"] == [{"timestamp": T0, "value": 0.3}], body
+    status, body = await api.query(name="hits", agg="rate", **q)
+    assert status == 200 and body["points"] == [{"timestamp": T0, "value": 3}], body
+    status, body = await api.query(name="temp", agg="rate", **q)
+    assert_error(status, body, 400, "INVALID_ARGUMENT", "agg")
+
+
 async def test_an_unknown_parameter_is_an_error_naming_it_and_the_valid_ones(api: Api) -> None:
     await api.report({"name": "c", "type": "counter", "value": 1, "tags": {"env": "dev"}})
     status, body = await api.query(name="c", agg="sum", tag="env:prod")  # a typo of tags=

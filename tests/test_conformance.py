@@ -992,7 +992,7 @@ class Model:
         allowed = {
             MetricType.COUNTER: {"count", "sum", "avg", "min", "max", "rate"},
             MetricType.SET: {"count", "distinct"},
-            MetricType.GAUGE: {"count", "sum", "avg", "min", "max", "rate", "last", "pNN"},
+            MetricType.GAUGE: {"count", "sum", "avg", "min", "max", "last", "pNN"},
         }.get(mtype, {"count", "sum", "avg", "min", "max", "rate", "pNN"})
         if (x.agg if x.agg[0] != "p" else "pNN") not in allowed:
             return BAD_AGG
@@ -1004,15 +1004,15 @@ class Model:
             for o in series
         ]
         if x.window is None:
-            return _agg(x.agg, obs, UNTIL - SINCE) if obs else None
+            return _agg(x.agg, obs, UNTIL - SINCE, mtype) if obs else None
         width = int(x.window.removesuffix("s"))
         buckets: dict[int, list[Any]] = {}
         for o in obs:
             buckets.setdefault(int(o[2] // width * width), []).append(o)
-        return [(b, _agg(x.agg, buckets[b], width)) for b in sorted(buckets)]
+        return [(b, _agg(x.agg, buckets[b], width, mtype)) for b in sorted(buckets)]
 
 
-def _agg(agg: str, obs: list[Any], seconds: float) -> float:
+def _agg(agg: str, obs: list[Any], seconds: float, mtype: MetricType) -> float:
     if agg == "distinct":
         return len({v for v, _, _ in obs})
     if agg == "count":
@@ -1020,8 +1020,10 @@ def _agg(agg: str, obs: list[Any], seconds: float) -> float:
     total = sum(v * w for v, w, _ in obs)
     if agg == "sum":
         return total
-    if agg == "rate":
+    if agg == "rate" and mtype is MetricType.COUNTER:
         return total / seconds
+    if agg == "rate":  # timings, histograms, distributions: observations per second
+        return sum(w for _, w, _ in obs) / seconds
     if agg == "avg":
         return total / sum(w for _, w, _ in obs)
     if agg == "min":
