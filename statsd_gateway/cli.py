@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import gc
 import json
 import logging
@@ -129,13 +130,30 @@ def cmd_query(args: argparse.Namespace) -> int:
     except urllib.error.URLError as e:
         print(f"cannot reach {args.url}: {e.reason}", file=sys.stderr)
         return 1
+    if args.json:
+        print(json.dumps(body, indent=2))
+        return 0
     series = body.get("series") or [{"tags": body.get("tags", {}), "points": body["points"]}]
-    print(f"{'timestamp':>12}  {'value':>16}  tags")
+    zone = datetime.UTC if args.utc else None
+    print(f"{'time':<25}  {'value':>14}  tags")
     for s in series:
         tags = ",".join(f"{k}:{v}" for k, v in s["tags"].items())
         for p in s["points"]:
-            print(f"{p['timestamp']:>12}  {p['value']:>16}  {tags}")
+            when = datetime.datetime.fromtimestamp(p["timestamp"], zone).astimezone(zone)
+            print(f"{when.isoformat():<25}  {format_value(p['value']):>14}  {tags}")
     return 0
+
+
+def format_value(v: float | None) -> str:
+    """A value as a person reads it: integers whole, others to the millisecond's precision of a
+    timing (`12.554`), small ones to 4 significant digits (`0.0001235`)."""
+    if v is None:
+        return "-"
+    if float(v).is_integer():
+        return str(int(v))
+    if abs(v) >= 1:
+        return f"{v:.3f}".rstrip("0").rstrip(".")
+    return f"{v:.4g}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -161,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--since")
     q.add_argument("--until")
     q.add_argument("--group-by", dest="group_by")
+    q.add_argument("--utc", action="store_true", help="print times in UTC (default: local time)")
+    q.add_argument("--json", action="store_true", help="print the API's JSON answer as it is")
     q.set_defaults(func=cmd_query)
     return p
 

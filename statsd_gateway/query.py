@@ -170,9 +170,12 @@ def parse_query(params: Mapping[str, Any], now: float, max_points: int) -> Query
             f"unknown aggregation {agg!r}: use one of {', '.join(_PLAIN_AGGS)} or pNN like p99",
             "agg",
         )
+    # Whole seconds, widened outwards so no bucket in range is lost: every time in an answer
+    # reads as an integer (`1796153877`, not `1796153877.2468486`).
     until = parse_time(params["until"], now, "until") if params.get("until") else now
+    until = float(math.ceil(until))
     if params.get("since"):
-        since = parse_time(params["since"], now, "since")
+        since = float(math.floor(parse_time(params["since"], now, "since")))
     else:
         since = until - DEFAULT_RANGE
     if since >= until:

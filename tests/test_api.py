@@ -464,6 +464,18 @@ async def test_unknown_and_missing_aggregation(api: Api) -> None:
     assert_error(status, body, 400, "INVALID_ARGUMENT", "name")
 
 
+async def test_every_time_in_an_answer_is_a_whole_second(api: Api, clock: ManualClock) -> None:
+    clock.advance(0.2468486)
+    await api.report({"name": "w", "type": "counter", "value": 1})
+    status, body = await api.query(name="w", agg="sum")
+    assert status == 200, body
+    since, until = body["since"], body["until"]
+    assert (since, until) == (int(T0 + 6) - 3600, int(T0 + 6)), body
+    assert body["points"] == [{"timestamp": since, "value": 1}]
+    status, body = await api.query(name="w", agg="sum", since="-15m", until="now")
+    assert (body["since"], body["until"]) == (int(T0 + 5) - 900, int(T0 + 6)), body
+
+
 async def test_rate_is_what_statsd_users_expect_of_each_type(api: Api) -> None:
     """Etsy statsd's `count_ps` for timings, the sum per second for counters, none for gauges."""
     t = T0 + 1

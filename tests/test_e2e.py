@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import datetime
 import hashlib
+import json
 import os
 import re
 import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -209,20 +212,29 @@ def test_query_command_prints_a_table(
     key = (tmp_path / "state" / "api-key").read_text(encoding="utf-8").strip()
     points = [
         {"name": "cli.lat", "type": "timing", "value": v, "tags": {"env": e}}
-        for v, e in ((12.5, "prod"), (40.0, "dev"))
+        for v, e in ((12.553937179918435, "prod"), (40.0, "dev"), (0.000123456, "test"))
     ]
     assert d.request("POST", "/v1/metrics/batch", key, {"points": points})[0] == 200
     url = d.base
-    r = run_cli(
-        "query", "cli.lat", "max", "--url", url, "--key", key, "--group-by", "env", cwd=tmp_path
-    )
+    until = str(int(time.time()) + 60)  # both calls below answer for the same range
+    args = ("query", "cli.lat", "max", "--url", url, "--key", key, "--group-by", "env")
+    args += ("--until", until)
+    r = run_cli(*args, "--utc", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert lines[0].split() == ["timestamp", "value", "tags"]
+    assert lines[0].split() == ["time", "value", "tags"]
     assert sorted(line.split()[1:] for line in lines[1:]) == [
-        ["12.5", "env:prod"],
+        ["0.0001235", "env:test"],
+        ["12.554", "env:prod"],
         ["40", "env:dev"],
     ]
+    as_json = run_cli(*args, "--json", cwd=tmp_path)
+    body = json.loads(as_json.stdout)
+    assert isinstance(body["since"], int) and isinstance(body["until"], int), body
+    stamp = body["series"][0]["points"][0]["timestamp"]
+    assert isinstance(stamp, int)
+    iso = datetime.datetime.fromtimestamp(stamp, datetime.UTC).isoformat()
+    assert {line.split()[0] for line in lines[1:]} == {iso}
     bad = run_cli("query", "cli.lat", "max", "--url", url, "--key", "wrong", cwd=tmp_path)
     assert bad.returncode == 1
     assert "UNAUTHENTICATED" in bad.stderr
