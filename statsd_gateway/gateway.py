@@ -13,8 +13,10 @@ import gc
 import json
 import logging
 import os
+import re
 import secrets
 import time
+from collections import Counter
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -27,7 +29,7 @@ from statsd_gateway.api.app import create_app
 from statsd_gateway.api.auth import KeyRing
 from statsd_gateway.api.schemas import parse_point
 from statsd_gateway.config import ApiKey, Config, StorageConfig, hash_key, parse_listen, parse_mode
-from statsd_gateway.errors import GatewayError
+from statsd_gateway.errors import GatewayError, MetricNotFound
 from statsd_gateway.flusher import Flusher
 from statsd_gateway.idempotency import IdempotencyLedger
 from statsd_gateway.ingest import Ingest
@@ -362,10 +364,14 @@ class Gateway:
             problems.append("unix socket not bound")
         return problems
 
-    def metrics_of(self, tenant: str) -> list[dict[str, Any]]:
+    def metrics_of(self, tenant: str, match: str | None = None) -> list[dict[str, Any]]:
+        """The tenant's metrics (those whose name matches the glob `match`, if given) with
+        their type and tag keys, by name."""
+        wanted = None if match is None else glob_regex(match)
         tag_keys: dict[str, set[str]] = {}
         for name, tags in self.registry.series.get(tenant, ()):
-            tag_keys.setdefault(name, set()).update(k for k, _ in tags)
+            if wanted is None or wanted.fullmatch(name):
+                tag_keys.setdefault(name, set()).update(k for k, _ in tags)
         return [
             {
                 "name": name,
@@ -374,6 +380,34 @@ class Gateway:
             }
             for name, keys in sorted(tag_keys.items())
         ]
+
+    def tags_of(self, tenant: str, name: str, limit: int) -> list[dict[str, Any]]:
+        """Each tag key of a metric with its values, the values carried by the most series
+        first (ties by value), at most `limit` of them per key; `truncated` says more exist."""
+        if (tenant, name) not in self.registry.types:
+            raise MetricNotFound(f"no metric named {name!r}", "name")
+        by_key: dict[str, Counter[str]] = {}
+        for series_name, tags in self.registry.series.get(tenant, ()):
+            if series_name == name:
+                for k, v in tags:
+                    by_key.setdefault(k, Counter())[v] += 1
+        out = []
+        for key in sorted(by_key):
+            ranked = sorted(by_key[key].items(), key=lambda kv: (-kv[1], kv[0]))
+            out.append(
+                {
+                    "key": key,
+                    "values": [{"value": v, "series": n} for v, n in ranked[:limit]],
+                    "truncated": len(ranked) > limit,
+                }
+            )
+        return out
+
+
+def glob_regex(pattern: str) -> re.Pattern[str]:
+    """`*` (any run of characters) and `?` (one character); everything else is literal."""
+    parts = (".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.compile("".join(parts), re.DOTALL)
 
 
 def samples_from_logged_body(

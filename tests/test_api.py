@@ -32,6 +32,7 @@ V1_ENDPOINTS = [
     ("GET", "/v1/metrics/query", {"params": {"name": "a", "agg": "sum"}}),
     ("GET", "/v1/metrics/sketch", {"params": {"name": "a"}}),
     ("GET", "/v1/metrics", {}),
+    ("GET", "/v1/metrics/tags", {"params": {"name": "a"}}),
 ]
 
 
@@ -462,6 +463,54 @@ async def test_unknown_and_missing_aggregation(api: Api) -> None:
     assert_error(status, body, 400, "INVALID_ARGUMENT", "agg")
     status, body = await api.query(agg="sum")
     assert_error(status, body, 400, "INVALID_ARGUMENT", "name")
+
+
+async def test_metric_names_filter_by_glob(api: Api) -> None:
+    names = ["api.latency", "api.errors", "db.latency", "api.x.y", "a[b]"]
+    await api.batch([{"name": n, "type": "counter", "value": 1} for n in names])
+
+    async def matching(match: str) -> list[str]:
+        status, body = await api.request("GET", "/v1/metrics", params={"match": match})
+        assert status == 200, body
+        return [m["name"] for m in body["metrics"]]
+
+    assert await matching("api.*") == ["api.errors", "api.latency", "api.x.y"]
+    assert await matching("*.latency") == ["api.latency", "db.latency"]
+    assert await matching("db.late?cy") == ["db.latency"]
+    assert await matching("api.") == []  # a glob matches the whole name
+    assert await matching("a[b]") == []  # [ is literal: "a-b" is not "ab"
+
+
+async def test_tag_values_most_frequent_first_bounded_and_flagged(api: Api) -> None:
+    points = [
+        {"name": "req", "type": "counter", "value": 1, "tags": {"env": env, "host": f"h{i}"}}
+        for i, env in enumerate(["prod"] * 5 + ["dev"] * 2 + ["test"] * 2 + ["qa"])
+    ]
+    assert (await api.batch(points))[0] == 200
+    await api.report({"name": "other", "type": "counter", "value": 1, "tags": {"env": "x"}})
+    status, body = await api.request("GET", "/v1/metrics/tags", params={"name": "req"})
+    assert status == 200, body
+    by_key = {t["key"]: t for t in body["tags"]}
+    assert list(by_key) == ["env", "host"]
+    assert by_key["env"]["values"] == [
+        {"value": "prod", "series": 5},
+        {"value": "dev", "series": 2},
+        {"value": "test", "series": 2},
+        {"value": "qa", "series": 1},
+    ]
+    assert by_key["env"]["truncated"] is False
+    params = {"name": "req", "limit": "2"}
+    status, body = await api.request("GET", "/v1/metrics/tags", params=params)
+    env = body["tags"][0]
+    assert [v["value"] for v in env["values"]] == ["prod", "dev"] and env["truncated"] is True
+    for bad in ("0", "x", "²", "9" * 5000):
+        params = {"name": "req", "limit": bad}
+        status, body = await api.request("GET", "/v1/metrics/tags", params=params)
+        assert_error(status, body, 400, "INVALID_ARGUMENT", "limit")
+    status, body = await api.request("GET", "/v1/metrics/tags", params={"name": "nope"})
+    assert_error(status, body, 404, "METRIC_NOT_FOUND", "name")
+    status, body = await api.request("GET", "/v1/metrics/tags", params={"nam": "req"})
+    assert_error(status, body, 400, "INVALID_ARGUMENT", "nam")
 
 
 async def test_every_time_in_an_answer_is_a_whole_second(api: Api, clock: ManualClock) -> None:

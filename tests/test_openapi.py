@@ -235,9 +235,18 @@ def spread_idempotency_keys(case: Any) -> None:
         }
 
 
+def send_empty_parameters(case: Any) -> None:
+    """requests sends nothing for a query parameter whose value is an empty list or None, so a
+    case that claims to violate the schema with an extra such parameter would reach the server
+    without it: send each as an empty value instead, so the request is the one it claims."""
+    if case.query:
+        case.query = {k: "" if v is None or v == [] else v for k, v in case.query.items()}
+
+
 @schema.parametrize()
 def test_every_operation_conforms(case: Any, base_url: str, http: requests.Session) -> None:
     spread_idempotency_keys(case)
+    send_empty_parameters(case)
     case.call_and_validate(
         base_url=base_url,
         session=http,

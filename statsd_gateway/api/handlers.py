@@ -55,7 +55,9 @@ class GatewayServices(Protocol):
 
     def readiness(self) -> list[str]: ...
 
-    def metrics_of(self, tenant: str) -> list[dict[str, Any]]: ...
+    def metrics_of(self, tenant: str, match: str | None = None) -> list[dict[str, Any]]: ...
+
+    def tags_of(self, tenant: str, name: str, limit: int) -> list[dict[str, Any]]: ...
 
 
 SERVICES = web.AppKey("services", GatewayServices)
@@ -238,8 +240,31 @@ async def export_sketch(request: web.Request) -> web.Response:
 async def list_metrics(request: web.Request) -> web.Response:
     svc = request.app[SERVICES]
     principal = require(request, "read")
-    check_parameters(request.query, ())
-    return web.json_response({"ok": True, "metrics": svc.metrics_of(principal.tenant)})
+    check_parameters(request.query, ("match",))
+    match = request.query.get("match") or None
+    return web.json_response({"ok": True, "metrics": svc.metrics_of(principal.tenant, match)})
+
+
+TAG_VALUES_DEFAULT = 100
+TAG_VALUES_MAX = 10_000
+
+
+async def metric_tags(request: web.Request) -> web.Response:
+    svc = request.app[SERVICES]
+    principal = require(request, "read")
+    params = request.query
+    check_parameters(params, ("name", "limit"), ("name",))
+    limit = TAG_VALUES_DEFAULT
+    if "limit" in params:
+        text = params["limit"]
+        limit = int(text) if text.isascii() and text.isdigit() and len(text) <= 6 else 0
+        if not 1 <= limit <= TAG_VALUES_MAX:
+            raise InvalidArgument(
+                f"limit must be a whole number from 1 to {TAG_VALUES_MAX}", "limit"
+            )
+    name = params["name"]
+    tags = svc.tags_of(principal.tenant, name, limit)
+    return web.json_response({"ok": True, "name": name, "tags": tags})
 
 
 async def openapi(request: web.Request) -> web.Response:

@@ -58,6 +58,36 @@ _AGG_PATTERN = "^(count|sum|avg|min|max|last|rate|distinct|p(100|[0-9]{1,2}(\\.[
 # Empty is the same as absent (one point for the whole range).
 _DURATION_PATTERN = "^([0-9]+(\\.[0-9]+)?(ms|s|m|h|d))?$"
 _TYPES = ["counter", "gauge", "timing", "histogram", "distribution", "set"]
+_TAGS_ANSWER: dict[str, Any] = {
+    "type": "object",
+    "required": ["ok", "name", "tags"],
+    "properties": {
+        "ok": {"type": "boolean"},
+        "name": {"type": "string"},
+        "tags": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["key", "values", "truncated"],
+                "properties": {
+                    "key": {"type": "string"},
+                    "values": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["value", "series"],
+                            "properties": {
+                                "value": {"type": "string"},
+                                "series": {"type": "integer", "minimum": 1},
+                            },
+                        },
+                    },
+                    "truncated": {"type": "boolean"},
+                },
+            },
+        },
+    },
+}
 
 _POINT: dict[str, Any] = {
     "type": "object",
@@ -324,6 +354,9 @@ def openapi_spec() -> dict[str, Any]:
             "/v1/metrics": {
                 "get": {
                     "summary": "The tenant's metrics with type and tag keys",
+                    "parameters": [
+                        _query_param("match", "a glob on the name: * any characters, ? one"),
+                    ],
                     "responses": {
                         "200": {
                             "description": "the metrics",
@@ -354,6 +387,25 @@ def openapi_spec() -> dict[str, Any]:
                                 }
                             },
                         },
+                        **_COMMON_ERRORS,
+                    },
+                }
+            },
+            "/v1/metrics/tags": {
+                "get": {
+                    "summary": "Each tag key of a metric with its values, most series first",
+                    "parameters": [
+                        _query_param("name", "the metric", required=True, minLength=1),
+                        _query_param(
+                            "limit", "values per key (default 100)", pattern="^[0-9]{1,6}$"
+                        ),
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "the tag keys and values",
+                            "content": {"application/json": {"schema": _TAGS_ANSWER}},
+                        },
+                        "404": _error_response("METRIC_NOT_FOUND"),
                         **_COMMON_ERRORS,
                     },
                 }
