@@ -243,6 +243,21 @@ class IntervalAggregator:
                 out.update(m)
         return out
 
+    def discard(self, keys: set[SeriesKey]) -> int:
+        """Removes the series from the live interval, every pending snapshot and the gauges'
+        current values (an admin delete); returns how many series-buckets were dropped."""
+        dropped = 0
+        for buckets in [self._live, *(s.buckets for s in self._pending)]:
+            for ts in list(buckets):
+                m = buckets[ts]
+                for key in keys & m.keys():
+                    del m[key]
+                    dropped += 1
+                if not m:
+                    del buckets[ts]
+        self.forget_gauges(keys)
+        return dropped
+
     def forget_gauges(self, keys: Iterable[SeriesKey]) -> None:
         for key in keys:
             self._gauges.pop(key, None)

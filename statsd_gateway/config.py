@@ -18,7 +18,7 @@ import yaml
 from statsd_gateway.errors import ConfigError
 from statsd_gateway.protocol import GAUGE_SIGNS, SANITISERS
 
-SCOPES = frozenset({"read", "write"})
+SCOPES = frozenset({"read", "write", "admin"})
 LOG_LEVELS = ("debug", "info", "warning", "error")
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 MAX_DURATION = 100 * 365 * 86400.0
@@ -302,10 +302,10 @@ def _api_key(v: Any, path: str) -> ApiKey:
         raise ConfigError(f"{path}.sha256", "expected 64 hex digits (statsd-gateway keygen)")
     scopes = d.get("scopes", ["read", "write"])
     if not isinstance(scopes, list) or not scopes:
-        raise ConfigError(f"{path}.scopes", "expected a non-empty list of read, write")
+        raise ConfigError(f"{path}.scopes", "expected a non-empty list of read, write, admin")
     for i, s in enumerate(scopes):
         if s not in SCOPES:
-            raise ConfigError(f"{path}.scopes[{i}]", f"unknown scope {s!r} (read, write)")
+            raise ConfigError(f"{path}.scopes[{i}]", f"unknown scope {s!r} (read, write, admin)")
     return ApiKey(
         name=_str(d["name"], f"{path}.name"),
         sha256=sha,

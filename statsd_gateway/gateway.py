@@ -28,12 +28,20 @@ from statsd_gateway.aggregator import IntervalAggregator, SeriesRegistry
 from statsd_gateway.api.app import create_app
 from statsd_gateway.api.auth import KeyRing
 from statsd_gateway.api.schemas import parse_point
-from statsd_gateway.config import ApiKey, Config, StorageConfig, hash_key, parse_listen, parse_mode
+from statsd_gateway.config import (
+    SCOPES,
+    ApiKey,
+    Config,
+    StorageConfig,
+    hash_key,
+    parse_listen,
+    parse_mode,
+)
 from statsd_gateway.errors import GatewayError, MetricNotFound
 from statsd_gateway.flusher import Flusher
 from statsd_gateway.idempotency import IdempotencyLedger
 from statsd_gateway.ingest import Ingest
-from statsd_gateway.model import SeriesKey
+from statsd_gateway.model import SeriesKey, Tags
 from statsd_gateway.protocol import Sample, StatsdParser
 from statsd_gateway.query import QueryEngine
 from statsd_gateway.store import SqliteStore
@@ -316,7 +324,8 @@ class Gateway:
         if not keys:
             key = ensure_generated_key(self.config.key_file)
             log.info("no auth.keys configured: using the API key in %s", self.config.key_file)
-            keys = (ApiKey(name="generated", sha256=hash_key(key)),)
+            # The operator's own key (mode 0600 in the data directory): every scope.
+            keys = (ApiKey(name="generated", sha256=hash_key(key), scopes=tuple(sorted(SCOPES))),)
         self.keyring = KeyRing(keys)
 
     async def stop(self) -> None:
@@ -380,6 +389,28 @@ class Gateway:
             }
             for name, keys in sorted(tag_keys.items())
         ]
+
+    async def delete_metric(self, tenant: str, name: str, tags: Tags) -> dict[str, int]:
+        """Deletes the metric's series that carry `tags` (all of them without), their history
+        in every tier and what memory holds of them, and frees their cardinality slots."""
+        if (tenant, name) not in self.registry.types:
+            raise MetricNotFound(f"no metric named {name!r}", "name")
+        keys = {
+            (tenant, n, t)
+            for n, t in self.registry.series.get(tenant, ())
+            if n == name and dict(tags).items() <= dict(t).items()
+        }
+        store, rollup = self.store, self.flusher.rollup
+        async with self.flusher.paused():  # a flush in progress would write them back
+            series, rows = await store.run_write(partial(store.delete_series, list(keys)))
+            if rollup is not None:
+                await store.run_write(partial(rollup.discard, keys))
+            in_memory = self.aggregator.discard(keys)
+            self.registry.forget(keys)
+        # Their points may still be in the write-ahead log, which a crash would replay: a flush
+        # now writes what memory holds without them and releases the log up to here.
+        await self.flusher.flush(force=True)
+        return {"series": len(keys), "stored_series": series, "rows": rows, "in_memory": in_memory}
 
     def tags_of(self, tenant: str, name: str, limit: int) -> list[dict[str, Any]]:
         """Each tag key of a metric with its values, the values carried by the most series

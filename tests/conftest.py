@@ -20,6 +20,7 @@ from tests.daemon import Daemon
 KEY = "test-key-default"
 OTHER_KEY = "test-key-other-tenant"
 READ_ONLY_KEY = "test-key-read-only"
+ADMIN_KEY = "test-key-admin"
 T0 = 1_764_172_800.0  # 2025-11-26T16:00:00Z, a multiple of every window used in tests
 
 
@@ -51,6 +52,7 @@ def make_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
         ApiKey(name="main", sha256=hash_key(KEY), tenant="default"),
         ApiKey(name="other", sha256=hash_key(OTHER_KEY), tenant="other"),
         ApiKey(name="reader", sha256=hash_key(READ_ONLY_KEY), tenant="default", scopes=("read",)),
+        ApiKey(name="ops", sha256=hash_key(ADMIN_KEY), tenant="default", scopes=("read", "admin")),
     )
     return replace(cfg, auth=replace(cfg.auth, keys=keys))
 

@@ -288,7 +288,7 @@ async def test_unknown_path_and_wrong_method_use_the_envelope(api: Api) -> None:
     assert_error(status, body, 404, "NOT_FOUND")
     status, body = await api.request("GET", "/v1/metrics/report")
     assert_error(status, body, 405, "METHOD_NOT_ALLOWED")
-    status, body = await api.request("DELETE", "/v1/metrics")
+    status, body = await api.request("DELETE", "/v1/metrics/query")
     assert_error(status, body, 405, "METHOD_NOT_ALLOWED")
 
 

@@ -168,7 +168,7 @@ BAD = [
         id="bad sha256 in second key",
     ),
     pytest.param(
-        f"auth:\n  keys:\n    - name: ci\n      sha256: {SHA}\n      scopes: [read, admin]\n",
+        f"auth:\n  keys:\n    - name: ci\n      sha256: {SHA}\n      scopes: [read, root]\n",
         "auth.keys[0].scopes[1]",
         id="bad scope",
     ),

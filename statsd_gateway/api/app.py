@@ -90,6 +90,7 @@ def create_app(gateway: handlers.GatewayServices, *, max_body_bytes: int) -> web
     app.router.add_get("/v1/metrics/query", handlers.query)
     app.router.add_get("/v1/metrics/sketch", handlers.export_sketch)
     app.router.add_get("/v1/metrics", handlers.list_metrics)
+    app.router.add_delete("/v1/metrics", handlers.delete_metric)
     app.router.add_get("/v1/metrics/tags", handlers.metric_tags)
     app.router.add_get(OPENAPI_PATH, handlers.openapi)
     app.router.add_get("/healthz", handlers.healthz)

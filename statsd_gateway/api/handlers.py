@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -27,6 +28,7 @@ from statsd_gateway.idempotency import (
     request_key,
 )
 from statsd_gateway.ingest import Ingest, LoggedBody
+from statsd_gateway.model import Tags
 from statsd_gateway.protocol import Sample
 from statsd_gateway.query import (
     QUERY_PARAMETERS,
@@ -34,6 +36,7 @@ from statsd_gateway.query import (
     QueryEngine,
     check_parameters,
     parse_query,
+    parse_tag_filter,
 )
 from statsd_gateway.telemetry import Telemetry
 from statsd_gateway.wal import WalError
@@ -59,7 +62,10 @@ class GatewayServices(Protocol):
 
     def tags_of(self, tenant: str, name: str, limit: int) -> list[dict[str, Any]]: ...
 
+    async def delete_metric(self, tenant: str, name: str, tags: Tags) -> dict[str, int]: ...
 
+
+log = logging.getLogger(__name__)
 SERVICES = web.AppKey("services", GatewayServices)
 SKETCH_PARAMETERS = ("name", "tags", "since", "until")
 _REASON_ERRORS: dict[str, type[GatewayError]] = {
@@ -265,6 +271,25 @@ async def metric_tags(request: web.Request) -> web.Response:
     name = params["name"]
     tags = svc.tags_of(principal.tenant, name, limit)
     return web.json_response({"ok": True, "name": name, "tags": tags})
+
+
+async def delete_metric(request: web.Request) -> web.Response:
+    svc = request.app[SERVICES]
+    principal = require(request, "admin")
+    params = request.query
+    check_parameters(params, ("name", "tags"), ("name",))
+    name, tags = params["name"], parse_tag_filter(params)
+    deleted = await svc.delete_metric(principal.tenant, name, tags)
+    log.warning(
+        "key %r deleted %d series of %r in tenant %r (tags %s): %d stored rows",
+        principal.name,
+        deleted["series"],
+        name,
+        principal.tenant,
+        dict(tags) or "any",
+        deleted["rows"],
+    )
+    return web.json_response({"ok": True, "name": name, "tags": dict(tags), "deleted": deleted})
 
 
 async def openapi(request: web.Request) -> web.Response:

@@ -58,6 +58,23 @@ _AGG_PATTERN = "^(count|sum|avg|min|max|last|rate|distinct|p(100|[0-9]{1,2}(\\.[
 # Empty is the same as absent (one point for the whole range).
 _DURATION_PATTERN = "^([0-9]+(\\.[0-9]+)?(ms|s|m|h|d))?$"
 _TYPES = ["counter", "gauge", "timing", "histogram", "distribution", "set"]
+_DELETED_ANSWER: dict[str, Any] = {
+    "type": "object",
+    "required": ["ok", "name", "tags", "deleted"],
+    "properties": {
+        "ok": {"type": "boolean"},
+        "name": {"type": "string"},
+        "tags": {"type": "object", "additionalProperties": {"type": "string"}},
+        "deleted": {
+            "type": "object",
+            "required": ["series", "stored_series", "rows", "in_memory"],
+            "properties": {
+                k: {"type": "integer", "minimum": 0}
+                for k in ("series", "stored_series", "rows", "in_memory")
+            },
+        },
+    },
+}
 _TAGS_ANSWER: dict[str, Any] = {
     "type": "object",
     "required": ["ok", "name", "tags"],
@@ -389,7 +406,24 @@ def openapi_spec() -> dict[str, Any]:
                         },
                         **_COMMON_ERRORS,
                     },
-                }
+                },
+                "delete": {
+                    "summary": "Delete a metric's series (all, or those with the tags) and history",
+                    "description": "Needs a key with the admin scope (403 without).",
+                    "parameters": [
+                        _query_param("name", "the metric", required=True, minLength=1),
+                        _query_param("tags", "only the series carrying these tags: k:v,k2:v2"),
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "what was deleted",
+                            "content": {"application/json": {"schema": _DELETED_ANSWER}},
+                        },
+                        "404": _error_response("METRIC_NOT_FOUND"),
+                        "503": _error_response("UNAVAILABLE"),
+                        **_COMMON_ERRORS,
+                    },
+                },
             },
             "/v1/metrics/tags": {
                 "get": {

@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from statsd_gateway import sketch
-from statsd_gateway.model import RowBatch
+from statsd_gateway.model import RowBatch, SeriesKey
 
 # Per coarse tier, the batches folded into its open buckets, oldest first.
 OpenBatches = list[list[RowBatch]]
@@ -79,6 +79,16 @@ class TierRollup:
             completed[res] = merged
             self.fold(merged, level + 1)
         return completed
+
+    def discard(self, keys: set[SeriesKey]) -> None:
+        """Drops the open buckets of these series (an admin delete)."""
+        for level, batches in enumerate(self._open):
+            kept = []
+            for b in batches:
+                keep = np.fromiter((k not in keys for k in b.keys), dtype=np.bool_, count=len(b))
+                if keep.any():  # complete() takes every open batch to hold rows
+                    kept.append(b if keep.all() else b.take(np.flatnonzero(keep)))
+            self._open[level] = kept
 
     def save(self) -> RollupState:
         """A copy of the state to restore() if the write of what fold/complete produced fails.

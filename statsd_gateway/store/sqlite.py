@@ -437,6 +437,41 @@ class SqliteStore:
         with contextlib.suppress(sqlite3.Error):
             self._wconn.execute(f"PRAGMA incremental_vacuum({int(pages)})")
 
+    def delete_series(self, keys: Sequence[SeriesKey]) -> tuple[int, int]:
+        """Deletes these series and their rows in every tier, in one transaction; returns how
+        many series were stored and how many rows went."""
+        conn = self._wconn
+        if conn is None:
+            raise StoreError("the store is closed")
+        ids = []
+        for tenant, name, tags in keys:
+            row = conn.execute(
+                "SELECT id FROM series WHERE tenant=? AND name=? AND tags=?",
+                (tenant, name, tags_json(tags)),
+            ).fetchone()
+            if row is not None:
+                ids.append(int(row[0]))
+        rows = 0
+
+        def work(c: sqlite3.Connection) -> None:
+            nonlocal rows
+            for start in range(0, len(ids), 500):  # SQLite caps the parameters of a statement
+                part = ids[start : start + 500]
+                marks = ",".join("?" * len(part))
+                for res in self.resolutions:
+                    table = tier_table(res)
+                    sql = f"DELETE FROM {table} WHERE series_id IN ({marks})"
+                    rows += c.execute(sql, part).rowcount
+                c.execute(f"DELETE FROM series WHERE id IN ({marks})", part)
+
+        if ids:
+            self._transaction(work)
+        for key in keys:
+            sid = self._series_ids.pop(key, None)
+            if sid is not None:
+                self._last_write.pop(sid, None)
+        return len(ids), rows
+
     def forget_stale_series(self, horizon: float) -> list[SeriesKey]:
         """Deletes series created before `horizon`, not written by this process since then,
         with no row in any series-major tier (the finest tier's rows roll up into those within

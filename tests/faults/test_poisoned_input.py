@@ -133,16 +133,20 @@ async def test_a_series_that_cannot_be_written_is_set_aside_and_the_rest_written
         assert sum(p["value"] for p in q["points"]) == 8
 
 
+@pytest.mark.parametrize("trials_fail_too", [False, True])
 async def test_a_snapshot_failing_with_no_series_to_blame_is_dropped_after_bounded_tries(
-    config: Config, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+    config: Config, clock: ManualClock, monkeypatch: pytest.MonkeyPatch, trials_fail_too: bool
 ) -> None:
+    """Whether the failure is outside the rows (the trial writes pass) or fails every write,
+    rows or none (no row can be to blame): no row is set aside, the snapshot is retried and
+    dropped whole after QUARANTINE_AFTER failures."""
     async with running(config, clock) as (gw, api):
         await api.report(point("r.c", 1))
         doomed = gw.aggregator.next_seq
         real = gw.store.write_flush
 
         def write_flush(rows: RowBatch, flushed_seq: int | None = None, **kw: Any) -> None:
-            if flushed_seq == doomed and not kw.get("trial"):
+            if flushed_seq == doomed and (trials_fail_too or not kw.get("trial")):
                 raise ValueError("fails whatever its rows")
             real(rows, flushed_seq, **kw)
 
