@@ -12,6 +12,7 @@ import pytest
 from ddsketch import DDSketch
 
 from statsd_gateway import sketch as sk
+from statsd_gateway.sketch._merge import _merge_parts
 
 QS = (0.0, 0.01, 0.5, 0.9, 0.99, 0.999, 1.0)
 
@@ -795,8 +796,8 @@ def test_merge_of_many_uses_identical_vectorised_path() -> None:
     items = random_batch(300, seed=38)
     parts = [b for b in items if not b.is_empty]
     assert len(parts) >= 64
-    assert_bit_identical(sk.merge(items), sk._merge_parts(parts))
-    assert sk.merge(iter(items)) == sk._merge_parts(parts)
+    assert_bit_identical(sk.merge(items), _merge_parts(parts))
+    assert sk.merge(iter(items)) == _merge_parts(parts)
     assert sk.merge([sk.Bins.empty()] * 100) == sk.Bins.empty()
 
 
