@@ -44,7 +44,7 @@ from statsd_gateway.sketch._mapping import (
     key_of,
     value_of,
 )
-from statsd_gateway.sketch._merge import merge, merge_blobs, merge_flat, merge_groups
+from statsd_gateway.sketch._merge import merge, merge_blobs, merge_flat
 from statsd_gateway.sketch._quantile import cell_quantiles, quantile
 
 __all__ = [
@@ -76,7 +76,6 @@ __all__ = [
     "merge",
     "merge_blobs",
     "merge_flat",
-    "merge_groups",
     "quantile",
     "to_ddsketch",
     "to_proto",

@@ -10,7 +10,7 @@ Contract:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import numpy as np
 import numpy.typing as npt
@@ -37,7 +37,7 @@ def merge(items: Iterable[Bins]) -> Bins:
     """Exact merge: counts of equal keys add (in item order, like repeated ddsketch merges)."""
     parts = [b for b in items if not b.is_empty]
     if len(parts) >= _MERGE_VECTOR_MIN:
-        return merge_groups(parts, np.zeros(len(parts), dtype=np.int64), 1)[0]
+        return merge_flat(flat_from_bins(parts), np.zeros(len(parts), dtype=np.int64), 1).bins(0)
     return _merge_parts(parts)
 
 
@@ -90,28 +90,6 @@ def merge_flat(flat: FlatBins, groups: npt.ArrayLike, n_groups: int) -> FlatBins
     integral = ~inexact & (zero < _SAFE_INT)
     integral.flags.writeable = False
     return FlatBins(keys, counts, _readonly_i64(bounds), _readonly_f64(zero), integral)
-
-
-def merge_groups(
-    items: Sequence[Bins], groups: npt.ArrayLike, n_groups: int | None = None
-) -> list[Bins]:
-    """Merge the sketches of each group: ``[merge(items[i] for i where groups[i] == g) ...]``.
-
-    ``groups`` holds a group id in ``0..G-1`` for every item, in any order; G is ``n_groups`` or
-    ``max(groups) + 1``. Returns G sketches (an empty group gives ``Bins.empty()``),
-    bit-identical to :func:`merge` per group (counts add in item order), in one vectorised pass.
-    """
-    g = np.asarray(groups)
-    if g.ndim != 1 or g.size != len(items) or (g.size and g.dtype.kind not in "iu"):
-        raise ValueError("groups must be a one-dimensional integer array with one id per item")
-    g = g.astype(np.int64, copy=False)
-    if g.size and int(g.min()) < 0:
-        raise ValueError("group ids must be >= 0")
-    n_g = (int(g.max()) + 1 if g.size else 0) if n_groups is None else int(n_groups)
-    if g.size and int(g.max()) >= n_g:
-        raise ValueError("group ids must be < n_groups")
-    merged = merge_flat(flat_from_bins(items), g, n_g)
-    return [merged.bins(i) for i in range(n_g)]
 
 
 def _merge_store_flat(
