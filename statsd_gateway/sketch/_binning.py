@@ -37,7 +37,11 @@ FloatArrayLike = Sequence[float] | npt.NDArray[Any]
 
 
 def bin_values(values: FloatArrayLike, weights: FloatArrayLike | None = None) -> Bins:
-    """Bins of one series (values in insertion order; weights default to 1)."""
+    """Bins of one series (values in insertion order; weights default to 1).
+
+    No runtime caller: this is the one-series form through which the tests pin binning to
+    ddsketch and against which :func:`bin_groups` / :func:`bin_flat` are compared.
+    """
     v = np.asarray(values, dtype=np.float64).reshape(-1)
     w = None if weights is None else np.asarray(weights, dtype=np.float64).reshape(-1)
     return bin_groups(v, w, np.array([0, v.size], dtype=np.int64))[0]

@@ -22,7 +22,11 @@ if TYPE_CHECKING:
 
 
 def to_ddsketch(b: Bins) -> ddsketch.DDSketch:
-    """A ``ddsketch.DDSketch`` with exactly these bins (sum/min/max unknown). Tests/reference."""
+    """A ``ddsketch.DDSketch`` with exactly these bins (sum/min/max unknown).
+
+    No runtime caller: the reference through which the tests check our bins and quantiles
+    against ddsketch's own.
+    """
     from ddsketch import DDSketch
 
     s = DDSketch(RELATIVE_ACCURACY)

@@ -4,8 +4,9 @@ Contract:
 - ``MAPPING_ID`` 1 is ddsketch's ``LogarithmicMapping(0.01)`` with index offset 0. The constants
   are computed with exactly the operations of ``ddsketch.mapping.LogarithmicMapping``, so keys
   are bit-identical to ddsketch's.
-- :func:`key_of` is the scalar key (the reference, pinned to ddsketch by the tests); ``_keys`` is
-  the vectorised one used by binning, identical to it for every finite value > ``MIN_POSSIBLE``.
+- :func:`key_of` is the scalar key, pinned to ddsketch by the tests; ``_keys`` is the vectorised
+  one used by binning, identical to it for every finite value > ``MIN_POSSIBLE`` (it calls
+  :func:`key_of` for the values where numpy's log could differ).
 - :func:`value_of` is ddsketch's bucket centre for a key (what quantiles return).
 """
 
@@ -56,5 +57,5 @@ def _keys(a: _F64) -> _I64:
     near = np.abs(x - np.rint(x)) <= _EDGE_EPS
     if near.any():
         idx = np.flatnonzero(near)
-        k[idx] = [math.ceil(math.log(t, 2) * _MULT) for t in a[idx].tolist()]
+        k[idx] = [key_of(t) for t in a[idx].tolist()]
     return k.astype(np.int64)
