@@ -12,6 +12,7 @@ import pytest
 from ddsketch import DDSketch
 
 from statsd_gateway import sketch as sk
+from statsd_gateway.sketch._merge import _merge_parts
 
 QS = (0.0, 0.01, 0.5, 0.9, 0.99, 0.999, 1.0)
 
@@ -579,7 +580,7 @@ def test_to_proto_parses_with_ddsketch_from_proto() -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# batch paths: encode_flat / decode_many / merge_groups / cell_quantiles
+# batch paths: encode_flat / decode_many / merge_flat / cell_quantiles
 
 
 def random_batch(n: int, seed: int) -> list[sk.Bins]:
@@ -736,48 +737,49 @@ def assert_bit_identical(a: sk.Bins, b: sk.Bins) -> None:
     assert struct.pack("<d", a.zero) == struct.pack("<d", b.zero)
 
 
-def test_merge_groups_equals_per_group_merge() -> None:
+def merge_flat_bins(items: list[sk.Bins], groups: np.ndarray, n: int) -> list[sk.Bins]:
+    merged = sk.merge_flat(sk.flat_from_bins(items), groups, n)
+    assert len(merged) == n
+    return [merged.bins(g) for g in range(n)]
+
+
+def test_merge_flat_equals_per_group_merge_for_many_group_counts() -> None:
     items = random_batch(500, seed=34)
     rng = np.random.default_rng(35)
     for n_groups in (1, 3, 12, 200, 700):  # 700 groups: many empty, some single-item
         groups = rng.integers(0, n_groups, len(items))
-        got = sk.merge_groups(items, groups, n_groups=n_groups)
-        ref = merge_reference(items, groups, n_groups)
-        assert len(got) == n_groups
-        for a, b in zip(got, ref, strict=True):
+        got = merge_flat_bins(items, groups, n_groups)
+        for a, b in zip(got, merge_reference(items, groups, n_groups), strict=True):
             assert_bit_identical(a, b)
 
 
-def test_merge_groups_empty_and_out_of_order_groups() -> None:
+def test_merge_flat_empty_and_out_of_order_groups() -> None:
     a, b, c = (sk.bin_values(lognormal(50, seed=s)) for s in (40, 41, 42))
     items = [a, sk.Bins.empty(), b, c, a]
     groups = np.array([4, 0, 1, 4, 1])
-    got = sk.merge_groups(items, groups)
-    assert len(got) == 5
+    got = merge_flat_bins(items, groups, 5)
     assert got[0] == sk.Bins.empty() and got[2] == sk.Bins.empty() and got[3] == sk.Bins.empty()
     assert got[1] == sk.merge([b, a]) and got[4] == sk.merge([a, c])
     assert got[4] == sk.bin_values(np.concatenate([lognormal(50, seed=40), lognormal(50, seed=42)]))
-    assert len(sk.merge_groups(items, groups, n_groups=7)) == 7
-    assert sk.merge_groups([], np.array([], dtype=np.int64)) == []
-    assert sk.merge_groups([], np.array([], dtype=np.int64), n_groups=2) == [sk.Bins.empty()] * 2
+    assert merge_flat_bins([], np.array([], dtype=np.int64), 2) == [sk.Bins.empty()] * 2
+    flat = sk.flat_from_bins(items)
     with pytest.raises(ValueError):
-        sk.merge_groups(items, groups, n_groups=3)
+        sk.merge_flat(flat, groups[:3], 5)
     with pytest.raises(ValueError):
-        sk.merge_groups(items, groups[:3])
-    with pytest.raises(ValueError):
-        sk.merge_groups(items, -groups)
+        sk.merge_flat(flat, -groups, 5)
 
 
-def test_merge_groups_float_counts_add_in_item_order() -> None:
+def test_merge_flat_float_counts_add_in_item_order() -> None:
     rng = np.random.default_rng(36)
     vals = [rng.lognormal(3, 0.3, 20) for _ in range(80)]
     items = [sk.bin_values(v, rng.choice([1 / 0.3, 1 / 0.7, 0.1], v.size)) for v in vals]
     groups = rng.integers(0, 5, len(items))
-    for a, b in zip(sk.merge_groups(items, groups), merge_reference(items, groups, 5), strict=True):
+    got = merge_flat_bins(items, groups, 5)
+    for a, b in zip(got, merge_reference(items, groups, 5), strict=True):
         assert_bit_identical(a, b)
 
 
-def test_merge_groups_wide_and_sparse_key_ranges() -> None:
+def test_merge_flat_wide_and_sparse_key_ranges() -> None:
     # Keys spanning the whole range in many groups force the sorted (sparse) path.
     rng = np.random.default_rng(37)
     items = [
@@ -785,9 +787,8 @@ def test_merge_groups_wide_and_sparse_key_ranges() -> None:
         for _ in range(300)
     ]
     groups = rng.integers(0, 150, len(items))
-    for a, b in zip(
-        sk.merge_groups(items, groups), merge_reference(items, groups, 150), strict=True
-    ):
+    got = merge_flat_bins(items, groups, 150)
+    for a, b in zip(got, merge_reference(items, groups, 150), strict=True):
         assert_bit_identical(a, b)
 
 
@@ -795,8 +796,8 @@ def test_merge_of_many_uses_identical_vectorised_path() -> None:
     items = random_batch(300, seed=38)
     parts = [b for b in items if not b.is_empty]
     assert len(parts) >= 64
-    assert_bit_identical(sk.merge(items), sk._merge_parts(parts))
-    assert sk.merge(iter(items)) == sk._merge_parts(parts)
+    assert_bit_identical(sk.merge(items), _merge_parts(parts))
+    assert sk.merge(iter(items)) == _merge_parts(parts)
     assert sk.merge([sk.Bins.empty()] * 100) == sk.Bins.empty()
 
 
@@ -940,7 +941,7 @@ def test_cell_quantiles_random_batch_and_many_cells() -> None:
     rng = np.random.default_rng(58)
     for n_cells in (1, 5, 300):
         cells = rng.integers(0, n_cells, len(blobs))
-        merged = sk.merge_groups(items, cells, n_cells)
+        merged = merge_reference(items, cells, n_cells)
         for q in CELL_QS:
             want = np.array([math.nan if (v := sk.quantile(m, q)) is None else v for m in merged])
             assert_same_floats(sk.cell_quantiles(blobs, cells, n_cells, q), want)
