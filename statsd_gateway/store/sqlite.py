@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -29,7 +30,14 @@ import numpy.typing as npt
 
 from statsd_gateway import sketch
 from statsd_gateway.model import BucketRow, MetricType, RowBatch, SeriesKey, Tags
-from statsd_gateway.store.schema import SchemaError, ensure_tier_table, migrate, tier_table
+from statsd_gateway.store.schema import (
+    DamagedDatabase,
+    SchemaError,
+    check_file,
+    ensure_tier_table,
+    migrate,
+    tier_table,
+)
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -139,6 +147,9 @@ class SqliteStore:
         conn: sqlite3.Connection | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            check_file(self.path)
+            if not self.path.exists():
+                self._create()
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA busy_timeout=5000")
             migrate(conn, SKETCH_FORMAT)
@@ -155,8 +166,14 @@ class SqliteStore:
                     )
         except (sqlite3.DatabaseError, SchemaError, OSError) as e:
             if conn is not None:
-                conn.close()
-            raise StoreError(f"cannot open the database {self.path}: {e}") from None
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+            damaged = isinstance(e, DamagedDatabase) or getattr(e, "sqlite_errorname", "") in (
+                "SQLITE_CORRUPT",
+                "SQLITE_NOTADB",
+            )
+            how = f" {recovery_steps(self.path)}" if damaged else ""
+            raise StoreError(f"cannot open the database {self.path}: {e}.{how}") from None
         conn.create_function("dd_merge", 2, sketch.merge_blobs, deterministic=True)
         conn.create_function("hll_merge", 2, sketch.hll_merge_pair, deterministic=True)
         self._wconn = conn
@@ -168,6 +185,25 @@ class SqliteStore:
             self._series_ids[(tenant, name, info.tags)] = sid
             out.append(info)
         return out
+
+    def _create(self) -> None:
+        """A new database is built beside its path and renamed into place: a crash midway
+        leaves no empty or half-made file at the path (which the next start would refuse)."""
+        tmp = self.path.with_name(self.path.name + ".new")
+        for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm"), Path(f"{tmp}-journal")):
+            leftover.unlink(missing_ok=True)
+        conn = sqlite3.connect(tmp, isolation_level=None)
+        try:
+            migrate(conn, SKETCH_FORMAT)
+            conn.execute("PRAGMA journal_mode=WAL")
+        finally:
+            conn.close()
+        os.replace(tmp, self.path)
+        dfd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
 
     def close(self) -> None:
         def _close() -> None:
@@ -528,6 +564,18 @@ def _is_data_error(e: sqlite3.Error) -> bool:
         return True
     # dd_merge/hll_merge failing on the blobs it was given
     return "user-defined function raised exception" in str(e)
+
+
+def recovery_steps(path: Path) -> str:
+    """What an operator does about a damaged database file (the daemon never replaces it)."""
+    return (
+        f"The daemon has left the file as it is and will not start on it. To recover: stop it "
+        f"from restarting, copy {path} (and {path}-wal if present) somewhere safe, then either "
+        f"salvage what SQLite can still read, `sqlite3 {path} .recover | sqlite3 {path}.recovered` "
+        f"and move {path}.recovered to {path}, or move {path} aside to start with an empty "
+        f"store (its history is then lost). HTTP points not yet flushed stay in the "
+        f"write-ahead log and are replayed at the next start"
+    )
 
 
 def _complete_key(res: float) -> str:
