@@ -254,6 +254,8 @@ class Flusher:
         if not trial and snap.seq <= self.store.flushed_seq_now():
             return 0  # already committed (a retry after an answer that never arrived)
         rows = finish_snapshot(snap) if entries is None else finish(entries)
+        # Only those of the series written: a series set aside must not fail the rest again.
+        gauges = {k: snap.gauges[k] for k in rows.keys if k in snap.gauges}
         rollups: dict[float, RowBatch] = {}
         saved = None if self.rollup is None else self.rollup.save()
         try:
@@ -267,6 +269,7 @@ class Flusher:
                 idempotency_expire_before=expire_before,
                 rollups=rollups,
                 complete_until=None if self.rollup is None else dict(self.rollup.complete_until),
+                gauges=gauges,
                 trial=trial,
             )
         except BaseException:

@@ -135,6 +135,7 @@ class Gateway:
         )
         parser = StatsdParser(gauge_sign=cfg.statsd.gauge_sign, sanitise=cfg.statsd.name_sanitising)
         self.ingest = Ingest(self.aggregator, self.telemetry, parser, wal)
+        self.aggregator.restore_gauges(await self.store.run_write(self.store.gauge_currents))
         self.idempotency = IdempotencyLedger(
             self.store, lambda: self.aggregator.next_seq, self.clock
         )

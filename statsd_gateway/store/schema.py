@@ -10,6 +10,8 @@ Layout (see shared/research/sketch-storage.md, schema "F"):
   configured tiers when the store opens.
 - `idempotency`: the stored response of each idempotency key, written in the same transaction as
   the points it answers for.
+- `gauge_current` (version 2): per gauge series, its current value and that value's time (what
+  StatsD `+N`/`-N` change), as of the last flush written; restored at start.
 - `meta`: schema version, sketch format (`DDV1`, mapping id), `flushed_seq` (the last flushed
   snapshot; queries use it to avoid counting a snapshot both from memory and from disk), and per
   coarse tier `complete_until:<table>` (buckets before it are written in that tier; the open
@@ -22,7 +24,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _V1 = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
@@ -72,7 +74,14 @@ def ensure_tier_table(conn: sqlite3.Connection, resolution: float, time_major: b
     )
 
 
-MIGRATIONS: dict[int, str] = {1: _V1}
+_V2 = """
+CREATE TABLE IF NOT EXISTS gauge_current(
+  series_id INTEGER PRIMARY KEY,
+  value REAL NOT NULL,
+  ts REAL NOT NULL);
+"""
+
+MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2}
 
 
 class SchemaError(Exception):

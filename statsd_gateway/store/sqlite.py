@@ -18,7 +18,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from operator import itemgetter
@@ -240,11 +240,13 @@ class SqliteStore:
         rollups: dict[float, RowBatch] | None = None,
         complete_until: dict[float, float] | None = None,
         *,
+        gauges: Mapping[SeriesKey, tuple[float, float]] | None = None,
         trial: bool = False,
     ) -> None:
         """One transaction: the flush's rows into the finest tier (merged into buckets already
         there), the coarse tiers' buckets this flush completed and how far each tier is
-        complete, flushed_seq, and the idempotency records of the requests these rows hold.
+        complete, flushed_seq, the idempotency records of the requests these rows hold, and
+        the current values (value, time) of the gauges the flush changed (series of `rows`).
         One transaction, so a query never sees the snapshot gone from memory and its rows in one
         tier but not yet in another. `trial`: do all of it, then roll back (raises what the
         real write would raise; the flusher's search for unwritable rows)."""
@@ -252,6 +254,11 @@ class SqliteStore:
         def work(conn: sqlite3.Connection) -> None:
             self._upsert(conn, self.resolutions[0], rows)
             self._write_rollups(conn, rollups or {}, complete_until or {})
+            conn.executemany(
+                "INSERT INTO gauge_current VALUES (?, ?, ?) "
+                "ON CONFLICT(series_id) DO UPDATE SET value=excluded.value, ts=excluded.ts",
+                [(self._series_ids[k], v, t) for k, (v, t) in (gauges or {}).items()],
+            )
             conn.executemany(
                 "INSERT OR IGNORE INTO idempotency VALUES (?, ?, ?, ?, ?, ?)",
                 [
@@ -425,6 +432,13 @@ class SqliteStore:
                 self._last_write[sid] = now
         return RowBatch.from_rows(rows)
 
+    def gauge_currents(self) -> dict[SeriesKey, tuple[float, float]]:
+        """Writer thread: the current value and its time of every gauge, as last flushed."""
+        assert self._wconn is not None
+        by_id = {sid: key for key, sid in self._series_ids.items()}
+        rows = self._wconn.execute("SELECT series_id, value, ts FROM gauge_current").fetchall()
+        return {by_id[sid]: (v, t) for sid, v, t in rows if sid in by_id}
+
     def complete_until(self) -> dict[float, float]:
         assert self._wconn is not None
         return read_complete_until(self._wconn, self.resolutions)
@@ -494,7 +508,9 @@ class SqliteStore:
             return []
 
         def work(c: sqlite3.Connection) -> None:
-            c.executemany("DELETE FROM series WHERE id = ?", [(sid,) for sid, *_ in stale])
+            ids = [(sid,) for sid, *_ in stale]
+            c.executemany("DELETE FROM series WHERE id = ?", ids)
+            c.executemany("DELETE FROM gauge_current WHERE series_id = ?", ids)
 
         self._transaction(work)
         keys: list[SeriesKey] = []
