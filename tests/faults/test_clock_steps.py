@@ -9,7 +9,6 @@ not become the current value, so the deltas after it applied to the value from b
 
 from __future__ import annotations
 
-
 from typing import Any
 
 import pytest
@@ -102,10 +101,10 @@ async def test_a_gauge_value_received_after_a_backward_step_is_the_current_one(
         clock.advance(-STEP)
         await send(gw, b"s.g:3|g", sent)
         await send(gw, b"s.g:+1|g", sent)
-        status, q = await api.query(name="s.g", agg="last", since=int(clock() - 5))
+        _, q = await api.query(name="s.g", agg="last", since=int(clock() - 5))
         assert q["points"][0]["value"] == 4, q
         assert await gw.flusher.flush()
     async with running(config, clock) as (gw, api):  # and so it is stored
         await send(gw, b"s.g:+1|g", [0])
-        status, q = await api.query(name="s.g", agg="last", since=int(clock() - 5))
+        _, q = await api.query(name="s.g", agg="last", since=int(clock() - 5))
         assert q["points"][0]["value"] == 5, q
