@@ -9,6 +9,12 @@ not become the current value, so the deltas after it applied to the value from b
 
 from __future__ import annotations
 
+import email.utils
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +23,7 @@ from statsd_gateway.config import Config
 from statsd_gateway.model import RowBatch
 from statsd_gateway.store.sqlite import StoreError
 from tests.conftest import T0, Api, ManualClock, running, send_udp, wait_for_udp
+from tests.daemon import POLL_TIMEOUT, Daemon, poll_value, write_config
 
 STEP = 300.0  # five minutes
 
@@ -108,3 +115,142 @@ async def test_a_gauge_value_received_after_a_backward_step_is_the_current_one(
         await send(gw, b"s.g:+1|g", [0])
         _, q = await api.query(name="s.g", agg="last", since=int(clock() - 5))
         assert q["points"][0]["value"] == 5, q
+
+
+# Adds the offset (seconds, a decimal number) in the file $CLOCK_SHIFT_FILE to the wall clock the
+# process reads: CLOCK_REALTIME (and its coarse variant), gettimeofday, time. The monotonic
+# clocks are left alone, as an NTP step leaves them (libfaketime moves them too).
+SHIM = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+static long long offset_ns(void) {
+    const char *path = getenv("CLOCK_SHIFT_FILE");
+    char buf[64];
+    int fd, n;
+    if (!path || (fd = open(path, O_RDONLY)) < 0) return 0;
+    n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return 0;
+    buf[n] = 0;
+    return (long long)(strtod(buf, 0) * 1e9);
+}
+
+int clock_gettime(clockid_t clk, struct timespec *ts) {
+    static int (*real)(clockid_t, struct timespec *);
+    if (!real) real = (int (*)(clockid_t, struct timespec *))dlsym(RTLD_NEXT, "clock_gettime");
+    int r = real(clk, ts);
+    if (r == 0 && (clk == CLOCK_REALTIME || clk == CLOCK_REALTIME_COARSE)) {
+        long long t = (long long)ts->tv_sec * 1000000000LL + ts->tv_nsec + offset_ns();
+        ts->tv_sec = t / 1000000000LL;
+        ts->tv_nsec = t % 1000000000LL;
+    }
+    return r;
+}
+
+int gettimeofday(struct timeval *tv, void *tz) {
+    struct timespec ts;
+    (void)tz;
+    if (clock_gettime(CLOCK_REALTIME, &ts) != 0) return -1;
+    tv->tv_sec = ts.tv_sec;
+    tv->tv_usec = ts.tv_nsec / 1000;
+    return 0;
+}
+
+time_t time(time_t *out) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    if (out) *out = ts.tv_sec;
+    return ts.tv_sec;
+}
+"""
+
+
+def build_shim(tmp_path: Path) -> Path:
+    cc = shutil.which("cc")
+    if cc is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("no C compiler: CI must install gcc (see .ci/run)")
+        pytest.skip("apt-get install gcc")
+    src = tmp_path / "clock_shift.c"
+    src.write_text(SHIM, encoding="utf-8")
+    lib = tmp_path / "clock_shift.so"
+    subprocess.run(
+        [cc, "-shared", "-fPIC", "-O2", "-o", str(lib), str(src), "-ldl"],
+        check=True,
+        capture_output=True,
+    )
+    return lib
+
+
+def wall_clock_of(d: Daemon) -> float:
+    """The daemon's wall clock, as its HTTP `Date` header shows it (whole seconds)."""
+    _, _, headers = d.request("GET", "/healthz", None)
+    return email.utils.parsedate_to_datetime(headers["Date"]).timestamp()
+
+
+def wait_ready(d: Daemon) -> None:
+    deadline = time.monotonic() + POLL_TIMEOUT
+    while True:
+        status, body, _ = d.request("GET", "/readyz", None)
+        if status == 200:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"/readyz stayed {status}: {body}\n{d.stderr}")
+        time.sleep(0.05)
+
+
+def test_the_daemon_rides_out_wall_clock_steps_backward_and_forward(
+    tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    lib = build_shim(tmp_path)
+    shift = tmp_path / "shift"
+    shift.write_text("0", encoding="utf-8")
+    path = tmp_path / "gw.yaml"
+    state = tmp_path / "state"
+    write_config(path, state, flush_interval="1s")
+    d = Daemon(path, env={"LD_PRELOAD": str(lib), "CLOCK_SHIFT_FILE": str(shift)})
+    daemons.append(d)
+    key = (state / "api-key").read_text().strip()
+    span = {"since": int(time.time() - 3600), "until": int(time.time() + 3600)}
+    sent = 0
+    for offset in (0.0, -STEP, 0.0, STEP):  # back five minutes, forward five, forward five
+        shift.write_text(repr(offset), encoding="utf-8")
+        assert abs(wall_clock_of(d) - (time.time() + offset)) < 3  # the shim moved its clock
+        for _ in range(3):
+            d.send_udp(b"e.n:1|c\ne.t:5|ms")
+            sent += 1
+        d.send_udp(b"e.g:%d|g" % sent)
+        d.send_udp(b"e.g:+1|g")
+        for window in ("1m", "1h"):
+            poll_total(d, key, sent, name="e.n", agg="sum", window=window, **span)
+        poll_total(d, key, sent, name="e.t", agg="count", window="10s", **span)
+        poll_value(d, key, sent + 1, name="e.g", agg="last", since=int(wall_clock_of(d) - 5))
+        wait_ready(d)
+    assert "Traceback" not in d.stderr
+    assert "flush failed" not in d.stderr
+    assert d.terminate() == 0
+    again = Daemon(path)  # what it stored, on a clock that never moved
+    daemons.append(again)
+    for window in ("1m", "1h"):
+        poll_total(again, key, sent, name="e.n", agg="sum", window=window, **span)
+
+
+def poll_total(d: Daemon, key: str, want: float, **params: Any) -> None:
+    """Polls the query until the sum of its points equals `want` (more fails at once)."""
+    deadline = time.monotonic() + POLL_TIMEOUT
+    while True:
+        status, body = d.query(key, **params)
+        assert status == 200, body
+        got = sum(p["value"] for p in body["points"])
+        assert got <= want, f"{params}: {got} > {want}, counted twice: {body}"
+        if got == want:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"{params} never reached {want}: last answer {body}\n{d.stderr}")
+        time.sleep(0.05)
