@@ -7,6 +7,11 @@ Contract:
 - `swap()` moves everything in memory into a numbered Snapshot (the only point where the live maps
   change hands); `finish_snapshot()` turns a snapshot into a RowBatch off the loop; `release()`
   forgets a snapshot once the store holds it. Until then queries still see it (`collect()`).
+- The current value of each gauge (what `+N`/`-N` change) moves with the order samples arrive
+  in, whatever the wall clock does; a client-timestamped value older than it does not move it.
+  Each snapshot carries the current values its interval changed (`Snapshot.gauges`), so the
+  store keeps them with the flush that holds them and `restore_gauges()` brings them back at
+  start.
 - The clock is injected: tests own time.
 """
 
@@ -89,6 +94,8 @@ class Snapshot:
     # or before it has all its (non-late) points in this snapshot or an earlier one.
     boundary: float = 0.0
     index: MetricIndex = field(default_factory=dict)
+    # Current gauge values (value, time) as they stood at the swap, of the gauges changed in it.
+    gauges: dict[SeriesKey, tuple[float, float]] = field(default_factory=dict)
 
     def series_count(self) -> int:
         return sum(len(m) for m in self.buckets.values())
@@ -138,6 +145,7 @@ class IntervalAggregator:
         self._next_seq = first_seq
         # The current value of each gauge and its time: what +N/-N changes apply to.
         self._gauges: dict[SeriesKey, tuple[float, float]] = {}
+        self._gauges_changed: dict[SeriesKey, tuple[float, float]] = {}
 
     def bucket_of(self, t: float) -> float:
         i = self.interval
@@ -150,6 +158,7 @@ class IntervalAggregator:
         bucket_now = self.bucket_of(now)
         rejects: list[tuple[int, str]] = []
         live = self._live
+        gauges, changed = self._gauges, self._gauges_changed
         current = live.get(bucket_now)
         if current is None:
             current = live[bucket_now] = {}
@@ -193,11 +202,13 @@ class IntervalAggregator:
                 continue
             v = float(value)
             if mtype is MetricType.GAUGE:
-                cur_v, cur_t = self._gauges.get(key, (0.0, -math.inf))
+                cur_v, cur_t = gauges.get(key, (0.0, -math.inf))
                 if delta:
                     v = cur_v + v
-                if delta or t >= cur_t:  # a late absolute value does not move the current one
-                    self._gauges[key] = (v, max(t, cur_t))
+                # A late absolute value does not move the current one; one received now does,
+                # even when the wall clock has stepped back behind the current one's time.
+                if delta or ts is None or t >= cur_t:
+                    gauges[key] = changed[key] = (v, t if ts is None else max(t, cur_t))
                 if t >= acc.last_ts:
                     acc.last, acc.last_ts = v, t
                 rate = 1.0
@@ -255,19 +266,34 @@ class IntervalAggregator:
                     dropped += 1
                 if not m:
                     del buckets[ts]
+        for snap in self._pending:
+            for key in keys & snap.gauges.keys():
+                del snap.gauges[key]
         self.forget_gauges(keys)
         return dropped
 
     def forget_gauges(self, keys: Iterable[SeriesKey]) -> None:
         for key in keys:
             self._gauges.pop(key, None)
+            self._gauges_changed.pop(key, None)
+
+    def restore_gauges(self, current: dict[SeriesKey, tuple[float, float]]) -> None:
+        """At start, before any sample: the current gauge values the store holds."""
+        self._gauges.update(current)
 
     def swap(self) -> Snapshot:
         """Moves the live interval into a new pending snapshot (on the event loop, O(1))."""
-        snap = Snapshot(self._next_seq, self._live, self.bucket_of(self.clock()), self._live_index)
+        snap = Snapshot(
+            self._next_seq,
+            self._live,
+            self.bucket_of(self.clock()),
+            index=self._live_index,
+            gauges=self._gauges_changed,
+        )
         self._next_seq += 1
         self._live = {}
         self._live_index = {}
+        self._gauges_changed = {}
         self._pending.append(snap)
         return snap
 

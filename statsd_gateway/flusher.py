@@ -58,6 +58,7 @@ class Flusher:
         self.max_backoff = max_backoff
         self.failures = 0
         self._retry_at = -math.inf
+        self._failed_at = -math.inf  # the wall-clock time of the failure _retry_at counts from
         self.last_flush_ok: float | None = None
         self.last_error: str | None = None
         self._data_failures: dict[int, int] = {}
@@ -97,11 +98,15 @@ class Flusher:
     async def flush(self, *, force: bool = False) -> bool:
         """Swaps the live interval and writes every pending snapshot, oldest first. True if all
         were written. After a failure, writes wait out an exponential backoff (interval, 2×, 4×…
-        up to max_backoff) unless `force` (the final flush at stop)."""
+        up to max_backoff) unless `force` (the final flush at stop). Ticks and the backoff
+        follow the wall clock; a step of it either way neither stalls nor repeats a flush, and
+        points land in the buckets of the time they arrived (merged on disk with any there)."""
         async with self._lock:
             self.aggregator.swap()
             self._bound_pending()
-            if not force and self.clock() < self._retry_at:
+            # Before the failure it counts from, the wall clock has stepped back: the backoff
+            # would otherwise last as long as the step (minutes) on top of its own length.
+            if not force and self._failed_at <= self.clock() < self._retry_at:
                 return False
             for snap in self.aggregator.pending:
                 if not await self._write(snap):
@@ -109,10 +114,11 @@ class Flusher:
                     delay = min(
                         self.aggregator.interval * 2 ** (self.failures - 1), self.max_backoff
                     )
-                    self._retry_at = self.clock() + delay
+                    self._failed_at = self.clock()
+                    self._retry_at = self._failed_at + delay
                     return False
             self.failures = 0
-            self._retry_at = -math.inf
+            self._retry_at = self._failed_at = -math.inf
             return True
 
     def _bound_pending(self) -> None:
@@ -262,6 +268,8 @@ class Flusher:
         if not trial and snap.seq <= self.store.flushed_seq_now():
             return 0  # already committed (a retry after an answer that never arrived)
         rows = finish_snapshot(snap) if entries is None else finish(entries)
+        # Only those of the series written: a series set aside must not fail the rest again.
+        gauges = {k: snap.gauges[k] for k in rows.keys if k in snap.gauges}
         rollups: dict[float, RowBatch] = {}
         saved = None if self.rollup is None else self.rollup.save()
         try:
@@ -275,6 +283,7 @@ class Flusher:
                 idempotency_expire_before=expire_before,
                 rollups=rollups,
                 complete_until=None if self.rollup is None else dict(self.rollup.complete_until),
+                gauges=gauges,
                 trial=trial,
             )
         except BaseException:

@@ -131,6 +131,7 @@ class Gateway:
         flushed_seq = await asyncio.to_thread(self.store.flushed_seq)
         wal = WriteAheadLog(cfg.storage.wal_directory) if cfg.storage.wal else None
         replayed = await asyncio.to_thread(wal.replay, flushed_seq) if wal else []
+        self.telemetry.wal_replay_dropped_bytes += wal.dropped_bytes if wal else 0
         # Replayed points go into the first new snapshot; its seq must be above every segment's.
         first_seq = max([flushed_seq, *(seq for seq, _, _ in replayed)]) + 1
         self.aggregator = IntervalAggregator(
@@ -144,6 +145,7 @@ class Gateway:
         )
         parser = StatsdParser(gauge_sign=cfg.statsd.gauge_sign, sanitise=cfg.statsd.name_sanitising)
         self.ingest = Ingest(self.aggregator, self.telemetry, parser, wal)
+        self.aggregator.restore_gauges(await self.store.run_write(self.store.gauge_currents))
         self.idempotency = IdempotencyLedger(
             self.store, lambda: self.aggregator.next_seq, self.clock
         )

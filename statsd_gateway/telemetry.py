@@ -34,6 +34,7 @@ METRICS: dict[str, str] = {
     "flush_dropped_series_total": "Series-buckets dropped because too many flushes were pending.",
     "flush_quarantined_series_total": "Series-buckets set aside because they cannot be written.",
     "wal_replay_skipped_total": "Write-ahead-log points or records skipped at start: invalid.",
+    "wal_replay_dropped_bytes_total": "Write-ahead-log bytes not replayed at start: torn, corrupt.",
     "retention_deleted_rows_total": "Bucket rows deleted because they outlived their tier.",
     "last_flush_duration_seconds": "Duration of the last successful flush.",
     "pending_flushes": "Snapshots waiting to be written to the store.",
@@ -56,6 +57,7 @@ class Telemetry:
         self.flush_dropped_series = 0
         self.flush_quarantined_series = 0
         self.wal_replay_skipped = 0
+        self.wal_replay_dropped_bytes = 0
         self.retention_deleted_rows = 0
         self.last_flush_seconds = 0.0
         self.tcp_connections = 0
@@ -114,6 +116,7 @@ class TelemetryCollector(Collector):
             ("flush_dropped_series_total", t.flush_dropped_series),
             ("flush_quarantined_series_total", t.flush_quarantined_series),
             ("wal_replay_skipped_total", t.wal_replay_skipped),
+            ("wal_replay_dropped_bytes_total", t.wal_replay_dropped_bytes),
             ("retention_deleted_rows_total", t.retention_deleted_rows),
             ("tcp_connections_total", t.tcp_connections),
             ("tcp_connections_refused_total", t.tcp_connections_refused),

@@ -8,8 +8,13 @@
   answering 200.
 - After the store commits snapshot `seq`, `release_upto(seq)` deletes segments <= seq, in order
   behind every append already queued.
-- At start, `replay()` returns what the segments not yet in the store hold. A torn record at the
-  end of a segment (a crash mid-write) ends that segment's replay.
+- At start, `replay()` returns what the segments not yet in the store hold. The records before
+  a torn or corrupt one are replayed; from it to the end of its segment nothing is, and replay
+  logs the segment and the bytes dropped and counts them (`dropped_bytes`). Nothing after a bad
+  record is trusted: its length prefix may be what is damaged, so the next record's start is
+  unknown. A crash mid-write only ever tears the tail (every segment is appended to by one
+  writer, which cuts a failed write back to the last fsync, and a restart appends to new
+  segments), so acknowledged records can sit behind a bad one only if the disk corrupted them.
 
 Record format: u32 length (LE), u32 CRC-32 of the payload, payload = a one-line JSON header,
 `\n`, and an optional blob (an HTTP body as received).
@@ -27,7 +32,6 @@ import queue
 import struct
 import threading
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,16 +50,27 @@ def _segment_seq(path: Path) -> int | None:
     return int(stem) if dot and ext == "log" and stem.isdigit() else None
 
 
-def _records(data: bytes) -> Iterator[tuple[Any, bytes]]:
+def _records(data: bytes) -> tuple[list[tuple[Any, bytes]], int, str]:
+    """The intact records of a segment, the bytes from the first bad one on (0 if none), and
+    what was wrong with it."""
+    out: list[tuple[Any, bytes]] = []
     pos = 0
-    while pos + _HEADER.size <= len(data):
+    while pos < len(data):
+        if pos + _HEADER.size > len(data):
+            return out, len(data) - pos, "a record header cut short"
         length, crc = _HEADER.unpack_from(data, pos)
         payload = data[pos + _HEADER.size : pos + _HEADER.size + length]
-        if len(payload) < length or zlib.crc32(payload) != crc:
-            return  # torn tail: the write this crash interrupted was never acknowledged
+        if len(payload) < length:
+            return out, len(data) - pos, "a record cut short"
+        if zlib.crc32(payload) != crc:
+            return out, len(data) - pos, "a record whose checksum does not match"
         header, _, blob = payload.partition(b"\n")
-        yield json.loads(header), blob
+        try:
+            out.append((json.loads(header), blob))
+        except ValueError:  # checksummed, so written so: not ours, or a bug; never replayable
+            return out, len(data) - pos, "a record whose header is not JSON"
         pos += _HEADER.size + length
+    return out, 0, ""
 
 
 class WriteAheadLog:
@@ -66,6 +81,7 @@ class WriteAheadLog:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._segments: dict[int, _Segment] = {}
         self.synced_batches = 0  # fsync rounds, for tests and self-metrics
+        self.dropped_bytes = 0  # torn or corrupt bytes replay() could not read
 
     def replay(self, flushed_seq: int) -> list[tuple[int, Any, bytes]]:
         """(seq, header, blob) of segments after `flushed_seq`, oldest first; older segments
@@ -79,7 +95,18 @@ class WriteAheadLog:
             if seq <= flushed_seq:
                 path.unlink()
                 continue
-            out.extend((seq, header, blob) for header, blob in _records(path.read_bytes()))
+            records, dropped, why = _records(path.read_bytes())
+            out.extend((seq, header, blob) for header, blob in records)
+            if dropped:
+                self.dropped_bytes += dropped
+                log.error(
+                    "write-ahead log %s: dropped its last %d bytes, from %s on; replayed the %d "
+                    "records before it",
+                    path,
+                    dropped,
+                    why,
+                    len(records),
+                )
         return out
 
     def start(self) -> None:

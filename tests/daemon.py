@@ -4,6 +4,7 @@ end-to-end and fault tests: start it, talk to it over its sockets, stop or kill 
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import socket
@@ -28,9 +29,11 @@ _LISTENING_RE = re.compile(r"listening (udp|http) 127\.0\.0\.1:(\d+)")
 class Daemon:
     """One run of the daemon; stderr is drained by a thread so the pipe never fills."""
 
-    def __init__(self, config_path: Path) -> None:
+    def __init__(self, config_path: Path, *, env: dict[str, str] | None = None) -> None:
+        """`env`: variables added to this process's environment for the daemon."""
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "statsd_gateway", "serve", "--config", str(config_path)],
+            env=None if env is None else {**os.environ, **env},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

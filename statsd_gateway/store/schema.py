@@ -10,6 +10,8 @@ Layout (see shared/research/sketch-storage.md, schema "F"):
   configured tiers when the store opens.
 - `idempotency`: the stored response of each idempotency key, written in the same transaction as
   the points it answers for.
+- `gauge_current` (version 2): per gauge series, its current value and that value's time (what
+  StatsD `+N`/`-N` change), as of the last flush written; restored at start.
 - `meta`: schema version, sketch format (`DDV1`, mapping id), `flushed_seq` (the last flushed
   snapshot; queries use it to avoid counting a snapshot both from memory and from disk), and per
   coarse tier `complete_until:<table>` (buckets before it are written in that tier; the open
@@ -20,8 +22,9 @@ New databases use incremental auto-vacuum, so retention deletes give space back.
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _V1 = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
@@ -71,11 +74,62 @@ def ensure_tier_table(conn: sqlite3.Connection, resolution: float, time_major: b
     )
 
 
-MIGRATIONS: dict[int, str] = {1: _V1}
+_V2 = """
+CREATE TABLE IF NOT EXISTS gauge_current(
+  series_id INTEGER PRIMARY KEY,
+  value REAL NOT NULL,
+  ts REAL NOT NULL);
+"""
+
+MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2}
 
 
 class SchemaError(Exception):
     pass
+
+
+class DamagedDatabase(SchemaError):
+    """The file is not a whole SQLite database: cut short, emptied, or its header overwritten."""
+
+
+_MAGIC = b"SQLite format 3\x00"
+_HEADER_BYTES = 100
+
+
+def check_file(path: Path) -> None:
+    """Raises DamagedDatabase unless `path` is absent or holds a whole SQLite database file, by
+    its header alone (cheap at any size; damage inside a page shows when SQLite reads it).
+
+    An empty file is refused too: the store creates a new database beside its path and renames
+    it into place, so it never leaves an empty file of its own; one there was emptied."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            header = f.read(_HEADER_BYTES)
+    except FileNotFoundError:
+        return
+    if size == 0:
+        raise DamagedDatabase("the file is empty (0 bytes)")
+    if len(header) < _HEADER_BYTES:
+        raise DamagedDatabase(f"the file is truncated: {size} bytes, less than SQLite's header")
+    if not header.startswith(_MAGIC):
+        raise DamagedDatabase("not a database: the file does not start with SQLite's header")
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    if page_size < 512 or page_size & (page_size - 1):
+        raise DamagedDatabase(f"the header is damaged (page size {page_size})")
+    if size % page_size:
+        raise DamagedDatabase(
+            f"the file is truncated: {size} bytes is not a whole number of {page_size}-byte pages"
+        )
+    pages = int.from_bytes(header[28:32], "big")
+    # The header's page count is valid only when its "version valid for" equals the change
+    # counter (SQLite's file format, §1.3.7).
+    if header[92:96] == header[24:28] and size < pages * page_size:
+        raise DamagedDatabase(
+            f"the file is truncated: {size} bytes, but its header counts {pages} pages of "
+            f"{page_size} bytes ({pages * page_size} bytes)"
+        )
 
 
 def migrate(conn: sqlite3.Connection, sketch_format: str) -> None:

@@ -14,10 +14,11 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from operator import itemgetter
@@ -29,7 +30,14 @@ import numpy.typing as npt
 
 from statsd_gateway import sketch
 from statsd_gateway.model import BucketRow, MetricType, RowBatch, SeriesKey, Tags
-from statsd_gateway.store.schema import SchemaError, ensure_tier_table, migrate, tier_table
+from statsd_gateway.store.schema import (
+    DamagedDatabase,
+    SchemaError,
+    check_file,
+    ensure_tier_table,
+    migrate,
+    tier_table,
+)
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -139,6 +147,9 @@ class SqliteStore:
         conn: sqlite3.Connection | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            check_file(self.path)
+            if not self.path.exists():
+                self._create()
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA busy_timeout=5000")
             migrate(conn, SKETCH_FORMAT)
@@ -155,8 +166,14 @@ class SqliteStore:
                     )
         except (sqlite3.DatabaseError, SchemaError, OSError) as e:
             if conn is not None:
-                conn.close()
-            raise StoreError(f"cannot open the database {self.path}: {e}") from None
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+            damaged = isinstance(e, DamagedDatabase) or getattr(e, "sqlite_errorname", "") in (
+                "SQLITE_CORRUPT",
+                "SQLITE_NOTADB",
+            )
+            how = f" {recovery_steps(self.path)}" if damaged else ""
+            raise StoreError(f"cannot open the database {self.path}: {e}.{how}") from None
         conn.create_function("dd_merge", 2, sketch.merge_blobs, deterministic=True)
         conn.create_function("hll_merge", 2, sketch.hll_merge_pair, deterministic=True)
         self._wconn = conn
@@ -168,6 +185,25 @@ class SqliteStore:
             self._series_ids[(tenant, name, info.tags)] = sid
             out.append(info)
         return out
+
+    def _create(self) -> None:
+        """A new database is built beside its path and renamed into place: a crash midway
+        leaves no empty or half-made file at the path (which the next start would refuse)."""
+        tmp = self.path.with_name(self.path.name + ".new")
+        for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm"), Path(f"{tmp}-journal")):
+            leftover.unlink(missing_ok=True)
+        conn = sqlite3.connect(tmp, isolation_level=None)
+        try:
+            migrate(conn, SKETCH_FORMAT)
+            conn.execute("PRAGMA journal_mode=WAL")
+        finally:
+            conn.close()
+        os.replace(tmp, self.path)
+        dfd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
 
     def close(self) -> None:
         def _close() -> None:
@@ -204,11 +240,13 @@ class SqliteStore:
         rollups: dict[float, RowBatch] | None = None,
         complete_until: dict[float, float] | None = None,
         *,
+        gauges: Mapping[SeriesKey, tuple[float, float]] | None = None,
         trial: bool = False,
     ) -> None:
         """One transaction: the flush's rows into the finest tier (merged into buckets already
         there), the coarse tiers' buckets this flush completed and how far each tier is
-        complete, flushed_seq, and the idempotency records of the requests these rows hold.
+        complete, flushed_seq, the idempotency records of the requests these rows hold, and
+        the current values (value, time) of the gauges the flush changed (series of `rows`).
         One transaction, so a query never sees the snapshot gone from memory and its rows in one
         tier but not yet in another. `trial`: do all of it, then roll back (raises what the
         real write would raise; the flusher's search for unwritable rows)."""
@@ -216,6 +254,11 @@ class SqliteStore:
         def work(conn: sqlite3.Connection) -> None:
             self._upsert(conn, self.resolutions[0], rows)
             self._write_rollups(conn, rollups or {}, complete_until or {})
+            conn.executemany(
+                "INSERT INTO gauge_current VALUES (?, ?, ?) "
+                "ON CONFLICT(series_id) DO UPDATE SET value=excluded.value, ts=excluded.ts",
+                [(self._series_ids[k], v, t) for k, (v, t) in (gauges or {}).items()],
+            )
             conn.executemany(
                 "INSERT OR IGNORE INTO idempotency VALUES (?, ?, ?, ?, ?, ?)",
                 [
@@ -389,6 +432,13 @@ class SqliteStore:
                 self._last_write[sid] = now
         return RowBatch.from_rows(rows)
 
+    def gauge_currents(self) -> dict[SeriesKey, tuple[float, float]]:
+        """Writer thread: the current value and its time of every gauge, as last flushed."""
+        assert self._wconn is not None
+        by_id = {sid: key for key, sid in self._series_ids.items()}
+        rows = self._wconn.execute("SELECT series_id, value, ts FROM gauge_current").fetchall()
+        return {by_id[sid]: (v, t) for sid, v, t in rows if sid in by_id}
+
     def complete_until(self) -> dict[float, float]:
         assert self._wconn is not None
         return read_complete_until(self._wconn, self.resolutions)
@@ -462,6 +512,7 @@ class SqliteStore:
                     table = tier_table(res)
                     sql = f"DELETE FROM {table} WHERE series_id IN ({marks})"
                     rows += c.execute(sql, part).rowcount
+                c.execute(f"DELETE FROM gauge_current WHERE series_id IN ({marks})", part)
                 c.execute(f"DELETE FROM series WHERE id IN ({marks})", part)
 
         if ids:
@@ -493,7 +544,9 @@ class SqliteStore:
             return []
 
         def work(c: sqlite3.Connection) -> None:
-            c.executemany("DELETE FROM series WHERE id = ?", [(sid,) for sid, *_ in stale])
+            ids = [(sid,) for sid, *_ in stale]
+            c.executemany("DELETE FROM series WHERE id = ?", ids)
+            c.executemany("DELETE FROM gauge_current WHERE series_id = ?", ids)
 
         self._transaction(work)
         keys: list[SeriesKey] = []
@@ -563,6 +616,18 @@ def _is_data_error(e: sqlite3.Error) -> bool:
         return True
     # dd_merge/hll_merge failing on the blobs it was given
     return "user-defined function raised exception" in str(e)
+
+
+def recovery_steps(path: Path) -> str:
+    """What an operator does about a damaged database file (the daemon never replaces it)."""
+    return (
+        f"The daemon has left the file as it is and will not start on it. To recover: stop it "
+        f"from restarting, copy {path} (and {path}-wal if present) somewhere safe, then either "
+        f"salvage what SQLite can still read, `sqlite3 {path} .recover | sqlite3 {path}.recovered` "
+        f"and move {path}.recovered to {path}, or move {path} aside to start with an empty "
+        f"store (its history is then lost). HTTP points not yet flushed stay in the "
+        f"write-ahead log and are replayed at the next start"
+    )
 
 
 def _complete_key(res: float) -> str:
