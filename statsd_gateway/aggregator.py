@@ -4,6 +4,9 @@ Contract:
 - `add_samples()` runs on the event loop and never blocks or raises for bad input: it returns the
   rejects by reason. Buckets are aligned to wall-clock multiples of the flush interval; a sample
   with its own timestamp lands in its own bucket.
+- HTTP writes are logged before they are applied: `admit()` decides which samples are accepted
+  (and reserves their series and types) without adding any, `add_admitted()` adds exactly those
+  later, into the snapshot whose seq the log entry names.
 - `swap()` moves everything in memory into a numbered Snapshot (the only point where the live maps
   change hands); `finish_snapshot()` turns a snapshot into a RowBatch off the loop; `release()`
   forgets a snapshot once the store holds it. Until then queries still see it (`collect()`).
@@ -152,17 +155,19 @@ class IntervalAggregator:
         b = math.floor(t / i) * i
         return float(round(b, 6))
 
-    def add_samples(self, tenant: str, samples: Iterable[Sample]) -> list[tuple[int, str]]:
-        """Adds samples; returns (index, reason) of each rejected one."""
+    def add_samples(
+        self, tenant: str, samples: Iterable[Sample], *, into: Snapshot | None = None
+    ) -> list[tuple[int, str]]:
+        """Adds samples (to the live interval, or to `into`); returns (index, reason) of each
+        rejected one."""
         now = self.clock()
         bucket_now = self.bucket_of(now)
         rejects: list[tuple[int, str]] = []
-        live = self._live
+        live, index = (self._live, self._live_index) if into is None else (into.buckets, into.index)
         gauges, changed = self._gauges, self._gauges_changed
         current = live.get(bucket_now)
         if current is None:
             current = live[bucket_now] = {}
-        index = self._live_index
         # Hot loop: inlined on purpose; UDP lines pass here one by one.
         for i, (name, tags, mtype, value, rate, ts, delta) in enumerate(samples):
             if ts is None:
@@ -233,6 +238,51 @@ class IntervalAggregator:
             if v > acc.max:
                 acc.max = v
         return rejects
+
+    def admit(
+        self, tenant: str, samples: Iterable[Sample]
+    ) -> tuple[list[Sample], list[tuple[int, str]], list[SeriesKey]]:
+        """The checks of add_samples() without adding anything: returns the accepted samples
+        (each stamped with the receive time when it has no timestamp of its own, so that it
+        lands in the same bucket however late it is added), (index, reason) of the rejected
+        ones, and the series this call registered. The series and types of the accepted ones
+        are reserved now, so that a concurrent request is judged against them."""
+        now = self.clock()
+        accepted: list[Sample] = []
+        rejects: list[tuple[int, str]] = []
+        new: list[SeriesKey] = []
+        for i, (name, tags, mtype, value, rate, ts, delta) in enumerate(samples):
+            if ts is not None and ts > now + FUTURE_MAX_SECONDS:
+                rejects.append((i, TIMESTAMP_IN_FUTURE))
+                continue
+            if ts is not None and ts < now - self.max_backdate:
+                rejects.append((i, TIMESTAMP_TOO_OLD))
+                continue
+            known = self.registry.series.get(tenant)
+            fresh = known is None or (name, tags) not in known
+            reason = self._admit(tenant, name, tags, mtype)
+            if reason is not None:
+                rejects.append((i, reason))
+                continue
+            if fresh:
+                new.append((tenant, name, tags))
+            accepted.append((name, tags, mtype, value, rate, now if ts is None else ts, delta))
+        return accepted, rejects, new
+
+    def add_admitted(self, tenant: str, samples: list[Sample], seq: int) -> list[tuple[int, str]]:
+        """Adds samples admit() accepted to the snapshot `seq` (the live interval, or a pending
+        snapshot swapped out since; the flusher writes none while a write holds its seq). A
+        snapshot no longer pending (dropped) gives way to the live interval: a later seq,
+        released only once written."""
+        into = None
+        if seq != self._next_seq:
+            into = next((s for s in self._pending if s.seq == seq), None)
+        saved = self.max_backdate
+        self.max_backdate = math.inf  # judged at admission; the time spent logging is no age
+        try:
+            return self.add_samples(tenant, samples, into=into)
+        finally:
+            self.max_backdate = saved
 
     def _admit(self, tenant: str, name: str, tags: Tags, mtype: MetricType) -> str | None:
         reg = self.registry

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable
 
 from statsd_gateway.aggregator import Acc, IntervalAggregator, Snapshot, finish, finish_snapshot
 from statsd_gateway.idempotency import TTL_SECONDS, IdempotencyLedger
+from statsd_gateway.ingest import WriteHolds
 from statsd_gateway.model import RowBatch, SeriesKey
 from statsd_gateway.store import SqliteStore
 from statsd_gateway.store.rollup import TierRollup
@@ -31,6 +32,9 @@ QUARANTINE_AFTER = 3
 _LOGGED_PER_FLUSH = 10
 # Failures after which the same write is worth retrying as it is.
 _OUTAGES = (StoreError, MemoryError)
+# How long a flush waits for HTTP writes whose log entries name its snapshot to apply their
+# points (they wait for one fsync); past it the snapshot is retried at the next tick.
+HOLD_TIMEOUT = 5.0
 
 
 class Flusher:
@@ -46,8 +50,10 @@ class Flusher:
         ledger: IdempotencyLedger | None = None,
         wal: WriteAheadLog | None = None,
         rollup: TierRollup | None = None,
+        holds: WriteHolds | None = None,
     ) -> None:
         self.rollup = rollup
+        self.holds = holds
         self.ledger = ledger
         self.wal = wal
         self.aggregator = aggregator
@@ -109,7 +115,7 @@ class Flusher:
             if not force and self._failed_at <= self.clock() < self._retry_at:
                 return False
             for snap in self.aggregator.pending:
-                if not await self._write(snap):
+                if not await self._settled(snap) or not await self._write(snap):
                     self.failures += 1
                     delay = min(
                         self.aggregator.interval * 2 ** (self.failures - 1), self.max_backoff
@@ -120,6 +126,12 @@ class Flusher:
             self.failures = 0
             self._retry_at = self._failed_at = -math.inf
             return True
+
+    async def _settled(self, snap: Snapshot) -> bool:
+        if self.holds is None or await self.holds.settled(snap.seq, HOLD_TIMEOUT):
+            return True
+        self._failed(TimeoutError(f"HTTP writes to snapshot {snap.seq} still wait for the log"))
+        return False
 
     def _bound_pending(self) -> None:
         """Past the bound, the oldest snapshots are dropped and counted: memory stays bounded

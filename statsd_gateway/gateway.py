@@ -54,6 +54,11 @@ from statsd_gateway.unixgram import UnixgramListener
 from statsd_gateway.wal import WriteAheadLog
 
 log = logging.getLogger(__name__)
+# Bounds of each step of stop() that waits on a disk, so that a stop ends well within the
+# service manager's stop timeout (systemd/statsd-gateway.service: TimeoutStopSec=60) whatever
+# state the store is in. What a step could not finish is logged.
+FINAL_FLUSH_TIMEOUT = 15.0
+STORE_CLOSE_TIMEOUT = 5.0
 
 
 def tune_gc() -> None:
@@ -162,6 +167,7 @@ class Gateway:
             wal=wal,
             max_pending_rows=cfg.aggregation.max_pending_rows,
             rollup=await self._rebuild_rollups(),
+            holds=self.ingest.holds,
         )
         self.retention = RetentionJob(
             self.store,
@@ -345,21 +351,62 @@ class Gateway:
             await self.retention.stop()
         if self._store_open and self._pipeline:
             await self.flusher.stop()
-            if not await self.flusher.flush(force=True):
-                log.error("the final flush failed: %s", self.flusher.last_error)
+            await self._final_flush()
         if self.wal is not None:
             await asyncio.to_thread(self.wal.stop)
             self.wal = None
         if self._store_open:
-            await asyncio.to_thread(self.store.close)
+            try:
+                await asyncio.to_thread(self.store.close, STORE_CLOSE_TIMEOUT)
+            except TimeoutError:
+                log.error("the store did not close within %gs", STORE_CLOSE_TIMEOUT)
             self._store_open = False
 
+    async def _final_flush(self) -> None:
+        """Writes everything in memory, within FINAL_FLUSH_TIMEOUT. A database removed while
+        running is made again at its path for it (a restart would do the same): what is in
+        memory is kept, not dropped with the directory."""
+        try:
+            ok = await asyncio.wait_for(self._recreate_and_flush(), FINAL_FLUSH_TIMEOUT)
+        except TimeoutError:
+            ok = False
+            self.flusher.last_error = f"it did not finish within {FINAL_FLUSH_TIMEOUT:g}s"
+        if ok:
+            return
+        series = sum(s.series_count() for s in self.aggregator.pending)
+        log.error(
+            "the final flush failed: %s; %d series in memory are lost (HTTP points among them "
+            "stay in the write-ahead log and are replayed at start)",
+            self.flusher.last_error,
+            series,
+        )
+
+    async def _recreate_and_flush(self) -> bool:
+        try:
+            await asyncio.to_thread(self.store.ensure_in_place, recreate=True)
+        except Exception as e:  # the flush below fails and says what it costs
+            log.error("cannot make the database again at its path: %s", e)
+        return await self.flusher.flush(force=True)
+
     # -- for the handlers ------------------------------------------------------------------
+
+    def write_refusal(self) -> str | None:
+        """Why HTTP writes are refused right now: the store's files or the log's directory were
+        removed or replaced, or the log's writer died. Their points would be held in memory
+        only, where a 200 promises they survive a crash."""
+        if self.store.gone is not None:
+            return self.store.gone
+        if self.wal is not None:
+            return self.wal.problem
+        return None
 
     def readiness(self) -> list[str]:
         problems = []
         if not self._store_open:
             problems.append("store not open")
+        refusal = self.write_refusal()
+        if refusal is not None:
+            problems.append(refusal)
         if self.flusher.last_error:
             problems.append(f"last flush failed: {self.flusher.last_error}")
         elif self.flush_on_ticks:

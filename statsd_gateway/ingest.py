@@ -6,6 +6,7 @@ rate-limited. Never raises for bad input.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from statsd_gateway.aggregator import IntervalAggregator
+from statsd_gateway.model import SeriesKey
 from statsd_gateway.protocol import Sample, StatsdParser
 from statsd_gateway.telemetry import Telemetry
 from statsd_gateway.wal import WriteAheadLog
@@ -48,8 +50,9 @@ class RateLimitedLog:
 class LoggedBody:
     """An HTTP body as received, for the write-ahead log: `positions[i]` is the index in the
     body's points of the i-th sample handed to Ingest.samples(), which fills in `seq` and
-    `header` when it accepted any. The caller appends the entry (with the request's
-    idempotency record, if any, so both are on disk or neither is)."""
+    `header` when it accepted any, and keeps the accepted samples in `admitted`. The caller
+    appends the entry (with the request's idempotency record, if any, so both are on disk or
+    neither is), then calls Ingest.commit() once it is on disk or Ingest.abandon() if not."""
 
     form: str  # "report" (the body is one point) or "batch" (the body's "points")
     body: bytes
@@ -57,6 +60,47 @@ class LoggedBody:
     total: int = 0
     seq: int | None = None
     header: dict[str, Any] | None = None
+    tenant: str = ""
+    admitted: list[Sample] | None = None
+    new_series: list[SeriesKey] = field(default_factory=list)
+
+
+class WriteHolds:
+    """Seqs that HTTP writes have logged points for and not yet applied. The flusher writes no
+    snapshot while a write holds its seq: the points must land in the snapshot the log entry
+    names before that snapshot is written and its log segment released."""
+
+    def __init__(self) -> None:
+        self._counts: dict[int, int] = {}
+        self._waiters: dict[int, list[asyncio.Future[None]]] = {}
+
+    def take(self, seq: int) -> None:
+        self._counts[seq] = self._counts.get(seq, 0) + 1
+
+    def give_back(self, seq: int) -> None:
+        n = self._counts[seq] - 1
+        if n:
+            self._counts[seq] = n
+            return
+        del self._counts[seq]
+        for w in self._waiters.pop(seq, ()):
+            if not w.done():
+                w.set_result(None)
+
+    def any(self) -> bool:
+        return bool(self._counts)
+
+    async def settled(self, seq: int, timeout: float) -> bool:
+        """True once no write holds `seq` (at once if none does); False after `timeout`."""
+        if seq not in self._counts:
+            return True
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(seq, []).append(fut)
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), timeout)
+        except TimeoutError:
+            return False
+        return True
 
 
 class Ingest:
@@ -71,6 +115,7 @@ class Ingest:
         self.telemetry = telemetry
         self.parser = parser
         self.wal = wal
+        self.holds = WriteHolds()
         self._log = RateLimitedLog()
 
     def statsd(self, tenant: str, data: bytes, transport: str) -> None:
@@ -108,18 +153,21 @@ class Ingest:
     ) -> list[tuple[int, str]]:
         """Validated samples from HTTP; returns (index, reason) of those the aggregator refused.
 
-        With a write-ahead log and `logged` (the request body they came from), `logged` gets the
-        log entry to append: the body itself, the receive time and the positions accepted, so
-        that a replay re-reads exactly those points into the same buckets. Logging the raw body
-        costs no encoding on the hot path.
+        With a write-ahead log and `logged` (the request body they came from), nothing is
+        applied here: `logged` gets the log entry to append (the body itself, the receive time
+        and the positions accepted, so that a replay re-reads exactly those points into the same
+        buckets) and the samples to apply once it is on disk, and holds its seq until then.
+        Logging the raw body costs no encoding on the hot path.
         """
+        if self.wal is None or logged is None:
+            rejects = self.aggregator.add_samples(tenant, samples)
+            self._count(transport, len(samples) - len(rejects), rejects)
+            return rejects
         seq = self.aggregator.next_seq
         now = self.aggregator.clock()
-        rejects = self.aggregator.add_samples(tenant, samples)
-        self.telemetry.accepted[transport] += len(samples) - len(rejects)
-        for _, reason in rejects:
-            self.telemetry.rejects[(transport, reason)] += 1
-        if self.wal is not None and logged is not None and len(rejects) < len(samples):
+        admitted, rejects, new_series = self.aggregator.admit(tenant, samples)
+        self._count(transport, 0, rejects)
+        if admitted:
             keep = logged.positions
             if rejects:
                 refused = {logged.positions[i] for i, _ in rejects}
@@ -132,7 +180,40 @@ class Ingest:
                 "now": now,
                 "keep": None if len(keep) == logged.total else keep,
             }
+            logged.tenant, logged.admitted, logged.new_series = tenant, admitted, new_series
+            self.holds.take(seq)
         return rejects
+
+    def _count(self, transport: str, accepted: int, rejects: list[tuple[int, str]]) -> None:
+        self.telemetry.accepted[transport] += accepted
+        for _, reason in rejects:
+            self.telemetry.rejects[(transport, reason)] += 1
+
+    def commit(self, logged: LoggedBody, transport: str = "http") -> None:
+        """The log entry is on disk: applies exactly what it holds, into the seq it names."""
+        if logged.admitted is None or logged.seq is None:
+            return
+        samples, logged.admitted = logged.admitted, None
+        try:
+            late = self.aggregator.add_admitted(logged.tenant, samples, logged.seq)
+        finally:
+            self.holds.give_back(logged.seq)
+        # Only a race with the store forgetting a series can refuse a point here; the log holds
+        # it, so a restart would count it: say so rather than differ silently.
+        for i, reason in late:
+            log.error("a logged HTTP point was not applied (%s): %.200r", reason, samples[i][0])
+        self._count(transport, len(samples) - len(late), late)
+
+    def abandon(self, logged: LoggedBody) -> None:
+        """The log entry could not be written: nothing of it is applied, and the series it
+        reserved are released unless another write may have been judged against them."""
+        if logged.admitted is None or logged.seq is None:
+            return
+        logged.admitted = None
+        self.holds.give_back(logged.seq)
+        if logged.new_series and not self.holds.any():
+            in_memory = self.aggregator.keys_in_memory()
+            self.aggregator.registry.forget(k for k in logged.new_series if k not in in_memory)
 
     def replay(self, tenant: str, samples: list[Sample]) -> None:
         """Samples re-read from the write-ahead log: applied whatever their age."""

@@ -8,6 +8,12 @@
   answering 200.
 - After the store commits snapshot `seq`, `release_upto(seq)` deletes segments <= seq, in order
   behind every append already queued.
+- The worker checks, at every group commit, that the directory and each open segment are still
+  the files it opened (same device and inode). Removed or replaced, every write fails (the
+  waiters get WalError: 503) and `problem` says why, until the directory's parent exists again:
+  then it makes a new directory and goes on (what the old segments held is in memory, written
+  by the next flush).
+- If the worker thread dies for any reason, `problem` says so and every barrier fails at once.
 - At start, `replay()` returns what the segments not yet in the store hold. The records before
   a torn or corrupt one are replayed; from it to the end of its segment nothing is, and replay
   logs the segment and the bytes dropped and counts them (`dropped_bytes`). Nothing after a bad
@@ -39,6 +45,9 @@ from typing import Any
 log = logging.getLogger(__name__)
 _HEADER = struct.Struct("<II")
 _STOP = object()
+# How long stop() waits for the worker to write what is queued (a hung disk must not hold a
+# shutdown past the service manager's stop timeout).
+STOP_TIMEOUT = 5.0
 
 
 class WalError(Exception):
@@ -82,6 +91,11 @@ class WriteAheadLog:
         self._segments: dict[int, _Segment] = {}
         self.synced_batches = 0  # fsync rounds, for tests and self-metrics
         self.dropped_bytes = 0  # torn or corrupt bytes replay() could not read
+        self._dir_id: tuple[int, int] | None = None
+        # Why writes fail right now (the directory is gone, the worker died), or None.
+        self.problem: str | None = None
+        self._dead = False
+        self._dead_lock = threading.Lock()
 
     def replay(self, flushed_seq: int) -> list[tuple[int, Any, bytes]]:
         """(seq, header, blob) of segments after `flushed_seq`, oldest first; older segments
@@ -111,14 +125,25 @@ class WriteAheadLog:
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._dir_id = _file_id(os.stat(self.dir))
         self._thread = threading.Thread(target=self._run, name="http-wal", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = STOP_TIMEOUT) -> bool:
+        """Writes what is queued and stops the worker; False if it did not finish in time."""
         if self._thread is not None:
             self._queue.put(_STOP)
-            self._thread.join()
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.error(
+                    "http write-ahead log: the writer did not stop within %gs; "
+                    "what it had not written is not in the log",
+                    timeout,
+                )
+                return False
             self._thread = None
+        return True
 
     def append(self, seq: int, header: Any, blob: bytes = b"") -> None:
         """Queues an entry for segment `seq`; call barrier() to wait for it to be on disk."""
@@ -128,7 +153,11 @@ class WriteAheadLog:
     def barrier(self) -> asyncio.Future[None]:
         assert self._loop is not None
         fut: asyncio.Future[None] = self._loop.create_future()
-        self._queue.put(fut)
+        with self._dead_lock:  # the worker's last act drains the queue under this lock
+            if self._dead:
+                fut.set_exception(WalError(f"the write-ahead log is not written: {self.problem}"))
+            else:
+                self._queue.put(fut)
         return fut
 
     def release_upto(self, seq: int) -> None:
@@ -137,6 +166,29 @@ class WriteAheadLog:
     # -- worker thread ----------------------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._loop_rounds()
+        except BaseException as e:
+            log.exception("http write-ahead log: the writer thread died")
+            self.problem = f"the write-ahead log writer died: {type(e).__name__}: {e}"
+        finally:
+            with self._dead_lock:
+                self._dead = True
+                self.problem = self.problem or "the write-ahead log is stopped"
+                left: list[asyncio.Future[None]] = []
+                while True:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if isinstance(item, asyncio.Future):
+                        left.append(item)
+            if left and self._loop is not None and not self._loop.is_closed():
+                error = WalError(self.problem)
+                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                    self._loop.call_soon_threadsafe(_settle, left, error)
+
+    def _loop_rounds(self) -> None:
         while True:
             items = [self._queue.get()]
             while True:  # group commit: everything queued right now shares one fsync
@@ -145,15 +197,62 @@ class WriteAheadLog:
                 except queue.Empty:
                     break
             stop = any(i is _STOP for i in items)
-            self._process([i for i in items if i is not _STOP])
+            batch = [i for i in items if i is not _STOP]
+            try:
+                self._process(batch)
+            except BaseException as e:  # its waiters are answered before the thread dies
+                assert self._loop is not None
+                waiters = [i for i in batch if isinstance(i, asyncio.Future)]
+                error = WalError(f"the write-ahead log writer failed: {type(e).__name__}: {e}")
+                with contextlib.suppress(RuntimeError):
+                    self._loop.call_soon_threadsafe(_settle, waiters, error)
+                raise
             if stop:
                 self._close_older_than(2**63)
                 return
 
+    def _check_in_place(self) -> OSError | None:
+        """None if the directory and the open segments are the files this log opened. Gone,
+        the log starts afresh once the directory's parent exists again (restored by the
+        operator); until then an error for every write."""
+        why = self._moved()
+        if why is None:
+            return None
+        if self.problem is None:
+            log.error(
+                "http write-ahead log: %s was %s while running: HTTP writes are refused "
+                "(503) until it is back; the points it held are in memory until the next flush",
+                self.dir,
+                why,
+            )
+        self.problem = f"the write-ahead log directory {self.dir} was {why}"
+        if not self.dir.parent.is_dir():
+            return FileNotFoundError(2, self.problem)
+        try:
+            self._close_older_than(2**63)
+            self.dir.mkdir(exist_ok=True)
+            self._dir_id = _file_id(os.stat(self.dir))
+        except OSError as e:
+            return e
+        log.warning("http write-ahead log: made a new %s; HTTP writes are accepted", self.dir)
+        self.problem = None
+        return None
+
+    def _moved(self) -> str | None:
+        try:
+            if _file_id(os.stat(self.dir)) != self._dir_id:
+                return "replaced"
+            for seq, seg in self._segments.items():
+                if _file_id(os.stat(self.dir / f"{seq:012d}.log")) != _file_id(os.fstat(seg.fd)):
+                    return "replaced"
+        except FileNotFoundError:
+            return "removed"
+        return None
+
     def _process(self, items: list[Any]) -> None:
         waiters: list[asyncio.Future[None]] = []
         dirty: set[int] = set()
-        error: Exception | None = None
+        error: Exception | None = self._check_in_place()
         for item in items:
             if isinstance(item, asyncio.Future):
                 waiters.append(item)
@@ -220,10 +319,17 @@ class WriteAheadLog:
     def _release(self, upto: int) -> None:
         for seq in [s for s in self._segments if s <= upto]:
             os.close(self._segments.pop(seq).fd)
-        for path in self.dir.iterdir():
-            found = _segment_seq(path)
-            if found is not None and found <= upto:
-                path.unlink(missing_ok=True)
+        try:
+            for path in self.dir.iterdir():
+                found = _segment_seq(path)
+                if found is not None and found <= upto:
+                    path.unlink(missing_ok=True)
+        except OSError as e:  # the directory is gone: nothing left to release
+            log.warning("http write-ahead log: cannot release segments: %s", e)
+
+
+def _file_id(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
 
 
 @dataclass(slots=True)

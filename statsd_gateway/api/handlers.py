@@ -58,6 +58,10 @@ class GatewayServices(Protocol):
 
     def readiness(self) -> list[str]: ...
 
+    def write_refusal(self) -> str | None:
+        """Why writes are refused right now (the store or its log is gone), or None."""
+        ...
+
     def metrics_of(self, tenant: str, match: str | None = None) -> list[dict[str, Any]]: ...
 
     def tags_of(self, tenant: str, name: str, limit: int) -> list[dict[str, Any]]: ...
@@ -116,38 +120,46 @@ async def _once(
     logged: LoggedBody,
 ) -> web.Response:
     """Applies a write once per idempotency key, when the request carries one, and answers
-    only once its points (and its idempotency record, in the same log entry) are on disk."""
-    key = request_key(request.headers.get("Idempotency-Key"), body)
+    only once its points (and its idempotency record, in the same log entry) are on disk.
+
+    With a write-ahead log, `apply` only decides what is accepted: the points are applied once
+    the log holds them, so a 503 means nothing was applied and a retry counts them once."""
     svc = request.app[SERVICES]
+    refusal = svc.write_refusal()
+    if refusal is not None:
+        raise Unavailable(f"{refusal}; nothing was applied, retry later")
+    key = request_key(request.headers.get("Idempotency-Key"), body)
     rec = None
-    if key is None:
-        answer, replayed = apply(), False
-    else:
-        answer, replayed, rec = await svc.idempotency.run(tenant, key, body_digest(body), apply)
-    wal = svc.ingest.wal
-    if wal is not None:
-        header = logged.header
-        if rec is not None:
-            fields = record_fields(rec)
-            header = (
-                {"k": "idempotency", **fields}
-                if header is None
-                else {
-                    **header,
-                    "idempotency": fields,
-                }
-            )
-        if header is not None:
-            seq = logged.seq if logged.seq is not None else rec.seq if rec else 0
-            wal.append(seq, header, logged.body if logged.header is not None else b"")
-        try:
-            await wal.barrier()  # also waits for an earlier request this one replays
-        except WalError as e:
+    try:
+        if key is None:
+            answer, replayed = apply(), False
+        else:
+            answer, replayed, rec = await svc.idempotency.run(tenant, key, body_digest(body), apply)
+        wal = svc.ingest.wal
+        if wal is not None:
+            header = logged.header
             if rec is not None:
-                svc.idempotency.discard(rec)
-            raise Unavailable(
-                f"{e}; the points may be counted already, and a retry may count them twice"
-            ) from None
+                fields = record_fields(rec)
+                header = (
+                    {"k": "idempotency", **fields}
+                    if header is None
+                    else {
+                        **header,
+                        "idempotency": fields,
+                    }
+                )
+            try:
+                if header is not None:
+                    seq = logged.seq if logged.seq is not None else rec.seq if rec else 0
+                    wal.append(seq, header, logged.body if logged.header is not None else b"")
+                await wal.barrier()  # also waits for an earlier request this one replays
+            except WalError as e:
+                if rec is not None:
+                    svc.idempotency.discard(rec)
+                raise Unavailable(f"{e}; nothing was applied, retry later") from None
+        svc.ingest.commit(logged)
+    finally:
+        svc.ingest.abandon(logged)  # unless committed: an error, or the request cancelled
     headers = {"Idempotent-Replayed": "true"} if replayed else None
     return web.json_response(answer, headers=headers)
 

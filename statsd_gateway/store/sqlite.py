@@ -6,6 +6,13 @@
   sketch and HyperLogLog merged by SQL functions).
 - Reads run on a small pool, each thread with its own connection; a progress handler aborts a
   read that overruns the time limit (StoreTimeout).
+- Every write checks, before it begins and after it commits, that the path is still the file
+  opened (same device and inode): removed or replaced, SQLite would go on writing into the
+  unlinked file, lost at the next start. Then the write fails (StoreGone, an outage: the flusher
+  keeps the data in memory) and `gone` says why, until the path's directory exists again: a
+  file restored there is opened as it is, a missing one created anew, and the write goes on.
+  A removed directory is not made again while running (it may be a mount that went away);
+  `recreate=True` (the final flush at stop) does make it, so that what is in memory is kept.
 """
 
 from __future__ import annotations
@@ -52,6 +59,10 @@ class StoreError(Exception):
 
 class StoreTimeout(StoreError):
     pass
+
+
+class StoreGone(StoreError):
+    """The database file was removed or replaced while open."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +147,11 @@ class SqliteStore:
         self._checkpointer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-checkpoint")
         self._checkpoint_conn: sqlite3.Connection | None = None
         self._checkpoint_queued = False
+        self._checkpoint_gen = 0
+        self._file_id: tuple[int, int] | None = None
+        self._generation = 0  # bumped when the path is reopened: connections to the old go
+        # Why writes fail now (the file was removed or replaced), or None; set by the writer.
+        self.gone: str | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -177,6 +193,7 @@ class SqliteStore:
         conn.create_function("dd_merge", 2, sketch.merge_blobs, deterministic=True)
         conn.create_function("hll_merge", 2, sketch.hll_merge_pair, deterministic=True)
         self._wconn = conn
+        self._file_id = _file_id(self.path)
         out = []
         for sid, tenant, name, tags, mtype in conn.execute(
             "SELECT id, tenant, name, tags, type FROM series"
@@ -205,7 +222,42 @@ class SqliteStore:
         finally:
             os.close(dfd)
 
-    def close(self) -> None:
+    def _ensure_in_place(self, *, recreate: bool = False) -> None:
+        """Writer thread: raises StoreGone unless the path is the file open (reopening it when
+        it can, see the module's docstring)."""
+        if self._wconn is None or _file_id(self.path) == self._file_id:
+            return
+        why = "replaced" if self.path.exists() else "removed"
+        if self.gone is None:
+            log.error(
+                "the database %s was %s while running: flushes are kept in memory and HTTP "
+                "writes refused (503) until it is back",
+                self.path,
+                why,
+            )
+        self.gone = f"the database {self.path} was {why}"
+        if not (recreate or self.path.parent.is_dir()):
+            raise StoreGone(self.gone)
+        old = self._wconn
+        self._wconn = None
+        with contextlib.suppress(sqlite3.Error):
+            old.close()
+        self._series_ids.clear()
+        self._last_write.clear()
+        self._generation += 1
+        self._open()  # raises StoreError (still gone) if it cannot
+        log.warning(
+            "reopened the database %s (%s); writing what is held in memory",
+            self.path,
+            "a new, empty file" if why == "removed" else "the file now at the path",
+        )
+        self.gone = None
+
+    def ensure_in_place(self, *, recreate: bool = False) -> None:
+        """Checks (and reopens) the path on the writer thread; see _ensure_in_place."""
+        self._writer.submit(lambda: self._ensure_in_place(recreate=recreate)).result()
+
+    def close(self, timeout: float | None = None) -> None:
         def _close() -> None:
             if self._wconn is not None:
                 with contextlib.suppress(sqlite3.Error):  # e.g. a full disk: close regardless
@@ -217,7 +269,7 @@ class SqliteStore:
         if self._checkpoint_conn is not None:
             self._checkpoint_conn.close()
             self._checkpoint_conn = None
-        self._writer.submit(_close).result()
+        self._writer.submit(_close).result(timeout)
         self._writer.shutdown(wait=True)
         self._readers.shutdown(wait=True)
         with self._lock:
@@ -300,6 +352,7 @@ class SqliteStore:
     def _transaction(
         self, work: Callable[[sqlite3.Connection], None], *, commit: bool = True
     ) -> None:
+        self._ensure_in_place()
         conn = self._wconn
         if conn is None:
             raise StoreError("the store is closed")
@@ -319,6 +372,9 @@ class SqliteStore:
             if _is_data_error(e):
                 raise
             raise StoreError(f"write failed: {e}") from e
+        # Removed between the check and the commit: the commit went into the unlinked file, so
+        # it does not count as stored (the next write reopens the path or fails).
+        self._ensure_in_place()
         self._request_checkpoint()
 
     def _roll_back(self, conn: sqlite3.Connection) -> None:
@@ -346,7 +402,11 @@ class SqliteStore:
     def _checkpoint(self) -> None:
         self._checkpoint_queued = False
         try:
+            if self._checkpoint_conn is not None and self._checkpoint_gen != self._generation:
+                self._checkpoint_conn.close()
+                self._checkpoint_conn = None
             if self._checkpoint_conn is None:
+                self._checkpoint_gen = self._generation
                 self._checkpoint_conn = sqlite3.connect(
                     self.path, isolation_level=None, check_same_thread=False
                 )
@@ -417,7 +477,8 @@ class SqliteStore:
         return read_flushed_seq(self._wconn)
 
     def flushed_seq_now(self) -> int:
-        """Writer thread: the last snapshot committed."""
+        """Writer thread: the last snapshot committed (to the file at the path)."""
+        self._ensure_in_place()
         return self._read_flushed_seq_w()
 
     def read_for_rebuild(self, res: float, since: float) -> RowBatch:
@@ -561,7 +622,13 @@ class SqliteStore:
 
     def _reader(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and self._local.generation != self._generation:
+            with self._lock:  # the path was reopened: read the file now there
+                self._read_conns.remove(conn)
+            conn.close()
+            conn = None
         if conn is None:
+            self._local.generation = self._generation
             conn = sqlite3.connect(
                 f"file:{self.path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
             )
@@ -577,7 +644,10 @@ class SqliteStore:
         return await loop.run_in_executor(self._readers, self._read, fn)
 
     def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        conn = self._reader()
+        try:
+            conn = self._reader()
+        except sqlite3.Error as e:  # e.g. the file was removed
+            raise StoreError(f"cannot open the database {self.path}: {e}") from e
         deadline = time.monotonic() + self.read_timeout
 
         def check() -> int:
@@ -628,6 +698,14 @@ def recovery_steps(path: Path) -> str:
         f"store (its history is then lost). HTTP points not yet flushed stay in the "
         f"write-ahead log and are replayed at the next start"
     )
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _complete_key(res: float) -> str:
