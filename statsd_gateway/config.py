@@ -102,6 +102,9 @@ class HttpConfig:
     listen: str = "127.0.0.1:8080"
     max_body_bytes: int = 5 * 1024 * 1024
     max_batch_points: int = 10_000
+    # From a request's first byte, its headers and body must all arrive within this; a client
+    # trickling bytes is closed (slow clients would otherwise hold a connection forever).
+    read_timeout: float = 30.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -392,6 +395,7 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
         max_batch_points=_int(
             h.get("max_batch_points", http_d.max_batch_points), "http.max_batch_points", 1
         ),
+        read_timeout=_duration(h.get("read_timeout", http_d.read_timeout), "http.read_timeout"),
     )
     wal_dir = s.get("wal_dir")
     storage = StorageConfig(
