@@ -16,7 +16,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 
-from statsd_gateway.config import Config, hash_key, load_config
+from statsd_gateway.config import Config, hash_key, load_config, load_reload_config
 from statsd_gateway.errors import ConfigError
 from statsd_gateway.gateway import Gateway, tune_gc
 from statsd_gateway.store import StoreError
@@ -40,7 +40,7 @@ def _reload(gateway: Gateway, notifier: Notifier, path: str | None) -> None:
         return
     notifier.notify("RELOADING=1")
     try:
-        new = load_config(path)
+        new = load_reload_config(path, gateway.config)
     except ConfigError as e:
         log.error("reload: %s is not valid, keeping the running config: %s", path, e)
     else:

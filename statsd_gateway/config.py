@@ -102,6 +102,9 @@ class HttpConfig:
     listen: str = "127.0.0.1:8080"
     max_body_bytes: int = 5 * 1024 * 1024
     max_batch_points: int = 10_000
+    # From a request's first byte, its headers and body must all arrive within this; a client
+    # trickling bytes is closed (slow clients would otherwise hold a connection forever).
+    read_timeout: float = 30.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -392,6 +395,7 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
         max_batch_points=_int(
             h.get("max_batch_points", http_d.max_batch_points), "http.max_batch_points", 1
         ),
+        read_timeout=_duration(h.get("read_timeout", http_d.read_timeout), "http.read_timeout"),
     )
     wal_dir = s.get("wal_dir")
     storage = StorageConfig(
@@ -460,20 +464,56 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
     )
 
 
-def parse_config(text: str) -> Config:
+def _parse_yaml(text: str) -> Any:
     try:
-        raw = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError("", f"not valid YAML: {e}") from None
+
+
+def parse_config(text: str) -> Config:
+    raw = _parse_yaml(text)
     return config_from_dict(raw if raw is not None else {})
 
 
-def load_config(path: str | Path) -> Config:
+def _read_config_text(path: str | Path) -> str:
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError("", f"cannot read {path}: {e.strerror}") from None
-    return parse_config(text)
+    except UnicodeDecodeError as e:
+        raise ConfigError("", f"not UTF-8 text (byte {e.start}: {e.reason})") from None
+
+
+def load_config(path: str | Path) -> Config:
+    return parse_config(_read_config_text(path))
+
+
+def _sets_nothing(raw: Any) -> bool:
+    """True for a document with no setting in it: empty, comments only, or empty sections."""
+    if raw is None:
+        return True
+    return isinstance(raw, dict) and all(v is None or v == {} for v in raw.values())
+
+
+def load_reload_config(path: str | Path, running: Config) -> Config:
+    """The config a reload of `path` may switch to from `running`, or ConfigError.
+
+    On top of what load_config refuses, a reload refuses what is most likely a file caught half
+    written or truncated rather than meant: a file that sets nothing, and a file that drops every
+    API key while keys are configured (that would turn every client away at once). Starting
+    with such a file is still allowed: a restart is a deliberate act, a SIGHUP often is not."""
+    raw = _parse_yaml(_read_config_text(path))
+    if _sets_nothing(raw):
+        raise ConfigError("", "the file sets nothing (empty or truncated?)")
+    new = config_from_dict(raw)
+    if running.auth.keys and not new.auth.keys:
+        raise ConfigError(
+            "auth.keys",
+            f"the file lists no key while {len(running.auth.keys)} are configured; a reload "
+            "never removes every key (restart to run with none)",
+        )
+    return new
 
 
 def hash_key(key: str) -> str:

@@ -27,6 +27,7 @@ from aiohttp import web
 from statsd_gateway.aggregator import IntervalAggregator, SeriesRegistry
 from statsd_gateway.api.app import create_app
 from statsd_gateway.api.auth import KeyRing
+from statsd_gateway.api.connections import BadRequests, GuardedTCPSite
 from statsd_gateway.api.schemas import parse_point
 from statsd_gateway.config import (
     SCOPES,
@@ -201,12 +202,15 @@ class Gateway:
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         host, port = parse_listen(cfg.http.listen)
-        site = web.TCPSite(self._runner, host, port)
+        site = GuardedTCPSite(
+            self._runner,
+            host,
+            port,
+            read_timeout=lambda: self.config.http.read_timeout,
+            bad_requests=BadRequests(self.telemetry),
+        )
         await site.start()
-        server = site._server
-        assert server is not None and server.sockets  # type: ignore[attr-defined]
-        addr = server.sockets[0].getsockname()  # type: ignore[attr-defined]
-        self.http_address = (addr[0], addr[1])
+        self.http_address = site.address
         log.info("listening http %s", _fmt(self.http_address))
         if self.flush_on_ticks:
             self.flusher.start()

@@ -28,6 +28,7 @@ METRICS: dict[str, str] = {
     "tcp_connections_refused_total": "TCP connections closed at once: tcp.max_connections open.",
     "tcp_idle_closed_total": "TCP connections closed after tcp.idle_timeout without data.",
     "tcp_connections_open": "TCP connections open now.",
+    "http_bad_requests_total": "HTTP requests refused before any handler, by reason.",
     "flushes_total": "Flushes written to the store.",
     "flush_errors_total": "Flushes that failed and were kept for retry.",
     "flush_rows_total": "Bucket rows written by flushes.",
@@ -63,6 +64,7 @@ class Telemetry:
         self.tcp_connections = 0
         self.tcp_connections_refused = 0
         self.tcp_idle_closed = 0
+        self.http_bad_requests: Counter[str] = Counter()
         # Filled in by the composition root: values read at scrape time.
         self.pending_flushes: Callable[[], int] = lambda: 0
         self.series_count: Callable[[], int] = lambda: 0
@@ -105,6 +107,9 @@ class TelemetryCollector(Collector):
             "rejects_total", ["transport", "reason"], {k: v for k, v in t.rejects.items()}
         )
         yield _labelled("ignored_total", ["kind"], {(k,): v for k, v in t.ignored.items()})
+        yield _labelled(
+            "http_bad_requests_total", ["reason"], {(k,): v for k, v in t.http_bad_requests.items()}
+        )
         yield _labelled(
             "kernel_drops_total", by_transport, {(k,): v for k, v in t.kernel_drops().items()}
         )

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from statsd_gateway.api import handlers
+from statsd_gateway.api import connections, handlers
 from statsd_gateway.api.auth import PRINCIPAL, KeyRing, Principal
 from statsd_gateway.errors import (
     GatewayError,
@@ -61,9 +61,24 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             error_envelope("INTERNAL" if e.status >= 500 else "INVALID_ARGUMENT", e.reason),
             status=e.status,
         )
+    except ConnectionResetError:
+        # The client went away mid-body: nobody is left to answer, and nothing of ours failed.
+        connections.body_lost(request)
+        return error_response(GatewayError("the connection was lost"))
     except Exception:
         log.exception("internal error on %s %s", request.method, request.path)
         return error_response(GatewayError("internal error"))
+
+
+@web.middleware
+async def read_deadline_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Tells the connection when a request's headers are in and when it is answered, so its read
+    deadline (http.read_timeout) covers the reading of a request and not its handling."""
+    connections.request_started(request)
+    try:
+        return await handler(request)
+    finally:
+        connections.request_finished(request)
 
 
 def auth_middleware(keyring: Callable[[], KeyRing]) -> Callable[..., Awaitable[web.StreamResponse]]:
@@ -86,7 +101,11 @@ def auth_middleware(keyring: Callable[[], KeyRing]) -> Callable[..., Awaitable[w
 def create_app(gateway: handlers.GatewayServices, *, max_body_bytes: int) -> web.Application:
     app = web.Application(
         client_max_size=max_body_bytes,
-        middlewares=[error_middleware, auth_middleware(lambda: gateway.keyring)],
+        middlewares=[
+            read_deadline_middleware,
+            error_middleware,
+            auth_middleware(lambda: gateway.keyring),
+        ],
     )
     app[handlers.SERVICES] = gateway
     app.router.add_post("/v1/metrics/report", handlers.report)

@@ -10,6 +10,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from statsd_gateway.aggregator import CARDINALITY_LIMIT, TYPE_CONFLICT
+from statsd_gateway.api import connections
 from statsd_gateway.api.auth import KeyRing, require
 from statsd_gateway.api.openapi import openapi_spec
 from statsd_gateway.api.schemas import parse_point
@@ -99,6 +100,7 @@ async def _json_body(request: web.Request) -> tuple[Any, bytes]:
     if ctype not in ("application/json", "") and not ctype.endswith("+json"):
         raise InvalidArgument("the body must be JSON (Content-Type: application/json)", "body")
     raw = await request.read()
+    connections.body_received(request)
     try:
         return json.loads(raw), raw
     except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: [[[[…]]]]
