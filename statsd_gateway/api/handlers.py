@@ -162,8 +162,11 @@ async def _once(
         svc.ingest.commit(logged)
     finally:
         svc.ingest.abandon(logged)  # unless committed: an error, or the request cancelled
-    headers = {"Idempotent-Replayed": "true"} if replayed else None
-    return web.json_response(answer, headers=headers)
+    if not replayed:
+        return web.json_response(answer)
+    # A client that reads only the JSON can tell a replay too.
+    replay = {**answer, "replayed": True}
+    return web.json_response(replay, headers={"Idempotent-Replayed": "true"})
 
 
 async def report(request: web.Request) -> web.Response:

@@ -38,6 +38,8 @@ _IDEMPOTENCY_HEADER = {
 }
 # The body-field twin of the header; null is the same as absent.
 _IDEMPOTENCY_FIELD = {"type": "string", "minLength": 1, "maxLength": 200, "nullable": True}
+# Present, and true, only on the recorded answer of an idempotent request replayed.
+_REPLAYED_FIELD = {"type": "boolean", "enum": [True]}
 _REPLAYED = {"Idempotent-Replayed": {"schema": {"type": "string", "enum": ["true"]}}}
 
 
@@ -199,7 +201,17 @@ def openapi_spec() -> dict[str, Any]:
                         "200": {
                             "description": "accepted",
                             "headers": _REPLAYED,
-                            "content": {"application/json": {"schema": ok}},
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        **ok,
+                                        "properties": {
+                                            **ok["properties"],
+                                            "replayed": _REPLAYED_FIELD,
+                                        },
+                                    }
+                                }
+                            },
                         },
                         **_WRITE_ERRORS,
                     },
@@ -242,6 +254,7 @@ def openapi_spec() -> dict[str, Any]:
                                             "ok": {"type": "boolean"},
                                             "accepted": {"type": "integer"},
                                             "rejected": {"type": "integer"},
+                                            "replayed": _REPLAYED_FIELD,
                                             "errors": {
                                                 "type": "array",
                                                 "items": {
