@@ -151,7 +151,11 @@ _POINTS_LIST = {
 
 def openapi_spec() -> dict[str, Any]:
     codes = sorted({c.code for c in _all_errors()})
-    ok = {"type": "object", "required": ["ok"], "properties": {"ok": {"type": "boolean"}}}
+    ok: dict[str, Any] = {
+        "type": "object",
+        "required": ["ok"],
+        "properties": {"ok": {"type": "boolean"}},
+    }
     return {
         "openapi": "3.0.3",
         "info": {"title": "statsd-gateway", "version": __version__},
