@@ -17,7 +17,7 @@ import urllib.request
 from collections.abc import Sequence
 
 from statsd_gateway.config import Config, hash_key, load_config, load_reload_config
-from statsd_gateway.errors import ConfigError
+from statsd_gateway.errors import ConfigError, ListenError
 from statsd_gateway.gateway import Gateway, tune_gc
 from statsd_gateway.store import StoreError
 from statsd_gateway.systemd import Notifier
@@ -61,7 +61,7 @@ async def _serve(config: Config, path: str | None) -> int:
     loop.add_signal_handler(signal.SIGHUP, _reload, gateway, notifier, path)
     try:
         await gateway.start()
-    except (StoreError, OSError) as e:
+    except (StoreError, ListenError, OSError) as e:
         log.error("cannot start: %s", e)
         await gateway.stop()
         return 1

@@ -14,7 +14,8 @@
     ├── CardinalityLimit         429 CARDINALITY_LIMIT
     └── Unavailable              503 UNAVAILABLE
 
-ConfigError is separate: it stops a start and names the offending key; it never reaches HTTP.
+ConfigError and ListenError are separate: each stops a start, naming the offending key (and,
+for a listener that cannot bind, which one and its address); neither reaches HTTP.
 """
 
 from __future__ import annotations
@@ -96,6 +97,10 @@ class CardinalityLimit(GatewayError):
 class Unavailable(GatewayError):
     status = 503
     code = "UNAVAILABLE"
+
+
+class ListenError(Exception):
+    """A listener that cannot bind; the message names it, its address and its setting."""
 
 
 class ConfigError(Exception):

@@ -8,6 +8,7 @@ store. Nothing received before stop() is lost.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import gc
 import json
@@ -17,7 +18,7 @@ import re
 import secrets
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ from statsd_gateway.config import (
     parse_listen,
     parse_mode,
 )
-from statsd_gateway.errors import GatewayError, MetricNotFound
+from statsd_gateway.errors import GatewayError, ListenError, MetricNotFound
 from statsd_gateway.flusher import Flusher
 from statsd_gateway.idempotency import IdempotencyLedger
 from statsd_gateway.ingest import Ingest
@@ -193,7 +194,8 @@ class Gateway:
                 queue_size=cfg.udp.queue_size,
                 read_buffer=cfg.udp.read_buffer,
             )
-            self.udp_address = await self.udp.start(*parse_listen(cfg.udp.listen))
+            with listening("udp", "udp.listen", cfg.udp.listen):
+                self.udp_address = await self.udp.start(*parse_listen(cfg.udp.listen))
             log.info("listening udp %s", _fmt(self.udp_address))
         await self._start_stream_transports()
         self.telemetry.kernel_drops = self._kernel_drops
@@ -209,7 +211,8 @@ class Gateway:
             read_timeout=lambda: self.config.http.read_timeout,
             bad_requests=BadRequests(self.telemetry),
         )
-        await site.start()
+        with listening("http", "http.listen", cfg.http.listen):
+            await site.start()
         self.http_address = site.address
         log.info("listening http %s", _fmt(self.http_address))
         if self.flush_on_ticks:
@@ -276,7 +279,8 @@ class Gateway:
                 max_connections=cfg.tcp.max_connections,
                 idle_timeout=cfg.tcp.idle_timeout,
             )
-            self.tcp_address = await self.tcp.start(*parse_listen(cfg.tcp.listen))
+            with listening("tcp", "tcp.listen", cfg.tcp.listen):
+                self.tcp_address = await self.tcp.start(*parse_listen(cfg.tcp.listen))
             tcp = self.tcp
             self.telemetry.tcp_connections_open = lambda: len(tcp.connections)
             log.info("listening tcp %s", _fmt(self.tcp_address))
@@ -288,7 +292,8 @@ class Gateway:
                 queue_size=cfg.unix.queue_size,
                 mode=parse_mode(cfg.unix.mode),
             )
-            self.unix_path = await self.unix.start(cfg.unix.path)
+            with listening("the unix socket", "unix.path", cfg.unix.path):
+                self.unix_path = await self.unix.start(cfg.unix.path)
             log.info("listening unixgram %s", self.unix_path)
 
     def _kernel_drops(self) -> dict[str, int]:
@@ -486,6 +491,18 @@ class Gateway:
                 }
             )
         return out
+
+
+@contextlib.contextmanager
+def listening(what: str, key: str, address: str) -> Iterator[None]:
+    """Turns a failure to bind into a ListenError naming the listener, its address and the
+    setting (a bare `[Errno 98] Address already in use` says neither which nor where)."""
+    try:
+        yield
+    except OSError as e:
+        # asyncio wraps the bind error's text in its own: the errno says it plainly.
+        reason = (os.strerror(e.errno) if e.errno else str(e)).lower()
+        raise ListenError(f"{what} cannot listen on {address} ({key}): {reason}") from e
 
 
 def glob_regex(pattern: str) -> re.Pattern[str]:
