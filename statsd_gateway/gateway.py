@@ -26,6 +26,7 @@ from statsd_gateway.aggregator import IntervalAggregator, SeriesRegistry
 from statsd_gateway.api.app import create_app
 from statsd_gateway.api.auth import KeyRing
 from statsd_gateway.api.schemas import parse_point
+from statsd_gateway.backpressure import MemoryBound
 from statsd_gateway.config import ApiKey, Config, StorageConfig, hash_key, parse_listen, parse_mode
 from statsd_gateway.errors import GatewayError
 from statsd_gateway.flusher import Flusher
@@ -151,6 +152,9 @@ class Gateway:
             max_pending_rows=cfg.aggregation.max_pending_rows,
             rollup=await self._rebuild_rollups(),
         )
+        self.ingest.bound = MemoryBound(
+            self.aggregator, self.flusher, self.telemetry, limit=cfg.storage.backfill_memory
+        )
         self.retention = RetentionJob(
             self.store,
             cfg.storage.tiers,
@@ -164,6 +168,7 @@ class Gateway:
             self.store, self.aggregator, max_sketches=cfg.query.max_sketches
         )
         self.telemetry.pending_flushes = lambda: len(self.aggregator.pending)
+        self.telemetry.memory_held_bytes = self.aggregator.memory_bytes
         self.telemetry.series_count = lambda: sum(len(s) for s in self.registry.series.values())
 
         if cfg.udp.enabled:
@@ -331,6 +336,8 @@ class Gateway:
         if self.retention is not None:
             await self.retention.stop()
         if self._store_open and self._pipeline:
+            if self.ingest.bound is not None:
+                await self.ingest.bound.drain()
             await self.flusher.stop()
             if not await self.flusher.flush(force=True):
                 log.error("the final flush failed: %s", self.flusher.last_error)

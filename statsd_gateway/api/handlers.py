@@ -104,6 +104,7 @@ async def _once(
     only once its points (and its idempotency record, in the same log entry) are on disk."""
     key = request_key(request.headers.get("Idempotency-Key"), body)
     svc = request.app[SERVICES]
+    await svc.ingest.make_room(logged.total)
     rec = None
     if key is None:
         answer, replayed = apply(), False
