@@ -4,9 +4,10 @@ Points of the current interval and back-dated points alike wait in memory until 
 client back-filling a day of history would otherwise hold the whole day there. The aggregator
 estimates what its live interval and pending snapshots take (`memory_bytes()`); past the bound:
 
-- HTTP: before a body is applied, a flush is started early (a "pressure flush": swap, write
-  every pending snapshot, as a tick does) and the request waits for it, so a client sending
-  faster than the store writes is slowed down instead of growing memory. The back-dated buckets
+- HTTP: at half the bound a flush is started early (a "pressure flush": swap, write every
+  pending snapshot, as a tick does); at the bound, before a body is applied, the request waits
+  for it, so a client sending faster than the store writes is slowed down instead of growing
+  memory. The back-dated buckets
   reach the store in batches, merged into the rows already there.
 - UDP never waits: past the bound the flush is started and the datagram applied at once.
 - The store failing (a flush failed and its backoff has not run out, or the pressure flush
@@ -51,7 +52,12 @@ class MemoryBound:
         they could take the memory past the bound; raises Unavailable if the store cannot take
         what memory holds."""
         need = points * (ENTRY_BYTES + VALUE_BYTES)  # the most they can add
-        if self.aggregator.memory_bytes() + need <= self.limit:
+        held = self.aggregator.memory_bytes()
+        if held + need <= self.limit:
+            if held + need > self.limit // 2 and not self.flusher.backing_off:
+                # Half way: start the flush now, so ingest goes on while it writes and only
+                # waits if the bound is reached before it is done.
+                self._start()
             return
         written = not self.flusher.backing_off and await asyncio.shield(self._start())
         if not written and self.aggregator.memory_bytes() + need > self.limit:

@@ -7,7 +7,10 @@ waits for it, and back-dated buckets reach the store in batches, merged into row
 
 from __future__ import annotations
 
+import re
 import sqlite3
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,7 @@ from statsd_gateway import sketch
 from statsd_gateway.aggregator import ENTRY_BYTES, VALUE_BYTES
 from statsd_gateway.config import Config
 from tests.conftest import T0, Api, ManualClock, make_config, running
+from tests.daemon import Daemon
 
 LIMIT = 2 * 1024 * 1024
 BATCH = 1000
@@ -149,3 +153,45 @@ async def test_past_the_bound_with_the_store_failing_http_writes_are_refused_who
         assert await gw.flusher.flush()
         status, body = await api.query(name="bf.latency", agg="count", since=START, until=END)
         assert body["points"][0]["value"] == accepted  # the refused batch was not applied
+
+
+def test_a_backfill_killed_midway_keeps_every_acknowledged_point_once(
+    tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    """The real daemon, kill -9 right after the last 200: the early flushes have written most
+    of the history and released its log; the rest comes back from the log, nothing twice."""
+    state = tmp_path / "state"
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "udp: {listen: '127.0.0.1:0', read_buffer: 0}\n"
+        "http: {listen: '127.0.0.1:0'}\n"
+        f"storage: {{path: '{state / 'metrics.db'}', backfill_memory: {LIMIT},\n"
+        "  tiers: [{resolution: 10s, retention: 1d}, {resolution: 1m, retention: 7d},\n"
+        "          {resolution: 1h, retention: 400d}]}\n",
+        encoding="utf-8",
+    )
+    d = Daemon(path)
+    daemons.append(d)
+    key = (state / "api-key").read_text().strip()
+    start = (int(time.time()) // 3600 - 3) * 3600  # two whole hours of history, an hour ago
+    points = [
+        {"name": "bf.c", "type": "counter", "value": k % 7 + 1, "tags": {"s": str(k % 10)},
+         "timestamp": start + (k // 10) * STEP}
+        for k in range(10 * 720)
+    ]  # fmt: skip
+    for i in range(0, len(points), BATCH):
+        status, answer, _ = d.request(
+            "POST", "/v1/metrics/batch", key, {"points": points[i : i + BATCH]}
+        )
+        assert status == 200, answer
+    with urllib.request.urlopen(d.base + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    found = re.search(r"^statsd_gateway_pressure_flushes_total (\S+)$", text, re.M)
+    assert found is not None and float(found.group(1)) >= 2
+    d.kill()
+    again = Daemon(path)
+    daemons.append(again)
+    rng = {"name": "bf.c", "since": start, "until": start + 7200}
+    for agg, want in (("count", len(points)), ("sum", sum(p["value"] for p in points))):
+        status, body = again.query(key, agg=agg, **rng)
+        assert (status, [p["value"] for p in body["points"]]) == (200, [want]), agg
