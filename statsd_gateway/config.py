@@ -133,6 +133,9 @@ class StorageConfig:
     # Points accepted over HTTP are fsynced to a write-ahead log before the 200.
     wal: bool = True
     wal_dir: str | None = None  # default: <path>.http-wal
+    # Bytes the points held in memory (and writing them) may take; past it they are flushed
+    # early, and HTTP writes wait for that (backpressure.py).
+    backfill_memory: int = 256 * 1024 * 1024
 
     @property
     def wal_directory(self) -> Path:
@@ -407,6 +410,11 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
         ),
         wal=_bool(s.get("wal", True), "storage.wal"),
         wal_dir=None if wal_dir is None else _str(wal_dir, "storage.wal_dir"),
+        backfill_memory=_int(
+            s.get("backfill_memory", StorageConfig().backfill_memory),
+            "storage.backfill_memory",
+            1024 * 1024,
+        ),
     )
     aggregation = AggregationConfig(
         flush_interval=_duration(

@@ -99,7 +99,7 @@ class Unavailable(GatewayError):
     code = "UNAVAILABLE"
 
 
-class ListenError(Exception):
+class ListenError(OSError):
     """A listener that cannot bind; the message names it, its address and its setting."""
 
 

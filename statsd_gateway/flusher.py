@@ -71,6 +71,11 @@ class Flusher:
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
 
+    @property
+    def backing_off(self) -> bool:
+        """A write failed and the backoff has not run out: a flush now would not write."""
+        return self.clock() < self._retry_at
+
     def seconds_to_next_tick(self) -> float:
         i = self.aggregator.interval
         now = self.clock()

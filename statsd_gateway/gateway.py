@@ -30,6 +30,7 @@ from statsd_gateway.api.app import create_app
 from statsd_gateway.api.auth import KeyRing
 from statsd_gateway.api.connections import BadRequests, GuardedTCPSite
 from statsd_gateway.api.schemas import parse_point
+from statsd_gateway.backpressure import MemoryBound
 from statsd_gateway.config import (
     SCOPES,
     ApiKey,
@@ -171,6 +172,9 @@ class Gateway:
             rollup=await self._rebuild_rollups(),
             holds=self.ingest.holds,
         )
+        self.ingest.bound = MemoryBound(
+            self.aggregator, self.flusher, self.telemetry, limit=cfg.storage.backfill_memory
+        )
         self.retention = RetentionJob(
             self.store,
             cfg.storage.tiers,
@@ -184,6 +188,7 @@ class Gateway:
             self.store, self.aggregator, max_sketches=cfg.query.max_sketches
         )
         self.telemetry.pending_flushes = lambda: len(self.aggregator.pending)
+        self.telemetry.memory_held_bytes = self.aggregator.memory_bytes
         self.telemetry.series_count = lambda: sum(len(s) for s in self.registry.series.values())
 
         if cfg.udp.enabled:
@@ -359,6 +364,8 @@ class Gateway:
         if self.retention is not None:
             await self.retention.stop()
         if self._store_open and self._pipeline:
+            if self.ingest.bound is not None:
+                await self.ingest.bound.drain()
             await self.flusher.stop()
             await self._final_flush()
         if self.wal is not None:
@@ -500,8 +507,10 @@ def listening(what: str, key: str, address: str) -> Iterator[None]:
     try:
         yield
     except OSError as e:
-        # asyncio wraps the bind error's text in its own: the errno says it plainly.
-        reason = (os.strerror(e.errno) if e.errno else str(e)).lower()
+        reason = e.strerror or str(e)
+        if e.errno and reason.startswith("error while attempting to bind"):
+            reason = os.strerror(e.errno)  # asyncio's wrapping; the errno says it plainly
+        reason = reason[:1].lower() + reason[1:]
         raise ListenError(f"{what} cannot listen on {address} ({key}): {reason}") from e
 
 

@@ -11,13 +11,16 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from statsd_gateway.aggregator import IntervalAggregator
 from statsd_gateway.model import SeriesKey
 from statsd_gateway.protocol import Sample, StatsdParser
 from statsd_gateway.telemetry import Telemetry
 from statsd_gateway.wal import WriteAheadLog
+
+if TYPE_CHECKING:
+    from statsd_gateway.backpressure import MemoryBound
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +119,8 @@ class Ingest:
         self.parser = parser
         self.wal = wal
         self.holds = WriteHolds()
+        # Set once the flusher exists (after the write-ahead log's replay).
+        self.bound: MemoryBound | None = None
         self._log = RateLimitedLog()
 
     def statsd(self, tenant: str, data: bytes, transport: str) -> None:
@@ -138,10 +143,18 @@ class Ingest:
         if not samples:
             return
         rejects = self.aggregator.add_samples(tenant, samples)
+        if self.bound is not None:
+            self.bound.nudge()
         t.accepted[transport] += len(samples) - len(rejects)
         for i, reason in rejects:
             t.rejects[(transport, reason)] += 1
             self._log.debug("rejected %s sample (%s): %.200r", transport, reason, samples[i][0])
+
+    async def make_room(self, points: int) -> None:
+        """Before an HTTP body of `points` is applied: waits while memory is at its bound
+        (backpressure.py); raises Unavailable if the store cannot take what memory holds."""
+        if self.bound is not None:
+            await self.bound.make_room(points)
 
     def samples(
         self,

@@ -34,11 +34,13 @@ METRICS: dict[str, str] = {
     "flush_rows_total": "Bucket rows written by flushes.",
     "flush_dropped_series_total": "Series-buckets dropped because too many flushes were pending.",
     "flush_quarantined_series_total": "Series-buckets set aside because they cannot be written.",
+    "pressure_flushes_total": "Flushes started early: points in memory at storage.backfill_memory.",
     "wal_replay_skipped_total": "Write-ahead-log points or records skipped at start: invalid.",
     "wal_replay_dropped_bytes_total": "Write-ahead-log bytes not replayed at start: torn, corrupt.",
     "retention_deleted_rows_total": "Bucket rows deleted because they outlived their tier.",
     "last_flush_duration_seconds": "Duration of the last successful flush.",
     "pending_flushes": "Snapshots waiting to be written to the store.",
+    "memory_held_bytes": "Estimated bytes the points in memory take (bounded by backfill_memory).",
     "series": "Series known to the daemon, all tenants.",
 }
 
@@ -57,6 +59,7 @@ class Telemetry:
         self.flushed_rows = 0
         self.flush_dropped_series = 0
         self.flush_quarantined_series = 0
+        self.pressure_flushes = 0
         self.wal_replay_skipped = 0
         self.wal_replay_dropped_bytes = 0
         self.retention_deleted_rows = 0
@@ -67,6 +70,7 @@ class Telemetry:
         self.http_bad_requests: Counter[str] = Counter()
         # Filled in by the composition root: values read at scrape time.
         self.pending_flushes: Callable[[], int] = lambda: 0
+        self.memory_held_bytes: Callable[[], int] = lambda: 0
         self.series_count: Callable[[], int] = lambda: 0
         self.tcp_connections_open: Callable[[], int] = lambda: 0
         # transport -> drops the kernel reports; a transport it does not report for is absent.
@@ -120,6 +124,7 @@ class TelemetryCollector(Collector):
             ("flush_rows_total", t.flushed_rows),
             ("flush_dropped_series_total", t.flush_dropped_series),
             ("flush_quarantined_series_total", t.flush_quarantined_series),
+            ("pressure_flushes_total", t.pressure_flushes),
             ("wal_replay_skipped_total", t.wal_replay_skipped),
             ("wal_replay_dropped_bytes_total", t.wal_replay_dropped_bytes),
             ("retention_deleted_rows_total", t.retention_deleted_rows),
@@ -131,6 +136,7 @@ class TelemetryCollector(Collector):
         for name, gvalue in (
             ("last_flush_duration_seconds", t.last_flush_seconds),
             ("pending_flushes", float(t.pending_flushes())),
+            ("memory_held_bytes", float(t.memory_held_bytes())),
             ("series", float(t.series_count())),
             ("tcp_connections_open", float(t.tcp_connections_open())),
         ):

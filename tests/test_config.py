@@ -179,6 +179,12 @@ BAD = [
     ),
     pytest.param(f"auth:\n  keys:\n    - sha256: {SHA}\n", "auth.keys[0].name", id="key name"),
     pytest.param("log:\n  level: loud\n", "log.level", id="bad log level"),
+    pytest.param(
+        "storage:\n  backfill_memory: 1000\n", "storage.backfill_memory", id="backfill under 1 MiB"
+    ),
+    pytest.param(
+        "storage:\n  backfill_memory: 256MB\n", "storage.backfill_memory", id="backfill not bytes"
+    ),
 ]
 
 

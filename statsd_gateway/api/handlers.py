@@ -130,6 +130,7 @@ async def _once(
     refusal = svc.write_refusal()
     if refusal is not None:
         raise Unavailable(f"{refusal}; nothing was applied, retry later")
+    await svc.ingest.make_room(logged.total)
     key = request_key(request.headers.get("Idempotency-Key"), body)
     rec = None
     try:
