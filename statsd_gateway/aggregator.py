@@ -176,7 +176,8 @@ class IntervalAggregator:
         bucket_now = self.bucket_of(now)
         rejects: list[tuple[int, str]] = []
         live, index = (self._live, self._live_index) if into is None else (into.buckets, into.index)
-        gauges, changed = self._gauges, self._gauges_changed
+        gauges = self._gauges
+        changed = self._gauges_changed if into is None else into.gauges
         current = live.get(bucket_now)
         new_buckets = new_entries = 0
         if current is None:
@@ -330,6 +331,10 @@ class IntervalAggregator:
         """Removes the series from the live interval, every pending snapshot and the gauges'
         current values (an admin delete); returns how many series-buckets were dropped."""
         dropped = 0
+        for index in [self._live_index, *(s.index for s in self._pending)]:
+            for metric in {(k[0], k[1]) for k in keys} & index.keys():
+                # The series may come back into the same bucket: one index entry each.
+                index[metric] = [e for e in index[metric] if e[1] not in keys]
         for buckets in [self._live, *(s.buckets for s in self._pending)]:
             for ts in list(buckets):
                 m = buckets[ts]

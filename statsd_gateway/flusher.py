@@ -144,6 +144,8 @@ class Flusher:
         pending = self.aggregator.pending
         rows = sum(s.series_count() for s in pending)
         while len(pending) > 1 and rows > self.max_pending_rows:
+            if self.holds is not None and self.holds.held(pending[0].seq):
+                break  # a write is still adding to it; its log entry names that seq
             dropped = self.aggregator.drop_oldest_pending()
             pending.remove(dropped)
             n = dropped.series_count()

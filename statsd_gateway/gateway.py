@@ -255,7 +255,9 @@ class Gateway:
         for seq, header, blob in entries:
             try:
                 if header["k"] == "body":
-                    samples, bad = samples_from_logged_body(header, blob)
+                    samples, bad = samples_from_logged_body(
+                        header, blob, self.ingest.parser.sanitise
+                    )
                     for i, e in bad:
                         self._skip_logged(seq, f"point {i}: {e}")
                     self.ingest.replay(header["tenant"], samples)
@@ -521,10 +523,11 @@ def glob_regex(pattern: str) -> re.Pattern[str]:
 
 
 def samples_from_logged_body(
-    header: dict[str, Any], blob: bytes
+    header: dict[str, Any], blob: bytes, sanitise: Callable[[str], str]
 ) -> tuple[list[Sample], list[tuple[int, GatewayError]]]:
     """The points of a logged HTTP body that were accepted, each in the bucket of its receive
-    time (or its own timestamp), and (index, error) of those that no longer validate."""
+    time (or its own timestamp), names cleaned by `sanitise`, and (index, error) of those that
+    no longer validate."""
     body = json.loads(blob)
     points = [body] if header["form"] == "report" else body["points"]
     keep = header["keep"]
@@ -534,7 +537,7 @@ def samples_from_logged_body(
     for i in range(len(points)) if keep is None else keep:
         try:
             name, tags, mtype, value, rate, ts, delta = parse_point(
-                points[i], extra=frozenset({"idempotency_key"})
+                points[i], extra=frozenset({"idempotency_key"}), sanitise=sanitise
             )
         except GatewayError as e:
             bad.append((i, e))

@@ -35,7 +35,9 @@ def body_digest(body: Any) -> str:
     if isinstance(body, dict):
         body = {k: v for k, v in body.items() if k != "idempotency_key"}
     text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    # surrogatepass: a body may hold lone surrogates (JSON's \ud800) that validation refuses
+    # later; the digest of valid text is unchanged.
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def record_fields(rec: IdempotencyRecord) -> dict[str, Any]:

@@ -93,6 +93,9 @@ class WriteHolds:
     def any(self) -> bool:
         return bool(self._counts)
 
+    def held(self, seq: int) -> bool:
+        return seq in self._counts
+
     async def settled(self, seq: int, timeout: float) -> bool:
         """True once no write holds `seq` (at once if none does); False after `timeout`."""
         if seq not in self._counts:

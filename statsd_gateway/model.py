@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import enum
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -72,7 +71,6 @@ STATSD_TYPES: dict[str, MetricType] = {
 
 # Limits of DESIGN.md §4.
 NAME_MAX = 200
-NAME_RE = re.compile(r"[A-Za-z0-9_.\-/:]{1,200}")
 TAGS_MAX = 32
 TAG_KEY_MAX = 100
 TAG_VALUE_MAX = 200

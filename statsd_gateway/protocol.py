@@ -52,10 +52,12 @@ INVALID_TAGS = "invalid_tags"
 INVALID_UTF8 = "invalid_utf8"
 LINE_TOO_LONG = "line_too_long"
 MIXED_TAG_STYLES = "mixed_tag_styles"
+NAME_WITHOUT_ALNUM = "name_without_letter_or_digit"
 REJECT_REASONS = (
     MALFORMED_LINE,
     EMPTY_NAME,
     NAME_TOO_LONG,
+    NAME_WITHOUT_ALNUM,
     EMPTY_VALUE,
     INVALID_VALUE,
     NON_FINITE_VALUE,
@@ -117,6 +119,21 @@ _SANITISE_FUNCS: dict[str, Callable[[str], str]] = {
     "prometheus": sanitise_prometheus,
 }
 _PROM_INVALID = re.compile(r"[^A-Za-z0-9_:]")
+
+
+def clean_name(raw: str, sanitise: Callable[[str], str]) -> tuple[str, str | None]:
+    """The one rule for a metric name, whatever it came in by (StatsD or JSON): stripped,
+    cleaned by the configured sanitiser, then at most NAME_MAX characters with at least one letter
+    or digit left (a name of dots or dashes alone names nothing anyone could ask for). Returns
+    the cleaned name and None, or the reject reason."""
+    name = sanitise(raw.strip())
+    if not name:
+        return name, EMPTY_NAME
+    if len(name) > NAME_MAX:
+        return name, NAME_TOO_LONG
+    if not any(c.isalnum() for c in name):
+        return name, NAME_WITHOUT_ALNUM
+    return name, None
 
 
 def _validated_tags(pairs: list[tuple[str, str]]) -> Tags:
@@ -181,7 +198,7 @@ class StatsdParser:
         if gauge_sign not in GAUGE_SIGNS or sanitise not in SANITISERS:
             raise ValueError(f"gauge_sign {gauge_sign!r} / sanitise {sanitise!r}")
         self._gauge_delta = gauge_sign == "delta"
-        self._sanitise = _SANITISE_FUNCS[sanitise]
+        self.sanitise = _SANITISE_FUNCS[sanitise]  # HTTP names are cleaned by it too
         self._keys: dict[tuple[str, str], tuple[str, Tags]] = {}
         self._lines: dict[str, Sample] = {}
 
@@ -366,11 +383,9 @@ class StatsdParser:
                     continue
                 k, _, v = item.partition(":")
                 pairs.append((k, v))
-        name = self._sanitise(name.strip())
-        if not name:
-            raise LineError(EMPTY_NAME)
-        if len(name) > NAME_MAX:
-            raise LineError(NAME_TOO_LONG)
+        name, reason = clean_name(name, self.sanitise)
+        if reason is not None:
+            raise LineError(reason)
         key = (name, _validated_tags(pairs))
         if len(self._keys) >= _KEY_CACHE_MAX:
             self._keys.clear()

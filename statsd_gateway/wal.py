@@ -91,6 +91,7 @@ class WriteAheadLog:
         self._segments: dict[int, _Segment] = {}
         self.synced_batches = 0  # fsync rounds, for tests and self-metrics
         self.dropped_bytes = 0  # torn or corrupt bytes replay() could not read
+        self._unreported: Exception | None = None  # a failed write no barrier reported yet
         self._dir_id: tuple[int, int] | None = None
         # Why writes fail right now (the directory is gone, the worker died), or None.
         self.problem: str | None = None
@@ -252,15 +253,23 @@ class WriteAheadLog:
     def _process(self, items: list[Any]) -> None:
         waiters: list[asyncio.Future[None]] = []
         dirty: set[int] = set()
-        error: Exception | None = self._check_in_place()
+        # A record and the barrier its request awaits may fall in different batches: a failure
+        # no waiter has heard of yet fails this batch too (and writes none of it), so a barrier
+        # never reports success for a record that was cut back.
+        error: Exception | None = self._check_in_place() or self._unreported
+        records_after_last_waiter = False
         for item in items:
             if isinstance(item, asyncio.Future):
                 waiters.append(item)
+                records_after_last_waiter = False
             elif item[0] == "release":
                 error = error or self._sync(dirty)
                 dirty.clear()
                 self._release(item[1])
-            elif error is None:  # after a failure the batch's waiters all get it: stop writing
+            elif error is not None:  # after a failure the batch's waiters all get it: stop writing
+                records_after_last_waiter = True
+            else:
+                records_after_last_waiter = True
                 seq, record = item
                 try:
                     self._write(seq, record)
@@ -271,6 +280,9 @@ class WriteAheadLog:
         error = error or self._sync(dirty)
         if error is not None:
             self._undo_unsynced()
+        # Records past the last waiter were cut back (or never written): their barriers are
+        # still to come. A batch of releases alone leaves nothing to report.
+        self._unreported = error if records_after_last_waiter else None
         self._close_older_than(max(self._segments, default=0))
         if waiters:
             self.synced_batches += 1

@@ -105,8 +105,8 @@ async def test_report_returns_ok(api: Api) -> None:
 @pytest.mark.parametrize(
     ("point", "field"),
     [
-        ({"name": "has space", "value": 1}, "name"),
-        ({"name": "bad!char", "value": 1}, "name"),
+        ({"name": "...", "value": 1}, "name"),
+        ({"name": "!!!", "value": 1}, "name"),
         ({"name": "", "value": 1}, "name"),
         ({"name": "x" * 201, "value": 1}, "name"),
         ({"value": 1}, "name"),
@@ -192,7 +192,7 @@ async def test_batch_accepts_the_valid_points_and_names_the_bad_ones(api: Api) -
         {"name": "b.ok", "type": "counter", "value": 1},
         {"name": "b.ok", "type": "counter", "value": "x"},
         {"name": "b.ok", "type": "counter", "value": 2, "tags": {"env": "prod"}},
-        {"name": "bad name", "value": 1},
+        {"name": "-._", "value": 1},  # no letter or digit
         {"name": "b.ok", "type": "gauge", "value": 1},
         {"name": "b.ok", "type": "counter", "value": 4},
     ]
@@ -463,6 +463,22 @@ async def test_unknown_and_missing_aggregation(api: Api) -> None:
     assert_error(status, body, 400, "INVALID_ARGUMENT", "agg")
     status, body = await api.query(agg="sum")
     assert_error(status, body, 400, "INVALID_ARGUMENT", "name")
+
+
+async def test_http_names_are_cleaned_as_statsd_names_are(gateway: Gateway, api: Api) -> None:
+    """One name, one metric, whichever way it came in: `a/b` is `a-b` over UDP and HTTP alike."""
+    send_udp(gateway, b"svc/api latency:1|c")
+    await wait_for_udp(gateway, 1)
+    status, body = await api.report({"name": "svc/api  latency", "type": "counter", "value": 2})
+    assert status == 200, body
+    status, body = await api.request("GET", "/v1/metrics")
+    assert [m["name"] for m in body["metrics"]] == ["svc-api_latency"], body
+    assert await single(api, name="svc-api_latency", agg="sum") == 3
+    for name in ("...", "-", "$%!", " "):
+        status, body = await api.report({"name": name, "type": "counter", "value": 1})
+        assert_error(status, body, 400, "INVALID_ARGUMENT", "name")
+    status, body = await api.report({"name": "...", "value": 1})
+    assert "letter or digit" in body["error"]["message"], body
 
 
 async def test_metric_names_filter_by_glob(api: Api) -> None:

@@ -725,6 +725,8 @@ SCENARIOS: list[Any] = [
     ),
     sc("name dots dashes underscores kept", "ns.a-b_c.D9:1|c", q("ns.a-b_c.D9", "sum", 1)),
     sc("name of 200 characters accepted", "n" * 200 + ":1|c", q("n" * 200, "sum", 1)),
+    bad("name of dots alone", "...:1|c", "name_without_letter_or_digit"),
+    bad("name of dashes alone after sanitising", "/-/:1|c", "name_without_letter_or_digit"),
     sc(
         "name shortened by sanitising accepted",
         "s" * 190 + "$" * 60 + ":1|c",

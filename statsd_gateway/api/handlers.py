@@ -133,6 +133,7 @@ async def _once(
     await svc.ingest.make_room(logged.total)
     key = request_key(request.headers.get("Idempotency-Key"), body)
     rec = None
+    replayed = committed = False
     try:
         if key is None:
             answer, replayed = apply(), False
@@ -157,12 +158,14 @@ async def _once(
                     wal.append(seq, header, logged.body if logged.header is not None else b"")
                 await wal.barrier()  # also waits for an earlier request this one replays
             except WalError as e:
-                if rec is not None:
-                    svc.idempotency.discard(rec)
                 raise Unavailable(f"{e}; nothing was applied, retry later") from None
         svc.ingest.commit(logged)
+        committed = True
     finally:
-        svc.ingest.abandon(logged)  # unless committed: an error, or the request cancelled
+        if not committed:  # an error, or the request cancelled: nothing of it is applied
+            svc.ingest.abandon(logged)
+            if rec is not None and not replayed:  # so its key must not answer a retry
+                svc.idempotency.discard(rec)
     if not replayed:
         return web.json_response(answer)
     # A client that reads only the JSON can tell a replay too.
@@ -180,7 +183,9 @@ async def report(request: web.Request) -> web.Response:
 
     def apply() -> dict[str, Any]:
         try:
-            sample = parse_point(body, extra=frozenset({"idempotency_key"}))
+            sample = parse_point(
+                body, extra=frozenset({"idempotency_key"}), sanitise=svc.ingest.parser.sanitise
+            )
         except GatewayError:
             svc.telemetry.reject("http", "invalid_point")
             raise
@@ -213,13 +218,15 @@ async def batch(request: web.Request) -> web.Response:
     _count_http(svc, request, len(points))
     logged = LoggedBody("batch", raw, total=len(points))
 
+    sanitise = svc.ingest.parser.sanitise
+
     def apply() -> dict[str, Any]:
         errors: list[dict[str, Any]] = []
         samples: list[Sample] = []
         positions: list[int] = []
         for i, obj in enumerate(points):
             try:
-                samples.append(parse_point(obj))
+                samples.append(parse_point(obj, sanitise=sanitise))
                 positions.append(i)
             except GatewayError as e:  # the field is named within the batch only on error
                 e.field = f"points[{i}].{e.field}" if e.field else f"points[{i}]"

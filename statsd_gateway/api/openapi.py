@@ -55,7 +55,8 @@ def _query_param(
     }
 
 
-_NAME_PATTERN = "^[A-Za-z0-9_.\\-/:]{1,200}$"
+# At least one letter or digit (Python's [^\\W_]); cleaned as StatsD names are (docs/API.md).
+_NAME_PATTERN = "[^\\W_]"
 _AGG_PATTERN = "^(count|sum|avg|min|max|last|rate|distinct|p(100|[0-9]{1,2}(\\.[0-9]+)?))$"
 # Empty is the same as absent (one point for the whole range).
 _DURATION_PATTERN = "^([0-9]+(\\.[0-9]+)?(ms|s|m|h|d))?$"
@@ -113,7 +114,9 @@ _POINT: dict[str, Any] = {
     "required": ["name", "value"],
     "additionalProperties": False,
     "properties": {
-        "name": {"type": "string", "pattern": _NAME_PATTERN},
+        # At most 200 characters once cleaned, which no JSON schema can say (a longer name
+        # can clean down to fit): not a maxLength.
+        "name": {"type": "string", "minLength": 1, "pattern": _NAME_PATTERN},
         "value": {"oneOf": [{"type": "number"}, {"type": "string", "minLength": 1}]},
         "type": {
             "type": "string",

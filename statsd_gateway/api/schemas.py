@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 from statsd_gateway.errors import InvalidArgument
 from statsd_gateway.model import (
-    NAME_RE,
+    NAME_MAX,
     SAMPLE_RATE_MIN,
     TAG_KEY_MAX,
     TAG_VALUE_MAX,
@@ -18,7 +19,13 @@ from statsd_gateway.model import (
     Tags,
     is_utf8_text,
 )
-from statsd_gateway.protocol import Sample
+from statsd_gateway.protocol import (
+    EMPTY_NAME,
+    NAME_TOO_LONG,
+    NAME_WITHOUT_ALNUM,
+    Sample,
+    clean_name,
+)
 
 _NOT_UTF8 = "strings must be valid Unicode (a lone surrogate such as \\ud800 is not)"
 POINT_FIELDS = frozenset({"name", "value", "type", "tags", "timestamp", "sample_rate"})
@@ -57,10 +64,17 @@ def parse_timestamp(v: Any, field: str) -> float:
     raise InvalidArgument("timestamp must be unix seconds or an RFC 3339 time with offset", field)
 
 
-def parse_point(obj: Any, prefix: str = "", extra: frozenset[str] = frozenset()) -> Sample:
-    """One MetricPoint → a sample; raises InvalidArgument naming `prefix + field`."""
+def parse_point(
+    obj: Any,
+    prefix: str = "",
+    extra: frozenset[str] = frozenset(),
+    *,
+    sanitise: Callable[[str], str],
+) -> Sample:
+    """One MetricPoint → a sample, its name cleaned by `sanitise` as StatsD names are (the
+    parser's `sanitise`); raises InvalidArgument naming `prefix + field`."""
     try:
-        return _parse_point(obj, extra)
+        return _parse_point(obj, extra, sanitise)
     except InvalidArgument as e:
         if prefix:
             e.field = prefix + e.field if e.field else prefix.rstrip(".")
@@ -70,24 +84,33 @@ def parse_point(obj: Any, prefix: str = "", extra: frozenset[str] = frozenset())
 # Names and tag objects already validated: clients send the same few over and over, and the
 # checks cost more than a dict lookup. Bounded: cleared when full.
 _CACHE_MAX = 50_000
-_valid_names: set[str] = set()
+_clean_names: dict[tuple[Callable[[str], str], str], str] = {}
+_NAME_ERRORS = {
+    NAME_TOO_LONG: f"name must be at most {NAME_MAX} characters",
+    EMPTY_NAME: "name must not be empty (after cleaning, as StatsD names are cleaned)",
+    NAME_WITHOUT_ALNUM: "name must contain a letter or digit (after cleaning)",
+}
 _tag_cache: dict[tuple[tuple[Any, Any], ...], Tags] = {}
 
 
-def _parse_point(obj: Any, extra: frozenset[str]) -> Sample:
+def _parse_point(obj: Any, extra: frozenset[str], sanitise: Callable[[str], str]) -> Sample:
     if not isinstance(obj, dict):
         raise InvalidArgument("a point must be a JSON object", None)
     if not obj.keys() <= POINT_FIELDS:
         for k in obj:
             if k not in POINT_FIELDS and k not in extra:
                 raise InvalidArgument(f"unknown field {k!r}", k)
-    name = obj.get("name")
-    if not isinstance(name, str) or name not in _valid_names:
-        if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-            raise InvalidArgument("name must be 1-200 characters of A-Z a-z 0-9 _ . - / :", "name")
-        if len(_valid_names) >= _CACHE_MAX:
-            _valid_names.clear()
-        _valid_names.add(name)
+    raw_name = obj.get("name")
+    if not isinstance(raw_name, str):
+        raise InvalidArgument("name is required: a string", "name")
+    name = _clean_names.get((sanitise, raw_name))
+    if name is None:
+        name, reason = clean_name(raw_name, sanitise)
+        if reason is not None:
+            raise InvalidArgument(_NAME_ERRORS[reason], "name")
+        if len(_clean_names) >= _CACHE_MAX:
+            _clean_names.clear()
+        _clean_names[(sanitise, raw_name)] = name
     type_name = obj.get("type", "gauge")
     mtype = _TYPES.get(type_name) if isinstance(type_name, str) else None
     if mtype is None:

@@ -373,8 +373,10 @@ class SqliteStore:
                 raise
             raise StoreError(f"write failed: {e}") from e
         # Removed between the check and the commit: the commit went into the unlinked file, so
-        # it does not count as stored (the next write reopens the path or fails).
-        self._ensure_in_place()
+        # it does not count as stored. Only compare here: reopening now would make the write
+        # look stored; the check before the next write reopens the path (or fails).
+        if _file_id(self.path) != self._file_id:
+            raise StoreGone(f"the database {self.path} was removed or replaced during a write")
         self._request_checkpoint()
 
     def _roll_back(self, conn: sqlite3.Connection) -> None:
@@ -551,6 +553,7 @@ class SqliteStore:
     def delete_series(self, keys: Sequence[SeriesKey]) -> tuple[int, int]:
         """Deletes these series and their rows in every tier, in one transaction; returns how
         many series were stored and how many rows went."""
+        self._ensure_in_place()  # the ids must be those of the file the delete goes to
         conn = self._wconn
         if conn is None:
             raise StoreError("the store is closed")
