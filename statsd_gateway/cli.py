@@ -61,7 +61,7 @@ async def _serve(config: Config, path: str | None) -> int:
     loop.add_signal_handler(signal.SIGHUP, _reload, gateway, notifier, path)
     try:
         await gateway.start()
-    except (StoreError, OSError) as e:
+    except (StoreError, OSError, ConfigError) as e:  # ConfigError: a TLS file changed since
         log.error("cannot start: %s", e)
         await gateway.stop()
         return 1
