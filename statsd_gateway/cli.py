@@ -61,7 +61,8 @@ async def _serve(config: Config, path: str | None) -> int:
     loop.add_signal_handler(signal.SIGHUP, _reload, gateway, notifier, path)
     try:
         await gateway.start()
-    except (StoreError, ListenError, OSError) as e:
+    # ConfigError: a TLS file changed since the config was read.
+    except (StoreError, ListenError, OSError, ConfigError) as e:
         log.error("cannot start: %s", e)
         await gateway.stop()
         return 1

@@ -17,6 +17,7 @@ import yaml
 
 from statsd_gateway.errors import ConfigError
 from statsd_gateway.protocol import GAUGE_SIGNS, SANITISERS
+from statsd_gateway.tls import server_context
 
 SCOPES = frozenset({"read", "write", "admin"})
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -98,6 +99,20 @@ class StatsdConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class TlsConfig:
+    """HTTPS on the HTTP listener: both PEM files, or neither (plain HTTP). The files are read
+    when the config is loaded, so a missing file or a key that does not match the certificate
+    is a config error."""
+
+    cert_file: str | None = None  # the server's certificate, then any intermediates
+    key_file: str | None = None  # its private key, unencrypted
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None
+
+
+@dataclass(frozen=True, kw_only=True)
 class HttpConfig:
     listen: str = "127.0.0.1:8080"
     max_body_bytes: int = 5 * 1024 * 1024
@@ -105,6 +120,7 @@ class HttpConfig:
     # From a request's first byte, its headers and body must all arrive within this; a client
     # trickling bytes is closed (slow clients would otherwise hold a connection forever).
     read_timeout: float = 30.0
+    tls: TlsConfig = field(default_factory=TlsConfig)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -320,9 +336,9 @@ def _api_key(v: Any, path: str) -> ApiKey:
     )
 
 
-def _section(raw: dict[str, Any], name: str, cls: type) -> dict[str, Any]:
-    d = _mapping(raw.get(name), name)
-    _check_keys(d, cls, name)
+def _section(raw: dict[str, Any], name: str, cls: type, path: str = "") -> dict[str, Any]:
+    d = _mapping(raw.get(name), path or name)
+    _check_keys(d, cls, path or name)
     return d
 
 
@@ -348,6 +364,20 @@ def _unix(d: dict[str, Any]) -> UnixConfig:
         mode=_file_mode(d.get("mode", df.mode), "unix.mode"),
         queue_size=_int(d.get("queue_size", df.queue_size), "unix.queue_size", 1),
     )
+
+
+def _tls(d: dict[str, Any]) -> TlsConfig:
+    files = {
+        k: None if d.get(k) is None else _str(d[k], f"http.tls.{k}")
+        for k in ("cert_file", "key_file")
+    }
+    for k, other in (("cert_file", "key_file"), ("key_file", "cert_file")):
+        if files[k] is None and files[other] is not None:
+            raise ConfigError(f"http.tls.{k}", f"required with http.tls.{other}")
+    tls = TlsConfig(**files)
+    if tls.cert_file is not None and tls.key_file is not None:
+        server_context(tls.cert_file, tls.key_file)  # ConfigError naming the file's key
+    return tls
 
 
 def _file_mode(v: Any, path: str) -> str:
@@ -399,6 +429,7 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
             h.get("max_batch_points", http_d.max_batch_points), "http.max_batch_points", 1
         ),
         read_timeout=_duration(h.get("read_timeout", http_d.read_timeout), "http.read_timeout"),
+        tls=_tls(_section(h, "tls", TlsConfig, "http.tls")),
     )
     wal_dir = s.get("wal_dir")
     storage = StorageConfig(

@@ -40,7 +40,7 @@ from statsd_gateway.config import (
     parse_listen,
     parse_mode,
 )
-from statsd_gateway.errors import GatewayError, ListenError, MetricNotFound
+from statsd_gateway.errors import ConfigError, GatewayError, ListenError, MetricNotFound
 from statsd_gateway.flusher import Flusher
 from statsd_gateway.idempotency import IdempotencyLedger
 from statsd_gateway.ingest import Ingest
@@ -52,6 +52,7 @@ from statsd_gateway.store.retention import RetentionJob
 from statsd_gateway.store.rollup import TierRollup
 from statsd_gateway.tcp import TcpListener
 from statsd_gateway.telemetry import Telemetry
+from statsd_gateway.tls import ServerCertificate
 from statsd_gateway.udp import UdpListener
 from statsd_gateway.unixgram import UnixgramListener
 from statsd_gateway.wal import WriteAheadLog
@@ -121,6 +122,7 @@ class Gateway:
         self.unix: UnixgramListener | None = None
         self.unix_path: str | None = None
         self.http_address: tuple[str, int] | None = None
+        self.tls: ServerCertificate | None = None
         self._runner: web.AppRunner | None = None
         self._store_open = False
         self.wal: WriteAheadLog | None = None
@@ -205,6 +207,17 @@ class Gateway:
         await self._start_stream_transports()
         self.telemetry.kernel_drops = self._kernel_drops
 
+        await self._start_http()
+        if self.flush_on_ticks:
+            self.flusher.start()
+            self.retention.start()
+
+    async def _start_http(self) -> None:
+        cfg = self.config
+        tls = cfg.http.tls
+        if tls.cert_file is not None and tls.key_file is not None:
+            self.tls = ServerCertificate(tls.cert_file, tls.key_file)
+            log.info("http.tls: serving the certificate in %s", tls.cert_file)
         app = create_app(self, max_body_bytes=cfg.http.max_body_bytes)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
@@ -215,14 +228,26 @@ class Gateway:
             port,
             read_timeout=lambda: self.config.http.read_timeout,
             bad_requests=BadRequests(self.telemetry),
+            ssl_context=None if self.tls is None else self.tls.context,
+            handshake_timeout=cfg.http.read_timeout,
         )
         with listening("http", "http.listen", cfg.http.listen):
             await site.start()
         self.http_address = site.address
-        log.info("listening http %s", _fmt(self.http_address))
-        if self.flush_on_ticks:
-            self.flusher.start()
-            self.retention.start()
+        log.info("listening %s %s", site.scheme, _fmt(self.http_address))
+
+    def _reload_certificate(self, new: Config) -> None:
+        """On every reload with TLS on: the files may hold a renewed certificate under the same
+        names. One that cannot be used leaves the running one served."""
+        tls = new.http.tls
+        if self.tls is None or tls.cert_file is None or tls.key_file is None:
+            return
+        try:
+            self.tls.reload(tls.cert_file, tls.key_file)
+        except ConfigError as e:
+            log.error("reload: %s; keeping the certificate served so far", e)
+        else:
+            log.info("reload: http.tls: reloaded the certificate from %s", tls.cert_file)
 
     async def _rebuild_rollups(self) -> TierRollup:
         """The coarse tiers' open buckets, from the rows of the tier below them on disk."""
@@ -308,8 +333,9 @@ class Gateway:
         return {} if drops is None else {"udp": drops}
 
     def reload(self, new: Config) -> list[str]:
-        """Applies what can change while running (keys, limits, log level); returns the changed
-        settings that only take effect after a restart."""
+        """Applies what can change while running (keys, limits, log level, the TLS certificate,
+        read again from its files); returns the changed settings that only take effect after a
+        restart."""
         old = self.config
         self.config = new
         self._setup_keys()
@@ -321,6 +347,7 @@ class Gateway:
             self.query_engine.max_sketches = new.query.max_sketches
             self.flusher.max_pending_rows = new.aggregation.max_pending_rows
         logging.getLogger("statsd_gateway").setLevel(new.log.level.upper())
+        self._reload_certificate(new)
         needs_restart = []
         for path, before, after in (
             ("udp", old.udp, new.udp),
@@ -329,6 +356,7 @@ class Gateway:
             ("statsd", old.statsd, new.statsd),
             ("http.listen", old.http.listen, new.http.listen),
             ("http.max_body_bytes", old.http.max_body_bytes, new.http.max_body_bytes),
+            ("http.tls", old.http.tls.enabled, new.http.tls.enabled),
             *(
                 (f"storage.{f.name}", getattr(old.storage, f.name), getattr(new.storage, f.name))
                 for f in dataclasses.fields(StorageConfig)

@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -23,14 +24,24 @@ import pytest
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
 POLL_TIMEOUT = 10.0
-_LISTENING_RE = re.compile(r"listening (udp|http) 127\.0\.0\.1:(\d+)")
+# `listening https …` when http.tls is configured.
+_LISTENING_RE = re.compile(r"listening (udp|https?) 127\.0\.0\.1:(\d+)")
 
 
 class Daemon:
     """One run of the daemon; stderr is drained by a thread so the pipe never fills."""
 
-    def __init__(self, config_path: Path, *, env: dict[str, str] | None = None) -> None:
-        """`env`: variables added to this process's environment for the daemon."""
+    def __init__(
+        self,
+        config_path: Path,
+        *,
+        env: dict[str, str] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        """`env`: variables added to this process's environment for the daemon; `ssl_context`:
+        the client side of an HTTPS listener (trusting its certificate)."""
+        self.ssl_context = ssl_context
+        self.http_scheme = "http"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "statsd_gateway", "serve", "--config", str(config_path)],
             env=None if env is None else {**os.environ, **env},
@@ -67,7 +78,10 @@ class Daemon:
                 for line in self.lines:
                     m = _LISTENING_RE.search(line)
                     if m:
-                        ports[m.group(1)] = int(m.group(2))
+                        scheme = m.group(1)
+                        if scheme != "udp":
+                            self.http_scheme = scheme
+                        ports["udp" if scheme == "udp" else "http"] = int(m.group(2))
                 if len(ports) == 2:
                     return ports["udp"], ports["http"]
                 left = deadline - time.monotonic()
@@ -79,7 +93,7 @@ class Daemon:
 
     @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"{self.http_scheme}://127.0.0.1:{self.http_port}"
 
     def send_udp(self, *datagrams: bytes) -> None:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -95,7 +109,7 @@ class Daemon:
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.base + path, data=data, headers=headers, method=method)
         try:
-            with urllib.request.urlopen(req, timeout=10) as r:
+            with urllib.request.urlopen(req, timeout=10, context=self.ssl_context) as r:
                 return r.status, json.load(r), dict(r.headers)
         except urllib.error.HTTPError as e:
             with e:

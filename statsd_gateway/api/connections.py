@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections import Counter
 from collections.abc import Callable, MutableMapping
@@ -198,7 +199,8 @@ class GuardedRequestHandler(web.RequestHandler):
 class GuardedTCPSite(web.BaseSite):
     """web.TCPSite whose connections are GuardedRequestHandlers (TCPSite always makes plain
     RequestHandlers); `read_timeout()` is read at each new connection, so a reload applies to
-    the connections that follow."""
+    the connections that follow. With `ssl_context` it serves HTTPS only; a TLS handshake must
+    end within `handshake_timeout` seconds (the read deadline starts after it)."""
 
     def __init__(
         self,
@@ -208,17 +210,25 @@ class GuardedTCPSite(web.BaseSite):
         *,
         read_timeout: Callable[[], float],
         bad_requests: BadRequests,
+        ssl_context: ssl.SSLContext | None = None,
+        handshake_timeout: float = 60.0,
     ) -> None:
         super().__init__(runner)
         self._host = host
         self._port = port
         self._read_timeout = read_timeout
         self._bad_requests = bad_requests
+        self._ssl_context = ssl_context
+        self._handshake_timeout = handshake_timeout
         self._listening: asyncio.Server | None = None
 
     @property
+    def scheme(self) -> str:
+        return "http" if self._ssl_context is None else "https"
+
+    @property
     def name(self) -> str:
-        return f"http://{self._host}:{self._port}"
+        return f"{self.scheme}://{self._host}:{self._port}"
 
     def _connection(self) -> GuardedRequestHandler:
         server = self._runner.server
@@ -234,8 +244,14 @@ class GuardedTCPSite(web.BaseSite):
     async def start(self) -> None:
         await super().start()
         loop = asyncio.get_running_loop()
+        tls = self._ssl_context
         self._listening = await loop.create_server(
-            self._connection, self._host, self._port, backlog=self._backlog
+            self._connection,
+            self._host,
+            self._port,
+            backlog=self._backlog,
+            ssl=tls,
+            ssl_handshake_timeout=None if tls is None else self._handshake_timeout,
         )
         self._server = self._listening  # BaseSite.stop() closes it
 
