@@ -168,11 +168,17 @@ class IntervalAggregator:
         return float(round(b, 6))
 
     def add_samples(
-        self, tenant: str, samples: Iterable[Sample], *, into: Snapshot | None = None
+        self,
+        tenant: str,
+        samples: Iterable[Sample],
+        *,
+        into: Snapshot | None = None,
+        now: float | None = None,
     ) -> list[tuple[int, str]]:
-        """Adds samples (to the live interval, or to `into`); returns (index, reason) of each
-        rejected one."""
-        now = self.clock()
+        """Adds samples (to the live interval, or to `into`) as received at `now` (default: the
+        clock); returns (index, reason) of each rejected one."""
+        if now is None:
+            now = self.clock()
         bucket_now = self.bucket_of(now)
         rejects: list[tuple[int, str]] = []
         live, index = (self._live, self._live_index) if into is None else (into.buckets, into.index)
@@ -263,18 +269,18 @@ class IntervalAggregator:
         return rejects
 
     def admit(
-        self, tenant: str, samples: Iterable[Sample]
+        self, tenant: str, samples: Iterable[Sample], now: float
     ) -> tuple[list[Sample], list[tuple[int, str]], list[SeriesKey]]:
-        """The checks of add_samples() without adding anything: returns the accepted samples
-        (each stamped with the receive time when it has no timestamp of its own, so that it
-        lands in the same bucket however late it is added), (index, reason) of the rejected
-        ones, and the series this call registered. The series and types of the accepted ones
-        are reserved now, so that a concurrent request is judged against them."""
-        now = self.clock()
+        """The checks of add_samples() for samples received at `now`, without adding anything:
+        returns the accepted samples (for add_admitted with the same `now`, so that they land in
+        the same buckets however late they are added), (index, reason) of the rejected ones,
+        and the series this call registered. The series and types of the accepted ones are
+        reserved now, so that a concurrent request is judged against them."""
         accepted: list[Sample] = []
         rejects: list[tuple[int, str]] = []
         new: list[SeriesKey] = []
-        for i, (name, tags, mtype, value, rate, ts, delta) in enumerate(samples):
+        for i, sample in enumerate(samples):
+            name, tags, mtype, _, _, ts, _ = sample
             if ts is not None and ts > now + FUTURE_MAX_SECONDS:
                 rejects.append((i, TIMESTAMP_IN_FUTURE))
                 continue
@@ -289,23 +295,21 @@ class IntervalAggregator:
                 continue
             if fresh:
                 new.append((tenant, name, tags))
-            accepted.append((name, tags, mtype, value, rate, now if ts is None else ts, delta))
+            accepted.append(sample)
         return accepted, rejects, new
 
-    def add_admitted(self, tenant: str, samples: list[Sample], seq: int) -> list[tuple[int, str]]:
-        """Adds samples admit() accepted to the snapshot `seq` (the live interval, or a pending
-        snapshot swapped out since; the flusher writes none while a write holds its seq). A
-        snapshot no longer pending (dropped) gives way to the live interval: a later seq,
-        released only once written."""
+    def add_admitted(
+        self, tenant: str, samples: list[Sample], seq: int, now: float
+    ) -> list[tuple[int, str]]:
+        """Adds samples admit() accepted at `now` to the snapshot `seq` (the live interval, or a
+        pending snapshot swapped out since; the flusher writes none while a write holds its
+        seq), judged again as at `now` (the time spent logging is no age). A snapshot no longer
+        pending (dropped) gives way to the live interval: a later seq, released only once
+        written."""
         into = None
         if seq != self._next_seq:
             into = next((s for s in self._pending if s.seq == seq), None)
-        saved = self.max_backdate
-        self.max_backdate = math.inf  # judged at admission; the time spent logging is no age
-        try:
-            return self.add_samples(tenant, samples, into=into)
-        finally:
-            self.max_backdate = saved
+        return self.add_samples(tenant, samples, into=into, now=now)
 
     def _admit(self, tenant: str, name: str, tags: Tags, mtype: MetricType) -> str | None:
         reg = self.registry

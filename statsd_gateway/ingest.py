@@ -65,6 +65,7 @@ class LoggedBody:
     header: dict[str, Any] | None = None
     tenant: str = ""
     admitted: list[Sample] | None = None
+    received: float = 0.0  # the receive time they were admitted at (and are added as of)
     new_series: list[SeriesKey] = field(default_factory=list)
 
 
@@ -181,7 +182,7 @@ class Ingest:
             return rejects
         seq = self.aggregator.next_seq
         now = self.aggregator.clock()
-        admitted, rejects, new_series = self.aggregator.admit(tenant, samples)
+        admitted, rejects, new_series = self.aggregator.admit(tenant, samples, now)
         self._count(transport, 0, rejects)
         if admitted:
             keep = logged.positions
@@ -197,6 +198,7 @@ class Ingest:
                 "keep": None if len(keep) == logged.total else keep,
             }
             logged.tenant, logged.admitted, logged.new_series = tenant, admitted, new_series
+            logged.received = now
             self.holds.take(seq)
         return rejects
 
@@ -211,7 +213,7 @@ class Ingest:
             return
         samples, logged.admitted = logged.admitted, None
         try:
-            late = self.aggregator.add_admitted(logged.tenant, samples, logged.seq)
+            late = self.aggregator.add_admitted(logged.tenant, samples, logged.seq, logged.received)
         finally:
             self.holds.give_back(logged.seq)
         # Only a race with the store forgetting a series can refuse a point here; the log holds

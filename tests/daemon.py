@@ -180,3 +180,15 @@ def wait_for_log(d: Daemon, text: str, after: int) -> None:
         if time.monotonic() > deadline or d.proc.poll() is not None:
             pytest.fail(f"no log line with {text!r}; stderr:\n{d.stderr}")
         time.sleep(0.02)
+
+
+def fresh_config(tmp_path: Path) -> tuple[Path, Path]:
+    """A config (1 s flushes) at tmp_path/gw.yaml with its state in tmp_path/state."""
+    path, state = tmp_path / "gw.yaml", tmp_path / "state"
+    write_config(path, state, flush_interval="1s")
+    return path, state
+
+
+def generated_key(state: Path) -> str:
+    """The API key the daemon generated at its first start (no auth.keys configured)."""
+    return (state / "api-key").read_text(encoding="utf-8").strip()

@@ -163,7 +163,15 @@ def openapi_spec() -> dict[str, Any]:
         "openapi": "3.0.3",
         "info": {"title": "statsd-gateway", "version": __version__},
         "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "An API key; its scopes decide what it may do: read (query, "
+                    "list, discover, export), write (report, batch), admin (delete). A key "
+                    "lacking the scope an operation needs gets 403 PERMISSION_DENIED.",
+                }
+            },
             "schemas": {
                 "Error": {
                     "type": "object",

@@ -23,7 +23,7 @@ from statsd_gateway.config import Config
 from statsd_gateway.model import RowBatch
 from statsd_gateway.store.sqlite import StoreError
 from tests.conftest import T0, Api, ManualClock, running, send_udp, wait_for_udp
-from tests.daemon import POLL_TIMEOUT, Daemon, poll_value, write_config
+from tests.daemon import POLL_TIMEOUT, Daemon, fresh_config, generated_key, poll_value
 
 STEP = 300.0  # five minutes
 
@@ -211,12 +211,10 @@ def test_the_daemon_rides_out_wall_clock_steps_backward_and_forward(
     lib = build_shim(tmp_path)
     shift = tmp_path / "shift"
     shift.write_text("0", encoding="utf-8")
-    path = tmp_path / "gw.yaml"
-    state = tmp_path / "state"
-    write_config(path, state, flush_interval="1s")
+    path, state = fresh_config(tmp_path)
     d = Daemon(path, env={"LD_PRELOAD": str(lib), "CLOCK_SHIFT_FILE": str(shift)})
     daemons.append(d)
-    key = (state / "api-key").read_text().strip()
+    key = generated_key(state)
     span = {"since": int(time.time() - 3600), "until": int(time.time() + 3600)}
     sent = 0
     for offset in (0.0, -STEP, 0.0, STEP):  # back five minutes, forward five, forward five

@@ -19,7 +19,7 @@ from typing import Any
 
 from statsd_gateway.config import Config
 from tests.conftest import ManualClock, running, send_udp, wait_for_udp
-from tests.daemon import Daemon, poll_value, wait_for_log, write_config
+from tests.daemon import Daemon, fresh_config, generated_key, poll_value, wait_for_log
 
 
 def copy_database(source: Path, dest: Path) -> None:
@@ -107,12 +107,10 @@ async def test_a_database_file_replaced_is_opened_as_it_is(
 def test_the_daemon_keeps_what_it_received_after_its_data_directory_was_removed(
     tmp_path: Path, daemons: list[Daemon]
 ) -> None:
-    path = tmp_path / "gw.yaml"
-    state = tmp_path / "state"
-    write_config(path, state, flush_interval="1s")
+    path, state = fresh_config(tmp_path)
     d = Daemon(path)
     daemons.append(d)
-    key = (state / "api-key").read_text().strip()
+    key = generated_key(state)
     d.send_udp(b"gone.c:1|c")
     poll_value(d, key, 1, name="gone.c", agg="sum")
     wait_until_written(d)  # the point from before the removal is in the file removed
@@ -132,7 +130,7 @@ def test_the_daemon_keeps_what_it_received_after_its_data_directory_was_removed(
     assert "reopened the database" in d.stderr
     again = Daemon(path)
     daemons.append(again)
-    key = (state / "api-key").read_text().strip()  # the old key file went with the directory
+    key = generated_key(state)  # the old key file went with the directory
     # The finest tier: the new file's rows are what arrived after the removal (the coarse
     # tiers' open buckets, held in memory, still count the point from before it too).
     status, answer = again.query(key, name="gone.c", agg="sum", window="10s", since="-15m")

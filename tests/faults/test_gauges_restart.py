@@ -13,7 +13,7 @@ from statsd_gateway.config import Config
 from statsd_gateway.model import BucketRow, MetricType, RowBatch
 from statsd_gateway.store import SqliteStore
 from tests.conftest import T0, ManualClock, running, send_udp, wait_for_udp
-from tests.daemon import Daemon, poll_value, write_config
+from tests.daemon import Daemon, fresh_config, generated_key, poll_value
 from tests.test_wal import crash, started
 
 
@@ -69,12 +69,10 @@ async def test_after_a_crash_the_current_value_is_the_last_flushed_or_logged_one
 def test_the_daemon_keeps_gauge_values_across_a_restart(
     tmp_path: Path, daemons: list[Daemon]
 ) -> None:
-    path = tmp_path / "gw.yaml"
-    state = tmp_path / "state"
-    write_config(path, state, flush_interval="1s")
+    path, state = fresh_config(tmp_path)
     d = Daemon(path)
     daemons.append(d)
-    key = (state / "api-key").read_text().strip()
+    key = generated_key(state)
     d.send_udp(b"d.g:40|g")
     poll_value(d, key, 40, name="d.g", agg="last", since="-60s")
     assert d.terminate() == 0

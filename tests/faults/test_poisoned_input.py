@@ -21,7 +21,7 @@ from statsd_gateway.flusher import QUARANTINE_AFTER
 from statsd_gateway.model import MetricType, RowBatch
 from statsd_gateway.wal import WriteAheadLog
 from tests.conftest import KEY, T0, ManualClock, make_config, running
-from tests.daemon import Daemon, poll_value, write_config
+from tests.daemon import Daemon, fresh_config, generated_key, poll_value
 
 POISON = "\ud800"
 
@@ -198,15 +198,13 @@ async def test_a_poisoned_record_in_the_log_is_reported_and_skipped_at_start(
 def test_the_daemon_refuses_the_poison_and_survives_an_old_poisoned_log(
     tmp_path: Path, daemons: list[Daemon]
 ) -> None:
-    path = tmp_path / "gw.yaml"
-    state = tmp_path / "state"
-    write_config(path, state, flush_interval="1s")
+    path, state = fresh_config(tmp_path)
     wal_dir = Path(str(state / "metrics.db") + ".http-wal")
     logged = [point("d.c", 3), point("d.c", 1, k=POISON)]
     asyncio.run(write_old_log(wal_dir, 1, logged, now=time.time()))
     d = Daemon(path)
     daemons.append(d)
-    key = (state / "api-key").read_text().strip()
+    key = generated_key(state)
     assert "write-ahead log segment 1: skipped point 1" in d.stderr
     status, answer, _ = d.request("POST", "/v1/metrics/report", key, point("d.c", 1, k=POISON))
     assert status == 400 and answer["error"]["field"] == "tags.k", answer
