@@ -11,17 +11,13 @@ import asyncio
 import contextlib
 import dataclasses
 import gc
-import json
 import logging
 import os
-import re
 import secrets
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 
@@ -29,8 +25,8 @@ from statsd_gateway.aggregator import IntervalAggregator, SeriesRegistry
 from statsd_gateway.api.app import create_app
 from statsd_gateway.api.auth import KeyRing
 from statsd_gateway.api.connections import BadRequests, GuardedTCPSite
-from statsd_gateway.api.schemas import parse_point
 from statsd_gateway.backpressure import MemoryBound
+from statsd_gateway.catalog import MetricCatalog
 from statsd_gateway.config import (
     SCOPES,
     ApiKey,
@@ -40,13 +36,14 @@ from statsd_gateway.config import (
     parse_listen,
     parse_mode,
 )
-from statsd_gateway.errors import ConfigError, GatewayError, ListenError, MetricNotFound
+from statsd_gateway.errors import ConfigError, ListenError
 from statsd_gateway.flusher import Flusher
 from statsd_gateway.idempotency import IdempotencyLedger
 from statsd_gateway.ingest import Ingest
-from statsd_gateway.model import SeriesKey, Tags
-from statsd_gateway.protocol import Sample, StatsdParser
+from statsd_gateway.model import SeriesKey
+from statsd_gateway.protocol import StatsdParser
 from statsd_gateway.query import QueryEngine
+from statsd_gateway.replay import LogReplay
 from statsd_gateway.store import SqliteStore
 from statsd_gateway.store.retention import RetentionJob
 from statsd_gateway.store.rollup import TierRollup
@@ -159,7 +156,7 @@ class Gateway:
         self.idempotency = IdempotencyLedger(
             self.store, lambda: self.aggregator.next_seq, self.clock
         )
-        self._replay(replayed, first_seq)
+        LogReplay(self.ingest, self.idempotency, self.telemetry).replay(replayed, first_seq)
         if wal is not None:
             wal.start()
         self.wal = wal
@@ -189,6 +186,7 @@ class Gateway:
         self.query_engine = QueryEngine(
             self.store, self.aggregator, max_sketches=cfg.query.max_sketches
         )
+        self.catalog = MetricCatalog(self.registry, self.aggregator, self.store, self.flusher)
         self.telemetry.pending_flushes = lambda: len(self.aggregator.pending)
         self.telemetry.memory_held_bytes = self.aggregator.memory_bytes
         self.telemetry.series_count = lambda: sum(len(s) for s in self.registry.series.values())
@@ -271,35 +269,6 @@ class Gateway:
         gone = [k for k in keys if k not in in_memory]
         self.registry.forget(gone)
         self.aggregator.forget_gauges(gone)
-
-    def _replay(self, entries: list[tuple[int, Any, bytes]], first_seq: int) -> None:
-        """Re-applies the logged HTTP points. A point or record that does not pass today's
-        validation (one logged before a check existed could poison every flush) is reported and
-        skipped; everything else in its segment is replayed."""
-        points = 0
-        for seq, header, blob in entries:
-            try:
-                if header["k"] == "body":
-                    samples, bad = samples_from_logged_body(
-                        header, blob, self.ingest.parser.sanitise
-                    )
-                    for i, e in bad:
-                        self._skip_logged(seq, f"point {i}: {e}")
-                    self.ingest.replay(header["tenant"], samples)
-                    points += len(samples)
-                    if "idempotency" in header:
-                        self.idempotency.restore(header["idempotency"], first_seq)
-                elif header["k"] == "idempotency":
-                    fields = {k: v for k, v in header.items() if k != "k"}
-                    self.idempotency.restore(fields, first_seq)
-            except Exception as e:  # a record of a shape this version cannot read
-                self._skip_logged(seq, f"record: {type(e).__name__}: {e}")
-        if entries:
-            log.info("replayed %d HTTP points from the write-ahead log", points)
-
-    def _skip_logged(self, seq: int, what: str) -> None:
-        self.telemetry.wal_replay_skipped += 1
-        log.error("write-ahead log segment %d: skipped %s", seq, what)
 
     async def _start_stream_transports(self) -> None:
         cfg = self.config
@@ -468,67 +437,6 @@ class Gateway:
             problems.append("unix socket not bound")
         return problems
 
-    def metrics_of(self, tenant: str, match: str | None = None) -> list[dict[str, Any]]:
-        """The tenant's metrics (those whose name matches the glob `match`, if given) with
-        their type and tag keys, by name."""
-        wanted = None if match is None else glob_regex(match)
-        tag_keys: dict[str, set[str]] = {}
-        for name, tags in self.registry.series.get(tenant, ()):
-            if wanted is None or wanted.fullmatch(name):
-                tag_keys.setdefault(name, set()).update(k for k, _ in tags)
-        return [
-            {
-                "name": name,
-                "type": self.registry.types[(tenant, name)].value,
-                "tag_keys": sorted(keys),
-            }
-            for name, keys in sorted(tag_keys.items())
-        ]
-
-    async def delete_metric(self, tenant: str, name: str, tags: Tags) -> dict[str, int]:
-        """Deletes the metric's series that carry `tags` (all of them without), their history
-        in every tier and what memory holds of them, and frees their cardinality slots."""
-        if (tenant, name) not in self.registry.types:
-            raise MetricNotFound(f"no metric named {name!r}", "name")
-        keys = {
-            (tenant, n, t)
-            for n, t in self.registry.series.get(tenant, ())
-            if n == name and dict(tags).items() <= dict(t).items()
-        }
-        store, rollup = self.store, self.flusher.rollup
-        async with self.flusher.paused():  # a flush in progress would write them back
-            series, rows = await store.run_write(partial(store.delete_series, list(keys)))
-            if rollup is not None:
-                await store.run_write(partial(rollup.discard, keys))
-            in_memory = self.aggregator.discard(keys)
-            self.registry.forget(keys)
-        # Their points may still be in the write-ahead log, which a crash would replay: a flush
-        # now writes what memory holds without them and releases the log up to here.
-        await self.flusher.flush(force=True)
-        return {"series": len(keys), "stored_series": series, "rows": rows, "in_memory": in_memory}
-
-    def tags_of(self, tenant: str, name: str, limit: int) -> list[dict[str, Any]]:
-        """Each tag key of a metric with its values, the values carried by the most series
-        first (ties by value), at most `limit` of them per key; `truncated` says more exist."""
-        if (tenant, name) not in self.registry.types:
-            raise MetricNotFound(f"no metric named {name!r}", "name")
-        by_key: dict[str, Counter[str]] = {}
-        for series_name, tags in self.registry.series.get(tenant, ()):
-            if series_name == name:
-                for k, v in tags:
-                    by_key.setdefault(k, Counter())[v] += 1
-        out = []
-        for key in sorted(by_key):
-            ranked = sorted(by_key[key].items(), key=lambda kv: (-kv[1], kv[0]))
-            out.append(
-                {
-                    "key": key,
-                    "values": [{"value": v, "series": n} for v, n in ranked[:limit]],
-                    "truncated": len(ranked) > limit,
-                }
-            )
-        return out
-
 
 @contextlib.contextmanager
 def listening(what: str, key: str, address: str) -> Iterator[None]:
@@ -542,36 +450,6 @@ def listening(what: str, key: str, address: str) -> Iterator[None]:
             reason = os.strerror(e.errno)  # asyncio's wrapping; the errno says it plainly
         reason = reason[:1].lower() + reason[1:]
         raise ListenError(f"{what} cannot listen on {address} ({key}): {reason}") from e
-
-
-def glob_regex(pattern: str) -> re.Pattern[str]:
-    """`*` (any run of characters) and `?` (one character); everything else is literal."""
-    parts = (".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
-    return re.compile("".join(parts), re.DOTALL)
-
-
-def samples_from_logged_body(
-    header: dict[str, Any], blob: bytes, sanitise: Callable[[str], str]
-) -> tuple[list[Sample], list[tuple[int, GatewayError]]]:
-    """The points of a logged HTTP body that were accepted, each in the bucket of its receive
-    time (or its own timestamp), names cleaned by `sanitise`, and (index, error) of those that
-    no longer validate."""
-    body = json.loads(blob)
-    points = [body] if header["form"] == "report" else body["points"]
-    keep = header["keep"]
-    now = header["now"]
-    out: list[Sample] = []
-    bad: list[tuple[int, GatewayError]] = []
-    for i in range(len(points)) if keep is None else keep:
-        try:
-            name, tags, mtype, value, rate, ts, delta = parse_point(
-                points[i], extra=frozenset({"idempotency_key"}), sanitise=sanitise
-            )
-        except GatewayError as e:
-            bad.append((i, e))
-            continue
-        out.append((name, tags, mtype, value, rate, now if ts is None else ts, delta))
-    return out, bad
 
 
 def _fmt(addr: tuple[str, int]) -> str:

@@ -14,6 +14,7 @@ from statsd_gateway.api import connections
 from statsd_gateway.api.auth import KeyRing, require
 from statsd_gateway.api.openapi import openapi_spec
 from statsd_gateway.api.schemas import parse_point
+from statsd_gateway.catalog import MetricCatalog
 from statsd_gateway.errors import (
     CardinalityLimit,
     GatewayError,
@@ -29,7 +30,6 @@ from statsd_gateway.idempotency import (
     request_key,
 )
 from statsd_gateway.ingest import Ingest, LoggedBody
-from statsd_gateway.model import Tags
 from statsd_gateway.protocol import Sample
 from statsd_gateway.query import (
     QUERY_PARAMETERS,
@@ -49,6 +49,7 @@ class GatewayServices(Protocol):
     keyring: KeyRing
     ingest: Ingest
     query_engine: QueryEngine
+    catalog: MetricCatalog
     idempotency: IdempotencyLedger
     telemetry: Telemetry
     max_body_bytes: int
@@ -62,12 +63,6 @@ class GatewayServices(Protocol):
     def write_refusal(self) -> str | None:
         """Why writes are refused right now (the store or its log is gone), or None."""
         ...
-
-    def metrics_of(self, tenant: str, match: str | None = None) -> list[dict[str, Any]]: ...
-
-    def tags_of(self, tenant: str, name: str, limit: int) -> list[dict[str, Any]]: ...
-
-    async def delete_metric(self, tenant: str, name: str, tags: Tags) -> dict[str, int]: ...
 
 
 log = logging.getLogger(__name__)
@@ -273,7 +268,9 @@ async def list_metrics(request: web.Request) -> web.Response:
     principal = require(request, "read")
     check_parameters(request.query, ("match",))
     match = request.query.get("match") or None
-    return web.json_response({"ok": True, "metrics": svc.metrics_of(principal.tenant, match)})
+    return web.json_response(
+        {"ok": True, "metrics": svc.catalog.metrics_of(principal.tenant, match)}
+    )
 
 
 TAG_VALUES_DEFAULT = 100
@@ -294,7 +291,7 @@ async def metric_tags(request: web.Request) -> web.Response:
                 f"limit must be a whole number from 1 to {TAG_VALUES_MAX}", "limit"
             )
     name = params["name"]
-    tags = svc.tags_of(principal.tenant, name, limit)
+    tags = svc.catalog.tags_of(principal.tenant, name, limit)
     return web.json_response({"ok": True, "name": name, "tags": tags})
 
 
@@ -304,7 +301,7 @@ async def delete_metric(request: web.Request) -> web.Response:
     params = request.query
     check_parameters(params, ("name", "tags"), ("name",))
     name, tags = params["name"], parse_tag_filter(params)
-    deleted = await svc.delete_metric(principal.tenant, name, tags)
+    deleted = await svc.catalog.delete_metric(principal.tenant, name, tags)
     log.warning(
         "key %r deleted %d series of %r in tenant %r (tags %s): %d stored rows",
         principal.name,

@@ -1,0 +1,101 @@
+"""What a tenant has, and the admin delete: its metrics by name (filtered by a glob), a
+metric's tag values ranked by how many series carry them, and the deletion of a metric's
+series with their history.
+
+Reads the series registry (every series the daemon knows: seeded from the store at start, added
+to at admission); a delete reaches the store, the open rollups and memory, with no flush running.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from functools import partial
+from typing import Any
+
+from statsd_gateway.aggregator import IntervalAggregator, SeriesRegistry
+from statsd_gateway.errors import MetricNotFound
+from statsd_gateway.flusher import Flusher
+from statsd_gateway.model import Tags
+from statsd_gateway.store import SqliteStore
+
+
+class MetricCatalog:
+    def __init__(
+        self,
+        registry: SeriesRegistry,
+        aggregator: IntervalAggregator,
+        store: SqliteStore,
+        flusher: Flusher,
+    ) -> None:
+        self._registry = registry
+        self._aggregator = aggregator
+        self._store = store
+        self._flusher = flusher
+
+    def metrics_of(self, tenant: str, match: str | None = None) -> list[dict[str, Any]]:
+        """The tenant's metrics (those whose name matches the glob `match`, if given) with
+        their type and tag keys, by name."""
+        wanted = None if match is None else glob_regex(match)
+        tag_keys: dict[str, set[str]] = {}
+        for name, tags in self._registry.series.get(tenant, ()):
+            if wanted is None or wanted.fullmatch(name):
+                tag_keys.setdefault(name, set()).update(k for k, _ in tags)
+        return [
+            {
+                "name": name,
+                "type": self._registry.types[(tenant, name)].value,
+                "tag_keys": sorted(keys),
+            }
+            for name, keys in sorted(tag_keys.items())
+        ]
+
+    async def delete_metric(self, tenant: str, name: str, tags: Tags) -> dict[str, int]:
+        """Deletes the metric's series that carry `tags` (all of them without), their history
+        in every tier and what memory holds of them, and frees their cardinality slots."""
+        if (tenant, name) not in self._registry.types:
+            raise MetricNotFound(f"no metric named {name!r}", "name")
+        keys = {
+            (tenant, n, t)
+            for n, t in self._registry.series.get(tenant, ())
+            if n == name and dict(tags).items() <= dict(t).items()
+        }
+        store, rollup = self._store, self._flusher.rollup
+        async with self._flusher.paused():  # a flush in progress would write them back
+            series, rows = await store.run_write(partial(store.delete_series, list(keys)))
+            if rollup is not None:
+                await store.run_write(partial(rollup.discard, keys))
+            in_memory = self._aggregator.discard(keys)
+            self._registry.forget(keys)
+        # Their points may still be in the write-ahead log, which a crash would replay: a flush
+        # now writes what memory holds without them and releases the log up to here.
+        await self._flusher.flush(force=True)
+        return {"series": len(keys), "stored_series": series, "rows": rows, "in_memory": in_memory}
+
+    def tags_of(self, tenant: str, name: str, limit: int) -> list[dict[str, Any]]:
+        """Each tag key of a metric with its values, the values carried by the most series
+        first (ties by value), at most `limit` of them per key; `truncated` says more exist."""
+        if (tenant, name) not in self._registry.types:
+            raise MetricNotFound(f"no metric named {name!r}", "name")
+        by_key: dict[str, Counter[str]] = {}
+        for series_name, tags in self._registry.series.get(tenant, ()):
+            if series_name == name:
+                for k, v in tags:
+                    by_key.setdefault(k, Counter())[v] += 1
+        out = []
+        for key in sorted(by_key):
+            ranked = sorted(by_key[key].items(), key=lambda kv: (-kv[1], kv[0]))
+            out.append(
+                {
+                    "key": key,
+                    "values": [{"value": v, "series": n} for v, n in ranked[:limit]],
+                    "truncated": len(ranked) > limit,
+                }
+            )
+        return out
+
+
+def glob_regex(pattern: str) -> re.Pattern[str]:
+    """`*` (any run of characters) and `?` (one character); everything else is literal."""
+    parts = (".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.compile("".join(parts), re.DOTALL)
