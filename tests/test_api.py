@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -495,6 +496,9 @@ async def test_metric_names_filter_by_glob(api: Api) -> None:
     assert await matching("db.late?cy") == ["db.latency"]
     assert await matching("api.") == []  # a glob matches the whole name
     assert await matching("a[b]") == []  # [ is literal: "a-b" is not "ab"
+    await api.report({"name": "a" * 200, "type": "counter", "value": 1})
+    # A pattern that backtracks for minutes with a naive regex, blocking the event loop.
+    assert await asyncio.wait_for(matching("*a" * 12 + "*b"), 5) == []
 
 
 async def test_tag_values_most_frequent_first_bounded_and_flagged(api: Api) -> None:
