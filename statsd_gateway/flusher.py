@@ -73,8 +73,9 @@ class Flusher:
 
     @property
     def backing_off(self) -> bool:
-        """A write failed and the backoff has not run out: a flush now would not write."""
-        return self.clock() < self._retry_at
+        """A write failed and the backoff has not run out: a flush now would not write (the
+        same condition flush() applies, a backward clock step included)."""
+        return self._failed_at <= self.clock() < self._retry_at
 
     def seconds_to_next_tick(self) -> float:
         i = self.aggregator.interval
