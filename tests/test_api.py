@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from aiohttp import ClientSession
 
+from statsd_gateway.api.app import PUBLIC, ROUTE_SCOPES, create_app
 from statsd_gateway.gateway import Gateway
 from tests.conftest import (
     KEY,
@@ -280,6 +281,32 @@ async def test_body_over_max_body_bytes(tmp_path: Path, clock: ManualClock) -> N
 
 
 # -- routing ------------------------------------------------------------------------------------
+
+
+def test_every_route_declares_its_scope(gateway: Gateway) -> None:
+    """A route served without an entry in ROUTES (and so without a scope) fails here."""
+    app = create_app(gateway, max_body_bytes=1024)
+    scopes = app[ROUTE_SCOPES]
+    for route in app.router.routes():
+        assert route in scopes, f"{route.method} {route.resource} declares no scope"
+    assert set(scopes.values()) <= {"read", "write", "admin", PUBLIC}
+
+
+async def test_each_route_needs_its_scope(api: Api) -> None:
+    await api.report({"name": "s.c", "type": "counter", "value": 1})
+    # The read-only key: no writes, no deletes; the query and discovery answer.
+    status, body = await api.report({"name": "s.c", "value": 1}, key=READ_ONLY_KEY)
+    assert_error(status, body, 403, "PERMISSION_DENIED")
+    status, body = await api.request(
+        "DELETE", "/v1/metrics", params={"name": "s.c"}, key=READ_ONLY_KEY
+    )
+    assert_error(status, body, 403, "PERMISSION_DENIED")
+    assert "'admin'" in body["error"]["message"]
+    for path in ("/v1/metrics", "/v1/metrics/query?name=s.c&agg=sum", "/v1/metrics/tags?name=s.c"):
+        status, body = await api.request("GET", path, key=READ_ONLY_KEY)
+        assert status == 200, (path, body)
+    status, body = await api.request("HEAD", "/v1/metrics/query", key=READ_ONLY_KEY)
+    assert status == 405  # no HEAD route that could answer without the route's scope
 
 
 async def test_unknown_path_and_wrong_method_use_the_envelope(api: Api) -> None:

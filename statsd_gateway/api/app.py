@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from statsd_gateway.api import connections, handlers
-from statsd_gateway.api.auth import PRINCIPAL, KeyRing, Principal
+from statsd_gateway.api.auth import PRINCIPAL, KeyRing, Principal, check_scope
 from statsd_gateway.errors import (
     GatewayError,
     MethodNotAllowed,
@@ -81,18 +81,46 @@ async def read_deadline_middleware(request: web.Request, handler: Handler) -> we
         connections.request_finished(request)
 
 
+PUBLIC = "public"
+# Every route the app serves and the scope it needs (read, write, admin, or PUBLIC: no key). The
+# auth middleware enforces it; tests/test_api.py fails for a route served but not listed here.
+ROUTES: tuple[tuple[str, str, Handler, str], ...] = (
+    ("POST", "/v1/metrics/report", handlers.report, "write"),
+    ("POST", "/v1/metrics/batch", handlers.batch, "write"),
+    ("GET", "/v1/metrics/query", handlers.query, "read"),
+    ("GET", "/v1/metrics/sketch", handlers.export_sketch, "read"),
+    ("GET", "/v1/metrics", handlers.list_metrics, "read"),
+    ("DELETE", "/v1/metrics", handlers.delete_metric, "admin"),
+    ("GET", "/v1/metrics/tags", handlers.metric_tags, "read"),
+    ("GET", OPENAPI_PATH, handlers.openapi, PUBLIC),
+    ("GET", "/healthz", handlers.healthz, PUBLIC),
+    ("GET", "/readyz", handlers.readyz, PUBLIC),
+    ("GET", "/metrics", handlers.prometheus, PUBLIC),
+)
+ROUTE_SCOPES = web.AppKey("route_scopes", dict[web.AbstractRoute, str])
+
+
 def auth_middleware(keyring: Callable[[], KeyRing]) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """Authenticates every request to a route that is not PUBLIC and checks the route's scope.
+    A request that matches no route (aiohttp answers 404/405) is authenticated under /v1/ as
+    any /v1 request is, so that an unknown path tells nothing to a caller without a key."""
+
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path.startswith("/v1/") and request.path != OPENAPI_PATH:
-            header = request.headers.get("Authorization", "")
-            scheme, _, token = header.partition(" ")
-            if scheme.lower() != "bearer" or not token.strip():
-                raise Unauthenticated("an Authorization: Bearer <key> header is required")
-            key = keyring().lookup(token.strip())
-            if key is None:
-                raise Unauthenticated("the API key is not valid")
-            request[PRINCIPAL] = Principal(key.name, key.tenant, frozenset(key.scopes))
+        scope = request.app[ROUTE_SCOPES].get(request.match_info.route)
+        if scope == PUBLIC or (scope is None and not request.path.startswith("/v1/")):
+            return await handler(request)
+        header = request.headers.get("Authorization", "")
+        auth_scheme, _, token = header.partition(" ")
+        if auth_scheme.lower() != "bearer" or not token.strip():
+            raise Unauthenticated("an Authorization: Bearer <key> header is required")
+        key = keyring().lookup(token.strip())
+        if key is None:
+            raise Unauthenticated("the API key is not valid")
+        principal = Principal(key.name, key.tenant, frozenset(key.scopes))
+        if scope is not None:
+            check_scope(principal, scope)
+        request[PRINCIPAL] = principal
         return await handler(request)
 
     return middleware
@@ -108,15 +136,8 @@ def create_app(gateway: handlers.GatewayServices, *, max_body_bytes: int) -> web
         ],
     )
     app[handlers.SERVICES] = gateway
-    app.router.add_post("/v1/metrics/report", handlers.report)
-    app.router.add_post("/v1/metrics/batch", handlers.batch)
-    app.router.add_get("/v1/metrics/query", handlers.query)
-    app.router.add_get("/v1/metrics/sketch", handlers.export_sketch)
-    app.router.add_get("/v1/metrics", handlers.list_metrics)
-    app.router.add_delete("/v1/metrics", handlers.delete_metric)
-    app.router.add_get("/v1/metrics/tags", handlers.metric_tags)
-    app.router.add_get(OPENAPI_PATH, handlers.openapi)
-    app.router.add_get("/healthz", handlers.healthz)
-    app.router.add_get("/readyz", handlers.readyz)
-    app.router.add_get("/metrics", handlers.prometheus)
+    scopes: dict[web.AbstractRoute, str] = {}
+    for method, path, handler, scope in ROUTES:
+        scopes[app.router.add_route(method, path, handler)] = scope
+    app[ROUTE_SCOPES] = scopes
     return app

@@ -38,8 +38,12 @@ class Principal:
 PRINCIPAL = web.RequestKey("principal", Principal)
 
 
-def require(request: web.Request, scope: str) -> Principal:
+def check_scope(principal: Principal, scope: str) -> None:
+    if scope not in principal.scopes:
+        raise PermissionDenied(f"the key {principal.name!r} lacks the {scope!r} scope")
+
+
+def principal_of(request: web.Request) -> Principal:
+    """The key a request acts as; the auth middleware has checked the route's scope."""
     p: Principal = request[PRINCIPAL]
-    if scope not in p.scopes:
-        raise PermissionDenied(f"the key {p.name!r} lacks the {scope!r} scope")
     return p

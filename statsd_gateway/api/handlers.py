@@ -11,7 +11,7 @@ from aiohttp import web
 
 from statsd_gateway.aggregator import CARDINALITY_LIMIT, TYPE_CONFLICT
 from statsd_gateway.api import connections
-from statsd_gateway.api.auth import KeyRing, require
+from statsd_gateway.api.auth import KeyRing, principal_of
 from statsd_gateway.api.openapi import openapi_spec
 from statsd_gateway.api.schemas import parse_point
 from statsd_gateway.catalog import MetricCatalog
@@ -170,7 +170,7 @@ async def _once(
 
 async def report(request: web.Request) -> web.Response:
     svc = request.app[SERVICES]
-    principal = require(request, "write")
+    principal = principal_of(request)
     body, raw = await _json_body(request)
     _count_http(svc, request, 1)
 
@@ -198,7 +198,7 @@ def _indexed(index: int, e: GatewayError) -> dict[str, Any]:
 
 async def batch(request: web.Request) -> web.Response:
     svc = request.app[SERVICES]
-    principal = require(request, "write")
+    principal = principal_of(request)
     body, raw = await _json_body(request)
     if not isinstance(body, dict):
         raise InvalidArgument("the body must be an object with a points list", "body")
@@ -244,7 +244,7 @@ async def batch(request: web.Request) -> web.Response:
 
 async def query(request: web.Request) -> web.Response:
     svc = request.app[SERVICES]
-    principal = require(request, "read")
+    principal = principal_of(request)
     check_parameters(request.query, QUERY_PARAMETERS, QUERY_REQUIRED)
     spec = parse_query(request.query, svc.now(), svc.max_query_points)
     return web.json_response(await svc.query_engine.run(principal.tenant, spec))
@@ -252,7 +252,7 @@ async def query(request: web.Request) -> web.Response:
 
 async def export_sketch(request: web.Request) -> web.Response:
     svc = request.app[SERVICES]
-    principal = require(request, "read")
+    principal = principal_of(request)
     params = dict(request.query)
     for p in ("agg", "window", "group_by"):
         if p in params:
@@ -265,7 +265,7 @@ async def export_sketch(request: web.Request) -> web.Response:
 
 async def list_metrics(request: web.Request) -> web.Response:
     svc = request.app[SERVICES]
-    principal = require(request, "read")
+    principal = principal_of(request)
     check_parameters(request.query, ("match",))
     match = request.query.get("match") or None
     return web.json_response(
@@ -279,7 +279,7 @@ TAG_VALUES_MAX = 10_000
 
 async def metric_tags(request: web.Request) -> web.Response:
     svc = request.app[SERVICES]
-    principal = require(request, "read")
+    principal = principal_of(request)
     params = request.query
     check_parameters(params, ("name", "limit"), ("name",))
     limit = TAG_VALUES_DEFAULT
@@ -297,7 +297,7 @@ async def metric_tags(request: web.Request) -> web.Response:
 
 async def delete_metric(request: web.Request) -> web.Response:
     svc = request.app[SERVICES]
-    principal = require(request, "admin")
+    principal = principal_of(request)
     params = request.query
     check_parameters(params, ("name", "tags"), ("name",))
     name, tags = params["name"], parse_tag_filter(params)
