@@ -13,7 +13,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from statsd_gateway.aggregator import Acc, IntervalAggregator, Snapshot, finish, finish_snapshot
 from statsd_gateway.idempotency import TTL_SECONDS, IdempotencyLedger
@@ -82,14 +82,27 @@ class Flusher:
         now = self.clock()
         return (math.floor(now / i) + 1) * i - now
 
-    async def run(self) -> None:
-        """Flushes at every wall-clock multiple of the interval until cancelled."""
+    async def run(self, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        """Flushes at every wall-clock multiple of the interval until cancelled. A flush that
+        raises (a bug: a failing store is caught, kept and retried inside flush()) is logged
+        with its traceback and counted, and the ticks go on: no exception ends the loop."""
         while True:
-            await asyncio.sleep(self.seconds_to_next_tick())
-            await self.flush()
+            await sleep(self.seconds_to_next_tick())
+            try:
+                await self.flush()
+            except Exception as e:
+                self.telemetry.flush_errors += 1
+                self.last_error = f"the flush raised {type(e).__name__}: {e}"
+                log.exception("the flush raised; the next tick tries again")
 
     def start(self) -> None:
         self._task = asyncio.create_task(self.run(), name="flusher")
+
+    @property
+    def stopped_by_itself(self) -> bool:
+        """The tick task ended without stop() (it cannot, short of a bug in the loop itself):
+        /readyz says so."""
+        return self._task is not None and self._task.done()
 
     async def stop(self) -> None:
         """Stops the ticks, after any flush in progress has finished (cancelling a flush while

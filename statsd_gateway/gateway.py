@@ -422,6 +422,8 @@ class Gateway:
         refusal = self.write_refusal()
         if refusal is not None:
             problems.append(refusal)
+        if self.flusher.stopped_by_itself:
+            problems.append("the flusher's tick task has stopped")
         if self.flusher.last_error:
             problems.append(f"last flush failed: {self.flusher.last_error}")
         elif self.flush_on_ticks:

@@ -1,0 +1,78 @@
+"""Flusher.run, the tick loop: flushes at wall-clock multiples of the interval (the test owns
+the clock and the sleep), and no exception from a flush ends it."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from statsd_gateway.aggregator import IntervalAggregator, SeriesRegistry
+from statsd_gateway.flusher import Flusher
+from statsd_gateway.model import MetricType
+from statsd_gateway.store import SqliteStore
+from statsd_gateway.telemetry import Telemetry
+from tests.conftest import T0, ManualClock
+
+
+class Ticks:
+    """The loop's sleep: moves the test's clock instead of waiting, and ends the loop (by
+    cancelling it) after `n` sleeps."""
+
+    def __init__(self, clock: ManualClock, n: int) -> None:
+        self.clock, self.n = clock, n
+        self.woke_at: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        if len(self.woke_at) == self.n:
+            raise asyncio.CancelledError
+        self.clock.advance(seconds)
+        self.woke_at.append(self.clock())
+
+
+@pytest.fixture
+def parts(tmp_path: Path) -> tuple[Flusher, ManualClock]:
+    clock = ManualClock(T0 + 3.5)
+    store = SqliteStore(tmp_path / "m.db", resolutions=(10.0,), clock=clock)
+    store.open()
+    aggregator = IntervalAggregator(interval=10.0, clock=clock, registry=SeriesRegistry(),
+                                    max_series_per_tenant=100, max_backdate=3600.0)  # fmt: skip
+    return Flusher(aggregator, store, Telemetry(), clock=clock), clock
+
+
+async def test_ticks_fall_on_multiples_of_the_interval(parts: tuple[Flusher, ManualClock]) -> None:
+    flusher, clock = parts
+    flusher.aggregator.add_samples(
+        "default", [("c", (), MetricType.COUNTER, 1.0, 1.0, None, False)]
+    )
+    ticks = Ticks(clock, 3)
+    with pytest.raises(asyncio.CancelledError):
+        await flusher.run(sleep=ticks)
+    assert ticks.woke_at == [T0 + 10, T0 + 20, T0 + 30]
+    assert flusher.telemetry.flushes == 3 and flusher.aggregator.pending == []
+    assert flusher.telemetry.flushed_rows == 1  # the one counter, in the first tick's flush
+    flusher.store.close()
+
+
+async def test_a_flush_that_raises_does_not_end_the_ticks(
+    parts: tuple[Flusher, ManualClock], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flusher, clock = parts
+    calls = 0
+    real = flusher.flush
+
+    async def flush_raising_once(*, force: bool = False) -> bool:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("a bug")
+        return await real(force=force)
+
+    monkeypatch.setattr(flusher, "flush", flush_raising_once)
+    with pytest.raises(asyncio.CancelledError):
+        await flusher.run(sleep=Ticks(clock, 3))
+    assert calls == 3
+    assert flusher.telemetry.flush_errors == 1
+    assert flusher.last_error is None  # the flushes after it succeeded
+    flusher.store.close()
