@@ -127,8 +127,10 @@ class Flusher:
         follow the wall clock; a step of it either way neither stalls nor repeats a flush, and
         points land in the buckets of the time they arrived (merged on disk with any there)."""
         async with self._lock:
+            started = time.perf_counter()
             self.aggregator.swap()
             self._bound_pending()
+            self.telemetry.flush_step_seconds["swap"] = time.perf_counter() - started
             # Before the failure it counts from, the wall clock has stepped back: the backoff
             # would otherwise last as long as the step (minutes) on top of its own length.
             if not force and self._failed_at <= self.clock() < self._retry_at:
@@ -196,11 +198,13 @@ class Flusher:
                     return False
                 self._drop_unwritable(snap, records)
                 return True
+        released = time.perf_counter()
         self.aggregator.release(snap)
         if self.ledger:
             self.ledger.forget(records)
         if self.wal:
             self.wal.release_upto(snap.seq)
+        self.telemetry.flush_step_seconds["release"] = time.perf_counter() - released
         self.telemetry.flushes += 1
         self.telemetry.flushed_rows += n
         self.telemetry.last_flush_seconds = time.perf_counter() - started
@@ -300,6 +304,7 @@ class Flusher:
         `trial` (roll back, leave the rollups as they were) serve _find_unwritable."""
         if not trial and snap.seq <= self.store.flushed_seq_now():
             return 0  # already committed (a retry after an answer that never arrived)
+        started = time.perf_counter()
         rows = finish_snapshot(snap) if entries is None else finish(entries)
         # Only those of the series written: a series set aside must not fail the rest again.
         gauges = {k: snap.gauges[k] for k in rows.keys if k in snap.gauges}
@@ -309,6 +314,7 @@ class Flusher:
             if self.rollup is not None:
                 self.rollup.fold(rows)
                 rollups = self.rollup.complete(snap.boundary)
+            finished = time.perf_counter()
             self.store.write_flush(
                 rows,
                 flushed_seq=snap.seq,
@@ -325,4 +331,7 @@ class Flusher:
             raise
         if trial and self.rollup is not None and saved is not None:
             self.rollup.restore(saved)
+        if not trial:
+            steps = self.telemetry.flush_step_seconds
+            steps["finish"], steps["write"] = finished - started, time.perf_counter() - finished
         return len(rows)

@@ -39,6 +39,7 @@ METRICS: dict[str, str] = {
     "wal_replay_dropped_bytes_total": "Write-ahead-log bytes not replayed at start: torn, corrupt.",
     "retention_deleted_rows_total": "Bucket rows deleted because they outlived their tier.",
     "last_flush_duration_seconds": "Duration of the last successful flush.",
+    "last_flush_step_duration_seconds": "Duration of each step of the last flush, by step.",
     "pending_flushes": "Snapshots waiting to be written to the store.",
     "memory_held_bytes": "Estimated bytes the points in memory take (bounded by backfill_memory).",
     "series": "Series known to the daemon, all tenants.",
@@ -59,6 +60,8 @@ class Telemetry:
         self.flushed_rows = 0
         self.flush_dropped_series = 0
         self.flush_quarantined_series = 0
+        # step (swap, finish, write, release) -> seconds it took in the last flush that ran it
+        self.flush_step_seconds: dict[str, float] = {}
         self.pressure_flushes = 0
         self.wal_replay_skipped = 0
         self.wal_replay_dropped_bytes = 0
@@ -133,6 +136,14 @@ class TelemetryCollector(Collector):
             ("tcp_idle_closed_total", t.tcp_idle_closed),
         ):
             yield CounterMetricFamily(PREFIX + name.removesuffix("_total"), METRICS[name], value)
+        steps = GaugeMetricFamily(
+            PREFIX + "last_flush_step_duration_seconds",
+            METRICS["last_flush_step_duration_seconds"],
+            labels=["step"],
+        )
+        for step, seconds in sorted(t.flush_step_seconds.items()):
+            steps.add_metric([step], seconds)
+        yield steps
         for name, gvalue in (
             ("last_flush_duration_seconds", t.last_flush_seconds),
             ("pending_flushes", float(t.pending_flushes())),

@@ -13,7 +13,7 @@ from statsd_gateway.flusher import Flusher
 from statsd_gateway.model import MetricType
 from statsd_gateway.store import SqliteStore
 from statsd_gateway.telemetry import Telemetry
-from tests.conftest import T0, ManualClock
+from tests.conftest import T0, ManualClock, make_config, running
 
 
 class Ticks:
@@ -76,3 +76,20 @@ async def test_a_flush_that_raises_does_not_end_the_ticks(
     assert flusher.telemetry.flush_errors == 1
     assert flusher.last_error is None  # the flushes after it succeeded
     flusher.store.close()
+
+
+async def test_each_step_of_a_flush_is_timed_in_the_self_metrics(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    async with running(make_config(tmp_path), clock) as (gw, api):
+        await api.report({"name": "c", "type": "counter", "value": 1})
+        assert await gw.flusher.flush()
+        async with api.session.get(api.base + "/metrics") as r:
+            text = await r.text()
+    timed = {
+        line.split('step="')[1].split('"')[0]: float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith("statsd_gateway_last_flush_step_duration_seconds{")
+    }
+    assert set(timed) == {"swap", "finish", "write", "release"}, text
+    assert all(seconds >= 0 for seconds in timed.values())
