@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -140,13 +140,24 @@ def send_udp(gateway: Gateway, *datagrams: bytes) -> None:
             s.sendto(d, gateway.udp_address)
 
 
-async def wait_for_udp(gateway: Gateway, packets: int, timeout: float = 5.0) -> None:
-    """Waits (on real events, not on time passing) until the gateway has read `packets`."""
+async def wait_until(
+    done: Callable[[], bool], failure: Callable[[], str], timeout: float = 5.0
+) -> None:
+    """Waits for an event the gateway counts or does (read a datagram, closed a connection),
+    never for time to pass: `timeout` only bounds a failure, reported as `failure()` says."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while gateway.telemetry.packets["udp"] < packets:
+    while not done():
         if loop.time() > deadline:
-            raise AssertionError(
-                f"only {gateway.telemetry.packets['udp']} of {packets} datagrams arrived"
-            )
-        await asyncio.sleep(0.005)
+            raise AssertionError(failure())
+        await asyncio.sleep(0.002)
+
+
+async def wait_for_udp(gateway: Gateway, packets: int, timeout: float = 5.0) -> None:
+    """Waits until the gateway has read `packets` datagrams."""
+    t = gateway.telemetry
+    await wait_until(
+        lambda: t.packets["udp"] >= packets,
+        lambda: f"only {t.packets['udp']} of {packets} datagrams arrived",
+        timeout,
+    )

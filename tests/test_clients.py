@@ -8,7 +8,6 @@ random draw so a sampled call is always sent, and check the daemon scales it by 
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import tempfile
 from collections.abc import Callable, Iterator
@@ -23,7 +22,7 @@ from datadog.dogstatsd import DogStatsd
 
 from statsd_gateway.config import Config
 from statsd_gateway.gateway import Gateway
-from tests.conftest import T0, Api, make_config
+from tests.conftest import T0, Api, make_config, wait_until
 
 T = int(T0)
 SINCE = T - 3 * 3600
@@ -72,12 +71,10 @@ def always_sampled(monkeypatch: pytest.MonkeyPatch) -> None:
 async def wait_lines(gateway: Gateway, transport: str, n: int) -> None:
     """Waits until the gateway has read `n` lines over `transport` (an event it counts)."""
     t = gateway.telemetry
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 5.0
-    while t.lines[transport] < n:
-        if loop.time() > deadline:
-            raise AssertionError(f"only {t.lines[transport]} of {n} {transport} lines arrived")
-        await asyncio.sleep(0.002)
+    await wait_until(
+        lambda: t.lines[transport] >= n,
+        lambda: f"only {t.lines[transport]} of {n} {transport} lines arrived",
+    )
 
 
 async def value(api: Api, name: str, agg: str, tags: str | None = None, **kw: Any) -> Any:

@@ -20,7 +20,7 @@ import re
 import socket
 import tempfile
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +39,7 @@ from statsd_gateway.protocol import (
     Sample,
     StatsdParser,
 )
-from tests.conftest import T0, Api, ManualClock, make_config
+from tests.conftest import T0, Api, ManualClock, make_config, wait_until
 
 T = int(T0)
 NOW = T0 + 5.0  # the ManualClock's start
@@ -1147,16 +1147,6 @@ async def running(
                 yield gw, Api(session, f"http://{host}:{port}")
         finally:
             await gw.stop()
-
-
-async def wait_until(cond: Callable[[], bool], what: Callable[[], str], timeout: float = 5) -> None:
-    """Waits for an event the gateway counts; the timeout only bounds a failure."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError(what())
-        await asyncio.sleep(0.002)
 
 
 async def send(gw: Gateway, transport: str, payload: bytes, lines: int) -> None:

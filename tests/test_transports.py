@@ -8,7 +8,7 @@ import contextlib
 import os
 import socket
 import stat
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from statsd_gateway.config import Config, parse_config, parse_mode
 from statsd_gateway.errors import ConfigError
 from statsd_gateway.gateway import Gateway
 from statsd_gateway.udp import read_proc_drops
-from tests.conftest import T0, Api, ManualClock, make_config, running
+from tests.conftest import T0, Api, ManualClock, make_config, running, wait_until
 
 SINCE = int(T0 - 3600)
 UNTIL = int(T0 + 60)
@@ -36,16 +36,6 @@ def transports_config(tmp_path: Path, **tcp: Any) -> Config:
         tcp={"enabled": True, "listen": "127.0.0.1:0", **tcp},
         unix={"enabled": True, "path": str(tmp_path / "s.sock")},
     )
-
-
-async def wait_until(what: str, done: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Polls for an event (bounded): the daemon having read or closed something."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not done():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.005)
 
 
 async def value(api: Api, name: str, agg: str = "sum") -> Any:
@@ -90,11 +80,14 @@ async def test_tcp_line_split_across_writes_is_joined(gateway: Gateway, api: Api
     async with tcp_client(gateway) as (_, writer):
         writer.write(b"tcp.split:1")
         await writer.drain()
-        await wait_until("the first part", lambda: any(c.buffered for c in tcp.connections))
+        await wait_until(
+            lambda: any(c.buffered for c in tcp.connections),
+            lambda: "timed out waiting for the first part",
+        )
         assert lines(gateway) == 0
         writer.write(b"5|c|#env:prod\ntcp.split:2|c\n")
         await writer.drain()
-        await wait_until("both lines", lambda: lines(gateway) == 2)
+        await wait_until(lambda: lines(gateway) == 2, lambda: "timed out waiting for both lines")
     assert await value(api, "tcp.split") == 17
     status, body = await api.query(name="tcp.split", agg="sum", tags="env:prod", since=SINCE)
     assert status == 200 and body["points"][0]["value"] == 15, body
@@ -104,7 +97,7 @@ async def test_tcp_several_lines_per_write(gateway: Gateway, api: Api) -> None:
     async with tcp_client(gateway) as (_, writer):
         writer.write(b"multi.c:1|c\nmulti.g:2|g\r\nmulti.t:3|ms\nmulti.t:5|ms\n")
         await writer.drain()
-        await wait_until("four lines", lambda: lines(gateway) == 4)
+        await wait_until(lambda: lines(gateway) == 4, lambda: "timed out waiting for four lines")
     assert gateway.telemetry.accepted["tcp"] == 4
     assert await value(api, "multi.c") == 1
     assert await value(api, "multi.g", "last") == 2
@@ -118,7 +111,7 @@ async def test_tcp_final_line_without_newline_counts_at_close(gateway: Gateway, 
         writer.write_eof()
         await writer.drain()
         assert await closed_by_server(reader)
-    await wait_until("both lines", lambda: lines(gateway) == 2)
+    await wait_until(lambda: lines(gateway) == 2, lambda: "timed out waiting for both lines")
     assert await value(api, "eof.a") == 1
     assert await value(api, "eof.b") == 7
 
@@ -131,12 +124,17 @@ async def test_tcp_long_line_is_rejected_and_the_connection_goes_on(
         # A long partial line is rejected before its newline arrives, not buffered whole.
         writer.write(b"long:" + b"1" * 9000)
         await writer.drain()
-        await wait_until("the reject", lambda: t.rejects[("tcp", "line_too_long")] == 1)
+        await wait_until(
+            lambda: t.rejects[("tcp", "line_too_long")] == 1,
+            lambda: "timed out waiting for the reject",
+        )
         writer.write(b"111|c\nafter.a:1|c\n")
         # A long line that arrives whole with its newline.
         writer.write(b"long:" + b"2" * 9000 + b"|c\nafter.b:2|c\n")
         await writer.drain()
-        await wait_until("the next lines", lambda: t.accepted["tcp"] == 2)
+        await wait_until(
+            lambda: t.accepted["tcp"] == 2, lambda: "timed out waiting for the next lines"
+        )
     assert t.rejects[("tcp", "line_too_long")] == 2
     assert await value(api, "after.a") == 1
     assert await value(api, "after.b") == 2
@@ -148,7 +146,9 @@ async def test_tcp_connection_limit(tmp_path: Path) -> None:
     async with running(transports_config(tmp_path, max_connections=2), ManualClock()) as (gw, api):
         t = gw.telemetry
         async with tcp_client(gw) as (_, w1), tcp_client(gw) as (_, w2):
-            await wait_until("two connections", lambda: t.tcp_connections == 2)
+            await wait_until(
+                lambda: t.tcp_connections == 2, lambda: "timed out waiting for two connections"
+            )
             async with tcp_client(gw) as (r3, _):
                 assert await closed_by_server(r3)
             assert t.tcp_connections_refused == 1
@@ -156,7 +156,10 @@ async def test_tcp_connection_limit(tmp_path: Path) -> None:
             w2.write(b"limit:2|c\n")
             await w1.drain()
             await w2.drain()
-            await wait_until("the lines of the open connections", lambda: lines(gw) == 2)
+            await wait_until(
+                lambda: lines(gw) == 2,
+                lambda: "timed out waiting for the lines of the open connections",
+            )
         assert await value(api, "limit") == 3
         async with api.session.get(api.base + "/metrics") as r:
             text = await r.text()
@@ -172,7 +175,8 @@ async def test_tcp_idle_connection_is_closed(tmp_path: Path) -> None:
         assert gw.telemetry.tcp_idle_closed == 1
         assert gw.telemetry.accepted["tcp"] == 1
         await wait_until(
-            "the connection to go", lambda: gw.tcp is not None and not gw.tcp.connections
+            lambda: gw.tcp is not None and not gw.tcp.connections,
+            lambda: "timed out waiting for the connection to go",
         )
 
 
@@ -182,7 +186,10 @@ async def test_tcp_lines_already_sent_survive_stop(tmp_path: Path) -> None:
     await gw.start()
     try:
         async with tcp_client(gw) as (_, writer):
-            await wait_until("the connection", lambda: gw.telemetry.tcp_connections == 1)
+            await wait_until(
+                lambda: gw.telemetry.tcp_connections == 1,
+                lambda: "timed out waiting for the connection",
+            )
             writer.write(b"late.tcp:4|c\nlate.part:1")
             await writer.drain()
             await gw.stop()
@@ -207,7 +214,9 @@ async def test_unix_datagrams_are_counted_and_queryable(gateway: Gateway, api: A
     assert stat.S_IMODE(os.stat(gateway.unix_path).st_mode) == 0o622
     send_unix(gateway.unix_path, b"uds.c:1|c|#env:prod\nuds.t:10|ms", b"uds.c:2|c\nbad line")
     t = gateway.telemetry
-    await wait_until("two datagrams", lambda: t.packets["unixgram"] == 2)
+    await wait_until(
+        lambda: t.packets["unixgram"] == 2, lambda: "timed out waiting for two datagrams"
+    )
     assert t.lines["unixgram"] == 4
     assert t.accepted["unixgram"] == 3
     assert t.rejects[("unixgram", "malformed_line")] == 1
@@ -228,7 +237,10 @@ async def test_unix_socket_file_is_replaced_when_stale_and_removed_at_stop(
     async with running(cfg, ManualClock()) as (gw, api):
         assert stat.S_ISSOCK(os.stat(path).st_mode)
         send_unix(path, b"fresh:1|c")
-        await wait_until("the datagram", lambda: gw.telemetry.packets["unixgram"] == 1)
+        await wait_until(
+            lambda: gw.telemetry.packets["unixgram"] == 1,
+            lambda: "timed out waiting for the datagram",
+        )
         assert await value(api, "fresh") == 1
     assert not os.path.exists(path)
 
@@ -266,7 +278,9 @@ async def test_udp_over_ipv6(tmp_path: Path) -> None:
         assert gw.udp_address is not None and gw.udp_address[0] == "::1"
         with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
             s.sendto(b"v6:5|c\nv6:1|c", gw.udp_address)
-        await wait_until("the datagram", lambda: gw.telemetry.packets["udp"] == 1)
+        await wait_until(
+            lambda: gw.telemetry.packets["udp"] == 1, lambda: "timed out waiting for the datagram"
+        )
         assert await value(api, "v6") == 6
         drops = gw.udp.kernel_drops() if gw.udp is not None else None
         if os.path.exists("/proc/net/udp6"):
@@ -335,7 +349,8 @@ async def test_all_transports_log_their_address_and_show_in_metrics(
             await writer.drain()
             t = gw.telemetry
             await wait_until(
-                "all three", lambda: all(t.accepted[k] == 1 for k in ("udp", "tcp", "unixgram"))
+                lambda: all(t.accepted[k] == 1 for k in ("udp", "tcp", "unixgram")),
+                lambda: "timed out waiting for all three",
             )
         assert await value(api, "everywhere") == 3
         async with api.session.get(api.base + "/metrics") as r:
