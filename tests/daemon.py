@@ -16,10 +16,13 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
+
+T = TypeVar("T")
 
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
@@ -160,26 +163,43 @@ def write_config(path: Path, state: Path, *, flush_interval: str) -> None:
     )
 
 
+def poll_until(
+    check: Callable[[], T | None], failure: Callable[[], str], timeout: float = POLL_TIMEOUT
+) -> T:
+    """Calls `check` until it returns something other than None, and returns that: waiting for
+    what the daemon does in its own time (a flush, a log line), never for time to pass;
+    `timeout` only bounds a failure, reported as `failure()` says."""
+    deadline = time.monotonic() + timeout
+    while (found := check()) is None:
+        if time.monotonic() > deadline:
+            pytest.fail(failure())
+        time.sleep(0.02)
+    return found
+
+
 def poll_value(d: Daemon, key: str, want: float, **params: Any) -> Any:
     """Polls the query until its single value equals `want` (the flush is the daemon's own)."""
-    deadline = time.monotonic() + POLL_TIMEOUT
-    while True:
+    last: list[Any] = [None]
+
+    def answered() -> Any:
         status, body = d.query(key, **params)
         assert status == 200, body
-        if body["points"] and body["points"][0]["value"] == want:
-            return body
-        if time.monotonic() > deadline:
-            pytest.fail(f"{params} never reached {want}: last answer {body}\n{d.stderr}")
-        time.sleep(0.05)
+        last[0] = body
+        return body if body["points"] and body["points"][0]["value"] == want else None
+
+    return poll_until(
+        answered, lambda: f"{params} never reached {want}: last answer {last[0]}\n{d.stderr}"
+    )
 
 
 def wait_for_log(d: Daemon, text: str, after: int) -> None:
     """Waits until a stderr line past index `after` contains `text`."""
-    deadline = time.monotonic() + POLL_TIMEOUT
-    while not any(text in line for line in d.lines[after:]):
-        if time.monotonic() > deadline or d.proc.poll() is not None:
-            pytest.fail(f"no log line with {text!r}; stderr:\n{d.stderr}")
-        time.sleep(0.02)
+
+    def logged() -> bool | None:
+        assert d.proc.poll() is None, f"the daemon exited; stderr:\n{d.stderr}"
+        return True if any(text in line for line in d.lines[after:]) else None
+
+    poll_until(logged, lambda: f"no log line with {text!r}; stderr:\n{d.stderr}")
 
 
 def fresh_config(tmp_path: Path) -> tuple[Path, Path]:

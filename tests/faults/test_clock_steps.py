@@ -23,7 +23,7 @@ from statsd_gateway.config import Config
 from statsd_gateway.model import RowBatch
 from statsd_gateway.store.sqlite import StoreError
 from tests.conftest import T0, Api, ManualClock, running, send_udp, wait_for_udp
-from tests.daemon import POLL_TIMEOUT, Daemon, fresh_config, generated_key, poll_value
+from tests.daemon import Daemon, fresh_config, generated_key, poll_until, poll_value
 
 STEP = 300.0  # five minutes
 
@@ -195,14 +195,14 @@ def wall_clock_of(d: Daemon) -> float:
 
 
 def wait_ready(d: Daemon) -> None:
-    deadline = time.monotonic() + POLL_TIMEOUT
-    while True:
+    last: list[Any] = []
+
+    def ready() -> bool | None:
         status, body, _ = d.request("GET", "/readyz", None)
-        if status == 200:
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"/readyz stayed {status}: {body}\n{d.stderr}")
-        time.sleep(0.05)
+        last[:] = [status, body]
+        return True if status == 200 else None
+
+    poll_until(ready, lambda: f"/readyz stayed {last}\n{d.stderr}")
 
 
 def test_the_daemon_rides_out_wall_clock_steps_backward_and_forward(
@@ -241,14 +241,14 @@ def test_the_daemon_rides_out_wall_clock_steps_backward_and_forward(
 
 def poll_total(d: Daemon, key: str, want: float, **params: Any) -> None:
     """Polls the query until the sum of its points equals `want` (more fails at once)."""
-    deadline = time.monotonic() + POLL_TIMEOUT
-    while True:
+    last: list[Any] = []
+
+    def reached() -> bool | None:
         status, body = d.query(key, **params)
         assert status == 200, body
         got = sum(p["value"] for p in body["points"])
         assert got <= want, f"{params}: {got} > {want}, counted twice: {body}"
-        if got == want:
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"{params} never reached {want}: last answer {body}\n{d.stderr}")
-        time.sleep(0.05)
+        last[:] = [body]
+        return True if got == want else None
+
+    poll_until(reached, lambda: f"{params} never reached {want}: last answer {last}\n{d.stderr}")

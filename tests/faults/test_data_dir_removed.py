@@ -19,7 +19,7 @@ from typing import Any
 
 from statsd_gateway.config import Config
 from tests.conftest import ManualClock, running, send_udp, wait_for_udp
-from tests.daemon import Daemon, fresh_config, generated_key, poll_value, wait_for_log
+from tests.daemon import Daemon, fresh_config, generated_key, poll_until, poll_value, wait_for_log
 
 
 def copy_database(source: Path, dest: Path) -> None:
@@ -32,16 +32,13 @@ def copy_database(source: Path, dest: Path) -> None:
 
 
 def wait_until_written(d: Daemon) -> None:
-    deadline = time.monotonic() + 10
-    while True:
-        req = urllib.request.Request(d.base + "/metrics")
-        with urllib.request.urlopen(req, timeout=10) as r:
+    def written() -> bool | None:
+        with urllib.request.urlopen(urllib.request.Request(d.base + "/metrics"), timeout=10) as r:
             text = r.read().decode()
         rows = re.search(r"^statsd_gateway_flush_rows_total (\S+)$", text, re.M)
-        if rows and float(rows.group(1)) > 0:
-            return
-        assert time.monotonic() < deadline, text
-        time.sleep(0.05)
+        return True if rows and float(rows.group(1)) > 0 else None
+
+    poll_until(written, lambda: f"no flush wrote a row\n{d.stderr}")
 
 
 def point(name: str, value: float) -> dict[str, Any]:

@@ -10,7 +10,6 @@ import hashlib
 import logging
 import re
 import socket
-import time
 import urllib.request
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import pytest
 from statsd_gateway.api.connections import BadRequests
 from statsd_gateway.telemetry import Telemetry
 from tests.conftest import ManualClock
-from tests.daemon import POLL_TIMEOUT, Daemon, write_config
+from tests.daemon import POLL_TIMEOUT, Daemon, poll_until, wait_for_log, write_config
 
 KEY = "abuse-key"
 REPORT = (
@@ -52,11 +51,10 @@ def _bad_requests(d: Daemon) -> dict[str, float]:
 
 
 def _wait_count(d: Daemon, reason: str, want: float) -> None:
-    deadline = time.monotonic() + POLL_TIMEOUT
-    while _bad_requests(d).get(reason, 0) != want:
-        if time.monotonic() > deadline:
-            pytest.fail(f"{reason} never reached {want}: {_bad_requests(d)}\n{d.stderr}")
-        time.sleep(0.02)
+    poll_until(
+        lambda: True if _bad_requests(d).get(reason, 0) == want else None,
+        lambda: f"{reason} never reached {want}: {_bad_requests(d)}\n{d.stderr}",
+    )
 
 
 def _exchange(d: Daemon, *parts: bytes) -> bytes:
@@ -71,6 +69,9 @@ def _exchange(d: Daemon, *parts: bytes) -> bytes:
 
 
 def _log_lines(d: Daemon, text: str) -> list[str]:
+    """The stderr lines holding `text`, once one has been read: a thread drains stderr, so the
+    counter can be seen before the line it was logged with."""
+    wait_for_log(d, text, 0)
     return [line for line in d.lines if text in line]
 
 
