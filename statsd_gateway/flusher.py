@@ -21,7 +21,8 @@ from statsd_gateway.ingest import WriteHolds
 from statsd_gateway.model import RowBatch, SeriesKey
 from statsd_gateway.store import SqliteStore
 from statsd_gateway.store.rollup import TierRollup
-from statsd_gateway.store.sqlite import IdempotencyRecord, StoreError
+from statsd_gateway.store.sqlite import StoreError
+from statsd_gateway.store.sqlite_reads import IdempotencyRecord
 from statsd_gateway.telemetry import Telemetry
 from statsd_gateway.wal import WriteAheadLog
 

@@ -24,7 +24,7 @@ from typing import Any
 from statsd_gateway.errors import IdempotencyKeyReused, InvalidArgument
 from statsd_gateway.model import is_utf8_text
 from statsd_gateway.store import SqliteStore
-from statsd_gateway.store.sqlite import IdempotencyRecord, read_idempotency
+from statsd_gateway.store.sqlite_reads import IdempotencyRecord, read_idempotency
 
 TTL_SECONDS = 25 * 3600.0
 KEY_MAX = 200

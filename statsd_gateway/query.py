@@ -32,7 +32,7 @@ from statsd_gateway.config import parse_duration
 from statsd_gateway.errors import InvalidArgument, MetricNotFound, QueryTooLarge
 from statsd_gateway.model import MetricType, RowBatch, Tags
 from statsd_gateway.store import SqliteStore
-from statsd_gateway.store.sqlite import (
+from statsd_gateway.store.sqlite_reads import (
     Columns,
     SeriesInfo,
     read_columns,

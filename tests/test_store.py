@@ -13,7 +13,7 @@ from statsd_gateway import sketch
 from statsd_gateway.model import BucketRow, MetricType, SeriesKey
 from statsd_gateway.store import SqliteStore, StoreError
 from statsd_gateway.store.schema import SCHEMA_VERSION
-from statsd_gateway.store.sqlite import read_columns, read_flushed_seq, read_series
+from statsd_gateway.store.sqlite_reads import read_columns, read_flushed_seq, read_series
 from tests.conftest import T0
 
 LAT: SeriesKey = ("default", "api.latency", (("env", "prod"), ("region", "eu")))

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import sqlite3
@@ -27,16 +26,13 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from operator import itemgetter
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import numpy as np
-import numpy.typing as npt
 
 from statsd_gateway import sketch
-from statsd_gateway.model import BucketRow, MetricType, RowBatch, SeriesKey, Tags
+from statsd_gateway.model import BucketRow, MetricType, RowBatch, SeriesKey
 from statsd_gateway.store.schema import (
     DamagedDatabase,
     SchemaError,
@@ -44,6 +40,16 @@ from statsd_gateway.store.schema import (
     ensure_tier_table,
     migrate,
     tier_table,
+)
+from statsd_gateway.store.sqlite_reads import (
+    IdempotencyRecord,
+    SeriesInfo,
+    complete_key,
+    read_complete_until,
+    read_flushed_seq,
+    read_rows_where,
+    tags_from_json,
+    tags_json,
 )
 
 T = TypeVar("T")
@@ -63,34 +69,6 @@ class StoreTimeout(StoreError):
 
 class StoreGone(StoreError):
     """The database file was removed or replaced while open."""
-
-
-@dataclass(frozen=True, slots=True)
-class IdempotencyRecord:
-    tenant: str
-    key: str
-    body_sha256: str
-    status: int
-    response: str  # the JSON body answered
-    created: float
-    seq: int = 0  # the snapshot holding the points this request applied
-
-
-@dataclass(frozen=True, slots=True)
-class SeriesInfo:
-    id: int
-    tenant: str
-    name: str
-    tags: Tags
-    type: MetricType
-
-
-def tags_json(tags: Tags) -> str:
-    return json.dumps(dict(tags), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def _tags_from_json(text: str) -> Tags:
-    return tuple(sorted(json.loads(text).items()))
 
 
 _ALL_COLUMNS = ("ts", "series_id", "count", "sum", "min", "max", "last", "last_ts", "sketch", "hll")
@@ -177,9 +155,7 @@ class SqliteStore:
             for i, res in enumerate(self.resolutions):
                 ensure_tier_table(conn, res, time_major=i == 0)
                 if i:
-                    conn.execute(
-                        "INSERT OR IGNORE INTO meta VALUES (?, '0')", (_complete_key(res),)
-                    )
+                    conn.execute("INSERT OR IGNORE INTO meta VALUES (?, '0')", (complete_key(res),))
         except (sqlite3.DatabaseError, SchemaError, OSError) as e:
             if conn is not None:
                 with contextlib.suppress(sqlite3.Error):
@@ -198,7 +174,7 @@ class SqliteStore:
         for sid, tenant, name, tags, mtype in conn.execute(
             "SELECT id, tenant, name, tags, type FROM series"
         ):
-            info = SeriesInfo(sid, tenant, name, _tags_from_json(tags), MetricType(mtype))
+            info = SeriesInfo(sid, tenant, name, tags_from_json(tags), MetricType(mtype))
             self._series_ids[(tenant, name, info.tags)] = sid
             out.append(info)
         return out
@@ -347,7 +323,7 @@ class SqliteStore:
         for res, tier_rows in rows.items():
             self._upsert(conn, res, tier_rows)
         for res, until in complete_until.items():
-            conn.execute("UPDATE meta SET value=? WHERE key=?", (repr(until), _complete_key(res)))
+            conn.execute("UPDATE meta SET value=? WHERE key=?", (repr(until), complete_key(res)))
 
     def _transaction(
         self, work: Callable[[sqlite3.Connection], None], *, commit: bool = True
@@ -487,7 +463,7 @@ class SqliteStore:
         """Writer thread: every row of tier `res` from `since` on (rebuilding rollups at
         start); the series they hold count as written now."""
         assert self._wconn is not None
-        rows = _rows_where(self._wconn, tier_table(res), "ts >= ?", (since,))
+        rows = read_rows_where(self._wconn, tier_table(res), "ts >= ?", (since,))
         now = self.clock()
         for r in rows:
             sid = self._series_ids.get(r.key)
@@ -615,7 +591,7 @@ class SqliteStore:
         self._transaction(work)
         keys: list[SeriesKey] = []
         for sid, tenant, name, tags in stale:
-            key = (tenant, name, _tags_from_json(tags))
+            key = (tenant, name, tags_from_json(tags))
             self._series_ids.pop(key, None)
             self._last_write.pop(sid, None)
             keys.append(key)
@@ -709,176 +685,3 @@ def _file_id(path: Path) -> tuple[int, int] | None:
     except FileNotFoundError:
         return None
     return st.st_dev, st.st_ino
-
-
-def _complete_key(res: float) -> str:
-    return f"complete_until:{tier_table(res)}"
-
-
-def read_flushed_seq(conn: sqlite3.Connection) -> int:
-    return int(conn.execute("SELECT value FROM meta WHERE key='flushed_seq'").fetchone()[0])
-
-
-def read_complete_until(
-    conn: sqlite3.Connection, resolutions: Sequence[float]
-) -> dict[float, float]:
-    """For each coarse tier: every bucket before this time is written in that tier."""
-    out = {}
-    for res in resolutions[1:]:
-        row = conn.execute("SELECT value FROM meta WHERE key=?", (_complete_key(res),)).fetchone()
-        out[res] = float(row[0]) if row else 0.0
-    return out
-
-
-def read_series(conn: sqlite3.Connection, tenant: str, name: str | None = None) -> list[SeriesInfo]:
-    if name is None:
-        cur = conn.execute(
-            "SELECT id, tenant, name, tags, type FROM series WHERE tenant=?", (tenant,)
-        )
-    else:
-        cur = conn.execute(
-            "SELECT id, tenant, name, tags, type FROM series WHERE tenant=? AND name=?",
-            (tenant, name),
-        )
-    return [
-        SeriesInfo(sid, t, n, _tags_from_json(tags), MetricType(mt)) for sid, t, n, tags, mt in cur
-    ]
-
-
-_SELECT = "SELECT ts, series_id, count, sum, min, max, last, last_ts, sketch, hll FROM "
-
-
-NUMERIC_COLUMNS = ("count", "sum", "min", "max", "last", "last_ts")
-
-
-@dataclass(frozen=True, slots=True)
-class Columns:
-    """Bucket rows as arrays, one element per row (no Python object per row).
-
-    `series[i]` is the position of row i's series in the series list the rows were read for
-    (None when the rows' series were not read).
-    `values` maps each numeric column read (of NUMERIC_COLUMNS) to float64, NaN where NULL.
-    `sketches` are the DDV1 blobs of the rows `sketch_rows`, in row order (a row with a NULL
-    sketch has none); `hlls` and `hll_rows` likewise for HyperLogLogs.
-    """
-
-    ts: npt.NDArray[np.float64]
-    series: npt.NDArray[np.int64] | None
-    values: dict[str, npt.NDArray[np.float64]]
-    sketches: list[bytes]
-    sketch_rows: npt.NDArray[np.int64]
-    hlls: list[bytes]
-    hll_rows: npt.NDArray[np.int64]
-
-    def __len__(self) -> int:
-        return int(self.ts.size)
-
-
-def read_columns(
-    conn: sqlite3.Connection,
-    series: Sequence[SeriesInfo],
-    since: float,
-    until: float,
-    resolution: float = 10.0,
-    *,
-    values: Sequence[str] = NUMERIC_COLUMNS,
-    sketches: bool = False,
-    hll: bool = False,
-    by_series: bool = True,
-) -> Columns:
-    """The rows of tier `resolution` of the given series with since <= ts < until, as
-    Columns. Only the numeric columns named in `values` are read, the sketch and HyperLogLog
-    blobs only when asked, and the rows' series only `by_series`: every column read costs a
-    Python object per row in sqlite3."""
-    unknown = [v for v in values if v not in NUMERIC_COLUMNS]
-    if unknown:
-        raise ValueError(f"not a numeric column: {', '.join(unknown)}")
-    position = {s.id: i for i, s in enumerate(series)}
-    ids = list(position)
-    names = [
-        "ts",
-        *(["series_id"] if by_series else []),
-        *values,
-        *(["sketch"] if sketches else []),
-        *(["hll"] if hll else []),
-    ]
-    select = f"SELECT {', '.join(names)} FROM {tier_table(resolution)}"
-    raw: list[tuple[Any, ...]] = []
-    for i in range(0, len(ids), 500):
-        chunk = ids[i : i + 500]
-        marks = ",".join("?" * len(chunk))
-        cur = conn.execute(
-            f"{select} WHERE ts >= ? AND ts < ? AND series_id IN ({marks})",
-            (since, until, *chunk),
-        )
-        raw += cur.fetchall()
-    # Column by column, each straight from the rows; np.fromiter turns None (NULL) into NaN.
-    n = len(raw)
-
-    def column(name: str) -> Any:
-        return map(itemgetter(names.index(name)), raw)
-
-    ts = np.fromiter(column("ts"), dtype=np.float64, count=n)
-    numbers = {v: np.fromiter(column(v), dtype=np.float64, count=n) for v in values}
-    sketch_blobs, sketch_rows = _present(list(column("sketch")) if sketches else [])
-    hll_blobs, hll_rows = _present(list(column("hll")) if hll else [])
-    at = None
-    if by_series:
-        # Every row's series is in `ids` (the IN lists), so the search always finds it.
-        known = np.array(ids, dtype=np.int64)
-        order = np.argsort(known)
-        sid = np.fromiter(column("series_id"), dtype=np.int64, count=n)
-        at = np.array(list(position.values()), dtype=np.int64)[order]
-        at = at[np.searchsorted(known[order], sid)]
-    return Columns(
-        ts=ts,
-        series=at,
-        values=numbers,
-        sketches=sketch_blobs,
-        sketch_rows=sketch_rows,
-        hlls=hll_blobs,
-        hll_rows=hll_rows,
-    )
-
-
-def _present(column: list[Any]) -> tuple[list[bytes], npt.NDArray[np.int64]]:
-    """The non-NULL blobs of a column, and their row numbers."""
-    if None not in column:  # the usual case: every row of a sketch-backed metric has one
-        return column, np.arange(len(column), dtype=np.int64)
-    rows = [i for i, b in enumerate(column) if b is not None]
-    return [column[i] for i in rows], np.array(rows, dtype=np.int64)
-
-
-def _rows_where(
-    conn: sqlite3.Connection, table: str, where: str, args: tuple[object, ...]
-) -> list[BucketRow]:
-    by_id = {
-        sid: SeriesInfo(sid, t, n, _tags_from_json(tags), MetricType(mt))
-        for sid, t, n, tags, mt in conn.execute("SELECT id, tenant, name, tags, type FROM series")
-    }
-    return _to_rows(conn.execute(f"{_SELECT}{table} WHERE {where}", args).fetchall(), by_id)
-
-
-def _to_rows(raw: list[tuple[Any, ...]], by_id: dict[int, SeriesInfo]) -> list[BucketRow]:
-    sketches = sketch.decode_many([r[8] for r in raw if r[8] is not None])
-    it = iter(sketches)
-    keys = {sid: ((s.tenant, s.name, s.tags), s.type) for sid, s in by_id.items()}
-    out = []
-    for ts, sid, count, total, mn, mx, last, last_ts, blob, hll in raw:
-        decoded = None if blob is None else next(it)
-        known = keys.get(sid)
-        if known is None:
-            continue  # a series deleted meanwhile
-        key, mtype = known
-        out.append(BucketRow(ts, key, mtype, count, total, mn, mx, last, last_ts, decoded, hll))
-    return out
-
-
-def read_idempotency(conn: sqlite3.Connection, tenant: str, key: str) -> IdempotencyRecord | None:
-    row = conn.execute(
-        "SELECT body_sha256, status, response, created FROM idempotency WHERE tenant=? AND key=?",
-        (tenant, key),
-    ).fetchone()
-    if row is None:
-        return None
-    return IdempotencyRecord(tenant, key, row[0], int(row[1]), row[2], float(row[3]))

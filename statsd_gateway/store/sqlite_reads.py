@@ -1,0 +1,223 @@
+"""Reading the SQLite store: the record types rows come back as, and the reads every reader
+(the store's own threads, queries, the idempotency ledger) runs on a connection of its own.
+
+Pure functions of a `sqlite3.Connection`: no state, no writes. Bucket rows are read as numpy
+columns (`read_columns`), only the columns asked for, never as a Python object per row.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from operator import itemgetter
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from statsd_gateway import sketch
+from statsd_gateway.model import BucketRow, MetricType, Tags
+from statsd_gateway.store.schema import tier_table
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyRecord:
+    tenant: str
+    key: str
+    body_sha256: str
+    status: int
+    response: str  # the JSON body answered
+    created: float
+    seq: int = 0  # the snapshot holding the points this request applied
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesInfo:
+    id: int
+    tenant: str
+    name: str
+    tags: Tags
+    type: MetricType
+
+
+def tags_json(tags: Tags) -> str:
+    return json.dumps(dict(tags), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def tags_from_json(text: str) -> Tags:
+    return tuple(sorted(json.loads(text).items()))
+
+
+def complete_key(res: float) -> str:
+    return f"complete_until:{tier_table(res)}"
+
+
+def read_flushed_seq(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT value FROM meta WHERE key='flushed_seq'").fetchone()[0])
+
+
+def read_complete_until(
+    conn: sqlite3.Connection, resolutions: Sequence[float]
+) -> dict[float, float]:
+    """For each coarse tier: every bucket before this time is written in that tier."""
+    out = {}
+    for res in resolutions[1:]:
+        row = conn.execute("SELECT value FROM meta WHERE key=?", (complete_key(res),)).fetchone()
+        out[res] = float(row[0]) if row else 0.0
+    return out
+
+
+def read_series(conn: sqlite3.Connection, tenant: str, name: str | None = None) -> list[SeriesInfo]:
+    if name is None:
+        cur = conn.execute(
+            "SELECT id, tenant, name, tags, type FROM series WHERE tenant=?", (tenant,)
+        )
+    else:
+        cur = conn.execute(
+            "SELECT id, tenant, name, tags, type FROM series WHERE tenant=? AND name=?",
+            (tenant, name),
+        )
+    return [
+        SeriesInfo(sid, t, n, tags_from_json(tags), MetricType(mt)) for sid, t, n, tags, mt in cur
+    ]
+
+
+_SELECT = "SELECT ts, series_id, count, sum, min, max, last, last_ts, sketch, hll FROM "
+
+
+NUMERIC_COLUMNS = ("count", "sum", "min", "max", "last", "last_ts")
+
+
+@dataclass(frozen=True, slots=True)
+class Columns:
+    """Bucket rows as arrays, one element per row (no Python object per row).
+
+    `series[i]` is the position of row i's series in the series list the rows were read for
+    (None when the rows' series were not read).
+    `values` maps each numeric column read (of NUMERIC_COLUMNS) to float64, NaN where NULL.
+    `sketches` are the DDV1 blobs of the rows `sketch_rows`, in row order (a row with a NULL
+    sketch has none); `hlls` and `hll_rows` likewise for HyperLogLogs.
+    """
+
+    ts: npt.NDArray[np.float64]
+    series: npt.NDArray[np.int64] | None
+    values: dict[str, npt.NDArray[np.float64]]
+    sketches: list[bytes]
+    sketch_rows: npt.NDArray[np.int64]
+    hlls: list[bytes]
+    hll_rows: npt.NDArray[np.int64]
+
+    def __len__(self) -> int:
+        return int(self.ts.size)
+
+
+def read_columns(
+    conn: sqlite3.Connection,
+    series: Sequence[SeriesInfo],
+    since: float,
+    until: float,
+    resolution: float = 10.0,
+    *,
+    values: Sequence[str] = NUMERIC_COLUMNS,
+    sketches: bool = False,
+    hll: bool = False,
+    by_series: bool = True,
+) -> Columns:
+    """The rows of tier `resolution` of the given series with since <= ts < until, as
+    Columns. Only the numeric columns named in `values` are read, the sketch and HyperLogLog
+    blobs only when asked, and the rows' series only `by_series`: every column read costs a
+    Python object per row in sqlite3."""
+    unknown = [v for v in values if v not in NUMERIC_COLUMNS]
+    if unknown:
+        raise ValueError(f"not a numeric column: {', '.join(unknown)}")
+    position = {s.id: i for i, s in enumerate(series)}
+    ids = list(position)
+    names = [
+        "ts",
+        *(["series_id"] if by_series else []),
+        *values,
+        *(["sketch"] if sketches else []),
+        *(["hll"] if hll else []),
+    ]
+    select = f"SELECT {', '.join(names)} FROM {tier_table(resolution)}"
+    raw: list[tuple[Any, ...]] = []
+    for i in range(0, len(ids), 500):
+        chunk = ids[i : i + 500]
+        marks = ",".join("?" * len(chunk))
+        cur = conn.execute(
+            f"{select} WHERE ts >= ? AND ts < ? AND series_id IN ({marks})",
+            (since, until, *chunk),
+        )
+        raw += cur.fetchall()
+    # Column by column, each straight from the rows; np.fromiter turns None (NULL) into NaN.
+    n = len(raw)
+
+    def column(name: str) -> Any:
+        return map(itemgetter(names.index(name)), raw)
+
+    ts = np.fromiter(column("ts"), dtype=np.float64, count=n)
+    numbers = {v: np.fromiter(column(v), dtype=np.float64, count=n) for v in values}
+    sketch_blobs, sketch_rows = _present(list(column("sketch")) if sketches else [])
+    hll_blobs, hll_rows = _present(list(column("hll")) if hll else [])
+    at = None
+    if by_series:
+        # Every row's series is in `ids` (the IN lists), so the search always finds it.
+        known = np.array(ids, dtype=np.int64)
+        order = np.argsort(known)
+        sid = np.fromiter(column("series_id"), dtype=np.int64, count=n)
+        at = np.array(list(position.values()), dtype=np.int64)[order]
+        at = at[np.searchsorted(known[order], sid)]
+    return Columns(
+        ts=ts,
+        series=at,
+        values=numbers,
+        sketches=sketch_blobs,
+        sketch_rows=sketch_rows,
+        hlls=hll_blobs,
+        hll_rows=hll_rows,
+    )
+
+
+def _present(column: list[Any]) -> tuple[list[bytes], npt.NDArray[np.int64]]:
+    """The non-NULL blobs of a column, and their row numbers."""
+    if None not in column:  # the usual case: every row of a sketch-backed metric has one
+        return column, np.arange(len(column), dtype=np.int64)
+    rows = [i for i, b in enumerate(column) if b is not None]
+    return [column[i] for i in rows], np.array(rows, dtype=np.int64)
+
+
+def read_rows_where(
+    conn: sqlite3.Connection, table: str, where: str, args: tuple[object, ...]
+) -> list[BucketRow]:
+    by_id = {
+        sid: SeriesInfo(sid, t, n, tags_from_json(tags), MetricType(mt))
+        for sid, t, n, tags, mt in conn.execute("SELECT id, tenant, name, tags, type FROM series")
+    }
+    return _to_rows(conn.execute(f"{_SELECT}{table} WHERE {where}", args).fetchall(), by_id)
+
+
+def _to_rows(raw: list[tuple[Any, ...]], by_id: dict[int, SeriesInfo]) -> list[BucketRow]:
+    sketches = sketch.decode_many([r[8] for r in raw if r[8] is not None])
+    it = iter(sketches)
+    keys = {sid: ((s.tenant, s.name, s.tags), s.type) for sid, s in by_id.items()}
+    out = []
+    for ts, sid, count, total, mn, mx, last, last_ts, blob, hll in raw:
+        decoded = None if blob is None else next(it)
+        known = keys.get(sid)
+        if known is None:
+            continue  # a series deleted meanwhile
+        key, mtype = known
+        out.append(BucketRow(ts, key, mtype, count, total, mn, mx, last, last_ts, decoded, hll))
+    return out
+
+
+def read_idempotency(conn: sqlite3.Connection, tenant: str, key: str) -> IdempotencyRecord | None:
+    row = conn.execute(
+        "SELECT body_sha256, status, response, created FROM idempotency WHERE tenant=? AND key=?",
+        (tenant, key),
+    ).fetchone()
+    if row is None:
+        return None
+    return IdempotencyRecord(tenant, key, row[0], int(row[1]), row[2], float(row[3]))
