@@ -57,7 +57,8 @@ from statsd_gateway.flusher import Flusher
 from statsd_gateway.gateway import tune_gc
 from statsd_gateway.model import BucketRow, MetricType, RowBatch, SeriesKey
 from statsd_gateway.protocol import Sample
-from statsd_gateway.query import QueryEngine, QueryRows, parse_query
+from statsd_gateway.query import QueryEngine, QueryRows
+from statsd_gateway.query_params import parse_query
 from statsd_gateway.store import SqliteStore
 from statsd_gateway.store.rollup import TierRollup
 from statsd_gateway.telemetry import Telemetry

@@ -29,7 +29,8 @@ import pytest
 from statsd_gateway import sketch
 from statsd_gateway.aggregator import IntervalAggregator, SeriesRegistry
 from statsd_gateway.model import BucketRow, MetricType, RowBatch, Tags
-from statsd_gateway.query import QueryEngine, parse_query
+from statsd_gateway.query import QueryEngine
+from statsd_gateway.query_params import parse_query
 from statsd_gateway.store import SqliteStore
 from statsd_gateway.store.sqlite_reads import read_columns, read_series
 from tests.conftest import T0, ManualClock

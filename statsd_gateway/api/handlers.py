@@ -31,10 +31,10 @@ from statsd_gateway.idempotency import (
 )
 from statsd_gateway.ingest import Ingest, LoggedBody
 from statsd_gateway.protocol import Sample
-from statsd_gateway.query import (
+from statsd_gateway.query import QueryEngine
+from statsd_gateway.query_params import (
     QUERY_PARAMETERS,
     QUERY_REQUIRED,
-    QueryEngine,
     check_parameters,
     parse_query,
     parse_tag_filter,
