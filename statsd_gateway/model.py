@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -103,6 +104,62 @@ def canonical_tags(pairs: list[tuple[str, str]] | dict[str, str]) -> Tags:
     """Sort by key, last duplicate wins."""
     d = pairs if isinstance(pairs, dict) else dict(pairs)
     return tuple(sorted(d.items()))
+
+
+class MatchOp(enum.Enum):
+    """A label matcher's operator, as PromQL spells it."""
+
+    EQUAL = "="
+    NOT_EQUAL = "!="
+    REGEX = "=~"
+    NOT_REGEX = "!~"
+
+
+@dataclass(frozen=True, slots=True)
+class Matcher:
+    """One tag matcher of a query's series selector, with Prometheus' semantics: a tag a series
+    does not carry has the value "" (so `k!="x"` and `k=""` select series without `k`), and a
+    regex must match the whole value (it is anchored at both ends)."""
+
+    key: str
+    op: MatchOp
+    value: str
+
+    def __post_init__(self) -> None:
+        if self.op in (MatchOp.REGEX, MatchOp.NOT_REGEX):
+            _anchored(self.value)  # a bad regex fails here, where the matcher is made
+
+    def accepts(self, value: str) -> bool:
+        """Whether a series whose tag `key` is `value` ("" when absent) passes."""
+        op = self.op
+        if op is MatchOp.EQUAL:
+            return value == self.value
+        if op is MatchOp.NOT_EQUAL:
+            return value != self.value
+        hit = _anchored(self.value).fullmatch(value) is not None
+        return hit if op is MatchOp.REGEX else not hit
+
+    def matches(self, tags: Tags) -> bool:
+        return self.accepts(dict(tags).get(self.key, ""))
+
+
+def _anchored(pattern: str) -> re.Pattern[str]:
+    compiled = _REGEX_CACHE.get(pattern)
+    if compiled is None:
+        if len(_REGEX_CACHE) >= 1024:
+            _REGEX_CACHE.clear()
+        compiled = _REGEX_CACHE[pattern] = re.compile(pattern)
+    return compiled
+
+
+_REGEX_CACHE: dict[str, re.Pattern[str]] = {}
+
+
+def matches_all(tags: Tags, matchers: Sequence[Matcher]) -> bool:
+    if not matchers:
+        return True
+    have = dict(tags)
+    return all(m.accepts(have.get(m.key, "")) for m in matchers)
 
 
 # (tenant, name, tags): a plain tuple, because the ingest hot path builds one per line.

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import math
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,17 +25,10 @@ import numpy.typing as npt
 from statsd_gateway import sketch
 from statsd_gateway.aggregator import IntervalAggregator, finish
 from statsd_gateway.errors import InvalidArgument, MetricNotFound, QueryTooLarge
-from statsd_gateway.model import MetricType, RowBatch, Tags
+from statsd_gateway.model import MetricType, RowBatch, Tags, matches_all
 from statsd_gateway.query_params import QuerySpec
-from statsd_gateway.store import SqliteStore
-from statsd_gateway.store.sqlite_reads import (
-    Columns,
-    SeriesInfo,
-    read_columns,
-    read_complete_until,
-    read_flushed_seq,
-    read_series,
-)
+from statsd_gateway.store.base import Columns, RowRead, Store
+from statsd_gateway.store.tiers import is_multiple
 
 
 def _check_agg(spec: QuerySpec, mtype: MetricType) -> None:
@@ -50,13 +42,6 @@ def _check_agg(spec: QuerySpec, mtype: MetricType) -> None:
         )
 
 
-def _matches(tags: Tags, want: Tags) -> bool:
-    if not want:
-        return True
-    have = dict(tags)
-    return all(have.get(k) == v for k, v in want)
-
-
 def _json_number(v: float) -> float | int | None:
     """JSON has no Infinity or NaN (a sum can overflow): those become null."""
     v = float(v)
@@ -65,53 +50,6 @@ def _json_number(v: float) -> float | int | None:
     if v.is_integer() and abs(v) < 2**53:
         return int(v)
     return v
-
-
-@dataclass(frozen=True, slots=True)
-class Segment:
-    """Rows of tier `resolution` with lo <= ts < hi."""
-
-    resolution: float
-    lo: float
-    hi: float
-
-
-def plan(
-    resolutions: Sequence[float],
-    complete_until: dict[float, float],
-    window: float | None,
-    start: float,
-    until: float,
-) -> list[Segment]:
-    """Which tier serves which part of [start, until): the coarsest tier whose resolution divides
-    the window serves the whole buckets it has completed; what is left at either edge goes to
-    the next finer eligible tier, and the finest tier serves the rest."""
-    coarse = [r for r in reversed(resolutions[1:]) if window is None or _is_multiple(window, r)]
-    segments: list[Segment] = []
-
-    def cover(lo: float, hi: float, candidates: list[float]) -> None:
-        if lo >= hi:
-            return
-        if not candidates:
-            segments.append(Segment(resolutions[0], lo, hi))
-            return
-        r, finer = candidates[0], candidates[1:]
-        a = math.ceil(lo / r) * r
-        b = min(math.floor(hi / r) * r, complete_until.get(r, 0.0))
-        if a >= b:
-            cover(lo, hi, finer)
-            return
-        cover(lo, a, finer)
-        segments.append(Segment(r, a, b))
-        cover(b, hi, finer)
-
-    cover(start, until, coarse)
-    return segments
-
-
-def _is_multiple(a: float, b: float) -> bool:
-    q = a / b
-    return q >= 1 and abs(q - round(q)) < 1e-9
 
 
 def _sketch_budget_error(n: int, limit: int, spec: QuerySpec) -> QueryTooLarge:
@@ -158,7 +96,7 @@ class QueryRows:
 class QueryEngine:
     def __init__(
         self,
-        store: SqliteStore,
+        store: Store,
         aggregator: IntervalAggregator,
         *,
         max_sketches: int = 200_000,
@@ -188,48 +126,37 @@ class QueryEngine:
         `sketches` and `hll` say which columns to read, as for read_columns; the rows' series
         are read only to group by tags."""
         memory = self.aggregator.collect(tenant, spec.name)
-        resolutions = self.store.resolutions
         by_series = bool(spec.group_by)
+        budget = None
+        if sketches:
 
-        def read(conn: sqlite3.Connection) -> tuple[int, list[SeriesInfo], list[Columns]]:
-            seq = read_flushed_seq(conn)
-            series = read_series(conn, tenant, spec.name)
-            series = [s for s in series if _matches(s.tags, spec.tags)]
-            segments = plan(
-                resolutions,
-                read_complete_until(conn, resolutions),
-                spec.window,
-                start,
-                spec.until,
-            )
-            if sketches:
-                n = len(series) * sum(math.ceil((g.hi - g.lo) / g.resolution) for g in segments)
+            def budget(n: int) -> None:
                 if n > self.max_sketches:
                     raise _sketch_budget_error(n, self.max_sketches, spec)
-            parts = [
-                read_columns(
-                    conn,
-                    series,
-                    g.lo,
-                    g.hi,
-                    g.resolution,
-                    values=values,
-                    sketches=sketches,
-                    hll=hll,
-                    by_series=by_series,
-                )
-                for g in segments
-            ]
-            return seq, series, parts
 
-        seq, series, stored = await self.store.run_read(read)
+        stored = await self.store.read_rows(
+            RowRead(
+                tenant,
+                spec.name,
+                spec.matchers,
+                start,
+                spec.until,
+                spec.window,
+                values=tuple(values),
+                sketches=sketches,
+                hll=hll,
+                by_series=by_series,
+                sketch_budget=budget,
+            )
+        )
+        seq, series = stored.flushed_seq, stored.series
         fresh = [
             (ts, key, acc)
             for s, ts, key, acc in memory
-            if s > seq and start <= ts < spec.until and _matches(key[2], spec.tags)
+            if s > seq and start <= ts < spec.until and matches_all(key[2], spec.matchers)
         ]
         tags = [s.tags for s in series]
-        parts = [(0, c) for c in stored]
+        parts = [(0, stored.cols)]
         if fresh:
 
             def convert() -> tuple[list[Tags], Columns]:
@@ -244,7 +171,7 @@ class QueryEngine:
         mtype = self.metric_type(tenant, spec.name)
         _check_agg(spec, mtype)
         finest = self.store.resolutions[0]
-        if spec.window is not None and not _is_multiple(spec.window, finest):
+        if spec.window is not None and not is_multiple(spec.window, finest):
             # A finest-tier bucket cannot be split across windows: sums and rates would be wrong.
             up = max(1, math.ceil(spec.window / finest)) * finest
             raise InvalidArgument(

@@ -18,7 +18,7 @@ from typing import Any
 
 from statsd_gateway.config import parse_duration
 from statsd_gateway.errors import InvalidArgument, QueryTooLarge
-from statsd_gateway.model import Tags
+from statsd_gateway.model import Matcher, MatchOp, Tags
 
 _AGG_RE = re.compile(r"p(100|\d{1,2}(?:\.\d+)?)")
 _PLAIN_AGGS = ("count", "sum", "avg", "min", "max", "last", "rate", "distinct")
@@ -50,6 +50,11 @@ class QuerySpec:
     since: float
     until: float
     group_by: tuple[str, ...] = ()
+
+    @property
+    def matchers(self) -> tuple[Matcher, ...]:
+        """The tag filter as series matchers (`k=v` each)."""
+        return tuple(Matcher(k, MatchOp.EQUAL, v) for k, v in self.tags)
 
 
 def parse_time(text: str, now: float, field: str) -> float:

@@ -37,7 +37,8 @@ from statsd_gateway import sketch
 from statsd_gateway.config import Config
 from statsd_gateway.gateway import Gateway
 from statsd_gateway.model import BucketRow, MetricType, RowBatch
-from statsd_gateway.query import Segment, plan
+from statsd_gateway.store.tiers import Segment
+from statsd_gateway.store.tiers import plan_segments as plan
 from tests.conftest import T0, Api, ManualClock, make_config
 
 HOUR = 3600.0

@@ -1,6 +1,7 @@
-"""Storage of rolled-up buckets. `SqliteStore` is the embedded default."""
+"""Storage of rolled-up buckets: the Store contract (base.py) and its backends. `SqliteStore` is
+the embedded default."""
 
+from statsd_gateway.store.base import SeriesInfo, Store
 from statsd_gateway.store.sqlite import SqliteStore, StoreError
-from statsd_gateway.store.sqlite_reads import SeriesInfo
 
-__all__ = ["SeriesInfo", "SqliteStore", "StoreError"]
+__all__ = ["SeriesInfo", "SqliteStore", "Store", "StoreError"]

@@ -32,7 +32,8 @@ from typing import TypeVar
 import numpy as np
 
 from statsd_gateway import sketch
-from statsd_gateway.model import BucketRow, MetricType, RowBatch, SeriesKey
+from statsd_gateway.model import BucketRow, Matcher, MetricType, RowBatch, SeriesKey, matches_all
+from statsd_gateway.store.base import IdempotencyRecord, RowRead, SeriesInfo, StoredRows
 from statsd_gateway.store.schema import (
     DamagedDatabase,
     SchemaError,
@@ -42,12 +43,14 @@ from statsd_gateway.store.schema import (
     tier_table,
 )
 from statsd_gateway.store.sqlite_reads import (
-    IdempotencyRecord,
-    SeriesInfo,
     complete_key,
     read_complete_until,
     read_flushed_seq,
+    read_idempotency,
     read_rows_where,
+    read_series,
+    read_stored_rows,
+    read_tag_values,
     tags_from_json,
     tags_json,
 )
@@ -616,6 +619,21 @@ class SqliteStore:
             with self._lock:
                 self._read_conns.append(conn)
         return conn
+
+    async def read_rows(self, request: RowRead) -> StoredRows:
+        return await self.run_read(lambda c: read_stored_rows(c, request, self.resolutions))
+
+    async def series(
+        self, tenant: str, name: str | None = None, matchers: Sequence[Matcher] = ()
+    ) -> list[SeriesInfo]:
+        found = await self.run_read(lambda c: read_series(c, tenant, name))
+        return [s for s in found if matches_all(s.tags, matchers)]
+
+    async def tag_values(self, tenant: str, key: str, name: str | None = None) -> dict[str, int]:
+        return await self.run_read(lambda c: read_tag_values(c, tenant, key, name))
+
+    async def idempotency_record(self, tenant: str, key: str) -> IdempotencyRecord | None:
+        return await self.run_read(lambda c: read_idempotency(c, tenant, key))
 
     async def run_read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Runs `fn(conn)` on a reader thread inside one read transaction, time-limited."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Sequence
-from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
 
@@ -18,28 +17,17 @@ import numpy as np
 import numpy.typing as npt
 
 from statsd_gateway import sketch
-from statsd_gateway.model import BucketRow, MetricType, Tags
+from statsd_gateway.model import BucketRow, MetricType, Tags, matches_all
+from statsd_gateway.store.base import (
+    NUMERIC_COLUMNS,
+    Columns,
+    IdempotencyRecord,
+    RowRead,
+    SeriesInfo,
+    StoredRows,
+)
 from statsd_gateway.store.schema import tier_table
-
-
-@dataclass(frozen=True, slots=True)
-class IdempotencyRecord:
-    tenant: str
-    key: str
-    body_sha256: str
-    status: int
-    response: str  # the JSON body answered
-    created: float
-    seq: int = 0  # the snapshot holding the points this request applied
-
-
-@dataclass(frozen=True, slots=True)
-class SeriesInfo:
-    id: int
-    tenant: str
-    name: str
-    tags: Tags
-    type: MetricType
+from statsd_gateway.store.tiers import plan_segments
 
 
 def tags_json(tags: Tags) -> str:
@@ -85,32 +73,6 @@ def read_series(conn: sqlite3.Connection, tenant: str, name: str | None = None) 
 
 
 _SELECT = "SELECT ts, series_id, count, sum, min, max, last, last_ts, sketch, hll FROM "
-
-
-NUMERIC_COLUMNS = ("count", "sum", "min", "max", "last", "last_ts")
-
-
-@dataclass(frozen=True, slots=True)
-class Columns:
-    """Bucket rows as arrays, one element per row (no Python object per row).
-
-    `series[i]` is the position of row i's series in the series list the rows were read for
-    (None when the rows' series were not read).
-    `values` maps each numeric column read (of NUMERIC_COLUMNS) to float64, NaN where NULL.
-    `sketches` are the DDV1 blobs of the rows `sketch_rows`, in row order (a row with a NULL
-    sketch has none); `hlls` and `hll_rows` likewise for HyperLogLogs.
-    """
-
-    ts: npt.NDArray[np.float64]
-    series: npt.NDArray[np.int64] | None
-    values: dict[str, npt.NDArray[np.float64]]
-    sketches: list[bytes]
-    sketch_rows: npt.NDArray[np.int64]
-    hlls: list[bytes]
-    hll_rows: npt.NDArray[np.int64]
-
-    def __len__(self) -> int:
-        return int(self.ts.size)
 
 
 def read_columns(
@@ -221,3 +183,74 @@ def read_idempotency(conn: sqlite3.Connection, tenant: str, key: str) -> Idempot
     if row is None:
         return None
     return IdempotencyRecord(tenant, key, row[0], int(row[1]), row[2], float(row[3]))
+
+
+def read_stored_rows(
+    conn: sqlite3.Connection, request: RowRead, resolutions: Sequence[float]
+) -> StoredRows:
+    """A RowRead in one read transaction: the flushed seq, the matching series, and their rows
+    from the tiers plan_segments picks."""
+    seq = read_flushed_seq(conn)
+    series = read_series(conn, request.tenant, request.name)
+    if request.matchers:
+        series = [s for s in series if matches_all(s.tags, request.matchers)]
+    segments = plan_segments(
+        resolutions,
+        read_complete_until(conn, resolutions),
+        request.window,
+        request.start,
+        request.until,
+    )
+    if request.sketch_budget is not None:
+        request.sketch_budget(len(series) * sum(g.buckets for g in segments))
+    parts = [
+        read_columns(
+            conn,
+            series,
+            g.lo,
+            g.hi,
+            g.resolution,
+            values=request.values,
+            sketches=request.sketches,
+            hll=request.hll,
+            by_series=request.by_series,
+        )
+        for g in segments
+    ]
+    return StoredRows(seq, series, concat_columns(parts, request.values))
+
+
+def concat_columns(parts: Sequence[Columns], values: Sequence[str]) -> Columns:
+    """The rows of the parts in order, as one Columns (row numbers shifted; `series` positions
+    index the same series list, so they are kept as they are)."""
+    if len(parts) == 1:
+        return parts[0]
+    if not parts:
+        empty = np.empty(0, dtype=np.int64)
+        return Columns(np.empty(0), empty, {v: np.empty(0) for v in values}, [], empty, [], empty)
+    starts = np.cumsum([0, *(len(c) for c in parts[:-1])]).tolist()
+    series = [c.series for c in parts if c.series is not None]
+    return Columns(
+        ts=np.concatenate([c.ts for c in parts]),
+        series=np.concatenate(series) if len(series) == len(parts) else None,
+        values={v: np.concatenate([c.values[v] for c in parts]) for v in values},
+        sketches=[b for c in parts for b in c.sketches],
+        sketch_rows=np.concatenate(
+            [c.sketch_rows + start for start, c in zip(starts, parts, strict=True)]
+        ),
+        hlls=[h for c in parts for h in c.hlls],
+        hll_rows=np.concatenate(
+            [c.hll_rows + start for start, c in zip(starts, parts, strict=True)]
+        ),
+    )
+
+
+def read_tag_values(
+    conn: sqlite3.Connection, tenant: str, key: str, name: str | None
+) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for s in read_series(conn, tenant, name):
+        value = dict(s.tags).get(key)
+        if value is not None:
+            counts[value] = counts.get(value, 0) + 1
+    return counts

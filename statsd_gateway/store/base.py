@@ -1,0 +1,202 @@
+"""The Store contract: what the flusher, the query engine, retention, the catalog and the
+idempotency ledger ask of a backend, and the records that cross that seam.
+
+A backend (SQLite, the in-memory store of the unit tests, PostgreSQL next) implements `Store`.
+Nothing outside `store/` sees a connection, a cursor or a thread of a backend: every method is a
+domain-level coroutine, safe to await from the event loop, and a backend runs its work where it
+likes (SQLite: one writer thread, a pool of readers).
+
+Rules every backend keeps:
+- `write_flush` is one atomic unit: the finest tier's rows, the coarse tiers' completed buckets,
+  how far each tier is complete, the gauges' current values, the idempotency records, and the
+  flush's seq are all stored or none is. A flush whose seq is at or below the stored one is
+  ignored (a retry after an answer that never arrived) and answers False.
+- A bucket already stored is merged with, never overwritten: counts and sums add, min/max
+  combine, `last` keeps the latest `last_ts`, sketches and HyperLogLogs merge. How is the
+  backend's business (SQLite merges in its upsert).
+- `trial=True` does the whole write and rolls it back: it raises what the real write would.
+- An outage (the backend unreachable, locked, full, its file removed) raises StoreError (or a
+  subclass), after which the same call is worth retrying; an error of the data itself (a value
+  the backend cannot hold) propagates as raised, so the flusher can set the rows aside.
+- Reads see one consistent state: `read_rows` answers the flushed seq and the rows from the same
+  transaction, so the caller can add what memory holds above that seq, and nothing twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from statsd_gateway.model import Matcher, MetricType, RowBatch, SeriesKey, Tags
+
+# The numeric columns of a bucket row a read may ask for.
+NUMERIC_COLUMNS = ("count", "sum", "min", "max", "last", "last_ts")
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesInfo:
+    id: int
+    tenant: str
+    name: str
+    tags: Tags
+    type: MetricType
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyRecord:
+    tenant: str
+    key: str
+    body_sha256: str
+    status: int
+    response: str  # the JSON body answered
+    created: float
+    seq: int = 0  # the snapshot holding the points this request applied
+
+
+@dataclass(frozen=True, slots=True)
+class Columns:
+    """Bucket rows as arrays, one element per row (no Python object per row).
+
+    `series[i]` is the position of row i's series in the series list the rows were read for
+    (None when the rows' series were not read).
+    `values` maps each numeric column read (of NUMERIC_COLUMNS) to float64, NaN where NULL.
+    `sketches` are the DDV1 blobs of the rows `sketch_rows`, in row order (a row with a NULL
+    sketch has none); `hlls` and `hll_rows` likewise for HyperLogLogs.
+    """
+
+    ts: npt.NDArray[np.float64]
+    series: npt.NDArray[np.int64] | None
+    values: dict[str, npt.NDArray[np.float64]]
+    sketches: list[bytes]
+    sketch_rows: npt.NDArray[np.int64]
+    hlls: list[bytes]
+    hll_rows: npt.NDArray[np.int64]
+
+    def __len__(self) -> int:
+        return int(self.ts.size)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredState:
+    """What a store holds that the daemon needs at start."""
+
+    series: list[SeriesInfo]
+    flushed_seq: int
+    # Per coarse tier: every bucket before this time is written in that tier.
+    complete_until: dict[float, float]
+    # The current value and its time of every gauge, as last flushed.
+    gauges: dict[SeriesKey, tuple[float, float]]
+
+
+@dataclass(frozen=True, slots=True)
+class FlushWrite:
+    """One flush, written as one atomic unit (see the module's rules)."""
+
+    seq: int
+    rows: RowBatch  # the finest tier's rows
+    rollups: Mapping[float, RowBatch] = field(default_factory=dict)
+    complete_until: Mapping[float, float] = field(default_factory=dict)
+    gauges: Mapping[SeriesKey, tuple[float, float]] = field(default_factory=dict)
+    idempotency: Sequence[IdempotencyRecord] = ()
+    # Idempotency records created before this are deleted in the same unit.
+    idempotency_expire_before: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RowRead:
+    """The stored bucket rows of one metric's series matching `matchers`, start <= ts < until.
+
+    The backend picks the tiers: the coarsest whose resolution divides `window` (any, if None)
+    serves the whole buckets it has completed, finer ones the edges (store/tiers.py). Only the
+    columns asked for are read: `values` (of NUMERIC_COLUMNS), the sketch blobs, the HLL blobs,
+    and the rows' series (to group by tags). `sketch_budget`, if set, is called with the number
+    of bucket sketches the read would merge before any row is read; it raises to refuse."""
+
+    tenant: str
+    name: str
+    matchers: tuple[Matcher, ...]
+    start: float
+    until: float
+    window: float | None
+    values: tuple[str, ...] = ()
+    sketches: bool = False
+    hll: bool = False
+    by_series: bool = False
+    sketch_budget: Callable[[int], None] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRows:
+    """The answer to a RowRead: the flushed seq and the rows, from one consistent state."""
+
+    flushed_seq: int
+    series: list[SeriesInfo]  # the matching series; `cols.series` indexes it
+    cols: Columns
+
+
+class Store(Protocol):
+    """A backend for the rolled-up buckets. `resolutions`: the tiers' widths, finest first."""
+
+    resolutions: tuple[float, ...]
+    read_timeout: float
+
+    @property
+    def gone(self) -> str | None:
+        """Why writes fail right now because the store's files went away, or None."""
+        ...
+
+    # -- lifecycle
+    async def open(self) -> StoredState: ...
+    async def close(self, timeout: float | None = None) -> None: ...
+    async def ensure_in_place(self, *, recreate: bool = False) -> None:
+        """Checks the store is still where it was opened (reopening it if it can)."""
+        ...
+
+    # -- writes
+    async def write_flush(self, flush: FlushWrite, *, trial: bool = False) -> bool:
+        """Stores the flush; False if its seq was stored already (nothing done)."""
+        ...
+
+    async def write_rollups(
+        self, rollups: Mapping[float, RowBatch], complete_until: Mapping[float, float]
+    ) -> None:
+        """Completed coarse buckets and how far each tier is complete (history imports)."""
+        ...
+
+    async def delete_series(self, keys: Sequence[SeriesKey]) -> tuple[int, int]:
+        """Deletes the series and their rows in every tier; returns (series stored, rows)."""
+        ...
+
+    async def delete_expired(self, resolution: float, before: float) -> int:
+        """Deletes tier `resolution`'s rows older than `before`, in short units that let
+        flushes interleave; frees the space; returns the rows deleted."""
+        ...
+
+    async def forget_stale_series(self, horizon: float) -> list[SeriesKey]:
+        """Deletes series created before `horizon` with no row in any coarse tier and not
+        written by this process since; returns their keys."""
+        ...
+
+    # -- reads
+    async def flushed_seq(self) -> int: ...
+    async def read_rows(self, request: RowRead) -> StoredRows: ...
+    async def read_for_rebuild(self, resolution: float, since: float) -> RowBatch:
+        """Every row of tier `resolution` from `since` on (the open rollups, at start)."""
+        ...
+
+    async def series(
+        self, tenant: str, name: str | None = None, matchers: Sequence[Matcher] = ()
+    ) -> list[SeriesInfo]:
+        """The tenant's series (of metric `name`, if given) whose tags pass every matcher."""
+        ...
+
+    async def tag_values(self, tenant: str, key: str, name: str | None = None) -> dict[str, int]:
+        """The values of tag `key` over the tenant's series (of `name`), each with how many
+        series carry it."""
+        ...
+
+    async def idempotency_record(self, tenant: str, key: str) -> IdempotencyRecord | None: ...
