@@ -113,6 +113,15 @@ class Snapshot:
     def series_count(self) -> int:
         return sum(len(m) for m in self.buckets.values())
 
+    def remove(self, entries: Iterable[tuple[float, SeriesKey]]) -> None:
+        """Forgets these (bucket, series) entries (the flusher set them aside as unwritable)."""
+        for ts, key in entries:
+            m = self.buckets.get(ts)
+            if m is not None:
+                m.pop(key, None)
+                if not m:
+                    del self.buckets[ts]
+
 
 class SeriesRegistry:
     """Types per (tenant, name) and known series per tenant, seeded from the store at start."""

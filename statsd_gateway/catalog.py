@@ -11,14 +11,13 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections import Counter
-from functools import partial
 from typing import Any
 
 from statsd_gateway.aggregator import IntervalAggregator, SeriesRegistry
 from statsd_gateway.errors import MetricNotFound
 from statsd_gateway.flusher import Flusher
 from statsd_gateway.model import Tags
-from statsd_gateway.store import SqliteStore
+from statsd_gateway.store.base import Store
 
 
 class MetricCatalog:
@@ -26,7 +25,7 @@ class MetricCatalog:
         self,
         registry: SeriesRegistry,
         aggregator: IntervalAggregator,
-        store: SqliteStore,
+        store: Store,
         flusher: Flusher,
     ) -> None:
         self._registry = registry
@@ -61,11 +60,9 @@ class MetricCatalog:
             for n, t in self._registry.series.get(tenant, ())
             if n == name and dict(tags).items() <= dict(t).items()
         }
-        store, rollup = self._store, self._flusher.rollup
         async with self._flusher.paused():  # a flush in progress would write them back
-            series, rows = await store.run_write(partial(store.delete_series, list(keys)))
-            if rollup is not None:
-                await store.run_write(partial(rollup.discard, keys))
+            series, rows = await self._store.delete_series(list(keys))
+            await self._flusher.discard_rollups(keys)
             in_memory = self._aggregator.discard(keys)
             self._registry.forget(keys)
         # Their points may still be in the write-ahead log, which a crash would replay: a flush

@@ -13,6 +13,9 @@
     ├── PayloadTooLarge          413 PAYLOAD_TOO_LARGE
     ├── CardinalityLimit         429 CARDINALITY_LIMIT
     └── Unavailable              503 UNAVAILABLE
+        └── StoreError           503 UNAVAILABLE (the store is down: retried, data kept)
+            ├── StoreTimeout     503 UNAVAILABLE (a read overran query.timeout)
+            └── StoreGone        503 UNAVAILABLE (its file was removed or replaced)
 
 ConfigError and ListenError are separate: each stops a start, naming the offending key (and,
 for a listener that cannot bind, which one and its address); neither reaches HTTP.
@@ -97,6 +100,21 @@ class CardinalityLimit(GatewayError):
 class Unavailable(GatewayError):
     status = 503
     code = "UNAVAILABLE"
+
+
+class StoreError(Unavailable):
+    """The store cannot be opened, read or written: an outage (locked, full, I/O, closed,
+    unreachable), after which the same call is worth retrying. An error of the data itself (a
+    value the backend cannot encode, a constraint it breaks) is not wrapped: it propagates as it
+    was raised, and the flusher sets the offending rows aside."""
+
+
+class StoreTimeout(StoreError):
+    """A read ran longer than query.timeout."""
+
+
+class StoreGone(StoreError):
+    """The store's file was removed or replaced while open."""
 
 
 class ListenError(OSError):

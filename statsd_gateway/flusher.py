@@ -1,9 +1,12 @@
 """Aligned flush ticks: swap the live interval, finish it off the loop, write it, release it.
 
-A flush is swap → finish → write → release, each timed. A failed write is logged and counted; the
-snapshot stays pending (queries still see it) and is retried on the next tick, oldest first. At
-most `max_pending` snapshots wait: past that the oldest is dropped and counted, so memory stays
-bounded while the store is down.
+A flush is swap → finish → fold → write → release, each timed. Finishing (accumulators → rows)
+and folding the rows into the coarse tiers' open rollups is CPU work: it runs on the flusher's
+own worker thread, which alone touches the TierRollup; the write is one `Store.write_flush`.
+
+A failed write is logged and counted; the snapshot stays pending (queries still see it) and
+is retried on the next tick, oldest first. At most `max_pending_rows` series-buckets wait: past
+that the oldest snapshot is dropped and counted, so memory stays bounded while the store is down.
 """
 
 from __future__ import annotations
@@ -14,15 +17,19 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
-from statsd_gateway.aggregator import Acc, IntervalAggregator, Snapshot, finish, finish_snapshot
+import numpy as np
+
+from statsd_gateway.aggregator import IntervalAggregator, Snapshot, finish_snapshot
+from statsd_gateway.errors import StoreError
 from statsd_gateway.idempotency import TTL_SECONDS, IdempotencyLedger
 from statsd_gateway.ingest import WriteHolds
 from statsd_gateway.model import RowBatch, SeriesKey
-from statsd_gateway.store import SqliteStore
-from statsd_gateway.store.base import IdempotencyRecord
-from statsd_gateway.store.rollup import TierRollup
-from statsd_gateway.store.sqlite import StoreError
+from statsd_gateway.store.base import FlushWrite, IdempotencyRecord, Store
+from statsd_gateway.store.rollup import RollupState, TierRollup
 from statsd_gateway.telemetry import Telemetry
 from statsd_gateway.wal import WriteAheadLog
 
@@ -36,13 +43,22 @@ _OUTAGES = (StoreError, MemoryError)
 # How long a flush waits for HTTP writes whose log entries name its snapshot to apply their
 # points (they wait for one fsync); past it the snapshot is retried at the next tick.
 HOLD_TIMEOUT = 5.0
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """A flush ready to write, and the rollups' state to go back to if it is not written."""
+
+    write: FlushWrite
+    saved: RollupState | None
 
 
 class Flusher:
     def __init__(
         self,
         aggregator: IntervalAggregator,
-        store: SqliteStore,
+        store: Store,
         telemetry: Telemetry,
         *,
         clock: Callable[[], float] = time.time,
@@ -71,6 +87,33 @@ class Flusher:
         self._data_failures: dict[int, int] = {}
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="flush-worker")
+
+    async def _on_worker(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
+
+    def close(self) -> None:
+        """After the final flush: the worker thread ends."""
+        self._worker.shutdown(wait=True)
+
+    async def rebuild_rollups(self) -> None:
+        """At start: the coarse tiers' open buckets, from the rows of the tier below them in
+        the store (open buckets are never written)."""
+        rollup = self.rollup
+        if rollup is None:
+            return
+        finer = (self.store.resolutions[0], *rollup.coarse)
+        for level, res in enumerate(rollup.coarse):
+            rows = await self.store.read_for_rebuild(finer[level], rollup.complete_until[res])
+            await self._on_worker(rollup.fold, rows, level)
+        n_open = await self._on_worker(rollup.open_buckets)
+        if n_open:
+            log.info("rebuilt %d open rollup buckets from disk", n_open)
+
+    async def discard_rollups(self, keys: set[SeriesKey]) -> None:
+        """Drops the open rollup buckets of these series (an admin delete; hold paused())."""
+        if self.rollup is not None:
+            await self._on_worker(self.rollup.discard, keys)
 
     @property
     def backing_off(self) -> bool:
@@ -176,10 +219,12 @@ class Flusher:
         records = self.ledger.records_upto(snap.seq) if self.ledger else []
         expire_before = self.clock() - TTL_SECONDS
         while True:  # ends: each pass that continues has removed series from the snapshot
+            rows: RowBatch | None = None
             try:
-                n = await self.store.run_write(
-                    lambda: self._finish_and_write(snap, records, expire_before)
-                )
+                finishing = time.perf_counter()
+                rows = await self._on_worker(finish_snapshot, snap)
+                self.telemetry.flush_step_seconds["finish"] = time.perf_counter() - finishing
+                n = await self._finish_and_write(snap, rows, records, expire_before)
                 break
             except _OUTAGES as e:  # the same write is worth retrying later
                 self._failed(e)
@@ -188,7 +233,7 @@ class Flusher:
                 # An error of the data: retried as it is, it would fail this way forever, and
                 # every snapshot behind it with it. Set aside what cannot be written.
                 try:
-                    if await self._set_aside_unwritable(snap):
+                    if rows is not None and await self._set_aside_unwritable(snap, rows):
                         continue
                 except _OUTAGES as outage:
                     self._failed(outage)
@@ -219,11 +264,11 @@ class Flusher:
         self.last_error = str(e) or type(e).__name__
         log.error("flush failed, will retry: %s", self.last_error)
 
-    async def _set_aside_unwritable(self, snap: Snapshot) -> bool:
+    async def _set_aside_unwritable(self, snap: Snapshot, rows: RowBatch) -> bool:
         """Finds the series-buckets of `snap` that cannot be written and removes them from it
         (logged and counted): True if any were found. A snapshot that keeps failing with no
         series to blame counts a data failure towards QUARANTINE_AFTER."""
-        found = await self.store.run_write(lambda: self._find_unwritable(snap))
+        found = await self._find_unwritable(snap, rows)
         for (ts, key), why in found[:_LOGGED_PER_FLUSH]:
             log.error(
                 "flush: set aside series %r of bucket %s, which cannot be written: %s",
@@ -233,10 +278,7 @@ class Flusher:
             )
         if len(found) > _LOGGED_PER_FLUSH:
             log.error("flush: %d more series set aside", len(found) - _LOGGED_PER_FLUSH)
-        for (ts, key), _ in found:
-            del snap.buckets[ts][key]
-            if not snap.buckets[ts]:
-                del snap.buckets[ts]
+        snap.remove([entry for entry, _ in found])
         self.telemetry.flush_quarantined_series += len(found)
         return bool(found)
 
@@ -259,80 +301,99 @@ class Flusher:
             self.wal.release_upto(snap.seq)
         self.telemetry.flush_quarantined_series += n
 
-    def _find_unwritable(self, snap: Snapshot) -> list[tuple[tuple[float, SeriesKey], Exception]]:
-        """Writer thread: bisects the snapshot's series-buckets with trial writes (rolled back)
-        down to the single ones that fail, each with its error; none if the whole snapshot's
-        rows write (the error was elsewhere, or passed). Costs about two trial writes of the
-        snapshot per bad series. An outage ends the search (it propagates)."""
+    async def _find_unwritable(
+        self, snap: Snapshot, rows: RowBatch
+    ) -> list[tuple[tuple[float, SeriesKey], Exception]]:
+        """Bisects the snapshot's rows with trial writes (rolled back) down to the single ones
+        that fail, each with its error; none if all its rows write (the error was elsewhere, or
+        passed). Costs about two trial writes of the snapshot per bad row. An outage ends the
+        search (it propagates)."""
 
-        def trial(part: list[tuple[float, SeriesKey, Acc]]) -> Exception | None:
+        async def trial(part: RowBatch) -> Exception | None:
             try:
-                self._finish_and_write(snap, [], 0.0, entries=part, trial=True)
+                await self._finish_and_write(snap, part, [], 0.0, trial=True)
             except _OUTAGES:
                 raise
             except Exception as e:
                 return e
             return None
 
-        if trial([]) is not None:
+        everything = np.arange(len(rows), dtype=np.int64)
+        if await trial(rows.take(everything[:0])) is not None:
             return []  # it fails with no row at all: no row is to blame
-        entries = [(ts, key, acc) for ts, m in snap.buckets.items() for key, acc in m.items()]
         found: list[tuple[tuple[float, SeriesKey], Exception]] = []
-        suspects = [(entries, e)] if (e := trial(entries)) is not None else []
+        suspects = [(everything, e)] if (e := await trial(rows)) is not None else []
         while suspects:
             part, why = suspects.pop()
             if len(part) == 1:
-                found.append(((part[0][0], part[0][1]), why))
+                i = int(part[0])
+                found.append(((float(rows.ts[i]), rows.keys[i]), why))
                 continue
             mid = len(part) // 2
             for half in (part[:mid], part[mid:]):
-                if (e := trial(half)) is not None:
+                if (e := await trial(rows.take(half))) is not None:
                     suspects.append((half, e))
         return found
 
-    def _finish_and_write(
+    def _prepare(
         self,
         snap: Snapshot,
+        rows: RowBatch,
         records: list[IdempotencyRecord],
         expire_before: float,
-        *,
-        entries: list[tuple[float, SeriesKey, Acc]] | None = None,
-        trial: bool = False,
-    ) -> int:
-        """Writer thread: the finest tier's rows and the coarse tiers' buckets they complete, in
-        one transaction. If it fails, the rollups go back to their state before this snapshot,
-        which is retried whole with the next flush. `entries` (a part of the snapshot) and
-        `trial` (roll back, leave the rollups as they were) serve _find_unwritable."""
-        if not trial and snap.seq <= self.store.flushed_seq_now():
-            return 0  # already committed (a retry after an answer that never arrived)
-        started = time.perf_counter()
-        rows = finish_snapshot(snap) if entries is None else finish(entries)
+    ) -> _Prepared:
+        """Worker thread: the flush of `rows` (of `snap`) with the coarse tiers' buckets they
+        complete; the rollups keep the fold, and `saved` is their state before it."""
         # Only those of the series written: a series set aside must not fail the rest again.
         gauges = {k: snap.gauges[k] for k in rows.keys if k in snap.gauges}
         rollups: dict[float, RowBatch] = {}
-        saved = None if self.rollup is None else self.rollup.save()
-        try:
-            if self.rollup is not None:
+        saved = None
+        if self.rollup is not None:
+            saved = self.rollup.save()
+            try:
                 self.rollup.fold(rows)
                 rollups = self.rollup.complete(snap.boundary)
-            finished = time.perf_counter()
-            self.store.write_flush(
-                rows,
-                flushed_seq=snap.seq,
+            except BaseException:
+                self.rollup.restore(saved)
+                raise
+        return _Prepared(
+            FlushWrite(
+                seq=snap.seq,
+                rows=rows,
+                rollups=rollups,
+                complete_until={} if self.rollup is None else dict(self.rollup.complete_until),
+                gauges=gauges,
                 idempotency=records,
                 idempotency_expire_before=expire_before,
-                rollups=rollups,
-                complete_until=None if self.rollup is None else dict(self.rollup.complete_until),
-                gauges=gauges,
-                trial=trial,
-            )
-        except BaseException:
-            if self.rollup is not None and saved is not None:
-                self.rollup.restore(saved)
-            raise
-        if trial and self.rollup is not None and saved is not None:
-            self.rollup.restore(saved)
+            ),
+            saved,
+        )
+
+    async def _finish_and_write(
+        self,
+        snap: Snapshot,
+        rows: RowBatch,
+        records: list[IdempotencyRecord],
+        expire_before: float,
+        *,
+        trial: bool = False,
+    ) -> int:
+        """The finest tier's rows and the coarse tiers' buckets they complete, in one
+        Store.write_flush. If it fails (or is a `trial`, rolled back by the store, or the seq
+        was stored already: a retry after an answer that never arrived), the rollups go back to
+        their state before it; a failed snapshot is retried whole with the next flush. Returns
+        the rows written."""
+        folding = time.perf_counter()
+        prepared = await self._on_worker(self._prepare, snap, rows, records, expire_before)
+        writing = time.perf_counter()
+        stored = False
+        try:
+            stored = await self.store.write_flush(prepared.write, trial=trial)
+        finally:
+            # The worker is idle (this flush awaited it) and nothing else folds: restore here.
+            if (trial or not stored) and self.rollup is not None and prepared.saved is not None:
+                self.rollup.restore(prepared.saved)
         if not trial:
             steps = self.telemetry.flush_step_seconds
-            steps["finish"], steps["write"] = finished - started, time.perf_counter() - finished
-        return len(rows)
+            steps["fold"], steps["write"] = writing - folding, time.perf_counter() - writing
+        return len(rows) if stored else 0

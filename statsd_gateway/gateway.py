@@ -16,7 +16,6 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Iterator
-from functools import partial
 from pathlib import Path
 
 from aiohttp import web
@@ -44,7 +43,7 @@ from statsd_gateway.model import SeriesKey
 from statsd_gateway.protocol import StatsdParser
 from statsd_gateway.query import QueryEngine
 from statsd_gateway.replay import LogReplay
-from statsd_gateway.store import SqliteStore
+from statsd_gateway.store import SqliteStore, Store
 from statsd_gateway.store.retention import RetentionJob
 from statsd_gateway.store.rollup import TierRollup
 from statsd_gateway.tcp import TcpListener
@@ -92,14 +91,16 @@ class Gateway:
         *,
         clock: Callable[[], float] = time.time,
         flush_on_ticks: bool = True,
+        store: Store | None = None,
     ) -> None:
+        """`store`: a backend to use instead of the one the config names (tests)."""
         self.config = config
         self.clock = clock
         # Tests that own the clock turn the tick loop off and call flusher.flush() themselves.
         self.flush_on_ticks = flush_on_ticks
         self.telemetry = Telemetry()
         self.resolutions = tuple(t.resolution for t in config.storage.tiers)
-        self.store = SqliteStore(
+        self.store: Store = store or SqliteStore(
             config.storage.path,
             resolutions=self.resolutions,
             read_timeout=config.query.timeout,
@@ -132,10 +133,11 @@ class Gateway:
         cfg = self.config
         self.started_at = self.clock()
         self._setup_keys()
-        for info in await asyncio.to_thread(self.store.open):
+        stored = await self.store.open()
+        for info in stored.series:
             self.registry.add(info.tenant, info.name, info.tags, info.type)
         self._store_open = True
-        flushed_seq = await asyncio.to_thread(self.store.flushed_seq)
+        flushed_seq = stored.flushed_seq
         wal = WriteAheadLog(cfg.storage.wal_directory) if cfg.storage.wal else None
         replayed = await asyncio.to_thread(wal.replay, flushed_seq) if wal else []
         self.telemetry.wal_replay_dropped_bytes += wal.dropped_bytes if wal else 0
@@ -152,11 +154,9 @@ class Gateway:
         )
         parser = StatsdParser(gauge_sign=cfg.statsd.gauge_sign, sanitise=cfg.statsd.name_sanitising)
         self.ingest = Ingest(self.aggregator, self.telemetry, parser, wal)
-        self.aggregator.restore_gauges(await self.store.run_write(self.store.gauge_currents))
+        self.aggregator.restore_gauges(stored.gauges)
         self.idempotency = IdempotencyLedger(
-            self.store,  # type: ignore[arg-type]  # conforms once its writes are async
-            lambda: self.aggregator.next_seq,
-            self.clock,
+            self.store, lambda: self.aggregator.next_seq, self.clock
         )
         LogReplay(self.ingest, self.idempotency, self.telemetry).replay(replayed, first_seq)
         if wal is not None:
@@ -170,9 +170,10 @@ class Gateway:
             ledger=self.idempotency,
             wal=wal,
             max_pending_rows=cfg.aggregation.max_pending_rows,
-            rollup=await self._rebuild_rollups(),
+            rollup=TierRollup(self.resolutions, stored.complete_until),
             holds=self.ingest.holds,
         )
+        await self.flusher.rebuild_rollups()
         self.ingest.bound = MemoryBound(
             self.aggregator, self.flusher, self.telemetry, limit=cfg.storage.backfill_memory
         )
@@ -186,9 +187,7 @@ class Gateway:
         )
         self._pipeline = True
         self.query_engine = QueryEngine(
-            self.store,  # type: ignore[arg-type]  # conforms once its writes are async
-            self.aggregator,
-            max_sketches=cfg.query.max_sketches,
+            self.store, self.aggregator, max_sketches=cfg.query.max_sketches
         )
         self.catalog = MetricCatalog(self.registry, self.aggregator, self.store, self.flusher)
         self.telemetry.pending_flushes = lambda: len(self.aggregator.pending)
@@ -250,21 +249,6 @@ class Gateway:
             log.error("reload: %s; keeping the certificate served so far", e)
         else:
             log.info("reload: http.tls: reloaded the certificate from %s", tls.cert_file)
-
-    async def _rebuild_rollups(self) -> TierRollup:
-        """The coarse tiers' open buckets, from the rows of the tier below them on disk."""
-        store = self.store
-        complete_until = await store.run_write(store.complete_until)
-        rollup = TierRollup(self.resolutions, complete_until)
-        for level, res in enumerate(rollup.coarse):
-            finer = self.resolutions[level]
-            since = complete_until[res]
-            rows = await store.run_write(partial(store.read_for_rebuild, finer, since))
-            await store.run_write(partial(rollup.fold, rows, level))
-        n_open = rollup.open_buckets()
-        if n_open:
-            log.info("rebuilt %d open rollup buckets from disk", n_open)
-        return rollup
 
     def _forget_series(self, keys: list[SeriesKey]) -> None:
         """Series the store removed; one with a point in memory since stays known (its next
@@ -371,12 +355,13 @@ class Gateway:
                 await self.ingest.bound.drain()
             await self.flusher.stop()
             await self._final_flush()
+            await asyncio.to_thread(self.flusher.close)
         if self.wal is not None:
             await asyncio.to_thread(self.wal.stop)
             self.wal = None
         if self._store_open:
             try:
-                await asyncio.to_thread(self.store.close, STORE_CLOSE_TIMEOUT)
+                await self.store.close(STORE_CLOSE_TIMEOUT)
             except TimeoutError:
                 log.error("the store did not close within %gs", STORE_CLOSE_TIMEOUT)
             self._store_open = False
@@ -402,7 +387,7 @@ class Gateway:
 
     async def _recreate_and_flush(self) -> bool:
         try:
-            await asyncio.to_thread(self.store.ensure_in_place, recreate=True)
+            await self.store.ensure_in_place(recreate=True)
         except Exception as e:  # the flush below fails and says what it costs
             log.error("cannot make the database again at its path: %s", e)
         return await self.flusher.flush(force=True)

@@ -119,18 +119,24 @@ class MatchOp(enum.Enum):
 class Matcher:
     """One tag matcher of a query's series selector, with Prometheus' semantics: a tag a series
     does not carry has the value "" (so `k!="x"` and `k=""` select series without `k`), and a
-    regex must match the whole value (it is anchored at both ends)."""
+    regex must match the whole value (it is anchored at both ends). `present`: the series must
+    carry the tag (our /v1 `tags` filter, where `canary:` selects the bare tag `canary`)."""
 
     key: str
     op: MatchOp
     value: str
+    present: bool = False
 
     def __post_init__(self) -> None:
         if self.op in (MatchOp.REGEX, MatchOp.NOT_REGEX):
             _anchored(self.value)  # a bad regex fails here, where the matcher is made
 
-    def accepts(self, value: str) -> bool:
-        """Whether a series whose tag `key` is `value` ("" when absent) passes."""
+    def accepts(self, value: str | None) -> bool:
+        """Whether a series whose tag `key` is `value` (None when absent) passes."""
+        if value is None:
+            if self.present:
+                return False
+            value = ""
         op = self.op
         if op is MatchOp.EQUAL:
             return value == self.value
@@ -140,7 +146,7 @@ class Matcher:
         return hit if op is MatchOp.REGEX else not hit
 
     def matches(self, tags: Tags) -> bool:
-        return self.accepts(dict(tags).get(self.key, ""))
+        return self.accepts(dict(tags).get(self.key))
 
 
 def _anchored(pattern: str) -> re.Pattern[str]:
@@ -159,7 +165,7 @@ def matches_all(tags: Tags, matchers: Sequence[Matcher]) -> bool:
     if not matchers:
         return True
     have = dict(tags)
-    return all(m.accepts(have.get(m.key, "")) for m in matchers)
+    return all(m.accepts(have.get(m.key)) for m in matchers)
 
 
 # (tenant, name, tags): a plain tuple, because the ingest hot path builds one per line.

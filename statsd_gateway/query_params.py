@@ -53,8 +53,8 @@ class QuerySpec:
 
     @property
     def matchers(self) -> tuple[Matcher, ...]:
-        """The tag filter as series matchers (`k=v` each)."""
-        return tuple(Matcher(k, MatchOp.EQUAL, v) for k, v in self.tags)
+        """The tag filter as series matchers: each tag present, with that value."""
+        return tuple(Matcher(k, MatchOp.EQUAL, v, present=True) for k, v in self.tags)
 
 
 def parse_time(text: str, now: float, field: str) -> float:

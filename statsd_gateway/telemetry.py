@@ -60,7 +60,7 @@ class Telemetry:
         self.flushed_rows = 0
         self.flush_dropped_series = 0
         self.flush_quarantined_series = 0
-        # step (swap, finish, write, release) -> seconds it took in the last flush that ran it
+        # step (swap, finish, fold, write, release) -> seconds it took in the last flush that ran it
         self.flush_step_seconds: dict[str, float] = {}
         self.pressure_flushes = 0
         self.wal_replay_skipped = 0

@@ -5,17 +5,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from aiohttp import ClientSession
 
 from statsd_gateway.config import ApiKey, Config, config_from_dict, hash_key
 from statsd_gateway.gateway import Gateway
+from statsd_gateway.model import BucketRow, RowBatch
+from statsd_gateway.store.base import FlushWrite, Store
 from tests.daemon import Daemon
+
+T_ = TypeVar("T_")
 
 KEY = "test-key-default"
 OTHER_KEY = "test-key-other-tenant"
@@ -161,3 +165,13 @@ async def wait_for_udp(gateway: Gateway, packets: int, timeout: float = 5.0) -> 
         lambda: f"only {t.packets['udp']} of {packets} datagrams arrived",
         timeout,
     )
+
+
+def run_sync(coro: Coroutine[Any, Any, T_]) -> T_:
+    """A store coroutine run to its end from a synchronous test or fixture."""
+    return asyncio.run(coro)
+
+
+async def write_rows(store: Store, rows: Sequence[BucketRow], seq: int | None = None) -> None:
+    """The finest tier's rows alone, as a flush of snapshot `seq` (None: not a flush)."""
+    await store.write_flush(FlushWrite(seq, RowBatch.from_rows(rows)))

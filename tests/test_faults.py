@@ -15,15 +15,13 @@ from aiohttp import ClientSession
 
 from statsd_gateway.config import Config
 from statsd_gateway.gateway import Gateway
+from statsd_gateway.store import SqliteStore
 from tests.conftest import T0, Api, ManualClock, make_config, running, send_udp, wait_for_udp
 
 
 async def pragma(gw: Gateway, sql: str) -> None:
-    def run() -> None:
-        assert gw.store._wconn is not None
-        gw.store._wconn.execute(sql)
-
-    await gw.store.run_write(run)
+    assert isinstance(gw.store, SqliteStore)
+    await gw.store.run_on_writer(lambda conn: conn.execute(sql))
 
 
 async def counter_sum(api: Api, name: str) -> object:

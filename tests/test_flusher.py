@@ -13,7 +13,7 @@ from statsd_gateway.flusher import Flusher
 from statsd_gateway.model import MetricType
 from statsd_gateway.store import SqliteStore
 from statsd_gateway.telemetry import Telemetry
-from tests.conftest import T0, ManualClock, make_config, running
+from tests.conftest import T0, ManualClock, make_config, run_sync, running
 
 
 class Ticks:
@@ -35,7 +35,7 @@ class Ticks:
 def parts(tmp_path: Path) -> tuple[Flusher, ManualClock]:
     clock = ManualClock(T0 + 3.5)
     store = SqliteStore(tmp_path / "m.db", resolutions=(10.0,), clock=clock)
-    store.open()
+    run_sync(store.open())
     aggregator = IntervalAggregator(interval=10.0, clock=clock, registry=SeriesRegistry(),
                                     max_series_per_tenant=100, max_backdate=3600.0)  # fmt: skip
     return Flusher(aggregator, store, Telemetry(), clock=clock), clock
@@ -52,7 +52,8 @@ async def test_ticks_fall_on_multiples_of_the_interval(parts: tuple[Flusher, Man
     assert ticks.woke_at == [T0 + 10, T0 + 20, T0 + 30]
     assert flusher.telemetry.flushes == 3 and flusher.aggregator.pending == []
     assert flusher.telemetry.flushed_rows == 1  # the one counter, in the first tick's flush
-    flusher.store.close()
+    await flusher.store.close()
+    flusher.close()
 
 
 async def test_a_flush_that_raises_does_not_end_the_ticks(
@@ -75,7 +76,8 @@ async def test_a_flush_that_raises_does_not_end_the_ticks(
     assert calls == 3
     assert flusher.telemetry.flush_errors == 1
     assert flusher.last_error is None  # the flushes after it succeeded
-    flusher.store.close()
+    await flusher.store.close()
+    flusher.close()
 
 
 async def test_each_step_of_a_flush_is_timed_in_the_self_metrics(
@@ -91,5 +93,5 @@ async def test_each_step_of_a_flush_is_timed_in_the_self_metrics(
         for line in text.splitlines()
         if line.startswith("statsd_gateway_last_flush_step_duration_seconds{")
     }
-    assert set(timed) == {"swap", "finish", "write", "release"}, text
+    assert set(timed) == {"swap", "finish", "fold", "write", "release"}, text
     assert all(seconds >= 0 for seconds in timed.values())

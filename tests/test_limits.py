@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from statsd_gateway.aggregator import finish_snapshot
 from statsd_gateway.gateway import Gateway
 from tests.conftest import OTHER_KEY, Api, ManualClock, make_config, running, send_udp, wait_for_udp
 
@@ -97,8 +98,9 @@ async def test_a_snapshot_already_committed_is_not_written_twice(
     gw, api = small
     await api.report(point("a"))
     snap = gw.aggregator.swap()
-    assert await gw.store.run_write(lambda: gw.flusher._finish_and_write(snap, [], 0.0)) == 1
-    assert await gw.store.run_write(lambda: gw.flusher._finish_and_write(snap, [], 0.0)) == 0
+    rows = finish_snapshot(snap)
+    assert await gw.flusher._finish_and_write(snap, rows, [], 0.0) == 1
+    assert await gw.flusher._finish_and_write(snap, rows, [], 0.0) == 0
     gw.aggregator.release(snap)
     status, body = await api.query(name="a", agg="count", since="-1h")
     assert (status, body["points"][0]["value"]) == (200, 1)

@@ -33,7 +33,7 @@ from statsd_gateway.query import QueryEngine
 from statsd_gateway.query_params import parse_query
 from statsd_gateway.store import SqliteStore
 from statsd_gateway.store.sqlite_reads import read_columns, read_series
-from tests.conftest import T0, ManualClock
+from tests.conftest import T0, ManualClock, run_sync, write_rows
 
 TENANT = "default"
 UNTIL = T0 + 1800.0
@@ -89,7 +89,7 @@ class World:
 def parts(tmp_path: Path) -> Iterator[tuple[SqliteStore, IntervalAggregator, ManualClock]]:
     clock = ManualClock(UNTIL + 5.0)
     store = SqliteStore(tmp_path / "metrics.db", clock=clock)
-    store.open()
+    run_sync(store.open())
     aggregator = IntervalAggregator(
         interval=10.0,
         clock=clock,
@@ -100,7 +100,7 @@ def parts(tmp_path: Path) -> Iterator[tuple[SqliteStore, IntervalAggregator, Man
     try:
         yield store, aggregator, clock
     finally:
-        store.close()
+        run_sync(store.close())
 
 
 def values_of(rng: np.random.Generator, n: int) -> list[float]:
@@ -156,8 +156,8 @@ async def build(
                         written[name].append(o)
                         out.append(bucket_row(name, mtype, o))
     batch = RowBatch.from_rows(coarse)
-    await store.run_write(lambda: store.write_rollups({60.0: batch}, {60.0: COMPLETE_1M}))
-    await store.run_write(lambda: store.write_rows(fine))
+    await store.write_rollups({60.0: batch}, {60.0: COMPLETE_1M})
+    await write_rows(store, fine)
     reported = (*TAGSETS[:3], MEMORY_ONLY)  # not d: its min stays NULL
     for phase in range(2):
         samples: list[Any] = []
@@ -319,7 +319,7 @@ async def test_last_on_equal_timestamps_is_the_row_still_in_memory(
     aggregator.registry.add(TENANT, "temp", key[2], MetricType.GAUGE)
     t = T0 + 600.0
     stored = BucketRow(t, key, MetricType.GAUGE, 1.0, 1.0, 1.0, 1.0, 1.0, t + 5.0)
-    await store.run_write(lambda: store.write_rows([stored]))
+    await write_rows(store, [stored])
     aggregator.add_samples(TENANT, [("temp", key[2], MetricType.GAUGE, 2.0, 1.0, t + 5.0, False)])
     engine = QueryEngine(store, aggregator)
     spec = parse_query(
@@ -356,7 +356,7 @@ async def test_read_columns_reads_only_the_columns_asked_for(
         BucketRow(T0 + 10, (TENANT, "lat", b), MetricType.TIMING, 1.0, 4.0, 4.0, None, sketch=bins),
         BucketRow(T0 + 20, (TENANT, "lat", b), MetricType.TIMING, 1.0, 9.0, 9.0, 9.0),  # later
     ]
-    await store.run_write(lambda: store.write_rows(rows))
+    await write_rows(store, rows)
     conn = sqlite3.connect(f"file:{store.path}?mode=ro", uri=True)
     statements: list[str] = []
     conn.set_trace_callback(statements.append)

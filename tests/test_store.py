@@ -14,7 +14,7 @@ from statsd_gateway.model import BucketRow, MetricType, SeriesKey
 from statsd_gateway.store import SqliteStore, StoreError
 from statsd_gateway.store.schema import SCHEMA_VERSION
 from statsd_gateway.store.sqlite_reads import read_columns, read_flushed_seq, read_series
-from tests.conftest import T0
+from tests.conftest import T0, run_sync, write_rows
 
 LAT: SeriesKey = ("default", "api.latency", (("env", "prod"), ("region", "eu")))
 TEMP: SeriesKey = ("default", "temp", (("host", "a"),))
@@ -30,11 +30,11 @@ def db_path(tmp_path: Path) -> Path:
 @pytest.fixture
 def store(db_path: Path) -> Iterator[SqliteStore]:
     s = SqliteStore(db_path)
-    s.open()
+    run_sync(s.open())
     try:
         yield s
     finally:
-        s.close()
+        run_sync(s.close())
 
 
 def timing(ts: float, values: Sequence[float], weights: Sequence[float] | None = None) -> BucketRow:
@@ -84,14 +84,14 @@ def members(ts: float, names: Sequence[str]) -> BucketRow:
 
 
 async def write(store: SqliteStore, rows: list[BucketRow], flushed_seq: int | None = None) -> None:
-    await store.run_write(lambda: store.write_rows(rows, flushed_seq))
+    await write_rows(store, rows, flushed_seq)
 
 
 async def read_all(
     store: SqliteStore, name: str | None = None
 ) -> dict[tuple[float, str], BucketRow]:
     """Every row of the finest tier, as the store reads them back to rebuild its rollups."""
-    batch = await store.run_write(lambda: store.read_for_rebuild(store.resolutions[0], 0.0))
+    batch = await store.read_for_rebuild(store.resolutions[0], 0.0)
     rows = [r for r in batch.rows() if name is None or r.key[1] == name]
     out = {(r.ts, r.key[1]): r for r in rows}
     assert len(out) == len(rows)
@@ -148,8 +148,8 @@ def test_the_wal_is_checkpointed_between_writes_and_stays_small(
                       3.0, sketch=sketch.bin_values([1.0, 2.0, 3.0 + j]))
             for j in range(1000)
         ]  # fmt: skip
-        store._writer.submit(store.write_rows, rows).result()
-        store._checkpointer.submit(lambda: None).result()  # the queued checkpoint has run
+        run_sync(write_rows(store, rows))
+        store._w._checkpointer.submit(lambda: None).result()  # the queued checkpoint has run
         sizes.append(wal.stat().st_size)
     one_write = sizes[0]
     assert max(sizes) < 3 * one_write < 800_000, sizes
@@ -161,10 +161,10 @@ def test_the_wal_is_checkpointed_between_writes_and_stays_small(
 def test_open_of_a_new_database_knows_no_series(db_path: Path) -> None:
     s = SqliteStore(db_path)
     try:
-        assert s.open() == []
-        assert s.flushed_seq() == 0
+        state = run_sync(s.open())
+        assert state.series == [] and state.flushed_seq == 0
     finally:
-        s.close()
+        run_sync(s.close())
 
 
 # --- round trips -----------------------------------------------------------------------------
@@ -271,18 +271,18 @@ async def test_second_write_of_a_bucket_merges_set(store: SqliteStore) -> None:
 async def test_merge_with_a_bucket_written_before_a_restart(db_path: Path) -> None:
     a, b = timing(T0, [1.0, 2.0]), timing(T0, [3.0])
     first = SqliteStore(db_path)
-    first.open()
+    await first.open()
     try:
         await write(first, [a])
     finally:
-        first.close()
+        await first.close()
     second = SqliteStore(db_path)
-    second.open()
+    await second.open()
     try:
         await write(second, [b])
         got = (await read_all(second))[(T0, "api.latency")]
     finally:
-        second.close()
+        await second.close()
     assert (got.count, got.sum, got.min, got.max) == (3.0, 6.0, 1.0, 3.0)
     assert_same_bins(got.sketch, sketch.merge([a.sketch, b.sketch]))  # type: ignore[list-item]
 
@@ -293,35 +293,35 @@ async def test_merge_with_a_bucket_written_before_a_restart(db_path: Path) -> No
 async def test_data_survives_close_and_reopen(db_path: Path) -> None:
     rows = [timing(T0, [1.0, 2.0, 40.0]), gauge(T0, [1.0], T0 + 1), members(T0, ["a", "b"])]
     first = SqliteStore(db_path)
-    first.open()
+    await first.open()
     try:
         await write(first, rows, flushed_seq=3)
     finally:
-        first.close()
+        await first.close()
     second = SqliteStore(db_path)
     try:
-        known = second.open()
+        known = (await second.open()).series
         assert {(s.tenant, s.name, s.tags): s.type for s in known} == {
             LAT: MetricType.TIMING,
             TEMP: MetricType.GAUGE,
             USERS: MetricType.SET,
         }
-        assert second.flushed_seq() == 3
+        assert await second.flushed_seq() == 3
         got = await read_all(second)
     finally:
-        second.close()
+        await second.close()
     for r in rows:
         assert_same_row(got[(r.ts, r.key[1])], r)
 
 
 async def test_flushed_seq_is_stored_with_the_rows(store: SqliteStore) -> None:
     await write(store, [counter(T0, 1.0, 1.0)], flushed_seq=7)
-    assert store.flushed_seq() == 7
+    assert await store.flushed_seq() == 7
     assert await store.run_read(read_flushed_seq) == 7
     await write(store, [counter(T0 + 10, 1.0, 1.0)])
-    assert store.flushed_seq() == 7
+    assert await store.flushed_seq() == 7
     await write(store, [], flushed_seq=8)
-    assert store.flushed_seq() == 8
+    assert await store.flushed_seq() == 8
 
 
 # --- files that are not ours -----------------------------------------------------------------
@@ -331,9 +331,9 @@ def open_fails(path: Path) -> StoreError:
     s = SqliteStore(path)
     try:
         with pytest.raises(StoreError) as e:
-            s.open()
+            run_sync(s.open())
     finally:
-        s.close()
+        run_sync(s.close())
     return e.value
 
 
@@ -363,8 +363,8 @@ def test_foreign_sqlite_database_is_refused_and_left_alone(db_path: Path) -> Non
 
 def test_newer_schema_version_is_refused(db_path: Path) -> None:
     s = SqliteStore(db_path)
-    s.open()
-    s.close()
+    run_sync(s.open())
+    run_sync(s.close())
     with sqlite3.connect(db_path) as conn:
         conn.execute(
             "UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION + 1),)

@@ -140,7 +140,7 @@ class Driver:
         gw._runner = None
         await gw.flusher.stop()
         await asyncio.to_thread(gw.wal.stop)
-        await asyncio.to_thread(gw.store.close)
+        await gw.store.close()
         self.gw = None
 
     async def flush(self) -> None:
@@ -559,7 +559,7 @@ async def test_a_30_day_query_with_window_1h_reads_the_hourly_tier(tmp_path: Pat
                 )
             )
         batch = RowBatch.from_rows(rows)
-        await gw.store.run_write(lambda: gw.store.write_rollups({3600.0: batch}, {3600.0: T0}))
+        await gw.store.write_rollups({3600.0: batch}, {3600.0: T0})
         raw = d.raw["hist.latency"]
         for ts, vals in history.items():
             raw.add(np.full(vals.size, ts + 1.0), np.zeros(vals.size, dtype=np.int64), vals)
@@ -924,10 +924,10 @@ async def test_a_late_point_stays_visible_while_its_flush_is_written(
         between, go_on = threading.Event(), threading.Event()
         write_flush = store.write_flush
 
-        def paused(*args: Any, **kwargs: Any) -> None:
+        async def paused(*args: Any, **kwargs: Any) -> bool:
             between.set()
-            go_on.wait(10)
-            write_flush(*args, **kwargs)
+            await asyncio.to_thread(go_on.wait, 10)
+            return await write_flush(*args, **kwargs)
 
         monkeypatch.setattr(store, "write_flush", paused)
         flush = asyncio.create_task(d.flush())
@@ -1042,8 +1042,8 @@ async def test_a_rollup_that_fails_midway_is_undone_and_the_snapshot_counted_onc
 
     clock = ManualClock(T0 + 1.0)
     store = SqliteStore(tmp_path / "m.db", clock=clock)
-    store.open()
-    rollup = TierRollup(store.resolutions, store.complete_until())
+    stored = await store.open()
+    rollup = TierRollup(store.resolutions, stored.complete_until)
     aggregator = IntervalAggregator(interval=10.0, clock=clock, registry=SeriesRegistry(),
                                     max_series_per_tenant=100, max_backdate=3600.0)  # fmt: skip
     flusher = Flusher(aggregator, store, Telemetry(), clock=clock, rollup=rollup)
@@ -1071,4 +1071,5 @@ async def test_a_rollup_that_fails_midway_is_undone_and_the_snapshot_counted_onc
         conn.close()
         assert minute == [(T0, 6.0)]
     finally:
-        store.close()
+        await store.close()
+        flusher.close()

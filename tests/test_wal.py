@@ -25,7 +25,7 @@ async def crash(gw: Gateway) -> None:
     await gw._runner.cleanup()
     await gw.flusher.stop()
     await asyncio.to_thread(gw.wal.stop)
-    await asyncio.to_thread(gw.store.close)
+    await gw.store.close()
 
 
 async def started(config: Config, clock: ManualClock) -> tuple[Gateway, ClientSession, Api]:

@@ -18,11 +18,11 @@ from statsd_gateway.errors import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    StoreError,
     Unauthenticated,
     Unavailable,
     error_envelope,
 )
-from statsd_gateway.store.sqlite import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +40,10 @@ def error_response(err: GatewayError, headers: dict[str, str] | None = None) -> 
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except GatewayError as e:
-        return error_response(e)
     except StoreError as e:  # an outage of the store (removed, locked, unreadable): not a bug
         return error_response(Unavailable(f"the store cannot be read: {e}"))
+    except GatewayError as e:
+        return error_response(e)
     except web.HTTPRequestEntityTooLarge:
         return error_response(PayloadTooLarge("the request body is too large", "body"))
     except web.HTTPMethodNotAllowed as e:

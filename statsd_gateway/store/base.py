@@ -96,7 +96,7 @@ class StoredState:
 class FlushWrite:
     """One flush, written as one atomic unit (see the module's rules)."""
 
-    seq: int
+    seq: int | None  # the aggregator's snapshot; None for rows from elsewhere (imports)
     rows: RowBatch  # the finest tier's rows
     rollups: Mapping[float, RowBatch] = field(default_factory=dict)
     complete_until: Mapping[float, float] = field(default_factory=dict)

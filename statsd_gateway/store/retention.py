@@ -1,9 +1,9 @@
 """Retention: buckets older than their tier's retention are deleted on a schedule.
 
-Each delete is its own short transaction on the writer thread, so flushes interleave with a long
-cleanup instead of waiting for it. Freed pages go back to the file system by incremental vacuum,
-so the database stops growing in steady state. Series without data in any tier for longer than
-the longest retention are removed too.
+The store deletes in short units (SQLite: one short transaction each on its writer thread), so
+flushes interleave with a long cleanup instead of waiting for it, and gives the space back (SQLite:
+incremental vacuum), so the database stops growing in steady state. Series without data in any
+tier for longer than the longest retention are removed too.
 """
 
 from __future__ import annotations
@@ -12,11 +12,10 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
-from functools import partial
 
 from statsd_gateway.config import TierConfig
 from statsd_gateway.model import SeriesKey
-from statsd_gateway.store.sqlite import SqliteStore
+from statsd_gateway.store.base import Store
 from statsd_gateway.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -25,7 +24,7 @@ log = logging.getLogger(__name__)
 class RetentionJob:
     def __init__(
         self,
-        store: SqliteStore,
+        store: Store,
         tiers: Sequence[TierConfig],
         telemetry: Telemetry,
         *,
@@ -70,21 +69,12 @@ class RetentionJob:
             if not force and now - self._last_run.get(res, -1e300) < max(self.interval, res):
                 continue
             self._last_run[res] = now
-            before = now - tier.retention
-            cursor = -1 if res != self.tiers[0].resolution else 0
-            while True:
-                n, cursor = await self.store.run_write(
-                    partial(self.store.delete_expired, res, before, cursor)
-                )
-                total += n
-                if cursor == -1:
-                    break
+            total += await self.store.delete_expired(res, now - tier.retention)
         if total:
-            await self.store.run_write(self.store.vacuum_free_pages)
             self.telemetry.retention_deleted_rows += total
             log.info("retention: deleted %d expired bucket rows", total)
         horizon = now - max(t.retention for t in self.tiers)
-        stale = await self.store.run_write(lambda: self.store.forget_stale_series(horizon))
+        stale = await self.store.forget_stale_series(horizon)
         if stale:
             self.forget_series(stale)
             log.info("retention: removed %d series without data", len(stale))

@@ -17,6 +17,7 @@ from typing import Any
 from statsd_gateway import sketch
 from statsd_gateway.aggregator import ENTRY_BYTES, VALUE_BYTES
 from statsd_gateway.config import Config
+from statsd_gateway.store import SqliteStore
 from tests.conftest import T0, Api, ManualClock, make_config, running
 from tests.daemon import Daemon
 
@@ -125,13 +126,9 @@ async def test_past_the_bound_with_the_store_failing_http_writes_are_refused_who
 ) -> None:
     batches = history()[:4]
     async with running(backfill_config(tmp_path), clock) as (gw, api):
+        assert isinstance(gw.store, SqliteStore)
         locker = sqlite3.connect(gw.store.path, isolation_level=None)
-
-        def set_busy_timeout() -> None:
-            assert gw.store._wconn is not None
-            gw.store._wconn.execute("PRAGMA busy_timeout=20")
-
-        await gw.store.run_write(set_busy_timeout)
+        await gw.store.run_on_writer(lambda conn: conn.execute("PRAGMA busy_timeout=20"))
         locker.execute("BEGIN EXCLUSIVE")
         accepted = 0
         refused = None

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from statsd_gateway.config import Config
-from statsd_gateway.model import RowBatch
+from statsd_gateway.store.base import FlushWrite
 from statsd_gateway.store.sqlite import StoreError
 from tests.conftest import T0, Api, ManualClock, running, send_udp, wait_for_udp
 from tests.daemon import Daemon, fresh_config, generated_key, poll_until, poll_value
@@ -80,10 +80,10 @@ async def test_a_backward_step_does_not_stretch_the_backoff_of_a_failed_flush(
         real = gw.store.write_flush
         down = [True]
 
-        def write_flush(rows: RowBatch, flushed_seq: int | None = None, **kw: Any) -> None:
+        async def write_flush(flush: FlushWrite, *, trial: bool = False) -> bool:
             if down[0]:
                 raise StoreError("write failed: disk I/O error")
-            real(rows, flushed_seq, **kw)
+            return await real(flush, trial=trial)
 
         monkeypatch.setattr(gw.store, "write_flush", write_flush)
         await send(gw, b"b.n:1|c", sent)

@@ -15,21 +15,21 @@ import pytest
 
 from statsd_gateway.model import BucketRow, MetricType
 from statsd_gateway.store import SqliteStore
-from tests.conftest import T0
+from tests.conftest import T0, run_sync, write_rows
 from tests.daemon import write_config
 
 
 def make_database(path: Path) -> bytes:
     """A real database of a few dozen pages, as the store writes it; returns its bytes."""
     store = SqliteStore(path)
-    store.open()
+    run_sync(store.open())
     rows = [
         BucketRow(T0 + 10 * i, ("default", "a", (("i", str(j)),)), MetricType.COUNTER,
                   1.0, 1.0, 1.0, 1.0, None, None, None, None)
         for i in range(60) for j in range(40)
     ]  # fmt: skip
-    store.write_rows(rows, 1)
-    store.close()
+    run_sync(write_rows(store, rows, 1))
+    run_sync(store.close())
     return path.read_bytes()
 
 
@@ -76,5 +76,5 @@ def test_a_new_database_is_created_whole_and_reopens(tmp_path: Path) -> None:
     make_database(db)
     assert sorted(p.name for p in db.parent.iterdir()) == ["metrics.db"]
     store = SqliteStore(db)
-    assert len(store.open()) == 40
-    store.close()
+    assert len(run_sync(store.open()).series) == 40
+    run_sync(store.close())

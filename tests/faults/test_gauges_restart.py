@@ -12,7 +12,8 @@ from pathlib import Path
 from statsd_gateway.config import Config
 from statsd_gateway.model import BucketRow, MetricType, RowBatch
 from statsd_gateway.store import SqliteStore
-from tests.conftest import T0, ManualClock, running, send_udp, wait_for_udp
+from statsd_gateway.store.base import FlushWrite
+from tests.conftest import T0, ManualClock, run_sync, running, send_udp, wait_for_udp, write_rows
 from tests.daemon import Daemon, fresh_config, generated_key, poll_value
 from tests.test_wal import crash, started
 
@@ -85,18 +86,19 @@ def test_the_daemon_keeps_gauge_values_across_a_restart(
 def test_a_database_of_schema_version_1_is_migrated_and_keeps_its_data(tmp_path: Path) -> None:
     db = tmp_path / "metrics.db"
     store = SqliteStore(db)
-    store.open()
+    run_sync(store.open())
     row = BucketRow(T0, ("default", "m", ()), MetricType.GAUGE, 1, 5, 5, 5, 5, T0 + 1, None, None)
-    store.write_rows([row], 1)
-    store.close()
+    run_sync(write_rows(store, [row], 1))
+    run_sync(store.close())
     with contextlib.closing(sqlite3.connect(db)) as conn:  # as the first release left it
         conn.execute("DROP TABLE gauge_current")
         conn.execute("UPDATE meta SET value='1' WHERE key='schema_version'")
         conn.commit()
     store = SqliteStore(db)
-    assert [s.name for s in store.open()] == ["m"]
-    store.write_flush(RowBatch.from_rows([row]), 2, gauges={("default", "m", ()): (5.0, T0 + 1)})
-    assert store._writer.submit(store.gauge_currents).result() == {
-        ("default", "m", ()): (5.0, T0 + 1)
-    }
-    store.close()
+    assert [s.name for s in run_sync(store.open()).series] == ["m"]
+    gauges = {("default", "m", ()): (5.0, T0 + 1)}
+    run_sync(store.write_flush(FlushWrite(2, RowBatch.from_rows([row]), gauges=gauges)))
+    run_sync(store.close())
+    store = SqliteStore(db)
+    assert run_sync(store.open()).gauges == gauges
+    run_sync(store.close())

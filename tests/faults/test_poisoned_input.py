@@ -18,7 +18,8 @@ import pytest
 
 from statsd_gateway.config import Config
 from statsd_gateway.flusher import QUARANTINE_AFTER
-from statsd_gateway.model import MetricType, RowBatch
+from statsd_gateway.model import MetricType
+from statsd_gateway.store.base import FlushWrite
 from statsd_gateway.wal import WriteAheadLog
 from tests.conftest import KEY, T0, ManualClock, make_config, running
 from tests.daemon import Daemon, fresh_config, generated_key, poll_value
@@ -145,10 +146,10 @@ async def test_a_snapshot_failing_with_no_series_to_blame_is_dropped_after_bound
         doomed = gw.aggregator.next_seq
         real = gw.store.write_flush
 
-        def write_flush(rows: RowBatch, flushed_seq: int | None = None, **kw: Any) -> None:
-            if flushed_seq == doomed and (trials_fail_too or not kw.get("trial")):
+        async def write_flush(flush: FlushWrite, *, trial: bool = False) -> bool:
+            if flush.seq == doomed and (trials_fail_too or not trial):
                 raise ValueError("fails whatever its rows")
-            real(rows, flushed_seq, **kw)
+            return await real(flush, trial=trial)
 
         monkeypatch.setattr(gw.store, "write_flush", write_flush)
         for _ in range(QUARANTINE_AFTER - 1):

@@ -13,9 +13,10 @@ from statsd_gateway.ingest import LoggedBody
 from statsd_gateway.model import BucketRow, MetricType, RowBatch
 from statsd_gateway.protocol import sanitise_name
 from statsd_gateway.store import SqliteStore
+from statsd_gateway.store.base import FlushWrite
 from statsd_gateway.store.sqlite import StoreGone
 from statsd_gateway.wal import WalError, WriteAheadLog
-from tests.conftest import KEY, T0, ManualClock, make_config, running
+from tests.conftest import KEY, T0, ManualClock, make_config, run_sync, running
 
 HITS = ("default", "hits", ())
 
@@ -25,27 +26,29 @@ def test_a_commit_into_a_file_removed_mid_write_is_not_counted_as_stored(
 ) -> None:
     path = tmp_path / "data" / "metrics.db"
     store = SqliteStore(path)
-    store.open()
-    upsert = store._upsert
+    run_sync(store.open())
+    writer = store._w
+    upsert = writer._upsert
 
     def upsert_then_remove(*args: object) -> None:
         upsert(*args)  # type: ignore[arg-type]
         for suffix in ("", "-wal", "-shm"):
             Path(f"{path}{suffix}").unlink(missing_ok=True)
 
-    store._upsert = upsert_then_remove  # type: ignore[method-assign]
+    writer._upsert = upsert_then_remove  # type: ignore[method-assign]
     row = BucketRow(T0, HITS, MetricType.COUNTER, 1.0, 5.0, 5.0, 5.0)
     try:
-        store.write_flush(RowBatch.from_rows([row]), flushed_seq=7)
+        run_sync(store.write_flush(FlushWrite(7, RowBatch.from_rows([row]))))
     except StoreGone:
         pass
     else:
         raise AssertionError("the write into the unlinked file counted as stored")
     finally:
-        store._upsert = upsert  # type: ignore[method-assign]
-    store.write_flush(RowBatch.from_rows([row]), flushed_seq=7)  # the retry: the new file
-    assert store.flushed_seq_now() == 7
-    store.close()
+        writer._upsert = upsert  # type: ignore[method-assign]
+    # The retry: the new file.
+    assert run_sync(store.write_flush(FlushWrite(7, RowBatch.from_rows([row]))))
+    assert run_sync(store.flushed_seq()) == 7
+    run_sync(store.close())
 
 
 async def test_the_barrier_after_a_record_that_failed_alone_reports_it(tmp_path: Path) -> None:
@@ -92,8 +95,10 @@ async def test_a_gauge_write_landing_in_a_swapped_snapshot_keeps_its_current_val
         gw.ingest.commit(logged)
         clock.advance(10)
         assert await gw.flusher.flush()
-        stored = await gw.store.run_write(gw.store.gauge_currents)
-        assert stored[("default", "level", ())][0] == 50
+    again = SqliteStore(gw.store.path)  # type: ignore[attr-defined]
+    stored = (await again.open()).gauges
+    await again.close()
+    assert stored[("default", "level", ())][0] == 50
 
 
 def test_a_series_deleted_and_sent_again_counts_once_in_a_query() -> None:

@@ -1,0 +1,578 @@
+"""The SQLite store's writer: the one write connection, and everything done with it.
+
+Every method runs on the store's writer thread (SqliteStore submits them there), so nothing here
+locks. A write is a function run inside `BEGIN IMMEDIATE … COMMIT`; a flush is one transaction.
+A bucket already on disk is merged with, never overwritten (`ON CONFLICT DO UPDATE`, the sketch
+and HyperLogLog merged by SQL functions registered on this connection: how SQLite merges late
+points is this module's business, no other backend's).
+
+Every write checks, before it begins and after it commits, that the path is still the file
+opened (same device and inode): removed or replaced, SQLite would go on writing into the unlinked
+file, lost at the next start. Then the write fails (StoreGone, an outage: the flusher keeps the
+data in memory) and `gone` says why, until the path's directory exists again: a file restored
+there is opened as it is, a missing one created anew, and the write goes on. A removed directory
+is not made again while running (it may be a mount that went away); `recreate=True` (the final
+flush at stop) does make it, so that what is in memory is kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from statsd_gateway import sketch
+from statsd_gateway.errors import StoreError, StoreGone
+from statsd_gateway.model import MetricType, RowBatch, SeriesKey
+from statsd_gateway.store.base import FlushWrite, SeriesInfo, StoredState
+from statsd_gateway.store.schema import (
+    DamagedDatabase,
+    SchemaError,
+    check_file,
+    ensure_tier_table,
+    migrate,
+    tier_table,
+)
+from statsd_gateway.store.sqlite_reads import (
+    complete_key,
+    read_complete_until,
+    read_flushed_seq,
+    read_rows_where,
+    tags_from_json,
+    tags_json,
+)
+
+log = logging.getLogger(__name__)
+
+_ALL_COLUMNS = ("ts", "series_id", "count", "sum", "min", "max", "last", "last_ts", "sketch", "hll")
+# Rows with neither `last` (gauges) nor `hll` (sets) bind these only: each bound parameter
+# costs, and a flush binds one row per series.
+_NARROW_COLUMNS = ("ts", "series_id", "count", "sum", "min", "max", "sketch")
+
+
+def _upsert_sql(table: str, columns: Sequence[str] = _ALL_COLUMNS) -> str:
+    return f"""
+INSERT INTO {table}({", ".join(columns)})
+VALUES ({", ".join("?" * len(columns))})
+ON CONFLICT DO UPDATE SET
+  count = count + excluded.count,
+  sum = sum + excluded.sum,
+  min = min(coalesce(min, excluded.min), coalesce(excluded.min, min)),
+  max = max(coalesce(max, excluded.max), coalesce(excluded.max, max)),
+  last = CASE WHEN last_ts IS NULL OR excluded.last_ts >= last_ts
+              THEN coalesce(excluded.last, last) ELSE last END,
+  last_ts = max(coalesce(last_ts, excluded.last_ts), coalesce(excluded.last_ts, last_ts)),
+  sketch = dd_merge(sketch, excluded.sketch),
+  hll = hll_merge(hll, excluded.hll)
+"""
+
+
+SKETCH_FORMAT = f"{sketch.FORMAT}:mapping={sketch.MAPPING_ID}"
+
+
+class SqliteWriter:
+    """The write connection to the database at `path` and what it knows: the series ids, when
+    this process last wrote each series (stale-series removal), the file's identity.
+    `resolutions` are the tiers' bucket widths, finest first. Writer thread only."""
+
+    def __init__(
+        self, path: Path, resolutions: Sequence[float], clock: Callable[[], float]
+    ) -> None:
+        self.path = path
+        self.resolutions = tuple(resolutions)
+        self.clock = clock
+        self._wconn: sqlite3.Connection | None = None
+        self._series_ids: dict[SeriesKey, int] = {}
+        self._last_write: dict[int, float] = {}  # series id -> last write by this process
+        # Checkpoints run on a thread of their own, after each commit, instead of inside the
+        # commit that crosses SQLite's WAL threshold (which would put them on a flush).
+        self._checkpointer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-checkpoint")
+        self._checkpoint_conn: sqlite3.Connection | None = None
+        self._checkpoint_queued = False
+        self._checkpoint_gen = 0
+        self._file_id: tuple[int, int] | None = None
+        # Bumped when the path is reopened: readers' connections to the old file go.
+        self.generation = 0
+        # Why writes fail now (the file was removed or replaced), or None.
+        self.gone: str | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def open(self) -> StoredState:
+        """Opens (creating or migrating) the database; returns what it holds for a start."""
+        series = self._open()
+        conn = self._conn()
+        return StoredState(
+            series=series,
+            flushed_seq=read_flushed_seq(conn),
+            complete_until=read_complete_until(conn, self.resolutions),
+            gauges=self._gauge_currents(),
+        )
+
+    def _open(self) -> list[SeriesInfo]:
+        conn: sqlite3.Connection | None = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            check_file(self.path)
+            if not self.path.exists():
+                self._create()
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout=5000")
+            migrate(conn, SKETCH_FORMAT)
+            conn.execute("PRAGMA journal_mode=WAL")
+            # FULL, not NORMAL: the HTTP write-ahead log is deleted once a flush commits, so a
+            # commit must survive a power cut too (one more fsync per flush).
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA wal_autocheckpoint=0")  # see _request_checkpoint
+            for i, res in enumerate(self.resolutions):
+                ensure_tier_table(conn, res, time_major=i == 0)
+                if i:
+                    conn.execute("INSERT OR IGNORE INTO meta VALUES (?, '0')", (complete_key(res),))
+        except (sqlite3.DatabaseError, SchemaError, OSError) as e:
+            if conn is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+            damaged = isinstance(e, DamagedDatabase) or getattr(e, "sqlite_errorname", "") in (
+                "SQLITE_CORRUPT",
+                "SQLITE_NOTADB",
+            )
+            how = f" {recovery_steps(self.path)}" if damaged else ""
+            raise StoreError(f"cannot open the database {self.path}: {e}.{how}") from None
+        conn.create_function("dd_merge", 2, sketch.merge_blobs, deterministic=True)
+        conn.create_function("hll_merge", 2, sketch.hll_merge_pair, deterministic=True)
+        self._wconn = conn
+        self._file_id = _file_id(self.path)
+        out = []
+        for sid, tenant, name, tags, mtype in conn.execute(
+            "SELECT id, tenant, name, tags, type FROM series"
+        ):
+            info = SeriesInfo(sid, tenant, name, tags_from_json(tags), MetricType(mtype))
+            self._series_ids[(tenant, name, info.tags)] = sid
+            out.append(info)
+        return out
+
+    def _create(self) -> None:
+        """A new database is built beside its path and renamed into place: a crash midway
+        leaves no empty or half-made file at the path (which the next start would refuse)."""
+        tmp = self.path.with_name(self.path.name + ".new")
+        for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm"), Path(f"{tmp}-journal")):
+            leftover.unlink(missing_ok=True)
+        conn = sqlite3.connect(tmp, isolation_level=None)
+        try:
+            migrate(conn, SKETCH_FORMAT)
+            conn.execute("PRAGMA journal_mode=WAL")
+        finally:
+            conn.close()
+        os.replace(tmp, self.path)
+        dfd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+    def _ensure_in_place(self, *, recreate: bool = False) -> None:
+        """Raises StoreGone unless the path is the file open (reopening it when
+        it can, see the module's docstring)."""
+        if self._wconn is None or _file_id(self.path) == self._file_id:
+            return
+        why = "replaced" if self.path.exists() else "removed"
+        if self.gone is None:
+            log.error(
+                "the database %s was %s while running: flushes are kept in memory and HTTP "
+                "writes refused (503) until it is back",
+                self.path,
+                why,
+            )
+        self.gone = f"the database {self.path} was {why}"
+        if not (recreate or self.path.parent.is_dir()):
+            raise StoreGone(self.gone)
+        old = self._wconn
+        self._wconn = None
+        with contextlib.suppress(sqlite3.Error):
+            old.close()
+        self._series_ids.clear()
+        self._last_write.clear()
+        self.generation += 1
+        self._open()  # raises StoreError (still gone) if it cannot
+        log.warning(
+            "reopened the database %s (%s); writing what is held in memory",
+            self.path,
+            "a new, empty file" if why == "removed" else "the file now at the path",
+        )
+        self.gone = None
+
+    def close(self) -> None:
+        self._checkpointer.shutdown(wait=True)
+        if self._checkpoint_conn is not None:
+            self._checkpoint_conn.close()
+            self._checkpoint_conn = None
+        if self._wconn is not None:
+            with contextlib.suppress(sqlite3.Error):  # e.g. a full disk: close regardless
+                self._wconn.execute("PRAGMA optimize")
+            self._wconn.close()
+            self._wconn = None
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._wconn is None:
+            raise StoreError("the store is closed")
+        return self._wconn
+
+    def connection(self) -> sqlite3.Connection:
+        """The write connection (fault-injection tests of this backend)."""
+        return self._conn()
+
+    def ensure_in_place(self, *, recreate: bool = False) -> None:
+        self._ensure_in_place(recreate=recreate)
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def write_flush(self, flush: FlushWrite, *, trial: bool = False) -> bool:
+        """One transaction (see store/base.py); False if `flush.seq` is stored already."""
+        self._ensure_in_place()
+        if flush.seq is not None and flush.seq <= read_flushed_seq(self._conn()):
+            return False
+        rows, gauges, idempotency = flush.rows, flush.gauges, flush.idempotency
+        expire_before, flushed_seq = flush.idempotency_expire_before, flush.seq
+        rollups, complete_until = flush.rollups, flush.complete_until
+
+        def work(conn: sqlite3.Connection) -> None:
+            self._upsert(conn, self.resolutions[0], rows)
+            self._write_rollups(conn, rollups, complete_until)
+            conn.executemany(
+                "INSERT INTO gauge_current VALUES (?, ?, ?) "
+                "ON CONFLICT(series_id) DO UPDATE SET value=excluded.value, ts=excluded.ts",
+                [(self._series_ids[k], v, t) for k, (v, t) in gauges.items()],
+            )
+            conn.executemany(
+                "INSERT OR IGNORE INTO idempotency VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (r.tenant, r.key, r.body_sha256, r.status, r.response, r.created)
+                    for r in idempotency
+                ],
+            )
+            if expire_before is not None:
+                conn.execute("DELETE FROM idempotency WHERE created < ?", (expire_before,))
+            if flushed_seq is not None:
+                conn.execute("UPDATE meta SET value=? WHERE key='flushed_seq'", (str(flushed_seq),))
+
+        self._transaction(work, commit=not trial)
+        return True
+
+    def write_rollups(
+        self, rows: Mapping[float, RowBatch], complete_until: Mapping[float, float]
+    ) -> None:
+        """One transaction: completed buckets of coarse tiers, and how far each is complete."""
+        self._transaction(lambda conn: self._write_rollups(conn, rows, complete_until))
+
+    def _write_rollups(
+        self,
+        conn: sqlite3.Connection,
+        rows: Mapping[float, RowBatch],
+        complete_until: Mapping[float, float],
+    ) -> None:
+        for res, tier_rows in rows.items():
+            self._upsert(conn, res, tier_rows)
+        for res, until in complete_until.items():
+            conn.execute("UPDATE meta SET value=? WHERE key=?", (repr(until), complete_key(res)))
+
+    def _transaction(
+        self, work: Callable[[sqlite3.Connection], None], *, commit: bool = True
+    ) -> None:
+        self._ensure_in_place()
+        conn = self._conn()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                work(conn)
+                if commit:
+                    conn.execute("COMMIT")
+            except BaseException:
+                self._roll_back(conn)
+                raise
+            if not commit:
+                self._roll_back(conn)
+                return
+        except sqlite3.Error as e:
+            if _is_data_error(e):
+                raise
+            raise StoreError(f"write failed: {e}") from e
+        # Removed between the check and the commit: the commit went into the unlinked file, so
+        # it does not count as stored. Only compare here: reopening now would make the write
+        # look stored; the check before the next write reopens the path (or fails).
+        if _file_id(self.path) != self._file_id:
+            raise StoreGone(f"the database {self.path} was removed or replaced during a write")
+        self._request_checkpoint()
+
+    def _roll_back(self, conn: sqlite3.Connection) -> None:
+        # SQLite may have rolled back already (a full disk does): keep the first error.
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        # Series inserted in the rolled-back transaction are gone: forget their ids.
+        valid = {r[0] for r in conn.execute("SELECT id FROM series")}
+        self._series_ids = {k: v for k, v in self._series_ids.items() if v in valid}
+        self._last_write = {k: v for k, v in self._last_write.items() if k in valid}
+
+    def _request_checkpoint(self) -> None:
+        """Queues a passive checkpoint (copying committed WAL frames into the database, so the
+        WAL can start over) unless one is queued already. Passive: it never blocks the writer
+        or readers, and skips frames a reader still needs."""
+        if self._checkpoint_queued:
+            return
+        self._checkpoint_queued = True
+        try:
+            self._checkpointer.submit(self._checkpoint)
+        except RuntimeError:  # shutting down: the next open replays what is left in the WAL
+            self._checkpoint_queued = False
+
+    def _checkpoint(self) -> None:
+        self._checkpoint_queued = False
+        try:
+            if self._checkpoint_conn is not None and self._checkpoint_gen != self.generation:
+                self._checkpoint_conn.close()
+                self._checkpoint_conn = None
+            if self._checkpoint_conn is None:
+                self._checkpoint_gen = self.generation
+                self._checkpoint_conn = sqlite3.connect(
+                    self.path, isolation_level=None, check_same_thread=False
+                )
+                self._checkpoint_conn.execute("PRAGMA busy_timeout=1000")
+            self._checkpoint_conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as e:
+            log.warning("WAL checkpoint failed (retried after the next write): %s", e)
+
+    def _upsert(self, conn: sqlite3.Connection, res: float, rows: RowBatch) -> None:
+        n = len(rows)
+        if not n:
+            return
+        now = self.clock()
+        ids = []
+        series_ids, last_write = self._series_ids, self._last_write
+        for key, mtype in zip(rows.keys, rows.types, strict=True):
+            sid = series_ids.get(key)
+            if sid is None:
+                sid = self._insert_series(conn, key, mtype, now)
+            last_write[sid] = now
+            ids.append(sid)
+        blobs: list[bytes | None] = [None] * n
+        if rows.has_sketch.any():
+            encoded = sketch.encode_flat(rows.sketches)
+            has = rows.has_sketch.tolist()
+            blobs = [b if h else None for b, h in zip(encoded, has, strict=True)]
+        table = tier_table(res)
+        wide = ~(np.isnan(rows.last) & np.isnan(rows.last_ts))
+        if any(h is not None for h in rows.hll):
+            wide |= np.array([h is not None for h in rows.hll], dtype=np.bool_)
+        ts, count, total = rows.ts.tolist(), rows.count.tolist(), rows.sum.tolist()
+        mn, mx = rows.nullable("min"), rows.nullable("max")
+        if not wide.any():
+            params = zip(ts, ids, count, total, mn, mx, blobs, strict=True)
+            conn.executemany(_upsert_sql(table, _NARROW_COLUMNS), params)
+            return
+        last, last_ts = rows.nullable("last"), rows.nullable("last_ts")
+        full = zip(ts, ids, count, total, mn, mx, last, last_ts, blobs, rows.hll, strict=True)
+        if wide.all():
+            conn.executemany(_upsert_sql(table), full)
+            return
+        is_wide = wide.tolist()
+        rows_all = list(full)
+        narrow = [r[:6] + r[8:9] for r, w in zip(rows_all, is_wide, strict=True) if not w]
+        conn.executemany(_upsert_sql(table, _NARROW_COLUMNS), narrow)
+        conn.executemany(
+            _upsert_sql(table), [r for r, w in zip(rows_all, is_wide, strict=True) if w]
+        )
+
+    def _insert_series(
+        self, conn: sqlite3.Connection, key: SeriesKey, mtype: MetricType, now: float
+    ) -> int:
+        tenant, name, tags = key
+        cur = conn.execute(
+            "INSERT INTO series(tenant, name, tags, type, created) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT(tenant, name, tags) DO UPDATE SET type=type RETURNING id",
+            (tenant, name, tags_json(tags), mtype.value, now),
+        )
+        sid = int(cur.fetchone()[0])
+        self._series_ids[key] = sid
+        return sid
+
+    def flushed_seq(self) -> int:
+        """The last snapshot committed (to the file at the path)."""
+        self._ensure_in_place()
+        return read_flushed_seq(self._conn())
+
+    def read_for_rebuild(self, res: float, since: float) -> RowBatch:
+        """Every row of tier `res` from `since` on (rebuilding rollups at
+        start); the series they hold count as written now."""
+        rows = read_rows_where(self._conn(), tier_table(res), "ts >= ?", (since,))
+        now = self.clock()
+        for r in rows:
+            sid = self._series_ids.get(r.key)
+            if sid is not None:
+                self._last_write[sid] = now
+        return RowBatch.from_rows(rows)
+
+    def _gauge_currents(self) -> dict[SeriesKey, tuple[float, float]]:
+        """The current value and its time of every gauge, as last flushed."""
+        assert self._wconn is not None
+        by_id = {sid: key for key, sid in self._series_ids.items()}
+        rows = self._wconn.execute("SELECT series_id, value, ts FROM gauge_current").fetchall()
+        return {by_id[sid]: (v, t) for sid, v, t in rows if sid in by_id}
+
+    # -- retention -------------------------------------------------------------------------
+
+    def delete_expired(self, res: float, before: float, cursor: int = -1) -> tuple[int, int]:
+        """One short transaction of deletes of tier `res` rows older than `before`.
+
+        Returns (rows deleted, next cursor); call again with the cursor until it is -1. The
+        finest tier (time-major) deletes a range at its B-tree's left edge, about one bucket of
+        series at a time; coarse tiers (series-major) seek per series, 500 series at a time."""
+        table = tier_table(res)
+        conn = self._wconn
+        assert conn is not None
+        if res == self.resolutions[0]:  # cursor unused: the left edge moves by itself
+            row = conn.execute(
+                f"SELECT ts FROM {table} WHERE ts < ? ORDER BY ts LIMIT 1 OFFSET 20000", (before,)
+            ).fetchone()
+            sql, args, nxt = f"DELETE FROM {table} WHERE ts < ?", (before,), -1
+            if row is not None:  # more than a batch: up to that bucket, then again
+                sql, args, nxt = f"DELETE FROM {table} WHERE ts <= ?", (row[0],), 0
+        else:
+            ids = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT id FROM series WHERE id > ? ORDER BY id LIMIT 500", (cursor,)
+                )
+            ]
+            if not ids:
+                return 0, -1
+            marks = ",".join("?" * len(ids))
+            sql = f"DELETE FROM {table} WHERE series_id IN ({marks}) AND ts < ?"
+            args, nxt = (*ids, before), ids[-1]
+        n = 0
+
+        def work(c: sqlite3.Connection) -> None:
+            nonlocal n
+            n = c.execute(sql, args).rowcount
+
+        self._transaction(work)
+        return n, nxt
+
+    def vacuum_free_pages(self, pages: int = 2000) -> None:
+        assert self._wconn is not None
+        with contextlib.suppress(sqlite3.Error):
+            self._wconn.execute(f"PRAGMA incremental_vacuum({int(pages)})")
+
+    def delete_series(self, keys: Sequence[SeriesKey]) -> tuple[int, int]:
+        """Deletes these series and their rows in every tier, in one transaction; returns how
+        many series were stored and how many rows went."""
+        self._ensure_in_place()  # the ids must be those of the file the delete goes to
+        conn = self._wconn
+        if conn is None:
+            raise StoreError("the store is closed")
+        ids = []
+        for tenant, name, tags in keys:
+            row = conn.execute(
+                "SELECT id FROM series WHERE tenant=? AND name=? AND tags=?",
+                (tenant, name, tags_json(tags)),
+            ).fetchone()
+            if row is not None:
+                ids.append(int(row[0]))
+        rows = 0
+
+        def work(c: sqlite3.Connection) -> None:
+            nonlocal rows
+            for start in range(0, len(ids), 500):  # SQLite caps the parameters of a statement
+                part = ids[start : start + 500]
+                marks = ",".join("?" * len(part))
+                for res in self.resolutions:
+                    table = tier_table(res)
+                    sql = f"DELETE FROM {table} WHERE series_id IN ({marks})"
+                    rows += c.execute(sql, part).rowcount
+                c.execute(f"DELETE FROM gauge_current WHERE series_id IN ({marks})", part)
+                c.execute(f"DELETE FROM series WHERE id IN ({marks})", part)
+
+        if ids:
+            self._transaction(work)
+        for key in keys:
+            sid = self._series_ids.pop(key, None)
+            if sid is not None:
+                self._last_write.pop(sid, None)
+        return len(ids), rows
+
+    def forget_stale_series(self, horizon: float) -> list[SeriesKey]:
+        """Deletes series created before `horizon`, not written by this process since then,
+        with no row in any series-major tier (the finest tier's rows roll up into those within
+        a coarse bucket, so a series with data has rows there). Returns their keys."""
+        conn = self._wconn
+        assert conn is not None
+        coarse = [tier_table(r) for r in self.resolutions[1:]]
+        if not coarse:
+            return []
+        no_rows = " AND ".join(
+            f"NOT EXISTS (SELECT 1 FROM {t} WHERE series_id = s.id)" for t in coarse
+        )
+        candidates = conn.execute(
+            f"SELECT id, tenant, name, tags FROM series s WHERE created < ? AND {no_rows}",
+            (horizon,),
+        ).fetchall()
+        stale = [c for c in candidates if self._last_write.get(c[0], -1.0) < horizon]
+        if not stale:
+            return []
+
+        def work(c: sqlite3.Connection) -> None:
+            ids = [(sid,) for sid, *_ in stale]
+            c.executemany("DELETE FROM series WHERE id = ?", ids)
+            c.executemany("DELETE FROM gauge_current WHERE series_id = ?", ids)
+
+        self._transaction(work)
+        keys: list[SeriesKey] = []
+        for sid, tenant, name, tags in stale:
+            key = (tenant, name, tags_from_json(tags))
+            self._series_ids.pop(key, None)
+            self._last_write.pop(sid, None)
+            keys.append(key)
+        return keys
+
+
+_DATA_ERRORS = (
+    sqlite3.InterfaceError,  # a value SQLite cannot bind
+    sqlite3.DataError,
+    sqlite3.IntegrityError,
+    sqlite3.ProgrammingError,
+    sqlite3.NotSupportedError,
+)
+
+
+def _is_data_error(e: sqlite3.Error) -> bool:
+    """An error that the same rows would raise again however often they are retried, as
+    against an outage (locked, full, I/O: OperationalError, or a corrupt file)."""
+    if isinstance(e, _DATA_ERRORS):
+        return True
+    # dd_merge/hll_merge failing on the blobs it was given
+    return "user-defined function raised exception" in str(e)
+
+
+def recovery_steps(path: Path) -> str:
+    """What an operator does about a damaged database file (the daemon never replaces it)."""
+    return (
+        f"The daemon has left the file as it is and will not start on it. To recover: stop it "
+        f"from restarting, copy {path} (and {path}-wal if present) somewhere safe, then either "
+        f"salvage what SQLite can still read, `sqlite3 {path} .recover | sqlite3 {path}.recovered` "
+        f"and move {path}.recovered to {path}, or move {path} aside to start with an empty "
+        f"store (its history is then lost). HTTP points not yet flushed stay in the "
+        f"write-ahead log and are replayed at the next start"
+    )
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
