@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 
 from statsd_gateway.aggregator import IntervalAggregator, SeriesRegistry
+from statsd_gateway.errors import StoreError
 from statsd_gateway.flusher import Flusher
 from statsd_gateway.model import MetricType
-from statsd_gateway.store import SqliteStore
+from statsd_gateway.store.memory import MemoryStore
 from statsd_gateway.telemetry import Telemetry
-from tests.conftest import T0, ManualClock, make_config, run_sync, running
+from tests.conftest import T0, ManualClock, make_config, running
 
 
 class Ticks:
@@ -32,10 +33,9 @@ class Ticks:
 
 
 @pytest.fixture
-def parts(tmp_path: Path) -> tuple[Flusher, ManualClock]:
+def parts() -> tuple[Flusher, ManualClock]:
     clock = ManualClock(T0 + 3.5)
-    store = SqliteStore(tmp_path / "m.db", resolutions=(10.0,), clock=clock)
-    run_sync(store.open())
+    store = MemoryStore(resolutions=(10.0,), clock=clock)
     aggregator = IntervalAggregator(interval=10.0, clock=clock, registry=SeriesRegistry(),
                                     max_series_per_tenant=100, max_backdate=3600.0)  # fmt: skip
     return Flusher(aggregator, store, Telemetry(), clock=clock), clock
@@ -95,3 +95,27 @@ async def test_each_step_of_a_flush_is_timed_in_the_self_metrics(
     }
     assert set(timed) == {"swap", "finish", "fold", "write", "release"}, text
     assert all(seconds >= 0 for seconds in timed.values())
+
+
+async def test_a_store_outage_keeps_the_snapshot_and_the_retry_writes_it_once(
+    parts: tuple[Flusher, ManualClock],
+) -> None:
+    flusher, clock = parts
+    store = flusher.store
+    assert isinstance(store, MemoryStore)
+    flusher.aggregator.add_samples(
+        "default", [("c", (), MetricType.COUNTER, 2.0, 1.0, None, False)]
+    )
+    store.outage = StoreError("the disk is full")
+    assert not await flusher.flush()
+    assert len(flusher.aggregator.pending) == 1 and flusher.last_error == "the disk is full"
+    assert not await flusher.flush()  # backing off: not even tried
+    assert store.writes == 0
+    store.outage = None
+    clock.advance(10.0)  # the backoff (one interval) has run out
+    assert await flusher.flush()
+    assert flusher.aggregator.pending == [] and flusher.last_error is None
+    assert store.writes == 3  # the kept snapshot, then those swapped since (empty), in order
+    got = await store.read_for_rebuild(10.0, 0.0)
+    assert got.sum.tolist() == [2.0]
+    flusher.close()
