@@ -31,6 +31,7 @@ from statsd_gateway.store.base import (
     StoredRows,
     StoredState,
 )
+from statsd_gateway.store.sqlite_files import recovery_steps
 from statsd_gateway.store.sqlite_reads import (
     read_flushed_seq,
     read_idempotency,
@@ -38,7 +39,7 @@ from statsd_gateway.store.sqlite_reads import (
     read_stored_rows,
     read_tag_values,
 )
-from statsd_gateway.store.sqlite_writer import SqliteWriter, recovery_steps
+from statsd_gateway.store.sqlite_writer import SqliteWriter
 
 __all__ = ["SqliteStore", "StoreError", "StoreGone", "StoreTimeout", "recovery_steps"]
 

@@ -19,26 +19,25 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-
-import numpy as np
 
 from statsd_gateway import sketch
 from statsd_gateway.errors import StoreError, StoreGone
 from statsd_gateway.model import MetricType, RowBatch, SeriesKey
 from statsd_gateway.store.base import FlushWrite, SeriesInfo, StoredState
 from statsd_gateway.store.schema import (
-    DamagedDatabase,
-    SchemaError,
-    check_file,
-    ensure_tier_table,
-    migrate,
     tier_table,
 )
+from statsd_gateway.store.sqlite_deletes import (
+    delete_series_rows,
+    expired_batch,
+    series_ids_of,
+    stale_candidates,
+)
+from statsd_gateway.store.sqlite_files import file_id, open_database
 from statsd_gateway.store.sqlite_reads import (
     complete_key,
     read_complete_until,
@@ -47,31 +46,9 @@ from statsd_gateway.store.sqlite_reads import (
     tags_from_json,
     tags_json,
 )
+from statsd_gateway.store.sqlite_upsert import upsert_rows
 
 log = logging.getLogger(__name__)
-
-_ALL_COLUMNS = ("ts", "series_id", "count", "sum", "min", "max", "last", "last_ts", "sketch", "hll")
-# Rows with neither `last` (gauges) nor `hll` (sets) bind these only: each bound parameter
-# costs, and a flush binds one row per series.
-_NARROW_COLUMNS = ("ts", "series_id", "count", "sum", "min", "max", "sketch")
-
-
-def _upsert_sql(table: str, columns: Sequence[str] = _ALL_COLUMNS) -> str:
-    return f"""
-INSERT INTO {table}({", ".join(columns)})
-VALUES ({", ".join("?" * len(columns))})
-ON CONFLICT DO UPDATE SET
-  count = count + excluded.count,
-  sum = sum + excluded.sum,
-  min = min(coalesce(min, excluded.min), coalesce(excluded.min, min)),
-  max = max(coalesce(max, excluded.max), coalesce(excluded.max, max)),
-  last = CASE WHEN last_ts IS NULL OR excluded.last_ts >= last_ts
-              THEN coalesce(excluded.last, last) ELSE last END,
-  last_ts = max(coalesce(last_ts, excluded.last_ts), coalesce(excluded.last_ts, last_ts)),
-  sketch = dd_merge(sketch, excluded.sketch),
-  hll = hll_merge(hll, excluded.hll)
-"""
-
 
 SKETCH_FORMAT = f"{sketch.FORMAT}:mapping={sketch.MAPPING_ID}"
 
@@ -116,38 +93,11 @@ class SqliteWriter:
         )
 
     def _open(self) -> list[SeriesInfo]:
-        conn: sqlite3.Connection | None = None
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            check_file(self.path)
-            if not self.path.exists():
-                self._create()
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA busy_timeout=5000")
-            migrate(conn, SKETCH_FORMAT)
-            conn.execute("PRAGMA journal_mode=WAL")
-            # FULL, not NORMAL: the HTTP write-ahead log is deleted once a flush commits, so a
-            # commit must survive a power cut too (one more fsync per flush).
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA wal_autocheckpoint=0")  # see _request_checkpoint
-            for i, res in enumerate(self.resolutions):
-                ensure_tier_table(conn, res, time_major=i == 0)
-                if i:
-                    conn.execute("INSERT OR IGNORE INTO meta VALUES (?, '0')", (complete_key(res),))
-        except (sqlite3.DatabaseError, SchemaError, OSError) as e:
-            if conn is not None:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.close()
-            damaged = isinstance(e, DamagedDatabase) or getattr(e, "sqlite_errorname", "") in (
-                "SQLITE_CORRUPT",
-                "SQLITE_NOTADB",
-            )
-            how = f" {recovery_steps(self.path)}" if damaged else ""
-            raise StoreError(f"cannot open the database {self.path}: {e}.{how}") from None
+        conn = open_database(self.path, self.resolutions, SKETCH_FORMAT)
         conn.create_function("dd_merge", 2, sketch.merge_blobs, deterministic=True)
         conn.create_function("hll_merge", 2, sketch.hll_merge_pair, deterministic=True)
         self._wconn = conn
-        self._file_id = _file_id(self.path)
+        self._file_id = file_id(self.path)
         out = []
         for sid, tenant, name, tags, mtype in conn.execute(
             "SELECT id, tenant, name, tags, type FROM series"
@@ -157,29 +107,10 @@ class SqliteWriter:
             out.append(info)
         return out
 
-    def _create(self) -> None:
-        """A new database is built beside its path and renamed into place: a crash midway
-        leaves no empty or half-made file at the path (which the next start would refuse)."""
-        tmp = self.path.with_name(self.path.name + ".new")
-        for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm"), Path(f"{tmp}-journal")):
-            leftover.unlink(missing_ok=True)
-        conn = sqlite3.connect(tmp, isolation_level=None)
-        try:
-            migrate(conn, SKETCH_FORMAT)
-            conn.execute("PRAGMA journal_mode=WAL")
-        finally:
-            conn.close()
-        os.replace(tmp, self.path)
-        dfd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-
     def _ensure_in_place(self, *, recreate: bool = False) -> None:
         """Raises StoreGone unless the path is the file open (reopening it when
         it can, see the module's docstring)."""
-        if self._wconn is None or _file_id(self.path) == self._file_id:
+        if self._wconn is None or file_id(self.path) == self._file_id:
             return
         why = "replaced" if self.path.exists() else "removed"
         if self.gone is None:
@@ -305,7 +236,7 @@ class SqliteWriter:
         # Removed between the check and the commit: the commit went into the unlinked file, so
         # it does not count as stored. Only compare here: reopening now would make the write
         # look stored; the check before the next write reopens the path (or fails).
-        if _file_id(self.path) != self._file_id:
+        if file_id(self.path) != self._file_id:
             raise StoreGone(f"the database {self.path} was removed or replaced during a write")
         self._request_checkpoint()
 
@@ -360,33 +291,7 @@ class SqliteWriter:
                 sid = self._insert_series(conn, key, mtype, now)
             last_write[sid] = now
             ids.append(sid)
-        blobs: list[bytes | None] = [None] * n
-        if rows.has_sketch.any():
-            encoded = sketch.encode_flat(rows.sketches)
-            has = rows.has_sketch.tolist()
-            blobs = [b if h else None for b, h in zip(encoded, has, strict=True)]
-        table = tier_table(res)
-        wide = ~(np.isnan(rows.last) & np.isnan(rows.last_ts))
-        if any(h is not None for h in rows.hll):
-            wide |= np.array([h is not None for h in rows.hll], dtype=np.bool_)
-        ts, count, total = rows.ts.tolist(), rows.count.tolist(), rows.sum.tolist()
-        mn, mx = rows.nullable("min"), rows.nullable("max")
-        if not wide.any():
-            params = zip(ts, ids, count, total, mn, mx, blobs, strict=True)
-            conn.executemany(_upsert_sql(table, _NARROW_COLUMNS), params)
-            return
-        last, last_ts = rows.nullable("last"), rows.nullable("last_ts")
-        full = zip(ts, ids, count, total, mn, mx, last, last_ts, blobs, rows.hll, strict=True)
-        if wide.all():
-            conn.executemany(_upsert_sql(table), full)
-            return
-        is_wide = wide.tolist()
-        rows_all = list(full)
-        narrow = [r[:6] + r[8:9] for r, w in zip(rows_all, is_wide, strict=True) if not w]
-        conn.executemany(_upsert_sql(table, _NARROW_COLUMNS), narrow)
-        conn.executemany(
-            _upsert_sql(table), [r for r, w in zip(rows_all, is_wide, strict=True) if w]
-        )
+        upsert_rows(conn, tier_table(res), rows, ids)
 
     def _insert_series(
         self, conn: sqlite3.Connection, key: SeriesKey, mtype: MetricType, now: float
@@ -432,28 +337,10 @@ class SqliteWriter:
         Returns (rows deleted, next cursor); call again with the cursor until it is -1. The
         finest tier (time-major) deletes a range at its B-tree's left edge, about one bucket of
         series at a time; coarse tiers (series-major) seek per series, 500 series at a time."""
-        table = tier_table(res)
-        conn = self._wconn
-        assert conn is not None
-        if res == self.resolutions[0]:  # cursor unused: the left edge moves by itself
-            row = conn.execute(
-                f"SELECT ts FROM {table} WHERE ts < ? ORDER BY ts LIMIT 1 OFFSET 20000", (before,)
-            ).fetchone()
-            sql, args, nxt = f"DELETE FROM {table} WHERE ts < ?", (before,), -1
-            if row is not None:  # more than a batch: up to that bucket, then again
-                sql, args, nxt = f"DELETE FROM {table} WHERE ts <= ?", (row[0],), 0
-        else:
-            ids = [
-                r[0]
-                for r in conn.execute(
-                    "SELECT id FROM series WHERE id > ? ORDER BY id LIMIT 500", (cursor,)
-                )
-            ]
-            if not ids:
-                return 0, -1
-            marks = ",".join("?" * len(ids))
-            sql = f"DELETE FROM {table} WHERE series_id IN ({marks}) AND ts < ?"
-            args, nxt = (*ids, before), ids[-1]
+        batch = expired_batch(self._conn(), res, res == self.resolutions[0], before, cursor)
+        if batch is None:
+            return 0, -1
+        sql, args, nxt = batch
         n = 0
 
         def work(c: sqlite3.Connection) -> None:
@@ -475,27 +362,12 @@ class SqliteWriter:
         conn = self._wconn
         if conn is None:
             raise StoreError("the store is closed")
-        ids = []
-        for tenant, name, tags in keys:
-            row = conn.execute(
-                "SELECT id FROM series WHERE tenant=? AND name=? AND tags=?",
-                (tenant, name, tags_json(tags)),
-            ).fetchone()
-            if row is not None:
-                ids.append(int(row[0]))
+        ids = series_ids_of(conn, keys)
         rows = 0
 
         def work(c: sqlite3.Connection) -> None:
             nonlocal rows
-            for start in range(0, len(ids), 500):  # SQLite caps the parameters of a statement
-                part = ids[start : start + 500]
-                marks = ",".join("?" * len(part))
-                for res in self.resolutions:
-                    table = tier_table(res)
-                    sql = f"DELETE FROM {table} WHERE series_id IN ({marks})"
-                    rows += c.execute(sql, part).rowcount
-                c.execute(f"DELETE FROM gauge_current WHERE series_id IN ({marks})", part)
-                c.execute(f"DELETE FROM series WHERE id IN ({marks})", part)
+            rows = delete_series_rows(c, ids, self.resolutions)
 
         if ids:
             self._transaction(work)
@@ -511,16 +383,7 @@ class SqliteWriter:
         a coarse bucket, so a series with data has rows there). Returns their keys."""
         conn = self._wconn
         assert conn is not None
-        coarse = [tier_table(r) for r in self.resolutions[1:]]
-        if not coarse:
-            return []
-        no_rows = " AND ".join(
-            f"NOT EXISTS (SELECT 1 FROM {t} WHERE series_id = s.id)" for t in coarse
-        )
-        candidates = conn.execute(
-            f"SELECT id, tenant, name, tags FROM series s WHERE created < ? AND {no_rows}",
-            (horizon,),
-        ).fetchall()
+        candidates = stale_candidates(conn, self.resolutions, horizon)
         stale = [c for c in candidates if self._last_write.get(c[0], -1.0) < horizon]
         if not stale:
             return []
@@ -556,23 +419,3 @@ def _is_data_error(e: sqlite3.Error) -> bool:
         return True
     # dd_merge/hll_merge failing on the blobs it was given
     return "user-defined function raised exception" in str(e)
-
-
-def recovery_steps(path: Path) -> str:
-    """What an operator does about a damaged database file (the daemon never replaces it)."""
-    return (
-        f"The daemon has left the file as it is and will not start on it. To recover: stop it "
-        f"from restarting, copy {path} (and {path}-wal if present) somewhere safe, then either "
-        f"salvage what SQLite can still read, `sqlite3 {path} .recover | sqlite3 {path}.recovered` "
-        f"and move {path}.recovered to {path}, or move {path} aside to start with an empty "
-        f"store (its history is then lost). HTTP points not yet flushed stay in the "
-        f"write-ahead log and are replayed at the next start"
-    )
-
-
-def _file_id(path: Path) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return st.st_dev, st.st_ino
