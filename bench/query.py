@@ -8,8 +8,9 @@ What it measures (real classes throughout, no mocks; everything in a temporary d
        Per flush it records
          - the flush transaction alone (`SqliteStore.write_flush`, timed by a subclass),
          - the rollup transaction (`SqliteStore.write_rollups`),
-         - the whole flush on the writer thread (`Flusher._finish_and_write`: finish_snapshot
-           + write_flush + rollup fold/complete + write_rollups, timed by a subclass),
+         - the whole write of a snapshot (`Flusher._write`: finish_snapshot and the rollup
+           fold/complete on the flusher's worker thread + write_flush + release, timed by a
+           subclass),
          - `Flusher.flush()` as awaited on the event loop (adds swap and the thread hand-off).
     2. History and queries. 1,000 timer series `bench.multi` tagged `env:prod` and
        `host:h0000`…`host:h0999`, plus one series `bench.single`, written through the store's
@@ -44,8 +45,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
-from functools import partial
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,7 @@ from statsd_gateway.protocol import Sample
 from statsd_gateway.query import QueryEngine, QueryRows
 from statsd_gateway.query_params import parse_query
 from statsd_gateway.store import SqliteStore
+from statsd_gateway.store.base import FlushWrite
 from statsd_gateway.store.rollup import TierRollup
 from statsd_gateway.telemetry import Telemetry
 
@@ -102,17 +103,18 @@ class TimedStore(SqliteStore):
         self.rollup_seconds: list[float] = []
         self.rollup_rows: list[int] = []
 
-    def write_flush(self, *args: Any, **kwargs: Any) -> None:
+    async def write_flush(self, *args: Any, **kwargs: Any) -> bool:
         t = time.perf_counter()
-        super().write_flush(*args, **kwargs)
+        stored = await super().write_flush(*args, **kwargs)
         self.flush_seconds.append(time.perf_counter() - t)
+        return stored
 
-    def write_rollups(
-        self, rows: dict[float, RowBatch], complete_until: dict[float, float]
+    async def write_rollups(
+        self, rows: Mapping[float, RowBatch], complete_until: Mapping[float, float]
     ) -> None:
         t = time.perf_counter()
         try:
-            super().write_rollups(rows, complete_until)
+            await super().write_rollups(rows, complete_until)
         finally:  # a failed rollup write is caught, logged and counted by the flusher
             self.rollup_seconds.append(time.perf_counter() - t)
             self.rollup_rows.append(sum(len(r) for r in rows.values()))
@@ -166,17 +168,17 @@ class TimedEngine(QueryEngine):
 
 
 class TimedFlusher(Flusher):
-    """The real flusher; records the writer thread's part of each flush."""
+    """The real flusher; records the write of each snapshot (finish, fold, write, release)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.write_seconds: list[float] = []
 
-    def _finish_and_write(self, *args: Any, **kwargs: Any) -> int:
+    async def _write(self, *args: Any, **kwargs: Any) -> bool:
         t = time.perf_counter()
-        n = super()._finish_and_write(*args, **kwargs)
+        ok = await super()._write(*args, **kwargs)
         self.write_seconds.append(time.perf_counter() - t)
-        return n
+        return ok
 
 
 def summary(xs: Sequence[float]) -> dict[str, float]:
@@ -215,7 +217,8 @@ async def build_pipeline(
     """Store, aggregator, rollups and flusher, as Gateway.start() builds them."""
     store = TimedStore(path, resolutions=RESOLUTIONS, clock=clock)
     registry = SeriesRegistry()
-    for info in await asyncio.to_thread(store.open):
+    stored = await store.open()
+    for info in stored.series:
         registry.add(info.tenant, info.name, info.tags, info.type)
     aggregator = IntervalAggregator(
         interval=RESOLUTIONS[0],
@@ -224,7 +227,7 @@ async def build_pipeline(
         max_series_per_tenant=1_000_000,
         max_backdate=DEFAULT_RETENTION[RESOLUTIONS[0]],
     )
-    rollup = TimedRollup(RESOLUTIONS, await store.run_write(store.complete_until))
+    rollup = TimedRollup(RESOLUTIONS, stored.complete_until)
     flusher = TimedFlusher(aggregator, store, Telemetry(), clock=clock, rollup=rollup)
     return store, rollup, flusher
 
@@ -235,7 +238,7 @@ async def prefill_minutes(path: Path, names: list[str], per: int, minutes: int) 
     series, as in steady state) rather than into an empty one. Returns the seconds it took."""
     started = time.perf_counter()
     store = SqliteStore(path, resolutions=RESOLUTIONS, clock=ManualClock(HOUR0))
-    await asyncio.to_thread(store.open)
+    await store.open()
     pool = make_pool(np.random.default_rng(60), 6 * per, 64)
     rng = np.random.default_rng(61)
     tags = (("env", "prod"),)
@@ -246,9 +249,9 @@ async def prefill_minutes(path: Path, names: list[str], per: int, minutes: int) 
             keys = [(TENANT, n, tags) for n in names[i : i + step]]
             rows = [r for k in keys for t in stamps for r in rows_at(t, [k], pool, rng)]
             batch = RowBatch.from_rows(rows)
-            await store.run_write(partial(store.write_rollups, {60.0: batch}, {60.0: HOUR0}))
+            await store.write_rollups({60.0: batch}, {60.0: HOUR0})
     finally:
-        await asyncio.to_thread(store.close)
+        await store.close()
     return time.perf_counter() - started
 
 
@@ -278,7 +281,7 @@ async def bench_flush(
                 raise RuntimeError(f"flush failed: {flusher.last_error}")
             awaited.append(time.perf_counter() - t)
     finally:
-        await asyncio.to_thread(store.close)
+        await store.close()
     return flush_result(store, rollup, flusher, awaited, ingest)
 
 
@@ -321,7 +324,7 @@ FLUSH_LABELS = (
     ("rollup_fold", "TierRollup.fold"),
     ("rollup_complete", "TierRollup.complete (merge 1 m buckets)"),
     ("write_rollups", "rollup transaction (write_rollups)"),
-    ("whole_flush", "whole flush (_finish_and_write)"),
+    ("whole_flush", "whole write of a snapshot (_write)"),
     ("whole_flush_plain", "  … flushes completing no 1 m bucket"),
     ("whole_flush_minute", "  … flushes completing 1 m buckets"),
     ("flush_awaited", "Flusher.flush() awaited on the loop"),
@@ -387,10 +390,9 @@ async def write_tier(
     async def put(end: float) -> None:
         batch = RowBatch.from_rows(rows)
         if res == RESOLUTIONS[0]:
-            fn: Callable[[], None] = partial(store.write_flush, batch)
+            await store.write_flush(FlushWrite(None, batch))
         else:
-            fn = partial(store.write_rollups, {res: batch}, {res: end})
-        await store.run_write(fn)
+            await store.write_rollups({res: batch}, {res: end})
 
     for ts, keys in timeline:
         rows.extend(rows_at(ts, keys, pool, rng))
@@ -437,7 +439,7 @@ async def write_history(path: Path, now: float, days: int, rate: int) -> dict[st
         (TENANT, "bench.multi", (("env", "prod"), ("host", f"h{i:04d}"))) for i in range(1000)
     ]
     store = SqliteStore(path, resolutions=RESOLUTIONS, clock=ManualClock(now))
-    await asyncio.to_thread(store.open)
+    await store.open()
     out: dict[str, Any] = {"days": days, "rate_per_10s": rate, "tiers": {}}
     try:
         # Coarse tiers first, as if written over time by rollups; then the finest tier.
@@ -447,7 +449,7 @@ async def write_history(path: Path, now: float, days: int, rate: int) -> dict[st
             out["tiers"][str(int(res))] = {"rows": rows, "write_seconds": seconds}
             print(f"  wrote {rows:>9,} rows into the {res:g} s tier in {seconds:6.1f} s")
     finally:
-        await asyncio.to_thread(store.close)
+        await store.close()
     return out
 
 
@@ -524,7 +526,7 @@ async def bench_queries(path: Path, now: float, runs: int) -> list[dict[str, Any
     clock = ManualClock(now)
     store = SqliteStore(path, resolutions=RESOLUTIONS, clock=clock)
     registry = SeriesRegistry()
-    for info in await asyncio.to_thread(store.open):
+    for info in (await store.open()).series:
         registry.add(info.tenant, info.name, info.tags, info.type)
     aggregator = IntervalAggregator(
         interval=RESOLUTIONS[0], clock=clock, registry=registry,
@@ -542,7 +544,7 @@ async def bench_queries(path: Path, now: float, runs: int) -> list[dict[str, Any
                 f" {r['rows']:>7,} {r['points']:>6}"
             )
     finally:
-        await asyncio.to_thread(store.close)
+        await store.close()
     return out
 
 
