@@ -19,8 +19,9 @@ What it measures (real classes throughout, no mocks; everything in a temporary d
        (single) / 1 h (the 1,000); in time order, as the daemon writes them. Sketches hold
        `--rate` values per 10 s (default 10: 60 per 1 m row, 3,600 per 1 h row). Then the store
        is reopened (as after a restart) and each query runs `--runs` times through
-       `parse_query` + `QueryEngine.run` (tier planning, reads, the empty live interval,
-       merging), with the clock mid-hour so the plan combines tiers as in production.
+       `parse_query` + the steps of `query_answer` (the plan; `QueryEngine.run`: tier planning,
+       reads, the empty live interval, merging; the rendering to JSON), with the clock
+       mid-hour so the plan combines tiers as in production.
     3. Bytes on disk: file size (WAL included, after the store is closed, which checkpoints)
        per series per day of history, bytes per row of each tier (`dbstat`), and from those an
        estimate for one timer series in steady state with the default tiers
@@ -53,12 +54,13 @@ import numpy as np
 
 from statsd_gateway import sketch
 from statsd_gateway.aggregator import IntervalAggregator, SeriesRegistry
+from statsd_gateway.api.query_params import QuerySpec, parse_query, query_plan
+from statsd_gateway.api.v1_query import render_query
 from statsd_gateway.flusher import Flusher
 from statsd_gateway.gateway import tune_gc
 from statsd_gateway.model import BucketRow, MetricType, RowBatch, SeriesKey
 from statsd_gateway.protocol import Sample
-from statsd_gateway.query import QueryEngine, QueryRows
-from statsd_gateway.query_params import parse_query
+from statsd_gateway.query import QueryEngine, QueryPlan, QueryResult, QueryRows, SeriesResult
 from statsd_gateway.store import SqliteStore
 from statsd_gateway.store.base import FlushWrite
 from statsd_gateway.store.rollup import TierRollup
@@ -144,8 +146,9 @@ class TimedRollup(TierRollup):
 
 
 class TimedEngine(QueryEngine):
-    """The real query engine; records its two halves: collect (store read on a reader thread
-    + the in-memory interval) and _shape (grouping, sketch merge, quantiles)."""
+    """The real query engine; records its two halves: collect (read_rows: the store read on a
+    reader thread + the in-memory interval) and shape (reduce: grouping, sketch merge,
+    quantiles; plus the rendering to JSON, timed by `render`)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -153,17 +156,24 @@ class TimedEngine(QueryEngine):
         self.shape_seconds: list[float] = []
         self.rows: list[int] = []
 
-    async def collect(self, *args: Any, **kwargs: Any) -> QueryRows:
+    async def read_rows(self, *args: Any, **kwargs: Any) -> QueryRows:
         t = time.perf_counter()
-        rows = await super().collect(*args, **kwargs)
+        rows = await super().read_rows(*args, **kwargs)
         self.collect_seconds.append(time.perf_counter() - t)
         self.rows.append(len(rows))
         return rows
 
-    def _shape(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    def reduce(self, plan: QueryPlan, rows: QueryRows) -> list[SeriesResult]:
         t = time.perf_counter()
-        out = super()._shape(*args, **kwargs)
+        out = super().reduce(plan, rows)
         self.shape_seconds.append(time.perf_counter() - t)
+        return out
+
+    def render(self, spec: QuerySpec, result: QueryResult) -> dict[str, Any]:
+        """render_query, its time added to the reduction's (both were `_shape` before)."""
+        t = time.perf_counter()
+        out = render_query(spec, result)
+        self.shape_seconds[-1] += time.perf_counter() - t
         return out
 
 
@@ -551,11 +561,14 @@ async def bench_queries(path: Path, now: float, runs: int) -> list[dict[str, Any
 async def time_query(
     engine: TimedEngine, clock: ManualClock, params: dict[str, str], runs: int
 ) -> dict[str, Any]:
-    """`runs` runs of parse_query + QueryEngine.run, timed end to end and by half."""
+    """`runs` runs of parse_query + the steps of query_answer, timed end to end and by half."""
     times, points = [], 0
     for _ in range(runs):
         t = time.perf_counter()
-        result = await engine.run(TENANT, parse_query(params, clock(), MAX_POINTS))
+        spec = parse_query(params, clock(), MAX_POINTS)
+        plan = query_plan(TENANT, spec, engine.metric_type(TENANT, spec.name))
+        typed = await engine.run(plan)
+        result = await asyncio.to_thread(engine.render, spec, typed)
         times.append(time.perf_counter() - t)
         points = len(result["points"])
     return {
@@ -626,7 +639,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         print(f"\nHistory: 1,001 timer series, {args.days} days, {args.rate} values per 10 s")
         report["history"] = await write_history(path, now, args.days, args.rate)
         report["disk"] = disk_usage(path, args.days, 1001)
-        print(f"\nQueries ({args.runs} runs each, through QueryEngine.run):")
+        print(f"\nQueries ({args.runs} runs each, through QueryEngine.run and render_query):")
         print(f"  {'':<46} {'median':>11} {'first':>11} {'max':>11} {'collect':>11}"
               f" {'shape':>11} {'rows':>7} {'points':>6}")  # fmt: skip
         report["queries"] = await bench_queries(path, now, args.runs)

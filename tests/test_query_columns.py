@@ -28,9 +28,10 @@ import pytest
 
 from statsd_gateway import sketch
 from statsd_gateway.aggregator import IntervalAggregator, SeriesRegistry
+from statsd_gateway.api.query_params import parse_query
+from statsd_gateway.api.v1_query import query_answer, sketch_answer
 from statsd_gateway.model import BucketRow, MetricType, RowBatch, Tags
 from statsd_gateway.query import QueryEngine
-from statsd_gateway.query_params import parse_query
 from statsd_gateway.store import SqliteStore
 from statsd_gateway.store.sqlite_reads import read_columns, read_series
 from tests.conftest import T0, ManualClock, run_sync, write_rows
@@ -264,7 +265,7 @@ def expected(
 
 async def answer(world: World, **params: str) -> dict[str, Any]:
     spec = parse_query({"since": str(T0), "until": str(UNTIL), **params}, world.clock(), 10_000)
-    result = await world.engine.run(TENANT, spec)
+    result = await query_answer(world.engine, TENANT, spec)
     return {k: result[k] for k in ("points", "series") if k in result}
 
 
@@ -327,13 +328,13 @@ async def test_last_on_equal_timestamps_is_the_row_still_in_memory(
         clock(),
         10_000,
     )
-    assert (await engine.run(TENANT, spec))["points"] == [{"timestamp": t, "value": 2}]
+    assert (await query_answer(engine, TENANT, spec))["points"] == [{"timestamp": t, "value": 2}]
 
 
 async def test_sketch_export_merges_stored_and_memory_rows(world: World) -> None:
     params = {"name": "lat", "agg": "count", "since": str(T0), "until": str(UNTIL)}
     spec = parse_query(params, world.clock(), 10_000)  # as GET /v1/metrics/sketch builds it
-    got = await world.engine.export_sketch(TENANT, spec)
+    got = await sketch_answer(world.engine, TENANT, spec)
     rows = [r for r in world.written["lat"] if T0 <= r.ts < UNTIL]
     merged = sketch.bin_values([v for r in rows for v in r.values])
     assert got["count"] == sum(r.count for r in rows)

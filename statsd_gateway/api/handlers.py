@@ -13,7 +13,15 @@ from statsd_gateway.aggregator import CARDINALITY_LIMIT, TYPE_CONFLICT
 from statsd_gateway.api import connections
 from statsd_gateway.api.auth import KeyRing, principal_of
 from statsd_gateway.api.openapi import openapi_spec
+from statsd_gateway.api.query_params import (
+    QUERY_PARAMETERS,
+    QUERY_REQUIRED,
+    check_parameters,
+    parse_query,
+    parse_tag_filter,
+)
 from statsd_gateway.api.schemas import parse_point
+from statsd_gateway.api.v1_query import query_answer, sketch_answer
 from statsd_gateway.catalog import MetricCatalog
 from statsd_gateway.errors import (
     CardinalityLimit,
@@ -32,13 +40,6 @@ from statsd_gateway.idempotency import (
 from statsd_gateway.ingest import Ingest, LoggedBody
 from statsd_gateway.protocol import Sample
 from statsd_gateway.query import QueryEngine
-from statsd_gateway.query_params import (
-    QUERY_PARAMETERS,
-    QUERY_REQUIRED,
-    check_parameters,
-    parse_query,
-    parse_tag_filter,
-)
 from statsd_gateway.telemetry import Telemetry
 from statsd_gateway.wal import WalError
 
@@ -247,7 +248,7 @@ async def query(request: web.Request) -> web.Response:
     principal = principal_of(request)
     check_parameters(request.query, QUERY_PARAMETERS, QUERY_REQUIRED)
     spec = parse_query(request.query, svc.now(), svc.max_query_points)
-    return web.json_response(await svc.query_engine.run(principal.tenant, spec))
+    return web.json_response(await query_answer(svc.query_engine, principal.tenant, spec))
 
 
 async def export_sketch(request: web.Request) -> web.Response:
@@ -260,7 +261,7 @@ async def export_sketch(request: web.Request) -> web.Response:
     check_parameters(params, SKETCH_PARAMETERS, ("name",))
     params["agg"] = "count"  # validated like a query over the whole range, then exported
     spec = parse_query(params, svc.now(), svc.max_query_points)
-    return web.json_response(await svc.query_engine.export_sketch(principal.tenant, spec))
+    return web.json_response(await sketch_answer(svc.query_engine, principal.tenant, spec))
 
 
 async def list_metrics(request: web.Request) -> web.Response:

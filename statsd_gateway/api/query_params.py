@@ -1,5 +1,7 @@
-"""The parameters of a query, checked and parsed into a QuerySpec: what to read (a metric, a tag
-filter), how to reduce it (an aggregation, a window, a grouping) and over which range.
+"""The parameters of GET /v1/metrics/query and /v1/metrics/sketch, checked and parsed into a
+QuerySpec: what to read (a metric, a tag filter), how to reduce it (an aggregation, a window, a
+grouping) and over which range; and the QuerySpec, for a metric of a known type, as the
+engine's plan (`query_plan`).
 
 Strict: an unknown parameter is an error naming it and the valid ones, every missing required
 one is named at once, and every time in the spec is a whole second (`since` rounded down,
@@ -18,7 +20,8 @@ from typing import Any
 
 from statsd_gateway.config import parse_duration
 from statsd_gateway.errors import InvalidArgument, QueryTooLarge
-from statsd_gateway.model import Matcher, MatchOp, Tags
+from statsd_gateway.model import Matcher, MatchOp, MetricType, Tags
+from statsd_gateway.query import AggOp, Aggregation, Grouping, QueryPlan, Selector
 
 _AGG_RE = re.compile(r"p(100|\d{1,2}(?:\.\d+)?)")
 _PLAIN_AGGS = ("count", "sum", "avg", "min", "max", "last", "rate", "distinct")
@@ -198,4 +201,35 @@ def parse_query(params: Mapping[str, Any], now: float, max_points: int) -> Query
         since=since,
         until=until,
         group_by=group_by,
+    )
+
+
+_OBSERVATIONS = frozenset({MetricType.TIMING, MetricType.HISTOGRAM, MetricType.DISTRIBUTION})
+
+
+def query_plan(tenant: str, spec: QuerySpec, mtype: MetricType) -> QueryPlan:
+    """The plan of a query of a metric of type `mtype`, once its aggregation is one that type
+    offers (MetricType.aggregations). `rate` is what StatsD users expect of the type: a
+    counter's sum per second, and for a timing, histogram or distribution its observations
+    per second (Etsy's `count_ps`)."""
+    wanted = "pNN" if spec.quantile is not None else spec.agg
+    if wanted not in mtype.aggregations:
+        raise InvalidArgument(
+            f"{spec.agg} is not available for {mtype.value} metrics; "
+            f"a {mtype.value} has: {', '.join(mtype.aggregations)}",
+            "agg",
+        )
+    if spec.quantile is not None:
+        agg = Aggregation(AggOp.QUANTILE, spec.quantile)
+    elif spec.agg == "rate" and mtype in _OBSERVATIONS:
+        agg = Aggregation(AggOp.COUNT_RATE)
+    else:
+        agg = Aggregation(AggOp(spec.agg))
+    return QueryPlan(
+        Selector(tenant, spec.name, spec.matchers),
+        agg,
+        spec.since,
+        spec.until,
+        spec.window,
+        Grouping(spec.group_by),
     )

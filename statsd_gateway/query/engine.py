@@ -1,0 +1,244 @@
+"""QueryEngine: a plan → the store's rows + the interval still in memory → typed arrays.
+
+Semantics (DESIGN.md §2, §4; cells as plan.py defines them):
+- Rows are read from the tiers the store picks for the window (store.base.RowRead), plus what
+  memory holds that the store does not: memory is copied before the store is read, and of it
+  only the snapshots above the flushed seq the store answered (from the same read transaction)
+  are taken, so nothing is counted twice and nothing flushed in between is missed.
+- Quantiles merge the DDSketch bins of every matching bucket and series, then clamp the estimate
+  into the exact [min, max]; p0 and p100 are the exact min and max.
+- A window must be a multiple of the finest tier (a finest-tier bucket cannot be split across
+  cells), and a read that would merge more than `max_sketches` bucket sketches is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from statsd_gateway import sketch
+from statsd_gateway.aggregator import Acc, IntervalAggregator, finish
+from statsd_gateway.errors import InvalidArgument, MetricNotFound, QueryTooLarge
+from statsd_gateway.model import MetricType, RowBatch, SeriesKey, Tags, matches_all
+from statsd_gateway.query.plan import QueryPlan, Selector
+from statsd_gateway.query.reduce import QueryRows, merge_sketches, reduce_rows
+from statsd_gateway.query.result import MergedSketch, QueryResult, SeriesResult
+from statsd_gateway.store.base import Columns, RowRead, Store
+from statsd_gateway.store.tiers import is_multiple
+
+# The columns a sketch export reads besides the sketches.
+_SKETCH_VALUES = ("count", "sum", "min", "max")
+
+
+class QueryEngine:
+    """Runs plans against a Store and an IntervalAggregator. `run` and `merged_sketch` are
+    coroutines for the event loop: the store reads on its own threads, the reductions run on a
+    worker thread; only the copy of what memory holds of the metric runs on the loop."""
+
+    def __init__(
+        self,
+        store: Store,
+        aggregator: IntervalAggregator,
+        *,
+        max_sketches: int = 200_000,
+    ) -> None:
+        self.store = store
+        self.aggregator = aggregator
+        self.max_sketches = max_sketches
+
+    def metric_type(self, tenant: str, name: str) -> MetricType:
+        mtype = self.aggregator.registry.types.get((tenant, name))
+        if mtype is None:
+            raise MetricNotFound(f"no metric named {name!r}", "name")
+        return mtype
+
+    async def run(self, plan: QueryPlan) -> QueryResult:
+        """The plan's groups and cells (see QueryResult)."""
+        selector, agg = plan.selector, plan.aggregation
+        mtype = self.metric_type(selector.tenant, selector.name)
+        if not agg.applies_to(mtype):
+            raise InvalidArgument(f"{agg.op.value} does not apply to a {mtype.value} metric", "agg")
+        self._check_window(plan.window)
+        rows = await self.read_rows(
+            selector,
+            plan.read_from,
+            plan.until,
+            plan.window,
+            values=agg.columns,
+            sketches=agg.sketches,
+            hll=agg.hll,
+            by_series=not plan.grouping.is_total,
+        )
+        series = await asyncio.to_thread(self.reduce, plan, rows)
+        return QueryResult(mtype, series)
+
+    def reduce(self, plan: QueryPlan, rows: QueryRows) -> list[SeriesResult]:
+        """Worker thread: the rows reduced per (group, cell)."""
+        return reduce_rows(plan, rows)
+
+    async def merged_sketch(self, selector: Selector, start: float, until: float) -> MergedSketch:
+        """The DDSketch of every matching row in [start, until) merged into one, with the exact
+        count, sum, min and max."""
+        mtype = self.metric_type(selector.tenant, selector.name)
+        if not mtype.has_sketch:
+            raise InvalidArgument(
+                f"a {mtype.value} metric has no sketch; only gauges, timings, histograms and "
+                "distributions do",
+                "name",
+            )
+        rows = await self.read_rows(
+            selector, start, until, None, values=_SKETCH_VALUES, sketches=True
+        )
+        bins, count, total, lo, hi = await asyncio.to_thread(merge_sketches, rows.cols)
+        return MergedSketch(mtype, bins, count, total, lo, hi)
+
+    def _check_window(self, window: float | None) -> None:
+        finest = self.store.resolutions[0]
+        if window is not None and not is_multiple(window, finest):
+            # A finest-tier bucket cannot be split across windows: sums and rates would be wrong.
+            up = max(1, math.ceil(window / finest)) * finest
+            raise InvalidArgument(
+                f"window must be a multiple of the finest storage tier ({finest:g}s); "
+                f"window={up:g}s would do",
+                "window",
+            )
+
+    async def read_rows(
+        self,
+        selector: Selector,
+        start: float,
+        until: float,
+        window: float | None,
+        *,
+        values: Sequence[str],
+        sketches: bool = False,
+        hll: bool = False,
+        by_series: bool = False,
+    ) -> QueryRows:
+        """Every bucket row of the selected series in [start, until), as columns: from the
+        tiers the store picks for `window`, plus what is still in memory and not yet in the
+        store. `values`, `sketches` and `hll` say which columns to read (as RowRead's); the
+        rows' series are read only `by_series`, to group by tags."""
+        memory = self._copy_memory(selector)  # before the store read: see the module docstring
+        budget = None
+        if sketches:
+
+            def budget(n: int) -> None:
+                if n > self.max_sketches:
+                    raise _sketch_budget_error(n, self.max_sketches, window, until - start)
+
+        stored = await self.store.read_rows(
+            RowRead(
+                selector.tenant,
+                selector.name,
+                selector.matchers,
+                start,
+                until,
+                window,
+                values=tuple(values),
+                sketches=sketches,
+                hll=hll,
+                by_series=by_series,
+                sketch_budget=budget,
+            )
+        )
+        tags = [s.tags for s in stored.series]
+        parts = [(0, stored.cols)]
+        if memory:
+
+            def convert() -> tuple[list[Tags], Columns]:
+                def keep(t: Tags) -> bool:
+                    return matches_all(t, selector.matchers)
+
+                rows = memory.rows(stored.flushed_seq, start, until, keep)
+                return _memory_columns(rows, values, sketches, hll, by_series)
+
+            memory_tags, in_memory = await asyncio.to_thread(convert)
+            parts.append((len(tags), in_memory))
+            tags += memory_tags
+        return QueryRows(tags, _concat(parts, values))
+
+    def _copy_memory(self, selector: Selector) -> _MetricInMemory:
+        """The one place the engine reads the aggregator (on the loop): a copy of what memory
+        holds of the metric."""
+        return _MetricInMemory(self.aggregator.collect(selector.tenant, selector.name))
+
+
+class _MetricInMemory:
+    """A copy of what memory holds of one metric: its accumulators, each with the seq of the
+    snapshot it belongs to (the live interval carries the next seq). Safe to use off the loop:
+    the accumulators are copies."""
+
+    def __init__(self, entries: list[tuple[int, float, SeriesKey, Acc]]) -> None:
+        self._entries = entries
+
+    def __bool__(self) -> bool:
+        return bool(self._entries)
+
+    def rows(
+        self, after_seq: int, start: float, until: float, keep: Callable[[Tags], bool]
+    ) -> RowBatch:
+        """The rows of snapshots above `after_seq` (those the store does not hold) in
+        [start, until), of the series whose tags `keep` accepts."""
+        return finish(
+            [
+                (ts, key, acc)
+                for seq, ts, key, acc in self._entries
+                if seq > after_seq and start <= ts < until and keep(key[2])
+            ]
+        )
+
+
+def _sketch_budget_error(n: int, limit: int, window: float | None, span: float) -> QueryTooLarge:
+    hint = "a coarser window (a multiple of 1m or 1h reads the rollup tiers)"
+    if window is None:
+        hint = "a window that is a multiple of 1h, which reads the hourly tier"
+    return QueryTooLarge(
+        f"this query would merge about {n} bucket sketches, more than query.max_sketches "
+        f"({limit}); use {hint}, a range shorter than {span:g}s, or a narrower tag filter",
+        "window",
+    )
+
+
+def _memory_columns(
+    rows: RowBatch, values: Sequence[str], sketches: bool, hll: bool, by_series: bool
+) -> tuple[list[Tags], Columns]:
+    """The rows still in memory as Columns, with the tag sets their `series` index. Their
+    sketch bins are encoded to DDV1, to merge with the stored blobs."""
+    index: dict[Tags, int] = {}
+    series = [index.setdefault(key[2], len(index)) for key in rows.keys]
+    empty = np.empty(0, dtype=np.int64)
+    sketch_rows = np.flatnonzero(rows.has_sketch) if sketches else empty
+    with_hll = [(i, h) for i, h in enumerate(rows.hll) if h is not None] if hll else []
+    return list(index), Columns(
+        ts=rows.ts,
+        series=np.array(series, dtype=np.int64) if by_series else None,
+        values={v: getattr(rows, v) for v in values},
+        sketches=sketch.encode_flat(sketch.flat_take(rows.sketches, sketch_rows)),
+        sketch_rows=sketch_rows,
+        hlls=[h for _, h in with_hll],
+        hll_rows=np.array([i for i, _ in with_hll], dtype=np.int64),
+    )
+
+
+def _concat(parts: Sequence[tuple[int, Columns]], values: Sequence[str]) -> Columns:
+    """The rows of the parts (at least one) in order, each part's series indices shifted by
+    its offset."""
+    parts = [p for p in parts if len(p[1])] or parts[:1]
+    if len(parts) == 1 and parts[0][0] == 0:
+        return parts[0][1]
+    starts = np.cumsum([0, *(len(c) for _, c in parts[:-1])]).tolist()
+    series = [c.series + offset for offset, c in parts if c.series is not None]
+    shifted = list(zip(starts, (c for _, c in parts), strict=True))
+    return Columns(
+        ts=np.concatenate([c.ts for _, c in parts]),
+        series=np.concatenate(series) if len(series) == len(parts) else None,
+        values={v: np.concatenate([c.values[v] for _, c in parts]) for v in values},
+        sketches=[b for _, c in parts for b in c.sketches],
+        sketch_rows=np.concatenate([c.sketch_rows + start for start, c in shifted]),
+        hlls=[h for _, c in parts for h in c.hlls],
+        hll_rows=np.concatenate([c.hll_rows + start for start, c in shifted]),
+    )
