@@ -12,6 +12,10 @@ Layout (see shared/research/sketch-storage.md, schema "F"):
   the points it answers for.
 - `gauge_current` (version 2): per gauge series, its current value and that value's time (what
   StatsD `+N`/`-N` change), as of the last flush written; restored at start.
+- `series_tags` (version 3): the series index, one row per (series, tag key) with its value;
+  kept in step with `series` by triggers (a series inserted or deleted, by any writer), so
+  that "series of this name whose tag k is v" and "values of tag k" are answered by its
+  indexes instead of parsing every series' JSON. A version 2 file is back-filled at open.
 - `meta`: schema version, sketch format (`DDV1`, mapping id), `flushed_seq` (the last flushed
   snapshot; queries use it to avoid counting a snapshot both from memory and from disk), and per
   coarse tier `complete_until:<table>` (buckets before it are written in that tier; the open
@@ -24,7 +28,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _V1 = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
@@ -81,7 +85,33 @@ CREATE TABLE IF NOT EXISTS gauge_current(
   ts REAL NOT NULL);
 """
 
-MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2}
+# Keyed by (series_id, key), a series carrying each key once (its tags are canonical): the
+# per-series probe of a matcher and "values of tag k of metric n" (from series' (tenant,
+# name) index); (key, value) finds the series carrying a value, across metrics.
+_V3 = """
+CREATE TABLE IF NOT EXISTS series_tags(
+  series_id INTEGER NOT NULL,
+  key TEXT NOT NULL,
+  value TEXT NOT NULL,
+  PRIMARY KEY(series_id, key)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS series_tags_value ON series_tags(key, value);
+INSERT OR IGNORE INTO series_tags(series_id, key, value)
+  SELECT s.id, t.key, t.value FROM series s, json_each(s.tags) t;
+CREATE TRIGGER IF NOT EXISTS series_tags_insert AFTER INSERT ON series BEGIN
+  INSERT INTO series_tags(series_id, key, value)
+    SELECT NEW.id, t.key, t.value FROM json_each(NEW.tags) t;
+END;
+CREATE TRIGGER IF NOT EXISTS series_tags_update AFTER UPDATE OF tags ON series BEGIN
+  DELETE FROM series_tags WHERE series_id = OLD.id;
+  INSERT INTO series_tags(series_id, key, value)
+    SELECT NEW.id, t.key, t.value FROM json_each(NEW.tags) t;
+END;
+CREATE TRIGGER IF NOT EXISTS series_tags_delete AFTER DELETE ON series BEGIN
+  DELETE FROM series_tags WHERE series_id = OLD.id;
+END;
+"""
+
+MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2, 3: _V3}
 
 
 class SchemaError(Exception):

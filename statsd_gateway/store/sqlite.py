@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from statsd_gateway.errors import StoreError, StoreGone, StoreTimeout
-from statsd_gateway.model import Matcher, RowBatch, SeriesKey, matches_all
+from statsd_gateway.model import Matcher, RowBatch, SeriesKey
 from statsd_gateway.store.base import (
     FlushWrite,
     IdempotencyRecord,
@@ -144,8 +144,7 @@ class SqliteStore:
     async def series(
         self, tenant: str, name: str | None = None, matchers: Sequence[Matcher] = ()
     ) -> list[SeriesInfo]:
-        found = await self.run_read(lambda c: read_series(c, tenant, name))
-        return [s for s in found if matches_all(s.tags, matchers)]
+        return await self.run_read(lambda c: read_series(c, tenant, name, matchers))
 
     async def tag_values(self, tenant: str, key: str, name: str | None = None) -> dict[str, int]:
         return await self.run_read(lambda c: read_tag_values(c, tenant, key, name))

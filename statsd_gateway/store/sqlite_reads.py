@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from statsd_gateway import sketch
-from statsd_gateway.model import BucketRow, MetricType, Tags, matches_all
+from statsd_gateway.model import BucketRow, Matcher, MatchOp, MetricType, Tags
 from statsd_gateway.store.base import (
     NUMERIC_COLUMNS,
     Columns,
@@ -57,19 +57,86 @@ def read_complete_until(
     return out
 
 
-def read_series(conn: sqlite3.Connection, tenant: str, name: str | None = None) -> list[SeriesInfo]:
-    if name is None:
-        cur = conn.execute(
-            "SELECT id, tenant, name, tags, type FROM series WHERE tenant=?", (tenant,)
-        )
-    else:
-        cur = conn.execute(
-            "SELECT id, tenant, name, tags, type FROM series WHERE tenant=? AND name=?",
-            (tenant, name),
-        )
+def read_series(
+    conn: sqlite3.Connection,
+    tenant: str,
+    name: str | None = None,
+    matchers: Sequence[Matcher] = (),
+) -> list[SeriesInfo]:
+    """The tenant's series (of metric `name`, if given) whose tags pass every matcher, by
+    (name, tags). The matchers are answered by the series index (`series_tags`): `=` and `!=`
+    in SQL; a regex is matched in Python against the distinct values of its tag (few, as
+    against the series), which SQL then selects by."""
+    where = ["s.tenant = ?"]
+    args: list[object] = [tenant]
+    if name is not None:
+        where.append("s.name = ?")
+        args.append(name)
+    for m in matchers:
+        condition = _matcher_sql(conn, tenant, name, m)
+        if condition is None:
+            return []  # no series can pass
+        if condition:
+            where.append(condition[0])
+            args += condition[1]
+    cur = conn.execute(
+        f"SELECT s.id, s.tenant, s.name, s.tags, s.type FROM series s "
+        f"WHERE {' AND '.join(where)} ORDER BY s.name, s.tags",
+        args,
+    )
     return [
         SeriesInfo(sid, t, n, tags_from_json(tags), MetricType(mt)) for sid, t, n, tags, mt in cur
     ]
+
+
+def _matcher_sql(
+    conn: sqlite3.Connection, tenant: str, name: str | None, m: Matcher
+) -> tuple[str, list[object]] | tuple[()] | None:
+    """A condition on `series s` for one matcher: (SQL, its parameters); () when every series
+    passes; None when none can.
+
+    A series without the tag has the value "" (Prometheus): a matcher that accepts "" passes
+    every series except those carrying a value it rejects (NOT EXISTS), one that does not
+    passes only the series carrying a value it accepts (EXISTS)."""
+    takes_empty = m.accepts("")
+    # The values that decide (rejected ones if "" is accepted, else accepted ones); None:
+    # every non-empty value (`k=""` rejects them all, `k!=""` accepts them all).
+    values: list[str] | None
+    if m.op in (MatchOp.EQUAL, MatchOp.NOT_EQUAL):
+        values = [m.value] if m.value else None
+    else:
+        known = _distinct_values(conn, tenant, name, m.key)
+        values = [v for v in known if m.accepts(v) != takes_empty]
+        if not values:
+            return () if takes_empty else None
+    args: list[object] = [m.key]
+    if values is None:
+        test = "t.value != ''"
+    elif len(values) == 1:
+        test = "t.value = ?"
+        args.append(values[0])
+    else:
+        test = "t.value IN (SELECT j.value FROM json_each(?) j)"
+        args.append(json.dumps(values, ensure_ascii=False))
+    # Probed per series of the metric (by series_tags' key): the cost grows with the metric's
+    # series, never with how many series of other metrics carry the value.
+    probe = (
+        f"EXISTS (SELECT 1 FROM series_tags t WHERE t.series_id = s.id AND t.key = ? AND {test})"
+    )
+    return ("NOT " + probe if takes_empty else probe), args
+
+
+def _distinct_values(
+    conn: sqlite3.Connection, tenant: str, name: str | None, key: str
+) -> list[str]:
+    """The values tag `key` takes over the tenant's series (of `name`)."""
+    where = "t.key = ? AND s.tenant = ?" + (" AND s.name = ?" if name is not None else "")
+    cur = conn.execute(
+        "SELECT DISTINCT t.value FROM series s JOIN series_tags t ON t.series_id = s.id "
+        f"WHERE {where}",
+        (key, tenant) if name is None else (key, tenant, name),
+    )
+    return [v for (v,) in cur]
 
 
 _SELECT = "SELECT ts, series_id, count, sum, min, max, last, last_ts, sketch, hll FROM "
@@ -191,9 +258,7 @@ def read_stored_rows(
     """A RowRead in one read transaction: the flushed seq, the matching series, and their rows
     from the tiers plan_segments picks."""
     seq = read_flushed_seq(conn)
-    series = read_series(conn, request.tenant, request.name)
-    if request.matchers:
-        series = [s for s in series if matches_all(s.tags, request.matchers)]
+    series = read_series(conn, request.tenant, request.name, request.matchers)
     segments = plan_segments(
         resolutions,
         read_complete_until(conn, resolutions),
@@ -248,9 +313,12 @@ def concat_columns(parts: Sequence[Columns], values: Sequence[str]) -> Columns:
 def read_tag_values(
     conn: sqlite3.Connection, tenant: str, key: str, name: str | None
 ) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for s in read_series(conn, tenant, name):
-        value = dict(s.tags).get(key)
-        if value is not None:
-            counts[value] = counts.get(value, 0) + 1
-    return counts
+    """The values of tag `key` over the tenant's series (of `name`), each with how many
+    series carry it, from the series index."""
+    where = "t.key = ? AND s.tenant = ?" + (" AND s.name = ?" if name is not None else "")
+    cur = conn.execute(
+        "SELECT t.value, count(*) FROM series s JOIN series_tags t ON t.series_id = s.id "
+        f"WHERE {where} GROUP BY t.value",
+        (key, tenant) if name is None else (key, tenant, name),
+    )
+    return {value: int(n) for value, n in cur}
