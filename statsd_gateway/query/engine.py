@@ -71,6 +71,7 @@ class QueryEngine:
             sketches=agg.sketches,
             hll=agg.hll,
             by_series=not plan.grouping.is_total,
+            span=plan.until - plan.start,
         )
         series = await asyncio.to_thread(self.reduce, plan, rows)
         return QueryResult(mtype, series)
@@ -117,18 +118,22 @@ class QueryEngine:
         sketches: bool = False,
         hll: bool = False,
         by_series: bool = False,
+        span: float | None = None,
     ) -> QueryRows:
         """Every bucket row of the selected series in [start, until), as columns: from the
         tiers the store picks for `window`, plus what is still in memory and not yet in the
         store. `values`, `sketches` and `hll` say which columns to read (as RowRead's); the
-        rows' series are read only `by_series`, to group by tags."""
+        rows' series are read only `by_series`, to group by tags. `span` is the range the
+        query asked for (default: until - start), which a refusal to merge too many sketches
+        suggests shortening."""
         memory = self._copy_memory(selector)  # before the store read: see the module docstring
         budget = None
         if sketches:
 
             def budget(n: int) -> None:
                 if n > self.max_sketches:
-                    raise _sketch_budget_error(n, self.max_sketches, window, until - start)
+                    asked = until - start if span is None else span
+                    raise _sketch_budget_error(n, self.max_sketches, window, asked)
 
         stored = await self.store.read_rows(
             RowRead(
