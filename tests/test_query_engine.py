@@ -31,7 +31,7 @@ from statsd_gateway.query import (
     Selector,
 )
 from statsd_gateway.store import SqliteStore
-from tests.conftest import T0, ManualClock
+from tests.conftest import T0, ManualClock, write_rows
 
 TENANT = "default"
 A: Tags = (("env", "prod"), ("host", "a"))
@@ -53,7 +53,7 @@ class World:
 async def world(tmp_path: Path) -> AsyncIterator[World]:
     clock = ManualClock(T0 + 125.0)
     store = SqliteStore(tmp_path / "metrics.db", clock=clock)
-    store.open()
+    await store.open()
     aggregator = IntervalAggregator(
         interval=10.0,
         clock=clock,
@@ -64,13 +64,13 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
     try:
         yield World(store, aggregator, QueryEngine(store, aggregator), clock)
     finally:
-        store.close()
+        await store.close()
 
 
 async def store_rows(world: World, rows: list[BucketRow]) -> None:
     for r in rows:
         world.aggregator.registry.add(*r.key, r.type)
-    await world.store.run_write(lambda: world.store.write_rows(rows))
+    await write_rows(world.store, rows)
 
 
 def hits(ts: float, tags: Tags, total: float) -> BucketRow:

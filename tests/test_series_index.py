@@ -1,9 +1,10 @@
 """The series index (`series_tags`, schema v3) and label matchers with Prometheus semantics.
 
 - Every matcher op (`=`, `!=`, `=~`, `!~`), including a tag a series lacks (its value is ""),
-  an empty value, and values JSON has to escape, selects the same series through the store's
-  index (SqliteStore.series), through a query of stored rows, and through a query of what is
-  still in memory; and those are the series a hand-written list names.
+  an empty value, values JSON has to escape, and matchers that want the tag present, selects
+  the same series through the store's index (SqliteStore.series; MemoryStore agrees), through
+  a query of stored rows, and through a query of what is still in memory; and those are the
+  series a hand-written list names.
 - Tag values are counted from the index; the index follows inserts and deletes of series.
 - A schema version 2 file (made by the version 2 DDL) is migrated at open: the index is
   back-filled from `series.tags`, and new series are indexed from then on.
@@ -22,10 +23,11 @@ from statsd_gateway.aggregator import IntervalAggregator, SeriesRegistry
 from statsd_gateway.model import BucketRow, Matcher, MatchOp, MetricType, Tags, matches_all
 from statsd_gateway.query import AggOp, Aggregation, Grouping, QueryEngine, QueryPlan, Selector
 from statsd_gateway.store import SqliteStore
+from statsd_gateway.store.memory import MemoryStore
 from statsd_gateway.store.schema import MIGRATIONS, SCHEMA_VERSION, ensure_tier_table
-from statsd_gateway.store.sqlite import SKETCH_FORMAT
 from statsd_gateway.store.sqlite_reads import tags_json
-from tests.conftest import T0, ManualClock
+from statsd_gateway.store.sqlite_writer import SKETCH_FORMAT
+from tests.conftest import T0, ManualClock, write_rows
 
 TENANT = "default"
 QUOTED = 'pr"od \\ 😀'
@@ -41,8 +43,8 @@ SERIES: dict[str, Tags] = {
 EVERY = set(SERIES)
 
 
-def m(key: str, op: str, value: str) -> Matcher:
-    return Matcher(key, MatchOp(op), value)
+def m(key: str, op: str, value: str, *, present: bool = False) -> Matcher:
+    return Matcher(key, MatchOp(op), value, present=present)
 
 
 # Each case: the matchers, and the hosts of the series Prometheus selects with them.
@@ -71,8 +73,18 @@ CASES: list[tuple[tuple[Matcher, ...], set[str]]] = [
     ((m("env", "!=", "dev"), m("host", "=~", "[a-c]")), {"a", "c"}),
     ((m("env", "=~", "prod|dev"), m("zone", "!=", "x")), {"a", "b"}),
     ((m("env", "=", "prod"), m("env", "!=", "prod")), set()),
+    # `present`: the series must carry the tag (the /v1 `tags` filter: `env:` is a bare env).
+    ((m("env", "=", "", present=True),), {"d"}),
+    ((m("env", "=", "prod", present=True),), {"a", "e"}),
+    ((m("env", "!=", "prod", present=True),), {"b", "d", "f"}),
+    ((m("env", "=~", ".*", present=True),), {"a", "b", "d", "e", "f"}),
+    ((m("env", "!~", "pr.*", present=True),), {"b", "d"}),
+    ((m("nokey", "=~", ".*", present=True),), set()),
 ]
-IDS = [" ".join(f"{x.key}{x.op.value}{x.value!r}" for x in ms) or "none" for ms, _ in CASES]
+IDS = [
+    " ".join(f"{x.key}{x.op.value}{x.value!r}{'+' * x.present}" for x in ms) or "none"
+    for ms, _ in CASES
+]
 
 
 def hosts(tag_sets: list[Tags]) -> set[str]:
@@ -80,12 +92,13 @@ def hosts(tag_sets: list[Tags]) -> set[str]:
 
 
 @pytest.fixture
-async def parts(tmp_path: Path) -> AsyncIterator[tuple[SqliteStore, QueryEngine]]:
-    """`stored` has a row of each series in the store; `live` has a point of each in memory
-    only; `other` (another metric) carries the same tags, which must never leak in."""
+async def parts(tmp_path: Path) -> AsyncIterator[tuple[SqliteStore, QueryEngine, MemoryStore]]:
+    """`stored` has a row of each series in the store (and in a MemoryStore, the protocol's
+    reference backend); `live` has a point of each in memory only; `other` (another metric)
+    carries the same tags, which must never leak in."""
     clock = ManualClock(T0 + 25.0)
     store = SqliteStore(tmp_path / "metrics.db", clock=clock)
-    store.open()
+    await store.open()
     aggregator = IntervalAggregator(
         interval=10.0,
         clock=clock,
@@ -99,13 +112,17 @@ async def parts(tmp_path: Path) -> AsyncIterator[tuple[SqliteStore, QueryEngine]
             aggregator.registry.add(TENANT, name, tags, MetricType.COUNTER)
             key = (TENANT, name, tags)
             rows.append(BucketRow(T0, key, MetricType.COUNTER, 1.0, 1.0, 1.0, 1.0))
-    await store.run_write(lambda: store.write_rows(rows))
+    await write_rows(store, rows)
+    reference = MemoryStore(clock=clock)
+    await reference.open()
+    await write_rows(reference, rows)
     samples = [("live", t, MetricType.COUNTER, 1.0, 1.0, T0 + 20, False) for t in SERIES.values()]
     assert aggregator.add_samples(TENANT, samples) == []
     try:
-        yield store, QueryEngine(store, aggregator)
+        yield store, QueryEngine(store, aggregator), reference
     finally:
-        store.close()
+        await store.close()
+        await reference.close()
 
 
 async def selected_by_query(
@@ -123,11 +140,14 @@ async def selected_by_query(
 
 @pytest.mark.parametrize(("matchers", "want"), CASES, ids=IDS)
 async def test_matchers_select_alike_through_the_index_the_store_and_memory(
-    parts: tuple[SqliteStore, QueryEngine], matchers: tuple[Matcher, ...], want: set[str]
+    parts: tuple[SqliteStore, QueryEngine, MemoryStore],
+    matchers: tuple[Matcher, ...],
+    want: set[str],
 ) -> None:
-    store, engine = parts
+    store, engine, reference = parts
     assert hosts([t for t in SERIES.values() if matches_all(t, matchers)]) == want
     assert hosts([s.tags for s in await store.series(TENANT, "stored", matchers)]) == want
+    assert hosts([s.tags for s in await reference.series(TENANT, "stored", matchers)]) == want
     assert await selected_by_query(engine, "stored", matchers) == want
     assert await selected_by_query(engine, "live", matchers) == want
     # Without a name: the tenant's series of both stored metrics.
@@ -135,16 +155,18 @@ async def test_matchers_select_alike_through_the_index_the_store_and_memory(
     assert Counter(dict(s.tags)["host"] for s in tenant_wide) == Counter(2 * sorted(want))
 
 
-async def test_another_tenant_is_never_selected(parts: tuple[SqliteStore, QueryEngine]) -> None:
-    store, _ = parts
+async def test_another_tenant_is_never_selected(
+    parts: tuple[SqliteStore, QueryEngine, MemoryStore],
+) -> None:
+    store, _, _ = parts
     assert await store.series("other", "stored", (m("env", "=~", ".*"),)) == []
     assert await store.tag_values("other", "env") == {}
 
 
 async def test_tag_values_are_counted_from_the_index(
-    parts: tuple[SqliteStore, QueryEngine],
+    parts: tuple[SqliteStore, QueryEngine, MemoryStore],
 ) -> None:
-    store, _ = parts
+    store, _, _ = parts
     # An empty value is a value a series carries; a series without the tag counts for none.
     want = {"prod": 2, "dev": 1, "": 1, QUOTED: 1}
     assert await store.tag_values(TENANT, "env", "stored") == want
@@ -175,13 +197,13 @@ def expected_index(names: dict[str, list[Tags]]) -> set[tuple[str, str, str, str
 
 
 async def test_the_index_follows_inserted_and_deleted_series(
-    parts: tuple[SqliteStore, QueryEngine],
+    parts: tuple[SqliteStore, QueryEngine, MemoryStore],
 ) -> None:
-    store, _ = parts
+    store, _, _ = parts
     every = list(SERIES.values())
     assert index_rows(store.path) == expected_index({"stored": every, "other": every})
     gone = [(TENANT, "stored", SERIES["a"]), (TENANT, "stored", SERIES["f"])]
-    assert (await store.run_write(lambda: store.delete_series(gone)))[0] == 2
+    assert (await store.delete_series(gone))[0] == 2
     kept = [t for h, t in SERIES.items() if h not in ("a", "f")]
     assert index_rows(store.path) == expected_index({"stored": kept, "other": every})
     assert hosts([s.tags for s in await store.series(TENANT, "stored", ())]) == EVERY - {"a", "f"}
@@ -215,8 +237,9 @@ def make_v2_file(path: Path) -> None:
 async def test_a_version_2_file_is_migrated_and_its_index_back_filled(tmp_path: Path) -> None:
     path = tmp_path / "metrics.db"
     make_v2_file(path)
-    store = SqliteStore(path, clock=ManualClock(T0 + 25.0))
-    known = store.open()
+    clock = ManualClock(T0 + 25.0)
+    store = SqliteStore(path, clock=clock)
+    known = (await store.open()).series
     try:
         assert {s.tags for s in known} == set(SERIES.values())
         conn = sqlite3.connect(path)
@@ -234,7 +257,7 @@ async def test_a_version_2_file_is_migrated_and_its_index_back_filled(tmp_path: 
         # A series written after the migration is indexed by the triggers.
         new: Tags = (("env", "prod"), ("host", "g"))
         row = BucketRow(T0, (TENANT, "old", new), MetricType.COUNTER, 1.0, 1.0, 1.0, 1.0)
-        await store.run_write(lambda: store.write_rows([row]))
+        await write_rows(store, [row])
         prod = (m("env", "=", "prod"),)
         assert hosts([s.tags for s in await store.series(TENANT, "old", prod)]) == {"a", "e", "g"}
         registry = SeriesRegistry()
@@ -243,7 +266,7 @@ async def test_a_version_2_file_is_migrated_and_its_index_back_filled(tmp_path: 
         registry.add(TENANT, "old", new, MetricType.COUNTER)
         aggregator = IntervalAggregator(
             interval=10.0,
-            clock=store.clock,
+            clock=clock,
             registry=registry,
             max_series_per_tenant=1000,
             max_backdate=3600.0,
@@ -254,4 +277,4 @@ async def test_a_version_2_file_is_migrated_and_its_index_back_filled(tmp_path: 
             "g",
         }
     finally:
-        store.close()
+        await store.close()

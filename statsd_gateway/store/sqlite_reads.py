@@ -95,35 +95,33 @@ def _matcher_sql(
     """A condition on `series s` for one matcher: (SQL, its parameters); () when every series
     passes; None when none can.
 
-    A series without the tag has the value "" (Prometheus): a matcher that accepts "" passes
-    every series except those carrying a value it rejects (NOT EXISTS), one that does not
-    passes only the series carrying a value it accepts (EXISTS)."""
-    takes_empty = m.accepts("")
-    # The values that decide (rejected ones if "" is accepted, else accepted ones); None:
-    # every non-empty value (`k=""` rejects them all, `k!=""` accepts them all).
-    values: list[str] | None
+    A matcher that passes a series without the tag (Prometheus: its value is "") passes every
+    series except those carrying a value it rejects (NOT EXISTS); one that does not (or that
+    wants the tag `present`) passes only the series carrying a value it accepts (EXISTS)."""
+    takes_absent = m.accepts(None)
+    args: list[object] = [m.key]
     if m.op in (MatchOp.EQUAL, MatchOp.NOT_EQUAL):
-        values = [m.value] if m.value else None
+        # The values that decide are that one value, or every value but it.
+        one = (m.op is MatchOp.EQUAL) != takes_absent
+        test = "t.value = ?" if one else "t.value != ?"
+        args.append(m.value)
     else:
         known = _distinct_values(conn, tenant, name, m.key)
-        values = [v for v in known if m.accepts(v) != takes_empty]
-        if not values:
-            return () if takes_empty else None
-    args: list[object] = [m.key]
-    if values is None:
-        test = "t.value != ''"
-    elif len(values) == 1:
-        test = "t.value = ?"
-        args.append(values[0])
-    else:
-        test = "t.value IN (SELECT j.value FROM json_each(?) j)"
-        args.append(json.dumps(values, ensure_ascii=False))
+        deciding = [v for v in known if m.accepts(v) != takes_absent]
+        if not deciding:
+            return () if takes_absent else None
+        if len(deciding) == 1:
+            test = "t.value = ?"
+            args.append(deciding[0])
+        else:
+            test = "t.value IN (SELECT j.value FROM json_each(?) j)"
+            args.append(json.dumps(deciding, ensure_ascii=False))
     # Probed per series of the metric (by series_tags' key): the cost grows with the metric's
     # series, never with how many series of other metrics carry the value.
     probe = (
         f"EXISTS (SELECT 1 FROM series_tags t WHERE t.series_id = s.id AND t.key = ? AND {test})"
     )
-    return ("NOT " + probe if takes_empty else probe), args
+    return ("NOT " + probe if takes_absent else probe), args
 
 
 def _distinct_values(
