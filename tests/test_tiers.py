@@ -740,6 +740,8 @@ async def test_database_stops_growing_in_steady_state(tmp_path: Path) -> None:
     try:
         with readonly(path) as conn:
             assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental
+            # The empty schema: a page per table and index (what no retention can give back).
+            floor = conn.execute("PRAGMA page_count").fetchone()[0]
         for _ in range(90):
             await d.step(60, 480, name="disk.latency", tagsets=many)
             await gw.retention.run_once(force=True)
@@ -758,7 +760,7 @@ async def test_database_stops_growing_in_steady_state(tmp_path: Path) -> None:
         with readonly(path) as conn:
             small = conn.execute("PRAGMA page_count").fetchone()[0]
             assert conn.execute("PRAGMA freelist_count").fetchone()[0] <= 8
-        assert small < 0.3 * plateau, (small, plateau)
+        assert small - floor < 0.1 * (plateau - floor), (small, floor, plateau)
     finally:
         await d.stop()
 
