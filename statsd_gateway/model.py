@@ -4,10 +4,15 @@ enters the aggregator, and the bucket rows (`RowBatch`) that leave it.
 Rules (DESIGN.md §2):
 - A series is (tenant, name, tag set). A tag set is canonical: keys sorted, duplicates resolved
   last-wins; it is represented as a tuple of (key, value) pairs.
+- Each series the daemon knows has an integer id, assigned when it is first admitted (or read
+  from the store at start) and stable while it is known; the series registry
+  (series_registry.py) is the one place that maps an id to its key and type.
 - A metric's type is fixed per (tenant, name) by its first point.
 - Sample rate r weighs an observation by 1/r for counters and sketch-backed types; gauges and sets
   ignore it.
-- What crosses the seams: every transport hands `Sample`s to the aggregator (ingest.py).
+- What crosses the seams: every transport hands `Sample`s to the aggregator (ingest.py); the
+  aggregator hands out nothing but `RowBatch`es, for a flushed snapshot and for the live interval
+  a query reads.
 No I/O here.
 """
 
@@ -160,7 +165,7 @@ def matches_all(tags: Tags, matchers: Sequence[Matcher]) -> bool:
     return all(m.accepts(have.get(m.key)) for m in matchers)
 
 
-# (tenant, name, tags): a plain tuple, because the ingest hot path builds one per line.
+# (tenant, name, tags): a plain tuple, the key of a series wherever its id is not used.
 SeriesKey = tuple[str, str, Tags]
 
 
@@ -227,7 +232,11 @@ class RowBatch:
 
     Row i is (ts[i], keys[i], types[i], count[i], …); NaN stands where a BucketRow has None.
     `sketches` holds one item per row (empty bins for rows without a sketch), `has_sketch`
-    which rows have one, `hll` the HyperLogLog blob of set rows. Treat a batch as immutable.
+    which rows have one, `hll` the HyperLogLog blob of set rows. `series` is the registry id
+    of each row's series (int64) in every batch the aggregator hands out; None in batches
+    built from rows that carry no id (BucketRows, the store's reads, the rollups' merges).
+    `keys` and `types` repeat what the registry says of those ids, for the stages that still
+    key by series key. Treat a batch as immutable.
     """
 
     ts: _F64
@@ -242,6 +251,7 @@ class RowBatch:
     sketches: FlatBins
     has_sketch: npt.NDArray[np.bool_]
     hll: list[bytes | None]
+    series: npt.NDArray[np.int64] | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -293,7 +303,7 @@ class RowBatch:
             self.ts[sel], [self.keys[i] for i in at], [self.types[i] for i in at],
             self.count[sel], self.sum[sel], self.min[sel], self.max[sel], self.last[sel],
             self.last_ts[sel], sketch.flat_take(self.sketches, sel), self.has_sketch[sel],
-            [self.hll[i] for i in at],
+            [self.hll[i] for i in at], None if self.series is None else self.series[sel],
         )  # fmt: skip
 
     @staticmethod
@@ -306,9 +316,11 @@ class RowBatch:
         def cat(name: str) -> _F64:
             return np.concatenate([getattr(b, name) for b in batches])
 
+        ids = [b.series for b in batches if b.series is not None]
         return RowBatch(
             cat("ts"), [k for b in batches for k in b.keys], [t for b in batches for t in b.types],
             cat("count"), cat("sum"), cat("min"), cat("max"), cat("last"), cat("last_ts"),
             sketch.flat_concat([b.sketches for b in batches]),
             np.concatenate([b.has_sketch for b in batches]), [h for b in batches for h in b.hll],
+            np.concatenate(ids) if len(ids) == len(batches) else None,
         )  # fmt: skip

@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from statsd_gateway import sketch
-from statsd_gateway.aggregator import IntervalAggregator, finish
+from statsd_gateway.aggregator import IntervalAggregator
 from statsd_gateway.errors import InvalidArgument, MetricNotFound, QueryTooLarge
 from statsd_gateway.model import MetricType, RowBatch, Tags, matches_all
 from statsd_gateway.query_params import QuerySpec
@@ -125,7 +125,7 @@ class QueryEngine:
         tiers the plan picks, plus what is still in memory and not yet in the store. `values`,
         `sketches` and `hll` say which columns to read, as for read_columns; the rows' series
         are read only to group by tags."""
-        memory = self.aggregator.collect(tenant, spec.name)
+        memory = self.aggregator.metric_in_memory(tenant, spec.name)
         by_series = bool(spec.group_by)
         budget = None
         if sketches:
@@ -150,17 +150,13 @@ class QueryEngine:
             )
         )
         seq, series = stored.flushed_seq, stored.series
-        fresh = [
-            (ts, key, acc)
-            for s, ts, key, acc in memory
-            if s > seq and start <= ts < spec.until and matches_all(key[2], spec.matchers)
-        ]
         tags = [s.tags for s in series]
         parts = [(0, stored.cols)]
-        if fresh:
+        if memory:
 
             def convert() -> tuple[list[Tags], Columns]:
-                return _memory_columns(finish(fresh), values, sketches, hll, by_series)
+                fresh = memory.rows(seq, start, spec.until, lambda t: matches_all(t, spec.matchers))
+                return _memory_columns(fresh, values, sketches, hll, by_series)
 
             memory_tags, in_memory = await asyncio.to_thread(convert)
             parts.append((len(tags), in_memory))

@@ -9,7 +9,6 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from statsd_gateway.aggregator import CARDINALITY_LIMIT, TYPE_CONFLICT
 from statsd_gateway.api import connections
 from statsd_gateway.api.auth import KeyRing, principal_of
 from statsd_gateway.api.openapi import openapi_spec
@@ -39,6 +38,7 @@ from statsd_gateway.query_params import (
     parse_query,
     parse_tag_filter,
 )
+from statsd_gateway.series_registry import CARDINALITY_LIMIT, TYPE_CONFLICT
 from statsd_gateway.telemetry import Telemetry
 from statsd_gateway.wal import WalError
 
