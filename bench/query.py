@@ -53,14 +53,14 @@ from typing import Any
 import numpy as np
 
 from statsd_gateway import sketch
-from statsd_gateway.aggregator import IntervalAggregator, SeriesRegistry
+from statsd_gateway.aggregator import IntervalAggregator
 from statsd_gateway.api.query_params import QuerySpec, parse_query, query_plan
 from statsd_gateway.api.v1_query import render_query
 from statsd_gateway.flusher import Flusher
 from statsd_gateway.gateway import tune_gc
-from statsd_gateway.model import BucketRow, MetricType, RowBatch, SeriesKey
-from statsd_gateway.protocol import Sample
+from statsd_gateway.model import BucketRow, MetricType, RowBatch, Sample, SeriesKey
 from statsd_gateway.query import QueryEngine, QueryPlan, QueryResult, QueryRows, SeriesResult
+from statsd_gateway.series_registry import SeriesRegistry
 from statsd_gateway.store import SqliteStore
 from statsd_gateway.store.base import FlushWrite
 from statsd_gateway.store.rollup import TierRollup
@@ -215,7 +215,7 @@ def interval_samples(rng: np.random.Generator, names: list[str], per: int) -> li
     tags = (("env", "prod"),)
     values = rng.lognormal(LOG_MEDIAN, SIGMA, (len(names), per)).tolist()
     return [
-        (name, tags, TIMING, v, 1.0, None, False)
+        Sample(name, tags, TIMING, v, 1.0, None, False)
         for name, row in zip(names, values, strict=True)
         for v in row
     ]
@@ -229,7 +229,7 @@ async def build_pipeline(
     registry = SeriesRegistry()
     stored = await store.open()
     for info in stored.series:
-        registry.add(info.tenant, info.name, info.tags, info.type)
+        registry.seed(info.id, (info.tenant, info.name, info.tags), info.type)
     aggregator = IntervalAggregator(
         interval=RESOLUTIONS[0],
         clock=clock,
@@ -537,7 +537,7 @@ async def bench_queries(path: Path, now: float, runs: int) -> list[dict[str, Any
     store = SqliteStore(path, resolutions=RESOLUTIONS, clock=clock)
     registry = SeriesRegistry()
     for info in (await store.open()).series:
-        registry.add(info.tenant, info.name, info.tags, info.type)
+        registry.seed(info.id, (info.tenant, info.name, info.tags), info.type)
     aggregator = IntervalAggregator(
         interval=RESOLUTIONS[0], clock=clock, registry=registry,
         max_series_per_tenant=1_000_000, max_backdate=DEFAULT_RETENTION[RESOLUTIONS[0]],

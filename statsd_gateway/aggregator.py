@@ -3,13 +3,17 @@
 Contract:
 - `add_samples()` runs on the event loop and never blocks or raises for bad input: it returns the
   rejects by reason. Buckets are aligned to wall-clock multiples of the flush interval; a sample
-  with its own timestamp lands in its own bucket.
+  with its own timestamp lands in its own bucket. A series is admitted (given its id, or
+  refused) by the series registry (series_registry.py); the interval's maps key by that id.
 - HTTP writes are logged before they are applied: `admit()` decides which samples are accepted
   (and reserves their series and types) without adding any, `add_admitted()` adds exactly those
   later, into the snapshot whose seq the log entry names.
 - `swap()` moves everything in memory into a numbered Snapshot (the only point where the live maps
-  change hands); `finish_snapshot()` turns a snapshot into a RowBatch off the loop; `release()`
-  forgets a snapshot once the store holds it. Until then queries still see it (`collect()`).
+  change hands); `release()` forgets a snapshot once the store holds it.
+- Only RowBatches leave: `snapshot_rows()` finishes a snapshot off the loop (on the flusher's
+  worker), and `metric_in_memory()` copies, on the loop, what a query reads of one metric (the
+  live interval and the snapshots not yet released) into a MemoryRows that finishes it off the
+  loop (accumulator.py).
 - The current value of each gauge (what `+N`/`-N` change) moves with the order samples arrive
   in, whatever the wall clock does; a client-timestamped value older than it does not move it.
   Each snapshot carries the current values its interval changed (`Snapshot.gauges`), so the
@@ -23,21 +27,16 @@ Contract:
 
 from __future__ import annotations
 
-import itertools
 import math
-import operator
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from itertools import repeat
 
-import numpy as np
+from statsd_gateway.accumulator import MemoryEntry, MemoryRows, SeriesAccumulator, finish_rows
+from statsd_gateway.model import FUTURE_MAX_SECONDS, MetricType, RowBatch, Sample, SeriesKey
+from statsd_gateway.series_registry import CARDINALITY_LIMIT, TYPE_CONFLICT, SeriesRegistry
 
-from statsd_gateway import sketch
-from statsd_gateway.model import FUTURE_MAX_SECONDS, MetricType, RowBatch, SeriesKey, Tags
-from statsd_gateway.protocol import Sample
-
-# Reject reasons raised here (the parser's are in protocol.py).
-TYPE_CONFLICT = "type_conflict"
-CARDINALITY_LIMIT = "cardinality_limit"
+# Reject reasons raised here and at admission (the parser's are in protocol.py).
 TIMESTAMP_TOO_OLD = "timestamp_too_old"
 TIMESTAMP_IN_FUTURE = "timestamp_in_future"
 AGGREGATOR_REJECT_REASONS = (
@@ -46,60 +45,29 @@ AGGREGATOR_REJECT_REASONS = (
     TIMESTAMP_TOO_OLD,
     TIMESTAMP_IN_FUTURE,
 )
-# Memory per series-bucket (its Acc, key, map slot: ~380 bytes held, measured with tracemalloc;
-# finishing it into a row at flush takes ~460 more, transiently), per value buffered (~32 held,
-# ~57 to bin) and per bucket map. Rounded up: the estimate is a bound, not an average.
+# Memory per series-bucket (its accumulator, map slot and index entry: ~450 bytes held for a
+# counter, measured with tracemalloc, plus ~300 per series in the registry; finishing it into a
+# row at flush takes ~460 more, transiently), per value buffered (~32 held, ~57 to bin) and per
+# bucket map. Rounded up: the estimate is a bound, not an average.
 ENTRY_BYTES = 1024
 VALUE_BYTES = 96
 BUCKET_BYTES = 512
 
 
-class Acc:
-    """Running aggregate of one series in one bucket."""
-
-    __slots__ = (
-        "count",
-        "last",
-        "last_ts",
-        "max",
-        "members",
-        "min",
-        "sum",
-        "type",
-        "values",
-        "weights",
-    )
-
-    def __init__(self, mtype: MetricType) -> None:
-        self.type = mtype
-        self.count = 0.0
-        self.sum = 0.0
-        self.min = math.inf
-        self.max = -math.inf
-        self.last: float | None = None
-        self.last_ts = -math.inf
-        self.values: list[float] | None = [] if mtype.has_sketch else None
-        self.weights: list[float] | None = None  # only once a sample rate < 1 arrives
-        self.members: set[str] | None = set() if mtype is MetricType.SET else None
-
-    def copy(self) -> Acc:
-        c = Acc.__new__(Acc)
-        c.type, c.count, c.sum, c.min, c.max = self.type, self.count, self.sum, self.min, self.max
-        c.last, c.last_ts = self.last, self.last_ts
-        c.values = None if self.values is None else list(self.values)
-        c.weights = None if self.weights is None else list(self.weights)
-        c.members = None if self.members is None else set(self.members)
-        return c
-
-
-Buckets = dict[float, dict[SeriesKey, Acc]]
-# (tenant, name) -> the (bucket, series) entries of that metric in one interval: a query reads
-# its metric's entries without scanning every series in memory.
-MetricIndex = dict[tuple[str, str], list[tuple[float, SeriesKey]]]
+# bucket start -> series id -> its accumulator
+Buckets = dict[float, dict[int, SeriesAccumulator]]
+# (tenant, name) -> the (bucket, series id) entries of that metric in one interval: a query
+# reads its metric's entries without scanning every series in memory.
+MetricIndex = dict[tuple[str, str], list[tuple[float, int]]]
+# (bucket, series id): one series-bucket of a snapshot (what the flusher sets aside).
+SnapshotEntry = tuple[float, int]
 
 
 @dataclass(slots=True)
 class Snapshot:
+    """One swapped-out interval, numbered by `seq`, waiting to be written. Nothing adds to it
+    but HTTP writes logged before the swap (add_admitted); the flusher reads it off the loop."""
+
     seq: int
     buckets: Buckets = field(default_factory=dict)
     # Start of the live interval when this snapshot was swapped out: every bucket that ends at
@@ -113,39 +81,21 @@ class Snapshot:
     def series_count(self) -> int:
         return sum(len(m) for m in self.buckets.values())
 
-    def remove(self, entries: Iterable[tuple[float, SeriesKey]]) -> None:
-        """Forgets these (bucket, series) entries (the flusher set them aside as unwritable)."""
-        for ts, key in entries:
+    def remove(self, entries: Iterable[SnapshotEntry]) -> None:
+        """Forgets these (bucket, series id) entries (the flusher set them aside as
+        unwritable)."""
+        for ts, sid in entries:
             m = self.buckets.get(ts)
             if m is not None:
-                m.pop(key, None)
+                m.pop(sid, None)
                 if not m:
                     del self.buckets[ts]
 
 
-class SeriesRegistry:
-    """Types per (tenant, name) and known series per tenant, seeded from the store at start."""
-
-    def __init__(self) -> None:
-        self.types: dict[tuple[str, str], MetricType] = {}
-        self.series: dict[str, set[tuple[str, Tags]]] = {}
-
-    def add(self, tenant: str, name: str, tags: Tags, mtype: MetricType) -> None:
-        self.types.setdefault((tenant, name), mtype)
-        self.series.setdefault(tenant, set()).add((name, tags))
-
-    def forget(self, keys: Iterable[SeriesKey]) -> None:
-        """Series the store deleted (no data within any retention)."""
-        names: set[tuple[str, str]] = set()
-        for tenant, name, tags in keys:
-            self.series.get(tenant, set()).discard((name, tags))
-            names.add((tenant, name))
-        for tenant, name in names:
-            if not any(n == name for n, _ in self.series.get(tenant, ())):
-                self.types.pop((tenant, name), None)
-
-
 class IntervalAggregator:
+    """The live interval's series-buckets and the snapshots swapped out of it until the store
+    holds them (see the module's contract). Runs on the event loop, but for snapshot_rows()."""
+
     def __init__(
         self,
         *,
@@ -167,7 +117,8 @@ class IntervalAggregator:
         self._next_seq = first_seq
         self._live_bytes = 0
         self._pending_bytes = 0
-        # The current value of each gauge and its time: what +N/-N changes apply to.
+        # The current value of each gauge and its time: what +N/-N changes apply to. Keyed by
+        # series key, as the store reads and writes them (restore_gauges, Snapshot.gauges).
         self._gauges: dict[SeriesKey, tuple[float, float]] = {}
         self._gauges_changed: dict[SeriesKey, tuple[float, float]] = {}
 
@@ -193,13 +144,18 @@ class IntervalAggregator:
         live, index = (self._live, self._live_index) if into is None else (into.buckets, into.index)
         gauges = self._gauges
         changed = self._gauges_changed if into is None else into.gauges
+        ids = self.registry.ids_of(tenant)
+        admit = self.registry.admit
+        max_series = self.max_series_per_tenant
         current = live.get(bucket_now)
         new_buckets = new_entries = 0
         if current is None:
             current = live[bucket_now] = {}
             new_buckets = 1
         i = -1
-        # Hot loop: inlined on purpose; UDP lines pass here one by one.
+        # Hot loop: inlined on purpose; UDP lines pass here one by one. Enum members are locals
+        # (an attribute read of the class each time costs more than the id lookup).
+        set_type, gauge_type = MetricType.SET, MetricType.GAUGE
         for i, (name, tags, mtype, value, rate, ts, delta) in enumerate(samples):
             if ts is None:
                 t = now
@@ -218,28 +174,31 @@ class IntervalAggregator:
                 if m is None:
                     m = live[b] = {}
                     new_buckets += 1
-            key = (tenant, name, tags)
-            acc = m.get(key)
+            sid = ids.get((name, tags))
+            acc = None if sid is None else m.get(sid)
             if acc is None:
-                reason = self._admit(tenant, name, tags, mtype)
-                if reason is not None:
-                    rejects.append((i, reason))
+                # New in this bucket (once per series and interval): admitted by the registry.
+                admitted = admit(tenant, name, tags, mtype, max_series)
+                if isinstance(admitted, str):
+                    rejects.append((i, admitted))
                     continue
-                acc = m[key] = Acc(mtype)
+                sid = admitted
+                acc = m[sid] = SeriesAccumulator(mtype)
                 entries = index.get((tenant, name))
                 if entries is None:
                     entries = index[(tenant, name)] = []
-                entries.append((b, key))
+                entries.append((b, sid))
                 new_entries += 1
             elif acc.type is not mtype:
                 rejects.append((i, TYPE_CONFLICT))
                 continue
-            if mtype is MetricType.SET:
+            if mtype is set_type:
                 acc.members.add(str(value))  # type: ignore[union-attr]
                 acc.count += 1.0
                 continue
             v = float(value)
-            if mtype is MetricType.GAUGE:
+            if mtype is gauge_type:
+                key = (tenant, name, tags)
                 cur_v, cur_t = gauges.get(key, (0.0, -math.inf))
                 if delta:
                     v = cur_v + v
@@ -288,19 +247,19 @@ class IntervalAggregator:
         accepted: list[Sample] = []
         rejects: list[tuple[int, str]] = []
         new: list[SeriesKey] = []
+        ids = self.registry.ids_of(tenant)
         for i, sample in enumerate(samples):
-            name, tags, mtype, _, _, ts, _ = sample
+            name, tags, mtype, ts = sample.name, sample.tags, sample.type, sample.timestamp
             if ts is not None and ts > now + FUTURE_MAX_SECONDS:
                 rejects.append((i, TIMESTAMP_IN_FUTURE))
                 continue
             if ts is not None and ts < now - self.max_backdate:
                 rejects.append((i, TIMESTAMP_TOO_OLD))
                 continue
-            known = self.registry.series.get(tenant)
-            fresh = known is None or (name, tags) not in known
-            reason = self._admit(tenant, name, tags, mtype)
-            if reason is not None:
-                rejects.append((i, reason))
+            fresh = (name, tags) not in ids
+            admitted = self.registry.admit(tenant, name, tags, mtype, self.max_series_per_tenant)
+            if isinstance(admitted, str):
+                rejects.append((i, admitted))
                 continue
             if fresh:
                 new.append((tenant, name, tags))
@@ -320,39 +279,29 @@ class IntervalAggregator:
             into = next((s for s in self._pending if s.seq == seq), None)
         return self.add_samples(tenant, samples, into=into, now=now)
 
-    def _admit(self, tenant: str, name: str, tags: Tags, mtype: MetricType) -> str | None:
-        reg = self.registry
-        known = reg.types.get((tenant, name))
-        if known is not None and known is not mtype:
-            return TYPE_CONFLICT
-        series = reg.series.get(tenant)
-        if series is None or (name, tags) not in series:
-            if series is not None and len(series) >= self.max_series_per_tenant:
-                return CARDINALITY_LIMIT
-            reg.add(tenant, name, tags, mtype)
-        return None
-
     def keys_in_memory(self) -> set[SeriesKey]:
         """Every series with a point in the live interval or a snapshot not yet written."""
-        out: set[SeriesKey] = set()
+        ids: set[int] = set()
         for buckets in [self._live, *(s.buckets for s in self._pending)]:
             for m in buckets.values():
-                out.update(m)
-        return out
+                ids.update(m)
+        return set(map(self.registry.key_of, ids))
 
     def discard(self, keys: set[SeriesKey]) -> int:
         """Removes the series from the live interval, every pending snapshot and the gauges'
-        current values (an admin delete); returns how many series-buckets were dropped."""
+        current values (an admin delete, before the registry forgets them); returns how many
+        series-buckets were dropped."""
+        ids = {sid for sid in map(self.registry.id_of, keys) if sid is not None}
         dropped = 0
         for index in [self._live_index, *(s.index for s in self._pending)]:
             for metric in {(k[0], k[1]) for k in keys} & index.keys():
                 # The series may come back into the same bucket: one index entry each.
-                index[metric] = [e for e in index[metric] if e[1] not in keys]
+                index[metric] = [e for e in index[metric] if e[1] not in ids]
         for buckets in [self._live, *(s.buckets for s in self._pending)]:
             for ts in list(buckets):
                 m = buckets[ts]
-                for key in keys & m.keys():
-                    del m[key]
+                for sid in ids & m.keys():
+                    del m[sid]
                     dropped += 1
                 if not m:
                     del buckets[ts]
@@ -412,70 +361,30 @@ class IntervalAggregator:
         self._pending_bytes -= snap.memory_bytes
         return snap
 
-    def collect(self, tenant: str, name: str) -> list[tuple[int, float, SeriesKey, Acc]]:
-        """Copies of the in-memory accumulators of one metric, each with the seq of the snapshot
-        it belongs to (the live interval carries the next seq). Reads that metric's entries
-        through each interval's index: the cost grows with the metric's series in memory, not
-        with everything in memory (this runs on the event loop)."""
-        out: list[tuple[int, float, SeriesKey, Acc]] = []
+    def snapshot_rows(self, snap: Snapshot) -> RowBatch:
+        """The rows of a snapshot, off the loop: nothing adds to a swapped-out snapshot while
+        the flusher finishes it, and the registry keeps every series memory holds."""
+        ts: list[float] = []
+        ids: list[int] = []
+        accs: list[SeriesAccumulator] = []
+        for b, m in snap.buckets.items():
+            ts.extend(repeat(b, len(m)))
+            ids.extend(m)
+            accs.extend(m.values())
+        return finish_rows(ts, ids, accs, list(map(self.registry.key_of, ids)))
+
+    def metric_in_memory(self, tenant: str, name: str) -> MemoryRows:
+        """What memory holds of one metric (the live interval and the pending snapshots), for a
+        query to finish off the loop. Runs on the loop: it reads the metric's entries through
+        each interval's index, so its cost follows that metric's series in memory, not
+        everything in memory, and copies their accumulators (nothing else is done here)."""
+        out: list[MemoryEntry] = []
         sources = [(s.seq, s.buckets, s.index) for s in self._pending]
         sources.append((self._next_seq, self._live, self._live_index))
-        metric = (tenant, name)
+        key_of = self.registry.key_of
         for seq, buckets, index in sources:
-            for ts, key in index.get(metric, ()):
-                acc = buckets.get(ts, {}).get(key)
+            for ts, sid in index.get((tenant, name), ()):
+                acc = buckets.get(ts, {}).get(sid)
                 if acc is not None:  # None: set aside by the flusher
-                    out.append((seq, ts, key, acc.copy()))
-        return out
-
-
-_NUMBERS = operator.attrgetter("count", "sum", "min", "max", "last", "last_ts")
-
-
-def finish(entries: list[tuple[float, SeriesKey, Acc]]) -> RowBatch:
-    """Accumulators → a RowBatch, binning every sketch value of the batch in one numpy pass.
-
-    Hot per flush (one entry per series): each column is built by one C-level pass (map,
-    attrgetter, chain) rather than per-entry Python code."""
-    live = [e for e in entries if e[2].count != 0 or e[2].members]
-    if not live:
-        return RowBatch.from_rows([])
-    accs = [e[2] for e in live]
-    types = [acc.type for acc in accs]
-    # count, sum, min, max, last, last_ts; None (no last) becomes NaN.
-    cols = np.array(list(map(_NUMBERS, accs)), dtype=np.float64).T.copy()
-    count, total, mn, mx, last, last_ts = cols
-    # No value seen (a set's min/max): NaN, as for a missing last.
-    mn[np.isinf(mn)] = np.nan
-    mx[np.isinf(mx)] = np.nan
-    last_ts[np.isnan(last)] = np.nan
-    hll: list[bytes | None] = [None] * len(live)
-    for i, mtype in enumerate(types):
-        if mtype is MetricType.SET:
-            hll[i] = sketch.hll_from_members(accs[i].members or ())
-    value_lists = [acc.values or () for acc in accs]
-    n_values = np.fromiter(map(len, value_lists), dtype=np.int64, count=len(live))
-    offsets = np.zeros(n_values.size + 1, dtype=np.int64)
-    np.cumsum(n_values, out=offsets[1:])
-    values = np.fromiter(
-        itertools.chain.from_iterable(value_lists), dtype=np.float64, count=int(offsets[-1])
-    )
-    weights = None
-    if any(acc.weights is not None for acc in accs):
-        weights = np.fromiter(
-            itertools.chain.from_iterable(
-                acc.weights if acc.weights is not None else [1.0] * len(vals)
-                for acc, vals in zip(accs, value_lists, strict=True)
-            ),
-            dtype=np.float64,
-            count=int(offsets[-1]),
-        )
-    return RowBatch(
-        ts=np.array([e[0] for e in live], dtype=np.float64), keys=[e[1] for e in live],
-        types=types, count=count, sum=total, min=mn, max=mx, last=last, last_ts=last_ts,
-        sketches=sketch.bin_flat(values, weights, offsets), has_sketch=n_values > 0, hll=hll,
-    )  # fmt: skip
-
-
-def finish_snapshot(snap: Snapshot) -> RowBatch:
-    return finish([(ts, key, acc) for ts, m in snap.buckets.items() for key, acc in m.items()])
+                    out.append((seq, ts, sid, key_of(sid), acc.copy()))
+        return MemoryRows(out)

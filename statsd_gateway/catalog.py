@@ -13,10 +13,11 @@ import re
 from collections import Counter
 from typing import Any
 
-from statsd_gateway.aggregator import IntervalAggregator, SeriesRegistry
+from statsd_gateway.aggregator import IntervalAggregator
 from statsd_gateway.errors import MetricNotFound
 from statsd_gateway.flusher import Flusher
 from statsd_gateway.model import Tags
+from statsd_gateway.series_registry import SeriesRegistry
 from statsd_gateway.store.base import Store
 
 

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from statsd_gateway.aggregator import IntervalAggregator, Snapshot, finish_snapshot
+from statsd_gateway.aggregator import IntervalAggregator, Snapshot, SnapshotEntry
 from statsd_gateway.errors import StoreError
 from statsd_gateway.idempotency import TTL_SECONDS, IdempotencyLedger
 from statsd_gateway.ingest import WriteHolds
@@ -222,7 +222,7 @@ class Flusher:
             rows: RowBatch | None = None
             try:
                 finishing = time.perf_counter()
-                rows = await self._on_worker(finish_snapshot, snap)
+                rows = await self._on_worker(self.aggregator.snapshot_rows, snap)
                 self.telemetry.flush_step_seconds["finish"] = time.perf_counter() - finishing
                 n = await self._finish_and_write(snap, rows, records, expire_before)
                 break
@@ -269,10 +269,10 @@ class Flusher:
         (logged and counted): True if any were found. A snapshot that keeps failing with no
         series to blame counts a data failure towards QUARANTINE_AFTER."""
         found = await self._find_unwritable(snap, rows)
-        for (ts, key), why in found[:_LOGGED_PER_FLUSH]:
+        for (ts, sid), why in found[:_LOGGED_PER_FLUSH]:
             log.error(
                 "flush: set aside series %r of bucket %s, which cannot be written: %s",
-                key,
+                self.aggregator.registry.key_of(sid),
                 ts,
                 why,
             )
@@ -303,7 +303,7 @@ class Flusher:
 
     async def _find_unwritable(
         self, snap: Snapshot, rows: RowBatch
-    ) -> list[tuple[tuple[float, SeriesKey], Exception]]:
+    ) -> list[tuple[SnapshotEntry, Exception]]:
         """Bisects the snapshot's rows with trial writes (rolled back) down to the single ones
         that fail, each with its error; none if all its rows write (the error was elsewhere, or
         passed). Costs about two trial writes of the snapshot per bad row. An outage ends the
@@ -321,13 +321,14 @@ class Flusher:
         everything = np.arange(len(rows), dtype=np.int64)
         if await trial(rows.take(everything[:0])) is not None:
             return []  # it fails with no row at all: no row is to blame
-        found: list[tuple[tuple[float, SeriesKey], Exception]] = []
+        assert rows.series is not None  # the aggregator's rows carry their series ids
+        found: list[tuple[SnapshotEntry, Exception]] = []
         suspects = [(everything, e)] if (e := await trial(rows)) is not None else []
         while suspects:
             part, why = suspects.pop()
             if len(part) == 1:
                 i = int(part[0])
-                found.append(((float(rows.ts[i]), rows.keys[i]), why))
+                found.append(((float(rows.ts[i]), int(rows.series[i])), why))
                 continue
             mid = len(part) // 2
             for half in (part[:mid], part[mid:]):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from statsd_gateway.aggregator import IntervalAggregator, SeriesRegistry
+from statsd_gateway.aggregator import IntervalAggregator
 from statsd_gateway.api.app import create_app
 from statsd_gateway.api.auth import KeyRing
 from statsd_gateway.api.connections import BadRequests, GuardedTCPSite
@@ -43,6 +43,7 @@ from statsd_gateway.model import SeriesKey
 from statsd_gateway.protocol import StatsdParser
 from statsd_gateway.query import QueryEngine
 from statsd_gateway.replay import LogReplay
+from statsd_gateway.series_registry import SeriesRegistry
 from statsd_gateway.store import SqliteStore, Store
 from statsd_gateway.store.retention import RetentionJob
 from statsd_gateway.store.rollup import TierRollup
@@ -135,7 +136,7 @@ class Gateway:
         self._setup_keys()
         stored = await self.store.open()
         for info in stored.series:
-            self.registry.add(info.tenant, info.name, info.tags, info.type)
+            self.registry.seed(info.id, (info.tenant, info.name, info.tags), info.type)
         self._store_open = True
         flushed_seq = stored.flushed_seq
         wal = WriteAheadLog(cfg.storage.wal_directory) if cfg.storage.wal else None
@@ -192,7 +193,7 @@ class Gateway:
         self.catalog = MetricCatalog(self.registry, self.aggregator, self.store, self.flusher)
         self.telemetry.pending_flushes = lambda: len(self.aggregator.pending)
         self.telemetry.memory_held_bytes = self.aggregator.memory_bytes
-        self.telemetry.series_count = lambda: sum(len(s) for s in self.registry.series.values())
+        self.telemetry.series_count = self.registry.series_count
 
         if cfg.udp.enabled:
             self.udp = UdpListener(

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from statsd_gateway.aggregator import IntervalAggregator
-from statsd_gateway.model import SeriesKey
-from statsd_gateway.protocol import Sample, StatsdParser
+from statsd_gateway.model import Sample, SeriesKey
+from statsd_gateway.protocol import StatsdParser
 from statsd_gateway.telemetry import Telemetry
 from statsd_gateway.wal import WriteAheadLog
 
@@ -111,6 +111,12 @@ class WriteHolds:
 
 
 class Ingest:
+    """The one door into the aggregator: StatsD text from UDP, TCP and unixgram (`statsd()`),
+    validated samples from HTTP (`samples()`, logged before they are applied when the
+    write-ahead log is on: `commit()` / `abandon()`), and the log's records at start
+    (`replay()`). Runs on the event loop; counts what arrives and what is refused by transport
+    and reason, logs bad lines at debug level (rate-limited), never raises for bad input."""
+
     def __init__(
         self,
         aggregator: IntervalAggregator,
@@ -152,7 +158,7 @@ class Ingest:
         t.accepted[transport] += len(samples) - len(rejects)
         for i, reason in rejects:
             t.rejects[(transport, reason)] += 1
-            self._log.debug("rejected %s sample (%s): %.200r", transport, reason, samples[i][0])
+            self._log.debug("rejected %s sample (%s): %.200r", transport, reason, samples[i].name)
 
     async def make_room(self, points: int) -> None:
         """Before an HTTP body of `points` is applied: waits while memory is at its bound
@@ -219,7 +225,7 @@ class Ingest:
         # Only a race with the store forgetting a series can refuse a point here; the log holds
         # it, so a restart would count it: say so rather than differ silently.
         for i, reason in late:
-            log.error("a logged HTTP point was not applied (%s): %.200r", reason, samples[i][0])
+            log.error("a logged HTTP point was not applied (%s): %.200r", reason, samples[i].name)
         self._count(transport, len(samples) - len(late), late)
 
     def abandon(self, logged: LoggedBody) -> None:

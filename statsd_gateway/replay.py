@@ -18,7 +18,7 @@ from statsd_gateway.api.schemas import parse_point
 from statsd_gateway.errors import GatewayError
 from statsd_gateway.idempotency import IdempotencyLedger
 from statsd_gateway.ingest import Ingest
-from statsd_gateway.protocol import Sample
+from statsd_gateway.model import Sample
 from statsd_gateway.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -76,11 +76,9 @@ def samples_from_logged_body(
     bad: list[tuple[int, GatewayError]] = []
     for i in range(len(points)) if keep is None else keep:
         try:
-            name, tags, mtype, value, rate, ts, delta = parse_point(
-                points[i], extra=frozenset({"idempotency_key"}), sanitise=sanitise
-            )
+            sample = parse_point(points[i], extra=frozenset({"idempotency_key"}), sanitise=sanitise)
         except GatewayError as e:
             bad.append((i, e))
             continue
-        out.append((name, tags, mtype, value, rate, now if ts is None else ts, delta))
+        out.append(sample if sample.timestamp is not None else sample._replace(timestamp=now))
     return out, bad

@@ -1,14 +1,18 @@
-"""IntervalAggregator: buckets, per-type aggregates, rejects, and the swap/collect/release cycle."""
+"""IntervalAggregator: buckets, per-type aggregates, rejects, series ids, and the swap / read in
+memory / release cycle."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
 
 from statsd_gateway import sketch
-from statsd_gateway.aggregator import IntervalAggregator, SeriesRegistry, finish_snapshot
-from statsd_gateway.model import STATSD_TYPES, BucketRow, MetricType, SeriesKey
+from statsd_gateway.aggregator import IntervalAggregator
+from statsd_gateway.model import STATSD_TYPES, BucketRow, MetricType, RowBatch, Sample, SeriesKey
 from statsd_gateway.protocol import StatsdParser
+from statsd_gateway.series_registry import SeriesRegistry
 from tests.conftest import T0, ManualClock
 
 HOUR = 3600.0
@@ -41,8 +45,8 @@ def feed(agg: IntervalAggregator, datagram: bytes, tenant: str = "default") -> l
 
 
 def flush(agg: IntervalAggregator) -> dict[tuple[float, SeriesKey], BucketRow]:
-    """swap() + finish_snapshot(), keyed by (bucket, (tenant, name, tags))."""
-    rows = finish_snapshot(agg.swap()).rows()
+    """swap() + snapshot_rows(), keyed by (bucket, (tenant, name, tags))."""
+    rows = agg.snapshot_rows(agg.swap()).rows()
     out = {(r.ts, r.key): r for r in rows}
     assert len(out) == len(rows)
     return out
@@ -278,7 +282,7 @@ def test_type_conflict_persists_into_later_intervals() -> None:
 
 def test_type_conflict_against_a_type_already_in_the_registry() -> None:
     registry = SeriesRegistry()
-    registry.add("default", "m", (("env", "prod"),), MetricType.GAUGE)
+    registry.seed(7, ("default", "m", (("env", "prod"),)), MetricType.GAUGE)
     agg = make_aggregator(ManualClock(), registry=registry)
     assert feed(agg, b"m:1|c") == ["type_conflict"]
     assert feed(agg, b"m:1|g") == []
@@ -313,7 +317,7 @@ def test_cardinality_limit_rejects_new_series_only() -> None:
 
 def test_cardinality_limit_counts_series_already_in_the_registry() -> None:
     registry = SeriesRegistry()
-    registry.add("default", "old", (), MetricType.COUNTER)
+    registry.seed(7, ("default", "old", ()), MetricType.COUNTER)
     agg = make_aggregator(ManualClock(), registry=registry, max_series=1)
     assert feed(agg, b"new:1|c\nold:1|c") == ["cardinality_limit"]
 
@@ -351,7 +355,7 @@ def test_timestamp_out_of_range_rejected(offset: float, reason: str) -> None:
     assert only_row(agg).sum == 2.0
 
 
-# --- swap, collect, release ------------------------------------------------------------------
+# --- swap, rows in memory, release ----------------------------------------------------------
 
 
 def test_swap_numbers_snapshots_and_leaves_an_empty_live_interval() -> None:
@@ -360,8 +364,8 @@ def test_swap_numbers_snapshots_and_leaves_an_empty_live_interval() -> None:
     first = agg.swap()
     second = agg.swap()
     assert (first.seq, second.seq) == (41, 42)
-    assert finish_snapshot(second).rows() == []
-    assert [r.sum for r in finish_snapshot(first).rows()] == [1.0]
+    assert agg.snapshot_rows(second).rows() == []
+    assert [r.sum for r in agg.snapshot_rows(first).rows()] == [1.0]
 
 
 def test_snapshot_is_not_changed_by_later_samples() -> None:
@@ -369,62 +373,181 @@ def test_snapshot_is_not_changed_by_later_samples() -> None:
     feed(agg, b"hits:1|c")
     snap = agg.swap()
     feed(agg, b"hits:5|c")
-    assert [r.sum for r in finish_snapshot(snap).rows()] == [1.0]
+    assert [r.sum for r in agg.snapshot_rows(snap).rows()] == [1.0]
 
 
-def test_collect_sees_live_and_pending_data_until_released() -> None:
+def everything(tags: object) -> bool:
+    return True
+
+
+def sums_in_memory(agg: IntervalAggregator, after_seq: int = 0, name: str = "hits") -> list[float]:
+    """The sums of the rows a query reads of `name` in memory, past snapshot `after_seq`."""
+    rows = agg.metric_in_memory("default", name).rows(after_seq, 0.0, math.inf, everything)
+    return rows.sum.tolist()  # type: ignore[no-any-return]
+
+
+def test_memory_rows_see_live_and_pending_data_until_released() -> None:
     agg = make_aggregator(ManualClock())
     feed(agg, b"hits:1|c\nother:1|c")
     first = agg.swap()
     feed(agg, b"hits:2|c")
     second = agg.swap()
     feed(agg, b"hits:4|c")
-
-    def seen() -> list[tuple[int, float, float]]:
-        return sorted((seq, ts, acc.sum) for seq, ts, _, acc in agg.collect("default", "hits"))
-
-    assert seen() == [(1, T0, 1.0), (2, T0, 2.0), (3, T0, 4.0)]
-    assert agg.collect("other-tenant", "hits") == []
+    # Oldest first (pending snapshots, then the live interval, which carries seq 3).
+    assert sums_in_memory(agg) == [1.0, 2.0, 4.0]
+    assert sums_in_memory(agg, after_seq=1) == [2.0, 4.0]
+    assert sums_in_memory(agg, after_seq=3) == []
+    none = agg.metric_in_memory("other-tenant", "hits")
+    assert len(none) == 0
+    assert len(none.rows(0, 0.0, math.inf, everything)) == 0
     agg.release(first)
-    assert seen() == [(2, T0, 2.0), (3, T0, 4.0)]
+    assert sums_in_memory(agg) == [2.0, 4.0]
     agg.release(second)
-    assert seen() == [(3, T0, 4.0)]
+    assert sums_in_memory(agg) == [4.0]
     assert agg.pending == []
+
+
+def test_memory_rows_keep_a_snapshot_flushed_after_the_copy() -> None:
+    """The copy is taken before the store read: a snapshot swapped, written and released in
+    between is still in the copy, and the seq the store read says decides whether it counts."""
+    agg = make_aggregator(ManualClock())
+    feed(agg, b"hits:1|c")
+    memory = agg.metric_in_memory("default", "hits")
+    agg.release(agg.swap())
+    feed(agg, b"hits:5|c")
+    assert memory.rows(0, 0.0, math.inf, everything).sum.tolist() == [1.0]  # store read first
+    assert len(memory.rows(1, 0.0, math.inf, everything)) == 0  # the store holds seq 1
+
+
+def test_memory_rows_of_a_range() -> None:
+    clock = ManualClock(T0 + 65)
+    agg = make_aggregator(clock)
+    feed(agg, b"hits:1|c|T%d\nhits:2|c|T%d\nhits:4|c" % (int(T0 + 5), int(T0 + 35)))
+    memory = agg.metric_in_memory("default", "hits")
+
+    def between(start: float, until: float) -> list[tuple[float, float]]:
+        rows = memory.rows(0, start, until, everything)
+        return sorted(zip(rows.ts.tolist(), rows.sum.tolist(), strict=True))
+
+    assert between(T0, T0 + 70) == [(T0, 1.0), (T0 + 30, 2.0), (T0 + 60, 4.0)]
+    assert between(T0 + 30, T0 + 60) == [(T0 + 30, 2.0)]  # start included, until excluded
+    assert between(T0 + 1, T0 + 30) == []
+    assert between(T0 + 60, math.inf) == [(T0 + 60, 4.0)]
+
+
+def test_memory_rows_of_the_series_whose_tags_pass() -> None:
+    agg = make_aggregator(ManualClock())
+    feed(agg, b"hits:1|c|#env:prod,host:a\nhits:2|c|#env:dev,host:a\nhits:4|c|#env:prod,host:b")
+    rows = agg.metric_in_memory("default", "hits").rows(
+        0, 0.0, math.inf, lambda tags: dict(tags).get("env") == "prod"
+    )
+    assert sorted(zip((k[2] for k in rows.keys), rows.sum.tolist(), strict=True)) == [
+        ((("env", "prod"), ("host", "a")), 1.0),
+        ((("env", "prod"), ("host", "b")), 4.0),
+    ]
+    assert rows.series is not None
+    assert rows.series.tolist() == [agg.registry.id_of(k) for k in rows.keys]
 
 
 class _NoScan(dict):  # type: ignore[type-arg]
     """A bucket map that fails the test if anything walks it instead of looking a key up."""
 
     def items(self):  # type: ignore[no-untyped-def]
-        raise AssertionError("collect walked every series in memory")
+        raise AssertionError("metric_in_memory walked every series in memory")
 
     def values(self):  # type: ignore[no-untyped-def]
-        raise AssertionError("collect walked every series in memory")
+        raise AssertionError("metric_in_memory walked every series in memory")
 
     def __iter__(self):  # type: ignore[no-untyped-def]
-        raise AssertionError("collect walked every series in memory")
+        raise AssertionError("metric_in_memory walked every series in memory")
 
 
-def test_collect_reads_one_metric_without_walking_everything_in_memory() -> None:
-    """A query runs collect on the event loop: its cost must follow the metric asked for, not
-    the millions of other series a flood may have put in memory."""
+def test_metric_in_memory_reads_one_metric_without_walking_everything_in_memory() -> None:
+    """A query copies what memory holds of its metric on the event loop: the cost must follow
+    the metric asked for, not the millions of other series a flood may have put in memory."""
     agg = make_aggregator(ManualClock())
     feed(agg, b"\n".join(b"noise.%d:1|c" % i for i in range(500)) + b"\nhits:1|c")
     snap = agg.swap()
     feed(agg, b"\n".join(b"noise.%d:1|c" % i for i in range(500)) + b"\nhits:2|c")
     snap.buckets = {ts: _NoScan(m) for ts, m in snap.buckets.items()}
     agg._live = {ts: _NoScan(m) for ts, m in agg._live.items()}
-    seen = sorted((seq, acc.sum) for seq, _, _, acc in agg.collect("default", "hits"))
-    assert seen == [(1, 1.0), (2, 2.0)]
+    memory = agg.metric_in_memory("default", "hits")
+    assert memory.rows(0, 0.0, math.inf, everything).sum.tolist() == [1.0, 2.0]
 
 
-def test_collect_returns_copies() -> None:
+def test_memory_rows_are_copies() -> None:
     agg = make_aggregator(ManualClock())
     feed(agg, b"lat:1|ms")
-    (_, _, _, acc) = agg.collect("default", "lat")[0]
+    memory = agg.metric_in_memory("default", "lat")
     feed(agg, b"lat:2|ms")
-    assert acc.count == 1.0
+    assert memory.rows(0, 0.0, math.inf, everything).count.tolist() == [1.0]
     assert only_row(agg).count == 2.0
+
+
+# --- series ids ------------------------------------------------------------------------------
+
+
+def ids_by_key(agg: IntervalAggregator) -> dict[SeriesKey, int]:
+    """swap() + snapshot_rows(): the id each flushed row carries, by series key."""
+    rows = agg.snapshot_rows(agg.swap())
+    assert rows.series is not None
+    return dict(zip(rows.keys, rows.series.tolist(), strict=True))
+
+
+def test_each_series_keeps_its_id_across_intervals() -> None:
+    clock = ManualClock()
+    agg = make_aggregator(clock)
+    feed(agg, b"hits:1|c\nhits:1|c|#env:prod\nlat:3|ms")
+    first = ids_by_key(agg)
+    assert len(set(first.values())) == 3
+    clock.advance(10)
+    feed(agg, b"lat:4|ms\nhits:1|c\nnew:1|c\nhits:1|c|#env:prod", tenant="default")
+    feed(agg, b"hits:1|c", tenant="other")
+    second = ids_by_key(agg)
+    assert {k: second[k] for k in first} == first
+    fresh = {second[("default", "new", ())], second[("other", "hits", ())]}
+    assert len(fresh) == 2 and not fresh & set(first.values())
+
+
+def test_ids_continue_above_the_largest_seeded_one() -> None:
+    registry = SeriesRegistry()
+    registry.seed(40, ("default", "old", ()), MetricType.COUNTER)
+    registry.seed(3, ("default", "older", ()), MetricType.COUNTER)
+    agg = make_aggregator(ManualClock(), registry=registry)
+    feed(agg, b"old:1|c\nolder:1|c\nnew:1|c\nnewer:1|c")
+    assert ids_by_key(agg) == {
+        ("default", "old", ()): 40,
+        ("default", "older", ()): 3,
+        ("default", "new", ()): 41,
+        ("default", "newer", ()): 42,
+    }
+
+
+def test_a_forgotten_series_sent_again_gets_a_new_id() -> None:
+    clock = ManualClock()
+    agg = make_aggregator(clock)
+    feed(agg, b"hits:1|c\nkeep:1|c")
+    before = ids_by_key(agg)
+    agg.registry.forget([("default", "hits", ())])
+    clock.advance(10)
+    feed(agg, b"hits:1|c\nkeep:1|c")
+    after = ids_by_key(agg)
+    assert after[("default", "keep", ())] == before[("default", "keep", ())]
+    assert after[("default", "hits", ())] > max(before.values())
+
+
+def test_series_buckets_set_aside_leave_the_snapshot() -> None:
+    agg = make_aggregator(ManualClock())
+    feed(agg, b"a:1|c\nb:2|c\nc:4|c")
+    snap = agg.swap()
+    rows = agg.snapshot_rows(snap)
+    assert rows.series is not None
+    ids = dict(zip(rows.keys, rows.series.tolist(), strict=True))
+    snap.remove([(T0, ids[("default", "a", ())]), (T0 + 10, ids[("default", "b", ())])])
+    assert sorted(agg.snapshot_rows(snap).sum.tolist()) == [2.0, 4.0]
+    snap.remove([(T0, ids[("default", "b", ())]), (T0, ids[("default", "c", ())])])
+    assert len(agg.snapshot_rows(snap)) == 0
+    assert snap.series_count() == 0
 
 
 def test_gauges_and_sets_ignore_sample_rate() -> None:
@@ -433,11 +556,25 @@ def test_gauges_and_sets_ignore_sample_rate() -> None:
     rejects = agg.add_samples(
         "default",
         [
-            ("g", (), MetricType.GAUGE, 5.0, 0.25, None, False),
-            ("u", (), MetricType.SET, "alice", 0.25, None, False),
+            Sample("g", (), MetricType.GAUGE, 5.0, 0.25, None, False),
+            Sample("u", (), MetricType.SET, "alice", 0.25, None, False),
         ],
     )
     assert rejects == []
     rows = {r.key[1]: r for r in flush(agg).values()}
     assert (rows["g"].count, rows["g"].sum, rows["g"].last) == (1.0, 5.0, 5.0)
     assert rows["u"].count == 1.0
+
+
+def test_taking_and_joining_rows_keeps_their_series_ids() -> None:
+    agg = make_aggregator(ManualClock())
+    feed(agg, b"a:1|c\nb:2|c\nc:4|c")
+    rows = agg.snapshot_rows(agg.swap())
+    assert rows.series is not None
+    ids = rows.series.tolist()
+    picked = rows.take(np.array([2, 0]))
+    assert picked.series is not None and picked.series.tolist() == [ids[2], ids[0]]
+    joined = RowBatch.concat([picked, rows])
+    assert joined.series is not None and joined.series.tolist() == [ids[2], ids[0], *ids]
+    # A batch built from rows carries no ids: neither does a batch joined with one.
+    assert RowBatch.concat([rows, RowBatch.from_rows(picked.rows())]).series is None

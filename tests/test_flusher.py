@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from statsd_gateway.aggregator import IntervalAggregator, SeriesRegistry
+from statsd_gateway.aggregator import IntervalAggregator
 from statsd_gateway.errors import StoreError
 from statsd_gateway.flusher import Flusher
-from statsd_gateway.model import MetricType
+from statsd_gateway.model import MetricType, Sample
+from statsd_gateway.series_registry import SeriesRegistry
 from statsd_gateway.store.memory import MemoryStore
 from statsd_gateway.telemetry import Telemetry
 from tests.conftest import T0, ManualClock, make_config, running
@@ -44,7 +45,7 @@ def parts() -> tuple[Flusher, ManualClock]:
 async def test_ticks_fall_on_multiples_of_the_interval(parts: tuple[Flusher, ManualClock]) -> None:
     flusher, clock = parts
     flusher.aggregator.add_samples(
-        "default", [("c", (), MetricType.COUNTER, 1.0, 1.0, None, False)]
+        "default", [Sample("c", (), MetricType.COUNTER, 1.0, 1.0, None, False)]
     )
     ticks = Ticks(clock, 3)
     with pytest.raises(asyncio.CancelledError):

@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 
-from statsd_gateway.aggregator import finish_snapshot
 from statsd_gateway.gateway import Gateway
 from tests.conftest import OTHER_KEY, Api, ManualClock, make_config, running, send_udp, wait_for_udp
 
@@ -98,7 +97,7 @@ async def test_a_snapshot_already_committed_is_not_written_twice(
     gw, api = small
     await api.report(point("a"))
     snap = gw.aggregator.swap()
-    rows = finish_snapshot(snap)
+    rows = gw.aggregator.snapshot_rows(snap)
     assert await gw.flusher._finish_and_write(snap, rows, [], 0.0) == 1
     assert await gw.flusher._finish_and_write(snap, rows, [], 0.0) == 0
     gw.aggregator.release(snap)

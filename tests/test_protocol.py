@@ -26,9 +26,9 @@ def s(
     ts: float | None = None,
     delta: bool = False,
 ) -> Sample:
-    """The sample a line should give: (name, tags, type, value, rate, timestamp, is_delta)."""
+    """The sample a line should give."""
     pairs = tuple(sorted((tags or {}).items()))
-    return (name, pairs, STATSD_TYPES[type_], value, rate, ts, delta)
+    return Sample(name, pairs, STATSD_TYPES[type_], value, rate, ts, delta)
 
 
 def many_tags(n: int) -> bytes:

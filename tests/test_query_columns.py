@@ -27,11 +27,12 @@ import numpy as np
 import pytest
 
 from statsd_gateway import sketch
-from statsd_gateway.aggregator import IntervalAggregator, SeriesRegistry
+from statsd_gateway.aggregator import IntervalAggregator
 from statsd_gateway.api.query_params import parse_query
 from statsd_gateway.api.v1_query import query_answer, sketch_answer
-from statsd_gateway.model import BucketRow, MetricType, RowBatch, Tags
+from statsd_gateway.model import BucketRow, MetricType, RowBatch, Sample, Tags
 from statsd_gateway.query import QueryEngine
+from statsd_gateway.series_registry import SeriesRegistry
 from statsd_gateway.store import SqliteStore
 from statsd_gateway.store.sqlite_reads import read_columns, read_series
 from tests.conftest import T0, ManualClock, run_sync, write_rows
@@ -148,7 +149,7 @@ async def build(
     fine: list[BucketRow] = []
     for name, mtype in METRICS.items():
         for tags in (*TAGSETS, MEMORY_ONLY):
-            aggregator.registry.add(TENANT, name, tags, mtype)
+            aggregator.registry.admit(TENANT, name, tags, mtype, 1000)
         for res, lo, hi, out in ((60.0, T0, COMPLETE_1M, coarse), (10.0, COMPLETE_1M, UNTIL, fine)):
             for ts in np.arange(lo, hi, res).tolist():
                 for i in range(len(TAGSETS)):
@@ -168,11 +169,11 @@ async def build(
                 t = float(MEMORY_FROM + rng.integers(0, 300_000) / 1000.0)
                 if mtype is MetricType.SET:
                     member = f"u{int(rng.integers(0, 60))}"
-                    samples.append((name, tags, mtype, member, 1.0, t, False))
+                    samples.append(Sample(name, tags, mtype, member, 1.0, t, False))
                     written[name].append(Obs(t, tags, 1.0, 0.0, None, None, members=[member]))
                     continue
                 v = values_of(rng, 1)[0]
-                samples.append((name, tags, mtype, v, 1.0, t, False))
+                samples.append(Sample(name, tags, mtype, v, 1.0, t, False))
                 last = (v, t) if mtype is MetricType.GAUGE else (None, None)
                 written[name].append(Obs(t, tags, 1.0, v, v, v, *last, values=[v]))
         assert aggregator.add_samples(TENANT, samples) == []
@@ -317,11 +318,13 @@ async def test_last_on_equal_timestamps_is_the_row_still_in_memory(
 ) -> None:
     store, aggregator, clock = parts
     key = (TENANT, "temp", (("host", "a"),))
-    aggregator.registry.add(TENANT, "temp", key[2], MetricType.GAUGE)
+    aggregator.registry.admit(TENANT, "temp", key[2], MetricType.GAUGE, 1000)
     t = T0 + 600.0
     stored = BucketRow(t, key, MetricType.GAUGE, 1.0, 1.0, 1.0, 1.0, 1.0, t + 5.0)
     await write_rows(store, [stored])
-    aggregator.add_samples(TENANT, [("temp", key[2], MetricType.GAUGE, 2.0, 1.0, t + 5.0, False)])
+    aggregator.add_samples(
+        TENANT, [Sample("temp", key[2], MetricType.GAUGE, 2.0, 1.0, t + 5.0, False)]
+    )
     engine = QueryEngine(store, aggregator)
     spec = parse_query(
         {"name": "temp", "agg": "last", "since": str(T0), "until": str(UNTIL), "window": "5m"},

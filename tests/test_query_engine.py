@@ -69,7 +69,7 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
 
 async def store_rows(world: World, rows: list[BucketRow]) -> None:
     for r in rows:
-        world.aggregator.registry.add(*r.key, r.type)
+        world.aggregator.registry.admit(*r.key, r.type, 10**9)
     await write_rows(world.store, rows)
 
 

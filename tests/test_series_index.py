@@ -109,7 +109,7 @@ async def parts(tmp_path: Path) -> AsyncIterator[tuple[SqliteStore, QueryEngine,
     rows = []
     for name in ("stored", "other"):
         for tags in SERIES.values():
-            aggregator.registry.add(TENANT, name, tags, MetricType.COUNTER)
+            aggregator.registry.admit(TENANT, name, tags, MetricType.COUNTER, 10**9)
             key = (TENANT, name, tags)
             rows.append(BucketRow(T0, key, MetricType.COUNTER, 1.0, 1.0, 1.0, 1.0))
     await write_rows(store, rows)
@@ -262,8 +262,8 @@ async def test_a_version_2_file_is_migrated_and_its_index_back_filled(tmp_path: 
         assert hosts([s.tags for s in await store.series(TENANT, "old", prod)]) == {"a", "e", "g"}
         registry = SeriesRegistry()
         for s in known:
-            registry.add(s.tenant, s.name, s.tags, s.type)
-        registry.add(TENANT, "old", new, MetricType.COUNTER)
+            registry.seed(s.id, (s.tenant, s.name, s.tags), s.type)
+        registry.admit(TENANT, "old", new, MetricType.COUNTER, 10**9)
         aggregator = IntervalAggregator(
             interval=10.0,
             clock=clock,

@@ -36,7 +36,7 @@ from ddsketch.pb.proto import DDSketchProto
 from statsd_gateway import sketch
 from statsd_gateway.config import Config
 from statsd_gateway.gateway import Gateway
-from statsd_gateway.model import BucketRow, MetricType, RowBatch
+from statsd_gateway.model import BucketRow, MetricType, RowBatch, Sample
 from statsd_gateway.store.tiers import Segment
 from statsd_gateway.store.tiers import plan_segments as plan
 from tests.conftest import T0, Api, ManualClock, make_config
@@ -1036,8 +1036,9 @@ async def test_a_rollup_that_fails_midway_is_undone_and_the_snapshot_counted_onc
 ) -> None:
     """If completing the minute raises after it changed the rollups, the flush fails, the
     rollups go back to their state before it, and the retry counts the snapshot once."""
-    from statsd_gateway.aggregator import IntervalAggregator, SeriesRegistry
+    from statsd_gateway.aggregator import IntervalAggregator
     from statsd_gateway.flusher import Flusher
+    from statsd_gateway.series_registry import SeriesRegistry
     from statsd_gateway.store import SqliteStore
     from statsd_gateway.store.rollup import TierRollup
     from statsd_gateway.telemetry import Telemetry
@@ -1062,7 +1063,7 @@ async def test_a_rollup_that_fails_midway_is_undone_and_the_snapshot_counted_onc
     try:
         for _ in range(7):  # six 10 s buckets of one minute, then the flush that completes it
             aggregator.add_samples(
-                "default", [("lat", (), MetricType.TIMING, 5.0, 1.0, None, False)]
+                "default", [Sample("lat", (), MetricType.TIMING, 5.0, 1.0, None, False)]
             )
             clock.t += 10.0
             await flusher.flush(force=True)

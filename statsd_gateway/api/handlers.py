@@ -9,7 +9,6 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from statsd_gateway.aggregator import CARDINALITY_LIMIT, TYPE_CONFLICT
 from statsd_gateway.api import connections
 from statsd_gateway.api.auth import KeyRing, principal_of
 from statsd_gateway.api.openapi import openapi_spec
@@ -40,6 +39,7 @@ from statsd_gateway.idempotency import (
 from statsd_gateway.ingest import Ingest, LoggedBody
 from statsd_gateway.protocol import Sample
 from statsd_gateway.query import QueryEngine
+from statsd_gateway.series_registry import CARDINALITY_LIMIT, TYPE_CONFLICT
 from statsd_gateway.telemetry import Telemetry
 from statsd_gateway.wal import WalError
 

@@ -140,7 +140,7 @@ def _parse_point(obj: Any, extra: frozenset[str], sanitise: Callable[[str], str]
         raise InvalidArgument(
             f"sample_rate must be a number between {SAMPLE_RATE_MIN:g} and 1", "sample_rate"
         )
-    return (name, tags, mtype, value, float(rate), ts, False)
+    return Sample(name, tags, mtype, value, float(rate), ts, False)
 
 
 def _tags(tags_obj: Any) -> Tags:

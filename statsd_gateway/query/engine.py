@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from statsd_gateway import sketch
-from statsd_gateway.aggregator import Acc, IntervalAggregator, finish
+from statsd_gateway.accumulator import MemoryRows
+from statsd_gateway.aggregator import IntervalAggregator
 from statsd_gateway.errors import InvalidArgument, MetricNotFound, QueryTooLarge
-from statsd_gateway.model import MetricType, RowBatch, SeriesKey, Tags, matches_all
+from statsd_gateway.model import MetricType, RowBatch, Tags, matches_all
 from statsd_gateway.query.plan import QueryPlan, Selector
 from statsd_gateway.query.reduce import QueryRows, merge_sketches, reduce_rows
 from statsd_gateway.query.result import MergedSketch, QueryResult, SeriesResult
@@ -166,35 +167,10 @@ class QueryEngine:
             tags += memory_tags
         return QueryRows(tags, _concat(parts, values))
 
-    def _copy_memory(self, selector: Selector) -> _MetricInMemory:
+    def _copy_memory(self, selector: Selector) -> MemoryRows:
         """The one place the engine reads the aggregator (on the loop): a copy of what memory
         holds of the metric."""
-        return _MetricInMemory(self.aggregator.collect(selector.tenant, selector.name))
-
-
-class _MetricInMemory:
-    """A copy of what memory holds of one metric: its accumulators, each with the seq of the
-    snapshot it belongs to (the live interval carries the next seq). Safe to use off the loop:
-    the accumulators are copies."""
-
-    def __init__(self, entries: list[tuple[int, float, SeriesKey, Acc]]) -> None:
-        self._entries = entries
-
-    def __bool__(self) -> bool:
-        return bool(self._entries)
-
-    def rows(
-        self, after_seq: int, start: float, until: float, keep: Callable[[Tags], bool]
-    ) -> RowBatch:
-        """The rows of snapshots above `after_seq` (those the store does not hold) in
-        [start, until), of the series whose tags `keep` accepts."""
-        return finish(
-            [
-                (ts, key, acc)
-                for seq, ts, key, acc in self._entries
-                if seq > after_seq and start <= ts < until and keep(key[2])
-            ]
-        )
+        return self.aggregator.metric_in_memory(selector.tenant, selector.name)
 
 
 def _sketch_budget_error(n: int, limit: int, window: float | None, span: float) -> QueryTooLarge:

@@ -18,7 +18,7 @@ import pytest
 
 from statsd_gateway.config import Config
 from statsd_gateway.flusher import QUARANTINE_AFTER
-from statsd_gateway.model import MetricType
+from statsd_gateway.model import MetricType, Sample
 from statsd_gateway.store.base import FlushWrite
 from statsd_gateway.wal import WriteAheadLog
 from tests.conftest import KEY, T0, ManualClock, make_config, running
@@ -111,11 +111,13 @@ async def test_a_series_that_cannot_be_written_is_set_aside_and_the_rest_written
 ) -> None:
     """Past every door's validation (a future path, a bug): the flush's own last line."""
     async with running(config, clock) as (gw, api):
-        good = [("q.c", (("host", "a"),), MetricType.COUNTER, 1.0, 1.0, None, False)]
-        good += [("q.c", (("host", "z"),), MetricType.COUNTER, 2.0, 1.0, None, False)]
+        good = [Sample("q.c", (("host", "a"),), MetricType.COUNTER, 1.0, 1.0, None, False)]
+        good += [Sample("q.c", (("host", "z"),), MetricType.COUNTER, 2.0, 1.0, None, False)]
         for i in range(40):
-            good.append(("q.t", (("i", str(i)),), MetricType.TIMING, float(i), 1.0, None, False))
-        bad = ("q.c", (("host", POISON),), MetricType.COUNTER, 100.0, 1.0, None, False)
+            good.append(
+                Sample("q.t", (("i", str(i)),), MetricType.TIMING, float(i), 1.0, None, False)
+            )
+        bad = Sample("q.c", (("host", POISON),), MetricType.COUNTER, 100.0, 1.0, None, False)
         assert gw.aggregator.add_samples("default", [*good[:20], bad, *good[20:]]) == []
         assert gw.aggregator.add_samples("other", [good[0]]) == []
         assert await gw.flusher.flush()

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from pathlib import Path
 
-from statsd_gateway.aggregator import IntervalAggregator, SeriesRegistry
+from statsd_gateway.aggregator import IntervalAggregator
 from statsd_gateway.api.schemas import parse_point
 from statsd_gateway.ingest import LoggedBody
-from statsd_gateway.model import BucketRow, MetricType, RowBatch
+from statsd_gateway.model import BucketRow, MetricType, RowBatch, Sample
 from statsd_gateway.protocol import sanitise_name
+from statsd_gateway.series_registry import SeriesRegistry
 from statsd_gateway.store import SqliteStore
 from statsd_gateway.store.base import FlushWrite
 from statsd_gateway.store.sqlite import StoreGone
@@ -105,11 +107,12 @@ def test_a_series_deleted_and_sent_again_counts_once_in_a_query() -> None:
     clock = ManualClock()
     agg = IntervalAggregator(interval=10, clock=clock, registry=SeriesRegistry(),
                              max_series_per_tenant=100, max_backdate=86400)  # fmt: skip
-    point = ("hits", (), MetricType.COUNTER, 1.0, 1.0, None, False)
+    point = Sample("hits", (), MetricType.COUNTER, 1.0, 1.0, None, False)
     agg.add_samples("default", [point])
     agg.discard({HITS})  # the admin delete; its flush has not swapped yet
     agg.add_samples("default", [point])  # a UDP point in the same bucket
-    assert [acc.sum for *_, acc in agg.collect("default", "hits")] == [1.0]
+    rows = agg.metric_in_memory("default", "hits").rows(0, 0.0, math.inf, lambda tags: True)
+    assert rows.sum.tolist() == [1.0]
 
 
 async def test_a_lone_surrogate_in_a_body_with_an_idempotency_key_is_a_400(

@@ -1,0 +1,169 @@
+"""What one series holds over one bucket while it is in memory, and how those accumulators become
+the RowBatch that leaves the aggregator.
+
+Contract:
+- `SeriesAccumulator` is mutated only by the aggregator, on the event loop. Whatever leaves
+  memory is a copy of it (`copy()`, on the loop) or a snapshot that nothing adds to any more.
+- `finish_rows()` turns accumulators into one RowBatch (one row each, sketch values binned in
+  one numpy pass). It reads only what it is given: it runs off the loop (the flush worker, a
+  query's thread).
+- `MemoryRows` is what a query gets of the interval still in memory: copies taken on the loop,
+  finished off it by its one method, `rows()`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import operator
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from statsd_gateway import sketch
+from statsd_gateway.model import MetricType, RowBatch, SeriesKey, Tags
+
+
+class SeriesAccumulator:
+    """The running aggregate of one series over one bucket: count and sum (sample-rate
+    weighted), the raw min and max, the latest gauge value with its time, the values (and their
+    weights, once a sample rate < 1 arrives) of a sketch-backed type, and a set's members.
+    `type` is its series' type, fixed when it is created."""
+
+    __slots__ = (
+        "count",
+        "last",
+        "last_ts",
+        "max",
+        "members",
+        "min",
+        "sum",
+        "type",
+        "values",
+        "weights",
+    )
+
+    def __init__(self, mtype: MetricType) -> None:
+        self.type = mtype
+        self.count = 0.0
+        self.sum = 0.0
+        self.min = math.inf
+        self.max = -math.inf
+        self.last: float | None = None
+        self.last_ts = -math.inf
+        self.values: list[float] | None = [] if mtype.has_sketch else None
+        self.weights: list[float] | None = None  # only once a sample rate < 1 arrives
+        self.members: set[str] | None = set() if mtype is MetricType.SET else None
+
+    def copy(self) -> SeriesAccumulator:
+        c = SeriesAccumulator.__new__(SeriesAccumulator)
+        c.type, c.count, c.sum, c.min, c.max = self.type, self.count, self.sum, self.min, self.max
+        c.last, c.last_ts = self.last, self.last_ts
+        c.values = None if self.values is None else list(self.values)
+        c.weights = None if self.weights is None else list(self.weights)
+        c.members = None if self.members is None else set(self.members)
+        return c
+
+
+_NUMBERS = operator.attrgetter("count", "sum", "min", "max", "last", "last_ts")
+_TYPE = operator.attrgetter("type")
+_WEIGHTS = operator.attrgetter("weights")
+
+
+def empty_rows() -> RowBatch:
+    """A batch of no rows, as the aggregator hands them out (with its `series` column)."""
+    return dataclasses.replace(RowBatch.from_rows([]), series=np.empty(0, dtype=np.int64))
+
+
+def finish_rows(
+    ts: Sequence[float],
+    ids: Sequence[int],
+    accs: Sequence[SeriesAccumulator],
+    keys: Sequence[SeriesKey],
+) -> RowBatch:
+    """Accumulators → a RowBatch: row i is accs[i], of series ids[i] (key keys[i]) in the
+    bucket starting at ts[i]. An accumulator that saw no observation gives no row.
+
+    Hot per flush (one entry per series): each column is built by one C-level pass (map,
+    attrgetter, chain) rather than per-entry Python code."""
+    if not accs:
+        return empty_rows()
+    types = list(map(_TYPE, accs))
+    # count, sum, min, max, last, last_ts; None (no last) becomes NaN.
+    cols = np.array(list(map(_NUMBERS, accs)), dtype=np.float64).T.copy()
+    count = cols[0]
+    if not count.all():  # a set's count counts its members: none is "no observation" too
+        at = np.flatnonzero(count).tolist()
+        return finish_rows(
+            [ts[i] for i in at], [ids[i] for i in at], [accs[i] for i in at], [keys[i] for i in at]
+        )
+    count, total, mn, mx, last, last_ts = cols
+    # No value seen (a set's min/max): NaN, as for a missing last.
+    mn[np.isinf(mn)] = np.nan
+    mx[np.isinf(mx)] = np.nan
+    last_ts[np.isnan(last)] = np.nan
+    hll: list[bytes | None] = [None] * len(accs)
+    if MetricType.SET in types:
+        for i, mtype in enumerate(types):
+            if mtype is MetricType.SET:
+                hll[i] = sketch.hll_from_members(accs[i].members or ())
+    value_lists = [acc.values or () for acc in accs]
+    n_values = np.fromiter(map(len, value_lists), dtype=np.int64, count=len(accs))
+    offsets = np.zeros(n_values.size + 1, dtype=np.int64)
+    np.cumsum(n_values, out=offsets[1:])
+    values = np.fromiter(
+        itertools.chain.from_iterable(value_lists), dtype=np.float64, count=int(offsets[-1])
+    )
+    weights = None
+    if any(map(_WEIGHTS, accs)):  # a weights list is never empty once there is one
+        weights = np.fromiter(
+            itertools.chain.from_iterable(
+                acc.weights if acc.weights is not None else [1.0] * len(vals)
+                for acc, vals in zip(accs, value_lists, strict=True)
+            ),
+            dtype=np.float64,
+            count=int(offsets[-1]),
+        )
+    return RowBatch(
+        ts=np.array(ts, dtype=np.float64), keys=list(keys), types=types, count=count, sum=total,
+        min=mn, max=mx, last=last, last_ts=last_ts,
+        sketches=sketch.bin_flat(values, weights, offsets), has_sketch=n_values > 0, hll=hll,
+        series=np.array(ids, dtype=np.int64),
+    )  # fmt: skip
+
+
+# (seq of its snapshot, bucket, series id, series key, a copy of its accumulator)
+MemoryEntry = tuple[int, float, int, SeriesKey, SeriesAccumulator]
+
+
+class MemoryRows:
+    """One metric's series-buckets in memory (the live interval and the snapshots not yet
+    released), copied on the event loop when a query starts, before it reads the store.
+
+    Each copy carries the seq of its snapshot (the live interval's: the seq it will get when
+    swapped), so that a snapshot flushed between the copy and the store read is left out by
+    its seq, neither counted twice nor missed. `rows()` does the rest off the loop; `len()` is
+    how many series-buckets were copied (none: no thread is worth starting)."""
+
+    __slots__ = ("_entries",)
+
+    def __init__(self, entries: list[MemoryEntry]) -> None:
+        self._entries = entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def rows(
+        self, after_seq: int, start: float, until: float, keep: Callable[[Tags], bool]
+    ) -> RowBatch:
+        """The rows of the snapshots with a seq above `after_seq` (those the store does not
+        hold yet), of buckets with start <= ts < until, of the series whose tags pass `keep`;
+        in snapshot order, oldest first."""
+        picked = [
+            e for e in self._entries if e[0] > after_seq and start <= e[1] < until and keep(e[3][2])
+        ]
+        return finish_rows(
+            [e[1] for e in picked], [e[2] for e in picked], [e[4] for e in picked],
+            [e[3] for e in picked],
+        )  # fmt: skip

@@ -1,0 +1,100 @@
+"""Every series the daemon knows, with its integer id, and admission: whether a new series may
+be added at all.
+
+Contract:
+- Each series (tenant, name, tags) gets an int id when it is first admitted; the registry is
+  seeded at start with the store's series and their ids (`seed()`), and new ids continue above
+  the largest ever known, so that a store may key its rows by the same ids. An id is stable
+  while its series is known and never given to another series in the same run (a series
+  forgotten and sent again gets a new one).
+- The type of a metric (tenant, name) is fixed by its first series; a series of another type
+  is refused (`type_conflict`). A tenant has at most `max_series` series (`cardinality_limit`).
+- It is the one place that maps an id to its key (`key_of()`), and so to its metric's type.
+- Mutated on the event loop only. `key_of()` is a single dict read, safe from the flush worker
+  and query threads; an id is looked up there only while memory holds its series, which is
+  never forgotten meanwhile (`forget()`'s precondition).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from statsd_gateway.model import MetricType, SeriesKey, Tags
+
+# Reject reasons raised at admission (the aggregator's own are in aggregator.py).
+TYPE_CONFLICT = "type_conflict"
+CARDINALITY_LIMIT = "cardinality_limit"
+
+
+class SeriesRegistry:
+    """Series ids, metric types and per-tenant cardinality, seeded from the store at start.
+
+    `series[tenant]` maps (name, tags) to the series id: the aggregator's hot loop reads it
+    directly. `types[(tenant, name)]` is each metric's type. Treat both as read-only outside
+    this class."""
+
+    def __init__(self) -> None:
+        self.types: dict[tuple[str, str], MetricType] = {}
+        self.series: dict[str, dict[tuple[str, Tags], int]] = {}
+        self._keys: dict[int, SeriesKey] = {}
+        self._next_id = 1
+
+    def seed(self, sid: int, key: SeriesKey, mtype: MetricType) -> None:
+        """A series the store holds, with the store's id for it (at start, before any sample)."""
+        tenant, name, tags = key
+        self.types.setdefault((tenant, name), mtype)
+        self.series.setdefault(tenant, {})[(name, tags)] = sid
+        self._keys[sid] = key
+        self._next_id = max(self._next_id, sid + 1)
+
+    def admit(
+        self, tenant: str, name: str, tags: Tags, mtype: MetricType, max_series: int
+    ) -> int | str:
+        """The id of the series (registered now if it is new), or the reason it is refused."""
+        known = self.types.get((tenant, name))
+        if known is not None and known is not mtype:
+            return TYPE_CONFLICT
+        ids = self.ids_of(tenant)
+        sid = ids.get((name, tags))
+        if sid is not None:
+            return sid
+        if len(ids) >= max_series:
+            return CARDINALITY_LIMIT
+        sid = self._next_id
+        self._next_id += 1
+        ids[(name, tags)] = sid
+        self._keys[sid] = (tenant, name, tags)
+        if known is None:
+            self.types[(tenant, name)] = mtype
+        return sid
+
+    def ids_of(self, tenant: str) -> dict[tuple[str, Tags], int]:
+        """The tenant's (name, tags) → id map, live (created empty if the tenant has none)."""
+        ids = self.series.get(tenant)
+        if ids is None:
+            ids = self.series[tenant] = {}
+        return ids
+
+    def id_of(self, key: SeriesKey) -> int | None:
+        tenant, name, tags = key
+        return self.series.get(tenant, {}).get((name, tags))
+
+    def key_of(self, sid: int) -> SeriesKey:
+        return self._keys[sid]
+
+    def series_count(self) -> int:
+        """How many series are known, all tenants together."""
+        return len(self._keys)
+
+    def forget(self, keys: Iterable[SeriesKey]) -> None:
+        """Series the store deleted (no data within any retention, or an admin delete). Only
+        series nothing in memory holds may be forgotten: their ids are not looked up again."""
+        names: set[tuple[str, str]] = set()
+        for tenant, name, tags in keys:
+            sid = self.series.get(tenant, {}).pop((name, tags), None)
+            if sid is not None:
+                del self._keys[sid]
+            names.add((tenant, name))
+        for tenant, name in names:
+            if not any(n == name for n, _ in self.series.get(tenant, ())):
+                self.types.pop((tenant, name), None)
