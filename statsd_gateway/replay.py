@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from statsd_gateway.api.schemas import parse_point
+from statsd_gateway.api.shapes import ReportBody
 from statsd_gateway.errors import GatewayError
 from statsd_gateway.idempotency import IdempotencyLedger
 from statsd_gateway.ingest import Ingest
@@ -77,7 +78,7 @@ def samples_from_logged_body(
     for i in range(len(points)) if keep is None else keep:
         try:
             name, tags, mtype, value, rate, ts, delta = parse_point(
-                points[i], extra=frozenset({"idempotency_key"}), sanitise=sanitise
+                points[i], sanitise=sanitise, shape=ReportBody
             )
         except GatewayError as e:
             bad.append((i, e))

@@ -19,12 +19,9 @@ import yaml
 from statsd_gateway.config.shapes import ApiKey, Config, TierConfig, TlsConfig
 from statsd_gateway.config.values import decode_value
 from statsd_gateway.errors import ConfigError
+from statsd_gateway.shape_errors import Violation
 from statsd_gateway.tls import server_context
 
-# msgspec's messages end with where: " - at `$.udp.queue_size`" (a value) or
-# " - at `key` in `$.udp`" (a key of that mapping); at the top level, with nothing.
-_WHERE_RE = re.compile(r"^(?P<what>.*?)(?: - at (?P<key>`key` in )?`\$(?P<path>[^`]*)`)?$", re.S)
-_FIELD_RE = re.compile(r"^Object (?P<kind>contains unknown|missing required) field `(?P<f>.*)`$")
 _STEP_RE = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
 
 
@@ -33,7 +30,7 @@ def config_from_dict(raw: Any) -> Config:
     try:
         cfg = msgspec.convert(_defaults_for_empty(raw, Config), Config, dec_hook=decode_value)
     except msgspec.ValidationError as e:
-        raise _config_error(str(e)) from None
+        raise _config_error(e) from None
     _check_tiers(cfg)
     _check_tls(cfg.http.tls)
     _check_keys(cfg.auth.keys)
@@ -86,21 +83,17 @@ def _bare(hint: Any) -> tuple[Any, list[msgspec.Meta]]:
             return hint, metas
 
 
-def _config_error(message: str) -> ConfigError:
-    m = _WHERE_RE.match(message)
-    assert m is not None  # the pattern matches any text
-    what, path = m["what"], (m["path"] or "").removeprefix(".")
-    if m["key"]:
-        return ConfigError(path, "keys must be strings")
-    field = _FIELD_RE.match(what)
-    if field is not None:
-        where = f"{path}.{field['f']}" if path else field["f"]
-        if field["kind"] == "missing required":
-            return ConfigError(where, "required")
-        section = _type_at(path)[0]
+def _config_error(error: msgspec.ValidationError) -> ConfigError:
+    v = Violation.of(error)
+    if v.in_key:
+        return ConfigError(v.path, "keys must be strings")
+    if v.missing:
+        return ConfigError(v.path, "required")
+    if v.unknown:
+        section = _type_at(v.path.rpartition(".")[0])[0]
         known = sorted(f.name for f in msgspec.structs.fields(section))
-        return ConfigError(where, f"unknown key (known: {', '.join(known)})")
-    return ConfigError(path, _expected(*_type_at(path)) or what)
+        return ConfigError(v.path, f"unknown key (known: {', '.join(known)})")
+    return ConfigError(v.path, _expected(*_type_at(v.path)) or v.what)
 
 
 def _type_at(path: str) -> tuple[Any, list[msgspec.Meta]]:
