@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import gc
 import logging
 import os
@@ -18,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import msgspec
 from aiohttp import web
 
 from statsd_gateway.aggregator import IntervalAggregator
@@ -317,7 +317,7 @@ class Gateway:
             ("http.tls", old.http.tls.enabled, new.http.tls.enabled),
             *(
                 (f"storage.{f.name}", getattr(old.storage, f.name), getattr(new.storage, f.name))
-                for f in dataclasses.fields(StorageConfig)
+                for f in msgspec.structs.fields(StorageConfig)
             ),
             (
                 "aggregation.flush_interval",

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from statsd_gateway.api.schemas import parse_point
+from statsd_gateway.api.shapes import ReportBody
 from statsd_gateway.errors import GatewayError
 from statsd_gateway.idempotency import IdempotencyLedger
 from statsd_gateway.ingest import Ingest
@@ -76,7 +77,7 @@ def samples_from_logged_body(
     bad: list[tuple[int, GatewayError]] = []
     for i in range(len(points)) if keep is None else keep:
         try:
-            sample = parse_point(points[i], extra=frozenset({"idempotency_key"}), sanitise=sanitise)
+            sample = parse_point(points[i], sanitise=sanitise, shape=ReportBody)
         except GatewayError as e:
             bad.append((i, e))
             continue

@@ -6,12 +6,12 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 from aiohttp import ClientSession
+from msgspec.structs import replace
 
 from statsd_gateway.config import ApiKey, Config, config_from_dict, hash_key
 from statsd_gateway.gateway import Gateway

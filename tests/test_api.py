@@ -126,6 +126,13 @@ async def test_report_returns_ok(api: Api) -> None:
         ({"name": "v", "value": 1, "sample_rate": 5e-324}, "sample_rate"),
         ({"name": "v", "value": 1, "foo": 1}, "foo"),
         ({"name": "v", "value": 1, "timestamp": "yesterday"}, "timestamp"),
+        ({"name": "v", "value": 1, "timestamp": "2025-11-26T15:59:00"}, "timestamp"),  # no offset
+        ({"name": "v", "value": 1, "timestamp": 0}, "timestamp"),
+        ({"name": "v", "value": 10**400}, "value"),
+        ({"name": "v", "value": "", "type": "set"}, "value"),
+        ({"name": "v", "value": 1, "tags": {"": "x"}}, "tags"),
+        ({"name": "v", "value": 1, "tags": {"k": "x" * 201}}, "tags.k"),
+        ({"name": "v", "value": 1, "idempotency_key": ""}, "idempotency_key"),
     ],
 )
 async def test_report_validation_names_the_field(
@@ -230,6 +237,9 @@ async def test_batch_over_max_points(tmp_path: Path, clock: ManualClock) -> None
         status, body = await api.batch([{"name": "m", "value": i} for i in range(4)])
         assert_error(status, body, 400, "INVALID_ARGUMENT", "points")
         assert await single(api, name="m", agg="count") == 3
+        status, doc = await api.request("GET", "/v1/openapi.json", key=None)
+        assert status == 200
+        assert doc["components"]["schemas"]["BatchBody"]["properties"]["points"]["maxItems"] == 3
 
 
 async def test_batch_over_default_max_points(api: Api) -> None:
@@ -249,9 +259,13 @@ async def test_malformed_json(api: Api, path: str) -> None:
 
 async def test_batch_body_not_an_object(api: Api) -> None:
     status, body = await api.request("POST", "/v1/metrics/batch", json=[1, 2])
-    assert_error(status, body, 400, "INVALID_ARGUMENT")
+    assert_error(status, body, 400, "INVALID_ARGUMENT", "body")
     status, body = await api.request("POST", "/v1/metrics/batch", json={"points": {}})
     assert_error(status, body, 400, "INVALID_ARGUMENT", "points")
+    status, body = await api.request("POST", "/v1/metrics/batch", json={})
+    assert_error(status, body, 400, "INVALID_ARGUMENT", "points")
+    status, body = await api.request("POST", "/v1/metrics/batch", json={"points": [], "pts": []})
+    assert_error(status, body, 400, "INVALID_ARGUMENT", "pts")
 
 
 async def test_body_over_max_body_bytes(tmp_path: Path, clock: ManualClock) -> None:

@@ -2,37 +2,44 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import subprocess
 import sys
 import typing
 from pathlib import Path
 
+import msgspec
 import pytest
 import yaml
 
 from statsd_gateway.config import ApiKey, Config, load_config, parse_config
+from statsd_gateway.config.shapes import GaugeSign, Sanitising
 from statsd_gateway.errors import ConfigError
+from statsd_gateway.protocol import GAUGE_SIGNS, SANITISERS
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "config.example.yaml"
 SHA = "a" * 64
 
 
-def config_keys(cls: type, prefix: str = "") -> list[str]:
-    """Dotted paths of every config key, walking the dataclasses; list items as `keys[].name`."""
+def _is_section(hint: object) -> bool:
+    return isinstance(hint, type) and issubclass(hint, msgspec.Struct)
+
+
+def config_keys(cls: type[msgspec.Struct], prefix: str = "") -> list[str]:
+    """Dotted paths of every config key, walking the Structs; list items as `keys[].name`."""
     out: list[str] = []
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
+    for f in msgspec.structs.fields(cls):
         path = f"{prefix}{f.name}"
-        hint = hints[f.name]
+        hint = f.type
+        if typing.get_origin(hint) is typing.Annotated:
+            hint = typing.get_args(hint)[0]
         args = typing.get_args(hint)
-        if dataclasses.is_dataclass(hint):
-            out += config_keys(hint, path + ".")  # type: ignore[arg-type]
-        elif typing.get_origin(hint) is tuple and args and dataclasses.is_dataclass(args[0]):
+        if _is_section(hint):
+            out += config_keys(hint, path + ".")
+        elif typing.get_origin(hint) is tuple and args and _is_section(args[0]):
             out.append(path)
-            out += config_keys(args[0], path + "[].")  # type: ignore[arg-type]
+            out += config_keys(args[0], path + "[].")
         else:
             out.append(path)
     return out
@@ -56,7 +63,7 @@ def test_key_walk_finds_nested_and_list_keys() -> None:
     keys = config_keys(Config)
     assert "udp.listen" in keys
     assert "aggregation.flush_interval" in keys
-    assert {f"auth.keys[].{f.name}" for f in dataclasses.fields(ApiKey)} <= set(keys)
+    assert {f"auth.keys[].{f.name}" for f in msgspec.structs.fields(ApiKey)} <= set(keys)
 
 
 @pytest.mark.parametrize("key", config_keys(Config))
@@ -128,6 +135,15 @@ def test_empty_file_is_the_defaults() -> None:
     assert parse_config("# nothing here\n") == Config()
 
 
+def test_choices_are_the_parsers() -> None:
+    assert typing.get_args(GaugeSign) == GAUGE_SIGNS
+    assert typing.get_args(Sanitising) == SANITISERS
+
+
+def test_an_empty_section_or_list_is_its_default() -> None:
+    assert parse_config("udp:\nhttp:\n  tls:\nstorage:\n  tiers:\nauth:\n  keys:\n") == Config()
+
+
 def test_api_key_entry_parsed() -> None:
     cfg = parse_config(
         f"auth:\n  keys:\n    - name: ci\n      sha256: {SHA.upper()}\n"
@@ -156,6 +172,10 @@ BAD = [
         id="integer expected",
     ),
     pytest.param("udp:\n  enabled: maybe\n", "udp.enabled", id="boolean expected"),
+    pytest.param("udp:\n  listen:\n", "udp.listen", id="a key left empty"),
+    pytest.param("udp:\n  1: 2\n", "udp", id="a key not a string"),
+    pytest.param("unix:\n  mode: 0660\n", "unix.mode", id="mode not quoted"),
+    pytest.param("http:\n  tls:\n    cert_file: a.pem\n", "http.tls.key_file", id="tls pair"),
     pytest.param("udp: 5\n", "udp", id="section not a mapping"),
     pytest.param(
         "auth:\n  keys:\n    - name: ci\n      sha256: xyz\n",
@@ -194,6 +214,32 @@ def test_errors_name_the_key_path(text: str, path: str) -> None:
         parse_config(text)
     assert e.value.path == path
     assert str(e.value).startswith(f"{path}: ")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("udp:\n  queue_size: 0\n", "udp.queue_size: expected an integer >= 1"),
+        (
+            "udp:\n  lisen: x\n",
+            "udp.lisen: unknown key (known: enabled, listen, queue_size, read_buffer, tenant)",
+        ),
+        ("log:\n  level: loud\n", "log.level: expected one of debug, info, warning, error"),
+        (
+            "storage:\n  tiers: []\n",
+            "storage.tiers: expected a non-empty list of {resolution, retention}",
+        ),
+        (
+            "tcp:\n  idle_timeout: 5x\n",
+            "tcp.idle_timeout: '5x' is not a duration such as 10s, 500ms or 1m",
+        ),
+        ("query: []\n", "query: expected a mapping"),
+    ],
+)
+def test_errors_say_what_the_key_takes(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_config(text)
+    assert str(e.value) == message
 
 
 def test_invalid_yaml_is_a_config_error() -> None:

@@ -30,6 +30,8 @@ from statsd_gateway.api.app import OPENAPI_PATH
 from statsd_gateway.api.openapi import openapi_spec
 from statsd_gateway.config import Config
 from statsd_gateway.gateway import Gateway
+from statsd_gateway.idempotency import KEY_MAX
+from statsd_gateway.model import SAMPLE_RATE_MIN, TAG_VALUE_MAX, TAGS_MAX
 from tests.conftest import KEY, ManualClock, make_config
 
 T = TypeVar("T")
@@ -351,3 +353,38 @@ def test_document_lists_every_route(
     doc = http.get(base_url + OPENAPI_PATH, timeout=10).json()
     documented = {(method, path) for path, item in doc["paths"].items() for method in item}
     assert registered == documented
+
+
+def _schema_nodes(node: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(node, dict):
+        yield node
+        for v in node.values():
+            yield from _schema_nodes(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _schema_nodes(v)
+
+
+def test_document_speaks_openapi_30() -> None:
+    """The schemas are generated as JSON Schema 2020-12; OpenAPI 3.0 has its own forms of null,
+    exclusive bounds and references, which a 3.0 validator would otherwise read wrongly."""
+    for node in _schema_nodes(openapi_spec()["components"]["schemas"]):
+        assert node.get("type") != "null", node
+        for bound in ("exclusiveMinimum", "exclusiveMaximum"):
+            assert isinstance(node.get(bound, True), bool), node
+        assert "propertyNames" not in node and "$defs" not in node, node
+        assert node.get("required") != [], node
+        assert "$ref" not in node or len(node) == 1, node
+        if node.get("nullable"):
+            assert "type" in node, node
+
+
+def test_limits_are_the_definitions() -> None:
+    """The document states the limits validation enforces: they come from the same Structs."""
+    schemas = openapi_spec(max_batch_points=7)["components"]["schemas"]
+    point = schemas["MetricPoint"]["properties"]
+    assert point["tags"]["maxProperties"] == TAGS_MAX
+    assert point["tags"]["additionalProperties"]["maxLength"] == TAG_VALUE_MAX
+    assert point["sample_rate"]["minimum"] == SAMPLE_RATE_MIN
+    assert schemas["BatchBody"]["properties"]["points"]["maxItems"] == 7
+    assert schemas["ReportBody"]["properties"]["idempotency_key"]["maxLength"] == KEY_MAX

@@ -9,11 +9,11 @@ import os
 import socket
 import stat
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+from msgspec.structs import replace
 
 from statsd_gateway.config import Config, parse_config, parse_mode
 from statsd_gateway.errors import ConfigError

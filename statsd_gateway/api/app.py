@@ -13,6 +13,7 @@ from aiohttp import web
 
 from statsd_gateway.api import connections, handlers
 from statsd_gateway.api.auth import PRINCIPAL, KeyRing, Principal, check_scope
+from statsd_gateway.api.openapi import OPENAPI_PATH
 from statsd_gateway.errors import (
     GatewayError,
     MethodNotAllowed,
@@ -26,7 +27,6 @@ from statsd_gateway.errors import (
 
 log = logging.getLogger(__name__)
 
-OPENAPI_PATH = "/v1/openapi.json"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 

@@ -19,7 +19,8 @@ from statsd_gateway.api.query_params import (
     parse_query,
     parse_tag_filter,
 )
-from statsd_gateway.api.schemas import parse_point
+from statsd_gateway.api.schemas import parse_batch, parse_point
+from statsd_gateway.api.shapes import TAG_VALUES_DEFAULT, TAG_VALUES_MAX, ReportBody
 from statsd_gateway.api.v1_query import query_answer, sketch_answer
 from statsd_gateway.catalog import MetricCatalog
 from statsd_gateway.errors import (
@@ -179,9 +180,7 @@ async def report(request: web.Request) -> web.Response:
 
     def apply() -> dict[str, Any]:
         try:
-            sample = parse_point(
-                body, extra=frozenset({"idempotency_key"}), sanitise=svc.ingest.parser.sanitise
-            )
+            sample = parse_point(body, sanitise=svc.ingest.parser.sanitise, shape=ReportBody)
         except GatewayError:
             svc.telemetry.reject("http", "invalid_point")
             raise
@@ -201,16 +200,7 @@ async def batch(request: web.Request) -> web.Response:
     svc = request.app[SERVICES]
     principal = principal_of(request)
     body, raw = await _json_body(request)
-    if not isinstance(body, dict):
-        raise InvalidArgument("the body must be an object with a points list", "body")
-    for k in body:
-        if k not in ("points", "idempotency_key"):
-            raise InvalidArgument(f"unknown field {k!r}", k)
-    points = body.get("points")
-    if not isinstance(points, list):
-        raise InvalidArgument("points must be a list", "points")
-    if len(points) > svc.max_batch_points:
-        raise InvalidArgument(f"a batch holds at most {svc.max_batch_points} points", "points")
+    points = parse_batch(body, svc.max_batch_points)
     _count_http(svc, request, len(points))
     logged = LoggedBody("batch", raw, total=len(points))
 
@@ -274,10 +264,6 @@ async def list_metrics(request: web.Request) -> web.Response:
     )
 
 
-TAG_VALUES_DEFAULT = 100
-TAG_VALUES_MAX = 10_000
-
-
 async def metric_tags(request: web.Request) -> web.Response:
     svc = request.app[SERVICES]
     principal = principal_of(request)
@@ -316,7 +302,7 @@ async def delete_metric(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    return web.json_response(openapi_spec())
+    return web.json_response(openapi_spec(request.app[SERVICES].max_batch_points))
 
 
 async def healthz(request: web.Request) -> web.Response:
