@@ -38,6 +38,7 @@ async def test_ids_are_the_stores_after_a_restart_and_new_ones_continue_above(
         first = {k: gw.registry.id_of(k) for k in map(key, "abc")}
         clock.advance(10)
         assert await gw.flusher.flush()
+        assert stored_ids(config.storage.path) == first  # the store keeps the same ids
         # The middle series goes: the ids the store keeps have a gap, which a registry that
         # numbered the store's series itself would close.
         status, body = await api.request(

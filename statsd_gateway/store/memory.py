@@ -139,10 +139,14 @@ class MemoryStore:
     def _merge(self, state: _State, res: float, rows: RowBatch) -> list[int]:
         tier = state.tiers[res]
         ids = []
-        for row in rows.rows():
+        wanted = None if rows.series is None else rows.series.tolist()
+        for n, row in enumerate(rows.rows()):
             info = state.series.get(row.key)
             if info is None:
-                sid = max((i.id for i in state.series.values()), default=0) + 1
+                taken = {i.id for i in state.series.values()}
+                sid = max(taken, default=0) + 1
+                if wanted is not None and wanted[n] not in taken:
+                    sid = wanted[n]  # the registry's id, as the SQLite store keeps it
                 info = state.series[row.key] = SeriesInfo(sid, *row.key, row.type)
                 state.created[sid] = self._clock()
             ids.append(info.id)

@@ -285,22 +285,38 @@ class SqliteWriter:
         now = self.clock()
         ids = []
         series_ids, last_write = self._series_ids, self._last_write
-        for key, mtype in zip(rows.keys, rows.types, strict=True):
+        wanted = None if rows.series is None else rows.series.tolist()
+        for i, (key, mtype) in enumerate(zip(rows.keys, rows.types, strict=True)):
             sid = series_ids.get(key)
             if sid is None:
-                sid = self._insert_series(conn, key, mtype, now)
+                sid = self._insert_series(
+                    conn, key, mtype, now, None if wanted is None else wanted[i]
+                )
             last_write[sid] = now
             ids.append(sid)
         upsert_rows(conn, tier_table(res), rows, ids)
 
     def _insert_series(
-        self, conn: sqlite3.Connection, key: SeriesKey, mtype: MetricType, now: float
+        self,
+        conn: sqlite3.Connection,
+        key: SeriesKey,
+        mtype: MetricType,
+        now: float,
+        wanted: int | None,
     ) -> int:
+        """The stored id of a series this writer has not written yet, inserting it: with the
+        id the daemon's registry gave it at admission (`wanted`, so that both name a series by
+        the same number) unless a stored series holds that id already."""
         tenant, name, tags = key
+        if (
+            wanted is not None
+            and conn.execute("SELECT 1 FROM series WHERE id=?", (wanted,)).fetchone()
+        ):
+            wanted = None  # e.g. a store written by another process meanwhile
         cur = conn.execute(
-            "INSERT INTO series(tenant, name, tags, type, created) VALUES (?, ?, ?, ?, ?) "
+            "INSERT INTO series(id, tenant, name, tags, type, created) VALUES (?, ?, ?, ?, ?, ?) "
             "ON CONFLICT(tenant, name, tags) DO UPDATE SET type=type RETURNING id",
-            (tenant, name, tags_json(tags), mtype.value, now),
+            (wanted, tenant, name, tags_json(tags), mtype.value, now),
         )
         sid = int(cur.fetchone()[0])
         self._series_ids[key] = sid
