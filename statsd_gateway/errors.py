@@ -13,9 +13,9 @@
     ├── PayloadTooLarge          413 PAYLOAD_TOO_LARGE
     ├── CardinalityLimit         429 CARDINALITY_LIMIT
     └── Unavailable              503 UNAVAILABLE
-        └── StoreError           503 UNAVAILABLE (the store is down: retried, data kept)
-            ├── StoreTimeout     503 UNAVAILABLE (a read overran query.timeout)
-            └── StoreGone        503 UNAVAILABLE (its file was removed or replaced)
+        └── StoreError           503 UNAVAILABLE (an outage of the store: retry later)
+            ├── StoreTimeout     503 UNAVAILABLE (a read ran past query.timeout: ask for less)
+            └── StoreGone        503 UNAVAILABLE (the database file removed or replaced)
 
 ConfigError and ListenError are separate: each stops a start, naming the offending key (and,
 for a listener that cannot bind, which one and its address); neither reaches HTTP.
@@ -103,18 +103,33 @@ class Unavailable(GatewayError):
 
 
 class StoreError(Unavailable):
-    """The store cannot be opened, read or written: an outage (locked, full, I/O, closed,
-    unreachable), after which the same call is worth retrying. An error of the data itself (a
-    value the backend cannot encode, a constraint it breaks) is not wrapped: it propagates as it
-    was raised, and the flusher sets the offending rows aside."""
+    """The store cannot be opened, read or written: an outage (locked, full, I/O, closed),
+    after which the same call is worth retrying (the flusher keeps the data in memory). An
+    error of the data itself (a value the database cannot encode, a constraint it breaks) is
+    not one of these: it propagates as raised, and the flusher sets the offending rows aside.
+
+    `str()` is the store's own words (logs, /readyz); `message`, what an HTTP answer says,
+    names the store as well."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message, field)
+        self.message = f"the store is unavailable: {message}"
 
 
 class StoreTimeout(StoreError):
-    """A read ran longer than query.timeout."""
+    """A read stopped at its time limit (`query.timeout`). The answer says how to ask for less;
+    the store is not failing."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message, field)
+        self.message = (
+            f"{message} (to ask for less: a shorter range with since and until, a coarser "
+            "window, or tags that match fewer series)"
+        )
 
 
 class StoreGone(StoreError):
-    """The store's file was removed or replaced while open."""
+    """The database file was removed or replaced while open."""
 
 
 class ListenError(OSError):

@@ -19,9 +19,7 @@ from statsd_gateway.errors import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
-    StoreError,
     Unauthenticated,
-    Unavailable,
     error_envelope,
 )
 
@@ -40,8 +38,6 @@ def error_response(err: GatewayError, headers: dict[str, str] | None = None) -> 
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except StoreError as e:  # an outage of the store (removed, locked, unreadable): not a bug
-        return error_response(Unavailable(f"the store cannot be read: {e}"))
     except GatewayError as e:
         return error_response(e)
     except web.HTTPRequestEntityTooLarge:
