@@ -13,7 +13,12 @@
   waiters get WalError: 503) and `problem` says why, until the directory's parent exists again:
   then it makes a new directory and goes on (what the old segments held is in memory, written
   by the next flush).
-- If the worker thread dies for any reason, `problem` says so and every barrier fails at once.
+- A barrier answers an error only if a record before it is not on disk, and then none of the
+  records its batch wrote is left in the log (cut back to what the batch found): a 503 says
+  nothing was applied, and a crash must not replay it either.
+- If the worker thread dies for any reason (a bug, not only a failed write), the batch it died
+  in is answered and cut back as a failed one, `problem` says so (/readyz: 503) and every
+  barrier after it fails at once.
 - At start, `replay()` returns what the segments not yet in the store hold. The records before
   a torn or corrupt one are replayed; from it to the end of its segment nothing is, and replay
   logs the segment and the bytes dropped and counts them (`dropped_bytes`). Nothing after a bad
@@ -170,8 +175,8 @@ class WriteAheadLog:
         try:
             self._loop_rounds()
         except BaseException as e:
+            self.problem = _died(e)
             log.exception("http write-ahead log: the writer thread died")
-            self.problem = f"the write-ahead log writer died: {type(e).__name__}: {e}"
         finally:
             with self._dead_lock:
                 self._dead = True
@@ -202,10 +207,18 @@ class WriteAheadLog:
             try:
                 self._process(batch)
             except BaseException as e:  # its waiters are answered before the thread dies
+                # ...with a 503 that says nothing was applied: what this batch wrote must not
+                # be replayed after a crash either. Said in `problem` first, so that a client
+                # told of the death sees it in /readyz.
+                self.problem = _died(e)
+                try:
+                    self._undo_batch()
+                except Exception:
+                    log.exception("http write-ahead log: cannot cut back the last batch")
                 assert self._loop is not None
                 waiters = [i for i in batch if isinstance(i, asyncio.Future)]
                 error = WalError(f"the write-ahead log writer failed: {type(e).__name__}: {e}")
-                with contextlib.suppress(RuntimeError):
+                with contextlib.suppress(RuntimeError):  # those _process answered stay answered
                     self._loop.call_soon_threadsafe(_settle, waiters, error)
                 raise
             if stop:
@@ -251,18 +264,29 @@ class WriteAheadLog:
         return None
 
     def _process(self, items: list[Any]) -> None:
+        for seg in self._segments.values():
+            seg.batch_start = seg.synced
         waiters: list[asyncio.Future[None]] = []
         dirty: set[int] = set()
         # A record and the barrier its request awaits may fall in different batches: a failure
         # no waiter has heard of yet fails this batch too (and writes none of it), so a barrier
         # never reports success for a record that was cut back.
         error: Exception | None = self._check_in_place() or self._unreported
+        # The waiters ahead of this batch's first record wait for earlier batches (and the
+        # releases before them) only: they are answered as those came out, before any of this
+        # batch is written, whatever becomes of it.
+        ahead: list[asyncio.Future[None]] = []
+        records = False
         records_after_last_waiter = False
         for item in items:
             if isinstance(item, asyncio.Future):
-                waiters.append(item)
+                (waiters if records else ahead).append(item)
                 records_after_last_waiter = False
-            elif item[0] == "release":
+                continue
+            if not records and item[0] != "release":
+                records = True
+                self._answer(ahead, error)
+            if item[0] == "release":
                 error = error or self._sync(dirty)
                 dirty.clear()
                 self._release(item[1])
@@ -279,13 +303,19 @@ class WriteAheadLog:
                     error = e
         error = error or self._sync(dirty)
         if error is not None:
-            self._undo_unsynced()
+            self._undo_batch()
         # Records past the last waiter were cut back (or never written): their barriers are
         # still to come. A batch of releases alone leaves nothing to report.
         self._unreported = error if records_after_last_waiter else None
         self._close_older_than(max(self._segments, default=0))
-        if waiters:
+        if waiters or ahead:
             self.synced_batches += 1
+        if not records:
+            self._answer(ahead, error)
+        self._answer(waiters, error)
+
+    def _answer(self, waiters: list[asyncio.Future[None]], error: Exception | None) -> None:
+        if waiters:
             assert self._loop is not None
             self._loop.call_soon_threadsafe(_settle, waiters, error)
 
@@ -294,7 +324,8 @@ class WriteAheadLog:
         if seg is None:
             path = self.dir / f"{seq:012d}.log"
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            seg = self._segments[seq] = _Segment(fd, os.fstat(fd).st_size)
+            size = os.fstat(fd).st_size
+            seg = self._segments[seq] = _Segment(fd, size, size)
             dfd = os.open(self.dir, os.O_RDONLY)
             try:
                 os.fsync(dfd)  # the new file's directory entry must survive a crash too
@@ -315,12 +346,15 @@ class WriteAheadLog:
             return e
         return None
 
-    def _undo_unsynced(self) -> None:
-        """Cuts every segment back to what was last synced, so a half-written record never
-        hides the records acknowledged after it (replay stops at the first bad record)."""
+    def _undo_batch(self) -> None:
+        """Cuts every segment back to what it held before this batch, whose waiters all get an
+        error: a record half written never hides the ones acknowledged after it (replay stops
+        at the first bad record), and a record whose request was told nothing was applied is
+        never replayed (one segment may have been synced before another failed)."""
         for seg in self._segments.values():
             with contextlib.suppress(OSError):
-                os.ftruncate(seg.fd, seg.synced)
+                os.ftruncate(seg.fd, seg.batch_start)
+                seg.synced = seg.batch_start
 
     def _close_older_than(self, seq: int) -> None:
         # Appends target the live interval's seq: once a newer one is in use, older segments
@@ -348,6 +382,11 @@ def _file_id(st: os.stat_result) -> tuple[int, int]:
 class _Segment:
     fd: int
     synced: int  # bytes known to be on disk
+    batch_start: int  # bytes before the batch being written, whose waiters are answered
+
+
+def _died(e: BaseException) -> str:
+    return f"the write-ahead log writer died: {type(e).__name__}: {e}"
 
 
 def _settle(waiters: list[asyncio.Future[None]], error: Exception | None) -> None:

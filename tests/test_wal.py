@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 import pytest
@@ -164,3 +165,49 @@ async def test_only_the_newest_segment_stays_open(tmp_path: Path) -> None:
     assert len(wal._segments) == 1
     wal.stop()
     assert len(WriteAheadLog(tmp_path / "wal").replay(0)) == 49
+
+
+async def test_a_barrier_is_answered_by_the_batch_that_wrote_its_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request's record and its barrier can fall in different group commits: a failure of the
+    later one does not fail the barrier of a record already synced (a 503 for it would be
+    untrue: the record is replayed after a crash), and what the failed batch wrote is cut back,
+    even from a segment it had synced before another failed."""
+    wal = WriteAheadLog(tmp_path / "wal")
+    wal.replay(0)
+    wal.start()
+    real_write, real_sync = wal._write, wal._sync
+    gate = threading.Event()
+    writes: list[int] = []
+
+    def gated(seq: int, record: bytes) -> None:
+        writes.append(seq)
+        if len(writes) == 1:
+            gate.wait(10)  # the worker holds A's batch while the next items queue up
+        real_write(seq, record)
+
+    def second_segment_fails(seqs: set[int]) -> Exception | None:
+        if 6 not in seqs:
+            return real_sync(seqs)
+        return real_sync(seqs - {6}) or OSError(5, "Input/output error")
+
+    monkeypatch.setattr(wal, "_write", gated)
+    monkeypatch.setattr(wal, "_sync", second_segment_fails)
+    wal.append(5, {"k": "body", "n": "A"})
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while not writes:
+        assert loop.time() < deadline, "the worker never took A"
+        await asyncio.sleep(0.001)
+    a_done = wal.barrier()  # A's barrier, in the next batch, ahead of B and C
+    wal.append(5, {"k": "body", "n": "B"})
+    wal.append(6, {"k": "body", "n": "C"})
+    bc_done = wal.barrier()
+    gate.set()
+    await a_done
+    with pytest.raises(WalError):
+        await bc_done
+    wal.stop()
+    replayed = [h["n"] for _, h, _ in WriteAheadLog(tmp_path / "wal").replay(0)]
+    assert replayed == ["A"]

@@ -8,10 +8,13 @@ dead log writer left every later HTTP write hanging with no answer."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
+from msgspec.structs import replace
 
 from statsd_gateway.config import Config
 from tests.conftest import ManualClock, running
@@ -119,3 +122,40 @@ async def test_a_dead_log_writer_refuses_writes_at_once_and_shows_in_readyz(
         assert "writer died" in ready["error"]["message"]
         status, answer = await api.query(name="w", agg="sum")
         assert status == 404, answer  # nothing applied
+
+
+async def test_a_log_writer_killed_by_a_bug_mid_write_leaves_nothing_to_replay(
+    config: Config, clock: ManualClock, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A bug (not a failed write: a RuntimeError) kills the writer between writing a record and
+    syncing it: the request's 503 says nothing was applied, so nothing may come back after a
+    crash either, and every write after it is refused at once."""
+    crashed = tmp_path / "crashed"
+    async with running(config, clock) as (gw, api):
+        assert gw.wal is not None
+
+        def bug(seqs: set[int]) -> Exception | None:
+            raise RuntimeError("a bug in the writer")
+
+        monkeypatch.setattr(gw.wal, "_sync", bug)
+        status, answer = await asyncio.wait_for(api.report(point("bug", 1)), 10)
+        assert status == 503, answer
+        assert "nothing was applied" in answer["error"]["message"]
+        status, ready = await api.request("GET", "/readyz", key=None)
+        assert status == 503
+        assert (
+            "write-ahead log writer died: RuntimeError: a bug in the writer"
+            in (ready["error"]["message"])
+        )
+        status, answer = await asyncio.wait_for(api.report(point("bug", 2)), 10)
+        assert status == 503, answer
+        assert "writer died" in answer["error"]["message"]
+        status, answer = await api.query(name="bug", agg="sum")
+        assert status == 404, answer
+        # What a kill -9 now would leave (a stop's final flush would release the segment).
+        shutil.copytree(Path(config.storage.path).parent, crashed)
+    restarted = replace(config, storage=replace(config.storage, path=str(crashed / "metrics.db")))
+    async with running(restarted, clock) as (gw, api):
+        status, answer = await api.query(name="bug", agg="sum")
+        assert status == 404, answer  # the record written before the death was cut back
+        assert (await api.report(point("bug", 4)))[0] == 200  # a new writer
