@@ -268,6 +268,7 @@ class Gateway:
                 tenant=cfg.tcp.tenant,
                 max_connections=cfg.tcp.max_connections,
                 idle_timeout=cfg.tcp.idle_timeout,
+                clock=self.clock,
             )
             with listening("tcp", "tcp.listen", cfg.tcp.listen):
                 self.tcp_address = await self.tcp.start(*parse_listen(cfg.tcp.listen))

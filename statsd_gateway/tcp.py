@@ -6,6 +6,11 @@ MAX_LINE_BYTES is rejected (`line_too_long`) and the rest of it skipped up to th
 the connection keeps working. A final line without a newline counts when the client closes its side
 cleanly (EOF); a partial line cut off by a reset, the idle timeout or stop() is rejected as
 `truncated_line`. Beyond `max_connections` a new connection is closed at once and counted.
+
+Idleness is measured on the injected clock (the gateway's): a connection with no data for
+`idle_timeout` is closed by `close_idle()`, which `reap_idle()` runs when the next connection
+may fall idle. A step of the clock backward restarts the count of the connections it passes;
+one forward closes those that look idle (their clients reconnect).
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import asyncio
 import logging
 import os
 import socket
+import time
+from collections.abc import Awaitable, Callable
 from typing import cast
 
 from statsd_gateway.ingest import Ingest, RateLimitedLog
@@ -28,6 +35,10 @@ _STOP_READ_LIMIT = 16 * 1024 * 1024
 
 
 class TcpListener:
+    """Accepts StatsD-over-TCP connections and hands their complete lines to `Ingest.statsd`.
+    Never raises into the event loop; refuses connections past `max_connections`; closes those
+    idle for `idle_timeout` (on `clock`); `close()` reads what the open ones hold first."""
+
     kind = "tcp"
 
     def __init__(
@@ -39,6 +50,7 @@ class TcpListener:
         max_connections: int,
         idle_timeout: float,
         max_line: int = MAX_LINE_BYTES,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.ingest = ingest
         self.telemetry = telemetry
@@ -46,10 +58,12 @@ class TcpListener:
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
         self.max_line = max_line
+        self.clock = clock
         self.connections: set[TcpConnection] = set()
         self.address: tuple[str, int] | None = None
         self.debug_log = RateLimitedLog()
         self._server: asyncio.Server | None = None
+        self._reaper: asyncio.Task[None] | None = None
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         loop = asyncio.get_running_loop()
@@ -59,7 +73,45 @@ class TcpListener:
         )
         addr = self._server.sockets[0].getsockname()
         self.address = (addr[0], addr[1])
+        self._reaper = asyncio.create_task(self.reap_idle(), name="tcp-idle-reaper")
         return self.address
+
+    def close_idle(self) -> int:
+        """Closes every connection idle for `idle_timeout` or longer; returns how many."""
+        now = self.clock()
+        closed = 0
+        for conn in list(self.connections):
+            if now < conn.last_active:  # the clock stepped back: count from now
+                conn.last_active = now
+            if now - conn.last_active >= self.idle_timeout and conn.close_idle():
+                closed += 1
+        if closed:
+            self.telemetry.tcp_idle_closed += closed
+            self.debug_log.debug(
+                "closed %d tcp connections idle for %gs", closed, self.idle_timeout
+            )
+        return closed
+
+    def seconds_to_next_idle(self) -> float:
+        """When the connection idle longest reaches `idle_timeout`, at most `idle_timeout` from
+        now (a connection opened meanwhile cannot fall idle sooner)."""
+        now = self.clock()
+        open_ = (c.last_active for c in self.connections if not c.closing)
+        oldest = min(open_, default=now)
+        return min(max(oldest + self.idle_timeout - now, 0.0), self.idle_timeout)
+
+    async def reap_idle(self, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        """Runs close_idle() whenever a connection may have fallen idle, until cancelled. A
+        failure is logged and the loop goes on (a bug here must not keep idle sockets open)."""
+        delay = self.seconds_to_next_idle()
+        while True:
+            await sleep(delay)
+            try:
+                self.close_idle()
+                delay = self.seconds_to_next_idle()
+            except Exception:
+                log.exception("internal error while closing idle tcp connections")
+                delay = self.idle_timeout
 
     def ingest_lines(self, data: bytes) -> None:
         """Complete lines (one read's worth) into the parser. Never raises into the loop."""
@@ -80,6 +132,9 @@ class TcpListener:
         """Stops accepting, reads what the open connections already hold, closes them."""
         if self._server is None:
             return
+        if self._reaper is not None:
+            self._reaper.cancel()
+            self._reaper = None
         self._server.close()
         for conn in list(self.connections):
             conn.finish()
@@ -94,14 +149,15 @@ class TcpListener:
 
 
 class TcpConnection(asyncio.Protocol):
+    """One client connection: frames its bytes into lines for the listener, and remembers when
+    it last received any (`last_active`, on the listener's clock)."""
+
     def __init__(self, listener: TcpListener) -> None:
         self.listener = listener
         self.transport: asyncio.Transport | None = None
         self._buf = bytearray()  # the partial line after the last newline
         self._skipping = False  # inside a line already rejected as too long
-        self._last = 0.0
-        self._timer: asyncio.TimerHandle | None = None
-        self._loop = asyncio.get_running_loop()
+        self.last_active = listener.clock()
 
     @property
     def buffered(self) -> int:
@@ -120,12 +176,11 @@ class TcpConnection(asyncio.Protocol):
         # uvloop's TCP transport is not an asyncio.Transport subclass, hence the cast.
         self.transport = cast(asyncio.Transport, transport)
         lst.connections.add(self)
-        self._last = self._loop.time()
-        self._timer = self._loop.call_at(self._last + lst.idle_timeout, self._check_idle)
+        self.last_active = lst.clock()
 
     def data_received(self, data: bytes) -> None:
-        self._last = self._loop.time()
         lst = self.listener
+        self.last_active = lst.clock()
         if self._skipping:
             nl = data.find(b"\n")
             if nl < 0:
@@ -161,26 +216,23 @@ class TcpConnection(asyncio.Protocol):
         if self.transport is None:  # refused at connect
             return
         self.transport = None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         if self._buf:
             self.listener.reject_line(TRUNCATED_LINE, len(self._buf))
             self._buf.clear()
         self.listener.connections.discard(self)
 
-    def _check_idle(self) -> None:
-        lst = self.listener
-        if self.transport is None:
-            return
-        deadline = self._last + lst.idle_timeout
-        if self._loop.time() < deadline:
-            self._timer = self._loop.call_at(deadline, self._check_idle)
-            return
-        self._timer = None
-        lst.telemetry.tcp_idle_closed += 1
-        lst.debug_log.debug("closing a tcp connection idle for %.1fs", lst.idle_timeout)
+    @property
+    def closing(self) -> bool:
+        """Closed or closing (it leaves `connections` once the transport reports it lost)."""
+        return self.transport is None or self.transport.is_closing()
+
+    def close_idle(self) -> bool:
+        """Closes the connection for idleness; False if it is closed or closing already."""
+        if self.closing:
+            return False
+        assert self.transport is not None
         self.transport.close()
+        return True
 
     def finish(self) -> None:
         """At stop: reads what the kernel already holds for this connection, then closes it."""

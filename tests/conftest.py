@@ -41,6 +41,24 @@ class ManualClock:
         self.t += seconds
 
 
+class Ticks:
+    """An injected sleep (Flusher.run, TcpListener.reap_idle): moves the test's clock by what it
+    is asked instead of waiting, records the requests and the times it woke at, and ends the
+    loop (by cancelling it) at the sleep after the `n`th."""
+
+    def __init__(self, clock: ManualClock, n: int) -> None:
+        self.clock, self.n = clock, n
+        self.asked: list[float] = []
+        self.woke_at: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.asked.append(seconds)
+        if len(self.woke_at) == self.n:
+            raise asyncio.CancelledError
+        self.clock.advance(seconds)
+        self.woke_at.append(self.clock())
+
+
 def make_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
     raw: dict[str, Any] = {
         "udp": {"listen": "127.0.0.1:0", "read_buffer": 0},

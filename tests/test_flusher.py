@@ -15,22 +15,7 @@ from statsd_gateway.model import MetricType, Sample
 from statsd_gateway.series_registry import SeriesRegistry
 from statsd_gateway.store.memory import MemoryStore
 from statsd_gateway.telemetry import Telemetry
-from tests.conftest import T0, ManualClock, make_config, running
-
-
-class Ticks:
-    """The loop's sleep: moves the test's clock instead of waiting, and ends the loop (by
-    cancelling it) after `n` sleeps."""
-
-    def __init__(self, clock: ManualClock, n: int) -> None:
-        self.clock, self.n = clock, n
-        self.woke_at: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        if len(self.woke_at) == self.n:
-            raise asyncio.CancelledError
-        self.clock.advance(seconds)
-        self.woke_at.append(self.clock())
+from tests.conftest import T0, ManualClock, Ticks, make_config, running
 
 
 @pytest.fixture

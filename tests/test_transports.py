@@ -19,7 +19,7 @@ from statsd_gateway.config import Config, parse_config, parse_mode
 from statsd_gateway.errors import ConfigError
 from statsd_gateway.gateway import Gateway
 from statsd_gateway.udp import read_proc_drops
-from tests.conftest import T0, Api, ManualClock, make_config, running, wait_until
+from tests.conftest import T0, Api, ManualClock, Ticks, make_config, running, wait_until
 
 SINCE = int(T0 - 3600)
 UNTIL = int(T0 + 60)
@@ -166,18 +166,63 @@ async def test_tcp_connection_limit(tmp_path: Path) -> None:
         assert "statsd_gateway_tcp_connections_refused_total 1.0" in text
 
 
-async def test_tcp_idle_connection_is_closed(tmp_path: Path) -> None:
-    async with running(transports_config(tmp_path, idle_timeout="200ms"), ManualClock()) as (gw, _):
-        async with tcp_client(gw) as (reader, writer):
-            writer.write(b"idle:1|c\n")
-            await writer.drain()
-            assert await closed_by_server(reader)
-        assert gw.telemetry.tcp_idle_closed == 1
-        assert gw.telemetry.accepted["tcp"] == 1
+async def test_tcp_idle_is_measured_on_the_gateways_clock(
+    gateway: Gateway, clock: ManualClock
+) -> None:
+    """tcp.idle_timeout (300 s) passes on the injected clock, not in real time: the connection
+    silent that long is closed by the daemon, the one that sent a line meanwhile is kept."""
+    tcp = gateway.tcp
+    assert tcp is not None
+    async with tcp_client(gateway) as (silent, _), tcp_client(gateway) as (busy_r, busy_w):
         await wait_until(
-            lambda: gw.tcp is not None and not gw.tcp.connections,
-            lambda: "timed out waiting for the connection to go",
+            lambda: len(tcp.connections) == 2, lambda: "timed out waiting for two connections"
         )
+        assert tcp.close_idle() == 0
+        clock.advance(200)
+        busy_w.write(b"busy:1|c\n")
+        await busy_w.drain()
+        await wait_until(lambda: lines(gateway) == 1, lambda: "timed out waiting for the line")
+        clock.advance(100)  # the silent one: 300 s without data; the busy one: 100 s
+        assert tcp.close_idle() == 1
+        assert await closed_by_server(silent)
+        assert gateway.telemetry.tcp_idle_closed == 1
+        await wait_until(
+            lambda: len(tcp.connections) == 1, lambda: "timed out waiting for the closed one to go"
+        )
+        busy_w.write(b"busy:2|c\n")  # still open, still read
+        await busy_w.drain()
+        await wait_until(lambda: lines(gateway) == 2, lambda: "timed out waiting for the line")
+        assert tcp.close_idle() == 0
+        clock.advance(-3600)  # a step back restarts the count; it does not close early
+        assert tcp.close_idle() == 0
+        clock.advance(299)
+        assert tcp.close_idle() == 0
+        clock.advance(1)
+        assert tcp.close_idle() == 1
+        assert await closed_by_server(busy_r)
+    assert gateway.telemetry.tcp_idle_closed == 2
+    assert gateway.telemetry.accepted["tcp"] == 2
+
+
+async def test_the_idle_reaper_wakes_when_the_next_connection_falls_idle(
+    gateway: Gateway, clock: ManualClock
+) -> None:
+    tcp = gateway.tcp
+    assert tcp is not None
+    async with tcp_client(gateway) as (first, _):
+        await wait_until(lambda: len(tcp.connections) == 1, lambda: "no connection")
+        clock.advance(120)
+        async with tcp_client(gateway) as (second, _):
+            await wait_until(lambda: len(tcp.connections) == 2, lambda: "no second connection")
+            ticks = Ticks(clock, 2)
+            with pytest.raises(asyncio.CancelledError):
+                await tcp.reap_idle(sleep=ticks)
+            # The first falls idle 180 s on and is closed alone (the second has 120 s left);
+            # then the second; then none is open: a whole timeout.
+            assert ticks.asked == [180, 120, 300]
+            assert gateway.telemetry.tcp_idle_closed == 2
+            assert await closed_by_server(first)
+            assert await closed_by_server(second)
 
 
 async def test_tcp_lines_already_sent_survive_stop(tmp_path: Path) -> None:
