@@ -1,15 +1,25 @@
-"""create_app(): the aiohttp application, its middlewares (errors, auth) and routes.
+"""create_app(): the aiohttp application, its middlewares (errors, auth), routes and sub-apps.
 
-Every error of every endpoint leaves as the one envelope of errors.py, including aiohttp's own
-404/405/413 and any unexpected exception (logged, never shown to the client).
+Every error of the main app's endpoints (everything under /v1, the health checks, the scrape)
+leaves as the one envelope of errors.py, including aiohttp's own 404/405/413 and any unexpected
+exception (logged, never shown to the client).
+
+A sub-application mounted beside /v1 (`subapps`: the Prometheus HTTP API at /api/v1 is the next)
+renders its own errors: the main app's envelope and auth middlewares leave its requests alone,
+and it brings its own middlewares, which see all of them (its 404s and 405s too). Auth is the
+same for both: every route declares its scope (`declare_routes`), the sub-app's auth middleware
+runs inside its own error rendering (so a 401 or 403 is in its shape), and an unknown path under
+its prefix needs a key as one under /v1 does. A route served without a declared scope is refused
+(and fails tests/test_api.py).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from statsd_gateway.api import connections, handlers
 from statsd_gateway.api.auth import PRINCIPAL, KeyRing, Principal, check_scope
@@ -26,6 +36,8 @@ from statsd_gateway.errors import (
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# (method, path, handler, scope): scope is read, write, admin, or PUBLIC (no key).
+Route = tuple[str, str, Handler, str]
 
 
 def error_response(err: GatewayError, headers: dict[str, str] | None = None) -> web.Response:
@@ -78,9 +90,9 @@ async def read_deadline_middleware(request: web.Request, handler: Handler) -> we
 
 
 PUBLIC = "public"
-# Every route the app serves and the scope it needs (read, write, admin, or PUBLIC: no key). The
-# auth middleware enforces it; tests/test_api.py fails for a route served but not listed here.
-ROUTES: tuple[tuple[str, str, Handler, str], ...] = (
+# Every route the main app serves and the scope it needs. The auth middleware enforces it;
+# tests/test_api.py fails for a route served but not declared.
+ROUTES: tuple[Route, ...] = (
     ("POST", "/v1/metrics/report", handlers.report, "write"),
     ("POST", "/v1/metrics/batch", handlers.batch, "write"),
     ("GET", "/v1/metrics/query", handlers.query, "read"),
@@ -93,18 +105,58 @@ ROUTES: tuple[tuple[str, str, Handler, str], ...] = (
     ("GET", "/readyz", handlers.readyz, PUBLIC),
     ("GET", "/metrics", handlers.prometheus, PUBLIC),
 )
+# On the main app: the scope of every route it serves, its sub-apps' included. On a sub-app
+# (from declare_routes): its own, merged into the main app's when it is mounted.
 ROUTE_SCOPES = web.AppKey("route_scopes", dict[web.AbstractRoute, str])
 
 
-def auth_middleware(keyring: Callable[[], KeyRing]) -> Callable[..., Awaitable[web.StreamResponse]]:
+def declare_routes(app: web.Application, routes: Iterable[Route]) -> None:
+    """Adds `routes` to `app`, each with the scope it needs."""
+    if ROUTE_SCOPES not in app:
+        app[ROUTE_SCOPES] = {}
+    scopes = app[ROUTE_SCOPES]
+    for method, path, handler, scope in routes:
+        scopes[app.router.add_route(method, path, handler)] = scope
+
+
+def _of_a_subapp(request: web.Request) -> bool:
+    """The request matched a route of a mounted sub-app, or a path under its prefix."""
+    return len(request.match_info.apps) > 1
+
+
+def main_app_only(middleware: Middleware) -> Middleware:
+    """`middleware` for the main app's requests; a sub-app's pass by it untouched."""
+
+    @web.middleware
+    async def only_main(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if _of_a_subapp(request):
+            return await handler(request)
+        return await middleware(request, handler)
+
+    return only_main
+
+
+def auth_middleware(
+    keyring: Callable[[], KeyRing],
+    scopes: Mapping[web.AbstractRoute, str],
+    *,
+    unmatched_needs_key: Callable[[web.Request], bool],
+) -> Middleware:
     """Authenticates every request to a route that is not PUBLIC and checks the route's scope.
-    A request that matches no route (aiohttp answers 404/405) is authenticated under /v1/ as
-    any /v1 request is, so that an unknown path tells nothing to a caller without a key."""
+    A request that matches no route (aiohttp answers 404/405) is authenticated when
+    `unmatched_needs_key` says so (under /v1/, and anywhere under a sub-app's prefix), so that
+    an unknown path tells nothing to a caller without a key. A route without a declared scope
+    is refused: a route is never open by default."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        scope = request.app[ROUTE_SCOPES].get(request.match_info.route)
-        if scope == PUBLIC or (scope is None and not request.path.startswith("/v1/")):
+        route = request.match_info.route
+        scope = scopes.get(route)
+        matched = request.match_info.http_exception is None
+        if scope is None and matched:
+            log.error("%s %s declares no scope: refused", request.method, request.path)
+            raise GatewayError("internal error")
+        if scope == PUBLIC or (scope is None and not unmatched_needs_key(request)):
             return await handler(request)
         header = request.headers.get("Authorization", "")
         auth_scheme, _, token = header.partition(" ")
@@ -122,18 +174,39 @@ def auth_middleware(keyring: Callable[[], KeyRing]) -> Callable[..., Awaitable[w
     return middleware
 
 
-def create_app(gateway: handlers.GatewayServices, *, max_body_bytes: int) -> web.Application:
+def create_app(
+    gateway: handlers.GatewayServices,
+    *,
+    max_body_bytes: int,
+    subapps: Mapping[str, web.Application] | None = None,
+) -> web.Application:
+    """The main app, with `subapps` (prefix → an app whose routes were added by
+    declare_routes, and whose own middlewares render its errors) mounted beside /v1."""
+    scopes: dict[web.AbstractRoute, str] = {}
+    keyring = lambda: gateway.keyring  # noqa: E731  # read at each request: reload swaps it
     app = web.Application(
         client_max_size=max_body_bytes,
         middlewares=[
             read_deadline_middleware,
-            error_middleware,
-            auth_middleware(lambda: gateway.keyring),
+            main_app_only(error_middleware),
+            main_app_only(
+                auth_middleware(
+                    keyring, scopes, unmatched_needs_key=lambda r: r.path.startswith("/v1/")
+                )
+            ),
         ],
     )
     app[handlers.SERVICES] = gateway
-    scopes: dict[web.AbstractRoute, str] = {}
-    for method, path, handler, scope in ROUTES:
-        scopes[app.router.add_route(method, path, handler)] = scope
     app[ROUTE_SCOPES] = scopes
+    declare_routes(app, ROUTES)
+    for prefix, sub in (subapps or {}).items():
+        if prefix.rstrip("/") in ("", "/v1") or prefix.startswith("/v1/"):
+            raise ValueError(f"a sub-app cannot be mounted at {prefix!r}: /v1 has one envelope")
+        # Innermost: the 401s and 403s are rendered by the sub-app's own middlewares.
+        sub.middlewares.append(auth_middleware(keyring, scopes, unmatched_needs_key=lambda r: True))
+        sub[handlers.SERVICES] = gateway
+        if ROUTE_SCOPES in sub:
+            declared: dict[web.AbstractRoute, str] = sub[ROUTE_SCOPES]
+            scopes.update(declared)
+        app.add_subapp(prefix, sub)
     return app
