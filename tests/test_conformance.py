@@ -7,7 +7,10 @@ Every scenario runs twice:
     (first type wins, sample-rate weights, gauge deltas, timestamp limits, series limit) whose
     answers must be the table's;
 (b) end to end: a real Gateway of its own, the text sent over UDP, TCP or a Unix datagram socket,
-    the answers read through `GET /v1/metrics/query` — first from memory, then again after a flush.
+    the answers read through `GET /v1/metrics/query` — first from memory, then again after a flush;
+    and, for each scenario with a JSON form (`json_form`), its points posted to
+    `POST /v1/metrics/batch` instead, with the same answers. A scenario in StatsD-only syntax (a
+    line the parser rejects, a gauge delta, an event) has none and is not run over HTTP.
 
 Quantiles are DDSketch estimates (relative accuracy 1 %): they are compared with a 1 % tolerance.
 """
@@ -30,6 +33,8 @@ import pytest
 from aiohttp import ClientSession
 
 from statsd_gateway.aggregator import AGGREGATOR_REJECT_REASONS
+from statsd_gateway.api.schemas import parse_point
+from statsd_gateway.errors import InvalidArgument
 from statsd_gateway.gateway import Gateway
 from statsd_gateway.model import MetricType
 from statsd_gateway.protocol import (
@@ -1124,6 +1129,47 @@ def test_parser(
 TRANSPORTS = ("udp", "tcp", "unixgram")
 
 
+def json_form(payload: bytes, config: dict[str, dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """The MetricPoints of `POST /v1/metrics/batch` that say what `payload` says, or None if it
+    has no JSON form: a line the parser rejects, an event, a service check or an unknown section
+    (StatsD-only syntax), or a sample no JSON point reads back as (a gauge delta: JSON gauges are
+    absolute). Points the aggregator then refuses (a type conflict, a timestamp out of range, the
+    series limit) have a form: the batch is refused them the same way."""
+    parser = parser_for(config)
+    result = parser.parse(payload)
+    if result.rejects or ignored_of(result):
+        return None
+    points = []
+    for sample in result.samples:
+        name, tags, mtype, value, rate, ts, _ = sample
+        point: dict[str, Any] = {"name": name, "type": mtype.value, "value": value}
+        if tags:
+            point["tags"] = dict(tags)
+        if rate != 1.0:
+            point["sample_rate"] = rate
+        if ts is not None:
+            point["timestamp"] = ts
+        try:
+            if parse_point(point, sanitise=parser.sanitise) != sample:
+                return None
+        except InvalidArgument:
+            return None
+        points.append(point)
+    return points
+
+
+def transports_of(scenario: Any) -> list[str]:
+    payload, _, _, _, config = scenario.values
+    return [*TRANSPORTS, *(["http"] if json_form(payload, config) is not None else [])]
+
+
+END_TO_END = [
+    pytest.param(transport, *scenario.values, id=f"{scenario.id}-{transport}")
+    for scenario in SCENARIOS
+    for transport in transports_of(scenario)
+]
+
+
 @asynccontextmanager
 async def running(
     tmp_path: Path, clock: ManualClock, transport: str, extra: dict[str, dict[str, Any]]
@@ -1138,9 +1184,6 @@ async def running(
         gw = Gateway(make_config(tmp_path, **sections), clock=clock, flush_on_ticks=False)
         await gw.start()
         try:
-            attr = {"tcp": "tcp_address", "unixgram": "unix_path"}.get(transport)
-            if attr is not None and not hasattr(gw, attr):
-                pytest.skip(f"{transport} listener not built yet")
             assert gw.http_address is not None
             host, port = gw.http_address
             async with ClientSession() as session:
@@ -1149,11 +1192,21 @@ async def running(
             await gw.stop()
 
 
-async def send(gw: Gateway, transport: str, payload: bytes, lines: int) -> None:
-    """Sends the payload the way a client of that transport does, then waits until the gateway
-    has read it (telemetry counters, never time passing)."""
+async def send(
+    gw: Gateway, api: Api, transport: str, payload: bytes, config: dict[str, dict[str, Any]]
+) -> None:
+    """Sends the payload the way a client of that transport does (over HTTP: its JSON form),
+    then waits until the gateway has read it (telemetry counters, never time passing)."""
     t = gw.telemetry
-    if transport == "udp":
+    lines = parser_for(config).parse(payload).lines
+    if transport == "http":
+        points = json_form(payload, config)
+        assert points is not None
+        status, body = await api.batch(points)
+        assert status == 200, body
+        refused = sum(n for r, n in t.rejects.items() if r[0] == "http")
+        assert (body["accepted"], body["rejected"]) == (len(points) - refused, refused), body
+    elif transport == "udp":
         assert gw.udp_address is not None
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.sendto(payload, gw.udp_address)
@@ -1195,8 +1248,15 @@ async def answer(api: Api, x: Q) -> Any:
     return points[0][1] if points else None
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
-@pytest.mark.parametrize(ARGS, SCENARIOS)
+def test_the_json_forms_cover_the_table() -> None:
+    """Most scenarios run over HTTP too, and every aggregator reject among them."""
+    over_http = [p for p in END_TO_END if p.values[0] == "http"]
+    assert len(over_http) >= len(SCENARIOS) // 2
+    reasons = {r for p in over_http for r in p.values[3]}
+    assert reasons == set(AGGREGATOR_REJECT_REASONS)
+
+
+@pytest.mark.parametrize(("transport", *ARGS), END_TO_END)
 async def test_end_to_end(
     tmp_path: Path,
     clock: ManualClock,
@@ -1207,9 +1267,8 @@ async def test_end_to_end(
     ignored: dict[str, int],
     config: dict[str, dict[str, Any]],
 ) -> None:
-    lines = parser_for(config).parse(payload).lines
     async with running(tmp_path, clock, transport, config) as (gw, api):
-        await send(gw, transport, payload, lines)
+        await send(gw, api, transport, payload, config)
         t = gw.telemetry
         got_rejects = {r: n for (tr, r), n in t.rejects.items() if tr == transport and n}
         assert got_rejects == rejects
