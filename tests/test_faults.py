@@ -16,7 +16,16 @@ from aiohttp import ClientSession
 from statsd_gateway.config import Config
 from statsd_gateway.gateway import Gateway
 from statsd_gateway.store import SqliteStore
-from tests.conftest import T0, Api, ManualClock, make_config, running, send_udp, wait_for_udp
+from tests.conftest import (
+    T0,
+    Api,
+    ManualClock,
+    make_config,
+    missing_prerequisite,
+    running,
+    send_udp,
+    wait_for_udp,
+)
 
 
 async def pragma(gw: Gateway, sql: str) -> None:
@@ -49,7 +58,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         check=False,
     )
     if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+        missing_prerequisite(f"cannot mount a tmpfs (it needs root): {r.stderr.strip()}")
     try:
         yield mnt
     finally:

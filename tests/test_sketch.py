@@ -564,7 +564,6 @@ def test_to_proto_carries_the_bins(name: str) -> None:
 
 
 def test_to_proto_parses_with_ddsketch_from_proto() -> None:
-    pytest.importorskip("google.protobuf")
     from ddsketch.pb import ddsketch_pb2
     from ddsketch.pb.proto import DDSketchProto
 

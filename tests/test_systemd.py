@@ -11,9 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from statsd_gateway.systemd import Notifier
+from tests.conftest import missing_prerequisite
 
 
 async def _recv(sock: socket.socket) -> str:
@@ -62,7 +61,7 @@ def test_unit_file_verifies(tmp_path: Path) -> None:
     """`systemd-analyze verify` on the shipped unit, its ExecStart pointed at this install."""
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
-        pytest.skip("systemd-analyze is not installed (.ci/run installs Debian's systemd)")
+        missing_prerequisite("systemd-analyze is not installed (apt-get install systemd)")
     exe = Path(sys.executable).parent / "statsd-gateway"
     assert exe.exists()
     text = UNIT.read_text().replace("/opt/statsd-gateway/.venv/bin/statsd-gateway", str(exe))

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.client
-import os
 import shutil
 import signal
 import socket
@@ -23,6 +22,7 @@ import pytest
 from statsd_gateway.cli import main
 from statsd_gateway.errors import ConfigError
 from statsd_gateway.tls import ServerCertificate
+from tests.conftest import missing_prerequisite
 from tests.daemon import Daemon, poll_value, wait_for_log, write_config
 
 KEY = "tls-key"
@@ -31,9 +31,7 @@ KEY = "tls-key"
 def _openssl() -> str:
     path = shutil.which("openssl")
     if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("the openssl command is missing (apt-get install openssl)")
-        pytest.skip("apt-get install openssl")
+        missing_prerequisite("the openssl command is missing (apt-get install openssl)")
     return path
 
 
