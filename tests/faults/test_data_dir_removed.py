@@ -70,6 +70,8 @@ async def test_flushes_are_held_until_the_directory_is_back_then_written(
         assert gw.aggregator.pending  # held in memory
         data.mkdir()  # the operator puts the directory back
         assert await gw.flusher.flush(force=True)
+        assert gw.wal is not None
+        await gw.wal.barrier()  # the log's worker has taken the release: it made its directory
         assert gw.readiness() == []
         assert gw.aggregator.pending == []
         assert (await api.report(point("after", 2)))[0] == 200  # the log made its directory
