@@ -133,7 +133,7 @@ class Ingest:
         self.bound: MemoryBound | None = None
         self._log = RateLimitedLog()
 
-    def statsd(self, tenant: str, data: bytes, transport: str) -> None:
+    def statsd_lines(self, tenant: str, data: bytes, transport: str) -> None:
         """One datagram (or one TCP line batch) of StatsD text."""
         t = self.telemetry
         res = self.parser.parse(data)

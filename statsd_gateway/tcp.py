@@ -1,11 +1,12 @@
 """TCP listener: newline-framed StatsD lines → ingest.
 
-Each read hands all its complete lines to `Ingest.statsd` in one call, so the per-line cost stays
-the parser's; the bytes after the last newline wait for the next read. A partial line longer than
-MAX_LINE_BYTES is rejected (`line_too_long`) and the rest of it skipped up to the next newline, so
-the connection keeps working. A final line without a newline counts when the client closes its side
-cleanly (EOF); a partial line cut off by a reset, the idle timeout or stop() is rejected as
-`truncated_line`. Beyond `max_connections` a new connection is closed at once and counted.
+Each read hands all its complete lines to `Ingest.statsd_lines` in one call, so the per-line cost
+stays the parser's; the bytes after the last newline wait for the next read. A partial line
+longer than MAX_LINE_BYTES is rejected (`line_too_long`) and the rest of it skipped up to the next
+newline, so the connection keeps working. A final line without a newline counts when the client
+closes its side cleanly (EOF); a partial line cut off by a reset, the idle timeout or stop() is
+rejected as `truncated_line`. Beyond `max_connections` a new connection is closed at once and
+counted.
 
 Idleness is measured on the injected clock (the gateway's): a connection with no data for
 `idle_timeout` is closed by `close_idle()`, which `reap_idle()` runs when the next connection
@@ -35,7 +36,7 @@ _STOP_READ_LIMIT = 16 * 1024 * 1024
 
 
 class TcpListener:
-    """Accepts StatsD-over-TCP connections and hands their complete lines to `Ingest.statsd`.
+    """Accepts StatsD-over-TCP connections and hands their complete lines to `Ingest.statsd_lines`.
     Never raises into the event loop; refuses connections past `max_connections`; closes those
     idle for `idle_timeout` (on `clock`); `close()` reads what the open ones hold first."""
 
@@ -116,7 +117,7 @@ class TcpListener:
     def ingest_lines(self, data: bytes) -> None:
         """Complete lines (one read's worth) into the parser. Never raises into the loop."""
         try:
-            self.ingest.statsd(self.tenant, data, self.kind)
+            self.ingest.statsd_lines(self.tenant, data, self.kind)
         except Exception:  # a bug must not kill the connection; count it and go on
             self.telemetry.reject(self.kind, "internal_error")
             log.exception("internal error while ingesting tcp lines")

@@ -65,7 +65,7 @@ class DatagramListener(asyncio.DatagramProtocol):
         """Parses everything queued. Never raises into the loop."""
         self._scheduled = False
         q = self._queue
-        statsd = self.ingest.statsd
+        statsd = self.ingest.statsd_lines
         tenant = self.tenant
         kind = self.kind
         while q:

@@ -111,7 +111,7 @@ def _count_http(svc: GatewayServices, request: web.Request, points: int) -> None
     t.lines["http"] += points
 
 
-async def _once(
+async def _write_once_per_key(
     request: web.Request,
     tenant: str,
     body: Any,
@@ -189,7 +189,7 @@ async def report(request: web.Request) -> web.Response:
             raise reason_error(rejects[0][1])
         return {"ok": True}
 
-    return await _once(request, principal.tenant, body, apply, logged)
+    return await _write_once_per_key(request, principal.tenant, body, apply, logged)
 
 
 def _indexed(index: int, e: GatewayError) -> dict[str, Any]:
@@ -230,7 +230,7 @@ async def batch(request: web.Request) -> web.Response:
             "errors": errors,
         }
 
-    return await _once(request, principal.tenant, body, apply, logged)
+    return await _write_once_per_key(request, principal.tenant, body, apply, logged)
 
 
 async def query(request: web.Request) -> web.Response:

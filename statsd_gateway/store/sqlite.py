@@ -199,9 +199,7 @@ class SqliteStore:
                 conn.execute("COMMIT")
         except sqlite3.OperationalError as e:
             if "interrupted" in str(e):
-                raise StoreTimeout(
-                    f"the query ran longer than {self.read_timeout:g}s; narrow its range"
-                ) from None
+                raise StoreTimeout(f"the query ran longer than {self.read_timeout:g}s") from None
             raise StoreError(f"read failed: {e}") from e
         finally:
             conn.set_progress_handler(None, 0)
