@@ -8,14 +8,10 @@ store. Nothing received before stop() is lost.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
-import os
-import secrets
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import msgspec
 from aiohttp import web
@@ -23,22 +19,14 @@ from aiohttp import web
 from statsd_gateway.aggregator import IntervalAggregator
 from statsd_gateway.api.app import create_app
 from statsd_gateway.api.auth import KeyRing
-from statsd_gateway.api.connections import BadRequests, GuardedTCPSite
 from statsd_gateway.backpressure import MemoryBound
 from statsd_gateway.catalog import MetricCatalog
-from statsd_gateway.config import (
-    SCOPES,
-    ApiKey,
-    Config,
-    StorageConfig,
-    hash_key,
-    parse_listen,
-    parse_mode,
-)
-from statsd_gateway.errors import ConfigError, ListenError
+from statsd_gateway.config import Config, StorageConfig
+from statsd_gateway.errors import ConfigError
 from statsd_gateway.flusher import Flusher
 from statsd_gateway.idempotency import IdempotencyLedger
 from statsd_gateway.ingest import Ingest
+from statsd_gateway.listeners import start_http, start_tcp, start_udp, start_unix
 from statsd_gateway.model import SeriesKey
 from statsd_gateway.protocol import StatsdParser
 from statsd_gateway.query import QueryEngine
@@ -68,21 +56,6 @@ def tune_gc() -> None:
     them over and over (measured: a 10k-series flush takes 156 ms with the defaults, 102 ms with
     these). Almost nothing here forms cycles, so collect young objects less often."""
     gc.set_threshold(100_000, 50, 100)
-
-
-def ensure_generated_key(path: Path) -> str:
-    """Returns the key stored at `path`, creating it (mode 0600) on first use."""
-    try:
-        return path.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key = "sgw_" + secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(key + "\n")
-    log.info("created an API key for tenant 'default' in %s", path)
-    return key
 
 
 class Gateway:
@@ -196,16 +169,7 @@ class Gateway:
         self.telemetry.series_count = self.registry.series_count
 
         if cfg.udp.enabled:
-            self.udp = UdpListener(
-                self.ingest,
-                self.telemetry,
-                tenant=cfg.udp.tenant,
-                queue_size=cfg.udp.queue_size,
-                read_buffer=cfg.udp.read_buffer,
-            )
-            with listening("udp", "udp.listen", cfg.udp.listen):
-                self.udp_address = await self.udp.start(*parse_listen(cfg.udp.listen))
-            log.info("listening udp %s", _fmt(self.udp_address))
+            self.udp, self.udp_address = await start_udp(cfg.udp, self.ingest, self.telemetry)
         await self._start_stream_transports()
         self.telemetry.kernel_drops = self._kernel_drops
 
@@ -223,20 +187,13 @@ class Gateway:
         app = create_app(self, max_body_bytes=cfg.http.max_body_bytes)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        host, port = parse_listen(cfg.http.listen)
-        site = GuardedTCPSite(
+        self.http_address = await start_http(
             self._runner,
-            host,
-            port,
+            cfg.http,
+            self.telemetry,
             read_timeout=lambda: self.config.http.read_timeout,
-            bad_requests=BadRequests(self.telemetry),
-            ssl_context=None if self.tls is None else self.tls.context,
-            handshake_timeout=cfg.http.read_timeout,
+            tls=self.tls,
         )
-        with listening("http", "http.listen", cfg.http.listen):
-            await site.start()
-        self.http_address = site.address
-        log.info("listening %s %s", site.scheme, _fmt(self.http_address))
 
     def _reload_certificate(self, new: Config) -> None:
         """On every reload with TLS on: the files may hold a renewed certificate under the same
@@ -262,30 +219,13 @@ class Gateway:
     async def _start_stream_transports(self) -> None:
         cfg = self.config
         if cfg.tcp.enabled:
-            self.tcp = TcpListener(
-                self.ingest,
-                self.telemetry,
-                tenant=cfg.tcp.tenant,
-                max_connections=cfg.tcp.max_connections,
-                idle_timeout=cfg.tcp.idle_timeout,
-                clock=self.clock,
+            self.tcp, self.tcp_address = await start_tcp(
+                cfg.tcp, self.ingest, self.telemetry, self.clock
             )
-            with listening("tcp", "tcp.listen", cfg.tcp.listen):
-                self.tcp_address = await self.tcp.start(*parse_listen(cfg.tcp.listen))
             tcp = self.tcp
             self.telemetry.tcp_connections_open = lambda: len(tcp.connections)
-            log.info("listening tcp %s", _fmt(self.tcp_address))
         if cfg.unix.enabled:
-            self.unix = UnixgramListener(
-                self.ingest,
-                self.telemetry,
-                tenant=cfg.unix.tenant,
-                queue_size=cfg.unix.queue_size,
-                mode=parse_mode(cfg.unix.mode),
-            )
-            with listening("the unix socket", "unix.path", cfg.unix.path):
-                self.unix_path = await self.unix.start(cfg.unix.path)
-            log.info("listening unixgram %s", self.unix_path)
+            self.unix, self.unix_path = await start_unix(cfg.unix, self.ingest, self.telemetry)
 
     def _kernel_drops(self) -> dict[str, int]:
         drops = self.udp.kernel_drops() if self.udp is not None else None
@@ -331,13 +271,7 @@ class Gateway:
         return needs_restart
 
     def _setup_keys(self) -> None:
-        keys = self.config.auth.keys
-        if not keys:
-            key = ensure_generated_key(self.config.key_file)
-            log.info("no auth.keys configured: using the API key in %s", self.config.key_file)
-            # The operator's own key (mode 0600 in the data directory): every scope.
-            keys = (ApiKey(name="generated", sha256=hash_key(key), scopes=tuple(sorted(SCOPES))),)
-        self.keyring = KeyRing(keys)
+        self.keyring = KeyRing.from_config(self.config.auth.keys, self.config.key_file)
 
     async def stop(self) -> None:
         # Stop receiving everywhere first; what the listeners hold goes to the aggregator.
@@ -429,22 +363,3 @@ class Gateway:
         if self.config.unix.enabled and self.unix_path is None:
             problems.append("unix socket not bound")
         return problems
-
-
-@contextlib.contextmanager
-def listening(what: str, key: str, address: str) -> Iterator[None]:
-    """Turns a failure to bind into a ListenError naming the listener, its address and the
-    setting (a bare `[Errno 98] Address already in use` says neither which nor where)."""
-    try:
-        yield
-    except OSError as e:
-        reason = e.strerror or str(e)
-        if e.errno and reason.startswith("error while attempting to bind"):
-            reason = os.strerror(e.errno)  # asyncio's wrapping; the errno says it plainly
-        reason = reason[:1].lower() + reason[1:]
-        raise ListenError(f"{what} cannot listen on {address} ({key}): {reason}") from e
-
-
-def _fmt(addr: tuple[str, int]) -> str:
-    host, port = addr
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
