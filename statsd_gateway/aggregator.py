@@ -373,6 +373,19 @@ class IntervalAggregator:
             accs.extend(m.values())
         return finish_rows(ts, ids, accs, list(map(self.registry.key_of, ids)))
 
+    def unfinishable(self, snap: Snapshot) -> list[tuple[SnapshotEntry, Exception]]:
+        """The entries of a snapshot that cannot be finished into a row, each with its error,
+        found by finishing each on its own (off the loop; only after the whole snapshot failed
+        to finish, so its cost matters little)."""
+        found: list[tuple[SnapshotEntry, Exception]] = []
+        for b, m in snap.buckets.items():
+            for sid, acc in m.items():
+                try:
+                    finish_rows([b], [sid], [acc], [self.registry.key_of(sid)])
+                except Exception as e:
+                    found.append(((b, sid), e))
+        return found
+
     def metric_in_memory(self, tenant: str, name: str) -> MemoryRows:
         """What memory holds of one metric (the live interval and the pending snapshots), for a
         query to finish off the loop. Runs on the loop: it reads the metric's entries through

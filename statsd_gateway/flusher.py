@@ -231,9 +231,10 @@ class Flusher:
                 return False
             except Exception as e:
                 # An error of the data: retried as it is, it would fail this way forever, and
-                # every snapshot behind it with it. Set aside what cannot be written.
+                # every snapshot behind it with it. Set aside what cannot be finished or
+                # written.
                 try:
-                    if rows is not None and await self._set_aside_unwritable(snap, rows):
+                    if await self._set_aside_unwritable(snap, rows):
                         continue
                 except _OUTAGES as outage:
                     self._failed(outage)
@@ -264,11 +265,15 @@ class Flusher:
         self.last_error = str(e) or type(e).__name__
         log.error("flush failed, will retry: %s", self.last_error)
 
-    async def _set_aside_unwritable(self, snap: Snapshot, rows: RowBatch) -> bool:
-        """Finds the series-buckets of `snap` that cannot be written and removes them from it
-        (logged and counted): True if any were found. A snapshot that keeps failing with no
-        series to blame counts a data failure towards QUARANTINE_AFTER."""
-        found = await self._find_unwritable(snap, rows)
+    async def _set_aside_unwritable(self, snap: Snapshot, rows: RowBatch | None) -> bool:
+        """Finds the series-buckets of `snap` that cannot be finished into rows (`rows` is None:
+        finishing the snapshot failed) or written, and removes them from it (logged and
+        counted): True if any were found. A snapshot that keeps failing with no series to blame
+        counts a data failure towards QUARANTINE_AFTER."""
+        if rows is None:
+            found = await self._on_worker(self.aggregator.unfinishable, snap)
+        else:
+            found = await self._find_unwritable(snap, rows)
         for (ts, sid), why in found[:_LOGGED_PER_FLUSH]:
             log.error(
                 "flush: set aside series %r of bucket %s, which cannot be written: %s",

@@ -174,11 +174,15 @@ async def test_report_timestamp_limits(api: Api) -> None:
     for ts in (now - 6 * 3600 - 60, now + 660):
         status, body = await api.report({"name": "ts", "value": 1, "timestamp": ts})
         assert_error(status, body, 400, "INVALID_ARGUMENT", "timestamp")
-    for ts in (now - 5 * 3600, now + 540, "2025-11-26T15:59:00Z"):
+    # ISO 8601 forms with an offset that are not strict RFC 3339 are read as they always were.
+    iso = ("2025-11-26T15:59:00Z", "2025-11-26T15:59Z", "20251126T155900Z")
+    for ts in (now - 5 * 3600, now + 540, *iso):
         status, body = await api.report({"name": "ts", "value": 1, "timestamp": ts})
         assert status == 200, (ts, body)
+    status, body = await api.report({"name": "ts", "value": 1, "timestamp": "2025-11-26T15:59"})
+    assert_error(status, body, 400, "INVALID_ARGUMENT", "timestamp")  # no offset: refused
     body = await q(api, name="ts", agg="count", since=int(now - 6 * 3600), until=int(now + 600))
-    assert body["points"][0]["value"] == 3
+    assert body["points"][0]["value"] == 5
     status, body = await api.batch([{"name": "ts", "value": 1, "timestamp": now + 3600}])
     assert body["errors"][0]["field"] == "points[0].timestamp", body
 

@@ -192,6 +192,11 @@ BAD = [
         "auth.keys[0].scopes[1]",
         id="bad scope",
     ),
+    pytest.param(  # left empty while editing: refused, never widened to read and write
+        f"auth:\n  keys:\n    - name: ci\n      sha256: {SHA}\n      scopes:\n",
+        "auth.keys[0].scopes",
+        id="empty scopes",
+    ),
     pytest.param(
         f"auth:\n  keys:\n    - name: ci\n      sha256: {SHA}\n      role: x\n",
         "auth.keys[0].role",

@@ -105,3 +105,29 @@ async def test_a_store_outage_keeps_the_snapshot_and_the_retry_writes_it_once(
     got = await store.read_for_rebuild(10.0, 0.0)
     assert got.sum.tolist() == [2.0]
     flusher.close()
+
+
+async def test_a_series_that_cannot_be_finished_is_set_aside_alone(
+    parts: tuple[Flusher, ManualClock],
+) -> None:
+    """State past every door's validation (here a value that is not a number in a timing's
+    buffer) fails the finish of the whole snapshot: that series-bucket is set aside, logged and
+    counted, and the rest of the interval is written at once."""
+    flusher, _ = parts
+    agg = flusher.aggregator
+    agg.add_samples(
+        "default",
+        [
+            ("good", (), MetricType.TIMING, 3.0, 1.0, None, False),
+            ("bad", (), MetricType.TIMING, 4.0, 1.0, None, False),
+        ],
+    )
+    bad = agg.registry.id_of(("default", "bad", ()))
+    (bucket,) = agg._live.values()
+    bucket[bad].values.append("not a number")  # type: ignore[union-attr, arg-type]
+    assert await flusher.flush()
+    assert flusher.telemetry.flush_quarantined_series == 1
+    got = await flusher.store.read_for_rebuild(10.0, 0.0)
+    assert [k[1] for k in got.keys] == ["good"] and got.sum.tolist() == [3.0]
+    assert agg.pending == []
+    flusher.close()

@@ -103,7 +103,13 @@ def _parse_point(obj: Any, shape: type[MetricPoint], sanitise: Callable[[str], s
     try:
         point = msgspec.convert(obj, shape)
     except msgspec.ValidationError as e:
-        raise _point_error(Violation.of(e), obj) from None
+        again = _with_iso_timestamp(obj)
+        if again is None:
+            raise _point_error(Violation.of(e), obj) from None
+        try:
+            point = msgspec.convert(again, shape)
+        except msgspec.ValidationError as e2:
+            raise _point_error(Violation.of(e2), again) from None
     name = _clean_names.get((sanitise, point.name))
     if name is None:
         name = _cleaned(point.name, sanitise)
@@ -125,6 +131,22 @@ def _parse_point(obj: Any, shape: type[MetricPoint], sanitise: Callable[[str], s
     elif ts == _INF:
         raise InvalidArgument("timestamp must be positive unix seconds", "timestamp")
     return Sample(name, tags, mtype, value, point.sample_rate, ts, False)
+
+
+def _with_iso_timestamp(obj: Any) -> dict[str, Any] | None:
+    """The point with a string timestamp that msgspec's RFC 3339 parser refuses but Python's
+    ISO 8601 parser reads with an offset (`2024-01-01T00:00Z`, `20240101T000000Z`) turned into
+    unix seconds, as releases before msgspec took them (and their write-ahead logs hold them);
+    None when there is no such timestamp."""
+    if not isinstance(obj, dict) or not isinstance(text := obj.get("timestamp"), str):
+        return None
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        return None
+    return {**obj, "timestamp": when.timestamp()}
 
 
 def _cleaned(raw: str, sanitise: Callable[[str], str]) -> str:

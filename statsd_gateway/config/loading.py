@@ -47,7 +47,9 @@ def _defaults_for_empty(raw: Any, section: type[msgspec.Struct]) -> Any:
     for key, value in raw.items():
         hint = hints.get(key) if isinstance(key, str) else None
         item = _item_type(hint)
-        if value is None and (_is_section(hint) or item is not None):
+        # Only sections and lists of sections: an empty list of scalars (a key's `scopes:`)
+        # is refused, never widened to the default.
+        if value is None and (_is_section(hint) or _is_section(item)):
             continue
         if _is_section(hint):
             value = _defaults_for_empty(value, hint)
