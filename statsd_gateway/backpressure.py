@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 
 
 class MemoryBound:
+    """Holds what the points in memory take under `limit` (see the module's rules): nudged after
+    every UDP batch, awaited before every HTTP body is applied."""
+
     def __init__(
         self,
         aggregator: IntervalAggregator,

@@ -3,7 +3,8 @@ metric's tag values ranked by how many series carry them, and the deletion of a 
 series with their history.
 
 Reads the series registry (every series the daemon knows: seeded from the store at start, added
-to at admission); a delete reaches the store, the open rollups and memory, with no flush running.
+to at admission), one metric's series at a time through its per-metric index; a delete reaches
+the store, the open rollups and memory, with no flush running.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from statsd_gateway.store.base import Store
 
 
 class MetricCatalog:
+    """What a tenant has (metrics, a metric's tag values), read from the series registry, and
+    the admin delete of a metric's series everywhere they are held (see the module)."""
+
     def __init__(
         self,
         registry: SeriesRegistry,
@@ -39,9 +43,11 @@ class MetricCatalog:
         their type and tag keys, by name."""
         wanted = None if match is None else glob_regex(match)
         tag_keys: dict[str, set[str]] = {}
-        for name, tags in self._registry.series.get(tenant, ()):
+        for name in self._registry.metrics_of(tenant):
             if wanted is None or wanted.fullmatch(name):
-                tag_keys.setdefault(name, set()).update(k for k, _ in tags)
+                keys = tag_keys[name] = set()
+                for tags in self._registry.series_of(tenant, name):
+                    keys.update(k for k, _ in tags)
         return [
             {
                 "name": name,
@@ -57,9 +63,9 @@ class MetricCatalog:
         if (tenant, name) not in self._registry.types:
             raise MetricNotFound(f"no metric named {name!r}", "name")
         keys = {
-            (tenant, n, t)
-            for n, t in self._registry.series.get(tenant, ())
-            if n == name and dict(tags).items() <= dict(t).items()
+            (tenant, name, t)
+            for t in self._registry.series_of(tenant, name)
+            if dict(tags).items() <= dict(t).items()
         }
         async with self._flusher.paused():  # a flush in progress would write them back
             series, rows = await self._store.delete_series(list(keys))
@@ -77,10 +83,9 @@ class MetricCatalog:
         if (tenant, name) not in self._registry.types:
             raise MetricNotFound(f"no metric named {name!r}", "name")
         by_key: dict[str, Counter[str]] = {}
-        for series_name, tags in self._registry.series.get(tenant, ()):
-            if series_name == name:
-                for k, v in tags:
-                    by_key.setdefault(k, Counter())[v] += 1
+        for tags in self._registry.series_of(tenant, name):  # that metric's series only
+            for k, v in tags:
+                by_key.setdefault(k, Counter())[v] += 1
         out = []
         for key in sorted(by_key):
             ranked = sorted(by_key[key].items(), key=lambda kv: (-kv[1], kv[0]))

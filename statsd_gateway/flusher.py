@@ -2,7 +2,8 @@
 
 A flush is swap → finish → fold → write → release, each timed. Finishing (accumulators → rows)
 and folding the rows into the coarse tiers' open rollups is CPU work: it runs on the flusher's
-own worker thread, which alone touches the TierRollup; the write is one `Store.write_flush`.
+own worker thread, which alone folds into the TierRollup (a failed write's state is restored on
+the loop while that worker is idle); the write is one `Store.write_flush`.
 
 A failed write is logged and counted; the snapshot stays pending (queries still see it) and
 is retried on the next tick, oldest first. At most `max_pending_rows` series-buckets wait: past
@@ -55,6 +56,12 @@ class _Prepared:
 
 
 class Flusher:
+    """Writes what the aggregator swaps out, tick by tick: each snapshot finished into rows,
+    folded into the rollups and written by one Store.write_flush, oldest first, then released
+    from memory and the write-ahead log. An outage keeps the snapshots (bounded by
+    `max_pending_rows`) and retries with backoff; a series that cannot be finished or written
+    is set aside alone; nothing raised by a flush ends the ticks."""
+
     def __init__(
         self,
         aggregator: IntervalAggregator,
@@ -150,7 +157,7 @@ class Flusher:
 
     async def stop(self) -> None:
         """Stops the ticks, after any flush in progress has finished (cancelling a flush while
-        the writer thread commits it would leave the snapshot to be written twice)."""
+        the store commits it would leave its rollups folded and the snapshot written again)."""
         if self._task is not None:
             async with self._lock:
                 self._task.cancel()

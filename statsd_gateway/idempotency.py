@@ -71,6 +71,10 @@ def request_key(header: str | None, body: Any) -> str | None:
 
 
 class IdempotencyLedger:
+    """The idempotency records of a tenant's keys: those answered since the last flush in memory
+    (with the seq of the snapshot holding their points), older ones read from the store; a retry
+    with a known key and body gets the recorded answer, another body IDEMPOTENCY_KEY_REUSED."""
+
     def __init__(
         self,
         store: Store,

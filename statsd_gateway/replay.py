@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 
 
 class LogReplay:
+    """At start, before any listener: puts what the write-ahead log holds back into the
+    aggregator and the idempotency ledger (see the module's rules)."""
+
     def __init__(
         self, ingest: Ingest, idempotency: IdempotencyLedger, telemetry: Telemetry
     ) -> None:

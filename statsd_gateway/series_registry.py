@@ -17,7 +17,7 @@ Contract:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from statsd_gateway.model import MetricType, SeriesKey, Tags
 
@@ -37,6 +37,9 @@ class SeriesRegistry:
         self.types: dict[tuple[str, str], MetricType] = {}
         self.series: dict[str, dict[tuple[str, Tags], int]] = {}
         self._keys: dict[int, SeriesKey] = {}
+        # (tenant, name) -> that metric's tag sets and ids: a metric's series without walking
+        # every series of its tenant (the catalog, forget).
+        self._by_metric: dict[tuple[str, str], dict[Tags, int]] = {}
         self._next_id = 1
 
     def seed(self, sid: int, key: SeriesKey, mtype: MetricType) -> None:
@@ -44,6 +47,7 @@ class SeriesRegistry:
         tenant, name, tags = key
         self.types.setdefault((tenant, name), mtype)
         self.series.setdefault(tenant, {})[(name, tags)] = sid
+        self._by_metric.setdefault((tenant, name), {})[tags] = sid
         self._keys[sid] = key
         self._next_id = max(self._next_id, sid + 1)
 
@@ -63,6 +67,7 @@ class SeriesRegistry:
         sid = self._next_id
         self._next_id += 1
         ids[(name, tags)] = sid
+        self._by_metric.setdefault((tenant, name), {})[tags] = sid
         self._keys[sid] = (tenant, name, tags)
         if known is None:
             self.types[(tenant, name)] = mtype
@@ -79,6 +84,14 @@ class SeriesRegistry:
         tenant, name, tags = key
         return self.series.get(tenant, {}).get((name, tags))
 
+    def series_of(self, tenant: str, name: str) -> Mapping[Tags, int]:
+        """The tag sets (and ids) of one metric's series; read-only."""
+        return self._by_metric.get((tenant, name), {})
+
+    def metrics_of(self, tenant: str) -> list[str]:
+        """The names of the tenant's metrics."""
+        return [n for t, n in self.types if t == tenant]
+
     def key_of(self, sid: int) -> SeriesKey:
         return self._keys[sid]
 
@@ -89,12 +102,13 @@ class SeriesRegistry:
     def forget(self, keys: Iterable[SeriesKey]) -> None:
         """Series the store deleted (no data within any retention, or an admin delete). Only
         series nothing in memory holds may be forgotten: their ids are not looked up again."""
-        names: set[tuple[str, str]] = set()
         for tenant, name, tags in keys:
             sid = self.series.get(tenant, {}).pop((name, tags), None)
             if sid is not None:
                 del self._keys[sid]
-            names.add((tenant, name))
-        for tenant, name in names:
-            if not any(n == name for n, _ in self.series.get(tenant, ())):
-                self.types.pop((tenant, name), None)
+            metric = self._by_metric.get((tenant, name))
+            if metric is not None:
+                metric.pop(tags, None)
+                if not metric:
+                    del self._by_metric[(tenant, name)]
+                    self.types.pop((tenant, name), None)

@@ -88,6 +88,10 @@ def _records(data: bytes) -> tuple[list[tuple[Any, bytes]], int, str]:
 
 
 class WriteAheadLog:
+    """The log of HTTP bodies (see the module's rules): `append` from the loop, `barrier` to wait
+    for the disk, `release_upto` once the store holds a seq, `replay` at start, `problem` while
+    it cannot write."""
+
     def __init__(self, directory: str | Path) -> None:
         self.dir = Path(directory)
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import sqlite3
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -17,6 +18,7 @@ from msgspec.structs import replace
 from statsd_gateway.config import ApiKey, Config, config_from_dict, hash_key
 from statsd_gateway.gateway import Gateway
 from statsd_gateway.model import BucketRow, RowBatch
+from statsd_gateway.store import SqliteStore
 from statsd_gateway.store.base import FlushWrite, Store
 from tests.daemon import Daemon
 
@@ -202,3 +204,10 @@ def run_sync(coro: Coroutine[Any, Any, T_]) -> T_:
 async def write_rows(store: Store, rows: Sequence[BucketRow], seq: int | None = None) -> None:
     """The finest tier's rows alone, as a flush of snapshot `seq` (None: not a flush)."""
     await store.write_flush(FlushWrite(seq, RowBatch.from_rows(rows)))
+
+
+async def on_sqlite_writer(store: Store, fn: Callable[[sqlite3.Connection], object]) -> None:
+    """Runs `fn` with the SQLite store's write connection on its writer thread, outside any
+    transaction: how the fault tests of that backend inject a fault (a pragma, a lock)."""
+    assert isinstance(store, SqliteStore)
+    await store._write(lambda: fn(store._w._conn()))

@@ -22,6 +22,7 @@ from tests.conftest import (
     ManualClock,
     make_config,
     missing_prerequisite,
+    on_sqlite_writer,
     running,
     send_udp,
     wait_for_udp,
@@ -30,7 +31,7 @@ from tests.conftest import (
 
 async def pragma(gw: Gateway, sql: str) -> None:
     assert isinstance(gw.store, SqliteStore)
-    await gw.store.run_on_writer(lambda conn: conn.execute(sql))
+    await on_sqlite_writer(gw.store, lambda conn: conn.execute(sql))
 
 
 async def counter_sum(api: Api, name: str) -> object:

@@ -22,6 +22,10 @@ log = logging.getLogger(__name__)
 
 
 class RetentionJob:
+    """On a schedule, deletes each tier's buckets older than its retention (a coarse tier at most
+    once per its resolution) and the series left without data; tells the daemon which series
+    went (`forget_series`). A failed run is logged and tried again at the next."""
+
     def __init__(
         self,
         store: Store,

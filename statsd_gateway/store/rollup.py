@@ -11,10 +11,11 @@ batches in one vectorised pass (`merge_rows`), and a tier holding many batches m
 into one (the hour tier would otherwise keep 60 minute batches).
 
 Open buckets are never written: after a restart they are rebuilt from the tier below, which holds
-everything they covered (Gateway._rebuild_rollups). Late points for a bucket already written are
+everything they covered (Flusher.rebuild_rollups). Late points for a bucket already written are
 folded as usual and, their bucket being complete, written at once and merged into the row on disk.
 
-Only the store's writer thread touches a TierRollup.
+Only the flusher touches a TierRollup: on its worker thread, or on the event loop while that
+worker is idle (a flush restoring the state it saved; an admin delete holds the flusher paused).
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ _COMPACT_AFTER = 8
 
 
 class TierRollup:
+    """The open buckets of every coarse tier, and how far each tier is complete: fed the finest
+    tier's rows of each flush (`fold`), it hands back the coarse rows a flush completes
+    (`complete`), each the exact merge of the rows it covers; `save`/`restore` undo a fold whose
+    write failed."""
+
     def __init__(self, resolutions: Sequence[float], complete_until: dict[float, float]) -> None:
         """`resolutions`: every tier, finest first; `complete_until`: per coarse tier, as stored."""
         self.coarse = tuple(resolutions[1:])
@@ -170,4 +176,5 @@ def merge_rows(rows: RowBatch, res: float) -> RowBatch:
         ts=bucket[heads], keys=[rows.keys[i] for i in at], types=[rows.types[i] for i in at],
         count=count, sum=total, min=mn, max=mx, last=last, last_ts=last_ts,
         sketches=sketch.merge_flat(rows.sketches, group, n_g), has_sketch=has_sketch, hll=hll,
+        series=None if rows.series is None else rows.series[heads],
     )  # fmt: skip

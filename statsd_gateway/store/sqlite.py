@@ -33,7 +33,6 @@ from statsd_gateway.store.base import (
 )
 from statsd_gateway.store.sqlite_files import recovery_steps
 from statsd_gateway.store.sqlite_reads import (
-    read_flushed_seq,
     read_idempotency,
     read_series,
     read_stored_rows,
@@ -62,7 +61,7 @@ class SqliteStore:
         self.read_timeout = read_timeout
         self._writer_thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
         self._readers = ThreadPoolExecutor(2, thread_name_prefix="sqlite-reader")
-        self._w = SqliteWriter(self.path, self.resolutions, clock)
+        self._w = SqliteWriter(self.path, self.resolutions, clock)  # its thread's only
         self._local = threading.local()
         self._read_conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
@@ -125,11 +124,6 @@ class SqliteStore:
     async def forget_stale_series(self, horizon: float) -> list[SeriesKey]:
         return await self._write(partial(self._w.forget_stale_series, horizon))
 
-    async def run_on_writer(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Runs `fn` with the write connection on the writer thread, outside any transaction
-        (fault-injection tests of this backend; nothing in the daemon calls it)."""
-        return await self._write(lambda: fn(self._w.connection()))
-
     # -- reads -----------------------------------------------------------------------------
 
     async def flushed_seq(self) -> int:
@@ -151,10 +145,6 @@ class SqliteStore:
 
     async def idempotency_record(self, tenant: str, key: str) -> IdempotencyRecord | None:
         return await self.run_read(lambda c: read_idempotency(c, tenant, key))
-
-    async def stored_seq(self) -> int:
-        """The flushed seq as a reader sees it (tests of this backend)."""
-        return await self.run_read(read_flushed_seq)
 
     async def run_read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Runs `fn(conn)` on a reader thread inside one read transaction, time-limited."""

@@ -1,13 +1,15 @@
 """The SQLite database file: opened (created beside its path and renamed into place, migrated,
-its pragmas set), identified (device and inode, to notice it removed or replaced), and what an
-operator does when it is damaged. Writer thread only, like sqlite_writer.py."""
+its pragmas set), identified (device and inode, to notice it removed or replaced), checkpointed,
+and what an operator does when it is damaged. Writer thread only, like sqlite_writer.py."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from statsd_gateway.errors import StoreError
@@ -19,6 +21,8 @@ from statsd_gateway.store.schema import (
     migrate,
 )
 from statsd_gateway.store.sqlite_reads import complete_key
+
+log = logging.getLogger(__name__)
 
 
 def open_database(
@@ -39,7 +43,7 @@ def open_database(
         # FULL, not NORMAL: the HTTP write-ahead log is deleted once a flush commits, so a
         # commit must survive a power cut too (one more fsync per flush).
         conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("PRAGMA wal_autocheckpoint=0")  # the writer checkpoints after commits
+        conn.execute("PRAGMA wal_autocheckpoint=0")  # Checkpointer runs them after commits
         for i, res in enumerate(resolutions):
             ensure_tier_table(conn, res, time_major=i == 0)
             if i:
@@ -95,3 +99,55 @@ def file_id(path: Path) -> tuple[int, int] | None:
     except FileNotFoundError:
         return None
     return st.st_dev, st.st_ino
+
+
+class Checkpointer:
+    """Passive WAL checkpoints of the database at `path` (copying committed frames into the
+    file, so SQLite's WAL can start over), on a thread of their own, requested after each
+    commit instead of run inside the commit that crosses SQLite's threshold (which would put
+    them on a flush). Passive: never blocks the writer or readers, and skips frames a reader
+    still needs. At most one waits at a time."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-checkpoint")
+        self._conn: sqlite3.Connection | None = None
+        self._queued = False
+        self._generation = 0  # of the file its connection is to
+
+    def request(self, generation: int) -> None:
+        """Queues a checkpoint of the file of `generation` (the writer's: bumped when the path
+        is reopened), unless one is queued already."""
+        if self._queued:
+            return
+        self._queued = True
+        try:
+            self._thread.submit(self._checkpoint, generation)
+        except RuntimeError:  # shutting down: the next open replays what is left in the WAL
+            self._queued = False
+
+    def wait(self) -> None:
+        """Until the checkpoint queued now has run (tests)."""
+        self._thread.submit(lambda: None).result()
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=True)
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _checkpoint(self, generation: int) -> None:
+        self._queued = False
+        try:
+            if self._conn is not None and self._generation != generation:
+                self._conn.close()
+                self._conn = None
+            if self._conn is None:
+                self._generation = generation
+                self._conn = sqlite3.connect(
+                    self.path, isolation_level=None, check_same_thread=False
+                )
+                self._conn.execute("PRAGMA busy_timeout=1000")
+            self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as e:
+            log.warning("WAL checkpoint failed (retried after the next write): %s", e)

@@ -21,7 +21,6 @@ import contextlib
 import logging
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from statsd_gateway import sketch
@@ -37,7 +36,7 @@ from statsd_gateway.store.sqlite_deletes import (
     series_ids_of,
     stale_candidates,
 )
-from statsd_gateway.store.sqlite_files import file_id, open_database
+from statsd_gateway.store.sqlite_files import Checkpointer, file_id, open_database
 from statsd_gateway.store.sqlite_reads import (
     complete_key,
     read_complete_until,
@@ -67,12 +66,7 @@ class SqliteWriter:
         self._wconn: sqlite3.Connection | None = None
         self._series_ids: dict[SeriesKey, int] = {}
         self._last_write: dict[int, float] = {}  # series id -> last write by this process
-        # Checkpoints run on a thread of their own, after each commit, instead of inside the
-        # commit that crosses SQLite's WAL threshold (which would put them on a flush).
-        self._checkpointer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-checkpoint")
-        self._checkpoint_conn: sqlite3.Connection | None = None
-        self._checkpoint_queued = False
-        self._checkpoint_gen = 0
+        self.checkpoints = Checkpointer(path)
         self._file_id: tuple[int, int] | None = None
         # Bumped when the path is reopened: readers' connections to the old file go.
         self.generation = 0
@@ -139,10 +133,7 @@ class SqliteWriter:
         self.gone = None
 
     def close(self) -> None:
-        self._checkpointer.shutdown(wait=True)
-        if self._checkpoint_conn is not None:
-            self._checkpoint_conn.close()
-            self._checkpoint_conn = None
+        self.checkpoints.close()
         if self._wconn is not None:
             with contextlib.suppress(sqlite3.Error):  # e.g. a full disk: close regardless
                 self._wconn.execute("PRAGMA optimize")
@@ -153,10 +144,6 @@ class SqliteWriter:
         if self._wconn is None:
             raise StoreError("the store is closed")
         return self._wconn
-
-    def connection(self) -> sqlite3.Connection:
-        """The write connection (fault-injection tests of this backend)."""
-        return self._conn()
 
     def ensure_in_place(self, *, recreate: bool = False) -> None:
         self._ensure_in_place(recreate=recreate)
@@ -238,7 +225,7 @@ class SqliteWriter:
         # look stored; the check before the next write reopens the path (or fails).
         if file_id(self.path) != self._file_id:
             raise StoreGone(f"the database {self.path} was removed or replaced during a write")
-        self._request_checkpoint()
+        self.checkpoints.request(self.generation)
 
     def _roll_back(self, conn: sqlite3.Connection) -> None:
         # SQLite may have rolled back already (a full disk does): keep the first error.
@@ -249,34 +236,6 @@ class SqliteWriter:
         valid = {r[0] for r in conn.execute("SELECT id FROM series")}
         self._series_ids = {k: v for k, v in self._series_ids.items() if v in valid}
         self._last_write = {k: v for k, v in self._last_write.items() if k in valid}
-
-    def _request_checkpoint(self) -> None:
-        """Queues a passive checkpoint (copying committed WAL frames into the database, so the
-        WAL can start over) unless one is queued already. Passive: it never blocks the writer
-        or readers, and skips frames a reader still needs."""
-        if self._checkpoint_queued:
-            return
-        self._checkpoint_queued = True
-        try:
-            self._checkpointer.submit(self._checkpoint)
-        except RuntimeError:  # shutting down: the next open replays what is left in the WAL
-            self._checkpoint_queued = False
-
-    def _checkpoint(self) -> None:
-        self._checkpoint_queued = False
-        try:
-            if self._checkpoint_conn is not None and self._checkpoint_gen != self.generation:
-                self._checkpoint_conn.close()
-                self._checkpoint_conn = None
-            if self._checkpoint_conn is None:
-                self._checkpoint_gen = self.generation
-                self._checkpoint_conn = sqlite3.connect(
-                    self.path, isolation_level=None, check_same_thread=False
-                )
-                self._checkpoint_conn.execute("PRAGMA busy_timeout=1000")
-            self._checkpoint_conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        except sqlite3.Error as e:
-            log.warning("WAL checkpoint failed (retried after the next write): %s", e)
 
     def _upsert(self, conn: sqlite3.Connection, res: float, rows: RowBatch) -> None:
         n = len(rows)

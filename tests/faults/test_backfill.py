@@ -18,7 +18,7 @@ from statsd_gateway import sketch
 from statsd_gateway.aggregator import ENTRY_BYTES, VALUE_BYTES
 from statsd_gateway.config import Config
 from statsd_gateway.store import SqliteStore
-from tests.conftest import T0, Api, ManualClock, make_config, running
+from tests.conftest import T0, Api, ManualClock, make_config, on_sqlite_writer, running
 from tests.daemon import Daemon
 
 LIMIT = 2 * 1024 * 1024
@@ -128,7 +128,7 @@ async def test_past_the_bound_with_the_store_failing_http_writes_are_refused_who
     async with running(backfill_config(tmp_path), clock) as (gw, api):
         assert isinstance(gw.store, SqliteStore)
         locker = sqlite3.connect(gw.store.path, isolation_level=None)
-        await gw.store.run_on_writer(lambda conn: conn.execute("PRAGMA busy_timeout=20"))
+        await on_sqlite_writer(gw.store, lambda conn: conn.execute("PRAGMA busy_timeout=20"))
         locker.execute("BEGIN EXCLUSIVE")
         accepted = 0
         refused = None
