@@ -210,4 +210,4 @@ async def on_sqlite_writer(store: Store, fn: Callable[[sqlite3.Connection], obje
     """Runs `fn` with the SQLite store's write connection on its writer thread, outside any
     transaction: how the fault tests of that backend inject a fault (a pragma, a lock)."""
     assert isinstance(store, SqliteStore)
-    await store._write(lambda: fn(store._w._conn()))
+    await store._write(lambda: fn(store._writer._conn()))

@@ -149,7 +149,7 @@ def test_the_wal_is_checkpointed_between_writes_and_stays_small(
             for j in range(1000)
         ]  # fmt: skip
         run_sync(write_rows(store, rows))
-        store._w.checkpoints.wait()  # the queued checkpoint has run
+        store._writer.checkpoints.wait()  # the queued checkpoint has run
         sizes.append(wal.stat().st_size)
     one_write = sizes[0]
     assert max(sizes) < 3 * one_write < 800_000, sizes

@@ -61,14 +61,14 @@ class SqliteStore:
         self.read_timeout = read_timeout
         self._writer_thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
         self._readers = ThreadPoolExecutor(2, thread_name_prefix="sqlite-reader")
-        self._w = SqliteWriter(self.path, self.resolutions, clock)  # its thread's only
+        self._writer = SqliteWriter(self.path, self.resolutions, clock)
         self._local = threading.local()
         self._read_conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
 
     @property
     def gone(self) -> str | None:
-        return self._w.gone
+        return self._writer.gone
 
     async def _write(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._writer_thread, fn)
@@ -76,13 +76,13 @@ class SqliteStore:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def open(self) -> StoredState:
-        return await self._write(self._w.open)
+        return await self._write(self._writer.open)
 
     async def close(self, timeout: float | None = None) -> None:
         await asyncio.to_thread(self._close, timeout)
 
     def _close(self, timeout: float | None) -> None:
-        self._writer_thread.submit(self._w.close).result(timeout)
+        self._writer_thread.submit(self._writer.close).result(timeout)
         self._writer_thread.shutdown(wait=True)
         self._readers.shutdown(wait=True)
         with self._lock:
@@ -91,20 +91,20 @@ class SqliteStore:
             self._read_conns.clear()
 
     async def ensure_in_place(self, *, recreate: bool = False) -> None:
-        await self._write(partial(self._w.ensure_in_place, recreate=recreate))
+        await self._write(partial(self._writer.ensure_in_place, recreate=recreate))
 
     # -- writes ----------------------------------------------------------------------------
 
     async def write_flush(self, flush: FlushWrite, *, trial: bool = False) -> bool:
-        return await self._write(partial(self._w.write_flush, flush, trial=trial))
+        return await self._write(partial(self._writer.write_flush, flush, trial=trial))
 
     async def write_rollups(
         self, rollups: Mapping[float, RowBatch], complete_until: Mapping[float, float]
     ) -> None:
-        await self._write(partial(self._w.write_rollups, rollups, complete_until))
+        await self._write(partial(self._writer.write_rollups, rollups, complete_until))
 
     async def delete_series(self, keys: Sequence[SeriesKey]) -> tuple[int, int]:
-        return await self._write(partial(self._w.delete_series, list(keys)))
+        return await self._write(partial(self._writer.delete_series, list(keys)))
 
     async def delete_expired(self, resolution: float, before: float) -> int:
         # One short transaction per submission: flushes queue between them.
@@ -112,25 +112,25 @@ class SqliteStore:
         total = 0
         while True:
             n, cursor = await self._write(
-                partial(self._w.delete_expired, resolution, before, cursor)
+                partial(self._writer.delete_expired, resolution, before, cursor)
             )
             total += n
             if cursor == -1:
                 break
         if total:
-            await self._write(self._w.vacuum_free_pages)
+            await self._write(self._writer.vacuum_free_pages)
         return total
 
     async def forget_stale_series(self, horizon: float) -> list[SeriesKey]:
-        return await self._write(partial(self._w.forget_stale_series, horizon))
+        return await self._write(partial(self._writer.forget_stale_series, horizon))
 
     # -- reads -----------------------------------------------------------------------------
 
     async def flushed_seq(self) -> int:
-        return await self._write(self._w.flushed_seq)
+        return await self._write(self._writer.flushed_seq)
 
     async def read_for_rebuild(self, resolution: float, since: float) -> RowBatch:
-        return await self._write(partial(self._w.read_for_rebuild, resolution, since))
+        return await self._write(partial(self._writer.read_for_rebuild, resolution, since))
 
     async def read_rows(self, request: RowRead) -> StoredRows:
         return await self.run_read(lambda c: read_stored_rows(c, request, self.resolutions))
@@ -153,7 +153,7 @@ class SqliteStore:
 
     def _reader(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        generation = self._w.generation
+        generation = self._writer.generation
         if conn is not None and self._local.generation != generation:
             with self._lock:  # the path was reopened: read the file now there
                 self._read_conns.remove(conn)

@@ -29,7 +29,7 @@ def test_a_commit_into_a_file_removed_mid_write_is_not_counted_as_stored(
     path = tmp_path / "data" / "metrics.db"
     store = SqliteStore(path)
     run_sync(store.open())
-    writer = store._w
+    writer = store._writer
     upsert = writer._upsert
 
     def upsert_then_remove(*args: object) -> None:
