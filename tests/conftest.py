@@ -15,9 +15,11 @@ import pytest
 from aiohttp import ClientSession
 from msgspec.structs import replace
 
+from statsd_gateway.aggregator import IntervalAggregator
 from statsd_gateway.config import ApiKey, Config, config_from_dict, hash_key
 from statsd_gateway.gateway import Gateway
 from statsd_gateway.model import BucketRow, RowBatch
+from statsd_gateway.series_registry import SeriesRegistry
 from statsd_gateway.store import SqliteStore
 from statsd_gateway.store.base import FlushWrite, Store
 from tests.daemon import Daemon
@@ -211,3 +213,17 @@ async def on_sqlite_writer(store: Store, fn: Callable[[sqlite3.Connection], obje
     transaction: how the fault tests of that backend inject a fault (a pragma, a lock)."""
     assert isinstance(store, SqliteStore)
     await store._write(lambda: fn(store._writer._conn()))
+
+
+def make_aggregator(
+    clock: Callable[[], float], registry: SeriesRegistry | None = None
+) -> IntervalAggregator:
+    """The aggregator as unit tests of the stages after it use it: 10 s intervals, points up to
+    an hour back, room for 1,000 series a tenant."""
+    return IntervalAggregator(
+        interval=10.0,
+        clock=clock,
+        registry=SeriesRegistry() if registry is None else registry,
+        max_series_per_tenant=1000,
+        max_backdate=3600.0,
+    )

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from statsd_gateway import sketch
-from statsd_gateway.aggregator import IntervalAggregator, SeriesRegistry
+from statsd_gateway.aggregator import IntervalAggregator
 from statsd_gateway.api.query_params import parse_query
 from statsd_gateway.api.v1_query import query_answer
 from statsd_gateway.errors import InvalidArgument, MetricNotFound, QueryTooLarge
@@ -31,7 +31,7 @@ from statsd_gateway.query import (
     Selector,
 )
 from statsd_gateway.store import SqliteStore
-from tests.conftest import T0, ManualClock, write_rows
+from tests.conftest import T0, ManualClock, make_aggregator, write_rows
 
 TENANT = "default"
 A: Tags = (("env", "prod"), ("host", "a"))
@@ -54,13 +54,7 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
     clock = ManualClock(T0 + 125.0)
     store = SqliteStore(tmp_path / "metrics.db", clock=clock)
     await store.open()
-    aggregator = IntervalAggregator(
-        interval=10.0,
-        clock=clock,
-        registry=SeriesRegistry(),
-        max_series_per_tenant=1000,
-        max_backdate=3600.0,
-    )
+    aggregator = make_aggregator(clock)
     try:
         yield World(store, aggregator, QueryEngine(store, aggregator), clock)
     finally:

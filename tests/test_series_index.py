@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from statsd_gateway.aggregator import IntervalAggregator, SeriesRegistry
+from statsd_gateway.aggregator import SeriesRegistry
 from statsd_gateway.model import BucketRow, Matcher, MatchOp, MetricType, Tags, matches_all
 from statsd_gateway.query import AggOp, Aggregation, Grouping, QueryEngine, QueryPlan, Selector
 from statsd_gateway.store import SqliteStore
@@ -27,7 +27,7 @@ from statsd_gateway.store.memory import MemoryStore
 from statsd_gateway.store.schema import MIGRATIONS, SCHEMA_VERSION, ensure_tier_table
 from statsd_gateway.store.sqlite_reads import tags_json
 from statsd_gateway.store.sqlite_writer import SKETCH_FORMAT
-from tests.conftest import T0, ManualClock, write_rows
+from tests.conftest import T0, ManualClock, make_aggregator, write_rows
 
 TENANT = "default"
 QUOTED = 'pr"od \\ 😀'
@@ -99,13 +99,7 @@ async def parts(tmp_path: Path) -> AsyncIterator[tuple[SqliteStore, QueryEngine,
     clock = ManualClock(T0 + 25.0)
     store = SqliteStore(tmp_path / "metrics.db", clock=clock)
     await store.open()
-    aggregator = IntervalAggregator(
-        interval=10.0,
-        clock=clock,
-        registry=SeriesRegistry(),
-        max_series_per_tenant=1000,
-        max_backdate=3600.0,
-    )
+    aggregator = make_aggregator(clock)
     rows = []
     for name in ("stored", "other"):
         for tags in SERIES.values():
@@ -264,13 +258,7 @@ async def test_a_version_2_file_is_migrated_and_its_index_back_filled(tmp_path: 
         for s in known:
             registry.seed(s.id, (s.tenant, s.name, s.tags), s.type)
         registry.admit(TENANT, "old", new, MetricType.COUNTER, 10**9)
-        aggregator = IntervalAggregator(
-            interval=10.0,
-            clock=clock,
-            registry=registry,
-            max_series_per_tenant=1000,
-            max_backdate=3600.0,
-        )
+        aggregator = make_aggregator(clock, registry)
         assert await selected_by_query(QueryEngine(store, aggregator), "old", prod) == {
             "a",
             "e",
