@@ -27,12 +27,12 @@ import numpy as np
 from statsd_gateway.aggregator import IntervalAggregator, Snapshot, SnapshotEntry
 from statsd_gateway.errors import StoreError
 from statsd_gateway.idempotency import TTL_SECONDS, IdempotencyLedger
-from statsd_gateway.ingest import WriteHolds
 from statsd_gateway.model import RowBatch, SeriesKey
 from statsd_gateway.store.base import FlushWrite, IdempotencyRecord, Store
 from statsd_gateway.store.rollup import RollupState, TierRollup
 from statsd_gateway.telemetry import Telemetry
 from statsd_gateway.wal import WriteAheadLog
+from statsd_gateway.write_holds import WriteHolds
 
 log = logging.getLogger(__name__)
 # Writes of one snapshot that fail with an error of its data (not an outage) before it is

@@ -6,7 +6,6 @@ rate-limited. Never raises for bad input.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import time
@@ -18,6 +17,7 @@ from statsd_gateway.model import Sample, SeriesKey
 from statsd_gateway.protocol import StatsdParser
 from statsd_gateway.telemetry import Telemetry
 from statsd_gateway.wal import WriteAheadLog
+from statsd_gateway.write_holds import WriteHolds
 
 if TYPE_CHECKING:
     from statsd_gateway.backpressure import MemoryBound
@@ -67,47 +67,6 @@ class LoggedBody:
     admitted: list[Sample] | None = None
     received: float = 0.0  # the receive time they were admitted at (and are added as of)
     new_series: list[SeriesKey] = field(default_factory=list)
-
-
-class WriteHolds:
-    """Seqs that HTTP writes have logged points for and not yet applied. The flusher writes no
-    snapshot while a write holds its seq: the points must land in the snapshot the log entry
-    names before that snapshot is written and its log segment released."""
-
-    def __init__(self) -> None:
-        self._counts: dict[int, int] = {}
-        self._waiters: dict[int, list[asyncio.Future[None]]] = {}
-
-    def take(self, seq: int) -> None:
-        self._counts[seq] = self._counts.get(seq, 0) + 1
-
-    def give_back(self, seq: int) -> None:
-        n = self._counts[seq] - 1
-        if n:
-            self._counts[seq] = n
-            return
-        del self._counts[seq]
-        for w in self._waiters.pop(seq, ()):
-            if not w.done():
-                w.set_result(None)
-
-    def any(self) -> bool:
-        return bool(self._counts)
-
-    def held(self, seq: int) -> bool:
-        return seq in self._counts
-
-    async def settled(self, seq: int, timeout: float) -> bool:
-        """True once no write holds `seq` (at once if none does); False after `timeout`."""
-        if seq not in self._counts:
-            return True
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(seq, []).append(fut)
-        try:
-            await asyncio.wait_for(asyncio.shield(fut), timeout)
-        except TimeoutError:
-            return False
-        return True
 
 
 class Ingest:
