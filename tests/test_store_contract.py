@@ -3,7 +3,7 @@ SQLite store on a real file and against the in-memory store give the same answer
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +22,15 @@ US = ("default", "lat", (("env", "prod"), ("region", "us")))
 BARE = ("default", "lat", ())
 
 
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(T0)
+
+
 @pytest.fixture(params=["sqlite", "memory"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    clock = ManualClock(T0)
+async def store(
+    request: pytest.FixtureRequest, tmp_path: Path, clock: ManualClock
+) -> AsyncIterator[Store]:
     s: Store
     if request.param == "sqlite":
         s = SqliteStore(tmp_path / "m.db", resolutions=RES, clock=clock)
@@ -178,6 +184,50 @@ async def test_rows_read_back_for_the_rollup_rebuild(store: Store) -> None:
     assert set(batch.keys) == {EU}
 
 
+async def test_series_are_listed_by_name_then_tags_never_by_id(store: Store) -> None:
+    a = ("default", "lat", (("a", "x"),))
+    ab = ("default", "lat", (("a", "x"), ("b", "y")))
+    api = ("default", "api", (("z", "1"),))
+    # Written in this order, so the ids run BARE, a, ab, api.
+    await store.write_flush(
+        FlushWrite(1, RowBatch.from_rows([timing(T0, k, 1.0) for k in (BARE, a, ab, api)]))
+    )
+    # By the tags' JSON text: '{"a":"x","b":"y"}' < '{"a":"x"}' < '{}'.
+    listed = [(s.name, s.tags) for s in await store.series("default")]
+    assert listed == [api[1:], ab[1:], a[1:], BARE[1:]]
+    got = await store.read_rows(read(by_series=True))
+    assert [s.tags for s in got.series] == [ab[2], a[2], BARE[2]]
+
+
+async def test_a_series_deleted_can_be_stored_again_under_its_key(store: Store) -> None:
+    await store.write_flush(
+        FlushWrite(1, RowBatch.from_rows([timing(T0, EU, 1.0), timing(T0, US, 2.0)]))
+    )
+    assert await store.delete_series([EU]) == (1, 1)
+    assert await store.write_flush(FlushWrite(2, RowBatch.from_rows([timing(T0 + 10, EU, 7.0)])))
+    got = await store.read_rows(read(values=("sum",), by_series=True))
+    assert got.cols.series is not None
+    columns = (got.cols.series.tolist(), got.cols.ts.tolist(), got.cols.values["sum"].tolist())
+    rows = {(got.series[p].tags, ts, v) for p, ts, v in zip(*columns, strict=True)}
+    # The old EU row is gone, the new one is there.
+    assert rows == {(EU[2], T0 + 10, 7.0), (US[2], T0, 2.0)}
+    assert sorted(s.tags for s in await store.series("default")) == sorted([EU[2], US[2]])
+
+
+async def test_stale_series_are_forgotten_and_recent_ones_kept(
+    store: Store, clock: ManualClock
+) -> None:
+    await store.write_flush(
+        FlushWrite(1, RowBatch.from_rows([timing(T0, EU, 1.0), timing(T0, US, 1.0)]))
+    )
+    clock.advance(1000)
+    await store.write_flush(FlushWrite(2, RowBatch.from_rows([timing(T0 + 1000, US, 2.0)])))
+    # Both were created before the horizon; only US was written since.
+    assert await store.forget_stale_series(T0 + 500) == [EU]
+    assert [s.tags for s in await store.series("default")] == [US[2]]
+    assert await store.forget_stale_series(T0 + 500) == []
+
+
 async def test_the_memory_store_can_be_down() -> None:
     from statsd_gateway.errors import StoreError
 
@@ -187,3 +237,29 @@ async def test_the_memory_store_can_be_down() -> None:
         await store.write_flush(FlushWrite(1, RowBatch.from_rows([timing(T0, EU, 1.0)])))
     store.outage = None
     assert await store.write_flush(FlushWrite(1, RowBatch.from_rows([timing(T0, EU, 1.0)])))
+
+
+WRITES: dict[str, Callable[[Store], Awaitable[object]]] = {
+    "write_flush": lambda s: s.write_flush(FlushWrite(2, RowBatch.from_rows([]))),
+    "write_rollups": lambda s: s.write_rollups({}, {60.0: T0 + 60}),
+    "delete_series": lambda s: s.delete_series([EU]),
+    "delete_expired": lambda s: s.delete_expired(10.0, T0 + 3600),
+    "forget_stale_series": lambda s: s.forget_stale_series(T0 + 3600),
+}
+
+
+@pytest.mark.parametrize("write", sorted(WRITES))
+async def test_every_write_of_the_memory_store_raises_its_outage(write: str) -> None:
+    from statsd_gateway.errors import StoreError
+
+    clock = ManualClock(T0)
+    store = MemoryStore(resolutions=RES, clock=clock)
+    await store.write_flush(FlushWrite(1, RowBatch.from_rows([timing(T0, EU, 1.0)])))
+    clock.advance(7200)
+    store.outage = StoreError("down")
+    with pytest.raises(StoreError, match="down"):
+        await WRITES[write](store)
+    # Nothing was done: the series and its row are still there.
+    store.outage = None
+    assert [s.tags for s in await store.series("default")] == [EU[2]]
+    assert len((await store.read_rows(read())).cols) == 1

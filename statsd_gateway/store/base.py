@@ -18,6 +18,9 @@ Rules every backend keeps:
 - An outage (the backend unreachable, locked, full, its file removed) raises StoreError (or a
   subclass), after which the same call is worth retrying; an error of the data itself (a value
   the backend cannot hold) propagates as raised, so the flusher can set the rows aside.
+- Series are listed (`series`, the series of `read_rows`) by name, then by tags in the order of
+  their canonical JSON text (`{"k":"v",...}`, keys sorted, no spaces) compared by code point, as
+  SQLite's `ORDER BY name, tags` lists them; never by id.
 - Reads see one consistent state: `read_rows` answers the flushed seq and the rows from the same
   transaction, so the caller can add what memory holds above that seq, and nothing twice.
 """

@@ -9,6 +9,7 @@ raises it (a store that is down), until it is set back to None. Nothing is persi
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -156,42 +157,50 @@ class MemoryStore:
 
     async def delete_series(self, keys: Sequence[SeriesKey]) -> tuple[int, int]:
         self._check_up()
-        s = self._s
-        ids = {s.series[k].id for k in keys if k in s.series}
+        staged = self._s.copy()
+        ids = {staged.series[k].id for k in keys if k in staged.series}
         rows = 0
-        for res, tier in s.tiers.items():
+        for res, tier in staged.tiers.items():
             kept = {k: r for k, r in tier.items() if k[0] not in ids}
             rows += len(tier) - len(kept)
-            s.tiers[res] = kept
-        for k in keys:
-            s.series.pop(k, None)
-            s.gauges.pop(k, None)
+            staged.tiers[res] = kept
+        self._forget(staged, [k for k in keys if k in staged.series])
+        self._s = staged
         return len(ids), rows
 
     async def delete_expired(self, resolution: float, before: float) -> int:
         self._check_up()
-        tier = self._s.tiers[resolution]
-        expired = [k for k in tier if k[1] < before]
-        for k in expired:
-            del tier[k]
-        return len(expired)
+        staged = self._s.copy()
+        tier = staged.tiers[resolution]
+        kept = {k: r for k, r in tier.items() if k[1] >= before}
+        staged.tiers[resolution] = kept
+        self._s = staged
+        return len(tier) - len(kept)
 
     async def forget_stale_series(self, horizon: float) -> list[SeriesKey]:
-        s = self._s
-        with_rows = {sid for res in self.resolutions[1:] for sid, _ in s.tiers[res]}
+        self._check_up()
         if not self.resolutions[1:]:
             return []
+        staged = self._s.copy()
+        with_rows = {sid for res in self.resolutions[1:] for sid, _ in staged.tiers[res]}
         stale = [
             key
-            for key, info in s.series.items()
-            if s.created[info.id] < horizon
+            for key, info in staged.series.items()
+            if staged.created[info.id] < horizon
             and info.id not in with_rows
             and self._last_write.get(info.id, -1.0) < horizon
         ]
-        for key in stale:
-            del s.series[key]
-            s.gauges.pop(key, None)
+        self._forget(staged, stale)
+        self._s = staged
         return stale
+
+    def _forget(self, state: _State, keys: Sequence[SeriesKey]) -> None:
+        """Drops the stored series `keys` and everything kept about them beside their rows."""
+        for key in keys:
+            sid = state.series.pop(key).id
+            state.created.pop(sid, None)
+            state.gauges.pop(key, None)
+            self._last_write.pop(sid, None)
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -207,7 +216,7 @@ class MemoryStore:
     ) -> list[SeriesInfo]:
         return [
             s
-            for s in sorted(self._s.series.values(), key=lambda s: s.id)
+            for s in sorted(self._s.series.values(), key=_listing_order)
             if s.tenant == tenant and (name is None or s.name == name)
             if matches_all(s.tags, matchers)
         ]
@@ -227,7 +236,7 @@ class MemoryStore:
         s = self._s  # one state for the whole read: writes replace it, never change it
         series = [
             i
-            for i in sorted(s.series.values(), key=lambda i: i.id)
+            for i in sorted(s.series.values(), key=_listing_order)
             if i.tenant == request.tenant and i.name == request.name
             if matches_all(i.tags, request.matchers)
         ]
@@ -246,6 +255,14 @@ class MemoryStore:
             ]
             picked += sorted(rows, key=lambda pr: (pr[1].ts, pr[0]))
         return StoredRows(s.flushed_seq, series, _columns(picked, request))
+
+
+def _listing_order(info: SeriesInfo) -> tuple[str, str]:
+    """The order the SQLite store lists series in (`ORDER BY name, tags`): its tags column is
+    this JSON text, and SQLite compares text by its UTF-8 bytes, which order as Python
+    compares code points."""
+    tags = json.dumps(dict(info.tags), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return info.name, tags
 
 
 def _columns(picked: list[tuple[int, BucketRow]], request: RowRead) -> Columns:
