@@ -138,3 +138,10 @@ async def test_a_subapp_route_without_a_scope_is_found_by_the_check_and_refused(
 def test_nothing_is_mounted_where_v1_has_the_one_envelope(gateway: Gateway, prefix: str) -> None:
     with pytest.raises(ValueError, match="/v1 has one envelope"):
         create_app(gateway, max_body_bytes=1024, subapps={prefix: prometheus_like()})
+
+
+def test_a_subapp_that_cannot_render_its_errors_is_refused(gateway: Gateway) -> None:
+    bare = web.Application()  # its 401s and 403s would leave as a bare 500
+    declare_routes(bare, [("GET", "/answer", answer, "read")])
+    with pytest.raises(ValueError, match=r"'/prom'.*no middlewares"):
+        create_app(gateway, max_body_bytes=1024, subapps={"/prom": bare})

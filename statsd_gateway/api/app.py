@@ -6,11 +6,11 @@ exception (logged, never shown to the client).
 
 A sub-application mounted beside /v1 (`subapps`: the Prometheus HTTP API at /api/v1 is the next)
 renders its own errors: the main app's envelope and auth middlewares leave its requests alone,
-and it brings its own middlewares, which see all of them (its 404s and 405s too). Auth is the
-same for both: every route declares its scope (`declare_routes`), the sub-app's auth middleware
-runs inside its own error rendering (so a 401 or 403 is in its shape), and an unknown path under
-its prefix needs a key as one under /v1 does. A route served without a declared scope is refused
-(and fails tests/test_api.py).
+and it must bring its own middlewares (create_app refuses one without), which see all of them
+(its 404s and 405s too). Auth is the same for both: every route declares its scope
+(`declare_routes`), the sub-app's auth middleware runs inside its own error rendering (so a 401
+or 403 is in its shape), and an unknown path under its prefix needs a key as one under /v1 does.
+A route served without a declared scope is refused (and fails tests/test_api.py).
 """
 
 from __future__ import annotations
@@ -202,6 +202,12 @@ def create_app(
     for prefix, sub in (subapps or {}).items():
         if prefix.rstrip("/") in ("", "/v1") or prefix.startswith("/v1/"):
             raise ValueError(f"a sub-app cannot be mounted at {prefix!r}: /v1 has one envelope")
+        if not sub.middlewares:
+            # The main app's error middleware skips its requests: the auth middleware's 401s
+            # and 403s would leave as a bare 500.
+            raise ValueError(
+                f"the sub-app at {prefix!r} has no middlewares of its own to render its errors"
+            )
         # Innermost: the 401s and 403s are rendered by the sub-app's own middlewares.
         sub.middlewares.append(auth_middleware(keyring, scopes, unmatched_needs_key=lambda r: True))
         sub[handlers.SERVICES] = gateway
