@@ -299,9 +299,8 @@ class SqliteWriter:
 
     def _gauge_currents(self) -> dict[SeriesKey, tuple[float, float]]:
         """The current value and its time of every gauge, as last flushed."""
-        assert self._wconn is not None
         by_id = {sid: key for key, sid in self._series_ids.items()}
-        rows = self._wconn.execute("SELECT series_id, value, ts FROM gauge_current").fetchall()
+        rows = self._conn().execute("SELECT series_id, value, ts FROM gauge_current").fetchall()
         return {by_id[sid]: (v, t) for sid, v, t in rows if sid in by_id}
 
     # -- retention -------------------------------------------------------------------------
@@ -326,9 +325,9 @@ class SqliteWriter:
         return n, nxt
 
     def vacuum_free_pages(self, pages: int = 2000) -> None:
-        assert self._wconn is not None
+        conn = self._conn()
         with contextlib.suppress(sqlite3.Error):
-            self._wconn.execute(f"PRAGMA incremental_vacuum({int(pages)})")
+            conn.execute(f"PRAGMA incremental_vacuum({int(pages)})")
 
     def delete_series(self, keys: Sequence[SeriesKey]) -> tuple[int, int]:
         """Deletes these series and their rows in every tier, in one transaction; returns how
@@ -356,8 +355,7 @@ class SqliteWriter:
         """Deletes series created before `horizon`, not written by this process since then,
         with no row in any series-major tier (the finest tier's rows roll up into those within
         a coarse bucket, so a series with data has rows there). Returns their keys."""
-        conn = self._wconn
-        assert conn is not None
+        conn = self._conn()  # closed: StoreError, as for every other write
         candidates = stale_candidates(conn, self.resolutions, horizon)
         stale = [c for c in candidates if self._last_write.get(c[0], -1.0) < horizon]
         if not stale:
