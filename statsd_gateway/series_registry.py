@@ -17,7 +17,7 @@ Contract:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Sequence
 
 from statsd_gateway.model import MetricType, SeriesKey, Tags
 
@@ -39,15 +39,19 @@ class SeriesRegistry:
         self._keys: dict[int, SeriesKey] = {}
         # (tenant, name) -> that metric's tag sets and ids: a metric's series without walking
         # every series of its tenant (the catalog, forget).
-        self._by_metric: dict[tuple[str, str], dict[Tags, int]] = {}
+        # (A list, and the key tuple shared with `types`: the index costs ~100 bytes a series.)
+        self._by_metric: dict[tuple[str, str], list[Tags]] = {}
         self._next_id = 1
 
     def seed(self, sid: int, key: SeriesKey, mtype: MetricType) -> None:
         """A series the store holds, with the store's id for it (at start, before any sample)."""
         tenant, name, tags = key
-        self.types.setdefault((tenant, name), mtype)
+        if (tenant, name) not in self.types:
+            metric = (tenant, name)
+            self.types[metric] = mtype
+            self._by_metric[metric] = []
         self.series.setdefault(tenant, {})[(name, tags)] = sid
-        self._by_metric.setdefault((tenant, name), {})[tags] = sid
+        self._by_metric[(tenant, name)].append(tags)
         self._keys[sid] = key
         self._next_id = max(self._next_id, sid + 1)
 
@@ -67,10 +71,13 @@ class SeriesRegistry:
         sid = self._next_id
         self._next_id += 1
         ids[(name, tags)] = sid
-        self._by_metric.setdefault((tenant, name), {})[tags] = sid
         self._keys[sid] = (tenant, name, tags)
         if known is None:
-            self.types[(tenant, name)] = mtype
+            metric = (tenant, name)
+            self.types[metric] = mtype
+            self._by_metric[metric] = [tags]
+        else:
+            self._by_metric[(tenant, name)].append(tags)
         return sid
 
     def ids_of(self, tenant: str) -> dict[tuple[str, Tags], int]:
@@ -84,9 +91,9 @@ class SeriesRegistry:
         tenant, name, tags = key
         return self.series.get(tenant, {}).get((name, tags))
 
-    def series_of(self, tenant: str, name: str) -> Mapping[Tags, int]:
-        """The tag sets (and ids) of one metric's series; read-only."""
-        return self._by_metric.get((tenant, name), {})
+    def series_of(self, tenant: str, name: str) -> Sequence[Tags]:
+        """The tag sets of one metric's series; read-only."""
+        return self._by_metric.get((tenant, name), ())
 
     def metrics_of(self, tenant: str) -> list[str]:
         """The names of the tenant's metrics."""
@@ -102,13 +109,16 @@ class SeriesRegistry:
     def forget(self, keys: Iterable[SeriesKey]) -> None:
         """Series the store deleted (no data within any retention, or an admin delete). Only
         series nothing in memory holds may be forgotten: their ids are not looked up again."""
+        gone: dict[tuple[str, str], set[Tags]] = {}
         for tenant, name, tags in keys:
             sid = self.series.get(tenant, {}).pop((name, tags), None)
             if sid is not None:
                 del self._keys[sid]
-            metric = self._by_metric.get((tenant, name))
-            if metric is not None:
-                metric.pop(tags, None)
-                if not metric:
-                    del self._by_metric[(tenant, name)]
-                    self.types.pop((tenant, name), None)
+                gone.setdefault((tenant, name), set()).add(tags)
+        for metric, tag_sets in gone.items():  # one pass per metric, however many go
+            kept = [t for t in self._by_metric.get(metric, ()) if t not in tag_sets]
+            if kept:
+                self._by_metric[metric] = kept
+            else:
+                self._by_metric.pop(metric, None)
+                self.types.pop(metric, None)
