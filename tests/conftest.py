@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import socket
 import sqlite3
+import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -227,3 +229,19 @@ def make_aggregator(
         max_series_per_tenant=1000,
         max_backdate=3600.0,
     )
+
+
+def remove_tree(path: Path) -> None:
+    """`rm -rf path`, as an operator runs it: a file the daemon deletes meanwhile (a log segment
+    it releases) is no error."""
+
+    def vanished(function: object, name: str, exc: object) -> None:
+        # Python 3.12+ passes the exception (onexc), 3.11 its exc_info triple (onerror).
+        error = exc[1] if isinstance(exc, tuple) else exc
+        if not isinstance(error, FileNotFoundError):
+            raise error  # type: ignore[misc]
+
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=vanished)
+    else:
+        shutil.rmtree(path, onerror=vanished)

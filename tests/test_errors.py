@@ -4,13 +4,12 @@ real aiohttp app on a real port, with real SQLite files."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from statsd_gateway.errors import GatewayError, StoreError, StoreGone, StoreTimeout, Unavailable
 from statsd_gateway.store import StoreError as StoreErrorOfTheStore
 from statsd_gateway.store.sqlite import StoreTimeout as StoreTimeoutOfSqlite
-from tests.conftest import T0, ManualClock, make_config, running
+from tests.conftest import T0, ManualClock, make_config, remove_tree, running
 from tests.test_api import assert_error
 
 SINCE = int(T0 - 3600)
@@ -52,7 +51,7 @@ async def test_a_store_that_cannot_be_read_is_503_naming_the_store(
     async with running(config, clock) as (gw, api):
         await api.report({"name": "r", "type": "counter", "value": 1})
         assert await gw.flusher.flush()
-        shutil.rmtree(Path(config.storage.path).parent)
+        remove_tree(Path(config.storage.path).parent)
         clock.advance(10)
         assert not await gw.flusher.flush()  # the writer notices: the store is gone
         status, body = await api.query(name="r", agg="sum", since=SINCE, until=UNTIL)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import shutil
 import sqlite3
 import time
 import urllib.request
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from statsd_gateway.config import Config
-from tests.conftest import ManualClock, running, send_udp, wait_for_udp
+from tests.conftest import ManualClock, remove_tree, running, send_udp, wait_for_udp
 from tests.daemon import Daemon, fresh_config, generated_key, poll_until, poll_value, wait_for_log
 
 
@@ -52,7 +51,7 @@ async def test_flushes_are_held_until_the_directory_is_back_then_written(
     async with running(config, clock) as (gw, api):
         assert (await api.report(point("before", 1)))[0] == 200
         assert await gw.flusher.flush()
-        shutil.rmtree(data)
+        remove_tree(data)
         send_udp(gw, b"after:5|c")
         await wait_for_udp(gw, 1)
         status, answer = await api.report(point("after", 100))
@@ -114,7 +113,7 @@ def test_the_daemon_keeps_what_it_received_after_its_data_directory_was_removed(
     poll_value(d, key, 1, name="gone.c", agg="sum")
     wait_until_written(d)  # the point from before the removal is in the file removed
     mark = len(d.lines)
-    shutil.rmtree(state)
+    remove_tree(state)
     d.send_udp(b"gone.c:5|c")
     status, answer, _ = d.request("POST", "/v1/metrics/report", key, point("gone.h", 1))
     assert status == 503, answer
