@@ -336,6 +336,20 @@ def test_served_document_is_the_spec(base_url: str, http: requests.Session) -> N
     assert doc["openapi"].startswith("3.0.")
 
 
+def test_operations_that_reach_the_store_or_the_log_declare_503() -> None:
+    """Writes (the log or the store down), queries and the sketch export (the store down, a
+    read past query.timeout) and the admin delete can answer 503 UNAVAILABLE."""
+    paths = openapi_spec()["paths"]
+    for path, method in (
+        ("/v1/metrics/report", "post"),
+        ("/v1/metrics/batch", "post"),
+        ("/v1/metrics/query", "get"),
+        ("/v1/metrics/sketch", "get"),
+        ("/v1/metrics", "delete"),
+    ):
+        assert "503" in paths[path][method]["responses"], (path, method)
+
+
 def test_document_lists_every_route(
     live_gateway: Gateway, base_url: str, http: requests.Session
 ) -> None:

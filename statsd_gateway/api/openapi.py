@@ -133,11 +133,14 @@ _COMMON_ERRORS = {
     "403": _error("PERMISSION_DENIED"),
     "500": _error("INTERNAL"),
 }
+# The store or the write-ahead log down, or a read past query.timeout (see docs/API.md).
+_UNAVAILABLE = {"503": _error("UNAVAILABLE")}
 _WRITE_ERRORS = {
     **_COMMON_ERRORS,
     "409": _error("TYPE_CONFLICT or IDEMPOTENCY_KEY_REUSED"),
     "413": _error("PAYLOAD_TOO_LARGE"),
     "429": _error("CARDINALITY_LIMIT"),
+    **_UNAVAILABLE,
 }
 _NOT_FOUND = {"404": _error("METRIC_NOT_FOUND")}
 # Present only on the recorded answer of an idempotent request replayed.
@@ -241,7 +244,7 @@ def _paths() -> dict[str, Any]:
                     until,
                     _param("group_by", "comma-separated tag keys"),
                 ],
-                {"200": _answer("the series", "QueryAnswer"), **_NOT_FOUND},
+                {"200": _answer("the series", "QueryAnswer"), **_NOT_FOUND, **_UNAVAILABLE},
             )
         },
         "/v1/metrics/sketch": {
@@ -253,6 +256,7 @@ def _paths() -> dict[str, Any]:
                         "the sketch, base64 of a DDSketch protobuf message", "SketchAnswer"
                     ),
                     **_NOT_FOUND,
+                    **_UNAVAILABLE,
                 },
             )
         },
