@@ -15,25 +15,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import math
-import re
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
+from daemon_process import start_http_daemon
 
 KEY = "bench-backfill-key"
 NAME = "bench.backfill.latency"
 STEP = 10
-_LISTENING = re.compile(r"listening http 127\.0\.0\.1:(\d+)")
 
 
 def value_of(k: int, s: int) -> int:
@@ -42,33 +38,13 @@ def value_of(k: int, s: int) -> int:
 
 
 def start_daemon(state: Path, backfill_memory: int | None) -> tuple[subprocess.Popen[str], int]:
-    cfg = state / "config.yaml"
     extra = "" if backfill_memory is None else f", backfill_memory: {backfill_memory}"
-    cfg.write_text(
-        "udp: {enabled: false}\n"
-        "http: {listen: '127.0.0.1:0'}\n"
-        f"storage: {{path: '{state / 'metrics.db'}'{extra},\n"
+    storage = (
+        f"path: '{state / 'metrics.db'}'{extra},\n"
         "  tiers: [{resolution: 10s, retention: 2d}, {resolution: 1m, retention: 7d},\n"
-        "          {resolution: 1h, retention: 400d}]}\n"
-        "log: {level: info}\n"
-        "auth:\n  keys:\n"
-        f"    - {{name: bench, sha256: {hashlib.sha256(KEY.encode()).hexdigest()}}}\n"
+        "          {resolution: 1h, retention: 400d}]"
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "statsd_gateway", "serve", "--config", str(cfg)],
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-    )
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        m = _LISTENING.search(line)
-        if m:
-            # Drain the rest of stderr so the pipe never fills.
-            threading.Thread(target=proc.stderr.read, daemon=True).start()
-            return proc, int(m.group(1))
-    proc.kill()
-    raise SystemExit("the daemon did not start")
+    return start_http_daemon(state, KEY, storage)
 
 
 def peak_rss_mb(pid: int) -> float:

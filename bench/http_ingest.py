@@ -14,52 +14,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import os
 import random
-import re
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import aiohttp
+from daemon_process import start_http_daemon
 
 KEY = "bench-http-key"
-_LISTENING = re.compile(r"listening http 127\.0\.0\.1:(\d+)")
 
 
 def start_daemon(state: Path, wal: bool) -> tuple[subprocess.Popen[str], int]:
-    cfg = state / "config.yaml"
-    cfg.write_text(
-        "udp: {enabled: false}\n"
-        "http: {listen: '127.0.0.1:0'}\n"
-        f"storage: {{path: '{state / 'metrics.db'}', wal: {str(wal).lower()}}}\n"
-        "log: {level: warning}\n"
-        "auth:\n  keys:\n"
-        f"    - {{name: bench, sha256: {hashlib.sha256(KEY.encode()).hexdigest()}}}\n"
-    )
-    # The listening line is logged at info: read it with the level raised just for it.
-    cfg.write_text(cfg.read_text().replace("level: warning", "level: info"))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "statsd_gateway", "serve", "--config", str(cfg)],
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-    )
-    assert proc.stderr is not None
-    deadline = time.monotonic() + 30
-    for line in proc.stderr:
-        m = _LISTENING.search(line)
-        if m:
-            return proc, int(m.group(1))
-        if time.monotonic() > deadline:
-            break
-    proc.kill()
-    raise SystemExit("the daemon did not start")
+    storage = f"path: '{state / 'metrics.db'}', wal: {str(wal).lower()}"
+    return start_http_daemon(state, KEY, storage)
 
 
 def cpu_seconds(pid: int) -> float:

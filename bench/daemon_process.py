@@ -1,0 +1,47 @@
+"""The real daemon as a benchmark's subprocess: HTTP on a free loopback port, one API key, the
+rest of the config the benchmark's own."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+_LISTENING = re.compile(r"listening http 127\.0\.0\.1:(\d+)")
+
+
+def start_http_daemon(state: Path, key: str, storage: str) -> tuple[subprocess.Popen[str], int]:
+    """Starts `python -m statsd_gateway serve` with UDP off, HTTP on 127.0.0.1:0, `storage` as
+    the body of its `storage:` mapping and `key` as its one API key; returns the process and its
+    HTTP port, read from its log (at info, where the listening line is). The rest of its stderr is
+    drained, so the pipe never fills and stalls the daemon."""
+    cfg = state / "config.yaml"
+    cfg.write_text(
+        "udp: {enabled: false}\n"
+        "http: {listen: '127.0.0.1:0'}\n"
+        f"storage: {{{storage}}}\n"
+        "log: {level: info}\n"
+        "auth:\n  keys:\n"
+        f"    - {{name: bench, sha256: {hashlib.sha256(key.encode()).hexdigest()}}}\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "statsd_gateway", "serve", "--config", str(cfg)],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 30
+    for line in proc.stderr:
+        m = _LISTENING.search(line)
+        if m:
+            threading.Thread(target=proc.stderr.read, daemon=True).start()
+            return proc, int(m.group(1))
+        if time.monotonic() > deadline:
+            break
+    proc.kill()
+    raise SystemExit("the daemon did not start")
