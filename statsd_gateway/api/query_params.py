@@ -15,9 +15,9 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
+from statsd_gateway.api.shapes import iso_datetime
 from statsd_gateway.config import parse_duration
 from statsd_gateway.errors import InvalidArgument, QueryTooLarge
 from statsd_gateway.model import Matcher, MatchOp, MetricType, Tags
@@ -86,12 +86,11 @@ def _parse_time(t: str, now: float, field: str) -> float:
         if not math.isfinite(v):
             raise InvalidArgument(f"{field} must be a finite time", field)
         return v
-    try:
-        dt = datetime.fromisoformat(t.replace("Z", "+00:00"))
-    except ValueError:
+    dt = iso_datetime(t)
+    if dt is None:
         raise InvalidArgument(
             f"{field} must be unix seconds, RFC 3339, 'now' or relative like -15m", field
-        ) from None
+        )
     if dt.tzinfo is None:
         raise InvalidArgument(f"{field}: an RFC 3339 time needs a UTC offset (or Z)", field)
     return dt.timestamp()

@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from statsd_gateway.api.shapes import BatchEnvelope, MetricPoint
+from statsd_gateway.api.shapes import BatchEnvelope, MetricPoint, iso_datetime
 from statsd_gateway.errors import InvalidArgument
 from statsd_gateway.idempotency import KEY_MAX
 from statsd_gateway.model import (
@@ -140,11 +140,8 @@ def _with_iso_timestamp(obj: Any) -> dict[str, Any] | None:
     None when there is no such timestamp."""
     if not isinstance(obj, dict) or not isinstance(text := obj.get("timestamp"), str):
         return None
-    try:
-        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if when.tzinfo is None:
+    when = iso_datetime(text)
+    if when is None or when.tzinfo is None:
         return None
     return {**obj, "timestamp": when.timestamp()}
 

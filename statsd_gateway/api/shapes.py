@@ -57,6 +57,16 @@ TAG_VALUES_DEFAULT = 100
 TAG_VALUES_MAX = 10_000
 
 
+def iso_datetime(text: str) -> datetime | None:
+    """`text` read as ISO 8601 (a trailing `Z` is UTC), or None when it is not; the caller
+    decides what a time without an offset means. The reading of time strings that both the
+    points (where strict RFC 3339 refuses a form) and the query parameters use."""
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
 class MetricPoint(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, gc=False):
     """One point, as POST /v1/metrics/report takes it and each item of a batch."""
 
