@@ -141,13 +141,19 @@ class MemoryStore:
         tier = state.tiers[res]
         ids = []
         wanted = None if rows.series is None else rows.series.tolist()
+        taken: set[int] | None = None  # the stored ids, gathered at the first new series
+        top = 0
         for n, row in enumerate(rows.rows()):
             info = state.series.get(row.key)
             if info is None:
-                taken = {i.id for i in state.series.values()}
-                sid = max(taken, default=0) + 1
+                if taken is None:
+                    taken = {i.id for i in state.series.values()}
+                    top = max(taken, default=0)
+                sid = top + 1  # as SQLite numbers a row without one
                 if wanted is not None and wanted[n] not in taken:
                     sid = wanted[n]  # the registry's id, as the SQLite store keeps it
+                taken.add(sid)
+                top = max(top, sid)
                 info = state.series[row.key] = SeriesInfo(sid, *row.key, row.type)
                 state.created[sid] = self._clock()
             ids.append(info.id)
