@@ -17,6 +17,7 @@ import dataclasses
 import itertools
 import math
 import operator
+from array import array
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -60,11 +61,49 @@ class SeriesAccumulator:
         c = SeriesAccumulator.__new__(SeriesAccumulator)
         c.type, c.count, c.sum, c.min, c.max = self.type, self.count, self.sum, self.min, self.max
         c.last, c.last_ts = self.last, self.last_ts
-        c.values = None if self.values is None else list(self.values)
-        c.weights = None if self.weights is None else list(self.weights)
+        # A slice copies a list as a list and an array('d') (the native core's) as an array.
+        c.values = None if self.values is None else self.values[:]
+        c.weights = None if self.weights is None else self.weights[:]
         c.members = None if self.members is None else set(self.members)
         return c
 
+    @classmethod
+    def from_native(cls, entry: NativeEntry, mtype: MetricType) -> SeriesAccumulator:
+        """The accumulator of one series-bucket the native core held: its values stay in an
+        array('d') (8 bytes each), which appends as a list does."""
+        c = cls.__new__(cls)
+        c.type = mtype
+        _, _, c.count, c.sum, c.min, c.max, c.last, c.last_ts, values, weights, members = entry
+        c.values = values  # type: ignore[assignment]
+        c.weights = weights  # type: ignore[assignment]
+        c.members = None if members is None else set(members)
+        return c
+
+    def merge(self, other: SeriesAccumulator) -> None:
+        """Adds what `other` saw of the same series-bucket after what this one saw (the native
+        core's part of an interval, after the Python path's)."""
+        self.count += other.count
+        self.sum += other.sum
+        self.min = min(self.min, other.min)
+        self.max = max(self.max, other.max)
+        if other.last is not None and other.last_ts >= self.last_ts:
+            self.last, self.last_ts = other.last, other.last_ts
+        if self.values is not None and other.values is not None:
+            if other.weights is not None and self.weights is None:
+                self.weights = [1.0] * len(self.values)
+            if self.weights is not None:
+                self.weights.extend(other.weights or [1.0] * len(other.values))
+            self.values.extend(other.values)
+        if self.members is not None and other.members is not None:
+            self.members |= other.members
+
+
+# What the native core hands over of one series-bucket (sg_module.c's entry_of): bucket, series
+# id, count, sum, min, max, last (None: no gauge value), last_ts, values, weights, set members.
+NativeEntry = tuple[
+    float, int, float, float, float, float, float | None, float,
+    "array[float] | None", "array[float] | None", list[str] | None,
+]  # fmt: skip
 
 _NUMBERS = operator.attrgetter("count", "sum", "min", "max", "last", "last_ts")
 _TYPE = operator.attrgetter("type")
@@ -112,9 +151,7 @@ def finish_rows(
     n_values = np.fromiter(map(len, value_lists), dtype=np.int64, count=len(accs))
     offsets = np.zeros(n_values.size + 1, dtype=np.int64)
     np.cumsum(n_values, out=offsets[1:])
-    values = np.fromiter(
-        itertools.chain.from_iterable(value_lists), dtype=np.float64, count=int(offsets[-1])
-    )
+    values = _flat_values(value_lists, int(offsets[-1]))
     weights = None
     if any(map(_WEIGHTS, accs)):  # a weights list is never empty once there is one
         weights = np.fromiter(
@@ -131,6 +168,19 @@ def finish_rows(
         sketches=sketch.bin_flat(values, weights, offsets), has_sketch=n_values > 0, hll=hll,
         series=np.array(ids, dtype=np.int64),
     )  # fmt: skip
+
+
+def _flat_values(value_lists: Sequence[Sequence[float]], n: int) -> np.ndarray:
+    """Every accumulator's values in one float64 array. The native core's arrays are copied as
+    memory; Python lists are read through one iterator (a numpy array per list costs more)."""
+    if not any(type(v) is array for v in value_lists):
+        return np.fromiter(itertools.chain.from_iterable(value_lists), dtype=np.float64, count=n)
+    parts = [
+        np.frombuffer(v, dtype=np.float64) if type(v) is array else np.asarray(v, np.float64)
+        for v in value_lists
+        if len(v)
+    ]
+    return np.concatenate(parts) if parts else np.empty(0, dtype=np.float64)
 
 
 # (seq of its snapshot, bucket, series id, series key, a copy of its accumulator)

@@ -22,17 +22,28 @@ Contract:
 - `memory_bytes()` estimates what the live interval and the pending snapshots hold, and what
   writing them will take (the flush's transient arrays): the figure `storage.backfill_memory`
   bounds (backpressure.py).
+- A live source (`LiveSource`: the native core, native.py) holds series-buckets of the live
+  interval outside Python: swap() merges what it held into the snapshot, a query reads a copy of
+  its metric's part, and keys_in_memory(), discard() and memory_bytes() count it in.
 - The clock is injected: tests own time.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from itertools import repeat
+from typing import Protocol
 
-from statsd_gateway.accumulator import MemoryEntry, MemoryRows, SeriesAccumulator, finish_rows
+from statsd_gateway.accumulator import (
+    MemoryEntry,
+    MemoryRows,
+    NativeEntry,
+    SeriesAccumulator,
+    finish_rows,
+)
 from statsd_gateway.model import FUTURE_MAX_SECONDS, MetricType, RowBatch, Sample, SeriesKey
 from statsd_gateway.series_registry import CARDINALITY_LIMIT, TYPE_CONFLICT, SeriesRegistry
 
@@ -52,6 +63,36 @@ AGGREGATOR_REJECT_REASONS = (
 ENTRY_BYTES = 1024
 VALUE_BYTES = 96
 BUCKET_BYTES = 512
+# A value the native core buffers: 8 bytes in its table and in the array('d') it leaves in,
+# ~56 more while the flush bins it.
+NATIVE_VALUE_BYTES = 64
+
+
+class LiveSource(Protocol):
+    """Series-buckets of the live interval held outside the aggregator's maps (native.py)."""
+
+    def take(self) -> tuple[list[NativeEntry], list[tuple[int, float, float]]]:
+        """Everything held (the source starts a new interval), and the (series id, value,
+        time) of the gauges whose current value changed since the last take."""
+        ...
+
+    def copy(self, sids: list[int]) -> list[NativeEntry]:
+        """Copies of what is held of these series."""
+        ...
+
+    def sids(self) -> set[int]: ...
+
+    def discard(self, sids: Iterable[int]) -> int:
+        """Drops what is held of these series (and their gauges); returns how many entries."""
+        ...
+
+    def memory(self) -> tuple[int, int]:
+        """(series-buckets, values) held."""
+        ...
+
+    def held(self) -> AbstractContextManager[None]:
+        """Nothing is added while inside (a check and the change it decides go together)."""
+        ...
 
 
 # bucket start -> series id -> its accumulator
@@ -121,6 +162,7 @@ class IntervalAggregator:
         # series key, as the store reads and writes them (restore_gauges, Snapshot.gauges).
         self._gauges: dict[SeriesKey, tuple[float, float]] = {}
         self._gauges_changed: dict[SeriesKey, tuple[float, float]] = {}
+        self.sources: list[LiveSource] = []
 
     def bucket_of(self, t: float) -> float:
         i = self.interval
@@ -285,14 +327,25 @@ class IntervalAggregator:
         for buckets in [self._live, *(s.buckets for s in self._pending)]:
             for m in buckets.values():
                 ids.update(m)
+        for source in self.sources:
+            ids |= source.sids()
         return set(map(self.registry.key_of, ids))
+
+    @contextmanager
+    def live_held(self) -> Iterator[None]:
+        """Nothing is added by a live source while inside: what keys_in_memory() says holds
+        until the series it leaves out are forgotten (on the event loop, briefly)."""
+        with ExitStack() as stack:
+            for source in self.sources:
+                stack.enter_context(source.held())
+            yield
 
     def discard(self, keys: set[SeriesKey]) -> int:
         """Removes the series from the live interval, every pending snapshot and the gauges'
         current values (an admin delete, before the registry forgets them); returns how many
         series-buckets were dropped."""
         ids = {sid for sid in map(self.registry.id_of, keys) if sid is not None}
-        dropped = 0
+        dropped = sum(source.discard(ids) for source in self.sources)
         for index in [self._live_index, *(s.index for s in self._pending)]:
             for metric in {(k[0], k[1]) for k in keys} & index.keys():
                 # The series may come back into the same bucket: one index entry each.
@@ -316,12 +369,19 @@ class IntervalAggregator:
             self._gauges.pop(key, None)
             self._gauges_changed.pop(key, None)
 
+    def current_gauge(self, key: SeriesKey) -> tuple[float, float]:
+        """The current value of a gauge and its time ((0, -inf) for one never seen)."""
+        return self._gauges.get(key, (0.0, -math.inf))
+
     def restore_gauges(self, current: dict[SeriesKey, tuple[float, float]]) -> None:
         """At start, before any sample: the current gauge values the store holds."""
         self._gauges.update(current)
 
     def swap(self) -> Snapshot:
-        """Moves the live interval into a new pending snapshot (on the event loop, O(1))."""
+        """Moves the live interval into a new pending snapshot (on the event loop; O(1) but
+        for what the live sources held, merged in first)."""
+        for source in self.sources:
+            self._merge(*source.take())
         snap = Snapshot(
             self._next_seq,
             self._live,
@@ -339,9 +399,42 @@ class IntervalAggregator:
         self._live_bytes = 0
         return snap
 
+    def _merge(self, entries: list[NativeEntry], gauges: list[tuple[int, float, float]]) -> None:
+        """A live source's interval into the live maps, as if its points had been added here
+        after those already there."""
+        live, index, key_of = self._live, self._live_index, self.registry.key_of
+        values = 0
+        for entry in entries:
+            b, sid = entry[0], entry[1]
+            tenant, name, _ = key_of(sid)
+            acc = SeriesAccumulator.from_native(entry, self.registry.types[(tenant, name)])
+            if acc.values is not None:
+                values += len(acc.values)
+            m = live.get(b)
+            if m is None:
+                m = live[b] = {}
+                self._live_bytes += BUCKET_BYTES
+            have = m.get(sid)
+            if have is not None:
+                have.merge(acc)
+                continue
+            m[sid] = acc
+            entries_of = index.get((tenant, name))
+            if entries_of is None:
+                entries_of = index[(tenant, name)] = []
+            entries_of.append((b, sid))
+        self._live_bytes += len(entries) * ENTRY_BYTES + values * NATIVE_VALUE_BYTES
+        for sid, v, t in gauges:
+            key = key_of(sid)
+            self._gauges[key] = self._gauges_changed[key] = (v, t)
+
     def memory_bytes(self) -> int:
         """The estimate of what the live interval and the pending snapshots hold."""
-        return self._live_bytes + self._pending_bytes
+        held = self._live_bytes + self._pending_bytes
+        for source in self.sources:
+            entries, values = source.memory()
+            held += entries * ENTRY_BYTES + values * NATIVE_VALUE_BYTES
+        return held
 
     @property
     def next_seq(self) -> int:
@@ -400,4 +493,12 @@ class IntervalAggregator:
                 acc = buckets.get(ts, {}).get(sid)
                 if acc is not None:  # None: set aside by the flusher
                     out.append((seq, ts, sid, key_of(sid), acc.copy()))
+        if self.sources:
+            ids = self.registry.ids_of(tenant)
+            sids = [ids[(name, tags)] for tags in self.registry.series_of(tenant, name)]
+            mtype = self.registry.types.get((tenant, name))
+            for source in self.sources if sids and mtype is not None else ():
+                for entry in source.copy(sids):
+                    acc = SeriesAccumulator.from_native(entry, mtype)  # type: ignore[arg-type]
+                    out.append((self._next_seq, entry[0], entry[1], key_of(entry[1]), acc))
         return MemoryRows(out)

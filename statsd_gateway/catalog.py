@@ -70,8 +70,9 @@ class MetricCatalog:
         async with self._flusher.paused():  # a flush in progress would write them back
             series, rows = await self._store.delete_series(list(keys))
             await self._flusher.discard_rollups(keys)
-            in_memory = self._aggregator.discard(keys)
-            self._registry.forget(keys)
+            with self._aggregator.live_held():  # no StatsD point of theirs lands in between
+                in_memory = self._aggregator.discard(keys)
+                self._registry.forget(keys)
         # Their points may still be in the write-ahead log, which a crash would replay: a flush
         # now writes what memory holds without them and releases the log up to here.
         await self._flusher.flush(force=True)

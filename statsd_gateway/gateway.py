@@ -16,6 +16,7 @@ from collections.abc import Callable
 import msgspec
 from aiohttp import web
 
+from statsd_gateway import native
 from statsd_gateway.aggregator import IntervalAggregator
 from statsd_gateway.api.app import create_app
 from statsd_gateway.api.auth import KeyRing
@@ -28,6 +29,7 @@ from statsd_gateway.idempotency import IdempotencyLedger
 from statsd_gateway.ingest import Ingest
 from statsd_gateway.listeners import start_http, start_tcp, start_udp, start_unix
 from statsd_gateway.model import SeriesKey
+from statsd_gateway.native_udp import NativeUdpListener
 from statsd_gateway.protocol import StatsdParser
 from statsd_gateway.query import QueryEngine
 from statsd_gateway.replay import LogReplay
@@ -87,7 +89,7 @@ class Gateway:
         self.max_batch_points = config.http.max_batch_points
         self.max_query_points = config.query.max_points
         self.keyring = KeyRing(())
-        self.udp: UdpListener | None = None
+        self.udp: UdpListener | NativeUdpListener | None = None
         self.udp_address: tuple[str, int] | None = None
         self.tcp: TcpListener | None = None
         self.tcp_address: tuple[str, int] | None = None
@@ -128,6 +130,18 @@ class Gateway:
         )
         parser = StatsdParser(gauge_sign=cfg.statsd.gauge_sign, sanitise=cfg.statsd.name_sanitising)
         self.ingest = Ingest(self.aggregator, self.telemetry, parser, wal)
+        log.info("ingest core: %s", native.implementation())
+        module = native.native_module()
+        if module is not None:
+            self.ingest.native = native.NativeLive(
+                module,
+                self.aggregator,
+                parser,
+                self.telemetry,
+                gauge_delta=cfg.statsd.gauge_sign == "delta",
+                # The system's clock is read by the core itself, without the GIL.
+                clock=None if self.clock is time.time else self.clock,
+            )
         self.aggregator.restore_gauges(stored.gauges)
         self.idempotency = IdempotencyLedger(
             self.store, lambda: self.aggregator.next_seq, self.clock
@@ -211,10 +225,11 @@ class Gateway:
     def _forget_series(self, keys: list[SeriesKey]) -> None:
         """Series the store removed; one with a point in memory since stays known (its next
         flush writes it again)."""
-        in_memory = self.aggregator.keys_in_memory()
-        gone = [k for k in keys if k not in in_memory]
-        self.registry.forget(gone)
-        self.aggregator.forget_gauges(gone)
+        with self.aggregator.live_held():  # no StatsD point lands in between
+            in_memory = self.aggregator.keys_in_memory()
+            gone = [k for k in keys if k not in in_memory]
+            self.registry.forget(gone)
+            self.aggregator.forget_gauges(gone)
 
     async def _start_stream_transports(self) -> None:
         cfg = self.config
@@ -242,6 +257,9 @@ class Gateway:
         self.max_query_points = new.query.max_points
         self.store.read_timeout = new.query.timeout
         if self._pipeline:
+            limit = new.aggregation.max_series_per_tenant
+            if self.ingest.native is not None and self.aggregator.max_series_per_tenant != limit:
+                self.ingest.native.forget()  # its cached refusals were judged by the old limit
             self.aggregator.max_series_per_tenant = new.aggregation.max_series_per_tenant
             self.query_engine.max_sketches = new.query.max_sketches
             self.flusher.max_pending_rows = new.aggregation.max_pending_rows
@@ -358,6 +376,8 @@ class Gateway:
                 problems.append("no successful flush recently")
         if self.config.udp.enabled and self.udp_address is None:
             problems.append("udp listener not bound")
+        if isinstance(self.udp, NativeUdpListener) and self.udp.stopped_readers():
+            problems.append("udp reader thread stopped")
         if self.config.tcp.enabled and self.tcp_address is None:
             problems.append("tcp listener not bound")
         if self.config.unix.enabled and self.unix_path is None:

@@ -21,6 +21,7 @@ from statsd_gateway.write_holds import WriteHolds
 
 if TYPE_CHECKING:
     from statsd_gateway.backpressure import MemoryBound
+    from statsd_gateway.native import NativeLive
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +91,16 @@ class Ingest:
         self.holds = WriteHolds()
         # Set once the flusher exists (after the write-ahead log's replay).
         self.bound: MemoryBound | None = None
+        # The native core, where it runs: StatsD text goes there instead (native.py).
+        self.native: NativeLive | None = None
         self._log = RateLimitedLog()
 
     def statsd_lines(self, tenant: str, data: bytes, transport: str) -> None:
         """One datagram (or one TCP line batch) of StatsD text."""
+        if self.native is not None:
+            self.native.feed(tenant, data, transport)
+            self.nudge()
+            return
         t = self.telemetry
         res = self.parser.parse(data)
         t.packets[transport] += 1
@@ -118,6 +125,11 @@ class Ingest:
         for i, reason in rejects:
             t.rejects[(transport, reason)] += 1
             self._log.debug("rejected %s sample (%s): %.200r", transport, reason, samples[i].name)
+
+    def nudge(self) -> None:
+        """After StatsD samples were applied: the memory bound may start a flush."""
+        if self.bound is not None:
+            self.bound.nudge()
 
     async def make_room(self, points: int) -> None:
         """Before an HTTP body of `points` is applied: waits while memory is at its bound

@@ -23,6 +23,7 @@ from statsd_gateway.config import (
 )
 from statsd_gateway.errors import ListenError
 from statsd_gateway.ingest import Ingest
+from statsd_gateway.native_udp import NativeUdpListener
 from statsd_gateway.tcp import TcpListener
 from statsd_gateway.telemetry import Telemetry
 from statsd_gateway.tls import ServerCertificate
@@ -34,14 +35,25 @@ log = logging.getLogger(__name__)
 
 async def start_udp(
     cfg: UdpConfig, ingest: Ingest, telemetry: Telemetry
-) -> tuple[UdpListener, tuple[str, int]]:
-    udp = UdpListener(
-        ingest,
-        telemetry,
-        tenant=cfg.tenant,
-        queue_size=cfg.queue_size,
-        read_buffer=cfg.read_buffer,
-    )
+) -> tuple[UdpListener | NativeUdpListener, tuple[str, int]]:
+    """The native core's reader threads where it runs, else the event loop's listener."""
+    udp: UdpListener | NativeUdpListener
+    if ingest.native is not None:
+        udp = NativeUdpListener(
+            ingest.native,
+            tenant=cfg.tenant,
+            read_buffer=cfg.read_buffer,
+            readers=cfg.readers,
+            nudge=ingest.nudge,
+        )
+    else:
+        udp = UdpListener(
+            ingest,
+            telemetry,
+            tenant=cfg.tenant,
+            queue_size=cfg.queue_size,
+            read_buffer=cfg.read_buffer,
+        )
     with listening("udp", "udp.listen", cfg.listen):
         address = await udp.start(*parse_listen(cfg.listen))
     log.info("listening udp %s", format_address(address))

@@ -366,6 +366,17 @@ class StatsdParser:
         result.samples.extend(staged.samples)
         result.unknown_sections += staged.unknown_sections
 
+    def key_or_reason(self, head: str, tag_text: str) -> tuple[str, Tags] | str:
+        """The (name, tags) of a line's name section and tag text, or the reason they are
+        refused: the native core asks this once per new series (native.py)."""
+        key = self._keys.get((head, tag_text))
+        if key is not None:
+            return key
+        try:
+            return self._key(head, tag_text)
+        except LineError as e:
+            return e.reason
+
     def _key(self, head: str, tag_text: str) -> tuple[str, Tags]:
         pairs: list[tuple[str, str]] = []
         name = head

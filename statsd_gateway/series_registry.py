@@ -17,7 +17,7 @@ Contract:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from statsd_gateway.model import MetricType, SeriesKey, Tags
 
@@ -42,6 +42,8 @@ class SeriesRegistry:
         # (A list, and the key tuple shared with `types`: the index costs ~100 bytes a series.)
         self._by_metric: dict[tuple[str, str], list[Tags]] = {}
         self._next_id = 1
+        # Called with the ids of the series forget() removed (the native core's caches).
+        self.on_forget: list[Callable[[list[int]], None]] = []
 
     def seed(self, sid: int, key: SeriesKey, mtype: MetricType) -> None:
         """A series the store holds, with the store's id for it (at start, before any sample)."""
@@ -110,10 +112,12 @@ class SeriesRegistry:
         """Series the store deleted (no data within any retention, or an admin delete). Only
         series nothing in memory holds may be forgotten: their ids are not looked up again."""
         gone: dict[tuple[str, str], set[Tags]] = {}
+        ids: list[int] = []
         for tenant, name, tags in keys:
             sid = self.series.get(tenant, {}).pop((name, tags), None)
             if sid is not None:
                 del self._keys[sid]
+                ids.append(sid)
                 gone.setdefault((tenant, name), set()).add(tags)
         for metric, tag_sets in gone.items():  # one pass per metric, however many go
             kept = [t for t in self._by_metric.get(metric, ()) if t not in tag_sets]
@@ -122,3 +126,6 @@ class SeriesRegistry:
             else:
                 self._by_metric.pop(metric, None)
                 self.types.pop(metric, None)
+        if ids:
+            for hook in self.on_forget:
+                hook(ids)

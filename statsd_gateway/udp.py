@@ -118,21 +118,7 @@ class UdpListener(DatagramListener):
         return self.address
 
     def _set_receive_buffer(self, sock: socket.socket) -> None:
-        if self.read_buffer:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.read_buffer)
-        # Linux reports twice what it grants for bookkeeping; it caps at net.core.rmem_max.
-        granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
-        if not self.read_buffer:
-            log.info("udp receive buffer: system default, granted %d bytes", granted)
-            return
-        log.info("udp receive buffer: asked %d bytes, granted %d", self.read_buffer, granted)
-        if granted < self.read_buffer:
-            log.warning(
-                "udp receive buffer: the kernel granted %d of the %d bytes asked "
-                "(raise net.core.rmem_max)",
-                granted,
-                self.read_buffer,
-            )
+        set_receive_buffer(sock, self.read_buffer)
 
     def kernel_drops(self) -> int | None:
         """Datagrams the kernel dropped on this socket (its receive buffer was full), as Linux
@@ -140,6 +126,26 @@ class UdpListener(DatagramListener):
         if not self._inode:
             return None
         return read_proc_drops(_PROC_NET_UDP[self._family], self._inode)
+
+
+def set_receive_buffer(sock: socket.socket, read_buffer: int) -> None:
+    """SO_RCVBUF as `udp.read_buffer` asks (0: the system's default), and a warning if the
+    kernel granted less."""
+    if read_buffer:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, read_buffer)
+    # Linux reports twice what it grants for bookkeeping; it caps at net.core.rmem_max.
+    granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
+    if not read_buffer:
+        log.info("udp receive buffer: system default, granted %d bytes", granted)
+        return
+    log.info("udp receive buffer: asked %d bytes, granted %d", read_buffer, granted)
+    if granted < read_buffer:
+        log.warning(
+            "udp receive buffer: the kernel granted %d of the %d bytes asked "
+            "(raise net.core.rmem_max)",
+            granted,
+            read_buffer,
+        )
 
 
 def read_proc_drops(path: str, inode: int) -> int | None:

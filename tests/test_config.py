@@ -227,7 +227,8 @@ def test_errors_name_the_key_path(text: str, path: str) -> None:
         ("udp:\n  queue_size: 0\n", "udp.queue_size: expected an integer >= 1"),
         (
             "udp:\n  lisen: x\n",
-            "udp.lisen: unknown key (known: enabled, listen, queue_size, read_buffer, tenant)",
+            "udp.lisen: unknown key "
+            "(known: enabled, listen, queue_size, read_buffer, readers, tenant)",
         ),
         ("log:\n  level: loud\n", "log.level: expected one of debug, info, warning, error"),
         (

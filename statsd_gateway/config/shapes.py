@@ -36,6 +36,8 @@ class UdpConfig(Section, frozen=True):
     tenant: NonEmpty = "default"
     queue_size: Count = 65536  # datagrams waiting to be parsed; beyond it dropped and counted
     read_buffer: Annotated[int, Meta(ge=0)] = 8 * 1024 * 1024  # SO_RCVBUF asked, in bytes
+    # Native core only: sockets on the port (SO_REUSEPORT), each read by a thread of its own.
+    readers: Annotated[int, Meta(ge=1, le=64)] = 1
 
 
 class TcpConfig(Section, frozen=True):

@@ -1,0 +1,28 @@
+"""Builds the native ingest core (statsd_gateway/native/) with the system's C compiler.
+
+Optional: where it cannot be built, the package installs without it and the daemon runs the
+pure-Python parser and aggregator, which stay the reference (native.py says which is in use).
+"""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "statsd_gateway._native",
+            sources=["statsd_gateway/native/sg_core.c", "statsd_gateway/native/sg_module.c"],
+            depends=["statsd_gateway/native/sg_core.h"],
+            # No fused multiply-add: sums must round as the Python reference's do.
+            extra_compile_args=[
+                "-O2",
+                "-std=gnu11",
+                "-ffp-contract=off",
+                "-Wall",
+                "-Wextra",
+                "-Wno-unused-parameter",
+                "-Wno-missing-field-initializers",
+            ],
+            optional=True,
+        )
+    ]
+)

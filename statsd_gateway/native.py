@@ -1,0 +1,254 @@
+"""The native ingest core (statsd_gateway/native/, built by `pip install -e .`), when it is built
+and not turned off, and what joins it to the Python pipeline.
+
+Contract:
+- `native_module()` is the compiled module, or None: not built, or STATSD_GATEWAY_PURE_PYTHON=1
+  (the pure-Python parser and aggregator, protocol.py and aggregator.py, stay the reference and
+  the fallback). `implementation()` says which one runs; the daemon logs it at start.
+- `NativeLive` owns the native cores (one per UDP reader thread, one per tenant for what the
+  event loop feeds: TCP and the Unix datagram socket) and is, to the aggregator, a live source
+  (aggregator.LiveSource): it hands over their live intervals at swap, copies a metric's
+  entries for a query, says which series it holds and drops deleted ones.
+- A core enters Python only through `NativeLive`'s resolver, the first time it sees a
+  (type, name section, tag text): the name is cleaned and the series admitted exactly as the
+  Python path does (StatsdParser.key_or_reason, SeriesRegistry.admit); the core caches the
+  answer until a series is forgotten or the limits change (`forget()`).
+- The cores count by transport and reason; `sync_counts()` adds what they counted since the
+  last call to the Telemetry counters (after every fed batch, and when a reader thread says it
+  parsed one).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from types import ModuleType
+from typing import Any
+
+from statsd_gateway import protocol
+from statsd_gateway.accumulator import NativeEntry
+from statsd_gateway.aggregator import TIMESTAMP_IN_FUTURE, TIMESTAMP_TOO_OLD, IntervalAggregator
+from statsd_gateway.model import FUTURE_MAX_SECONDS, MetricType
+from statsd_gateway.protocol import StatsdParser
+from statsd_gateway.series_registry import CARDINALITY_LIMIT, TYPE_CONFLICT
+from statsd_gateway.telemetry import Telemetry
+
+PURE_PYTHON_ENV = "STATSD_GATEWAY_PURE_PYTHON"
+INTERNAL_ERROR = "internal_error"
+
+# The core's reason codes, in sg_core.h's order (code 0 is "no reject").
+REASONS: tuple[str, ...] = (
+    "",
+    protocol.MALFORMED_LINE,
+    protocol.EMPTY_NAME,
+    protocol.NAME_TOO_LONG,
+    protocol.NAME_WITHOUT_ALNUM,
+    protocol.EMPTY_VALUE,
+    protocol.INVALID_VALUE,
+    protocol.NON_FINITE_VALUE,
+    protocol.UNKNOWN_TYPE,
+    protocol.INVALID_SAMPLE_RATE,
+    protocol.INVALID_TIMESTAMP,
+    protocol.INVALID_TAGS,
+    protocol.INVALID_UTF8,
+    protocol.LINE_TOO_LONG,
+    protocol.MIXED_TAG_STYLES,
+    TYPE_CONFLICT,
+    CARDINALITY_LIMIT,
+    TIMESTAMP_TOO_OLD,
+    TIMESTAMP_IN_FUTURE,
+    INTERNAL_ERROR,
+)
+_CODES = {reason: code for code, reason in enumerate(REASONS) if reason}
+# The core's type codes are MetricType's members in order.
+_TYPES = tuple(MetricType)
+TRANSPORTS = ("udp", "tcp", "unixgram")
+# The resolver's answer: (series id, current gauge value, its time), (0, …) for a valid name not
+# admitted yet, or (-reason code, …).
+Resolved = tuple[int, float, float]
+
+try:
+    from statsd_gateway import _native as _compiled  # type: ignore[attr-defined]
+except ImportError as e:  # not built: the pure-Python path runs
+    _compiled = None
+    _import_error = str(e)
+else:
+    _import_error = ""
+    assert len(REASONS) == _compiled.REASONS, "sg_core.h and native.REASONS disagree"
+
+
+def native_module() -> ModuleType | None:
+    """The compiled core, or None where it is not built or turned off."""
+    if os.environ.get(PURE_PYTHON_ENV, "") not in ("", "0"):
+        return None
+    module: ModuleType | None = _compiled
+    return module
+
+
+def implementation() -> str:
+    """Which ingest core runs, for the log at start."""
+    if native_module() is not None:
+        return "native (compiled core)"
+    if _compiled is not None:
+        return f"pure Python ({PURE_PYTHON_ENV} is set)"
+    return f"pure Python (the native core is not built: {_import_error})"
+
+
+class NativeLive:
+    """The native cores of one daemon, joined to its aggregator (see the module's contract)."""
+
+    def __init__(
+        self,
+        module: ModuleType,
+        aggregator: IntervalAggregator,
+        parser: StatsdParser,
+        telemetry: Telemetry,
+        *,
+        gauge_delta: bool,
+        clock: Callable[[], float] | None,
+    ) -> None:
+        self._module = module
+        self.aggregator = aggregator
+        self.parser = parser
+        self.telemetry = telemetry
+        self.gauge_delta = gauge_delta
+        self.clock = clock  # None: the cores read the system's wall clock themselves
+        self.gauges = module.Gauges()
+        self.cores: list[Any] = []
+        self._fed: dict[str, Any] = {}  # tenant -> the core the event loop feeds
+        self._seen: dict[int, list[tuple[int, ...]]] = {}  # id(core) -> counts last synced
+        aggregator.sources.append(self)
+        aggregator.registry.on_forget.append(self._forgotten)
+
+    def new_core(self, tenant: str) -> Any:
+        """A core whose new series are admitted for `tenant`."""
+        registry, aggregator, parser = self.registry, self.aggregator, self.parser
+
+        def resolve(
+            type_code: int, head: bytes, tags: bytes, admit: int
+        ) -> tuple[int, float, float]:
+            key = parser.key_or_reason(head.decode(), tags.decode())
+            if isinstance(key, str):
+                return -_CODES[key], 0.0, 0.0
+            if not admit:
+                return 0, 0.0, 0.0
+            name, tag_set = key
+            mtype = _TYPES[type_code]
+            sid = registry.admit(tenant, name, tag_set, mtype, aggregator.max_series_per_tenant)
+            if isinstance(sid, str):
+                return -_CODES[sid], 0.0, 0.0
+            if mtype is MetricType.GAUGE:
+                return (sid, *aggregator.current_gauge((tenant, name, tag_set)))
+            return sid, 0.0, -math.inf
+
+        core = self._module.Core(self.gauges, resolve, **self._settings())
+        self.cores.append(core)
+        self._seen[id(core)] = [(0,) * 7 + (0,) * len(REASONS)] * len(TRANSPORTS)
+        return core
+
+    @property
+    def registry(self) -> Any:
+        return self.aggregator.registry
+
+    def _settings(self) -> dict[str, Any]:
+        agg = self.aggregator
+        return {
+            "gauge_delta": self.gauge_delta,
+            "interval": agg.interval,
+            "max_backdate": agg.max_backdate,
+            "future_max": FUTURE_MAX_SECONDS,
+            "clock": self.clock,
+        }
+
+    def feed(self, tenant: str, data: bytes, transport: str) -> None:
+        """StatsD text received on the event loop (TCP, the Unix datagram socket)."""
+        core = self._fed.get(tenant)
+        if core is None:
+            core = self._fed[tenant] = self.new_core(tenant)
+        core.feed(data, TRANSPORTS.index(transport), self.aggregator.clock())
+        self.sync_counts(core)
+
+    def forget(self) -> None:
+        """Every core forgets its cached answers (the limits they were judged by changed)."""
+        for core in self.cores:
+            core.forget()
+
+    def _forgotten(self, sids: list[int]) -> None:
+        self.forget()
+        self.gauges.forget(sids)
+
+    def sync_counts(self, core: Any) -> None:
+        """Adds what `core` counted since the last call to the Telemetry counters."""
+        t = self.telemetry
+        seen = self._seen[id(core)]
+        now = core.counts()
+        for i, transport in enumerate(TRANSPORTS):
+            new = (*now[i][:7], *now[i][7])
+            old = seen[i]
+            if new == old:
+                continue
+            packets, nbytes, lines, accepted, events, checks, unknown = (
+                a - b for a, b in zip(new[:7], old[:7], strict=True)
+            )
+            t.packets[transport] += packets
+            t.bytes[transport] += nbytes
+            t.lines[transport] += lines
+            t.accepted[transport] += accepted
+            if events:
+                t.ignored["event"] += events
+            if checks:
+                t.ignored["service_check"] += checks
+            if unknown:
+                t.ignored["unknown_section"] += unknown
+            for code in range(1, len(REASONS)):
+                n = new[7 + code] - old[7 + code]
+                if n:
+                    t.rejects[(transport, REASONS[code])] += n
+            seen[i] = new
+
+    # ---- aggregator.LiveSource
+
+    def take(self) -> tuple[list[NativeEntry], list[tuple[int, float, float]]]:
+        entries: list[NativeEntry] = []
+        for core in self.cores:
+            entries.extend(core.swap())
+        return entries, self.gauges.take_changed()
+
+    def copy(self, sids: list[int]) -> list[NativeEntry]:
+        entries: list[NativeEntry] = []
+        for core in self.cores:
+            entries.extend(core.copy(sids))
+        return entries
+
+    def sids(self) -> set[int]:
+        out: set[int] = set()
+        for core in self.cores:
+            out |= core.sids()
+        return out
+
+    def discard(self, sids: Iterable[int]) -> int:
+        wanted = list(sids)
+        self.gauges.forget(wanted)
+        return sum(core.discard(wanted) for core in self.cores)
+
+    def memory(self) -> tuple[int, int]:
+        entries = values = 0
+        for core in self.cores:
+            n, v, _ = core.memory()
+            entries += n
+            values += v
+        return entries, values
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        held: list[Any] = []
+        try:
+            for core in self.cores:
+                core.hold()
+                held.append(core)
+            yield
+        finally:
+            for core in reversed(held):
+                core.release()

@@ -1,0 +1,667 @@
+/* statsd_gateway._native: the native ingest core for Python (native.py is its only user).
+ *
+ * Core: one parser + key cache + live table. `feed()` parses on the calling thread; `start()`
+ * runs a reader thread that receives datagrams with recvmmsg() without the GIL and parses them
+ * as they come. Lock order, everywhere: the core's mutex, then the GIL (a caller holding the
+ * GIL lets it go while it waits for the mutex), so that the reader may take the GIL to call the
+ * resolver for a new series while it holds the mutex.
+ * Gauges: the current gauge values, shared by every core.
+ */
+#define PY_SSIZE_T_CLEAN
+#define _GNU_SOURCE
+#include <Python.h>
+#include <errno.h>
+#include <math.h>
+#include <poll.h>
+#include <stdatomic.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "sg_core.h"
+
+#define READ_BATCH 32
+#define READ_BUFFER 65536
+
+static PyObject *array_type; /* array.array */
+
+/* ---- Gauges */
+
+typedef struct {
+    PyObject_HEAD
+    sg_gauges *g;
+} GaugesObject;
+
+static void Gauges_dealloc(GaugesObject *self) {
+    sg_gauges_free(self->g);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *Gauges_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
+    GaugesObject *self = (GaugesObject *)type->tp_alloc(type, 0);
+    if (self) self->g = sg_gauges_new();
+    return (PyObject *)self;
+}
+
+static void gauges_lock(sg_gauges *g) {
+    if (pthread_mutex_trylock(&g->lock) == 0) return;
+    Py_BEGIN_ALLOW_THREADS pthread_mutex_lock(&g->lock);
+    Py_END_ALLOW_THREADS
+}
+
+static PyObject *Gauges_take_changed(GaugesObject *self, PyObject *unused) {
+    sg_gauges *g = self->g;
+    PyObject *out = PyList_New(0);
+    if (!out) return NULL;
+    gauges_lock(g);
+    for (size_t i = 0; i < g->nslots; i++) {
+        if (!g->sids[i] || !g->changed[i]) continue;
+        PyObject *item = Py_BuildValue("(Ldd)", (long long)g->sids[i], g->v[i], g->t[i]);
+        if (!item || PyList_Append(out, item) < 0) {
+            Py_XDECREF(item);
+            pthread_mutex_unlock(&g->lock);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(item);
+        g->changed[i] = 0;
+    }
+    pthread_mutex_unlock(&g->lock);
+    return out;
+}
+
+static int cmp_sid(const void *a, const void *b) {
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* An iterable of ints -> a sorted int64 array (caller frees), or NULL with an exception. */
+static int64_t *sorted_sids(PyObject *iterable, size_t *n) {
+    PyObject *seq = PySequence_Fast(iterable, "series ids: an iterable of ints");
+    if (!seq) return NULL;
+    Py_ssize_t len = PySequence_Fast_GET_SIZE(seq);
+    int64_t *sids = PyMem_Malloc((size_t)(len ? len : 1) * sizeof *sids);
+    if (!sids) {
+        Py_DECREF(seq);
+        PyErr_NoMemory();
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < len; i++) {
+        long long v = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(seq, i));
+        if (v == -1 && PyErr_Occurred()) {
+            PyMem_Free(sids);
+            Py_DECREF(seq);
+            return NULL;
+        }
+        sids[i] = v;
+    }
+    Py_DECREF(seq);
+    qsort(sids, (size_t)len, sizeof *sids, cmp_sid);
+    *n = (size_t)len;
+    return sids;
+}
+
+static PyObject *Gauges_forget(GaugesObject *self, PyObject *iterable) {
+    size_t n;
+    int64_t *sids = sorted_sids(iterable, &n);
+    if (!sids) return NULL;
+    Py_BEGIN_ALLOW_THREADS sg_gauges_forget(self->g, sids, n);
+    Py_END_ALLOW_THREADS PyMem_Free(sids);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef Gauges_methods[] = {
+    {"take_changed", (PyCFunction)Gauges_take_changed, METH_NOARGS,
+     "[(sid, value, time)] of the gauges changed since the last call."},
+    {"forget", (PyCFunction)Gauges_forget, METH_O, "Forgets the current values of these series."},
+    {NULL}};
+
+static PyTypeObject GaugesType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "statsd_gateway._native.Gauges",
+    .tp_basicsize = sizeof(GaugesObject),
+    .tp_dealloc = (destructor)Gauges_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The current value of every gauge the native cores have seen, by series id.",
+    .tp_methods = Gauges_methods,
+    .tp_new = Gauges_new,
+};
+
+/* ---- Core */
+
+typedef struct {
+    PyObject_HEAD
+    sg_core *core;
+    pthread_mutex_t lock;
+    PyObject *gauges; /* GaugesObject, kept alive */
+    PyObject *resolve;
+    PyObject *clock;  /* None: the system's wall clock */
+    /* the reader thread */
+    pthread_t thread;
+    int running;
+    int fd, notify_fd, stop_fd;
+    atomic_int notified;
+    atomic_int alive; /* the reader thread has not returned */
+    int holds; /* hold() calls not released yet */
+    char *buffers;
+    struct mmsghdr *msgs;
+    struct iovec *iovs;
+} CoreObject;
+
+static void core_lock(CoreObject *self) {
+    if (pthread_mutex_trylock(&self->lock) == 0) return;
+    Py_BEGIN_ALLOW_THREADS pthread_mutex_lock(&self->lock);
+    Py_END_ALLOW_THREADS
+}
+
+static int resolve_trampoline(void *ctx, int type, const char *head, size_t hlen,
+                              const char *tags, size_t tlen, int admit, int64_t *sid,
+                              double *gauge_v, double *gauge_t) {
+    CoreObject *self = ctx;
+    PyGILState_STATE gil = PyGILState_Ensure();
+    int status = -1;
+    PyObject *r = PyObject_CallFunction(self->resolve, "iy#y#i", type, head, (Py_ssize_t)hlen,
+                                        tags, (Py_ssize_t)tlen, admit);
+    long long code;
+    double v, t;
+    if (r && PyArg_ParseTuple(r, "Ldd", &code, &v, &t)) {
+        if (code > 0) {
+            *sid = code;
+            *gauge_v = v;
+            *gauge_t = t;
+            status = 0;
+        } else if (code == 0) {
+            status = 0;
+        } else if (-code < SG_NREASONS) {
+            status = (int)-code;
+        }
+    }
+    if (status < 0) PyErr_WriteUnraisable(self->resolve);
+    Py_XDECREF(r);
+    PyGILState_Release(gil);
+    return status;
+}
+
+static void Core_stop_reader(CoreObject *self);
+
+static void Core_dealloc(CoreObject *self) {
+    Core_stop_reader(self);
+    sg_core_free(self->core);
+    pthread_mutex_destroy(&self->lock);
+    Py_XDECREF(self->gauges);
+    Py_XDECREF(self->resolve);
+    Py_XDECREF(self->clock);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int Core_configure_from(CoreObject *self, PyObject *kw);
+
+static PyObject *Core_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
+    PyObject *gauges, *resolve;
+    if (!PyArg_ParseTuple(args, "O!O", &GaugesType, &gauges, &resolve)) return NULL;
+    if (!PyCallable_Check(resolve)) {
+        PyErr_SetString(PyExc_TypeError, "resolve must be callable");
+        return NULL;
+    }
+    CoreObject *self = (CoreObject *)type->tp_alloc(type, 0);
+    if (!self) return NULL;
+    /* Recursive: hold() keeps it across calls that take it again. */
+    pthread_mutexattr_t attr;
+    pthread_mutexattr_init(&attr);
+    pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_RECURSIVE);
+    pthread_mutex_init(&self->lock, &attr);
+    pthread_mutexattr_destroy(&attr);
+    self->fd = self->notify_fd = self->stop_fd = -1;
+    Py_INCREF(gauges);
+    self->gauges = gauges;
+    Py_INCREF(resolve);
+    self->resolve = resolve;
+    Py_INCREF(Py_None);
+    self->clock = Py_None;
+    self->core = sg_core_new(((GaugesObject *)gauges)->g, resolve_trampoline, self);
+    if (kw && Core_configure_from(self, kw) < 0) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+static int Core_configure_from(CoreObject *self, PyObject *kw) {
+    static char *names[] = {"gauge_delta", "interval", "max_backdate", "future_max",
+                            "max_keys",    "clock",    NULL};
+    sg_core *c = self->core;
+    int delta = c->gauge_delta;
+    double interval = c->interval, backdate = c->max_backdate, future = c->future_max;
+    Py_ssize_t max_keys = (Py_ssize_t)c->max_keys;
+    PyObject *clock = self->clock;
+    PyObject *empty = PyTuple_New(0);
+    if (!empty) return -1;
+    int ok = PyArg_ParseTupleAndKeywords(empty, kw, "|$pdddnO", names, &delta, &interval,
+                                         &backdate, &future, &max_keys, &clock);
+    Py_DECREF(empty);
+    if (!ok) return -1;
+    if (!(interval > 0) || max_keys < 1) {
+        PyErr_SetString(PyExc_ValueError, "interval must be > 0 and max_keys >= 1");
+        return -1;
+    }
+    if (clock != Py_None && !PyCallable_Check(clock)) {
+        PyErr_SetString(PyExc_TypeError, "clock must be callable or None");
+        return -1;
+    }
+    c->gauge_delta = delta;
+    c->interval = interval;
+    c->max_backdate = backdate;
+    c->future_max = future;
+    c->max_keys = (size_t)max_keys;
+    Py_INCREF(clock);
+    Py_SETREF(self->clock, clock);
+    return 0;
+}
+
+static PyObject *Core_configure(CoreObject *self, PyObject *args, PyObject *kw) {
+    if (PyTuple_GET_SIZE(args)) {
+        PyErr_SetString(PyExc_TypeError, "configure() takes keyword arguments only");
+        return NULL;
+    }
+    if (!kw) Py_RETURN_NONE;
+    core_lock(self);
+    int r = Core_configure_from(self, kw);
+    pthread_mutex_unlock(&self->lock);
+    if (r < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Core_feed(CoreObject *self, PyObject *args) {
+    Py_buffer data;
+    int transport;
+    double now;
+    if (!PyArg_ParseTuple(args, "y*id", &data, &transport, &now)) return NULL;
+    if (transport < 0 || transport >= SG_TRANSPORTS) {
+        PyBuffer_Release(&data);
+        PyErr_SetString(PyExc_ValueError, "unknown transport");
+        return NULL;
+    }
+    core_lock(self);
+    sg_parse(self->core, data.buf, (size_t)data.len, now, transport);
+    pthread_mutex_unlock(&self->lock);
+    PyBuffer_Release(&data);
+    Py_RETURN_NONE;
+}
+
+static PyObject *doubles_array(const double *p, size_t n) {
+    PyObject *bytes = PyBytes_FromStringAndSize((const char *)p, (Py_ssize_t)(n * sizeof *p));
+    if (!bytes) return NULL;
+    PyObject *arr = PyObject_CallFunction(array_type, "sO", "d", bytes);
+    Py_DECREF(bytes);
+    return arr;
+}
+
+/* (bucket, sid, count, sum, min, max, last|None, last_ts, values|None, weights|None,
+ *  members|None) of one series-bucket */
+static PyObject *entry_of(const sg_acc *a) {
+    PyObject *values = Py_None, *weights = Py_None, *members = Py_None, *last = Py_None;
+    Py_INCREF(Py_None);
+    Py_INCREF(Py_None);
+    Py_INCREF(Py_None);
+    Py_INCREF(Py_None);
+    PyObject *out = NULL;
+    if (a->type != SG_COUNTER && a->type != SG_SET) {
+        Py_SETREF(values, doubles_array(a->values, a->n));
+        if (!values) goto done;
+        if (a->weights) {
+            Py_SETREF(weights, doubles_array(a->weights, a->n));
+            if (!weights) goto done;
+        }
+    }
+    if (a->type == SG_SET) {
+        const sg_members *m = a->members;
+        Py_SETREF(members, PyList_New(m ? (Py_ssize_t)m->n : 0));
+        if (!members) goto done;
+        for (size_t i = 0; m && i < m->n; i++) {
+            const char *p = m->bytes + m->offsets[i];
+            uint32_t len;
+            memcpy(&len, p, 4);
+            PyObject *s = PyUnicode_DecodeUTF8(p + 4, len, "replace");
+            if (!s) goto done;
+            PyList_SET_ITEM(members, (Py_ssize_t)i, s);
+        }
+    }
+    if (a->has_last) {
+        Py_SETREF(last, PyFloat_FromDouble(a->last));
+        if (!last) goto done;
+    }
+    out = Py_BuildValue("(dLddddOdOOO)", a->bucket, (long long)a->sid, a->count, a->sum, a->min,
+                        a->max, last, a->last_ts, values, weights, members);
+done:
+    Py_XDECREF(values);
+    Py_XDECREF(weights);
+    Py_XDECREF(members);
+    Py_XDECREF(last);
+    return out;
+}
+
+static PyObject *entries_of(const sg_table *t, const int64_t *only, size_t nonly) {
+    PyObject *out = PyList_New(0);
+    if (!out) return NULL;
+    for (size_t i = 0; i < t->n; i++) {
+        if (only && !bsearch(&t->accs[i].sid, only, nonly, sizeof *only, cmp_sid)) continue;
+        PyObject *e = entry_of(&t->accs[i]);
+        if (!e || PyList_Append(out, e) < 0) {
+            Py_XDECREF(e);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(e);
+    }
+    return out;
+}
+
+static PyObject *Core_swap(CoreObject *self, PyObject *unused) {
+    core_lock(self);
+    sg_table *t = sg_core_swap(self->core);
+    pthread_mutex_unlock(&self->lock);
+    PyObject *out = entries_of(t, NULL, 0);
+    sg_table_free(t);
+    return out;
+}
+
+static PyObject *Core_copy(CoreObject *self, PyObject *iterable) {
+    size_t n;
+    int64_t *sids = sorted_sids(iterable, &n);
+    if (!sids) return NULL;
+    core_lock(self);
+    PyObject *out = entries_of(self->core->live, sids, n);
+    pthread_mutex_unlock(&self->lock);
+    PyMem_Free(sids);
+    return out;
+}
+
+static PyObject *Core_sids(CoreObject *self, PyObject *unused) {
+    core_lock(self);
+    const sg_table *t = self->core->live;
+    PyObject *out = PySet_New(NULL);
+    for (size_t i = 0; out && i < t->n; i++) {
+        PyObject *sid = PyLong_FromLongLong(t->accs[i].sid);
+        if (!sid || PySet_Add(out, sid) < 0) {
+            Py_XDECREF(sid);
+            Py_CLEAR(out);
+            break;
+        }
+        Py_DECREF(sid);
+    }
+    pthread_mutex_unlock(&self->lock);
+    return out;
+}
+
+static PyObject *Core_discard(CoreObject *self, PyObject *iterable) {
+    size_t n;
+    int64_t *sids = sorted_sids(iterable, &n);
+    if (!sids) return NULL;
+    core_lock(self);
+    size_t gone = sg_table_discard(self->core->live, sids, n);
+    pthread_mutex_unlock(&self->lock);
+    PyMem_Free(sids);
+    return PyLong_FromSize_t(gone);
+}
+
+static PyObject *Core_forget(CoreObject *self, PyObject *unused) {
+    core_lock(self);
+    sg_core_forget(self->core);
+    pthread_mutex_unlock(&self->lock);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Core_memory(CoreObject *self, PyObject *unused) {
+    core_lock(self);
+    const sg_table *t = self->core->live;
+    PyObject *out = Py_BuildValue("(nnn)", (Py_ssize_t)t->n, (Py_ssize_t)t->values,
+                                  (Py_ssize_t)sg_table_memory(t));
+    pthread_mutex_unlock(&self->lock);
+    return out;
+}
+
+static PyObject *Core_counts(CoreObject *self, PyObject *unused) {
+    sg_counts counts[SG_TRANSPORTS];
+    core_lock(self);
+    memcpy(counts, self->core->counts, sizeof counts);
+    pthread_mutex_unlock(&self->lock);
+    PyObject *out = PyTuple_New(SG_TRANSPORTS);
+    for (int i = 0; out && i < SG_TRANSPORTS; i++) {
+        const sg_counts *k = &counts[i];
+        PyObject *rejects = PyTuple_New(SG_NREASONS);
+        for (int r = 0; rejects && r < SG_NREASONS; r++)
+            PyTuple_SET_ITEM(rejects, r, PyLong_FromUnsignedLongLong(k->rejects[r]));
+        PyObject *item =
+            rejects ? Py_BuildValue("(KKKKKKKN)", k->packets, k->bytes, k->lines, k->accepted,
+                                    k->events, k->service_checks, k->unknown_sections, rejects)
+                    : NULL;
+        if (!item) {
+            Py_CLEAR(out);
+            break;
+        }
+        PyTuple_SET_ITEM(out, i, item);
+    }
+    return out;
+}
+
+/* ---- the reader thread */
+
+static double reader_now(CoreObject *self) {
+    if (self->clock == Py_None) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+    }
+    PyGILState_STATE gil = PyGILState_Ensure();
+    double now = NAN;
+    PyObject *r = PyObject_CallNoArgs(self->clock);
+    if (r) now = PyFloat_AsDouble(r);
+    if (!r || PyErr_Occurred()) {
+        PyErr_WriteUnraisable(self->clock);
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        now = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+    }
+    Py_XDECREF(r);
+    PyGILState_Release(gil);
+    return now;
+}
+
+/* Receives and parses everything queued on the socket; returns 0 once it is empty. */
+static int read_batch(CoreObject *self) {
+    for (int i = 0; i < READ_BATCH; i++) {
+        self->iovs[i].iov_base = self->buffers + (size_t)i * READ_BUFFER;
+        self->iovs[i].iov_len = READ_BUFFER;
+        memset(&self->msgs[i].msg_hdr, 0, sizeof self->msgs[i].msg_hdr);
+        self->msgs[i].msg_hdr.msg_iov = &self->iovs[i];
+        self->msgs[i].msg_hdr.msg_iovlen = 1;
+    }
+    int n = recvmmsg(self->fd, self->msgs, READ_BATCH, MSG_DONTWAIT, NULL);
+    if (n <= 0) return 0;
+    double now = reader_now(self);
+    pthread_mutex_lock(&self->lock);
+    for (int i = 0; i < n; i++)
+        sg_parse(self->core, self->iovs[i].iov_base, self->msgs[i].msg_len, now, 0);
+    pthread_mutex_unlock(&self->lock);
+    if (!atomic_exchange(&self->notified, 1)) {
+        uint64_t one = 1;
+        ssize_t w = write(self->notify_fd, &one, sizeof one);
+        (void)w;
+    }
+    return 1;
+}
+
+static void *reader_main(void *arg) {
+    CoreObject *self = arg;
+    struct pollfd fds[2] = {{self->fd, POLLIN, 0}, {self->stop_fd, POLLIN, 0}};
+    for (;;) {
+        while (read_batch(self)) {
+        }
+        int r = poll(fds, 2, -1);
+        if (r < 0 && errno != EINTR) break;
+        if (fds[1].revents) break;
+    }
+    /* Stopping: what the socket still holds was received, and is parsed before the end. */
+    while (read_batch(self)) {
+    }
+    atomic_store(&self->alive, 0);
+    return NULL;
+}
+
+static PyObject *Core_start(CoreObject *self, PyObject *args) {
+    int fd, notify_fd;
+    if (!PyArg_ParseTuple(args, "ii", &fd, &notify_fd)) return NULL;
+    if (self->running) {
+        PyErr_SetString(PyExc_RuntimeError, "the reader is running already");
+        return NULL;
+    }
+    self->stop_fd = eventfd(0, EFD_CLOEXEC);
+    if (self->stop_fd < 0) return PyErr_SetFromErrno(PyExc_OSError);
+    self->buffers = PyMem_RawMalloc((size_t)READ_BATCH * READ_BUFFER);
+    self->msgs = PyMem_RawCalloc(READ_BATCH, sizeof *self->msgs);
+    self->iovs = PyMem_RawCalloc(READ_BATCH, sizeof *self->iovs);
+    if (!self->buffers || !self->msgs || !self->iovs) {
+        Core_stop_reader(self);
+        return PyErr_NoMemory();
+    }
+    self->fd = fd;
+    self->notify_fd = notify_fd;
+    atomic_store(&self->notified, 0);
+    atomic_store(&self->alive, 1);
+    int err = pthread_create(&self->thread, NULL, reader_main, self);
+    if (err) {
+        atomic_store(&self->alive, 0);
+        Core_stop_reader(self);
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    self->running = 1;
+    Py_RETURN_NONE;
+}
+
+static void Core_stop_reader(CoreObject *self) {
+    if (self->running) {
+        uint64_t one = 1;
+        ssize_t w = write(self->stop_fd, &one, sizeof one);
+        (void)w;
+        Py_BEGIN_ALLOW_THREADS pthread_join(self->thread, NULL);
+        Py_END_ALLOW_THREADS self->running = 0;
+    }
+    if (self->stop_fd >= 0) close(self->stop_fd);
+    self->stop_fd = -1;
+    self->fd = self->notify_fd = -1;
+    PyMem_RawFree(self->buffers);
+    PyMem_RawFree(self->msgs);
+    PyMem_RawFree(self->iovs);
+    self->buffers = NULL;
+    self->msgs = NULL;
+    self->iovs = NULL;
+}
+
+static PyObject *Core_stop(CoreObject *self, PyObject *unused) {
+    Core_stop_reader(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Core_acknowledge(CoreObject *self, PyObject *unused) {
+    atomic_store(&self->notified, 0);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Core_hold(CoreObject *self, PyObject *unused) {
+    core_lock(self);
+    self->holds++;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Core_release(CoreObject *self, PyObject *unused) {
+    if (!self->holds) {
+        PyErr_SetString(PyExc_RuntimeError, "release() without hold()");
+        return NULL;
+    }
+    self->holds--;
+    pthread_mutex_unlock(&self->lock);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Core_running(CoreObject *self, void *closure) {
+    return PyBool_FromLong(self->running && atomic_load(&self->alive));
+}
+
+static PyMethodDef Core_methods[] = {
+    {"configure", (PyCFunction)(void (*)(void))Core_configure, METH_VARARGS | METH_KEYWORDS,
+     "configure(*, gauge_delta, interval, max_backdate, future_max, max_keys, clock)"},
+    {"feed", (PyCFunction)Core_feed, METH_VARARGS,
+     "feed(data, transport, now): parses one datagram on this thread."},
+    {"swap", (PyCFunction)Core_swap, METH_NOARGS,
+     "The live interval's entries; the core starts a new one."},
+    {"copy", (PyCFunction)Core_copy, METH_O, "Copies of the live entries of these series."},
+    {"sids", (PyCFunction)Core_sids, METH_NOARGS, "The series ids in the live interval."},
+    {"discard", (PyCFunction)Core_discard, METH_O,
+     "Drops the live entries of these series; returns how many."},
+    {"forget", (PyCFunction)Core_forget, METH_NOARGS, "Forgets every cached resolver answer."},
+    {"memory", (PyCFunction)Core_memory, METH_NOARGS,
+     "(entries, values, bytes) of the live interval."},
+    {"counts", (PyCFunction)Core_counts, METH_NOARGS,
+     "Per transport: (packets, bytes, lines, accepted, events, service_checks, "
+     "unknown_sections, rejects by reason code)."},
+    {"start", (PyCFunction)Core_start, METH_VARARGS,
+     "start(fd, notify_fd): a reader thread receives from fd; it writes notify_fd (an eventfd) "
+     "when it parsed a batch, once until acknowledge()."},
+    {"stop", (PyCFunction)Core_stop, METH_NOARGS,
+     "Stops the reader thread after it parsed what the socket holds."},
+    {"hold", (PyCFunction)Core_hold, METH_NOARGS,
+     "Stops the reader between batches until release() (on the calling thread)."},
+    {"release", (PyCFunction)Core_release, METH_NOARGS, "Ends one hold()."},
+    {"acknowledge", (PyCFunction)Core_acknowledge, METH_NOARGS,
+     "The notification was seen: the next batch notifies again."},
+    {NULL}};
+
+static PyGetSetDef Core_getset[] = {
+    {"running", (getter)Core_running, NULL, "Whether the reader thread was started and has not ended.", NULL}, {NULL}};
+
+static PyTypeObject CoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "statsd_gateway._native.Core",
+    .tp_basicsize = sizeof(CoreObject),
+    .tp_dealloc = (destructor)Core_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Core(gauges, resolve, **config): the native StatsD parser and live interval.",
+    .tp_methods = Core_methods,
+    .tp_getset = Core_getset,
+    .tp_new = Core_new,
+};
+
+static PyObject *bucket_of(PyObject *m, PyObject *args) {
+    double t, interval;
+    if (!PyArg_ParseTuple(args, "dd", &t, &interval)) return NULL;
+    return PyFloat_FromDouble(sg_bucket_of(t, interval));
+}
+
+static PyMethodDef module_methods[] = {
+    {"bucket_of", bucket_of, METH_VARARGS, "bucket_of(t, interval), as the core computes it."},
+    {NULL}};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_native",
+                                    "The native StatsD ingest core.", -1, module_methods};
+
+PyMODINIT_FUNC PyInit__native(void) {
+    PyObject *array_mod = PyImport_ImportModule("array");
+    if (!array_mod) return NULL;
+    array_type = PyObject_GetAttrString(array_mod, "array");
+    Py_DECREF(array_mod);
+    if (!array_type) return NULL;
+    if (PyType_Ready(&GaugesType) < 0 || PyType_Ready(&CoreType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (!m) return NULL;
+    Py_INCREF(&GaugesType);
+    Py_INCREF(&CoreType);
+    if (PyModule_AddObject(m, "Gauges", (PyObject *)&GaugesType) < 0 ||
+        PyModule_AddObject(m, "Core", (PyObject *)&CoreType) < 0 ||
+        PyModule_AddIntConstant(m, "REASONS", SG_NREASONS) < 0 ||
+        PyModule_AddIntConstant(m, "TRANSPORTS", SG_TRANSPORTS) < 0 ||
+        PyModule_AddIntConstant(m, "MAX_LINE", SG_MAX_LINE) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

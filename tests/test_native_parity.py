@@ -1,0 +1,201 @@
+"""The native core against the pure-Python reference: the same datagrams, fed to both, give the
+same rows (count, sum, min, max, last, quantile sketches, set cardinality), the same series with
+the same ids, the same current gauge values and the same counts by transport and reason.
+
+Random datagrams (hypothesis) are built from StatsD's own vocabulary, so that they reach every
+rule: packed values, Etsy multi-metric lines, every tag style, sample rates, client timestamps,
+bad UTF-8, binary noise and lines past the length limit.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from statsd_gateway import native
+from statsd_gateway.aggregator import IntervalAggregator
+from statsd_gateway.ingest import Ingest
+from statsd_gateway.protocol import StatsdParser
+from statsd_gateway.series_registry import SeriesRegistry
+from statsd_gateway.telemetry import Telemetry
+from tests.conftest import T0, ManualClock, missing_prerequisite
+
+MODULE = native.native_module()
+if MODULE is None:
+    if os.environ.get(native.PURE_PYTHON_ENV):
+        pytest.skip("the pure-Python path is forced", allow_module_level=True)
+    missing_prerequisite("the native core is not built", "pip install -e .")
+
+PARITY = settings(
+    max_examples=int(os.environ.get("PARITY_EXAMPLES", "10000")),
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+
+class Path:
+    """One ingest path: its registry, aggregator, telemetry, clock."""
+
+    def __init__(self, *, use_native: bool, gauge_sign: str = "delta", sanitise: str = "statsd",
+                 max_series: int = 40) -> None:  # fmt: skip
+        self.clock = ManualClock()
+        self.registry = SeriesRegistry()
+        self.aggregator = IntervalAggregator(
+            interval=10.0,
+            clock=self.clock,
+            registry=self.registry,
+            max_series_per_tenant=max_series,
+            max_backdate=3600.0,
+        )
+        self.telemetry = Telemetry()
+        self.parser = StatsdParser(gauge_sign=gauge_sign, sanitise=sanitise)
+        self.ingest = Ingest(self.aggregator, self.telemetry, self.parser)
+        self.live = None
+        if use_native:
+            assert MODULE is not None
+            self.live = native.NativeLive(
+                MODULE, self.aggregator, self.parser, self.telemetry,
+                gauge_delta=gauge_sign == "delta", clock=self.clock,
+            )  # fmt: skip
+            self.ingest.native = self.live
+
+    def send(self, data: bytes, transport: str = "udp") -> None:
+        self.ingest.statsd_lines("default", data, transport)
+
+    def outcome(self) -> dict[str, Any]:
+        snap = self.aggregator.swap()
+        rows = self.aggregator.snapshot_rows(snap)
+        self.aggregator.release(snap)
+        order = np.lexsort((rows.series, rows.ts))
+        out: dict[str, Any] = {
+            "series": sorted(
+                (sid, key)
+                for key_map in self.registry.series.values()
+                for key, sid in key_map.items()
+            ),
+            "gauges": dict(sorted(snap.gauges.items())),
+            "packets": dict(+self.telemetry.packets),
+            "lines": dict(+self.telemetry.lines),
+            "accepted": dict(+self.telemetry.accepted),
+            "rejects": dict(+self.telemetry.rejects),
+            "ignored": dict(+self.telemetry.ignored),
+        }
+        for col in ("ts", "series", "count", "sum", "min", "max", "last", "last_ts"):
+            out[col] = [_same(x) for x in getattr(rows, col)[order].tolist()]
+        out["sketches"] = [_sketch(rows, int(i)) for i in order]
+        out["hll"] = [rows.hll[int(i)] for i in order]
+        return out
+
+
+def _same(x: float) -> Any:
+    return "nan" if isinstance(x, float) and math.isnan(x) else x
+
+
+def _sketch(rows: Any, i: int) -> Any:
+    if not rows.has_sketch[i]:
+        return None
+    b = rows.sketches.bins(i)
+    return (b.pos_keys.tolist(), b.pos_counts.tolist(), b.neg_keys.tolist(),
+            b.neg_counts.tolist(), b.zero)  # fmt: skip
+
+
+def both(**kw: Any) -> tuple[Path, Path]:
+    return Path(use_native=False, **kw), Path(use_native=True, **kw)
+
+
+def assert_same(datagrams: list[bytes], **kw: Any) -> None:
+    ref, nat = both(**kw)
+    for data in datagrams:
+        ref.send(data)
+        nat.send(data)
+    assert nat.outcome() == ref.outcome()
+
+
+# ---- hand-written cases: each rule once
+
+CASES = [
+    b"hits:1|c",
+    b"hits:1|c\nhits:2|c|@0.5\nlat:3|ms\nlat:4.5|ms|@0.25",
+    b"g:5|g\ng:+3|g\ng:-1|g\ng:+x|g",
+    b"t:1:2::3|ms\nt:|ms\nt::|ms",
+    b"a:1|c|@0.5:2|c:3|ms",
+    b"a:1|c:2|x",
+    b"u:alice|s\nu:bob|s\nu:alice|s\nu:a:b|s\nu:|s",
+    b"x:1|c|#env:prod,host:a\nx:1|c|#host:a,env:prod|#zone:1",
+    b"x,env=prod,host=a:1|c\nx#env=prod:1|c\nx[env=prod]:1|c\nx,env=prod:1|c|#a:b",
+    b"x,=v:1|c\nx,k:1|c\n:1|c\n...:1|c\n  :1|c\nx y/z\xc3\xa9:1|c",
+    b"x:1|c|T1700000000\nx:1|c|T99999999999\nx:1|c|T0\nx:1|c|T-5\nx:1|c|T\nx:1|c|T1e3",
+    b"x:1e2|c\nx:0x10|c\nx:inf|c\nx:nan|ms\nx:1e400|c\nx:-1e300|ms",
+    b"x: 1|c\nx:1_0|c\nx:\xef\xbc\x91|c\nx:1.|c\nx:.5|ms\nx:.|c\nx:1e|c\nx:Infinity|c",
+    b"x:1|c|@0\nx:1|c|@1.5\nx:1|c|@\nx:1|c|@nan\nx:1|c|@1e-9\nx:1|c|@ 0.5",
+    b"x:1|c|c:abc|e:1|card:low|zz\nx:1|c||",
+    b"_e{5,4}:title|text\n_sc|check|0\n_x:1|c",
+    b"\xff\xfe:1|c\nok:1|c\n\xed\xa0\x80:1|c\n\xc0\x80:1|c",
+    b"x:1|c\r\n\r\ny:2|c\r",
+    b"x" * 9000 + b":1|c\nshort:1|c",
+    b"x:1|h\nx:1|c\ny:1|d\ny:2|d|@0.1\nz:1|q\nz:1\nz\n|c\nz:1|",
+    b"\x00\x01\x02:1|c\nn\x00ame:1|c",
+]
+
+
+@pytest.mark.parametrize("data", CASES, ids=range(len(CASES)))
+def test_each_rule_as_the_reference(data: bytes) -> None:
+    assert_same([data])
+
+
+@pytest.mark.parametrize("gauge_sign", ["delta", "absolute"])
+@pytest.mark.parametrize("sanitise", ["statsd", "none", "prometheus"])
+def test_settings_as_the_reference(gauge_sign: str, sanitise: str) -> None:
+    assert_same(CASES, gauge_sign=gauge_sign, sanitise=sanitise)
+
+
+def test_cardinality_limit_as_the_reference() -> None:
+    lines = b"\n".join(b"m%d:1|c" % i for i in range(60))
+    assert_same([lines, lines], max_series=25)
+
+
+def test_client_timestamps_land_in_their_buckets() -> None:
+    old = int(T0 - 7200)
+    recent = int(T0 - 30)
+    future = int(T0 + 3600)
+    assert_same([b"x:1|c|T%d\nx:2|c|T%d\nx:3|c|T%d\nx:4|c" % (old, recent, future)])
+
+
+# ---- random datagrams
+
+VOCAB = [
+    b"a", b"b.c", b"x_y", b"hits", b"lat", b"g", b"u", b"env", b"prod", b"host", b"1", b"2",
+    b"-1", b"+3", b"0.5", b"1e3", b"nan", b"inf", b"", b":", b"|", b"|c", b"|g", b"|ms", b"|h",
+    b"|d", b"|s", b"|x", b"|@0.5", b"|@0.1", b"|@2", b"|#", b"#", b",", b"=", b"[", b"]",
+    b"|T1700000000", b"|T170000000", b"|T", b"|c:x", b"_e{1,1}:a|b", b"_sc|a|0", b" ",
+    b"/", b"\r", b"\n", b"\xc3\xa9", b"\xff", b"\x00", b"\xed\xa0\x80",
+]  # fmt: skip
+
+line_parts = st.lists(st.sampled_from(VOCAB), min_size=1, max_size=12).map(b"".join)
+valid_line = st.builds(
+    lambda name, tags, values, kind, rate: b"%s:%s|%s%s%s" % (name, values, kind, rate, tags),
+    st.sampled_from([b"a", b"b.c", b"hits", b"g", b"u", b"x,env=prod", b"y#k=v", b"z[k=v]"]),
+    st.sampled_from([b"", b"|#env:prod", b"|#env:prod,host:a", b"|#k"]),
+    st.lists(
+        st.sampled_from([b"1", b"2.5", b"-1", b"+3", b"0", b"7e1"]), min_size=1, max_size=4
+    ).map(b":".join),
+    st.sampled_from([b"c", b"g", b"ms", b"h", b"d", b"s"]),
+    st.sampled_from([b"", b"", b"|@0.5", b"|@0.25"]),
+)
+datagram = st.lists(st.one_of(valid_line, line_parts, st.binary(max_size=40)), max_size=8).map(
+    b"\n".join
+)
+
+
+@PARITY
+@given(st.lists(datagram, min_size=1, max_size=4), st.sampled_from(["delta", "absolute"]))
+def test_random_datagrams_as_the_reference(datagrams: list[bytes], gauge_sign: str) -> None:
+    assert_same(datagrams, gauge_sign=gauge_sign)
