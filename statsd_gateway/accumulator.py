@@ -171,16 +171,14 @@ def finish_rows(
 
 
 def _flat_values(value_lists: Sequence[Sequence[float]], n: int) -> np.ndarray:
-    """Every accumulator's values in one float64 array. The native core's arrays are copied as
-    memory; Python lists are read through one iterator (a numpy array per list costs more)."""
+    """Every accumulator's values in one float64 array. The native core's arrays are joined as
+    memory (one copy); Python lists are read through one iterator."""
     if not any(type(v) is array for v in value_lists):
         return np.fromiter(itertools.chain.from_iterable(value_lists), dtype=np.float64, count=n)
-    parts = [
-        np.frombuffer(v, dtype=np.float64) if type(v) is array else np.asarray(v, np.float64)
-        for v in value_lists
-        if len(v)
-    ]
-    return np.concatenate(parts) if parts else np.empty(0, dtype=np.float64)
+    if all(type(v) is array or not v for v in value_lists):
+        return np.frombuffer(b"".join(v for v in value_lists if v), dtype=np.float64)  # type: ignore[misc]
+    parts = [np.asarray(v, np.float64) for v in value_lists if len(v)]
+    return np.concatenate(parts)
 
 
 # (seq of its snapshot, bucket, series id, series key, a copy of its accumulator)
