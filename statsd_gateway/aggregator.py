@@ -32,10 +32,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager, ExitStack, contextmanager
-from dataclasses import dataclass, field
+from contextlib import ExitStack, contextmanager
 from itertools import repeat
-from typing import Protocol
 
 from statsd_gateway.accumulator import (
     MemoryEntry,
@@ -46,6 +44,18 @@ from statsd_gateway.accumulator import (
 )
 from statsd_gateway.model import FUTURE_MAX_SECONDS, MetricType, RowBatch, Sample, SeriesKey
 from statsd_gateway.series_registry import CARDINALITY_LIMIT, TYPE_CONFLICT, SeriesRegistry
+from statsd_gateway.snapshot import (
+    BUCKET_BYTES,
+    ENTRY_BYTES,
+    NATIVE_VALUE_BYTES,
+    VALUE_BYTES,
+    Buckets,
+    LiveSource,
+    MetricIndex,
+    Snapshot,
+    SnapshotEntry,
+    merge_entries,
+)
 
 # Reject reasons raised here and at admission (the parser's are in protocol.py).
 TIMESTAMP_TOO_OLD = "timestamp_too_old"
@@ -56,81 +66,6 @@ AGGREGATOR_REJECT_REASONS = (
     TIMESTAMP_TOO_OLD,
     TIMESTAMP_IN_FUTURE,
 )
-# Memory per series-bucket (its accumulator, map slot and index entry: ~450 bytes held for a
-# counter, measured with tracemalloc, plus ~300 per series in the registry; finishing it into a
-# row at flush takes ~460 more, transiently), per value buffered (~32 held, ~57 to bin) and per
-# bucket map. Rounded up: the estimate is a bound, not an average.
-ENTRY_BYTES = 1024
-VALUE_BYTES = 96
-BUCKET_BYTES = 512
-# A value the native core buffers: 8 bytes in its table and in the array('d') it leaves in,
-# ~56 more while the flush bins it.
-NATIVE_VALUE_BYTES = 64
-
-
-class LiveSource(Protocol):
-    """Series-buckets of the live interval held outside the aggregator's maps (native.py)."""
-
-    def take(self) -> tuple[list[NativeEntry], list[tuple[int, float, float]]]:
-        """Everything held (the source starts a new interval), and the (series id, value,
-        time) of the gauges whose current value changed since the last take."""
-        ...
-
-    def copy(self, sids: list[int]) -> list[NativeEntry]:
-        """Copies of what is held of these series."""
-        ...
-
-    def sids(self) -> set[int]: ...
-
-    def discard(self, sids: Iterable[int]) -> int:
-        """Drops what is held of these series (and their gauges); returns how many entries."""
-        ...
-
-    def memory(self) -> tuple[int, int]:
-        """(series-buckets, values) held."""
-        ...
-
-    def held(self) -> AbstractContextManager[None]:
-        """Nothing is added while inside (a check and the change it decides go together)."""
-        ...
-
-
-# bucket start -> series id -> its accumulator
-Buckets = dict[float, dict[int, SeriesAccumulator]]
-# (tenant, name) -> the (bucket, series id) entries of that metric in one interval: a query
-# reads its metric's entries without scanning every series in memory.
-MetricIndex = dict[tuple[str, str], list[tuple[float, int]]]
-# (bucket, series id): one series-bucket of a snapshot (what the flusher sets aside).
-SnapshotEntry = tuple[float, int]
-
-
-@dataclass(slots=True)
-class Snapshot:
-    """One swapped-out interval, numbered by `seq`, waiting to be written. Nothing adds to it
-    but HTTP writes logged before the swap (add_admitted); the flusher reads it off the loop."""
-
-    seq: int
-    buckets: Buckets = field(default_factory=dict)
-    # Start of the live interval when this snapshot was swapped out: every bucket that ends at
-    # or before it has all its (non-late) points in this snapshot or an earlier one.
-    boundary: float = 0.0
-    index: MetricIndex = field(default_factory=dict)
-    # Current gauge values (value, time) as they stood at the swap, of the gauges changed in it.
-    gauges: dict[SeriesKey, tuple[float, float]] = field(default_factory=dict)
-    memory_bytes: int = 0  # the aggregator's estimate when it was swapped out
-
-    def series_count(self) -> int:
-        return sum(len(m) for m in self.buckets.values())
-
-    def remove(self, entries: Iterable[SnapshotEntry]) -> None:
-        """Forgets these (bucket, series id) entries (the flusher set them aside as
-        unwritable)."""
-        for ts, sid in entries:
-            m = self.buckets.get(ts)
-            if m is not None:
-                m.pop(sid, None)
-                if not m:
-                    del self.buckets[ts]
 
 
 class IntervalAggregator:
@@ -402,28 +337,8 @@ class IntervalAggregator:
     def _merge(self, entries: list[NativeEntry], gauges: list[tuple[int, float, float]]) -> None:
         """A live source's interval into the live maps, as if its points had been added here
         after those already there."""
-        live, index, key_of = self._live, self._live_index, self.registry.key_of
-        values = 0
-        for entry in entries:
-            b, sid = entry[0], entry[1]
-            tenant, name, _ = key_of(sid)
-            acc = SeriesAccumulator.from_native(entry, self.registry.types[(tenant, name)])
-            if acc.values is not None:
-                values += len(acc.values)
-            m = live.get(b)
-            if m is None:
-                m = live[b] = {}
-                self._live_bytes += BUCKET_BYTES
-            have = m.get(sid)
-            if have is not None:
-                have.merge(acc)
-                continue
-            m[sid] = acc
-            entries_of = index.get((tenant, name))
-            if entries_of is None:
-                entries_of = index[(tenant, name)] = []
-            entries_of.append((b, sid))
-        self._live_bytes += len(entries) * ENTRY_BYTES + values * NATIVE_VALUE_BYTES
+        self._live_bytes += merge_entries(self._live, self._live_index, entries, self.registry)
+        key_of = self.registry.key_of
         for sid, v, t in gauges:
             key = key_of(sid)
             self._gauges[key] = self._gauges_changed[key] = (v, t)

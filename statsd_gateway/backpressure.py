@@ -24,9 +24,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from statsd_gateway.aggregator import ENTRY_BYTES, VALUE_BYTES, IntervalAggregator
+from statsd_gateway.aggregator import IntervalAggregator
 from statsd_gateway.errors import Unavailable
 from statsd_gateway.flusher import Flusher
+from statsd_gateway.snapshot import ENTRY_BYTES, VALUE_BYTES
 from statsd_gateway.telemetry import Telemetry
 
 log = logging.getLogger(__name__)

@@ -24,10 +24,11 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from statsd_gateway.aggregator import IntervalAggregator, Snapshot, SnapshotEntry
+from statsd_gateway.aggregator import IntervalAggregator
 from statsd_gateway.errors import StoreError
 from statsd_gateway.idempotency import TTL_SECONDS, IdempotencyLedger
 from statsd_gateway.model import RowBatch, SeriesKey
+from statsd_gateway.snapshot import Snapshot, SnapshotEntry
 from statsd_gateway.store.base import FlushWrite, IdempotencyRecord, Store
 from statsd_gateway.store.rollup import RollupState, TierRollup
 from statsd_gateway.telemetry import Telemetry

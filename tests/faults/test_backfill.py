@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from statsd_gateway import sketch
-from statsd_gateway.aggregator import ENTRY_BYTES, VALUE_BYTES
 from statsd_gateway.config import Config
+from statsd_gateway.snapshot import ENTRY_BYTES, VALUE_BYTES
 from statsd_gateway.store import SqliteStore
 from tests.conftest import T0, Api, ManualClock, make_config, on_sqlite_writer, running
 from tests.daemon import Daemon

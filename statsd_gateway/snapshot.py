@@ -1,0 +1,122 @@
+"""What the aggregator hands the flusher (a Snapshot of one swapped-out interval), the live
+sources it merges at swap (the native core), and the memory estimates both are counted by.
+
+Contract: a Snapshot is added to only by HTTP writes logged before its swap; the flusher reads
+it off the loop. `merge_entries()` adds a live source's entries to an interval's maps as if
+their points had been added after those already there (SeriesAccumulator.merge).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from statsd_gateway.accumulator import NativeEntry, SeriesAccumulator
+from statsd_gateway.model import SeriesKey
+from statsd_gateway.series_registry import SeriesRegistry
+
+# Memory per series-bucket (its accumulator, map slot and index entry: ~450 bytes held for a
+# counter, measured with tracemalloc, plus ~300 per series in the registry; finishing it into a
+# row at flush takes ~460 more, transiently), per value buffered (~32 held, ~57 to bin) and per
+# bucket map. Rounded up: the estimate is a bound, not an average.
+ENTRY_BYTES = 1024
+VALUE_BYTES = 96
+BUCKET_BYTES = 512
+# A value the native core buffers: 8 bytes in its table and in the array('d') it leaves in,
+# ~56 more while the flush bins it.
+NATIVE_VALUE_BYTES = 64
+
+
+class LiveSource(Protocol):
+    """Series-buckets of the live interval held outside the aggregator's maps (native.py)."""
+
+    def take(self) -> tuple[list[NativeEntry], list[tuple[int, float, float]]]:
+        """Everything held (the source starts a new interval), and the (series id, value,
+        time) of the gauges whose current value changed since the last take."""
+        ...
+
+    def copy(self, sids: list[int]) -> list[NativeEntry]:
+        """Copies of what is held of these series."""
+        ...
+
+    def sids(self) -> set[int]: ...
+
+    def discard(self, sids: Iterable[int]) -> int:
+        """Drops what is held of these series (and their gauges); returns how many entries."""
+        ...
+
+    def memory(self) -> tuple[int, int]:
+        """(series-buckets, values) held."""
+        ...
+
+    def held(self) -> AbstractContextManager[None]:
+        """Nothing is added while inside (a check and the change it decides go together)."""
+        ...
+
+
+# bucket start -> series id -> its accumulator
+Buckets = dict[float, dict[int, SeriesAccumulator]]
+# (tenant, name) -> the (bucket, series id) entries of that metric in one interval: a query
+# reads its metric's entries without scanning every series in memory.
+MetricIndex = dict[tuple[str, str], list[tuple[float, int]]]
+# (bucket, series id): one series-bucket of a snapshot (what the flusher sets aside).
+SnapshotEntry = tuple[float, int]
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """One swapped-out interval, numbered by `seq`, waiting to be written. Nothing adds to it
+    but HTTP writes logged before the swap (add_admitted); the flusher reads it off the loop."""
+
+    seq: int
+    buckets: Buckets = field(default_factory=dict)
+    # Start of the live interval when this snapshot was swapped out: every bucket that ends at
+    # or before it has all its (non-late) points in this snapshot or an earlier one.
+    boundary: float = 0.0
+    index: MetricIndex = field(default_factory=dict)
+    # Current gauge values (value, time) as they stood at the swap, of the gauges changed in it.
+    gauges: dict[SeriesKey, tuple[float, float]] = field(default_factory=dict)
+    memory_bytes: int = 0  # the aggregator's estimate when it was swapped out
+
+    def series_count(self) -> int:
+        return sum(len(m) for m in self.buckets.values())
+
+    def remove(self, entries: Iterable[SnapshotEntry]) -> None:
+        """Forgets these (bucket, series id) entries (the flusher set them aside as
+        unwritable)."""
+        for ts, sid in entries:
+            m = self.buckets.get(ts)
+            if m is not None:
+                m.pop(sid, None)
+                if not m:
+                    del self.buckets[ts]
+
+
+def merge_entries(
+    live: Buckets, index: MetricIndex, entries: list[NativeEntry], registry: SeriesRegistry
+) -> int:
+    """A live source's entries into an interval's maps; returns the memory estimate they add."""
+    key_of = registry.key_of
+    values = buckets = 0
+    for entry in entries:
+        b, sid = entry[0], entry[1]
+        tenant, name, _ = key_of(sid)
+        acc = SeriesAccumulator.from_native(entry, registry.types[(tenant, name)])
+        if acc.values is not None:
+            values += len(acc.values)
+        m = live.get(b)
+        if m is None:
+            m = live[b] = {}
+            buckets += 1
+        have = m.get(sid)
+        if have is not None:
+            have.merge(acc)
+            continue
+        m[sid] = acc
+        entries_of = index.get((tenant, name))
+        if entries_of is None:
+            entries_of = index[(tenant, name)] = []
+        entries_of.append((b, sid))
+    return buckets * BUCKET_BYTES + len(entries) * ENTRY_BYTES + values * NATIVE_VALUE_BYTES
