@@ -19,7 +19,7 @@ from statsd_gateway.api.query_params import (
     parse_query,
     parse_tag_filter,
 )
-from statsd_gateway.api.schemas import parse_batch, parse_point
+from statsd_gateway.api.schemas import decode_typed_batch, parse_batch, parse_point, sample_of
 from statsd_gateway.api.shapes import TAG_VALUES_DEFAULT, TAG_VALUES_MAX, ReportBody
 from statsd_gateway.api.v1_query import query_answer, sketch_answer
 from statsd_gateway.catalog import MetricCatalog
@@ -90,6 +90,11 @@ def reason_error(reason: str, prefix: str = "") -> GatewayError:
 
 
 async def _json_body(request: web.Request) -> tuple[Any, bytes]:
+    raw = await _raw_body(request)
+    return _loads(raw), raw
+
+
+async def _raw_body(request: web.Request) -> bytes:
     svc = request.app[SERVICES]
     if request.content_length is not None and request.content_length > svc.max_body_bytes:
         raise PayloadTooLarge(f"the body is over {svc.max_body_bytes} bytes", "body")
@@ -98,8 +103,12 @@ async def _json_body(request: web.Request) -> tuple[Any, bytes]:
         raise InvalidArgument("the body must be JSON (Content-Type: application/json)", "body")
     raw = await request.read()
     connections.body_received(request)
+    return raw
+
+
+def _loads(raw: bytes) -> Any:
     try:
-        return json.loads(raw), raw
+        return json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: [[[[…]]]]
         raise InvalidArgument("the body is not valid JSON", "body") from None
 
@@ -199,12 +208,26 @@ def _indexed(index: int, e: GatewayError) -> dict[str, Any]:
 async def batch(request: web.Request) -> web.Response:
     svc = request.app[SERVICES]
     principal = principal_of(request)
-    body, raw = await _json_body(request)
-    points = parse_batch(body, svc.max_batch_points)
+    raw = await _raw_body(request)
+    sanitise = svc.ingest.parser.sanitise
+    typed = decode_typed_batch(raw)
+    points: list[Any]
+    if typed is not None and len(typed.points) <= svc.max_batch_points:
+        # Every point typed already; the body as JSON only for an idempotency key's digest.
+        keyed = typed.idempotency_key is not None or "Idempotency-Key" in request.headers
+        body, points = (_loads(raw) if keyed else {}), typed.points
+
+        def sample(point: Any) -> Sample:
+            return sample_of(point, sanitise)
+    else:
+        body = _loads(raw)
+        points = parse_batch(body, svc.max_batch_points)
+
+        def sample(point: Any) -> Sample:
+            return parse_point(point, sanitise=sanitise)
+
     _count_http(svc, request, len(points))
     logged = LoggedBody("batch", raw, total=len(points))
-
-    sanitise = svc.ingest.parser.sanitise
 
     def apply() -> dict[str, Any]:
         errors: list[dict[str, Any]] = []
@@ -212,7 +235,7 @@ async def batch(request: web.Request) -> web.Response:
         positions: list[int] = []
         for i, obj in enumerate(points):
             try:
-                samples.append(parse_point(obj, sanitise=sanitise))
+                samples.append(sample(obj))
                 positions.append(i)
             except GatewayError as e:  # the field is named within the batch only on error
                 e.field = f"points[{i}].{e.field}" if e.field else f"points[{i}]"
