@@ -29,7 +29,8 @@ What it does
     Etsy statsd is installed with `npm install statsd@0.9` into `--statsd-cache` when missing.
     udpload is built from the harness's source into `--out`. Results: `--out`/sgw.jsonl and
     statsd.jsonl (the harness's rows), index.jsonl (one outcome per mode, peer and round, which
-    the table is made from) and runs/ (each run's work dir: config, daemon.log, store).
+    the table is made from) and runs/ (each run's work dir: config, store, and daemon.log, whose
+    first line says which ingest core ran: native or pure Python).
 
 Needs root (the harness sets net.core.rmem_max and rmem_default for each run and puts them back),
 Linux, gcc, node and npm, taskset and ss. Sends only to loopback.
@@ -39,7 +40,8 @@ How to run (from the repository root)
     python3 bench/peers.py --out /tmp/peers-1           # every default mode, 3 confirm runs each
     python3 bench/peers.py --modes timeru,counteru --rounds 2 --out /tmp/peers-2
     python3 bench/peers.py --sgw-bin ../wt-x/.venv/bin/statsd-gateway \\
-        --sgw-config-extra 'readers: 2' --sgw-env SGW_NATIVE=0 --out /tmp/peers-3
+        --sgw-config-extra 'readers: 2' --out /tmp/peers-3
+    python3 bench/peers.py --peers sgw --sgw-env STATSD_GATEWAY_PURE_PYTHON=1 --out /tmp/peers-4
     python3 bench/peers.py --table-only --out /tmp/peers-1   # the table again, from index.jsonl
     python3 bench/peers.py --dry-run                    # print the harness command lines only
 """
@@ -111,7 +113,7 @@ def sgw_config(profile: SgwProfile, port: str, workdir: str) -> str:
         + f"storage:\n  path: {json.dumps(os.path.join(workdir, 'metrics.db'))}\n"
         + "aggregation:\n  flush_interval: 1s\n"
         + "auth:\n  keys:\n    - name: bench\n"
-        + f"      sha256: {profile.sha256}\n      tenant: default\n"
+        + f'      sha256: "{profile.sha256}"\n      tenant: default\n'
         + "      scopes: [read, write]\n"
     )
 
