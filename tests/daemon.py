@@ -183,8 +183,10 @@ def poll_value(d: Daemon, key: str, want: float, **params: Any) -> Any:
 
     def answered() -> Any:
         status, body = d.query(key, **params)
-        assert status == 200, body
         last[0] = body
+        if status == 404:  # not known yet: the reader thread admits a new series on its own
+            return None
+        assert status == 200, body
         return body if body["points"] and body["points"][0]["value"] == want else None
 
     return poll_until(
