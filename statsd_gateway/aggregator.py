@@ -50,6 +50,7 @@ from statsd_gateway.snapshot import (
     NATIVE_VALUE_BYTES,
     VALUE_BYTES,
     Buckets,
+    LiveSink,
     LiveSource,
     MetricIndex,
     Snapshot,
@@ -98,6 +99,8 @@ class IntervalAggregator:
         self._gauges: dict[SeriesKey, tuple[float, float]] = {}
         self._gauges_changed: dict[SeriesKey, tuple[float, float]] = {}
         self.sources: list[LiveSource] = []
+        # Where samples for the live interval go instead of the maps here (native.py), if set.
+        self.sink: LiveSink | None = None
 
     def bucket_of(self, t: float) -> float:
         i = self.interval
@@ -113,9 +116,15 @@ class IntervalAggregator:
         now: float | None = None,
     ) -> list[tuple[int, str]]:
         """Adds samples (to the live interval, or to `into`) as received at `now` (default: the
-        clock); returns (index, reason) of each rejected one."""
+        clock); returns (index, reason) of each rejected one. With a live sink (the native
+        core), what goes to the live interval is checked here and added there."""
         if now is None:
             now = self.clock()
+        if into is None and self.sink is not None:
+            accepted, sids, refused, _ = self._checked(tenant, samples, now)
+            if accepted:
+                self.sink.add(tenant, accepted, sids, now)
+            return refused
         bucket_now = self.bucket_of(now)
         rejects: list[tuple[int, str]] = []
         live, index = (self._live, self._live_index) if into is None else (into.buckets, into.index)
@@ -221,10 +230,19 @@ class IntervalAggregator:
         the same buckets however late they are added), (index, reason) of the rejected ones,
         and the series this call registered. The series and types of the accepted ones are
         reserved now, so that a concurrent request is judged against them."""
+        accepted, _, rejects, new = self._checked(tenant, samples, now)
+        return accepted, rejects, new
+
+    def _checked(
+        self, tenant: str, samples: Iterable[Sample], now: float
+    ) -> tuple[list[Sample], list[int], list[tuple[int, str]], list[SeriesKey]]:
+        """admit(), with the series id of each accepted sample."""
         accepted: list[Sample] = []
+        sids: list[int] = []
         rejects: list[tuple[int, str]] = []
         new: list[SeriesKey] = []
         ids = self.registry.ids_of(tenant)
+        admit, max_series = self.registry.admit, self.max_series_per_tenant
         for i, sample in enumerate(samples):
             name, tags, mtype, ts = sample.name, sample.tags, sample.type, sample.timestamp
             if ts is not None and ts > now + FUTURE_MAX_SECONDS:
@@ -234,14 +252,15 @@ class IntervalAggregator:
                 rejects.append((i, TIMESTAMP_TOO_OLD))
                 continue
             fresh = (name, tags) not in ids
-            admitted = self.registry.admit(tenant, name, tags, mtype, self.max_series_per_tenant)
+            admitted = admit(tenant, name, tags, mtype, max_series)
             if isinstance(admitted, str):
                 rejects.append((i, admitted))
                 continue
             if fresh:
                 new.append((tenant, name, tags))
             accepted.append(sample)
-        return accepted, rejects, new
+            sids.append(admitted)
+        return accepted, sids, rejects, new
 
     def add_admitted(
         self, tenant: str, samples: list[Sample], seq: int, now: float

@@ -31,7 +31,7 @@ from typing import Any
 from statsd_gateway import protocol
 from statsd_gateway.accumulator import NativeEntry
 from statsd_gateway.aggregator import TIMESTAMP_IN_FUTURE, TIMESTAMP_TOO_OLD, IntervalAggregator
-from statsd_gateway.model import FUTURE_MAX_SECONDS, MetricType
+from statsd_gateway.model import FUTURE_MAX_SECONDS, MetricType, Sample
 from statsd_gateway.protocol import StatsdParser
 from statsd_gateway.series_registry import CARDINALITY_LIMIT, TYPE_CONFLICT
 from statsd_gateway.telemetry import Telemetry
@@ -65,6 +65,7 @@ REASONS: tuple[str, ...] = (
 _CODES = {reason: code for code, reason in enumerate(REASONS) if reason}
 # The core's type codes are MetricType's members in order.
 _TYPES = tuple(MetricType)
+_GAUGE = MetricType.GAUGE
 TRANSPORTS = ("udp", "tcp", "unixgram")
 # The resolver's answer: (series id, current gauge value, its time), (0, …) for a valid name not
 # admitted yet, or (-reason code, …).
@@ -122,7 +123,10 @@ class NativeLive:
         self._seen: dict[int, list[tuple[int, ...]]] = {}  # id(core) -> counts last synced
         self._sync_pending: set[int] = set()
         aggregator.sources.append(self)
+        aggregator.sink = self
         aggregator.registry.on_forget.append(self._forgotten)
+        module.set_types(_TYPES)
+        self._points: Any = None  # the core HTTP points go into (no resolver: admitted already)
 
     def new_core(self, tenant: str) -> Any:
         """A core whose new series are admitted for `tenant`."""
@@ -225,6 +229,18 @@ class NativeLive:
                 if n:
                     t.rejects[(transport, REASONS[code])] += n
             seen[i] = new
+
+    # ---- aggregator.LiveSink
+
+    def add(self, tenant: str, samples: list[Sample], sids: list[int], now: float) -> None:
+        if self._points is None:
+            self._points = self.new_core("")
+        gauges = {sid for s, sid in zip(samples, sids, strict=True) if s.type is _GAUGE}
+        if gauges:  # the current value the Python side knows, where the cores have none yet
+            key_of, current = self.registry.key_of, self.aggregator.current_gauge
+            for sid in gauges:
+                self.gauges.seed(sid, *current(key_of(sid)))
+        self._points.add(samples, sids, now)
 
     # ---- aggregator.LiveSource
 

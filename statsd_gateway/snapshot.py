@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from statsd_gateway.accumulator import NativeEntry, SeriesAccumulator
-from statsd_gateway.model import SeriesKey
+from statsd_gateway.model import Sample, SeriesKey
 from statsd_gateway.series_registry import SeriesRegistry
 
 # Memory per series-bucket (its accumulator, map slot and index entry: ~450 bytes held for a
@@ -27,6 +27,14 @@ BUCKET_BYTES = 512
 # A value the native core buffers: 8 bytes in its table and in the array('d') it leaves in,
 # ~56 more while the flush bins it.
 NATIVE_VALUE_BYTES = 64
+
+
+class LiveSink(Protocol):
+    """Takes admitted samples into a live interval held outside the aggregator (native.py)."""
+
+    def add(self, tenant: str, samples: list[Sample], sids: list[int], now: float) -> None:
+        """samples[i] is of series sids[i], its checks passed, received at `now`."""
+        ...
 
 
 class LiveSource(Protocol):

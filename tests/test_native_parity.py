@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from statsd_gateway import native
 from statsd_gateway.aggregator import IntervalAggregator
 from statsd_gateway.ingest import Ingest
+from statsd_gateway.model import MetricType, Sample
 from statsd_gateway.protocol import StatsdParser
 from statsd_gateway.series_registry import SeriesRegistry
 from statsd_gateway.telemetry import Telemetry
@@ -199,3 +200,35 @@ datagram = st.lists(st.one_of(valid_line, line_parts, st.binary(max_size=40)), m
 @given(st.lists(datagram, min_size=1, max_size=4), st.sampled_from(["delta", "absolute"]))
 def test_random_datagrams_as_the_reference(datagrams: list[bytes], gauge_sign: str) -> None:
     assert_same(datagrams, gauge_sign=gauge_sign)
+
+
+# ---- HTTP points: admitted in Python, added into the native core
+
+NOW = T0 + 5.0
+http_sample = st.builds(
+    lambda name, tags, mtype, value, rate, ts: Sample(
+        name, tags, mtype, str(value) if mtype is MetricType.SET else value, rate, ts, False
+    ),
+    st.sampled_from(["a", "b.c", "g", "u"]),
+    st.sampled_from([(), (("env", "prod"),), (("env", "prod"), ("host", "a"))]),
+    st.sampled_from(list(MetricType)),
+    st.sampled_from([0.0, 1.0, -2.5, 3e10, 7.25]),
+    st.sampled_from([1.0, 1.0, 0.5, 0.1]),
+    st.sampled_from([None, None, NOW - 30, NOW - 7200, NOW + 3600, NOW - 3599]),
+)
+
+
+@settings(PARITY, max_examples=max(PARITY.max_examples // 5, 50))
+@given(
+    st.lists(st.lists(http_sample, max_size=20), min_size=1, max_size=3),
+    st.lists(datagram, max_size=2),
+)
+def test_http_points_as_the_reference(batches: list[list[Sample]], datagrams: list[bytes]) -> None:
+    """HTTP batches and StatsD datagrams interleaved: both go into the native core."""
+    ref, nat = both()
+    for i, batch in enumerate(batches):
+        for path in (ref, nat):
+            path.ingest.samples("default", batch, "http")
+            if i < len(datagrams):
+                path.send(datagrams[i])
+    assert nat.outcome() == ref.outcome()

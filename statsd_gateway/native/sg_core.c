@@ -403,6 +403,12 @@ static size_t gauge_slot(sg_gauges *g, int64_t sid, double v, double t) {
     return s;
 }
 
+void sg_gauges_seed(sg_gauges *g, int64_t sid, double v, double t) {
+    pthread_mutex_lock(&g->lock);
+    gauge_slot(g, sid, v, t);
+    pthread_mutex_unlock(&g->lock);
+}
+
 void sg_gauges_forget(sg_gauges *g, const int64_t *sids, size_t n) {
     pthread_mutex_lock(&g->lock);
     gauges_rebuild(g, g->nslots, sids, n);
@@ -735,6 +741,75 @@ static int parse_metric(sg_core *c, const char *line, size_t n, size_t *unknown)
     return parse_part(c, head, hlen, rest, rlen, unknown);
 }
 
+/* One admitted sample of series `sid` at time t into bucket b (aggregator.add_samples' loop
+ * body, after its checks). */
+static void add_value(sg_core *c, int64_t sid, int type, double b, double t, double value,
+                      const char *member, size_t member_len, double rate, int has_ts, int delta) {
+    sg_table *tab = c->live;
+    sg_acc *a = table_get(tab, b, sid, type);
+    if (type == SG_SET) {
+        members_add(tab, a, member, member_len);
+        a->count += 1.0;
+        return;
+    }
+    double v = value;
+    if (type == SG_GAUGE) {
+        sg_gauges *g = c->gauges;
+        pthread_mutex_lock(&g->lock);
+        size_t s = gauge_slot(g, sid, 0.0, -INFINITY);
+        double cur_v = g->v[s], cur_t = g->t[s];
+        if (delta) v = cur_v + v;
+        if (delta || !has_ts || t >= cur_t) {
+            g->v[s] = v;
+            g->t[s] = !has_ts ? t : (t > cur_t ? t : cur_t);
+            g->changed[s] = 1;
+        }
+        pthread_mutex_unlock(&g->lock);
+        if (t >= a->last_ts) {
+            a->last = v;
+            a->last_ts = t;
+            a->has_last = 1;
+        }
+    }
+    int sketched = type != SG_COUNTER;
+    if (rate == 1.0) {
+        a->count += 1.0;
+        a->sum += v;
+        if (sketched) {
+            if (a->n == a->cap) {
+                a->cap = a->cap ? a->cap * 2 : 4;
+                a->values = xrealloc(a->values, a->cap * sizeof(double));
+                if (a->weights) a->weights = xrealloc(a->weights, a->cap * sizeof(double));
+            }
+            a->values[a->n] = v;
+            if (a->weights) a->weights[a->n] = 1.0;
+            a->n++;
+            tab->values++;
+        }
+    } else {
+        double w = 1.0 / rate;
+        a->count += w;
+        a->sum += v * w;
+        if (sketched) {
+            if (a->n == a->cap) {
+                a->cap = a->cap ? a->cap * 2 : 4;
+                a->values = xrealloc(a->values, a->cap * sizeof(double));
+                if (a->weights) a->weights = xrealloc(a->weights, a->cap * sizeof(double));
+            }
+            if (!a->weights) {
+                a->weights = xrealloc(NULL, a->cap * sizeof(double));
+                for (size_t i = 0; i < a->n; i++) a->weights[i] = 1.0;
+            }
+            a->values[a->n] = v;
+            a->weights[a->n] = w;
+            a->n++;
+            tab->values++;
+        }
+    }
+    if (v < a->min) a->min = v;
+    if (v > a->max) a->max = v;
+}
+
 /* aggregator.add_samples for one staged sample. */
 static void apply(sg_core *c, sg_staged *st, double now, double bucket_now, sg_counts *counts) {
     double t = now, b = bucket_now;
@@ -781,70 +856,9 @@ static void apply(sg_core *c, sg_staged *st, double now, double bucket_now, sg_c
         counts->rejects[k->reason]++;
         return;
     }
-    sg_table *tab = c->live;
-    sg_acc *a = table_get(tab, b, k->sid, st->type);
     counts->accepted++;
-    if (st->type == SG_SET) {
-        members_add(tab, a, st->member, st->member_len);
-        a->count += 1.0;
-        return;
-    }
-    double v = st->value;
-    if (st->type == SG_GAUGE) {
-        sg_gauges *g = c->gauges;
-        pthread_mutex_lock(&g->lock);
-        size_t s = gauge_slot(g, k->sid, 0.0, -INFINITY);
-        double cur_v = g->v[s], cur_t = g->t[s];
-        if (st->delta) v = cur_v + v;
-        if (st->delta || !st->has_ts || t >= cur_t) {
-            g->v[s] = v;
-            g->t[s] = !st->has_ts ? t : (t > cur_t ? t : cur_t);
-            g->changed[s] = 1;
-        }
-        pthread_mutex_unlock(&g->lock);
-        if (t >= a->last_ts) {
-            a->last = v;
-            a->last_ts = t;
-            a->has_last = 1;
-        }
-    }
-    int sketched = st->type != SG_COUNTER;
-    if (st->rate == 1.0) {
-        a->count += 1.0;
-        a->sum += v;
-        if (sketched) {
-            if (a->n == a->cap) {
-                a->cap = a->cap ? a->cap * 2 : 4;
-                a->values = xrealloc(a->values, a->cap * sizeof(double));
-                if (a->weights) a->weights = xrealloc(a->weights, a->cap * sizeof(double));
-            }
-            a->values[a->n] = v;
-            if (a->weights) a->weights[a->n] = 1.0;
-            a->n++;
-            tab->values++;
-        }
-    } else {
-        double w = 1.0 / st->rate;
-        a->count += w;
-        a->sum += v * w;
-        if (sketched) {
-            if (a->n == a->cap) {
-                a->cap = a->cap ? a->cap * 2 : 4;
-                a->values = xrealloc(a->values, a->cap * sizeof(double));
-                if (a->weights) a->weights = xrealloc(a->weights, a->cap * sizeof(double));
-            }
-            if (!a->weights) {
-                a->weights = xrealloc(NULL, a->cap * sizeof(double));
-                for (size_t i = 0; i < a->n; i++) a->weights[i] = 1.0;
-            }
-            a->values[a->n] = v;
-            a->weights[a->n] = w;
-            a->n++;
-            tab->values++;
-        }
-    }
-    if (v < a->min) a->min = v;
-    if (v > a->max) a->max = v;
+    add_value(c, k->sid, st->type, b, t, st->value, st->member, st->member_len, st->rate,
+              st->has_ts, st->delta);
 }
 
 static void parse_line(sg_core *c, const char *line, size_t n, double now, double bucket_now,
@@ -904,4 +918,11 @@ void sg_parse(sg_core *c, const char *data, size_t len, double now, int transpor
         if (!nl) break;
         p = nl + 1;
     }
+}
+
+void sg_add(sg_core *c, int64_t sid, int type, double value, const char *member,
+            size_t member_len, double rate, int has_ts, double ts, int delta, double now) {
+    double t = has_ts ? ts : now;
+    add_value(c, sid, type, sg_bucket_of(t, c->interval), t, value, member, member_len,
+              type == SG_GAUGE ? 1.0 : rate, has_ts, delta);
 }

@@ -157,6 +157,13 @@ sg_table *sg_core_swap(sg_core *c);
 /* Parses one datagram received at `now` (seconds since the epoch) on `transport`. */
 void sg_parse(sg_core *c, const char *data, size_t len, double now, int transport);
 
+/* One sample already admitted (series `sid`, its checks done: an HTTP point) into the live
+ * table, received at `now`; a gauge's current value moves as sg_parse's do. */
+void sg_add(sg_core *c, int64_t sid, int type, double value, const char *member,
+            size_t member_len, double rate, int has_ts, double ts, int delta, double now);
+/* A gauge's current value, if the core has none for it yet. */
+void sg_gauges_seed(sg_gauges *g, int64_t sid, double v, double t);
+
 double sg_bucket_of(double t, double interval);
 
 #endif

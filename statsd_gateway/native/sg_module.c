@@ -25,6 +25,7 @@
 #define READ_BUFFER 65536
 
 static PyObject *array_type; /* array.array */
+static PyObject *metric_types; /* MetricType's members, in sg_type's order (set_types()) */
 
 /* ---- Gauges */
 
@@ -111,7 +112,23 @@ static PyObject *Gauges_forget(GaugesObject *self, PyObject *iterable) {
     Py_RETURN_NONE;
 }
 
+static PyObject *Gauges_seed(GaugesObject *self, PyObject *args) {
+    long long sid;
+    double v, t;
+    if (!PyArg_ParseTuple(args, "Ldd", &sid, &v, &t)) return NULL;
+    if (pthread_mutex_trylock(&self->g->lock) == 0) {
+        pthread_mutex_unlock(&self->g->lock);
+        sg_gauges_seed(self->g, sid, v, t);
+    } else {
+        Py_BEGIN_ALLOW_THREADS sg_gauges_seed(self->g, sid, v, t);
+        Py_END_ALLOW_THREADS
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef Gauges_methods[] = {
+    {"seed", (PyCFunction)Gauges_seed, METH_VARARGS,
+     "seed(sid, value, time): the current value of a gauge, unless one is known already."},
     {"take_changed", (PyCFunction)Gauges_take_changed, METH_NOARGS,
      "[(sid, value, time)] of the gauges changed since the last call."},
     {"forget", (PyCFunction)Gauges_forget, METH_O, "Forgets the current values of these series."},
@@ -285,6 +302,65 @@ static PyObject *Core_feed(CoreObject *self, PyObject *args) {
     sg_parse(self->core, data.buf, (size_t)data.len, now, transport);
     pthread_mutex_unlock(&self->lock);
     PyBuffer_Release(&data);
+    Py_RETURN_NONE;
+}
+
+/* add(samples, sids, now): Sample tuples already admitted (sids[i] is samples[i]'s series). */
+static PyObject *Core_add(CoreObject *self, PyObject *args) {
+    PyObject *samples, *sids;
+    double now;
+    if (!PyArg_ParseTuple(args, "O!O!d", &PyList_Type, &samples, &PyList_Type, &sids, &now))
+        return NULL;
+    if (!metric_types) {
+        PyErr_SetString(PyExc_RuntimeError, "set_types() was not called");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(samples);
+    if (PyList_GET_SIZE(sids) != n) {
+        PyErr_SetString(PyExc_ValueError, "one series id per sample");
+        return NULL;
+    }
+    core_lock(self);
+    PyObject *failed = NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *sample = PyList_GET_ITEM(samples, i);
+        if (!PyTuple_Check(sample) || PyTuple_GET_SIZE(sample) != 7) {
+            PyErr_SetString(PyExc_TypeError, "a sample is a 7-tuple");
+            failed = sample;
+            break;
+        }
+        PyObject *type_obj = PyTuple_GET_ITEM(sample, 2);
+        int type = -1;
+        for (int k = 0; k < SG_NTYPES; k++)
+            if (PyTuple_GET_ITEM(metric_types, k) == type_obj) type = k;
+        long long sid = PyLong_AsLongLong(PyList_GET_ITEM(sids, i));
+        PyObject *value = PyTuple_GET_ITEM(sample, 3), *ts_obj = PyTuple_GET_ITEM(sample, 5);
+        double v = 0.0, rate = PyFloat_AsDouble(PyTuple_GET_ITEM(sample, 4));
+        double ts = ts_obj == Py_None ? 0.0 : PyFloat_AsDouble(ts_obj);
+        const char *member = NULL;
+        Py_ssize_t mlen = 0;
+        if (type == SG_SET) {
+            PyObject *text = PyObject_Str(value);
+            member = text ? PyUnicode_AsUTF8AndSize(text, &mlen) : NULL;
+            Py_XDECREF(text); /* the UTF-8 form is cached on `value` itself when it is a str */
+            if (member && !PyUnicode_Check(value)) {
+                PyErr_SetString(PyExc_TypeError, "a set member is a str");
+                member = NULL;
+            }
+        } else {
+            v = PyFloat_AsDouble(value);
+        }
+        int delta = PyObject_IsTrue(PyTuple_GET_ITEM(sample, 6));
+        if (type < 0 || PyErr_Occurred() || delta < 0 || (type == SG_SET && !member)) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "not a metric type");
+            failed = sample;
+            break;
+        }
+        sg_add(self->core, sid, type, v, member, (size_t)mlen, rate, ts_obj != Py_None, ts,
+               delta, now);
+    }
+    pthread_mutex_unlock(&self->lock);
+    if (failed) return NULL;
     Py_RETURN_NONE;
 }
 
@@ -593,6 +669,8 @@ static PyMethodDef Core_methods[] = {
      "configure(*, gauge_delta, interval, max_backdate, future_max, max_keys, clock)"},
     {"feed", (PyCFunction)Core_feed, METH_VARARGS,
      "feed(data, transport, now): parses one datagram on this thread."},
+    {"add", (PyCFunction)Core_add, METH_VARARGS,
+     "add(samples, sids, now): admitted samples (HTTP points) into the live interval."},
     {"swap", (PyCFunction)Core_swap, METH_NOARGS,
      "The live interval's entries; the core starts a new one."},
     {"copy", (PyCFunction)Core_copy, METH_O, "Copies of the live entries of these series."},
@@ -637,7 +715,18 @@ static PyObject *bucket_of(PyObject *m, PyObject *args) {
     return PyFloat_FromDouble(sg_bucket_of(t, interval));
 }
 
+static PyObject *set_types(PyObject *m, PyObject *types) {
+    if (!PyTuple_Check(types) || PyTuple_GET_SIZE(types) != SG_NTYPES) {
+        PyErr_SetString(PyExc_ValueError, "the metric types, in the core's order");
+        return NULL;
+    }
+    Py_INCREF(types);
+    Py_XSETREF(metric_types, types);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef module_methods[] = {
+    {"set_types", set_types, METH_O, "set_types(tuple(MetricType)): the type of a sample."},
     {"bucket_of", bucket_of, METH_VARARGS, "bucket_of(t, interval), as the core computes it."},
     {NULL}};
 
