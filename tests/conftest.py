@@ -17,6 +17,7 @@ import pytest
 from aiohttp import ClientSession
 from msgspec.structs import replace
 
+from statsd_gateway import native
 from statsd_gateway.aggregator import IntervalAggregator
 from statsd_gateway.config import ApiKey, Config, config_from_dict, hash_key
 from statsd_gateway.gateway import Gateway
@@ -66,12 +67,22 @@ class Ticks:
         self.woke_at.append(self.clock())
 
 
-def missing_prerequisite(what: str) -> NoReturn:
+def missing_prerequisite(what: str, *, module: bool = False) -> NoReturn:
     """A test needs something of the machine that is not here (a system package, root): it is
-    skipped on a developer's machine, and fails under CI (CI=true), where .ci/run provides it."""
+    skipped on a developer's machine, and fails under CI (CI=true), where .ci/run provides it.
+    `module`: called at import, for a whole test module."""
     if os.environ.get("CI") == "true":
         pytest.fail(f"{what}: CI must provide it (see .ci/run)")
-    pytest.skip(what)
+    pytest.skip(what, allow_module_level=module)
+
+
+def require_native_core() -> None:
+    """For a test of the native ingest core: skipped where the suite forces the pure-Python path
+    (STATSD_GATEWAY_PURE_PYTHON), and where the core is not built (failed under CI)."""
+    if os.environ.get(native.PURE_PYTHON_ENV, "") not in ("", "0"):
+        pytest.skip(f"{native.PURE_PYTHON_ENV} forces the pure-Python path")
+    if native.native_module() is None:
+        missing_prerequisite("the native ingest core is not built (pip install -e .)")
 
 
 def make_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:

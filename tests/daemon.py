@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 T = TypeVar("T")
 
@@ -123,6 +124,36 @@ class Daemon:
             "GET", "/v1/metrics/query?" + urllib.parse.urlencode(params), key
         )
         return status, body
+
+    def self_metrics(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        """The daemon's own metrics from /metrics: (sample name, its labels) -> value."""
+        url = self.base + "/metrics"
+        with urllib.request.urlopen(url, timeout=10, context=self.ssl_context) as r:
+            text = r.read().decode()
+        return {
+            (s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+
+    def self_metric(self, name: str, **labels: str) -> float:
+        """One of the daemon's own metrics (0 where it has no sample yet)."""
+        return self.self_metrics().get((name, frozenset(labels.items())), 0.0)
+
+    def receive_buffer(self) -> int:
+        """The UDP receive buffer the kernel granted, as the log at start says."""
+        for line in self.lines:
+            found = re.search(r"udp receive buffer: .*granted (\d+)", line)
+            if found:
+                return int(found.group(1))
+        raise AssertionError(f"no udp receive buffer in the log:\n{self.stderr}")
+
+    def vm_rss(self) -> int:
+        """The daemon's resident memory, in bytes (/proc/PID/status)."""
+        status = Path(f"/proc/{self.proc.pid}/status").read_text(encoding="ascii")
+        found = re.search(r"^VmRSS:\s+(\d+) kB$", status, re.M)
+        assert found is not None, status
+        return int(found.group(1)) * 1024
 
     def terminate(self) -> int:
         self.proc.send_signal(signal.SIGTERM)

@@ -31,7 +31,7 @@ MODULE = native.native_module()
 if MODULE is None:
     if os.environ.get(native.PURE_PYTHON_ENV):
         pytest.skip("the pure-Python path is forced", allow_module_level=True)
-    missing_prerequisite("the native core is not built", "pip install -e .")
+    missing_prerequisite("the native core is not built (pip install -e .)", module=True)
 
 PARITY = settings(
     max_examples=int(os.environ.get("PARITY_EXAMPLES", "10000")),
