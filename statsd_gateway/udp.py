@@ -2,16 +2,20 @@
 
 `DatagramListener` is the part UDP and the Unix datagram socket (unixgram.py) share:
 `datagram_received` only appends to the queue (or drops and counts when it is full); the queue is
-drained in one loop callback, so a burst of datagrams is parsed in a batch. `UdpListener` adds the
-socket: address family, SO_RCVBUF, and the kernel's drop count for the socket.
+drained in one loop callback, so a burst of datagrams is parsed in a batch. close() parses what the
+socket and the queue still hold: what the kernel received before the stop is not lost.
+`UdpListener` adds the socket: address family, SO_RCVBUF, and the kernel's drop count for the
+socket.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import os
 import socket
+import struct
 from collections import deque
 from typing import cast
 
@@ -21,6 +25,12 @@ from statsd_gateway.telemetry import Telemetry
 log = logging.getLogger(__name__)
 
 _PROC_NET_UDP = {socket.AF_INET: "/proc/net/udp", socket.AF_INET6: "/proc/net/udp6"}
+# Linux's SO_ATTACH_FILTER (asm-generic/socket.h), which the socket module does not name.
+_SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)
+# A classic BPF program of one instruction, `ret #0`: keep no byte of any datagram.
+_KEEP_NOTHING = ctypes.create_string_buffer(struct.pack("=HBBI", 0x06, 0, 0, 0))
+# The largest datagram read at a stop: a Unix datagram may be larger than UDP's 64 KiB.
+_MAX_DATAGRAM = 256 * 1024
 
 
 class DatagramListener(asyncio.DatagramProtocol):
@@ -37,12 +47,14 @@ class DatagramListener(asyncio.DatagramProtocol):
         self._scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self.transport: asyncio.DatagramTransport | None = None
+        self._sock: socket.socket | None = None
 
     async def _open(self, sock: socket.socket) -> None:
         """Starts receiving on a bound socket."""
         self._loop = asyncio.get_running_loop()
         sock.setblocking(False)
         await self._loop.create_datagram_endpoint(lambda: self, sock=sock)
+        self._sock = sock
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's UDP transport is not an asyncio.DatagramTransport subclass, hence the cast.
@@ -77,11 +89,24 @@ class DatagramListener(asyncio.DatagramProtocol):
                 log.exception("internal error while ingesting a datagram")
 
     def close(self) -> None:
-        """Stops receiving, then parses what is still queued."""
+        """Stops receiving, then parses what the socket and the queue still hold."""
         if self.transport is not None:
+            self._read_what_the_socket_holds()
             self.transport.close()
             self.transport = None
         self.drain()
+
+    def _read_what_the_socket_holds(self) -> None:
+        """Queues the datagrams the kernel received but the loop did not read yet. The queue's
+        bound does not apply: what is read is bounded by the socket's receive buffer."""
+        sock, self._sock = self._sock, None
+        if sock is None or not refuse_new_datagrams(sock):
+            return
+        while True:
+            try:
+                self._queue.append(sock.recv(_MAX_DATAGRAM))
+            except OSError:  # BlockingIOError: nothing left
+                return
 
 
 class UdpListener(DatagramListener):
@@ -146,6 +171,19 @@ def set_receive_buffer(sock: socket.socket, read_buffer: int) -> None:
             granted,
             read_buffer,
         )
+
+
+def refuse_new_datagrams(sock: socket.socket) -> bool:
+    """From now on the kernel drops what arrives on `sock` (a socket filter that keeps nothing)
+    and keeps what it holds already: a stop reads what was received before it, and ends even
+    while a flood arrives faster than it is read. False where the system refuses the filter."""
+    program = struct.pack("HP", 1, ctypes.addressof(_KEEP_NOTHING))  # struct sock_fprog
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, program)
+    except OSError as e:
+        log.warning("stopping: cannot refuse new datagrams on %s: %s", sock.getsockname(), e)
+        return False
+    return True
 
 
 def read_proc_drops(path: str, inode: int) -> int | None:

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from statsd_gateway import native
+from tests.conftest import require_native_core
 from tests.daemon import Daemon, poll_value, wait_for_log, write_config
 
 
@@ -91,21 +93,59 @@ def test_daemon_ingests_serves_and_keeps_data_over_a_restart(
     assert again.terminate() == 0, again.stderr
 
 
-def test_sigterm_loses_no_udp_data(tmp_path: Path, daemons: list[Daemon]) -> None:
-    # A flush interval far longer than the test: only the shutdown flush can save the data.
-    config_file = tmp_path / "slow.yaml"
-    write_config(config_file, tmp_path / "state", flush_interval="1h")
-    d = Daemon(config_file)
+# The daemon's environment for each ingest core, and what its log says at start.
+CORES = {
+    "native": ({native.PURE_PYTHON_ENV: ""}, "ingest core: native (compiled core)"),
+    "pure": ({native.PURE_PYTHON_ENV: "1"}, "ingest core: pure Python"),
+}
+
+
+@pytest.fixture(params=sorted(CORES))
+def core(request: pytest.FixtureRequest) -> str:
+    """Each ingest core in turn (the native one where it is built)."""
+    if request.param == "native":
+        require_native_core()
+    return str(request.param)
+
+
+def start_on(core: str, config_file: Path, daemons: list[Daemon]) -> Daemon:
+    """The daemon on `core`, which its log at start names."""
+    env, said = CORES[core]
+    d = Daemon(config_file, env=env)
     daemons.append(d)
+    assert any(said in line for line in d.lines), d.stderr
+    return d
+
+
+def big_buffer_config(tmp_path: Path, flush_interval: str) -> Path:
+    """A config asking for a 4 MiB UDP receive buffer (the kernel may grant less)."""
+    path = tmp_path / "gw.yaml"
+    write_config(path, tmp_path / "state", flush_interval=flush_interval)
+    text = path.read_text(encoding="utf-8")
+    path.write_text(text.replace("read_buffer: 0", "read_buffer: 4194304"), encoding="utf-8")
+    return path
+
+
+def test_sigterm_loses_no_udp_data(tmp_path: Path, daemons: list[Daemon], core: str) -> None:
+    # A flush interval far longer than the test: only the shutdown flush can save the data.
+    config_file = big_buffer_config(tmp_path, "1h")
+    d = start_on(core, config_file, daemons)
     key = (tmp_path / "state" / "api-key").read_text(encoding="utf-8").strip()
     d.send_udp(b"term:5|c")
     poll_value(d, key, 5, name="term", agg="sum")  # read from memory; nothing flushed yet
+    # A burst the receive buffer holds whole (the kernel drops none), SIGTERM at once: what the
+    # daemon has not read yet when the signal comes is read before it stops.
+    datagram = b"\n".join([b"burst:1|c"] * 800)
+    burst = max(1, d.receive_buffer() // 2 // len(datagram))
+    d.send_udp(*[datagram] * burst)
+    started = time.monotonic()
     assert d.terminate() == 0, d.stderr
-    again = Daemon(config_file)
-    daemons.append(again)
-    status, body = again.query(key, name="term", agg="sum")
-    assert status == 200, body
-    assert [p["value"] for p in body["points"]] == [5]
+    assert time.monotonic() - started < 5, d.stderr
+    again = start_on(core, config_file, daemons)
+    for name, want in (("term", 5), ("burst", 800 * burst)):
+        status, body = again.query(key, name=name, agg="sum")
+        assert status == 200, body
+        assert [p["value"] for p in body["points"]] == [want], name
 
 
 def test_http_200_survives_kill_9(tmp_path: Path, daemons: list[Daemon]) -> None:

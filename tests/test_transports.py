@@ -15,11 +15,22 @@ from typing import Any
 import pytest
 from msgspec.structs import replace
 
+from statsd_gateway import native
 from statsd_gateway.config import Config, parse_config, parse_mode
 from statsd_gateway.errors import ConfigError
 from statsd_gateway.gateway import Gateway
 from statsd_gateway.udp import read_proc_drops
-from tests.conftest import T0, Api, ManualClock, Ticks, make_config, running, wait_until
+from tests.conftest import (
+    T0,
+    Api,
+    ManualClock,
+    Ticks,
+    make_config,
+    require_native_core,
+    running,
+    send_udp,
+    wait_until,
+)
 
 SINCE = int(T0 - 3600)
 UNTIL = int(T0 + 60)
@@ -243,6 +254,39 @@ async def test_tcp_lines_already_sent_survive_stop(tmp_path: Path) -> None:
     assert gw.telemetry.rejects[("tcp", "truncated_line")] == 1
     async with running(cfg, ManualClock()) as (_, api):
         assert await value(api, "late.tcp") == 4
+
+
+@pytest.fixture(params=["native", "pure"])
+def core(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each ingest core in turn, for Gateways started in this test."""
+    if request.param == "native":
+        require_native_core()
+    else:
+        monkeypatch.setenv(native.PURE_PYTHON_ENV, "1")
+    return str(request.param)
+
+
+@pytest.mark.parametrize("transport", ["udp", "unixgram"])
+async def test_datagrams_already_sent_survive_stop(
+    tmp_path: Path, transport: str, core: str
+) -> None:
+    cfg = transports_config(tmp_path)
+    gw = Gateway(cfg, clock=ManualClock(), flush_on_ticks=False)
+    await gw.start()
+    # Sent without yielding to the event loop, then stop() at once: the loop's listeners read
+    # none of them before stop() (the native UDP readers may have, or not).
+    datagrams = [b"late.dgram:1|c\nlate.dgram:2|c"] * 8  # a Unix socket queues 10 by default
+    try:
+        if transport == "udp":
+            send_udp(gw, *datagrams)
+        else:
+            assert gw.unix_path is not None
+            send_unix(gw.unix_path, *datagrams)
+    finally:
+        await gw.stop()
+    assert gw.telemetry.packets[transport] == len(datagrams)
+    async with running(cfg, ManualClock()) as (_, api):
+        assert await value(api, "late.dgram") == 3 * len(datagrams)
 
 
 # --- Unix datagram socket -----------------------------------------------------------------------
