@@ -5,7 +5,9 @@ spreads senders over them), each read by a thread of its own in its own core, wi
 the event loop is woken (an eventfd) once per burst, to add what the cores counted to the
 telemetry and to let the memory bound start a flush. There is no queue in Python: the socket's
 receive buffer is the queue, and the kernel counts what it drops (`kernel_drops()`).
-close() stops the threads once they have parsed everything the sockets still hold.
+close() stops the threads once they have parsed everything the sockets held at the stop (what
+arrives after it is the kernel's to drop, so a flood faster than the readers cannot hold the
+stop up).
 """
 
 from __future__ import annotations
@@ -19,7 +21,12 @@ from collections.abc import Callable
 from typing import Any
 
 from statsd_gateway.native import NativeLive
-from statsd_gateway.udp import _PROC_NET_UDP, read_proc_drops, set_receive_buffer
+from statsd_gateway.udp import (
+    _PROC_NET_UDP,
+    read_proc_drops,
+    refuse_new_datagrams,
+    set_receive_buffer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +106,10 @@ class NativeUdpListener:
 
     def close(self) -> None:
         """Stops the readers after they parsed what the sockets hold, then closes them."""
+        # A reader stops once its socket is empty: nothing must arrive meanwhile.
+        if self._cores:
+            for sock in self._sockets:
+                refuse_new_datagrams(sock)
         for core in self._cores:
             core.stop()
             self.live.sync_counts(core)

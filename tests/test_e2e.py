@@ -8,9 +8,11 @@ import json
 import os
 import re
 import signal
+import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -19,7 +21,7 @@ import pytest
 
 from statsd_gateway import native
 from tests.conftest import require_native_core
-from tests.daemon import Daemon, poll_value, wait_for_log, write_config
+from tests.daemon import Daemon, poll_until, poll_value, wait_for_log, write_config
 
 
 @pytest.fixture
@@ -146,6 +148,42 @@ def test_sigterm_loses_no_udp_data(tmp_path: Path, daemons: list[Daemon], core: 
         status, body = again.query(key, name=name, agg="sum")
         assert status == 200, body
         assert [p["value"] for p in body["points"]] == [want], name
+
+
+def test_sigterm_stops_the_daemon_promptly_under_a_flood(
+    tmp_path: Path, daemons: list[Daemon], core: str
+) -> None:
+    """A sender faster than the daemon keeps the socket full; SIGTERM still stops it at once,
+    after it parsed what the socket held (the flood's later datagrams are the kernel's to
+    drop)."""
+    d = start_on(core, big_buffer_config(tmp_path, "1s"), daemons)
+    datagram = b"\n".join([b"flood:1|c"] * 6000)
+    stop = threading.Event()
+
+    def flood() -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            while not stop.is_set():
+                s.sendto(datagram, ("127.0.0.1", d.udp_port))
+
+    sender = threading.Thread(target=flood)
+    sender.start()
+    try:
+        full = d.receive_buffer() // len(datagram) + 1
+        poll_until(
+            lambda: (
+                True
+                if d.self_metric("statsd_gateway_kernel_drops_total", transport="udp") > full
+                else None
+            ),
+            lambda: f"the flood filled no receive buffer\n{d.stderr}",
+        )
+        started = time.monotonic()
+        assert d.terminate() == 0, d.stderr
+        assert time.monotonic() - started < 5, d.stderr
+    finally:
+        stop.set()
+        sender.join()
+    assert d.lines[-1].endswith("stopped"), d.stderr
 
 
 def test_http_200_survives_kill_9(tmp_path: Path, daemons: list[Daemon]) -> None:
