@@ -258,19 +258,27 @@ def test_sighup_reloads_keys_and_keeps_the_old_config_on_a_bad_file(
     daemons.append(d)
     assert d.request("GET", "/v1/metrics", "first-key")[0] == 200
     assert d.request("GET", "/v1/metrics", "second-key")[0] == 401
+    d.send_udp(b"hup:1|c")
+    poll_value(d, "first-key", 1, name="hup", agg="sum")
 
-    # A new key and log level apply at once; a new flush interval needs a restart, and says so.
+    # A new key and log level apply at once; a new flush interval and UDP listener settings
+    # need a restart, and say so; UDP goes on as it was.
     new = with_key("second-key").replace("flush_interval: 1s", "flush_interval: 2s")
+    new = new.replace("  read_buffer: 0\n", "  read_buffer: 0\n  readers: 2\n")
     path.write_text(new + "log:\n  level: debug\n")
     mark = len(d.lines)
     d.proc.send_signal(signal.SIGHUP)
     wait_for_log(d, "reloaded", mark)
-    assert any(
-        "aggregation.flush_interval changed; it takes effect after a restart" in line
-        for line in d.lines[mark:]
-    )
+    for key in ("aggregation.flush_interval", "udp"):
+        assert any(
+            f"{key} changed; it takes effect after a restart" in line for line in d.lines[mark:]
+        ), key
     assert d.request("GET", "/v1/metrics", "second-key")[0] == 200
     assert d.request("GET", "/v1/metrics", "first-key")[0] == 401
+    d.send_udp(b"hup:2|c")
+    poll_value(d, "second-key", 3, name="hup", agg="sum")
+    status, body, _ = d.request("GET", "/readyz", None)
+    assert status == 200, body
 
     path.write_text(with_key("third-key") + "udp:\n  bogus: 1\n")
     mark = len(d.lines)
