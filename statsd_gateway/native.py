@@ -21,8 +21,10 @@ Contract:
 from __future__ import annotations
 
 import asyncio
+import atexit
 import math
 import os
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from types import ModuleType
@@ -79,6 +81,17 @@ except ImportError as e:  # not built: the pure-Python path runs
 else:
     _import_error = ""
     assert len(REASONS) == _compiled.REASONS, "sg_core.h and native.REASONS disagree"
+
+
+# Every core with a reader thread, stopped at exit before the interpreter frees what those
+# threads use (a daemon stops them itself; this is for a program that never called stop()).
+_readers: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_readers() -> None:
+    for core in list(_readers):
+        core.stop()
 
 
 def native_module() -> ModuleType | None:
@@ -151,6 +164,7 @@ class NativeLive:
 
         core = self._module.Core(self.gauges, resolve, **self._settings())
         self.cores.append(core)
+        _readers.add(core)
         self._seen[id(core)] = [(0,) * 7 + (0,) * len(REASONS)] * len(TRANSPORTS)
         return core
 

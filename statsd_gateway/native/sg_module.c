@@ -25,6 +25,10 @@
 #define READ_BUFFER 65536
 
 static PyObject *array_type; /* array.array */
+/* On a reader thread: its own Python thread state, made once when it starts (a thread state
+ * made per call, as PyGILState_Ensure does on a thread Python did not start, costs ~15 µs
+ * each new series). NULL on every other thread, which holds the GIL already when it calls in. */
+static __thread PyThreadState *reader_state;
 static PyObject *metric_types; /* MetricType's members, in sg_type's order (set_types()) */
 
 /* ---- Gauges */
@@ -160,6 +164,8 @@ typedef struct {
     atomic_int notified;
     atomic_int alive; /* the reader thread has not returned */
     int holds; /* hold() calls not released yet */
+    PyInterpreterState *interp; /* the reader thread's thread state belongs to it */
+    PyObject *weakrefs;
     char *buffers;
     struct mmsghdr *msgs;
     struct iovec *iovs;
@@ -175,7 +181,12 @@ static int resolve_trampoline(void *ctx, int type, const char *head, size_t hlen
                               const char *tags, size_t tlen, int admit, int64_t *sid,
                               double *gauge_v, double *gauge_t) {
     CoreObject *self = ctx;
-    PyGILState_STATE gil = PyGILState_Ensure();
+    PyThreadState *mine = reader_state;
+    PyGILState_STATE gil = PyGILState_LOCKED;
+    if (mine)
+        PyEval_RestoreThread(mine);
+    else
+        gil = PyGILState_Ensure();
     int status = -1;
     PyObject *r = PyObject_CallFunction(self->resolve, "iy#y#i", type, head, (Py_ssize_t)hlen,
                                         tags, (Py_ssize_t)tlen, admit);
@@ -195,13 +206,17 @@ static int resolve_trampoline(void *ctx, int type, const char *head, size_t hlen
     }
     if (status < 0) PyErr_WriteUnraisable(self->resolve);
     Py_XDECREF(r);
-    PyGILState_Release(gil);
+    if (mine)
+        PyEval_SaveThread();
+    else
+        PyGILState_Release(gil);
     return status;
 }
 
 static void Core_stop_reader(CoreObject *self);
 
 static void Core_dealloc(CoreObject *self) {
+    if (self->weakrefs) PyObject_ClearWeakRefs((PyObject *)self);
     Core_stop_reader(self);
     sg_core_free(self->core);
     pthread_mutex_destroy(&self->lock);
@@ -528,7 +543,7 @@ static double reader_now(CoreObject *self) {
         clock_gettime(CLOCK_REALTIME, &ts);
         return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
     }
-    PyGILState_STATE gil = PyGILState_Ensure();
+    PyEval_RestoreThread(reader_state); /* only reader threads call this */
     double now = NAN;
     PyObject *r = PyObject_CallNoArgs(self->clock);
     if (r) now = PyFloat_AsDouble(r);
@@ -539,7 +554,7 @@ static double reader_now(CoreObject *self) {
         now = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
     }
     Py_XDECREF(r);
-    PyGILState_Release(gil);
+    PyEval_SaveThread();
     return now;
 }
 
@@ -569,6 +584,7 @@ static int read_batch(CoreObject *self) {
 
 static void *reader_main(void *arg) {
     CoreObject *self = arg;
+    reader_state = PyThreadState_New(self->interp); /* made without the GIL: allowed */
     struct pollfd fds[2] = {{self->fd, POLLIN, 0}, {self->stop_fd, POLLIN, 0}};
     for (;;) {
         while (read_batch(self)) {
@@ -581,6 +597,12 @@ static void *reader_main(void *arg) {
     while (read_batch(self)) {
     }
     atomic_store(&self->alive, 0);
+    /* Stopped by Core_stop_reader, which waits without the GIL; native.py stops every reader
+     * at exit, before the interpreter frees thread states. */
+    PyEval_RestoreThread(reader_state);
+    PyThreadState_Clear(reader_state);
+    PyThreadState_DeleteCurrent();
+    reader_state = NULL;
     return NULL;
 }
 
@@ -602,6 +624,7 @@ static PyObject *Core_start(CoreObject *self, PyObject *args) {
     }
     self->fd = fd;
     self->notify_fd = notify_fd;
+    self->interp = PyInterpreterState_Get();
     atomic_store(&self->notified, 0);
     atomic_store(&self->alive, 1);
     int err = pthread_create(&self->thread, NULL, reader_main, self);
@@ -703,6 +726,7 @@ static PyGetSetDef Core_getset[] = {
 static PyTypeObject CoreType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "statsd_gateway._native.Core",
     .tp_basicsize = sizeof(CoreObject),
+    .tp_weaklistoffset = offsetof(CoreObject, weakrefs),
     .tp_dealloc = (destructor)Core_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "Core(gauges, resolve, **config): the native StatsD parser and live interval.",
