@@ -1,0 +1,18 @@
+#!/bin/sh
+# Builds fuzz/sg_fuzz.c (libFuzzer, ASan, UBSan) and fuzzes the native parser for SECONDS
+# (default 600). One process, one core. Usage: fuzz/run.sh [SECONDS] [extra libFuzzer flags]
+# The build, the growing corpus and any crash artifact go to $SG_FUZZ_DIR (default
+# /tmp/sg-fuzz, outside the repo); fuzz/corpus/ holds the seeds and is only read.
+set -eu
+cd "$(dirname "$0")/.."
+seconds="${1:-600}"
+[ $# -gt 0 ] && shift
+out="${SG_FUZZ_DIR:-/tmp/sg-fuzz}"
+mkdir -p "$out/corpus"
+clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+    -I statsd_gateway/native fuzz/sg_fuzz.c statsd_gateway/native/sg_core.c -lm -lpthread \
+    -o "$out/sg_fuzz"
+echo "fuzzing $(git rev-parse --short HEAD 2>/dev/null || echo '?') for ${seconds}s; output in $out" >&2
+exec "$out/sg_fuzz" -max_total_time="$seconds" -max_len=70000 -timeout=10 -rss_limit_mb=2048 \
+    -dict=fuzz/statsd.dict -artifact_prefix="$out/" -print_final_stats=1 "$@" \
+    "$out/corpus" fuzz/corpus

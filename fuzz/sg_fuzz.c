@@ -1,0 +1,582 @@
+/* A libFuzzer target for the native ingest core's parse entry point, sg_parse() (sg_core.h).
+ *
+ * Built and run by fuzz/run.sh (clang, -fsanitize=fuzzer,address,undefined). What it does:
+ * - One core, its gauges and a fake resolver (a registry written here, deterministic) live
+ *   across inputs, so tables, key caches and registries grow as they do in a daemon. The live
+ *   table is swapped out and freed every SWAP_EVERY inputs, and everything is rebuilt every
+ *   RESET_EVERY inputs (or before each input with SG_FUZZ_FRESH=1, to replay one input alone),
+ *   so memory stays bounded and no leak or out-of-memory report is a false one.
+ * - An input is a sequence of datagrams separated by the bytes FF 00 (FF never occurs in valid
+ *   UTF-8, so a separator never hides valid text). The first datagram is fed on UDP at NOW0;
+ *   each later one starts with a control byte: its transport, its `now`, and an operation done
+ *   before it is parsed (swap, forget the key cache, delete series, forget gauges, reconfigure).
+ * - The resolver refuses some names with a reason derived from a hash of their bytes, fails
+ *   (-1) now and then, admits the others with increasing ids up to CAP_SERIES (then
+ *   SG_CARDINALITY_LIMIT), refuses a second type for one name (SG_TYPE_CONFLICT) and gives
+ *   each gauge a current value.
+ * - After every sg_parse the counters are checked against what the call was given, and after
+ *   every input (and before every table is freed) the structures are checked whole: tables,
+ *   set members, key cache against the registry, gauges. A broken invariant aborts with a
+ *   message, which libFuzzer reports as a crash.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sg_core.h"
+
+#define SWAP_EVERY 64
+#define RESET_EVERY 1024
+#define CAP_SERIES 3000
+#define REG_BUCKETS 4096
+#define NOW0 1700000000.0
+
+#define CHECK(cond, ...)                                                                          \
+    do {                                                                                         \
+        if (!(cond)) {                                                                           \
+            fprintf(stderr, "sg_fuzz: invariant broken: %s (%s:%d): ", #cond, __FILE__,         \
+                    __LINE__);                                                                   \
+            fprintf(stderr, __VA_ARGS__);                                                        \
+            fputc('\n', stderr);                                                                 \
+            abort();                                                                             \
+        }                                                                                        \
+    } while (0)
+
+/* ---- the fake resolver: a registry of (name section, tag text) -> (series id, type) */
+
+typedef struct reg_entry {
+    struct reg_entry *next;
+    uint64_t hash;
+    int64_t sid;
+    int type;
+    size_t hlen, tlen;
+    char bytes[]; /* head, then tags */
+} reg_entry;
+
+typedef struct {
+    reg_entry *buckets[REG_BUCKETS];
+    reg_entry **by_sid; /* index sid: the entry, NULL once forgotten */
+    size_t cap_sid;
+    int64_t next_sid;
+    size_t live;
+    uint64_t calls;
+    uint64_t epoch; /* bumped at each forget: what fails once may pass after */
+} registry;
+
+static uint64_t fnv(uint64_t h, const char *p, size_t n) {
+    for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)p[i]) * 0x100000001b3ull;
+    return h;
+}
+
+static uint64_t key_hash(const char *head, size_t hlen, const char *tags, size_t tlen) {
+    uint64_t h = fnv(0xcbf29ce484222325ull, head, hlen);
+    h = fnv(h ^ 0xff, tags, tlen);
+    return h ^ (h >> 29);
+}
+
+static reg_entry *reg_find(registry *r, uint64_t h, const char *head, size_t hlen,
+                           const char *tags, size_t tlen) {
+    for (reg_entry *e = r->buckets[h % REG_BUCKETS]; e; e = e->next)
+        if (e->hash == h && e->hlen == hlen && e->tlen == tlen &&
+            memcmp(e->bytes, head, hlen) == 0 && memcmp(e->bytes + hlen, tags, tlen) == 0)
+            return e;
+    return NULL;
+}
+
+static void reg_remove(registry *r, int64_t sid) {
+    reg_entry *e = r->by_sid[sid];
+    if (!e) return;
+    reg_entry **pp = &r->buckets[e->hash % REG_BUCKETS];
+    while (*pp != e) pp = &(*pp)->next;
+    *pp = e->next;
+    r->by_sid[sid] = NULL;
+    r->live--;
+    free(e);
+}
+
+static void reg_clear(registry *r) {
+    for (int64_t s = 1; s < r->next_sid; s++) reg_remove(r, s);
+    free(r->by_sid);
+    memset(r, 0, sizeof *r);
+    r->next_sid = 1;
+}
+
+static const int name_reasons[] = {SG_EMPTY_NAME, SG_NAME_TOO_LONG, SG_NAME_WITHOUT_ALNUM,
+                                   SG_INVALID_TAGS, SG_MIXED_TAG_STYLES};
+
+static int resolve(void *ctx, int type, const char *head, size_t hlen, const char *tags,
+                   size_t tlen, int admit, int64_t *sid, double *gauge_v, double *gauge_t) {
+    registry *r = ctx;
+    r->calls++;
+    CHECK(type >= 0 && type < SG_NTYPES, "type %d", type);
+    CHECK(admit == 0 || admit == 1, "admit %d", admit);
+    CHECK(hlen <= SG_MAX_LINE && tlen <= SG_MAX_LINE, "hlen %zu tlen %zu", hlen, tlen);
+    CHECK(head && tags, "NULL head or tags");
+    /* Reading every byte lets ASan see that both ranges are readable. */
+    uint64_t h = key_hash(head, hlen, tags, tlen);
+    if (!admit) {
+        if (hlen == 0) return SG_EMPTY_NAME;
+        if (hlen > 250) return SG_NAME_TOO_LONG;
+        if (h % 23 == 0) return name_reasons[(h >> 8) % 5];
+        if ((h ^ (r->epoch * 0x9e3779b97f4a7c15ull)) % 101 == 7) return -1;
+        return 0;
+    }
+    if ((h ^ (r->epoch * 0x9e3779b97f4a7c15ull)) % 211 == 13) return -1;
+    reg_entry *e = reg_find(r, h, head, hlen, tags, tlen);
+    if (e) {
+        if (e->type != type) return SG_TYPE_CONFLICT;
+    } else {
+        if (r->live >= CAP_SERIES) return SG_CARDINALITY_LIMIT;
+        e = malloc(sizeof *e + hlen + tlen + 1);
+        CHECK(e, "out of memory");
+        e->hash = h;
+        e->type = type;
+        e->hlen = hlen;
+        e->tlen = tlen;
+        memcpy(e->bytes, head, hlen);
+        memcpy(e->bytes + hlen, tags, tlen);
+        e->sid = r->next_sid++;
+        if ((size_t)e->sid >= r->cap_sid) {
+            size_t cap = r->cap_sid ? r->cap_sid * 2 : 1024;
+            r->by_sid = realloc(r->by_sid, cap * sizeof *r->by_sid);
+            CHECK(r->by_sid, "out of memory");
+            memset(r->by_sid + r->cap_sid, 0, (cap - r->cap_sid) * sizeof *r->by_sid);
+            r->cap_sid = cap;
+        }
+        r->by_sid[e->sid] = e;
+        e->next = r->buckets[h % REG_BUCKETS];
+        r->buckets[h % REG_BUCKETS] = e;
+        r->live++;
+    }
+    *sid = e->sid;
+    if (type == SG_GAUGE) {
+        *gauge_v = (double)(int64_t)(h % 2001) - 1000.0; /* the value the program knows */
+        *gauge_t = (h & 0x10000) ? -INFINITY : NOW0 - (double)((h >> 20) % 7200);
+    } else {
+        *gauge_v = 0.0;
+        *gauge_t = -INFINITY;
+    }
+    return 0;
+}
+
+/* ---- state kept across inputs */
+
+static sg_gauges *gauges;
+static sg_core *core;
+static registry reg;
+static uint64_t inputs, resets;
+
+static const double intervals[] = {10.0, 1.0, 60.0, 0.25, 0.001, 3600.0, 7.5};
+static const size_t max_keys[] = {2048, 64, 1, 100000};
+
+static void setup(void) {
+    reg_clear(&reg);
+    gauges = sg_gauges_new();
+    core = sg_core_new(gauges, resolve, &reg);
+    core->max_keys = max_keys[resets % 4];
+    core->interval = intervals[resets % 7];
+    core->gauge_delta = (int)(resets & 1) ^ 1;
+    resets++;
+}
+
+/* ---- whole-structure checks */
+
+typedef struct {
+    double bucket;
+    int64_t sid;
+} acc_id;
+
+static int cmp_acc_id(const void *a, const void *b) {
+    const acc_id *x = a, *y = b;
+    if (x->sid != y->sid) return (x->sid > y->sid) - (x->sid < y->sid);
+    return (x->bucket > y->bucket) - (x->bucket < y->bucket);
+}
+
+static void check_slots(const uint32_t *slots, size_t nslots, size_t n, const char *what) {
+    CHECK(nslots && (nslots & (nslots - 1)) == 0, "%s: %zu slots", what, nslots);
+    CHECK(n * 2 <= nslots, "%s: %zu entries in %zu slots", what, n, nslots);
+    uint8_t *seen = calloc(n + 1, 1);
+    CHECK(seen, "out of memory");
+    size_t used = 0;
+    for (size_t s = 0; s < nslots; s++) {
+        if (!slots[s]) continue;
+        CHECK(slots[s] <= n, "%s: slot %zu -> %u of %zu", what, s, slots[s], n);
+        CHECK(!seen[slots[s]], "%s: entry %u in two slots", what, slots[s]);
+        seen[slots[s]] = 1;
+        used++;
+    }
+    CHECK(used == n, "%s: %zu slots used for %zu entries", what, used, n);
+    free(seen);
+}
+
+static void check_members(const sg_members *m, size_t *cap_total) {
+    CHECK(m->len <= m->cap, "members len %zu cap %zu", m->len, m->cap);
+    check_slots(m->slots, m->nslots, m->n, "members");
+    size_t at = 0;
+    for (size_t i = 0; i < m->n; i++) {
+        CHECK(m->offsets[i] == at, "member %zu at %u, expected %zu", i, m->offsets[i], at);
+        uint32_t len;
+        memcpy(&len, m->bytes + at, 4);
+        CHECK(len >= 1 && len <= SG_MAX_LINE, "member length %u", len);
+        at += 4 + len;
+        CHECK(at <= m->len, "member %zu runs past %zu", i, m->len);
+    }
+    CHECK(at == m->len, "members end at %zu of %zu", at, m->len);
+    if (m->n <= 64) { /* members are distinct (pairwise on small sets, as a spot check) */
+        for (size_t i = 0; i < m->n; i++)
+            for (size_t j = i + 1; j < m->n; j++) {
+                uint32_t li, lj;
+                memcpy(&li, m->bytes + m->offsets[i], 4);
+                memcpy(&lj, m->bytes + m->offsets[j], 4);
+                CHECK(li != lj || memcmp(m->bytes + m->offsets[i] + 4,
+                                         m->bytes + m->offsets[j] + 4, li) != 0,
+                      "members %zu and %zu equal", i, j);
+            }
+    }
+    *cap_total += m->cap;
+}
+
+/* Every sum is a sum of finite terms unless a term overflowed: value * weight (<= 1e9) past
+ * DBL_MAX, or a gauge whose +N/-N changes ran its value to +-inf. */
+static int sum_may_be_nan(const sg_acc *a) {
+    if (a->type == SG_GAUGE) return isinf(a->min) || isinf(a->max);
+    return fmax(fabs(a->min), fabs(a->max)) * 1e9 > 1.7976931348623157e308 / 2;
+}
+
+static void check_table(const sg_table *t) {
+    CHECK(t->n <= t->cap, "table n %zu cap %zu", t->n, t->cap);
+    check_slots(t->slots, t->nslots, t->n, "table");
+    size_t values = 0, member_caps = 0;
+    acc_id *ids = malloc((t->n + 1) * sizeof *ids);
+    CHECK(ids, "out of memory");
+    for (size_t i = 0; i < t->n; i++) {
+        const sg_acc *a = &t->accs[i];
+        ids[i].bucket = a->bucket;
+        ids[i].sid = a->sid;
+        CHECK(isfinite(a->bucket), "bucket %g", a->bucket);
+        CHECK(a->type >= 0 && a->type < SG_NTYPES, "type %d", a->type);
+        CHECK(a->sid >= 1 && a->sid < reg.next_sid, "sid %lld of %lld", (long long)a->sid,
+              (long long)reg.next_sid);
+        if (reg.by_sid[a->sid])
+            CHECK(reg.by_sid[a->sid]->type == a->type, "sid %lld: type %d, registered %d",
+                  (long long)a->sid, a->type, reg.by_sid[a->sid]->type);
+        CHECK(a->count > 0, "count %g", a->count);
+        CHECK(a->n <= a->cap, "values n %zu cap %zu", a->n, a->cap);
+        CHECK(!a->cap || a->values, "cap %zu without values", a->cap);
+        values += a->n;
+        if (a->type == SG_SET) {
+            CHECK(a->members && a->members->n >= 1, "a set without members");
+            CHECK(a->n == 0 && !a->weights, "a set with values");
+            CHECK(a->count >= (double)a->members->n, "set count %g < %zu members", a->count,
+                  a->members->n);
+            check_members(a->members, &member_caps);
+            continue;
+        }
+        CHECK(!a->members, "members of a type %d", a->type);
+        CHECK(!isnan(a->min) && !isnan(a->max) && a->min <= a->max, "min %g max %g", a->min,
+              a->max);
+        CHECK(!isnan(a->sum) || sum_may_be_nan(a), "sum NaN, min %g max %g", a->min, a->max);
+        if (a->min >= 0) CHECK(!(a->sum < 0), "sum %g < 0 with min %g", a->sum, a->min);
+        if (a->max <= 0) CHECK(!(a->sum > 0), "sum %g > 0 with max %g", a->sum, a->max);
+        if (a->type == SG_COUNTER) {
+            CHECK(a->n == 0 && !a->weights, "a counter with values");
+        } else {
+            CHECK(a->n >= 1, "a sketched series-bucket without values");
+            CHECK(a->count >= (double)a->n * 0.999999, "count %g < %zu values", a->count, a->n);
+            for (size_t k = 0; k < a->n; k++) {
+                double v = a->values[k];
+                CHECK(v >= a->min && v <= a->max, "value %g outside [%g, %g]", v, a->min,
+                      a->max);
+                if (a->type != SG_GAUGE) CHECK(fabs(v) <= 1e300, "value %g", v);
+                if (a->weights)
+                    CHECK(a->weights[k] >= 1.0 && a->weights[k] <= 1e9 * 1.000001, "weight %g",
+                          a->weights[k]);
+            }
+        }
+        if (a->type == SG_GAUGE) {
+            CHECK(a->has_last && isfinite(a->last_ts), "gauge without last");
+            CHECK(a->last >= a->min && a->last <= a->max, "last %g outside [%g, %g]", a->last,
+                  a->min, a->max);
+        } else {
+            CHECK(!a->has_last, "last of a type %d", a->type);
+        }
+    }
+    CHECK(values == t->values, "table says %zu values, entries hold %zu", t->values, values);
+    CHECK(member_caps == t->member_bytes, "table says %zu member bytes, sets hold %zu",
+          t->member_bytes, member_caps);
+    qsort(ids, t->n, sizeof *ids, cmp_acc_id);
+    for (size_t i = 1; i < t->n; i++)
+        CHECK(cmp_acc_id(&ids[i - 1], &ids[i]) != 0, "two entries for sid %lld bucket %.17g",
+              (long long)ids[i].sid, ids[i].bucket);
+    free(ids);
+}
+
+typedef struct {
+    uint64_t h;
+    uint32_t i;
+} key_ref;
+
+static int cmp_key_ref(const void *a, const void *b) {
+    const key_ref *x = a, *y = b;
+    if (x->h != y->h) return (x->h > y->h) - (x->h < y->h);
+    return (x->i > y->i) - (x->i < y->i);
+}
+
+static void check_keys(const sg_core *c) {
+    CHECK(c->nkeys <= c->capkeys || c->nkeys == 0, "keys n %zu cap %zu", c->nkeys, c->capkeys);
+    check_slots(c->key_slots, c->nkey_slots, c->nkeys, "keys");
+    size_t at = 0;
+    key_ref *refs = malloc((c->nkeys + 1) * sizeof *refs);
+    CHECK(refs, "out of memory");
+    for (size_t i = 0; i < c->nkeys; i++) {
+        const sg_key *k = &c->keys[i];
+        CHECK(k->off == at, "key %zu at %u, expected %zu", i, k->off, at);
+        CHECK(k->len >= 5 && at + k->len <= c->arena_len, "key %zu: len %u", i, k->len);
+        const char *p = c->arena + k->off;
+        int type = (unsigned char)p[0];
+        uint32_t hl;
+        memcpy(&hl, p + 1, 4);
+        CHECK(type < SG_NTYPES && hl <= k->len - 5, "key %zu: type %d head %u", i, type, hl);
+        const char *head = p + 5, *tags = p + 5 + hl;
+        size_t tl = k->len - 5 - hl;
+        at += k->len;
+        refs[i].h = key_hash(head, hl, tags, tl) * 31 + (uint64_t)type;
+        refs[i].i = (uint32_t)i;
+        switch (k->state) {
+        case SG_KEY_NAME_OK:
+            break;
+        case SG_KEY_NAME_BAD:
+        case SG_KEY_REFUSED:
+            CHECK(k->reason > 0 && k->reason < SG_NREASONS, "key %zu: reason %u", i, k->reason);
+            break;
+        case SG_KEY_ADMITTED: {
+            CHECK(k->sid >= 1 && k->sid < reg.next_sid, "key %zu: sid %lld", i,
+                  (long long)k->sid);
+            const reg_entry *e = reg.by_sid[k->sid];
+            CHECK(e, "key %zu: sid %lld was forgotten but is still cached", i,
+                  (long long)k->sid);
+            CHECK(e->type == type && e->hlen == hl && e->tlen == tl &&
+                      memcmp(e->bytes, head, hl) == 0 && memcmp(e->bytes + hl, tags, tl) == 0,
+                  "key %zu: sid %lld names another series", i, (long long)k->sid);
+            break;
+        }
+        default:
+            CHECK(0, "key %zu: state %u", i, k->state);
+        }
+    }
+    CHECK(at == c->arena_len, "keys end at %zu, arena %zu", at, c->arena_len);
+    qsort(refs, c->nkeys, sizeof *refs, cmp_key_ref);
+    for (size_t i = 1; i < c->nkeys; i++) {
+        if (refs[i].h != refs[i - 1].h) continue;
+        const sg_key *a = &c->keys[refs[i - 1].i], *b = &c->keys[refs[i].i];
+        CHECK(a->len != b->len || memcmp(c->arena + a->off, c->arena + b->off, a->len) != 0,
+              "keys %u and %u are the same key", refs[i - 1].i, refs[i].i);
+    }
+    free(refs);
+}
+
+static void check_gauges(const sg_gauges *g) {
+    CHECK(g->nslots && (g->nslots & (g->nslots - 1)) == 0, "gauges: %zu slots", g->nslots);
+    CHECK(g->n * 2 <= g->nslots, "gauges: %zu in %zu slots", g->n, g->nslots);
+    size_t used = 0;
+    for (size_t s = 0; s < g->nslots; s++) {
+        if (!g->sids[s]) continue;
+        used++;
+        CHECK(g->sids[s] >= 1 && g->sids[s] < reg.next_sid, "gauge sid %lld",
+              (long long)g->sids[s]);
+        CHECK(!isnan(g->v[s]) && !isnan(g->t[s]), "gauge %lld: %g at %g",
+              (long long)g->sids[s], g->v[s], g->t[s]);
+        CHECK(g->changed[s] <= 1, "gauge changed %u", g->changed[s]);
+    }
+    CHECK(used == g->n, "gauges: %zu used, n %zu", used, g->n);
+}
+
+static void check_all(void) {
+    check_table(core->live);
+    check_keys(core);
+    check_gauges(gauges);
+    for (int t = 0; t < SG_TRANSPORTS; t++)
+        CHECK(core->counts[t].rejects[SG_OK] == 0, "a reject counted as reason 0");
+}
+
+static void teardown(void) {
+    check_all();
+    sg_table_free(sg_core_swap(core));
+    sg_core_free(core);
+    sg_gauges_free(gauges);
+    core = NULL;
+    gauges = NULL;
+}
+
+/* ---- one datagram, and what its counters may say afterwards */
+
+static uint64_t rhs(const sg_counts *k) {
+    uint64_t r = k->accepted + k->events + k->service_checks;
+    for (int i = 0; i < SG_NREASONS; i++) r += k->rejects[i];
+    return r;
+}
+
+static long double count_total(const sg_table *t) {
+    long double s = 0;
+    for (size_t i = 0; i < t->n; i++) s += t->accs[i].count;
+    return s;
+}
+
+static void feed(const uint8_t *data, size_t len, double now, int transport) {
+    sg_counts before[SG_TRANSPORTS];
+    memcpy(before, core->counts, sizeof before);
+    size_t values_before = core->live->values, entries_before = core->live->n;
+    long double counted_before = count_total(core->live);
+    /* The datagram in a buffer of its own length, so ASan sees any read past its end. */
+    char *buf = malloc(len ? len : 1);
+    CHECK(buf, "out of memory");
+    if (len) memcpy(buf, data, len);
+    sg_parse(core, buf, len, now, transport);
+    free(buf);
+
+    size_t newlines = 0;
+    for (size_t i = 0; i < len; i++) newlines += data[i] == '\n';
+    for (int t = 0; t < SG_TRANSPORTS; t++) {
+        const sg_counts *a = &before[t], *b = &core->counts[t];
+        if (t != transport) {
+            CHECK(memcmp(a, b, sizeof *a) == 0, "transport %d counted a datagram of %d", t,
+                  transport);
+            continue;
+        }
+        CHECK(b->packets == a->packets + 1, "packets %llu -> %llu",
+              (unsigned long long)a->packets, (unsigned long long)b->packets);
+        CHECK(b->bytes == a->bytes + len, "bytes +%llu for %zu",
+              (unsigned long long)(b->bytes - a->bytes), len);
+        uint64_t lines = b->lines - a->lines, outcomes = rhs(b) - rhs(a);
+        CHECK(lines <= newlines + 1, "%llu lines from %zu newlines", (unsigned long long)lines,
+              newlines);
+        /* Every line counted ends as at least one outcome; a line of n bytes as at most n. */
+        CHECK(outcomes >= lines, "%llu lines, %llu outcomes", (unsigned long long)lines,
+              (unsigned long long)outcomes);
+        CHECK(outcomes <= len, "%llu outcomes from %zu bytes", (unsigned long long)outcomes,
+              len);
+        CHECK(b->unknown_sections - a->unknown_sections <= len, "unknown sections");
+        uint64_t accepted = b->accepted - a->accepted;
+        CHECK(core->live->values - values_before <= accepted, "%zu values from %llu samples",
+              core->live->values - values_before, (unsigned long long)accepted);
+        CHECK(core->live->n - entries_before <= accepted, "%zu entries from %llu samples",
+              core->live->n - entries_before, (unsigned long long)accepted);
+        long double counted = count_total(core->live) - counted_before;
+        CHECK(counted >= (long double)accepted * 0.99L, "count +%Lg for %llu samples",
+              counted, (unsigned long long)accepted);
+    }
+}
+
+/* ---- the operations a control byte asks for */
+
+static void op_swap(void) {
+    sg_table *t = sg_core_swap(core);
+    check_table(t);
+    sg_table_free(t);
+    CHECK(core->live->n == 0 && core->live->values == 0, "a swap left a non-empty table");
+}
+
+/* The sids s (1 <= s < next) with s % 4 == pick, ascending. */
+static int64_t *pick_sids(unsigned pick, size_t *n) {
+    int64_t *sids = malloc(((size_t)reg.next_sid + 1) * sizeof *sids);
+    CHECK(sids, "out of memory");
+    *n = 0;
+    for (int64_t s = 1; s < reg.next_sid; s++)
+        if ((unsigned)(s % 4) == pick) sids[(*n)++] = s;
+    return sids;
+}
+
+/* As a delete of series does in the daemon: out of the live table and the registry, then the
+ * cache and the gauges forget them. */
+static void op_delete(unsigned pick) {
+    size_t n;
+    int64_t *sids = pick_sids(pick, &n);
+    size_t had = core->live->n, of_them = 0;
+    for (size_t i = 0; i < had; i++) {
+        int64_t s = core->live->accs[i].sid;
+        of_them += (unsigned)(s % 4) == pick;
+    }
+    size_t gone = sg_table_discard(core->live, sids, n);
+    CHECK(gone == of_them && core->live->n == had - gone, "discard: %zu gone of %zu, %zu left",
+          gone, of_them, core->live->n);
+    for (size_t i = 0; i < core->live->n; i++)
+        CHECK((unsigned)(core->live->accs[i].sid % 4) != pick, "a discarded sid stayed");
+    for (size_t i = 0; i < n; i++) reg_remove(&reg, sids[i]);
+    sg_core_forget(core);
+    reg.epoch++;
+    sg_gauges_forget(gauges, sids, n);
+    for (size_t s = 0; s < gauges->nslots; s++)
+        CHECK(!gauges->sids[s] || (unsigned)(gauges->sids[s] % 4) != pick,
+              "a forgotten gauge stayed");
+    free(sids);
+}
+
+static void op_gauges_forget(unsigned pick) {
+    size_t n;
+    int64_t *sids = pick_sids(pick, &n);
+    sg_gauges_forget(gauges, sids, n);
+    free(sids);
+}
+
+static const double nows[] = {
+    NOW0,         NOW0 + 0.4,    NOW0 + 9.999, NOW0 + 3599, NOW0 - 601,
+    1e6 + 0.5,    4.6e15,        1e300,
+};
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    static int fresh = -1;
+    if (fresh < 0) fresh = getenv("SG_FUZZ_FRESH") != NULL;
+    if (core && (fresh || inputs % RESET_EVERY == 0)) teardown();
+    if (!core) setup();
+    inputs++;
+
+    size_t chunk = 0;
+    const uint8_t *p = data, *end = data + size;
+    for (;;) {
+        const uint8_t *sep = NULL;
+        for (const uint8_t *q = p; q + 1 < end; q++)
+            if (q[0] == 0xff && q[1] == 0x00) {
+                sep = q;
+                break;
+            }
+        const uint8_t *ce = sep ? sep : end;
+        if (chunk == 0) {
+            feed(p, (size_t)(ce - p), NOW0, 0);
+        } else if (ce > p) {
+            unsigned ctl = p[0];
+            int transport = (int)(ctl & 3) % SG_TRANSPORTS;
+            double now = nows[(ctl >> 2) & 7];
+            switch (ctl >> 5) {
+            case 3:
+                op_swap();
+                break;
+            case 4:
+                sg_core_forget(core);
+                reg.epoch++;
+                break;
+            case 5:
+                op_delete((unsigned)chunk % 4);
+                break;
+            case 6:
+                op_gauges_forget((unsigned)chunk % 4);
+                break;
+            case 7:
+                core->gauge_delta ^= 1;
+                core->interval = intervals[chunk % 7];
+                break;
+            default:
+                break;
+            }
+            feed(p + 1, (size_t)(ce - p - 1), now, transport);
+        }
+        chunk++;
+        if (!sep) break;
+        p = sep + 2;
+    }
+
+    check_all();
+    if (inputs % SWAP_EVERY == 0) op_swap();
+    return 0;
+}
