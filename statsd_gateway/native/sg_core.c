@@ -275,6 +275,7 @@ size_t sg_table_discard(sg_table *t, const int64_t *sids, size_t n) {
         sg_acc *a = &t->accs[i];
         if (sid_in(a->sid, sids, n)) {
             t->values -= a->n;
+            if (a->members) t->member_bytes -= a->members->cap;
             free(a->values);
             free(a->weights);
             members_free(a->members);
