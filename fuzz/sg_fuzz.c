@@ -170,12 +170,14 @@ static uint64_t inputs, resets;
 
 static const double intervals[] = {10.0, 1.0, 60.0, 0.25, 0.001, 3600.0, 7.5};
 static const size_t max_keys[] = {2048, 64, 1, 100000};
+static const size_t max_arenas[] = {(size_t)1 << 28, 65536, 512};
 
 static void setup(void) {
     reg_clear(&reg);
     gauges = sg_gauges_new();
     core = sg_core_new(gauges, resolve, &reg);
     core->max_keys = max_keys[resets % 4];
+    core->max_arena = max_arenas[resets % 3];
     core->interval = intervals[resets % 7];
     core->gauge_delta = (int)(resets & 1) ^ 1;
     resets++;
@@ -367,6 +369,9 @@ static void check_keys(const sg_core *c) {
         }
     }
     CHECK(at == c->arena_len, "keys end at %zu, arena %zu", at, c->arena_len);
+    /* Forgotten at a line's start once past max_arena; one line adds at most one key per type. */
+    CHECK(c->arena_len < c->max_arena + SG_NTYPES * (SG_MAX_LINE + 5), "arena %zu, max %zu",
+          c->arena_len, c->max_arena);
     qsort(refs, c->nkeys, sizeof *refs, cmp_key_ref);
     for (size_t i = 1; i < c->nkeys; i++) {
         if (refs[i].h != refs[i - 1].h) continue;

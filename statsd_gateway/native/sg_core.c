@@ -13,6 +13,8 @@
 #define VALUE_ABS_MAX 1e300
 #define SAMPLE_RATE_MIN 1e-9
 #define DEFAULT_MAX_KEYS (1u << 20)
+/* Well below 4 GiB: a key's offset into the arena is 32-bit. */
+#define DEFAULT_MAX_ARENA ((size_t)1 << 28)
 
 typedef struct {
     int type, has_ts, delta;
@@ -436,6 +438,7 @@ sg_core *sg_core_new(sg_gauges *gauges, sg_resolve_fn resolve, void *ctx) {
     c->max_backdate = 3600.0;
     c->future_max = 600.0;
     c->max_keys = DEFAULT_MAX_KEYS;
+    c->max_arena = DEFAULT_MAX_ARENA;
     c->nkey_slots = 1024;
     c->key_slots = xcalloc(c->nkey_slots, sizeof *c->key_slots);
     return c;
@@ -889,6 +892,10 @@ static void parse_line(sg_core *c, const char *line, size_t n, double now, doubl
             return;
         }
     }
+    /* Checked per line, not per datagram: a TCP batch may be long, and between lines no staged
+     * sample holds a key index, so the cache may go. Without it a flood of long unique names
+     * (lines of up to 8 KiB, a million keys) would grow the arena past the 32-bit offsets. */
+    if (c->arena_len >= c->max_arena) sg_core_forget(c);
     c->nstaged = 0;
     size_t unknown = 0;
     int r = parse_metric(c, line, n, &unknown);

@@ -129,6 +129,7 @@ typedef struct sg_core {
     char *arena;
     size_t arena_len, arena_cap;
     size_t max_keys;
+    size_t max_arena;     /* the key cache's name bytes: past this it is forgotten too */
     sg_counts counts[SG_TRANSPORTS];
     /* scratch for one line */
     void *staged;
