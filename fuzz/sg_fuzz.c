@@ -9,7 +9,9 @@
  * - An input is a sequence of datagrams separated by the bytes FF 00 (FF never occurs in valid
  *   UTF-8, so a separator never hides valid text). The first datagram is fed on UDP at NOW0;
  *   each later one starts with a control byte: its transport, its `now`, and an operation done
- *   before it is parsed (swap, forget the key cache, delete series, forget gauges, reconfigure).
+ *   before it is parsed (swap, forget the key cache, delete series, forget gauges, reconfigure,
+ *   or HTTP points: samples of admitted series put by sg_add() into a second core, which shares
+ *   the gauges' current values as the daemon's points core does).
  * - The resolver refuses some names with a reason derived from a hash of their bytes, fails
  *   (-1) now and then, admits the others with increasing ids up to CAP_SERIES (then
  *   SG_CARDINALITY_LIMIT), refuses a second type for one name (SG_TYPE_CONFLICT) and gives
@@ -164,7 +166,7 @@ static int resolve(void *ctx, int type, const char *head, size_t hlen, const cha
 /* ---- state kept across inputs */
 
 static sg_gauges *gauges;
-static sg_core *core;
+static sg_core *core, *points;
 static registry reg;
 static uint64_t inputs, resets;
 
@@ -176,10 +178,12 @@ static void setup(void) {
     reg_clear(&reg);
     gauges = sg_gauges_new();
     core = sg_core_new(gauges, resolve, &reg);
+    points = sg_core_new(gauges, resolve, &reg);
     core->max_keys = max_keys[resets % 4];
     core->max_arena = max_arenas[resets % 3];
     core->interval = intervals[resets % 7];
     core->gauge_delta = (int)(resets & 1) ^ 1;
+    points->interval = core->interval;
     resets++;
 }
 
@@ -213,7 +217,7 @@ static void check_slots(const uint32_t *slots, size_t nslots, size_t n, const ch
     free(seen);
 }
 
-static void check_members(const sg_members *m, size_t *cap_total) {
+static void check_members(const sg_members *m, uint32_t min_len, size_t *cap_total) {
     CHECK(m->len <= m->cap, "members len %zu cap %zu", m->len, m->cap);
     check_slots(m->slots, m->nslots, m->n, "members");
     size_t at = 0;
@@ -221,7 +225,7 @@ static void check_members(const sg_members *m, size_t *cap_total) {
         CHECK(m->offsets[i] == at, "member %zu at %u, expected %zu", i, m->offsets[i], at);
         uint32_t len;
         memcpy(&len, m->bytes + at, 4);
-        CHECK(len >= 1 && len <= SG_MAX_LINE, "member length %u", len);
+        CHECK(len >= min_len && len <= SG_MAX_LINE, "member length %u", len);
         at += 4 + len;
         CHECK(at <= m->len, "member %zu runs past %zu", i, m->len);
     }
@@ -247,7 +251,7 @@ static int sum_may_be_nan(const sg_acc *a) {
     return fmax(fabs(a->min), fabs(a->max)) * 1e9 > 1.7976931348623157e308 / 2;
 }
 
-static void check_table(const sg_table *t) {
+static void check_table(const sg_table *t, uint32_t min_member) {
     CHECK(t->n <= t->cap, "table n %zu cap %zu", t->n, t->cap);
     check_slots(t->slots, t->nslots, t->n, "table");
     size_t values = 0, member_caps = 0;
@@ -273,7 +277,7 @@ static void check_table(const sg_table *t) {
             CHECK(a->n == 0 && !a->weights, "a set with values");
             CHECK(a->count >= (double)a->members->n, "set count %g < %zu members", a->count,
                   a->members->n);
-            check_members(a->members, &member_caps);
+            check_members(a->members, min_member, &member_caps);
             continue;
         }
         CHECK(!a->members, "members of a type %d", a->type);
@@ -399,8 +403,10 @@ static void check_gauges(const sg_gauges *g) {
 }
 
 static void check_all(void) {
-    check_table(core->live);
+    check_table(core->live, 1);
+    check_table(points->live, 0);
     check_keys(core);
+    CHECK(points->nkeys == 0, "sg_add cached a key");
     check_gauges(gauges);
     for (int t = 0; t < SG_TRANSPORTS; t++)
         CHECK(core->counts[t].rejects[SG_OK] == 0, "a reject counted as reason 0");
@@ -410,8 +416,9 @@ static void teardown(void) {
     check_all();
     sg_table_free(sg_core_swap(core));
     sg_core_free(core);
+    sg_core_free(points);
     sg_gauges_free(gauges);
-    core = NULL;
+    core = points = NULL;
     gauges = NULL;
 }
 
@@ -478,9 +485,12 @@ static void feed(const uint8_t *data, size_t len, double now, int transport) {
 
 static void op_swap(void) {
     sg_table *t = sg_core_swap(core);
-    check_table(t);
+    check_table(t, 1);
     sg_table_free(t);
     CHECK(core->live->n == 0 && core->live->values == 0, "a swap left a non-empty table");
+    t = sg_core_swap(points);
+    check_table(t, 0);
+    sg_table_free(t);
 }
 
 /* The sids s (1 <= s < next) with s % 4 == pick, ascending. */
@@ -503,6 +513,7 @@ static void op_delete(unsigned pick) {
         int64_t s = core->live->accs[i].sid;
         of_them += (unsigned)(s % 4) == pick;
     }
+    sg_table_discard(points->live, sids, n);
     size_t gone = sg_table_discard(core->live, sids, n);
     CHECK(gone == of_them && core->live->n == had - gone, "discard: %zu gone of %zu, %zu left",
           gone, of_them, core->live->n);
@@ -523,6 +534,32 @@ static void op_gauges_forget(unsigned pick) {
     int64_t *sids = pick_sids(pick, &n);
     sg_gauges_forget(gauges, sids, n);
     free(sids);
+}
+
+/* HTTP points, as the daemon's points core takes them: series already admitted (here: ids
+ * the registry holds, of their type), values finite, rates and timestamps checked. Four bytes
+ * of `d` a sample: which series, the value, rate/timestamp/delta, the member's length. */
+static void op_points(const uint8_t *d, size_t len, double now) {
+    static const double rates[] = {1.0, 1.0, 0.5, 0.1, 1e-9, 0.999, 1.0, 0.25};
+    static const double offsets[] = {-3599.0, -5.0, 0.0, 599.0};
+    if (reg.live == 0) return;
+    for (size_t i = 0; i + 4 <= len && i < 64; i += 4) {
+        int64_t sid = 1 + (int64_t)(d[i] % (uint64_t)(reg.next_sid - 1));
+        const reg_entry *e = reg.by_sid[sid];
+        if (!e) continue;
+        double v = (double)(int8_t)d[i + 1] * 0.5;
+        if (d[i + 1] == 0x7f) v = 1e300;
+        if (d[i + 1] == 0x80) v = -1e300;
+        unsigned bits = d[i + 2];
+        int has_ts = (bits >> 3) & 1;
+        double ts = has_ts ? floor(now) + offsets[(bits >> 4) & 3] : 0.0;
+        int delta = e->type == SG_GAUGE && (bits >> 6) & 1;
+        size_t mlen = (size_t)(d[i + 3] % 17);
+        if (mlen > len - i) mlen = len - i;
+        if (e->type == SG_GAUGE) sg_gauges_seed(gauges, sid, (double)(d[i] % 7), NOW0 - 60.0);
+        sg_add(points, sid, e->type, v, (const char *)d + i, mlen, rates[bits & 7], has_ts, ts,
+               delta, now);
+    }
 }
 
 static const double nows[] = {
@@ -570,6 +607,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             case 7:
                 core->gauge_delta ^= 1;
                 core->interval = intervals[chunk % 7];
+                break;
+            case 2:
+                op_points(p + 1, (size_t)(ce - p - 1), now);
                 break;
             default:
                 break;
