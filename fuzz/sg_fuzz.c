@@ -99,7 +99,11 @@ static void reg_remove(registry *r, int64_t sid) {
 }
 
 static void reg_clear(registry *r) {
-    for (int64_t s = 1; s < r->next_sid; s++) reg_remove(r, s);
+    for (size_t b = 0; b < REG_BUCKETS; b++)
+        for (reg_entry *e = r->buckets[b], *next; e; e = next) {
+            next = e->next;
+            free(e);
+        }
     free(r->by_sid);
     memset(r, 0, sizeof *r);
     r->next_sid = 1;
@@ -493,13 +497,20 @@ static void op_swap(void) {
     sg_table_free(t);
 }
 
-/* The sids s (1 <= s < next) with s % 4 == pick, ascending. */
+static int cmp_sid(const void *a, const void *b) {
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* The registered sids s with s % 4 == pick, ascending (as sg_table_discard wants them). */
 static int64_t *pick_sids(unsigned pick, size_t *n) {
-    int64_t *sids = malloc(((size_t)reg.next_sid + 1) * sizeof *sids);
+    int64_t *sids = malloc((reg.live + 1) * sizeof *sids);
     CHECK(sids, "out of memory");
     *n = 0;
-    for (int64_t s = 1; s < reg.next_sid; s++)
-        if ((unsigned)(s % 4) == pick) sids[(*n)++] = s;
+    for (size_t b = 0; b < REG_BUCKETS; b++)
+        for (const reg_entry *e = reg.buckets[b]; e; e = e->next)
+            if ((unsigned)(e->sid % 4) == pick) sids[(*n)++] = e->sid;
+    qsort(sids, *n, sizeof *sids, cmp_sid);
     return sids;
 }
 
