@@ -30,6 +30,9 @@ from statsd_gateway.udp import (
 
 log = logging.getLogger(__name__)
 
+# How often at most the reader threads wake the event loop (seconds).
+NOTIFY_PERIOD = 0.01
+
 
 class NativeUdpListener:
     """The UDP listener of the native path (see the module's contract)."""
@@ -57,6 +60,7 @@ class NativeUdpListener:
         self._cores: list[Any] = []
         self._notify = -1
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._reopening = False
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         self._family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -88,13 +92,26 @@ class NativeUdpListener:
         return self.address
 
     def _on_burst(self) -> None:
-        """A reader parsed a batch: counts to the telemetry, then the memory bound's check.
-        Never raises into the loop."""
+        """A reader parsed a batch: counts to the telemetry, then the memory bound's check;
+        the readers may wake the loop again NOTIFY_PERIOD later (at every batch, one line a
+        datagram would wake it tens of thousands of times a second). Never raises into the
+        loop."""
         with contextlib.suppress(BlockingIOError):  # another burst's callback read it
             os.eventfd_read(self._notify)
+        self._sync()
+        if not self._reopening and self._loop is not None:
+            self._reopening = True
+            self._loop.call_later(NOTIFY_PERIOD, self._reopen)
+
+    def _reopen(self) -> None:
+        self._reopening = False
+        for core in self._cores:
+            core.acknowledge()
+        self._sync()  # what was parsed before the readers could notify again
+
+    def _sync(self) -> None:
         try:
             for core in self._cores:
-                core.acknowledge()
                 self.live.sync_counts(core)
             self.nudge()
         except Exception:
