@@ -198,7 +198,7 @@ static int resolve_trampoline(void *ctx, int type, const char *head, size_t hlen
             *gauge_v = v;
             *gauge_t = t;
             status = 0;
-        } else if (code == 0) {
+        } else if (code == 0 && !admit) { /* admitted needs an id: 0 is no series */
             status = 0;
         } else if (-code < SG_NREASONS) {
             status = (int)-code;
