@@ -10,13 +10,16 @@ Contract:
 - The type of a metric (tenant, name) is fixed by its first series; a series of another type
   is refused (`type_conflict`). A tenant has at most `max_series` series (`cardinality_limit`).
 - It is the one place that maps an id to its key (`key_of()`), and so to its metric's type.
-- Mutated on the event loop only. `key_of()` is a single dict read, safe from the flush worker
-  and query threads; an id is looked up there only while memory holds its series, which is
-  never forgotten meanwhile (`forget()`'s precondition).
+- Mutated under its lock: on the event loop, and by the native core's reader threads (their
+  resolver admits a new series while the loop may admit another: the GIL alone would let two
+  admissions of one series interleave and give it two ids). `key_of()` is a single dict read,
+  safe from the flush worker and query threads; an id is looked up there only while memory
+  holds its series, which is never forgotten meanwhile (`forget()`'s precondition).
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Sequence
 
 from statsd_gateway.model import MetricType, SeriesKey, Tags
@@ -44,9 +47,16 @@ class SeriesRegistry:
         self._next_id = 1
         # Called with the ids of the series forget() removed (the native core's caches).
         self.on_forget: list[Callable[[list[int]], None]] = []
+        # Taken by every mutation; never held while waiting for anything else (the hooks run
+        # after it is released: they take the native cores' mutexes).
+        self._lock = threading.Lock()
 
     def seed(self, sid: int, key: SeriesKey, mtype: MetricType) -> None:
         """A series the store holds, with the store's id for it (at start, before any sample)."""
+        with self._lock:
+            self._seed(sid, key, mtype)
+
+    def _seed(self, sid: int, key: SeriesKey, mtype: MetricType) -> None:
         tenant, name, tags = key
         if (tenant, name) not in self.types:
             metric = (tenant, name)
@@ -61,6 +71,12 @@ class SeriesRegistry:
         self, tenant: str, name: str, tags: Tags, mtype: MetricType, max_series: int
     ) -> int | str:
         """The id of the series (registered now if it is new), or the reason it is refused."""
+        with self._lock:
+            return self._admit(tenant, name, tags, mtype, max_series)
+
+    def _admit(
+        self, tenant: str, name: str, tags: Tags, mtype: MetricType, max_series: int
+    ) -> int | str:
         known = self.types.get((tenant, name))
         if known is not None and known is not mtype:
             return TYPE_CONFLICT
@@ -99,7 +115,7 @@ class SeriesRegistry:
 
     def metrics_of(self, tenant: str) -> list[str]:
         """The names of the tenant's metrics."""
-        return [n for t, n in self.types if t == tenant]
+        return [n for t, n in list(self.types) if t == tenant]  # a reader may admit meanwhile
 
     def key_of(self, sid: int) -> SeriesKey:
         return self._keys[sid]
@@ -111,6 +127,13 @@ class SeriesRegistry:
     def forget(self, keys: Iterable[SeriesKey]) -> None:
         """Series the store deleted (no data within any retention, or an admin delete). Only
         series nothing in memory holds may be forgotten: their ids are not looked up again."""
+        with self._lock:
+            ids = self._forget(keys)
+        if ids:
+            for hook in self.on_forget:
+                hook(ids)
+
+    def _forget(self, keys: Iterable[SeriesKey]) -> list[int]:
         gone: dict[tuple[str, str], set[Tags]] = {}
         ids: list[int] = []
         for tenant, name, tags in keys:
@@ -126,6 +149,4 @@ class SeriesRegistry:
             else:
                 self._by_metric.pop(metric, None)
                 self.types.pop(metric, None)
-        if ids:
-            for hook in self.on_forget:
-                hook(ids)
+        return ids

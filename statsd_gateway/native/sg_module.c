@@ -160,9 +160,11 @@ typedef struct {
     /* the reader thread */
     pthread_t thread;
     int running;
+    int joining; /* Core_stop_reader waits for the thread (GIL let go) */
     int fd, notify_fd, stop_fd;
     atomic_int notified;
-    atomic_int alive; /* the reader thread has not returned */
+    atomic_int alive;    /* the reader thread has not returned */
+    atomic_int stopping; /* Core_stop_reader was called: read what is queued, then end */
     int holds; /* hold() calls not released yet */
     PyInterpreterState *interp; /* the reader thread's thread state belongs to it */
     PyObject *weakrefs;
@@ -200,7 +202,7 @@ static int resolve_trampoline(void *ctx, int type, const char *head, size_t hlen
             status = 0;
         } else if (code == 0 && !admit) { /* admitted needs an id: 0 is no series */
             status = 0;
-        } else if (-code < SG_NREASONS) {
+        } else if (code < 0 && code > -SG_NREASONS) {
             status = (int)-code;
         }
     }
@@ -355,13 +357,10 @@ static PyObject *Core_add(CoreObject *self, PyObject *args) {
         const char *member = NULL;
         Py_ssize_t mlen = 0;
         if (type == SG_SET) {
-            PyObject *text = PyObject_Str(value);
-            member = text ? PyUnicode_AsUTF8AndSize(text, &mlen) : NULL;
-            Py_XDECREF(text); /* the UTF-8 form is cached on `value` itself when it is a str */
-            if (member && !PyUnicode_Check(value)) {
+            if (PyUnicode_Check(value)) /* its UTF-8 form is cached on `value` itself */
+                member = PyUnicode_AsUTF8AndSize(value, &mlen);
+            else
                 PyErr_SetString(PyExc_TypeError, "a set member is a str");
-                member = NULL;
-            }
         } else {
             v = PyFloat_AsDouble(value);
         }
@@ -587,14 +586,17 @@ static void *reader_main(void *arg) {
     reader_state = PyThreadState_New(self->interp); /* made without the GIL: allowed */
     struct pollfd fds[2] = {{self->fd, POLLIN, 0}, {self->stop_fd, POLLIN, 0}};
     for (;;) {
-        while (read_batch(self)) {
+        while (!atomic_load(&self->stopping) && read_batch(self)) {
         }
+        if (atomic_load(&self->stopping)) break;
         int r = poll(fds, 2, -1);
         if (r < 0 && errno != EINTR) break;
         if (fds[1].revents) break;
     }
-    /* Stopping: what the socket still holds was received, and is parsed before the end. */
-    while (read_batch(self)) {
+    /* Stopping: what the socket still holds was received, and is parsed before the end. The
+     * caller keeps new datagrams out (a socket filter); should the system refuse that, a
+     * flood must not keep the reader from ending: at most a full 32 MiB buffer's worth. */
+    for (int i = 0; i < 4096 && read_batch(self); i++) {
     }
     atomic_store(&self->alive, 0);
     /* Stopped by Core_stop_reader, which waits without the GIL; native.py stops every reader
@@ -626,6 +628,7 @@ static PyObject *Core_start(CoreObject *self, PyObject *args) {
     self->notify_fd = notify_fd;
     self->interp = PyInterpreterState_Get();
     atomic_store(&self->notified, 0);
+    atomic_store(&self->stopping, 0);
     atomic_store(&self->alive, 1);
     int err = pthread_create(&self->thread, NULL, reader_main, self);
     if (err) {
@@ -641,12 +644,17 @@ static PyObject *Core_start(CoreObject *self, PyObject *args) {
 }
 
 static void Core_stop_reader(CoreObject *self) {
+    if (self->joining) return; /* another caller (with the GIL let go) is stopping it */
     if (self->running) {
+        pthread_t thread = self->thread;
+        self->running = 0;
+        self->joining = 1;
+        atomic_store(&self->stopping, 1);
         uint64_t one = 1;
         ssize_t w = write(self->stop_fd, &one, sizeof one);
         (void)w;
-        Py_BEGIN_ALLOW_THREADS pthread_join(self->thread, NULL);
-        Py_END_ALLOW_THREADS self->running = 0;
+        Py_BEGIN_ALLOW_THREADS pthread_join(thread, NULL);
+        Py_END_ALLOW_THREADS self->joining = 0;
     }
     if (self->stop_fd >= 0) close(self->stop_fd);
     self->stop_fd = -1;
