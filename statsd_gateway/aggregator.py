@@ -47,7 +47,6 @@ from statsd_gateway.series_registry import CARDINALITY_LIMIT, TYPE_CONFLICT, Ser
 from statsd_gateway.snapshot import (
     BUCKET_BYTES,
     ENTRY_BYTES,
-    NATIVE_VALUE_BYTES,
     VALUE_BYTES,
     Buckets,
     LiveSink,
@@ -56,6 +55,7 @@ from statsd_gateway.snapshot import (
     Snapshot,
     SnapshotEntry,
     merge_entries,
+    native_bytes,
 )
 
 # Reject reasons raised here and at admission (the parser's are in protocol.py).
@@ -367,7 +367,7 @@ class IntervalAggregator:
         held = self._live_bytes + self._pending_bytes
         for source in self.sources:
             entries, values = source.memory()
-            held += entries * ENTRY_BYTES + values * NATIVE_VALUE_BYTES
+            held += native_bytes(entries, values)
         return held
 
     @property

@@ -29,6 +29,11 @@ BUCKET_BYTES = 512
 NATIVE_VALUE_BYTES = 64
 
 
+def native_bytes(entries: int, values: int) -> int:
+    """The estimate for series-buckets the native core held, in its table or merged out of it."""
+    return entries * ENTRY_BYTES + values * NATIVE_VALUE_BYTES
+
+
 class LiveSink(Protocol):
     """Takes admitted samples into a live interval held outside the aggregator (native.py)."""
 
@@ -127,4 +132,4 @@ def merge_entries(
         if entries_of is None:
             entries_of = index[(tenant, name)] = []
         entries_of.append((b, sid))
-    return buckets * BUCKET_BYTES + len(entries) * ENTRY_BYTES + values * NATIVE_VALUE_BYTES
+    return buckets * BUCKET_BYTES + native_bytes(len(entries), values)
