@@ -78,7 +78,7 @@ async def test_a_bucket_stored_already_is_merged_with(store: Store) -> None:
     assert [got.cols.values[c].tolist() for c in ("count", "sum", "min", "max")] == [
         [3.0], [12.0], [1.0], [9.0],
     ]  # fmt: skip
-    assert sketch.decode(got.cols.sketches[0]) == sketch.bin_values([1.0, 2.0, 9.0])
+    assert got.cols.sketches.bins(0) == sketch.bin_values([1.0, 2.0, 9.0])
     last = await store.read_rows(read("temp", values=("last", "last_ts")))
     # The later write's value is older: the stored `last` keeps the latest time's.
     assert last.cols.values["last"].tolist() == [5.0]

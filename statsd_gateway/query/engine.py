@@ -188,7 +188,7 @@ def _memory_columns(
     rows: RowBatch, values: Sequence[str], sketches: bool, hll: bool, by_series: bool
 ) -> tuple[list[Tags], Columns]:
     """The rows still in memory as Columns, with the tag sets their `series` index. Their
-    sketch bins are encoded to DDV1, to merge with the stored blobs."""
+    sketch bins stay flat arrays, as the stored rows' are."""
     index: dict[Tags, int] = {}
     series = [index.setdefault(key[2], len(index)) for key in rows.keys]
     empty = np.empty(0, dtype=np.int64)
@@ -198,7 +198,7 @@ def _memory_columns(
         ts=rows.ts,
         series=np.array(series, dtype=np.int64) if by_series else None,
         values={v: getattr(rows, v) for v in values},
-        sketches=sketch.encode_flat(sketch.flat_take(rows.sketches, sketch_rows)),
+        sketches=sketch.flat_take(rows.sketches, sketch_rows),
         sketch_rows=sketch_rows,
         hlls=[h for _, h in with_hll],
         hll_rows=np.array([i for i, _ in with_hll], dtype=np.int64),
@@ -218,7 +218,7 @@ def _concat(parts: Sequence[tuple[int, Columns]], values: Sequence[str]) -> Colu
         ts=np.concatenate([c.ts for _, c in parts]),
         series=np.concatenate(series) if len(series) == len(parts) else None,
         values={v: np.concatenate([c.values[v] for _, c in parts]) for v in values},
-        sketches=[b for _, c in parts for b in c.sketches],
+        sketches=sketch.flat_concat([c.sketches for _, c in parts]),
         sketch_rows=np.concatenate([c.sketch_rows + start for start, c in shifted]),
         hlls=[h for _, c in parts for h in c.hlls],
         hll_rows=np.concatenate([c.hll_rows + start for start, c in shifted]),

@@ -156,7 +156,7 @@ def cell_distinct(cols: Columns, cell: _I64, n: int) -> _F64:
 
 
 def cell_quantiles(cols: Columns, cell: _I64, n: int, q: float) -> _F64:
-    """One quantile per cell, over the DDV1 blobs of all cells at once (no object per row),
+    """One quantile per cell, over the sketches of all cells at once (no object per row),
     each estimate clamped into the cell's exact [min, max]; p0 and p100 are the exact extremes.
     NaN where a cell has no min or max."""
     mn = cell_extreme(np.fmin, cols.values["min"], cell, n)
@@ -182,7 +182,7 @@ def merge_sketches(cols: Columns) -> tuple[sketch.Bins, float, float, float, flo
     mins = [v for v in cols.values["min"].tolist() if not math.isnan(v)]
     maxs = [v for v in cols.values["max"].tolist() if not math.isnan(v)]
     merged = sketch.Bins.empty()
-    if cols.sketches:  # parsed flat and merged in one pass, no Bins per blob
-        flat = sketch.decode_flat(cols.sketches)
+    flat = cols.sketches
+    if len(flat):  # merged in one pass, no Bins per row
         merged = sketch.merge_flat(flat, np.zeros(len(flat), dtype=np.int64), 1).bins(0)
     return merged, count, total, min(mins, default=math.nan), max(maxs, default=math.nan)

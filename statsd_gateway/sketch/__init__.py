@@ -7,7 +7,8 @@ lg_k=12, HLL_4). Callers use this package only (``from statsd_gateway import ske
 modules behind it are private, one per concern, each stating its contract in its docstring:
 
 - ``_bins``: :class:`Bins`, :class:`FlatBins` (many sketches as flat arrays) and the conversions
-  between them (:func:`flat_from_bins`, :func:`flat_take`, :func:`flat_concat`).
+  between them (:func:`flat_from_bins`, :func:`flat_take`, :func:`flat_concat`,
+  :func:`flat_from_arrays`).
 - ``_mapping``: the mapping constants, :func:`key_of`, :func:`value_of`.
 - ``_binning``: values -> bins (:func:`bin_flat`, :func:`bin_groups`, :func:`bin_values`).
 - ``_codec``: the storage format DDV1 (described there), :func:`encode` / :func:`decode`.
@@ -25,7 +26,14 @@ above (``_hll`` stands alone).
 """
 
 from statsd_gateway.sketch._binning import bin_flat, bin_groups, bin_values
-from statsd_gateway.sketch._bins import Bins, FlatBins, flat_concat, flat_from_bins, flat_take
+from statsd_gateway.sketch._bins import (
+    Bins,
+    FlatBins,
+    flat_concat,
+    flat_from_arrays,
+    flat_from_bins,
+    flat_take,
+)
 from statsd_gateway.sketch._codec import FORMAT, decode, encode
 from statsd_gateway.sketch._codec_flat import decode_flat, decode_many, encode_flat
 from statsd_gateway.sketch._export import to_ddsketch, to_proto
@@ -66,6 +74,7 @@ __all__ = [
     "encode",
     "encode_flat",
     "flat_concat",
+    "flat_from_arrays",
     "flat_from_bins",
     "flat_take",
     "hll_estimate",

@@ -206,3 +206,32 @@ def flat_from_bins(items: Sequence[Bins]) -> FlatBins:
         _readonly_i64(keys), _readonly_f64(counts), _readonly_i64(bounds), _readonly_f64(zero),
         integral,
     )  # fmt: skip
+
+
+def flat_from_arrays(keys: _I64, counts: _F64, bounds: _I64, zero: _F64) -> FlatBins:
+    """A FlatBins of arrays decoded elsewhere (a chunk), checked as :class:`FlatBins` requires
+    (``bounds`` one more than twice the items, from 0 to every bin, non-decreasing; counts > 0;
+    keys increasing within each store), ``integral`` computed. Raises ValueError otherwise."""
+    n = zero.size
+    if bounds.size != 2 * n + 1 or bounds[0] != 0 or bounds[-1] != keys.size:
+        raise ValueError("bounds do not cover the bins")
+    lens = np.diff(bounds)
+    if (lens < 0).any() or counts.size != keys.size:
+        raise ValueError("bounds are not ordered, or counts and keys differ in length")
+    if not (counts > 0).all() or not (zero >= 0).all():
+        raise ValueError("a count is not positive")
+    if keys.size > 1:
+        step_ok = keys[1:] > keys[:-1]
+        starts = bounds[1:-1][bounds[1:-1] < keys.size]
+        step_ok[starts[starts > 0] - 1] = True  # a store's first key follows another store
+        if not step_ok.all():
+            raise ValueError("keys are not increasing within a store")
+    bad = ~((np.floor(counts) == counts) & (counts < _SAFE_INT))
+    integral = (np.floor(zero) == zero) & (zero < _SAFE_INT)
+    if bad.any():
+        integral &= ~_seg_any(bad, lens).reshape(-1, 2).any(axis=1)
+    integral.flags.writeable = False
+    return FlatBins(
+        _readonly_i64(keys), _readonly_f64(counts), _readonly_i64(bounds), _readonly_f64(zero),
+        integral,
+    )  # fmt: skip

@@ -220,6 +220,24 @@ def _gather(raw: list[bytes]) -> _Flat:
     return _Flat(seg_len, delta, counts, first, last, zero, integral, slow)
 
 
+def _deltas_of(flat: FlatBins) -> _Flat:
+    """A FlatBins as _gather would have parsed it: each store's keys as deltas, its first
+    delta the key itself (what the merge and quantile paths code from)."""
+    seg_len = np.diff(flat.bounds)
+    keys = flat.keys
+    delta = np.empty_like(keys)
+    if keys.size:
+        delta[0] = keys[0]
+        np.subtract(keys[1:], keys[:-1], out=delta[1:])
+    nz = seg_len > 0
+    first = np.zeros(seg_len.size, dtype=np.int64)
+    last = np.zeros(seg_len.size, dtype=np.int64)
+    first[nz] = keys[flat.bounds[:-1][nz]]
+    last[nz] = keys[flat.bounds[1:][nz] - 1]
+    delta[flat.bounds[:-1][nz]] = first[nz]
+    return _Flat(seg_len, delta, flat.counts, first, last, flat.zero, flat.integral, {})
+
+
 def _decode_flat(raw: list[bytes]) -> tuple[FlatBins, dict[int, Bins]]:
     """decode_flat, plus the Bins that decode() produced for the blobs _scan left to it."""
     g = _gather(raw)

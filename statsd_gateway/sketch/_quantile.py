@@ -17,8 +17,8 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from statsd_gateway.sketch._bins import _BOOL, _EMPTY, _F64, _SAFE_INT, Bins
-from statsd_gateway.sketch._codec_flat import _gather
+from statsd_gateway.sketch._bins import _BOOL, _EMPTY, _F64, _SAFE_INT, Bins, FlatBins
+from statsd_gateway.sketch._codec_flat import _deltas_of, _gather
 from statsd_gateway.sketch._mapping import value_of
 from statsd_gateway.sketch._merge import _merge_deltas
 
@@ -52,11 +52,12 @@ def quantile(b: Bins, q: float) -> float | None:
 
 
 def cell_quantiles(
-    blobs: Sequence[bytes], cells: npt.ArrayLike, n_cells: int, q: float
+    blobs: Sequence[bytes] | FlatBins, cells: npt.ArrayLike, n_cells: int, q: float
 ) -> npt.NDArray[np.float64]:
     """Quantile q of the merge of the blobs of every cell, without a Bins object per blob.
 
-    ``cells[i]`` (integers in ``0..n_cells-1``) is the output cell of DDV1 blob ``blobs[i]``.
+    ``cells[i]`` (integers in ``0..n_cells-1``) is the output cell of DDV1 blob ``blobs[i]``
+    (or of item i, when ``blobs`` is a :class:`FlatBins` already parsed).
     Returns a float64 array of ``n_cells``: element c is exactly
     ``quantile(merge(decode(b) for the blobs b of cell c), q)``, NaN where that is None (no
     blobs, an empty merge, or q outside [0, 1]). Malformed blobs raise
@@ -81,7 +82,10 @@ def cell_quantiles(
     out: _F64 = np.full(n_c, np.nan)
     if nb == 0:
         return out
-    g = _gather([b if type(b) is bytes else bytes(b) for b in blobs])
+    if isinstance(blobs, FlatBins):
+        g = _deltas_of(blobs)
+    else:
+        g = _gather([b if type(b) is bytes else bytes(b) for b in blobs])
     if not 0 <= q <= 1:
         return out
     q = float(q)

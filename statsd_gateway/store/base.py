@@ -34,6 +34,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from statsd_gateway import sketch
 from statsd_gateway.model import Matcher, MetricType, RowBatch, SeriesKey, Tags
 
 # The numeric columns of a bucket row a read may ask for.
@@ -67,14 +68,14 @@ class Columns:
     `series[i]` is the position of row i's series in the series list the rows were read for
     (None when the rows' series were not read).
     `values` maps each numeric column read (of NUMERIC_COLUMNS) to float64, NaN where NULL.
-    `sketches` are the DDV1 blobs of the rows `sketch_rows`, in row order (a row with a NULL
-    sketch has none); `hlls` and `hll_rows` likewise for HyperLogLogs.
+    `sketches` holds the bins of the rows `sketch_rows`, in row order, as flat arrays (a row
+    without a sketch has none); `hlls` and `hll_rows` likewise for HyperLogLog blobs.
     """
 
     ts: npt.NDArray[np.float64]
     series: npt.NDArray[np.int64] | None
     values: dict[str, npt.NDArray[np.float64]]
-    sketches: list[bytes]
+    sketches: sketch.FlatBins
     sketch_rows: npt.NDArray[np.int64]
     hlls: list[bytes]
     hll_rows: npt.NDArray[np.int64]

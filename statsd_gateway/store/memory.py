@@ -289,7 +289,7 @@ def _columns(picked: list[tuple[int, BucketRow]], request: RowRead) -> Columns:
         ts=np.array([r.ts for r in rows], dtype=np.float64),
         series=np.array([p for p, _ in picked], dtype=np.int64) if request.by_series else None,
         values={v: column(v) for v in request.values},
-        sketches=[sketch.encode(rows[i].sketch) for i in sketch_rows],  # type: ignore[arg-type]
+        sketches=sketch.flat_from_bins([rows[i].sketch for i in sketch_rows]),  # type: ignore[misc]
         sketch_rows=np.array(sketch_rows, dtype=np.int64),
         hlls=[rows[i].hll for i in hll_rows],  # type: ignore[misc]
         hll_rows=np.array(hll_rows, dtype=np.int64),

@@ -187,6 +187,7 @@ def read_columns(
     ts = np.fromiter(column("ts"), dtype=np.float64, count=n)
     numbers = {v: np.fromiter(column(v), dtype=np.float64, count=n) for v in values}
     sketch_blobs, sketch_rows = _present(list(column("sketch")) if sketches else [])
+    sketch_bins = sketch.decode_flat(sketch_blobs)
     hll_blobs, hll_rows = _present(list(column("hll")) if hll else [])
     at = None
     if by_series:
@@ -200,7 +201,7 @@ def read_columns(
         ts=ts,
         series=at,
         values=numbers,
-        sketches=sketch_blobs,
+        sketches=sketch_bins,
         sketch_rows=sketch_rows,
         hlls=hll_blobs,
         hll_rows=hll_rows,
@@ -290,14 +291,17 @@ def concat_columns(parts: Sequence[Columns], values: Sequence[str]) -> Columns:
         return parts[0]
     if not parts:
         empty = np.empty(0, dtype=np.int64)
-        return Columns(np.empty(0), empty, {v: np.empty(0) for v in values}, [], empty, [], empty)
+        return Columns(
+            np.empty(0), empty, {v: np.empty(0) for v in values}, sketch.decode_flat([]), empty,
+            [], empty,
+        )  # fmt: skip
     starts = np.cumsum([0, *(len(c) for c in parts[:-1])]).tolist()
     series = [c.series for c in parts if c.series is not None]
     return Columns(
         ts=np.concatenate([c.ts for c in parts]),
         series=np.concatenate(series) if len(series) == len(parts) else None,
         values={v: np.concatenate([c.values[v] for c in parts]) for v in values},
-        sketches=[b for c in parts for b in c.sketches],
+        sketches=sketch.flat_concat([c.sketches for c in parts]),
         sketch_rows=np.concatenate(
             [c.sketch_rows + start for start, c in zip(starts, parts, strict=True)]
         ),

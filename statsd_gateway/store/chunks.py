@@ -1,0 +1,396 @@
+"""The chunk format SGC1: one series' closed buckets of one tier over one window, compressed.
+
+Shared by every backend that keeps chunks (SQLite now, PostgreSQL next): they store the blob
+and the (series, tier, window start) it belongs to; what is inside is this module's business.
+A chunk covers the window [start, start + chunk_span(res)) of tier `res` (BUCKETS_PER_CHUNK
+buckets, aligned to multiples of the span from the epoch) and holds the rows of its buckets,
+oldest first, each once.
+
+Layout: a version byte (1), the row count n (varint), then four groups, each a varint length
+and that many bytes of zlib (0: the group is absent, every column of it empty):
+
+- A `ts count sum min max`, one value per row;
+- B `last last_ts`, one per row (gauges);
+- C the sketches: `has` (0/1 per row), then for the s rows that have one `zero` (s values),
+  `lens` (2s: each sketch's positive then negative store length) and the stores' bins
+  concatenated, `keys` and `counts`;
+- D the HyperLogLogs: `hll_len` (bytes per row, 0: none), then the registers as they are.
+
+A column is a tag byte and its payload: 0 every value NaN (no payload); 1 integers, a width
+byte w (1, 2, 4, 8) and the zigzag deltas of the values (the first from 0) as w-byte
+little-endian integers; 2 floats: each value's IEEE bits XOR the previous value's (Gorilla's
+idea; the first XOR 0) as 8-byte little-endian integers, byte-shuffled (every value's byte 0,
+then every byte 1, ...).
+The encoder picks 1 when every value is an integer float below 2**53 (bit for bit, so -0.0 and
+NaN go to 2), else 2. So aligned timestamps (constant deltas), repeated counts and small integer
+values shrink to almost nothing under zlib, and any float comes back bit for bit.
+
+Decoding is batched: `decode_chunks` parses each blob's header in Python (a few steps per chunk,
+none per bucket) and turns every column of every chunk into one numpy pass per (tag, width).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from statsd_gateway import sketch
+from statsd_gateway.model import RowBatch
+
+VERSION = 1
+FORMAT = "SGC1"
+BUCKETS_PER_CHUNK = 360
+_LEVEL = 6
+_SAFE_INT = float(1 << 53)
+
+_F64 = npt.NDArray[np.float64]
+_I64 = npt.NDArray[np.int64]
+
+
+def chunk_span(res: float) -> float:
+    """The width of a chunk of tier `res`: BUCKETS_PER_CHUNK of its buckets."""
+    return res * BUCKETS_PER_CHUNK
+
+
+def chunk_starts(ts: _F64, res: float) -> _F64:
+    """The start of the chunk window each bucket time falls in."""
+    span = chunk_span(res)
+    out: _F64 = np.floor(ts / span) * span
+    return out
+
+
+class ChunkError(ValueError):
+    """A blob that is not a whole SGC1 chunk (cut short, another version, inconsistent)."""
+
+
+# -- encoding --------------------------------------------------------------------------------
+
+
+def _varint(x: int) -> bytes:
+    out = bytearray()
+    while x >= 0x80:
+        out.append((x & 0x7F) | 0x80)
+        x >>= 7
+    out.append(x)
+    return bytes(out)
+
+
+def _shuffled(u: npt.NDArray[np.uint64]) -> bytes:
+    """Every value's byte 0, then every byte 1, ... (the XORs' high bytes are mostly 0)."""
+    return u.astype("<u8").view(np.uint8).reshape(-1, 8).T.tobytes()
+
+
+def _integral(x: _F64) -> bool:
+    """Whether every value is an integer float below 2**53 (-0.0 and NaN are not)."""
+    with np.errstate(invalid="ignore"):
+        ok = (np.abs(x) < _SAFE_INT) & (np.floor(x) == x) & ~((x == 0.0) & np.signbit(x))
+    return bool(ok.all())
+
+
+def _int_column(v: _I64) -> bytes:
+    d = np.empty_like(v)
+    if v.size:
+        d[0] = v[0]
+        np.subtract(v[1:], v[:-1], out=d[1:])
+    z = ((d << 1) ^ (d >> 63)).view(np.uint64)
+    top = int(z.max()) if z.size else 0
+    width = 1 if top < 1 << 8 else 2 if top < 1 << 16 else 4 if top < 1 << 32 else 8
+    return bytes((1, width)) + z.astype(f"<u{width}").tobytes()
+
+
+def _column(x: _F64) -> bytes:
+    """One column, as the module's docstring lays it out."""
+    if x.size and bool(np.isnan(x).all()):
+        return b"\x00"
+    if _integral(x):
+        return _int_column(x.astype(np.int64))
+    bits = np.ascontiguousarray(x, dtype=np.float64).view(np.uint64)
+    xor = bits.copy()
+    xor[1:] ^= bits[:-1]
+    return b"\x02" + _shuffled(xor)
+
+
+def _group(columns: Sequence[bytes]) -> bytes:
+    if all(c == b"\x00" for c in columns):
+        return _varint(0)
+    packed = zlib.compress(b"".join(columns), _LEVEL)
+    return _varint(len(packed)) + packed
+
+
+def encode_chunk(rows: RowBatch) -> bytes:
+    """The chunk of `rows`: one series' buckets of one window, oldest first, each once."""
+    n = len(rows)
+    has = rows.has_sketch
+    idx = np.flatnonzero(has)
+    flat = sketch.flat_take(rows.sketches, idx)
+    hll = [h or b"" for h in rows.hll]
+    hll_len = np.array([len(h) for h in hll], dtype=np.float64)
+    group_a = [_column(rows.ts), _column(rows.count), _column(rows.sum)]
+    group_a += [_column(rows.min), _column(rows.max)]
+    group_b = [_column(rows.last), _column(rows.last_ts)]
+    group_c = [b"\x00"]
+    if idx.size:
+        lens = np.diff(flat.bounds).astype(np.float64)
+        group_c = [_varint(idx.size) + _varint(flat.keys.size), _column(has.astype(np.float64))]
+        group_c += [_column(flat.zero), _column(lens)]
+        group_c += [_column(flat.keys.astype(np.float64)), _column(flat.counts)]
+    group_d = [b"\x00"]
+    if hll_len.any():
+        group_d = [_column(hll_len), b"".join(hll)]
+    return b"".join(
+        [bytes((VERSION,)), _varint(n), *(_group(g) for g in (group_a, group_b, group_c, group_d))]
+    )
+
+
+# -- decoding --------------------------------------------------------------------------------
+
+
+def _read_varint(data: bytes, at: int) -> tuple[int, int]:
+    x = shift = 0
+    while True:
+        if at >= len(data) or shift > 63:
+            raise ChunkError("cut short in a varint")
+        b = data[at]
+        at += 1
+        x |= (b & 0x7F) << shift
+        if b < 0x80:
+            return x, at
+        shift += 7
+
+
+@dataclass(slots=True)
+class _Segments:
+    """The payloads of one column over many chunks, by (tag, width), to decode in one pass."""
+
+    parts: dict[tuple[int, int], list[tuple[bytes, int, int, int]]]
+
+    def add(self, tag: int, width: int, data: bytes, at: int, m: int, out_at: int) -> None:
+        self.parts.setdefault((tag, width), []).append((data, at, m, out_at))
+
+
+def _read_column(data: bytes, at: int, m: int, segs: _Segments | None, out_at: int) -> int:
+    """Reads the column of m values at `at` into `segs` (if given); returns where it ends."""
+    if at >= len(data):
+        raise ChunkError("cut short before a column")
+    tag = data[at]
+    if tag == 0:
+        if segs is not None:
+            segs.add(0, 0, data, at + 1, m, out_at)
+        return at + 1
+    if tag == 1:
+        if at + 1 >= len(data) or data[at + 1] not in (1, 2, 4, 8):
+            raise ChunkError("bad integer width")
+        width, start = data[at + 1], at + 2
+    elif tag == 2:
+        width, start = 8, at + 1
+    else:
+        raise ChunkError(f"unknown column tag {tag}")
+    end = start + width * m
+    if end > len(data):
+        raise ChunkError("cut short in a column")
+    if segs is not None:
+        segs.add(tag, width, data, start, m, out_at)
+    return end
+
+
+def _decode_segments(segs: _Segments, total: int) -> _F64:
+    """Every segment's values, placed at its `out_at`, as float64 (NaN for tag 0)."""
+    out: _F64 = np.full(total, np.nan)
+    for (tag, width), parts in segs.parts.items():
+        if tag == 0:
+            continue
+        m = np.array([p[2] for p in parts], dtype=np.int64)
+        count = int(m.sum())
+        if not count:
+            continue
+        if tag == 1:
+            raw = b"".join([d[a : a + width * k] for d, a, k, _ in parts])
+            z = np.frombuffer(raw, f"<u{width}").astype(np.uint64)
+            zi = z.view(np.int64)
+            values = _running((z >> np.uint64(1)).view(np.int64) ^ -(zi & 1), m, np.add).astype(
+                np.float64
+            )
+        else:
+            planes = np.empty(count * 8, dtype=np.uint8)
+            at = 0
+            for d, a, k, _ in parts:  # un-shuffle: each segment's (8, k) planes, transposed
+                block = np.frombuffer(d, np.uint8, 8 * k, a).reshape(8, k)
+                planes[at : at + 8 * k].reshape(k, 8)[:] = block.T
+                at += 8 * k
+            values = _running(planes.view("<u8"), m, np.bitwise_xor).view(np.float64)
+        out_at = [p[3] for p in parts]
+        if _contiguous(out_at, m, total):
+            out[out_at[0] : out_at[0] + count] = values
+        else:
+            starts = np.cumsum(m) - m
+            seg = np.repeat(np.arange(m.size), m)
+            out[np.asarray(out_at, dtype=np.int64)[seg] + np.arange(count) - starts[seg]] = values
+    return out
+
+
+def _contiguous(out_at: list[int], m: _I64, total: int) -> bool:
+    """Whether the segments, in order, fill one range of the output (the usual case: every
+    chunk wrote the column the same way)."""
+    ends = np.asarray(out_at, dtype=np.int64) + m
+    return bool((ends[:-1] == np.asarray(out_at[1:], dtype=np.int64)).all())
+
+
+def _running(x: npt.NDArray[np.int64] | npt.NDArray[np.uint64], m: _I64, op: np.ufunc) -> _I64:
+    """In place, per segment of lengths m: the running `op` (np.add or np.bitwise_xor) of x, in
+    one pass over all segments: each segment's first element is first combined with the
+    previous segment's total, the running value the global pass reaches there, so that every
+    segment starts again from its own first element."""
+    nonempty = np.flatnonzero(m)
+    firsts = (np.cumsum(m) - m)[nonempty]
+    if firsts.size > 1:
+        before = op.reduceat(x, firsts)[:-1]
+        if op is np.add:
+            x[firsts[1:]] -= before
+        else:
+            x[firsts[1:]] ^= before
+    op.accumulate(x, out=x)
+    return x  # type: ignore[return-value]
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedChunks:
+    """The rows of many chunks as columns: `chunk[i]` is the blob row i came from; `values` the
+    numeric columns asked for; `sketches` the bins of the rows `sketch_rows` (in row order);
+    `hlls` the HyperLogLogs of the rows `hll_rows`."""
+
+    ts: _F64
+    chunk: _I64
+    values: dict[str, _F64]
+    sketches: sketch.FlatBins
+    sketch_rows: _I64
+    hlls: list[bytes]
+    hll_rows: _I64
+
+
+_A = ("ts", "count", "sum", "min", "max")
+_B = ("last", "last_ts")
+
+
+def _groups(blob: bytes, wanted: tuple[bool, ...]) -> tuple[int, list[bytes]]:
+    """The row count and the groups (decompressed where wanted, else b"")."""
+    if not blob or blob[0] != VERSION:
+        raise ChunkError(f"not an {FORMAT} chunk of version {VERSION}")
+    n, at = _read_varint(blob, 1)
+    out = []
+    for want in wanted:
+        size, at = _read_varint(blob, at)
+        if at + size > len(blob):
+            raise ChunkError("cut short in a group")
+        out.append(zlib.decompress(blob[at : at + size]) if size and want else b"")
+        at += size
+    if at != len(blob):
+        raise ChunkError("bytes after the last group")
+    if not out[0] and n:
+        raise ChunkError("no timestamps")
+    return n, out
+
+
+def decode_chunks(
+    blobs: Sequence[bytes],
+    values: Sequence[str] = (*_A[1:], *_B),
+    *,
+    sketches: bool = False,
+    hll: bool = False,
+) -> DecodedChunks:
+    """The rows of every blob, in blob order: `ts`, the `values` asked for (of count, sum, min,
+    max, last, last_ts), and the sketches and HyperLogLogs if asked. Only the groups holding
+    those are decompressed. Raises ChunkError for a blob that is not a whole chunk."""
+    want = set(values) | {"ts"}
+    segs = {name: _Segments({}) for name in want}
+    sk = {name: _Segments({}) for name in ("has", "zero", "lens", "keys", "counts")}
+    hll_segs = _Segments({})
+    hll_parts: list[tuple[int, bytes, int, int]] = []
+    sizes = np.zeros(len(blobs), dtype=np.int64)
+    row = sk_row = n_bins = 0
+    need_b = bool(want & set(_B))
+    try:
+        for c, blob in enumerate(blobs):
+            n, groups = _groups(blob, (True, need_b, sketches, hll))
+            a, b, cg, d = groups
+            sizes[c] = n
+            at = 0
+            for name in _A:
+                at = _read_column(a, at, n, segs.get(name), row)
+            at = 0
+            for name in _B:
+                if b:
+                    at = _read_column(b, at, n, segs.get(name), row)
+                elif name in segs:
+                    segs[name].add(0, 0, b, 0, n, row)
+            if sketches and cg:
+                s, at = _read_varint(cg, 0)
+                nb, at = _read_varint(cg, at)
+                at = _read_column(cg, at, n, sk["has"], row)
+                at = _read_column(cg, at, s, sk["zero"], sk_row)
+                at = _read_column(cg, at, 2 * s, sk["lens"], 2 * sk_row)
+                at = _read_column(cg, at, nb, sk["keys"], n_bins)
+                _read_column(cg, at, nb, sk["counts"], n_bins)
+                sk_row, n_bins = sk_row + s, n_bins + nb
+            elif sketches:
+                sk["has"].add(0, 0, b"", 0, n, row)
+            if hll and d:
+                hll_parts.append((row, d, _read_column(d, 0, n, hll_segs, row), n))
+            row += n
+    except zlib.error as e:
+        raise ChunkError(f"damaged: {e}") from None
+    cols = {name: _decode_segments(segs[name], row) for name in want}
+    empty = np.empty(0, dtype=np.int64)
+    flat, sketch_rows = sketch.flat_from_arrays(empty, np.empty(0), np.zeros(1, np.int64),
+                                                np.empty(0)), empty  # fmt: skip
+    if sketches:
+        flat, sketch_rows = _flat_sketches(sk, row, sk_row, n_bins)
+    hlls, hll_rows = _hlls(hll_segs, hll_parts, row) if hll else ([], empty)
+    ts = cols.pop("ts")
+    chunk = np.repeat(np.arange(len(blobs), dtype=np.int64), sizes)
+    return DecodedChunks(ts, chunk, cols, flat, sketch_rows, hlls, hll_rows)
+
+
+def _flat_sketches(
+    sk: dict[str, _Segments], total: int, s: int, n_bins: int
+) -> tuple[sketch.FlatBins, _I64]:
+    has = _decode_segments(sk["has"], total)
+    rows = np.flatnonzero(has == 1.0)
+    if rows.size != s:
+        raise ChunkError("the sketch rows do not match their count")
+    zero = _decode_segments(sk["zero"], s)
+    lens = _decode_segments(sk["lens"], 2 * s)
+    if (np.isnan(lens) | (lens < 0)).any() or int(lens.sum()) != n_bins:
+        raise ChunkError("the sketch bins do not match their lengths")
+    bounds = np.zeros(2 * s + 1, dtype=np.int64)
+    np.cumsum(lens.astype(np.int64), out=bounds[1:])
+    keys = _decode_segments(sk["keys"], n_bins)
+    counts = _decode_segments(sk["counts"], n_bins)
+    if np.isnan(keys).any():
+        raise ChunkError("a sketch key is missing")
+    try:
+        flat = sketch.flat_from_arrays(keys.astype(np.int64), counts, bounds, zero)
+    except ValueError as e:
+        raise ChunkError(f"bad sketch bins: {e}") from None
+    return flat, rows
+
+
+def _hlls(
+    segs: _Segments, parts: list[tuple[int, bytes, int, int]], total: int
+) -> tuple[list[bytes], _I64]:
+    lengths = _decode_segments(segs, total)
+    out: list[bytes] = []
+    rows: list[int] = []
+    for first, data, at, n in parts:
+        for i, length in enumerate(lengths[first : first + n].tolist()):
+            k = int(length) if length == length else 0
+            if k:
+                out.append(data[at : at + k])
+                rows.append(first + i)
+                at += k
+        if at != len(data):
+            raise ChunkError("the HyperLogLogs do not match their lengths")
+    return out, np.array(rows, dtype=np.int64)
