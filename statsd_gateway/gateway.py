@@ -37,6 +37,7 @@ from statsd_gateway.series_registry import SeriesRegistry
 from statsd_gateway.store import SqliteStore, Store
 from statsd_gateway.store.retention import RetentionJob
 from statsd_gateway.store.rollup import TierRollup
+from statsd_gateway.store.sealing import SealJob
 from statsd_gateway.tcp import TcpListener
 from statsd_gateway.telemetry import Telemetry
 from statsd_gateway.tls import ServerCertificate
@@ -83,6 +84,7 @@ class Gateway:
             clock=clock,
         )
         self.retention: RetentionJob | None = None
+        self.sealing: SealJob | None = None
         self._pipeline = False  # aggregator, flusher and the rest are built
         self.registry = SeriesRegistry()
         self.max_body_bytes = config.http.max_body_bytes
@@ -173,6 +175,7 @@ class Gateway:
             interval=cfg.storage.retention_check_interval,
             forget_series=self._forget_series,
         )
+        self.sealing = SealJob(self.store, self.telemetry, interval=cfg.aggregation.flush_interval)
         self._pipeline = True
         self.query_engine = QueryEngine(
             self.store, self.aggregator, max_sketches=cfg.query.max_sketches
@@ -191,6 +194,7 @@ class Gateway:
         if self.flush_on_ticks:
             self.flusher.start()
             self.retention.start()
+            self.sealing.start()
 
     async def _start_http(self) -> None:
         cfg = self.config
@@ -304,6 +308,8 @@ class Gateway:
             self._runner = None
         if self.retention is not None:
             await self.retention.stop()
+        if self.sealing is not None:
+            await self.sealing.stop()
         if self._store_open and self._pipeline:
             if self.ingest.bound is not None:
                 await self.ingest.bound.drain()
@@ -367,6 +373,8 @@ class Gateway:
             problems.append(refusal)
         if self.flusher.stopped_by_itself:
             problems.append("the flusher's tick task has stopped")
+        if self.sealing is not None and not self.sealing.alive:
+            problems.append("the chunk sealing task has stopped")
         if self.flusher.last_error:
             problems.append(f"last flush failed: {self.flusher.last_error}")
         elif self.flush_on_ticks:

@@ -38,6 +38,7 @@ METRICS: dict[str, str] = {
     "wal_replay_skipped_total": "Write-ahead-log points or records skipped at start: invalid.",
     "wal_replay_dropped_bytes_total": "Write-ahead-log bytes not replayed at start: torn, corrupt.",
     "retention_deleted_rows_total": "Bucket rows deleted because they outlived their tier.",
+    "sealed_buckets_total": "Buckets moved from a tier's head rows into compressed chunks.",
     "last_flush_duration_seconds": "Duration of the last successful flush.",
     "last_flush_step_duration_seconds": "Duration of each step of the last flush, by step.",
     "pending_flushes": "Snapshots waiting to be written to the store.",
@@ -66,6 +67,7 @@ class Telemetry:
         self.wal_replay_skipped = 0
         self.wal_replay_dropped_bytes = 0
         self.retention_deleted_rows = 0
+        self.sealed_buckets = 0
         self.last_flush_seconds = 0.0
         self.tcp_connections = 0
         self.tcp_connections_refused = 0
@@ -131,6 +133,7 @@ class TelemetryCollector(Collector):
             ("wal_replay_skipped_total", t.wal_replay_skipped),
             ("wal_replay_dropped_bytes_total", t.wal_replay_dropped_bytes),
             ("retention_deleted_rows_total", t.retention_deleted_rows),
+            ("sealed_buckets_total", t.sealed_buckets),
             ("tcp_connections_total", t.tcp_connections),
             ("tcp_connections_refused_total", t.tcp_connections_refused),
             ("tcp_idle_closed_total", t.tcp_idle_closed),

@@ -239,7 +239,7 @@ async def test_a_version_2_file_is_migrated_and_its_index_back_filled(tmp_path: 
         conn = sqlite3.connect(path)
         version = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         conn.close()
-        assert version == (str(SCHEMA_VERSION),) and SCHEMA_VERSION == 3
+        assert version == (str(SCHEMA_VERSION),) and SCHEMA_VERSION == 4
         assert index_rows(path) == expected_index({"old": list(SERIES.values())})
         not_prod = (m("env", "!=", "prod"),)
         assert hosts([s.tags for s in await store.series(TENANT, "old", not_prod)]) == {

@@ -180,6 +180,12 @@ class Store(Protocol):
         flushes interleave; frees the space; returns the rows deleted."""
         ...
 
+    async def seal_chunks(self) -> int:
+        """Moves every bucket of a complete chunk window from the tiers' heads into their
+        chunks (a backend without chunks: nothing), in short units that let flushes
+        interleave; returns the buckets moved. Answers are the same before and after."""
+        ...
+
     async def forget_stale_series(self, horizon: float) -> list[SeriesKey]:
         """Deletes series created before `horizon` with no row in any coarse tier and not
         written by this process since; returns their keys."""

@@ -16,6 +16,14 @@ Layout (see shared/research/sketch-storage.md, schema "F"):
   kept in step with `series` by triggers (a series inserted or deleted, by any writer), so
   that "series of this name whose tag k is v" and "values of tag k" are answered by its
   indexes instead of parsing every series' JSON. A version 2 file is back-filled at open.
+- `chunks_<resolution>` (version 4): the closed buckets of each tier, one row per (series,
+  chunk window): the window's start, its bucket count and the SGC1 blob (store/chunks.py). The
+  `points_<resolution>` tables are then the head: the open window's buckets, and late points
+  for a sealed window, until the writer seals them into their chunk (sqlite_chunks.py). A
+  rowid table, so that a chunk of up to ~4 KB stays in its B-tree page instead of overflowing
+  at ~1 KB as in a WITHOUT ROWID one. Coarse tiers' head tables get an index on ts (finding the
+  oldest head bucket). A version 3 file keeps its rows as head rows; they are sealed in the
+  background after the upgrade.
 - `meta`: schema version, sketch format (`DDV1`, mapping id), `flushed_seq` (the last flushed
   snapshot; queries use it to avoid counting a snapshot both from memory and from disk), and per
   coarse tier `complete_until:<table>` (buckets before it are written in that tier; the open
@@ -25,10 +33,13 @@ New databases use incremental auto-vacuum, so retention deletes give space back.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from pathlib import Path
 
-SCHEMA_VERSION = 3
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 4
 
 _V1 = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
@@ -69,12 +80,25 @@ def tier_table(resolution: float) -> str:
     return f"points_{round(resolution * 1000)}ms"
 
 
+def chunk_table(resolution: float) -> str:
+    """`chunks_10s`, …: the table of the tier's sealed chunks."""
+    return "chunks_" + tier_table(resolution).removeprefix("points_")
+
+
 def ensure_tier_table(conn: sqlite3.Connection, resolution: float, time_major: bool) -> None:
     key = "ts, series_id" if time_major else "series_id, ts"
+    table = tier_table(resolution)
     conn.execute(
-        f"CREATE TABLE IF NOT EXISTS {tier_table(resolution)}("
+        f"CREATE TABLE IF NOT EXISTS {table}("
         f"ts REAL NOT NULL, series_id INTEGER NOT NULL,{_COLUMNS} "
         f"PRIMARY KEY({key})) WITHOUT ROWID"
+    )
+    if not time_major:
+        conn.execute(f"CREATE INDEX IF NOT EXISTS {table}_ts ON {table}(ts)")
+    conn.execute(
+        f"CREATE TABLE IF NOT EXISTS {chunk_table(resolution)}("
+        "series_id INTEGER NOT NULL, start REAL NOT NULL, rows INTEGER NOT NULL, "
+        "data BLOB NOT NULL, PRIMARY KEY(series_id, start))"
     )
 
 
@@ -111,7 +135,11 @@ CREATE TRIGGER IF NOT EXISTS series_tags_delete AFTER DELETE ON series BEGIN
 END;
 """
 
-MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2, 3: _V3}
+# The chunk tables are made per tier at open (ensure_tier_table); the version records that
+# the file may hold them, so that an older release refuses it instead of missing its history.
+_V4 = ""
+
+MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2, 3: _V3, 4: _V4}
 
 
 class SchemaError(Exception):
@@ -188,6 +216,13 @@ def migrate(conn: sqlite3.Connection, sketch_format: str) -> None:
             "INSERT OR IGNORE INTO meta VALUES('flushed_seq', '0');"
             "COMMIT;"
         )
+        if 1 <= version < 4:
+            log.info(
+                "database upgraded from schema %d to %d: its bucket rows are sealed into "
+                "compressed chunks in the background (progress below)",
+                version,
+                SCHEMA_VERSION,
+            )
     fmt = conn.execute("SELECT value FROM meta WHERE key='sketch_format'").fetchone()[0]
     if fmt != sketch_format:
         raise SchemaError(f"sketch format {fmt!r} is not {sketch_format!r}")

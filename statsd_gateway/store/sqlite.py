@@ -12,6 +12,8 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
+import logging
 import sqlite3
 import threading
 import time
@@ -31,6 +33,7 @@ from statsd_gateway.store.base import (
     StoredRows,
     StoredState,
 )
+from statsd_gateway.store.chunks import ChunkError
 from statsd_gateway.store.sqlite_files import recovery_steps
 from statsd_gateway.store.sqlite_reads import (
     read_idempotency,
@@ -38,11 +41,13 @@ from statsd_gateway.store.sqlite_reads import (
     read_stored_rows,
     read_tag_values,
 )
-from statsd_gateway.store.sqlite_writer import SqliteWriter
+from statsd_gateway.store.sqlite_writer import SealCursor, SqliteWriter
 
 __all__ = ["SqliteStore", "StoreError", "StoreGone", "StoreTimeout", "recovery_steps"]
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+_PROGRESS_EVERY = 10.0  # seconds between progress lines of a long sealing (a conversion)
 
 
 class SqliteStore:
@@ -117,9 +122,28 @@ class SqliteStore:
             total += n
             if cursor == -1:
                 break
+        total += await self._write(partial(self._writer.delete_expired_chunks, resolution, before))
         if total:
             await self._write(self._writer.vacuum_free_pages)
         return total
+
+    async def seal_chunks(self) -> int:
+        # One short transaction per submission, as retention: flushes queue between them.
+        total = 0
+        cursor: SealCursor = None
+        began = last_said = time.monotonic()
+        while True:
+            n, cursor = await self._write(partial(self._writer.seal_step, cursor))
+            total += n
+            if cursor is None and not n:
+                return total
+            if time.monotonic() - last_said >= _PROGRESS_EVERY and cursor is not None:
+                last_said = time.monotonic()
+                log.info(
+                    "sealing into chunks: %d buckets in %.0fs, now at tier %gs, window %s",
+                    total, last_said - began, self.resolutions[cursor[0]],
+                    datetime.datetime.fromtimestamp(cursor[1], datetime.UTC).isoformat(),
+                )  # fmt: skip
 
     async def forget_stale_series(self, horizon: float) -> list[SeriesKey]:
         return await self._write(partial(self._writer.forget_stale_series, horizon))
@@ -187,6 +211,9 @@ class SqliteStore:
                 return fn(conn)
             finally:
                 conn.execute("COMMIT")
+        except ChunkError as e:
+            # Damage on disk, not the query's fault: the read fails as an outage of the store.
+            raise StoreError(f"read failed: a stored chunk is damaged ({e})") from None
         except sqlite3.OperationalError as e:
             if "interrupted" in str(e):
                 raise StoreTimeout(f"the query ran longer than {self.read_timeout:g}s") from None

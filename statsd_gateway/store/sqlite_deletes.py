@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from statsd_gateway.model import SeriesKey
-from statsd_gateway.store.schema import tier_table
+from statsd_gateway.store.schema import chunk_table, tier_table
 from statsd_gateway.store.sqlite_reads import tags_json
 
 # Rows of the finest tier deleted per transaction, about: flushes wait no longer than that.
@@ -85,9 +85,10 @@ def delete_series_rows(
 def stale_candidates(
     conn: sqlite3.Connection, resolutions: Sequence[float], horizon: float
 ) -> list[tuple[int, str, str, str]]:
-    """Series created before `horizon` with no row in any series-major (coarse) tier: (id,
+    """Series created before `horizon` with no row or chunk in any coarse tier: (id,
     tenant, name, tags JSON). None without coarse tiers."""
     coarse = [tier_table(r) for r in resolutions[1:]]
+    coarse += [chunk_table(r) for r in resolutions[1:]]
     if not coarse:
         return []
     no_rows = " AND ".join(f"NOT EXISTS (SELECT 1 FROM {t} WHERE series_id = s.id)" for t in coarse)

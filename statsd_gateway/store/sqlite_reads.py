@@ -27,6 +27,7 @@ from statsd_gateway.store.base import (
     StoredRows,
 )
 from statsd_gateway.store.schema import tier_table
+from statsd_gateway.store.sqlite_chunks import concat_parts, read_chunk_columns
 from statsd_gateway.store.tiers import plan_segments
 
 
@@ -267,49 +268,25 @@ def read_stored_rows(
     )
     if request.sketch_budget is not None:
         request.sketch_budget(len(series) * sum(g.buckets for g in segments))
-    parts = [
-        read_columns(
-            conn,
-            series,
-            g.lo,
-            g.hi,
-            g.resolution,
-            values=request.values,
-            sketches=request.sketches,
-            hll=request.hll,
-            by_series=request.by_series,
-        )
-        for g in segments
-    ]
-    return StoredRows(seq, series, concat_columns(parts, request.values))
-
-
-def concat_columns(parts: Sequence[Columns], values: Sequence[str]) -> Columns:
-    """The rows of the parts in order, as one Columns (row numbers shifted; `series` positions
-    index the same series list, so they are kept as they are)."""
-    if len(parts) == 1:
-        return parts[0]
-    if not parts:
-        empty = np.empty(0, dtype=np.int64)
-        return Columns(
-            np.empty(0), empty, {v: np.empty(0) for v in values}, sketch.decode_flat([]), empty,
-            [], empty,
-        )  # fmt: skip
-    starts = np.cumsum([0, *(len(c) for c in parts[:-1])]).tolist()
-    series = [c.series for c in parts if c.series is not None]
-    return Columns(
-        ts=np.concatenate([c.ts for c in parts]),
-        series=np.concatenate(series) if len(series) == len(parts) else None,
-        values={v: np.concatenate([c.values[v] for c in parts]) for v in values},
-        sketches=sketch.flat_concat([c.sketches for c in parts]),
-        sketch_rows=np.concatenate(
-            [c.sketch_rows + start for start, c in zip(starts, parts, strict=True)]
-        ),
-        hlls=[h for c in parts for h in c.hlls],
-        hll_rows=np.concatenate(
-            [c.hll_rows + start for start, c in zip(starts, parts, strict=True)]
-        ),
-    )
+    parts = []
+    r = request
+    for g in segments:
+        # Sealed rows first, then the head's: a late point merges after what it joins.
+        for read in (read_chunk_columns, read_columns):
+            parts.append(
+                read(
+                    conn,
+                    series,
+                    g.lo,
+                    g.hi,
+                    g.resolution,
+                    values=r.values,
+                    sketches=r.sketches,
+                    hll=r.hll,
+                    by_series=r.by_series,
+                )
+            )
+    return StoredRows(seq, series, concat_parts(parts, request.values))
 
 
 def read_tag_values(

@@ -21,14 +21,28 @@ import contextlib
 import logging
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
+
+import numpy as np
 
 from statsd_gateway import sketch
 from statsd_gateway.errors import StoreError, StoreGone
 from statsd_gateway.model import MetricType, RowBatch, SeriesKey
 from statsd_gateway.store.base import FlushWrite, SeriesInfo, StoredState
+from statsd_gateway.store.chunks import chunk_span
 from statsd_gateway.store.schema import (
     tier_table,
+)
+from statsd_gateway.store.sqlite_chunks import (
+    SEAL_SERIES,
+    chunk_batch,
+    delete_expired_chunks,
+    delete_series_chunks,
+    head_row_batch,
+    oldest_head_window,
+    seal_unit,
+    sealable_until,
 )
 from statsd_gateway.store.sqlite_deletes import (
     delete_series_rows,
@@ -48,6 +62,9 @@ from statsd_gateway.store.sqlite_reads import (
 from statsd_gateway.store.sqlite_upsert import upsert_rows
 
 log = logging.getLogger(__name__)
+
+# Where sealing stands: (tier index, window start, next series id); None: look afresh.
+SealCursor = tuple[int, float, int] | None
 
 SKETCH_FORMAT = f"{sketch.FORMAT}:mapping={sketch.MAPPING_ID}"
 
@@ -287,15 +304,96 @@ class SqliteWriter:
         return read_flushed_seq(self._conn())
 
     def read_for_rebuild(self, res: float, since: float) -> RowBatch:
-        """Every row of tier `res` from `since` on (rebuilding rollups at
-        start); the series they hold count as written now."""
-        rows = read_rows_where(self._conn(), tier_table(res), "ts >= ?", (since,))
+        """Every row of tier `res` from `since` on, sealed or in the head (rebuilding rollups
+        at start); the series they hold count as written now."""
+        conn = self._conn()
+        rows = read_rows_where(conn, tier_table(res), "ts >= ?", (since,))
+        names = self._names(conn, "1", ())
+        sealed = chunk_batch(conn, res, "start > ?", (since - chunk_span(res),), names.get)
+        sealed = sealed.take(np.flatnonzero(sealed.ts >= since))
         now = self.clock()
         for r in rows:
             sid = self._series_ids.get(r.key)
             if sid is not None:
                 self._last_write[sid] = now
-        return RowBatch.from_rows(rows)
+        for sid in set(sealed.series.tolist() if sealed.series is not None else ()):
+            self._last_write[sid] = now
+        return RowBatch.concat([replace(sealed, series=None), RowBatch.from_rows(rows)])
+
+    # -- chunks ----------------------------------------------------------------------------
+
+    def _names(
+        self, conn: sqlite3.Connection, where: str, args: tuple[object, ...]
+    ) -> dict[int, tuple[SeriesKey, MetricType]]:
+        return {
+            sid: ((tenant, name, tags_from_json(tags)), MetricType(mtype))
+            for sid, tenant, name, tags, mtype in conn.execute(
+                f"SELECT id, tenant, name, tags, type FROM series WHERE {where}", args
+            )
+        }
+
+    def seal_step(self, cursor: SealCursor) -> tuple[int, SealCursor]:
+        """One short transaction of sealing (store/sqlite_chunks.py): the head rows of one
+        complete window for SEAL_SERIES series ids. Returns (buckets sealed, the cursor to call
+        again with; None when no complete window is left in any head)."""
+        conn = self._conn()
+        if cursor is None:
+            cursor = self._first_sealable(conn)
+            if cursor is None:
+                return 0, None
+        level, window, lo = cursor
+        res = self.resolutions[level]
+        finest = level == 0
+        (top,) = conn.execute("SELECT coalesce(max(id), 0) FROM series").fetchone()
+        sweep = lo > top
+        if (
+            sweep
+            and not conn.execute(
+                f"SELECT 1 FROM {tier_table(res)} WHERE ts >= ? AND ts < ? LIMIT 1",
+                (window, window + chunk_span(res)),
+            ).fetchone()
+        ):
+            return self.seal_step(None)  # the window is sealed whole: on to the next
+        hi = lo + SEAL_SERIES
+        names = self._names(conn, "1", ()) if sweep else self._names(
+            conn, "id >= ? AND id < ?", (lo, hi))  # fmt: skip
+        n = 0
+
+        def work(c: sqlite3.Connection) -> None:
+            nonlocal n
+
+            def head(where: str, args: tuple[object, ...]) -> RowBatch:
+                return head_row_batch(c, res, where, args, names.get)
+
+            n = seal_unit(c, res, finest, window, (lo, hi), names.get, head, sweep=sweep)
+
+        self._transaction(work)
+        return n, (None if sweep else (level, window, hi))
+
+    def _first_sealable(self, conn: sqlite3.Connection) -> SealCursor:
+        """The oldest complete window holding head rows, finest tier first."""
+        until = read_complete_until(conn, self.resolutions)
+        for level, res in enumerate(self.resolutions):
+            window = oldest_head_window(conn, res)
+            if window is None:
+                continue
+            boundary = sealable_until(conn, res, level == 0, until.get(res, 0.0))
+            if window + chunk_span(res) <= boundary:
+                (first,) = conn.execute("SELECT coalesce(min(id), 0) FROM series").fetchone()
+                return level, window, int(first)
+        return None
+
+    def delete_expired_chunks(self, res: float, before: float) -> int:
+        """Drops tier `res`'s chunks whose whole window is older than `before`, in one
+        transaction; returns the buckets they held."""
+        n = 0
+
+        def work(c: sqlite3.Connection) -> None:
+            nonlocal n
+            n = delete_expired_chunks(c, res, before)
+
+        self._transaction(work)
+        return n
 
     def _gauge_currents(self) -> dict[SeriesKey, tuple[float, float]]:
         """The current value and its time of every gauge, as last flushed."""
@@ -342,6 +440,7 @@ class SqliteWriter:
         def work(c: sqlite3.Connection) -> None:
             nonlocal rows
             rows = delete_series_rows(c, ids, self.resolutions)
+            rows += delete_series_chunks(c, ids, self.resolutions)
 
         if ids:
             self._transaction(work)

@@ -1,0 +1,68 @@
+"""Sealing: on a schedule, the store moves the buckets of every complete chunk window from its
+tiers' heads into compressed chunks (store/chunks.py; SQLite: sqlite_chunks.py).
+
+It runs every flush interval, so the finest tier's head holds about one window (an hour of 10 s
+buckets) plus what has just been flushed; after an upgrade from the row layout, or after a
+back-fill, the first runs convert the history in short units, flushes interleaving. Answers do
+not change with sealing: a read takes the head and the chunks alike. A failed run is logged and
+tried again at the next; the rows stay in the head meanwhile, readable as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from statsd_gateway.store.base import Store
+from statsd_gateway.telemetry import Telemetry
+
+log = logging.getLogger(__name__)
+
+# A run that seals at least this many buckets says so at info (a conversion, a back-fill, the
+# hourly window of a large daemon); smaller ones at debug.
+_LOUD = 100_000
+
+
+class SealJob:
+    """Every `interval` seconds, `store.seal_chunks()`; counts what it moved in
+    `sealed_buckets_total`. `alive` is False once its task has died (readiness shows it)."""
+
+    def __init__(self, store: Store, telemetry: Telemetry, *, interval: float) -> None:
+        self.store = store
+        self.telemetry = telemetry
+        self.interval = interval
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self._task is None or not self._task.done()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="seal-chunks")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.run_once()
+            except Exception as e:  # the store may be failing: flushes report it; go on
+                log.warning("sealing chunks failed, will retry: %s", e)
+
+    async def run_once(self) -> int:
+        """Seals every complete window; returns the buckets moved into chunks."""
+        began = time.monotonic()
+        n = await self.store.seal_chunks()
+        self.telemetry.sealed_buckets += n
+        if n:
+            level = logging.INFO if n >= _LOUD else logging.DEBUG
+            log.log(level, "sealed %d buckets into chunks in %.1fs", n, time.monotonic() - began)
+        return n

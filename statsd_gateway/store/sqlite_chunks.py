@@ -1,0 +1,337 @@
+"""The SQLite store's chunks: reading them, sealing head rows into them, dropping them.
+
+Each tier has a head table (`points_<res>`, one row per series and bucket, written by every
+flush and merged into by late points) and a chunk table (`chunks_<res>`, one SGC1 blob per
+series and chunk window; store/chunks.py). The writer seals in short units: the head rows of one
+window that is complete (a window is complete once its tier is: the finest tier up to the
+window of its newest bucket, a coarse tier up to its `complete_until`) for a range of series
+ids are merged, with the window's chunk if one exists (late points for a sealed window), into
+one chunk per series, written, and deleted from the head, in one transaction. So a bucket is in
+the head or in its chunk, or in both while late points wait for the next unit, and a read takes
+both: every consumer merges the rows of a bucket (store/base.py).
+
+Pure functions of a connection, run by the writer (seal, retention, deletes) or a reader.
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from itertools import pairwise
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from statsd_gateway import sketch
+from statsd_gateway.model import MetricType, RowBatch, SeriesKey
+from statsd_gateway.store.base import NUMERIC_COLUMNS, Columns, SeriesInfo
+from statsd_gateway.store.chunks import (
+    BUCKETS_PER_CHUNK,
+    DecodedChunks,
+    chunk_span,
+    decode_chunks,
+    encode_chunk,
+)
+from statsd_gateway.store.rollup import merge_rows
+from statsd_gateway.store.schema import chunk_table, tier_table
+
+# Series ids per seal unit: one transaction reads and rewrites about this many series' window.
+SEAL_SERIES = 1000
+# Chunks decoded per numpy pass: bounds a read's transient arrays (<= 360 rows per chunk).
+_DECODE_BATCH = 2048
+_IN_BATCH = 500  # ids per IN list (SQLite caps a statement's parameters)
+
+_I64 = npt.NDArray[np.int64]
+_ALL = ("ts", "series_id", "count", "sum", "min", "max", "last", "last_ts", "sketch", "hll")
+
+
+# -- reads -----------------------------------------------------------------------------------
+
+
+def read_chunk_columns(
+    conn: sqlite3.Connection,
+    series: Sequence[SeriesInfo],
+    since: float,
+    until: float,
+    resolution: float,
+    *,
+    values: Sequence[str],
+    sketches: bool,
+    hll: bool,
+    by_series: bool,
+) -> Columns:
+    """The chunked rows of tier `resolution` of the given series with since <= ts < until, as
+    Columns (only the columns asked for decoded; the chunks touching the range only)."""
+    span = chunk_span(resolution)
+    position = {s.id: i for i, s in enumerate(series)}
+    ids = list(position)
+    blobs: list[bytes] = []
+    owners: list[int] = []
+    for i in range(0, len(ids), _IN_BATCH):
+        part = ids[i : i + _IN_BATCH]
+        marks = ",".join("?" * len(part))
+        for sid, data in conn.execute(
+            f"SELECT series_id, data FROM {chunk_table(resolution)} "
+            f"WHERE series_id IN ({marks}) AND start > ? AND start < ?",
+            (*part, since - span, until),
+        ):
+            blobs.append(data)
+            owners.append(position[sid])
+    parts = []
+    for i in range(0, len(blobs), _DECODE_BATCH):
+        decoded = decode_chunks(blobs[i : i + _DECODE_BATCH], values, sketches=sketches, hll=hll)
+        owner = np.asarray(owners[i : i + _DECODE_BATCH], dtype=np.int64)
+        parts.append(_in_range(decoded, owner, since, until, by_series))
+    return concat_parts(parts, values)
+
+
+def _in_range(
+    d: DecodedChunks, owner: _I64, since: float, until: float, by_series: bool
+) -> Columns:
+    keep = (d.ts >= since) & (d.ts < until)
+    rows = np.flatnonzero(keep)
+    new_index = np.cumsum(keep) - 1
+    sk_keep = keep[d.sketch_rows]
+    hll_keep = keep[d.hll_rows].tolist()
+    return Columns(
+        ts=d.ts[rows],
+        series=owner[d.chunk[rows]] if by_series else None,
+        values={v: a[rows] for v, a in d.values.items()},
+        sketches=sketch.flat_take(d.sketches, np.flatnonzero(sk_keep)),
+        sketch_rows=new_index[d.sketch_rows[sk_keep]],
+        hlls=[h for h, k in zip(d.hlls, hll_keep, strict=True) if k],
+        hll_rows=new_index[d.hll_rows[keep[d.hll_rows]]],
+    )
+
+
+def concat_parts(parts: Sequence[Columns], values: Sequence[str]) -> Columns:
+    """The rows of the parts in order, as one Columns (their `series` index the same list)."""
+    if len(parts) == 1:
+        return parts[0]
+    empty = np.empty(0, dtype=np.int64)
+    if not parts:
+        return Columns(
+            np.empty(0), empty, {v: np.empty(0) for v in values}, sketch.decode_flat([]), empty,
+            [], empty,
+        )  # fmt: skip
+    starts = np.cumsum([0, *(len(c) for c in parts[:-1])]).tolist()
+    series = [c.series for c in parts if c.series is not None]
+    return Columns(
+        ts=np.concatenate([c.ts for c in parts]),
+        series=np.concatenate(series) if len(series) == len(parts) else None,
+        values={v: np.concatenate([c.values[v] for c in parts]) for v in values},
+        sketches=sketch.flat_concat([c.sketches for c in parts]),
+        sketch_rows=np.concatenate([c.sketch_rows + s for s, c in zip(starts, parts, strict=True)]),
+        hlls=[h for c in parts for h in c.hlls],
+        hll_rows=np.concatenate([c.hll_rows + s for s, c in zip(starts, parts, strict=True)]),
+    )
+
+
+def chunk_batch(
+    conn: sqlite3.Connection, resolution: float, where: str, args: tuple[Any, ...],
+    key_of: Callable[[int], tuple[SeriesKey, MetricType] | None],
+) -> RowBatch:  # fmt: skip
+    """The rows of the chunks `WHERE <where>` of tier `resolution` as a RowBatch (series ids
+    in `series`; `key_of` names each id, None for a series deleted meanwhile)."""
+    found = conn.execute(
+        f"SELECT series_id, data FROM {chunk_table(resolution)} WHERE {where}", args
+    ).fetchall()
+    known = [(sid, data, key_of(sid)) for sid, data in found]
+    known = [k for k in known if k[2] is not None]
+    if not known:
+        return replace(RowBatch.from_rows([]), series=np.empty(0, dtype=np.int64))
+    d = decode_chunks(
+        [data for _, data, _ in known], NUMERIC_COLUMNS,
+        sketches=True, hll=True,
+    )  # fmt: skip
+    n = d.ts.size
+    chunk = d.chunk.tolist()
+    names = [k for _, _, k in known]
+    has = np.zeros(n, dtype=np.bool_)
+    has[d.sketch_rows] = True
+    # Every row gets an item: the empty sketch (appended last) where it has none.
+    where_sk = np.full(n, len(d.sketches), dtype=np.int64)
+    where_sk[d.sketch_rows] = np.arange(d.sketch_rows.size)
+    with_empty = sketch.flat_concat([d.sketches, sketch.flat_from_bins([sketch.Bins.empty()])])
+    hlls: list[bytes | None] = [None] * n
+    for r, h in zip(d.hll_rows.tolist(), d.hlls, strict=True):
+        hlls[r] = h
+    ids = np.asarray([sid for sid, _, _ in known], dtype=np.int64)
+    return RowBatch(
+        ts=d.ts, keys=[names[c][0] for c in chunk], types=[names[c][1] for c in chunk],
+        count=d.values["count"], sum=d.values["sum"], min=d.values["min"], max=d.values["max"],
+        last=d.values["last"], last_ts=d.values["last_ts"],
+        sketches=sketch.flat_take(with_empty, where_sk), has_sketch=has, hll=hlls,
+        series=ids[d.chunk],
+    )  # fmt: skip
+
+
+# -- sealing ---------------------------------------------------------------------------------
+
+
+def sealable_until(
+    conn: sqlite3.Connection, resolution: float, finest: bool, complete_until: float
+) -> float:
+    """Windows ending at or before this are complete in tier `resolution`: the finest tier's
+    up to the window of its newest bucket (flushes come in time order), a coarse tier's up to
+    the window of its `complete_until`."""
+    span = chunk_span(resolution)
+    if finest:
+        row = conn.execute(f"SELECT max(ts) FROM {tier_table(resolution)}").fetchone()
+        if row[0] is None:
+            return -math.inf
+        return float(math.floor(row[0] / span) * span)
+    return math.floor(complete_until / span) * span
+
+
+def oldest_head_window(conn: sqlite3.Connection, resolution: float) -> float | None:
+    """The start of the window of the oldest bucket in the tier's head, or None if empty."""
+    row = conn.execute(f"SELECT min(ts) FROM {tier_table(resolution)}").fetchone()
+    if row[0] is None:
+        return None
+    span = chunk_span(resolution)
+    return float(math.floor(row[0] / span) * span)
+
+
+def _head_where(resolution: float, finest: bool, window: float) -> tuple[str, tuple[Any, ...]]:
+    """The head rows of `window` for ids in [?, ?): the finest tier (keyed time-major) by its
+    bucket times, each a seek to the id range; a coarse one (series-major) by the id range."""
+    if finest:
+        times = [window + k * resolution for k in range(BUCKETS_PER_CHUNK)]
+        marks = ",".join("?" * len(times))
+        return f"ts IN ({marks}) AND series_id >= ? AND series_id < ?", tuple(times)
+    return "series_id >= ? AND series_id < ? AND ts >= ? AND ts < ?", ()
+
+
+def seal_unit(
+    conn: sqlite3.Connection,
+    resolution: float,
+    finest: bool,
+    window: float,
+    ids: tuple[int, int],
+    key_of: Callable[[int], tuple[SeriesKey, MetricType] | None],
+    head_rows: Callable[[str, tuple[Any, ...]], RowBatch],
+    *,
+    sweep: bool = False,
+) -> int:
+    """Seals the head rows of `window` of series ids in [lo, hi) (every id with `sweep`, by a
+    range of times: what bucket times the finest tier's seek missed) into their chunks;
+    returns the buckets moved. Run inside the writer's transaction."""
+    span = chunk_span(resolution)
+    lo, hi = ids
+    if sweep:
+        where, args = "ts >= ? AND ts < ?", (window, window + span)
+    else:
+        where, times = _head_where(resolution, finest, window)
+        args = (*times, lo, hi) if finest else (lo, hi, window, window + span)
+    head = head_rows(where, args)
+    if not len(head):  # nothing, or only rows of series deleted meanwhile
+        conn.execute(f"DELETE FROM {tier_table(resolution)} WHERE {where}", args)
+        return 0
+    assert head.series is not None
+    touched = np.unique(head.series).tolist()
+    old = [
+        chunk_batch(conn, resolution, f"series_id IN ({','.join('?' * len(part))}) AND start = ?",
+                    (*part, window), key_of)
+        for part in (touched[i : i + _IN_BATCH] for i in range(0, len(touched), _IN_BATCH))
+    ]  # fmt: skip
+    merged = merge_rows(RowBatch.concat([*old, head]), resolution)
+    assert merged.series is not None
+    order = np.lexsort((merged.ts, merged.series))
+    merged = merged.take(order)
+    assert merged.series is not None
+    sid = merged.series
+    cuts = [0, *(np.flatnonzero(sid[1:] != sid[:-1]) + 1).tolist(), len(merged)]
+    table = chunk_table(resolution)
+    conn.executemany(
+        f"INSERT OR REPLACE INTO {table}(series_id, start, rows, data) VALUES (?, ?, ?, ?)",
+        [
+            (int(sid[a]), window, b - a, encode_chunk(merged.take(np.arange(a, b))))
+            for a, b in pairwise(cuts)
+        ],
+    )
+    conn.execute(f"DELETE FROM {tier_table(resolution)} WHERE {where}", args)
+    return len(head)
+
+
+def head_row_batch(
+    conn: sqlite3.Connection,
+    resolution: float,
+    where: str,
+    args: tuple[Any, ...],
+    key_of: Callable[[int], tuple[SeriesKey, MetricType] | None],
+) -> RowBatch:
+    """The head rows `WHERE <where>` of tier `resolution`, as a RowBatch with their series ids
+    (rows of a series deleted meanwhile are left out)."""
+    raw = conn.execute(
+        f"SELECT {', '.join(_ALL)} FROM {tier_table(resolution)} WHERE {where}", args
+    ).fetchall()
+    named = [(r, key_of(r[1])) for r in raw]
+    kept = [(r, k) for r, k in named if k is not None]
+    n = len(kept)
+
+    def col(i: int) -> npt.NDArray[np.float64]:
+        return np.fromiter((r[i] for r, _ in kept), dtype=np.float64, count=n)
+
+    blobs = [r[8] for r, _ in kept]
+    has = np.array([b is not None for b in blobs], dtype=np.bool_)
+    present = sketch.decode_many([b for b in blobs if b is not None])
+    it = iter(present)
+    bins = [next(it) if b is not None else sketch.Bins.empty() for b in blobs]
+    return RowBatch(
+        ts=col(0), keys=[k[0] for _, k in kept], types=[k[1] for _, k in kept],
+        count=col(2), sum=col(3), min=col(4), max=col(5), last=col(6), last_ts=col(7),
+        sketches=sketch.flat_from_bins(bins), has_sketch=has, hll=[r[9] for r, _ in kept],
+        series=np.fromiter((r[1] for r, _ in kept), dtype=np.int64, count=n),
+    )  # fmt: skip
+
+
+# -- retention and deletes -------------------------------------------------------------------
+
+
+def delete_expired_chunks(conn: sqlite3.Connection, resolution: float, before: float) -> int:
+    """Drops the tier's chunks whose whole window is older than `before`; returns the buckets
+    they held. A chunk straddling `before` is kept whole until its window has aged out."""
+    table = chunk_table(resolution)
+    cutoff = before - chunk_span(resolution)
+    (n,) = conn.execute(
+        f"SELECT coalesce(sum(rows), 0) FROM {table} WHERE start <= ?", (cutoff,)
+    ).fetchone()
+    if n:
+        conn.execute(f"DELETE FROM {table} WHERE start <= ?", (cutoff,))
+    return int(n)
+
+
+def delete_series_chunks(
+    conn: sqlite3.Connection, ids: Sequence[int], resolutions: Sequence[float]
+) -> int:
+    """Deletes the chunks of the series `ids` in every tier; returns the buckets they held."""
+    n = 0
+    for i in range(0, len(ids), _IN_BATCH):
+        part = list(ids[i : i + _IN_BATCH])
+        marks = ",".join("?" * len(part))
+        for res in resolutions:
+            table = chunk_table(res)
+            (k,) = conn.execute(
+                f"SELECT coalesce(sum(rows), 0) FROM {table} WHERE series_id IN ({marks})", part
+            ).fetchone()
+            if k:
+                conn.execute(f"DELETE FROM {table} WHERE series_id IN ({marks})", part)
+                n += int(k)
+    return n
+
+
+def buckets_in_chunks(conn: sqlite3.Connection, resolution: float) -> int:
+    (n,) = conn.execute(f"SELECT coalesce(sum(rows), 0) FROM {chunk_table(resolution)}").fetchone()
+    return int(n)
+
+
+def rows_between(conn: sqlite3.Connection, resolution: float, lo: float, hi: float) -> int:
+    """Head rows of the tier with lo <= ts < hi (progress of a conversion)."""
+    (n,) = conn.execute(
+        f"SELECT count(*) FROM {tier_table(resolution)} WHERE ts >= ? AND ts < ?", (lo, hi)
+    ).fetchone()
+    return int(n)

@@ -1,0 +1,226 @@
+"""The SQLite store's chunks: closed windows sealed into compressed chunks give the same answers
+as the rows they replace, late points for a sealed window merge exactly, retention drops whole
+chunks, deletes and restarts see them, an old row-layout file is converted, and a damaged chunk
+fails the read clearly. Real SQLite files throughout."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from statsd_gateway import sketch
+from statsd_gateway.errors import StoreError
+from statsd_gateway.model import BucketRow, MetricType, RowBatch, SeriesKey
+from statsd_gateway.store import SqliteStore
+from statsd_gateway.store.base import FlushWrite, RowRead, StoredRows
+from statsd_gateway.store.chunks import BUCKETS_PER_CHUNK
+from tests.conftest import T0, ManualClock
+
+RES = (10.0, 60.0)
+HOUR = 10.0 * BUCKETS_PER_CHUNK  # the finest tier's chunk window
+LAT: list[SeriesKey] = [("default", "lat", (("host", f"h{i}"),)) for i in range(3)]
+TEMP: SeriesKey = ("default", "temp", ())
+USERS: SeriesKey = ("default", "users", ())
+ALL = ("count", "sum", "min", "max", "last", "last_ts")
+
+
+def rows_at(ts: float, rng: np.random.Generator) -> list[BucketRow]:
+    """One bucket of every kind: timings with a sketch, a gauge, a set's HyperLogLog."""
+    out = []
+    for key in LAT:
+        v = [float(x) for x in rng.integers(1, 500, int(rng.integers(1, 4)))]
+        v[0] += 0.25  # a fraction: the float encoding as well as the integer one
+        out.append(
+            BucketRow(ts, key, MetricType.TIMING, len(v), sum(v), min(v), max(v),
+                      sketch=sketch.bin_values(v))
+        )  # fmt: skip
+    g = float(rng.normal())
+    out.append(BucketRow(ts, TEMP, MetricType.GAUGE, 1.0, g, g, g, g, ts + 3.5))
+    members = [f"u{int(x)}" for x in rng.integers(0, 50, 3)]
+    out.append(
+        BucketRow(ts, USERS, MetricType.SET, 3.0, 3.0, None, None,
+                  hll=sketch.hll_from_members(members))
+    )  # fmt: skip
+    return out
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    s = SqliteStore(tmp_path / "m.db", resolutions=RES, clock=ManualClock(T0))
+    await s.open()
+    yield s
+    await s.close()
+
+
+async def fill(store: SqliteStore, buckets: int, seed: int = 0, seq: int = 0) -> int:
+    rng = np.random.default_rng(seed)
+    for b in range(buckets):
+        seq += 1
+        await store.write_flush(FlushWrite(seq, RowBatch.from_rows(rows_at(T0 + 10 * b, rng))))
+    return seq
+
+
+def read(name: str, until: float = T0 + 4 * HOUR) -> RowRead:
+    return RowRead(
+        "default", name, (), T0, until, None, values=ALL, sketches=True, hll=True,
+        by_series=True,
+    )  # fmt: skip
+
+
+def answer(got: StoredRows) -> dict[str, object]:
+    """Everything a read says, one entry per (series, bucket), merged as every consumer merges
+    a bucket's rows (a bucket may sit in its chunk and in the head while a late point waits)."""
+    c = got.cols
+    assert c.series is not None
+    keys = [(got.series[s].tags, t) for s, t in zip(c.series.tolist(), c.ts.tolist(), strict=True)]
+    out: dict[tuple[object, float], list[object]] = {}
+    sk_of = dict(zip(c.sketch_rows.tolist(), range(len(c.sketches)), strict=True))
+    hll_of = dict(zip(c.hll_rows.tolist(), c.hlls, strict=True))
+    for i, k in enumerate(keys):
+        v: list[object] = [float(c.values[n][i]) for n in ALL]
+        bins = c.sketches.bins(sk_of[i]) if i in sk_of else None
+        hll = hll_of.get(i)
+        if k in out:
+            o = out[k]
+            o[0] += v[0]  # type: ignore[operator]
+            o[1] += v[1]  # type: ignore[operator]
+            o[2] = float(np.fmin(o[2], v[2]))  # type: ignore[call-overload]
+            o[3] = float(np.fmax(o[3], v[3]))  # type: ignore[call-overload]
+            if bins is not None:
+                o[6] = sketch.merge([o[6], bins]) if o[6] is not None else bins  # type: ignore[list-item]
+            if hll is not None:
+                o[7] = sketch.hll_merge_pair(o[7], hll)  # type: ignore[arg-type]
+        else:
+            out[k] = [*v, bins, hll]
+    return {repr(k): [repr(x) for x in v] for k, v in sorted(out.items(), key=repr)}
+
+
+def tables(path: Path) -> dict[str, int]:
+    conn = sqlite3.connect(path)
+    try:
+        names = ("points_10s", "chunks_10s", "points_60s", "chunks_60s")
+        return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in names}
+    finally:
+        conn.close()
+
+
+async def test_sealing_keeps_every_answer_and_leaves_only_the_open_window_in_the_head(
+    store: SqliteStore,
+) -> None:
+    await fill(store, 2 * BUCKETS_PER_CHUNK + 30)  # two whole windows and 5 minutes
+    before = {m: answer(await store.read_rows(read(m))) for m in ("lat", "temp", "users")}
+    sealed = await store.seal_chunks()
+    assert sealed == 2 * BUCKETS_PER_CHUNK * 5  # 5 series, two complete windows each
+    assert {m: answer(await store.read_rows(read(m))) for m in before} == before
+    counts = tables(store.path)
+    assert counts["chunks_10s"] == 2 * 5  # a chunk per series and window
+    assert counts["points_10s"] == 30 * 5  # the open window stays in the head
+    assert await store.seal_chunks() == 0  # nothing complete is left
+
+
+async def test_a_late_point_for_a_sealed_window_is_merged_exactly(store: SqliteStore) -> None:
+    seq = await fill(store, BUCKETS_PER_CHUNK + 1)
+    await store.seal_chunks()
+    late = BucketRow(T0 + 20, LAT[0], MetricType.TIMING, 1.0, 9999.5, 9999.5, 9999.5,
+                     sketch=sketch.bin_values([9999.5]))  # fmt: skip
+    await store.write_flush(FlushWrite(seq + 1, RowBatch.from_rows([late])))
+    got = await store.read_rows(read("lat", T0 + 30))
+    with_late = answer(got)
+    mine = [v for k, v in with_late.items() if "'h0'" in k and "1764172820.0" in k]
+    assert mine and mine[0][3] == "9999.5"  # the max of that bucket is the late point
+    assert await store.seal_chunks() == 1  # merged into its chunk, rewritten
+    assert answer(await store.read_rows(read("lat", T0 + 30))) == with_late
+    assert tables(store.path)["chunks_10s"] == 5  # still one chunk per series and window
+    raw = await store.read_rows(read("lat", T0 + 30))
+    assert len(raw.cols) == 3 * 3  # one row per bucket again: 3 buckets of 3 series
+
+
+async def test_retention_drops_whole_chunks_only_once_their_window_has_aged_out(
+    store: SqliteStore,
+) -> None:
+    await fill(store, 2 * BUCKETS_PER_CHUNK + 1)
+    await store.seal_chunks()
+    # Mid-window: the first chunk holds buckets younger than the cutoff, so it stays whole.
+    assert await store.delete_expired(10.0, T0 + HOUR / 2) == 0
+    assert len((await store.read_rows(read("temp", T0 + HOUR))).cols) == BUCKETS_PER_CHUNK
+    assert await store.delete_expired(10.0, T0 + HOUR) == BUCKETS_PER_CHUNK * 5
+    assert tables(store.path)["chunks_10s"] == 5
+    assert len((await store.read_rows(read("temp"))).cols) == BUCKETS_PER_CHUNK + 1
+
+
+async def test_an_admin_delete_removes_the_series_chunks(store: SqliteStore) -> None:
+    await fill(store, BUCKETS_PER_CHUNK + 1)
+    await store.seal_chunks()
+    assert await store.delete_series([TEMP]) == (1, BUCKETS_PER_CHUNK + 1)
+    assert len((await store.read_rows(read("temp"))).cols) == 0
+    assert tables(store.path)["chunks_10s"] == 4
+
+
+async def test_chunks_are_read_after_a_restart_and_by_the_rollup_rebuild(tmp_path: Path) -> None:
+    path = tmp_path / "m.db"
+    first = SqliteStore(path, resolutions=RES, clock=ManualClock(T0))
+    await first.open()
+    await fill(first, BUCKETS_PER_CHUNK + 6)
+    before = answer(await first.read_rows(read("lat")))
+    await first.seal_chunks()
+    await first.close()
+    again = SqliteStore(path, resolutions=RES, clock=ManualClock(T0))
+    state = await again.open()
+    try:
+        assert {s.name for s in state.series} == {"lat", "temp", "users"}
+        assert answer(await again.read_rows(read("lat"))) == before
+        rebuilt = await again.read_for_rebuild(10.0, T0 + HOUR - 20)  # sealed and head rows
+        assert sorted(set(rebuilt.ts.tolist())) == [T0 + HOUR - 20 + 10 * i for i in range(8)]
+        assert len(rebuilt) == 8 * 5
+    finally:
+        await again.close()
+
+
+async def test_a_row_layout_file_keeps_working_and_is_converted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "m.db"
+    old = SqliteStore(path, resolutions=RES, clock=ManualClock(T0))
+    await old.open()
+    await fill(old, BUCKETS_PER_CHUNK + 3)
+    before = {m: answer(await old.read_rows(read(m))) for m in ("lat", "temp", "users")}
+    await old.close()
+    # What the previous release left: schema 3, rows only, no chunk tables.
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        "DROP TABLE chunks_10s; DROP TABLE chunks_60s; DROP INDEX points_60s_ts;"
+        "UPDATE meta SET value='3' WHERE key='schema_version';"
+    )
+    conn.close()
+    upgraded = SqliteStore(path, resolutions=RES, clock=ManualClock(T0))
+    await upgraded.open()
+    try:
+        assert {m: answer(await upgraded.read_rows(read(m))) for m in before} == before
+        assert await upgraded.seal_chunks() == BUCKETS_PER_CHUNK * 5
+        assert {m: answer(await upgraded.read_rows(read(m))) for m in before} == before
+        version = (
+            sqlite3.connect(path)
+            .execute("SELECT value FROM meta WHERE key='schema_version'")
+            .fetchone()[0]
+        )
+        assert version == "4"
+    finally:
+        await upgraded.close()
+
+
+async def test_a_damaged_chunk_fails_the_read_as_the_store_not_as_the_query(
+    store: SqliteStore,
+) -> None:
+    await fill(store, BUCKETS_PER_CHUNK + 1)
+    await store.seal_chunks()
+    conn = sqlite3.connect(store.path)
+    blob = conn.execute("SELECT data FROM chunks_10s LIMIT 1").fetchone()[0]
+    conn.execute("UPDATE chunks_10s SET data = ?", (blob[: len(blob) // 2],))
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError, match="stored chunk is damaged"):
+        await store.read_rows(read("lat"))
