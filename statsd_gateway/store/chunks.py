@@ -3,7 +3,8 @@
 Shared by every backend that keeps chunks (SQLite now, PostgreSQL next): they store the blob
 and the (series, tier, window start) it belongs to; what is inside is this module's business.
 A chunk covers the window [start, start + chunk_span(res)) of tier `res` (BUCKETS_PER_CHUNK
-buckets, aligned to multiples of the span from the epoch) and holds the rows of its buckets,
+buckets, at most a day's: an hour of 10 s buckets, 6 h of 1 min, a day of 1 h; aligned to
+multiples of the span from the epoch) and holds the rows of its buckets,
 oldest first, each once.
 
 Layout: a version byte (1), the row count n (varint), then four groups, each a varint length
@@ -34,6 +35,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 import numpy.typing as npt
@@ -51,9 +53,16 @@ _F64 = npt.NDArray[np.float64]
 _I64 = npt.NDArray[np.int64]
 
 
+def buckets_per_chunk(res: float) -> int:
+    """How many buckets of tier `res` a chunk window spans: BUCKETS_PER_CHUNK, or a day's
+    worth where that is fewer (an hourly tier: 24), so that a coarse tier's head, which holds
+    its open window, stays small."""
+    return max(1, min(BUCKETS_PER_CHUNK, int(86400 // res)))
+
+
 def chunk_span(res: float) -> float:
-    """The width of a chunk of tier `res`: BUCKETS_PER_CHUNK of its buckets."""
-    return res * BUCKETS_PER_CHUNK
+    """The width of a chunk window of tier `res` (windows align to multiples of it)."""
+    return res * buckets_per_chunk(res)
 
 
 def chunk_starts(ts: _F64, res: float) -> _F64:
@@ -123,27 +132,37 @@ def _group(columns: Sequence[bytes]) -> bytes:
 
 def encode_chunk(rows: RowBatch) -> bytes:
     """The chunk of `rows`: one series' buckets of one window, oldest first, each once."""
-    n = len(rows)
-    has = rows.has_sketch
-    idx = np.flatnonzero(has)
-    flat = sketch.flat_take(rows.sketches, idx)
-    hll = [h or b"" for h in rows.hll]
-    hll_len = np.array([len(h) for h in hll], dtype=np.float64)
-    group_a = [_column(rows.ts), _column(rows.count), _column(rows.sum)]
-    group_a += [_column(rows.min), _column(rows.max)]
-    group_b = [_column(rows.last), _column(rows.last_ts)]
-    group_c = [b"\x00"]
-    if idx.size:
-        lens = np.diff(flat.bounds).astype(np.float64)
-        group_c = [_varint(idx.size) + _varint(flat.keys.size), _column(has.astype(np.float64))]
-        group_c += [_column(flat.zero), _column(lens)]
-        group_c += [_column(flat.keys.astype(np.float64)), _column(flat.counts)]
-    group_d = [b"\x00"]
-    if hll_len.any():
-        group_d = [_column(hll_len), b"".join(hll)]
-    return b"".join(
-        [bytes((VERSION,)), _varint(n), *(_group(g) for g in (group_a, group_b, group_c, group_d))]
-    )
+    return encode_chunks(rows, [0, len(rows)])[0]
+
+
+def encode_chunks(rows: RowBatch, cuts: Sequence[int]) -> list[bytes]:
+    """The chunk of each run rows[cuts[i]:cuts[i + 1]] (each one series' buckets of one
+    window, oldest first, each once), from slices of the batch's arrays (no copy per run)."""
+    flat = rows.sketches
+    bounds = flat.bounds
+    hll_all = [h or b"" for h in rows.hll]
+    hll_len_all = np.array([len(h) for h in hll_all], dtype=np.float64)
+    out = []
+    for a, b in pairwise(cuts):
+        has = rows.has_sketch[a:b]
+        group_a = [_column(rows.ts[a:b]), _column(rows.count[a:b]), _column(rows.sum[a:b])]
+        group_a += [_column(rows.min[a:b]), _column(rows.max[a:b])]
+        group_b = [_column(rows.last[a:b]), _column(rows.last_ts[a:b])]
+        group_c = [b"\x00"]
+        s = int(has.sum())
+        if s:
+            # Items without a sketch hold empty stores: their bins are none of the slice's.
+            lo, hi = int(bounds[2 * a]), int(bounds[2 * b])
+            lens = np.diff(bounds[2 * a : 2 * b + 1]).reshape(-1, 2)[has].reshape(-1)
+            group_c = [_varint(s) + _varint(hi - lo), _column(has.astype(np.float64))]
+            group_c += [_column(flat.zero[a:b][has]), _column(lens.astype(np.float64))]
+            group_c += [_column(flat.keys[lo:hi].astype(np.float64)), _column(flat.counts[lo:hi])]
+        group_d = [b"\x00"]
+        if hll_len_all[a:b].any():
+            group_d = [_column(hll_len_all[a:b]), b"".join(hll_all[a:b])]
+        groups = (group_a, group_b, group_c, group_d)
+        out.append(b"".join([bytes((VERSION,)), _varint(b - a), *map(_group, groups)]))
+    return out
 
 
 # -- decoding --------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ __all__ = ["SqliteStore", "StoreError", "StoreGone", "StoreTimeout", "recovery_s
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
+_FREE_SHARE = 0.25
 _PROGRESS_EVERY = 10.0  # seconds between progress lines of a long sealing (a conversion)
 
 
@@ -136,7 +137,7 @@ class SqliteStore:
             n, cursor = await self._write(partial(self._writer.seal_step, cursor))
             total += n
             if cursor is None and not n:
-                return total
+                break
             if time.monotonic() - last_said >= _PROGRESS_EVERY and cursor is not None:
                 last_said = time.monotonic()
                 log.info(
@@ -144,6 +145,15 @@ class SqliteStore:
                     total, last_said - began, self.resolutions[cursor[0]],
                     datetime.datetime.fromtimestamp(cursor[1], datetime.UTC).isoformat(),
                 )  # fmt: skip
+        # The sealed head rows' pages: given back once they are a good part of the file (a
+        # back-fill, a conversion); fewer are left for the head's next window to reuse.
+        share = await self._write(self._writer.free_share) if total else 0.0
+        while share > _FREE_SHARE:
+            await self._write(self._writer.vacuum_free_pages)
+            before, share = share, await self._write(self._writer.free_share)
+            if share >= before:  # a file made without incremental auto-vacuum
+                break
+        return total
 
     async def forget_stale_series(self, horizon: float) -> list[SeriesKey]:
         return await self._write(partial(self._writer.forget_stale_series, horizon))

@@ -20,6 +20,7 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from itertools import pairwise
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -29,11 +30,11 @@ from statsd_gateway import sketch
 from statsd_gateway.model import MetricType, RowBatch, SeriesKey
 from statsd_gateway.store.base import NUMERIC_COLUMNS, Columns, SeriesInfo
 from statsd_gateway.store.chunks import (
-    BUCKETS_PER_CHUNK,
     DecodedChunks,
+    buckets_per_chunk,
     chunk_span,
     decode_chunks,
-    encode_chunk,
+    encode_chunks,
 )
 from statsd_gateway.store.rollup import merge_rows
 from statsd_gateway.store.schema import chunk_table, tier_table
@@ -152,10 +153,6 @@ def chunk_batch(
     names = [k for _, _, k in known]
     has = np.zeros(n, dtype=np.bool_)
     has[d.sketch_rows] = True
-    # Every row gets an item: the empty sketch (appended last) where it has none.
-    where_sk = np.full(n, len(d.sketches), dtype=np.int64)
-    where_sk[d.sketch_rows] = np.arange(d.sketch_rows.size)
-    with_empty = sketch.flat_concat([d.sketches, sketch.flat_from_bins([sketch.Bins.empty()])])
     hlls: list[bytes | None] = [None] * n
     for r, h in zip(d.hll_rows.tolist(), d.hlls, strict=True):
         hlls[r] = h
@@ -164,7 +161,7 @@ def chunk_batch(
         ts=d.ts, keys=[names[c][0] for c in chunk], types=[names[c][1] for c in chunk],
         count=d.values["count"], sum=d.values["sum"], min=d.values["min"], max=d.values["max"],
         last=d.values["last"], last_ts=d.values["last_ts"],
-        sketches=sketch.flat_take(with_empty, where_sk), has_sketch=has, hll=hlls,
+        sketches=_per_row(d.sketches, d.sketch_rows, n), has_sketch=has, hll=hlls,
         series=ids[d.chunk],
     )  # fmt: skip
 
@@ -175,16 +172,17 @@ def chunk_batch(
 def sealable_until(
     conn: sqlite3.Connection, resolution: float, finest: bool, complete_until: float
 ) -> float:
-    """Windows ending at or before this are complete in tier `resolution`: the finest tier's
-    up to the window of its newest bucket (flushes come in time order), a coarse tier's up to
-    the window of its `complete_until`."""
+    """Windows ending at or before this are complete in tier `resolution`: up to the window of
+    `complete_until` (the tier's own; for the finest tier the next tier's, as every bucket
+    before it was flushed), and for the finest tier also up to the window of its newest bucket
+    (flushes come in time order)."""
     span = chunk_span(resolution)
+    until = math.floor(complete_until / span) * span
     if finest:
         row = conn.execute(f"SELECT max(ts) FROM {tier_table(resolution)}").fetchone()
-        if row[0] is None:
-            return -math.inf
-        return float(math.floor(row[0] / span) * span)
-    return math.floor(complete_until / span) * span
+        if row[0] is not None:
+            until = max(until, math.floor(row[0] / span) * span)
+    return float(until)
 
 
 def oldest_head_window(conn: sqlite3.Connection, resolution: float) -> float | None:
@@ -200,7 +198,7 @@ def _head_where(resolution: float, finest: bool, window: float) -> tuple[str, tu
     """The head rows of `window` for ids in [?, ?): the finest tier (keyed time-major) by its
     bucket times, each a seek to the id range; a coarse one (series-major) by the id range."""
     if finest:
-        times = [window + k * resolution for k in range(BUCKETS_PER_CHUNK)]
+        times = [window + k * resolution for k in range(buckets_per_chunk(resolution))]
         marks = ",".join("?" * len(times))
         return f"ts IN ({marks}) AND series_id >= ? AND series_id < ?", tuple(times)
     return "series_id >= ? AND series_id < ? AND ts >= ? AND ts < ?", ()
@@ -246,11 +244,12 @@ def seal_unit(
     sid = merged.series
     cuts = [0, *(np.flatnonzero(sid[1:] != sid[:-1]) + 1).tolist(), len(merged)]
     table = chunk_table(resolution)
+    blobs = encode_chunks(merged, cuts)
     conn.executemany(
         f"INSERT OR REPLACE INTO {table}(series_id, start, rows, data) VALUES (?, ?, ?, ?)",
         [
-            (int(sid[a]), window, b - a, encode_chunk(merged.take(np.arange(a, b))))
-            for a, b in pairwise(cuts)
+            (int(sid[a]), window, b - a, blob)
+            for (a, b), blob in zip(pairwise(cuts), blobs, strict=True)
         ],
     )
     conn.execute(f"DELETE FROM {tier_table(resolution)} WHERE {where}", args)
@@ -265,28 +264,41 @@ def head_row_batch(
     key_of: Callable[[int], tuple[SeriesKey, MetricType] | None],
 ) -> RowBatch:
     """The head rows `WHERE <where>` of tier `resolution`, as a RowBatch with their series ids
-    (rows of a series deleted meanwhile are left out)."""
+    (rows of a series deleted meanwhile are left out). Column by column, no object per row
+    beyond sqlite3's own tuples."""
     raw = conn.execute(
         f"SELECT {', '.join(_ALL)} FROM {tier_table(resolution)} WHERE {where}", args
     ).fetchall()
-    named = [(r, key_of(r[1])) for r in raw]
-    kept = [(r, k) for r, k in named if k is not None]
-    n = len(kept)
+    sids = [r[1] for r in raw]
+    names = [key_of(sid) for sid in sids]
+    if None in names:
+        raw = [r for r, k in zip(raw, names, strict=True) if k is not None]
+        names = [k for k in names if k is not None]
+    n = len(raw)
 
     def col(i: int) -> npt.NDArray[np.float64]:
-        return np.fromiter((r[i] for r, _ in kept), dtype=np.float64, count=n)
+        return np.fromiter(map(itemgetter(i), raw), dtype=np.float64, count=n)
 
-    blobs = [r[8] for r, _ in kept]
-    has = np.array([b is not None for b in blobs], dtype=np.bool_)
-    present = sketch.decode_many([b for b in blobs if b is not None])
-    it = iter(present)
-    bins = [next(it) if b is not None else sketch.Bins.empty() for b in blobs]
+    blobs = list(map(itemgetter(8), raw))
+    has = np.fromiter((b is not None for b in blobs), dtype=np.bool_, count=n)
+    present = [b for b in blobs if b is not None] if not has.all() else blobs
     return RowBatch(
-        ts=col(0), keys=[k[0] for _, k in kept], types=[k[1] for _, k in kept],
+        ts=col(0), keys=[k[0] for k in names], types=[k[1] for k in names],  # type: ignore[index]
         count=col(2), sum=col(3), min=col(4), max=col(5), last=col(6), last_ts=col(7),
-        sketches=sketch.flat_from_bins(bins), has_sketch=has, hll=[r[9] for r, _ in kept],
-        series=np.fromiter((r[1] for r, _ in kept), dtype=np.int64, count=n),
+        sketches=_per_row(sketch.decode_flat(present), np.flatnonzero(has), n), has_sketch=has,
+        hll=list(map(itemgetter(9), raw)),
+        series=np.fromiter(map(itemgetter(1), raw), dtype=np.int64, count=n),
     )  # fmt: skip
+
+
+def _per_row(flat: sketch.FlatBins, rows: _I64, n: int) -> sketch.FlatBins:
+    """One item per row of n: item i of `flat` at row rows[i], the empty sketch elsewhere."""
+    if rows.size == n:
+        return flat
+    where = np.full(n, len(flat), dtype=np.int64)
+    where[rows] = np.arange(rows.size)
+    with_empty = sketch.flat_concat([flat, sketch.flat_from_bins([sketch.Bins.empty()])])
+    return sketch.flat_take(with_empty, where)
 
 
 # -- retention and deletes -------------------------------------------------------------------

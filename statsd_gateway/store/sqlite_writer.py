@@ -377,7 +377,9 @@ class SqliteWriter:
             window = oldest_head_window(conn, res)
             if window is None:
                 continue
-            boundary = sealable_until(conn, res, level == 0, until.get(res, 0.0))
+            # The finest tier is complete where the next one is: its rows were all flushed.
+            tier = res if level or len(self.resolutions) == 1 else self.resolutions[1]
+            boundary = sealable_until(conn, res, level == 0, until.get(tier, 0.0))
             if window + chunk_span(res) <= boundary:
                 (first,) = conn.execute("SELECT coalesce(min(id), 0) FROM series").fetchone()
                 return level, window, int(first)
@@ -421,6 +423,13 @@ class SqliteWriter:
 
         self._transaction(work)
         return n, nxt
+
+    def free_share(self) -> float:
+        """The share of the file's pages that are free (deleted rows' space not given back)."""
+        conn = self._conn()
+        (free,) = conn.execute("PRAGMA freelist_count").fetchone()
+        (pages,) = conn.execute("PRAGMA page_count").fetchone()
+        return float(free) / max(int(pages), 1)
 
     def vacuum_free_pages(self, pages: int = 2000) -> None:
         conn = self._conn()
