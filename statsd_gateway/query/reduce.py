@@ -43,8 +43,12 @@ def reduce_rows(plan: QueryPlan, rows: QueryRows) -> list[SeriesResult]:
     cell, ordered by their tags, each with its cells in time order."""
     cols = rows.cols
     w = plan.window
-    bucket = np.floor(cols.ts / w) * w if w else np.full(len(cols), plan.start)
-    buckets, cell = np.unique(bucket, return_inverse=True)
+    if w:
+        index, cell = unique_codes(np.floor(cols.ts / w).astype(np.int64))
+        buckets = index.astype(np.float64) * w  # = np.floor(ts / w) * w, the same floats
+    else:
+        buckets = np.full(min(len(cols), 1), plan.start)
+        cell = np.zeros(len(cols), dtype=np.int64)
     cell_ts: _F64 = buckets
     cell_group: _I64 = np.zeros(buckets.size, dtype=np.int64)
     groups: list[Tags] = [()]
@@ -57,7 +61,7 @@ def reduce_rows(plan: QueryPlan, rows: QueryRows) -> list[SeriesResult]:
         series_group = np.array([rank[g] for g in group_of], dtype=np.int64)
         n_b = max(buckets.size, 1)
         # Cells sorted by (group, bucket), as the answer lists them.
-        codes, cell = np.unique(series_group[cols.series] * n_b + cell, return_inverse=True)
+        codes, cell = unique_codes(series_group[cols.series] * n_b + cell)
         cell_group = codes // n_b
         cell_ts = buckets[codes % n_b]
     values = reduce_cells(plan.aggregation, cols, cell, cell_ts.size, plan.cell_seconds)
@@ -70,6 +74,22 @@ def reduce_rows(plan: QueryPlan, rows: QueryRows) -> list[SeriesResult]:
         out.append(SeriesResult(groups[g], cell_ts[begin:end], values[begin:end]))
         begin = end
     return out
+
+
+def unique_codes(codes: _I64) -> tuple[_I64, _I64]:
+    """np.unique(codes, return_inverse=True) for integer codes, without sorting when their
+    range is small (time buckets of a query, (group, bucket) pairs): a presence table."""
+    if not codes.size:
+        return codes, codes
+    lo, hi = int(codes.min()), int(codes.max())
+    if hi - lo > 4 * codes.size + (1 << 16):
+        uniq, inverse = np.unique(codes, return_inverse=True)
+        return uniq, inverse.reshape(-1)
+    offset = codes - lo
+    present = np.zeros(hi - lo + 1, dtype=np.bool_)
+    present[offset] = True
+    rank = np.cumsum(present) - 1
+    return np.flatnonzero(present) + lo, rank[offset]
 
 
 def reduce_cells(agg: Aggregation, cols: Columns, cell: _I64, n: int, seconds: float) -> _F64:

@@ -298,15 +298,21 @@ def _groups(blob: bytes, wanted: tuple[bool, ...]) -> tuple[int, list[bytes]]:
     """The row count and the groups (decompressed where wanted, else b"")."""
     if not blob or blob[0] != VERSION:
         raise ChunkError(f"not an {FORMAT} chunk of version {VERSION}")
+    view = memoryview(blob)
+    end = len(blob)
     n, at = _read_varint(blob, 1)
     out = []
     for want in wanted:
-        size, at = _read_varint(blob, at)
-        if at + size > len(blob):
+        size = blob[at] if at < end else 0x80  # one byte, the usual case, read inline
+        if size < 0x80:
+            at += 1
+        else:
+            size, at = _read_varint(blob, at)
+        if at + size > end:
             raise ChunkError("cut short in a group")
-        out.append(zlib.decompress(blob[at : at + size]) if size and want else b"")
+        out.append(zlib.decompress(view[at : at + size]) if size and want else b"")
         at += size
-    if at != len(blob):
+    if at != end:
         raise ChunkError("bytes after the last group")
     if not out[0] and n:
         raise ChunkError("no timestamps")
@@ -331,20 +337,25 @@ def decode_chunks(
     sizes = np.zeros(len(blobs), dtype=np.int64)
     row = sk_row = n_bins = 0
     need_b = bool(want & set(_B))
+    # Group A's columns are parsed up to the last one wanted only (the others are skipped).
+    a_names = _A[: max(i for i, name in enumerate(_A) if name in want) + 1]
+    a_segs = [segs.get(name) for name in a_names]
+    b_segs = [segs.get(name) for name in _B]
     try:
         for c, blob in enumerate(blobs):
             n, groups = _groups(blob, (True, need_b, sketches, hll))
             a, b, cg, d = groups
             sizes[c] = n
             at = 0
-            for name in _A:
-                at = _read_column(a, at, n, segs.get(name), row)
-            at = 0
-            for name in _B:
-                if b:
-                    at = _read_column(b, at, n, segs.get(name), row)
-                elif name in segs:
-                    segs[name].add(0, 0, b, 0, n, row)
+            for seg in a_segs:
+                at = _read_column(a, at, n, seg, row)
+            if need_b:
+                at = 0
+                for seg in b_segs:
+                    if b:
+                        at = _read_column(b, at, n, seg, row)
+                    elif seg is not None:
+                        seg.add(0, 0, b, 0, n, row)
             if sketches and cg:
                 s, at = _read_varint(cg, 0)
                 nb, at = _read_varint(cg, at)

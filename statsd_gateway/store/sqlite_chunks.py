@@ -93,6 +93,11 @@ def _in_range(
     d: DecodedChunks, owner: _I64, since: float, until: float, by_series: bool
 ) -> Columns:
     keep = (d.ts >= since) & (d.ts < until)
+    if keep.all():  # the usual case: whole chunks inside the range
+        return Columns(
+            d.ts, owner[d.chunk] if by_series else None, d.values, d.sketches, d.sketch_rows,
+            d.hlls, d.hll_rows,
+        )  # fmt: skip
     rows = np.flatnonzero(keep)
     new_index = np.cumsum(keep) - 1
     sk_keep = keep[d.sketch_rows]
@@ -110,6 +115,7 @@ def _in_range(
 
 def concat_parts(parts: Sequence[Columns], values: Sequence[str]) -> Columns:
     """The rows of the parts in order, as one Columns (their `series` index the same list)."""
+    parts = [c for c in parts if len(c)] or list(parts[:1])
     if len(parts) == 1:
         return parts[0]
     empty = np.empty(0, dtype=np.int64)
