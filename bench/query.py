@@ -458,6 +458,11 @@ async def write_history(path: Path, now: float, days: int, rate: int) -> dict[st
             rows, seconds = await write_tier(store, res, timeline, pool)
             out["tiers"][str(int(res))] = {"rows": rows, "write_seconds": seconds}
             print(f"  wrote {rows:>9,} rows into the {res:g} s tier in {seconds:6.1f} s")
+        # As the daemon's sealing task does: every complete window into its chunk.
+        began = time.perf_counter()
+        sealed = await store.seal_chunks()
+        out["seal"] = {"buckets": sealed, "seconds": time.perf_counter() - began}
+        print(f"  sealed {sealed:,} buckets into chunks in {out['seal']['seconds']:.1f} s")
     finally:
         await store.close()
     return out
@@ -472,13 +477,18 @@ def disk_usage(path: Path, days: int, series: int) -> dict[str, Any]:
         pages = dict(conn.execute("SELECT name, sum(pgsize) FROM dbstat GROUP BY name"))
         tiers = {}
         for res in RESOLUTIONS:
-            table = f"points_{int(res)}s"
-            n, blob = conn.execute(f"SELECT count(*), avg(length(sketch)) FROM {table}").fetchone()
+            # A tier's buckets: its head rows and its chunks' buckets, with their indexes.
+            head, chunks = f"points_{int(res)}s", f"chunks_{int(res)}s"
+            n_head = conn.execute(f"SELECT count(*) FROM {head}").fetchone()[0]
+            n_sealed = conn.execute(f"SELECT coalesce(sum(rows), 0) FROM {chunks}").fetchone()[0]
+            n = n_head + n_sealed
+            used = sum(v for k, v in pages.items() if k.startswith((head, chunks)) or
+                       k in (f"sqlite_autoindex_{chunks}_1",))  # fmt: skip
             tiers[str(int(res))] = {
                 "rows": n,
-                "bytes": pages.get(table, 0),
-                "bytes_per_row": pages.get(table, 0) / n,
-                "avg_sketch_bytes": blob,
+                "head_rows": n_head,
+                "bytes": used,
+                "bytes_per_row": used / max(n, 1),
             }
     finally:
         conn.close()
@@ -614,8 +624,8 @@ def print_report(report: dict[str, Any]) -> None:
     disk = report["disk"]
     print("\nBytes per row on disk (dbstat, incl. B-tree pages):")
     for res, t in disk["tiers"].items():
-        print(f"  {res:>5} s tier: {t['rows']:>9,} rows, {t['bytes_per_row']:6.1f} B/row, "
-              f"sketch blob avg {t['avg_sketch_bytes']:6.1f} B")  # fmt: skip
+        print(f"  {res:>5} s tier: {t['rows']:>9,} buckets ({t['head_rows']:,} in the head), "
+              f"{t['bytes_per_row']:6.1f} B/bucket")  # fmt: skip
     print(f"  file incl. WAL: {disk['file_bytes'] / 1e6:,.1f} MB")
     print(f"\n{'figure':<52} {'measured':>12} {'target':>9}  met?")
     for name, value, target, met in verdict_rows(report):
