@@ -18,9 +18,10 @@ from statsd_gateway.model import BucketRow, MetricType, RowBatch, SeriesKey
 from statsd_gateway.store import SqliteStore
 from statsd_gateway.store.base import FlushWrite, RowRead, StoredRows
 from statsd_gateway.store.chunks import BUCKETS_PER_CHUNK
+from statsd_gateway.store.rollup import merge_rows
 from tests.conftest import T0, ManualClock
 
-RES = (10.0, 60.0)
+RES = (10.0,)  # one tier: its windows are complete up to its newest bucket
 HOUR = 10.0 * BUCKETS_PER_CHUNK  # the finest tier's chunk window
 LAT: list[SeriesKey] = [("default", "lat", (("host", f"h{i}"),)) for i in range(3)]
 TEMP: SeriesKey = ("default", "temp", ())
@@ -102,8 +103,12 @@ def answer(got: StoredRows) -> dict[str, object]:
 def tables(path: Path) -> dict[str, int]:
     conn = sqlite3.connect(path)
     try:
-        names = ("points_10s", "chunks_10s", "points_60s", "chunks_60s")
-        return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in names}
+        names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        return {
+            t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+            for t in names
+            if t.startswith(("points_", "chunks_"))
+        }
     finally:
         conn.close()
 
@@ -192,8 +197,7 @@ async def test_a_row_layout_file_keeps_working_and_is_converted(
     # What the previous release left: schema 3, rows only, no chunk tables.
     conn = sqlite3.connect(path)
     conn.executescript(
-        "DROP TABLE chunks_10s; DROP TABLE chunks_60s; DROP INDEX points_60s_ts;"
-        "UPDATE meta SET value='3' WHERE key='schema_version';"
+        "DROP TABLE chunks_10s;UPDATE meta SET value='3' WHERE key='schema_version';"
     )
     conn.close()
     upgraded = SqliteStore(path, resolutions=RES, clock=ManualClock(T0))
@@ -224,3 +228,43 @@ async def test_a_damaged_chunk_fails_the_read_as_the_store_not_as_the_query(
     conn.close()
     with pytest.raises(StoreError, match="stored chunk is damaged"):
         await store.read_rows(read("lat"))
+
+
+async def test_coarse_tiers_seal_where_they_are_complete_and_the_finest_where_the_next_is(
+    tmp_path: Path,
+) -> None:
+    """Two tiers written as the flusher writes them (the minute rollups and how far the minute
+    tier is complete, with each flush): each tier is sealed up to its complete windows, and a
+    read through either tier answers the same as before."""
+    store = SqliteStore(tmp_path / "m.db", resolutions=(10.0, 60.0), clock=ManualClock(T0))
+    await store.open()
+    try:
+        rng = np.random.default_rng(3)
+        minute: list[BucketRow] = []
+        for b in range(2 * BUCKETS_PER_CHUNK + 12):
+            ts = T0 + 10 * b
+            rows = rows_at(ts, rng)
+            minute += rows
+            rollups, until = {}, {}
+            if (b + 1) % 6 == 0:  # a minute completes: its rollup rows, and how far
+                rollups = {60.0: merge_rows(RowBatch.from_rows(minute), 60.0)}
+                until = {60.0: ts + 10}
+                minute = []
+            await store.write_flush(
+                FlushWrite(b + 1, RowBatch.from_rows(rows), rollups=rollups, complete_until=until)
+            )
+        fine = RowRead("default", "lat", (), T0, T0 + 3 * HOUR, 10.0, values=ALL,
+                       sketches=True, by_series=True)  # fmt: skip
+        coarse = RowRead("default", "lat", (), T0, T0 + 3 * HOUR, 60.0, values=ALL,
+                         sketches=True, by_series=True)  # fmt: skip
+        before = [answer(await store.read_rows(r)) for r in (fine, coarse)]
+        # T0 is 16:00; the minute tier's 6 h windows start at 12:00 and 18:00, and it is
+        # complete until 18:02: its first window (T0's two hours of it) is sealed, and the
+        # finest tier's two hours, complete where the minute tier is.
+        assert await store.seal_chunks() == (2 * BUCKETS_PER_CHUNK + 120) * 5
+        assert [answer(await store.read_rows(r)) for r in (fine, coarse)] == before
+        counts = tables(store.path)
+        assert counts["chunks_10s"] == 2 * 5 and counts["points_10s"] == 12 * 5
+        assert counts["chunks_60s"] == 5 and counts["points_60s"] == 2 * 5
+    finally:
+        await store.close()

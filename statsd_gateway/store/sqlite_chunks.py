@@ -176,15 +176,16 @@ def chunk_batch(
 
 
 def sealable_until(
-    conn: sqlite3.Connection, resolution: float, finest: bool, complete_until: float
+    conn: sqlite3.Connection, resolution: float, newest: bool, complete_until: float
 ) -> float:
     """Windows ending at or before this are complete in tier `resolution`: up to the window of
-    `complete_until` (the tier's own; for the finest tier the next tier's, as every bucket
-    before it was flushed), and for the finest tier also up to the window of its newest bucket
-    (flushes come in time order)."""
+    `complete_until` (a coarse tier's own; for the finest tier the next tier's, since every
+    bucket before it was flushed), or with `newest` (the finest tier when it is the only one)
+    up to the window of its newest bucket. The flush boundary is what counts where it is known:
+    a client timestamp ahead of the clock would otherwise seal the window still being filled."""
     span = chunk_span(resolution)
     until = math.floor(complete_until / span) * span
-    if finest:
+    if newest:
         row = conn.execute(f"SELECT max(ts) FROM {tier_table(resolution)}").fetchone()
         if row[0] is not None:
             until = max(until, math.floor(row[0] / span) * span)

@@ -378,8 +378,9 @@ class SqliteWriter:
             if window is None:
                 continue
             # The finest tier is complete where the next one is: its rows were all flushed.
-            tier = res if level or len(self.resolutions) == 1 else self.resolutions[1]
-            boundary = sealable_until(conn, res, level == 0, until.get(tier, 0.0))
+            alone = len(self.resolutions) == 1
+            tier = res if level or alone else self.resolutions[1]
+            boundary = sealable_until(conn, res, alone, until.get(tier, 0.0))
             if window + chunk_span(res) <= boundary:
                 (first,) = conn.execute("SELECT coalesce(min(id), 0) FROM series").fetchone()
                 return level, window, int(first)
