@@ -24,8 +24,7 @@ from statsd_gateway.model import BucketRow, Matcher, MatchOp, MetricType, Tags, 
 from statsd_gateway.query import AggOp, Aggregation, Grouping, QueryEngine, QueryPlan, Selector
 from statsd_gateway.store import SqliteStore
 from statsd_gateway.store.memory import MemoryStore
-from statsd_gateway.store.schema import MIGRATIONS, SCHEMA_VERSION, ensure_tier_table
-from statsd_gateway.store.sqlite_reads import tags_json
+from statsd_gateway.store.schema import MIGRATIONS, SCHEMA_VERSION, ensure_tier_table, tags_json
 from statsd_gateway.store.sqlite_writer import SKETCH_FORMAT
 from tests.conftest import T0, ManualClock, make_aggregator, write_rows
 

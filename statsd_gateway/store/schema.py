@@ -33,9 +33,12 @@ New databases use incremental auto-vacuum, so retention deletes give space back.
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 from pathlib import Path
+
+from statsd_gateway.model import Tags
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +74,15 @@ _COLUMNS = """
   last_ts REAL,
   sketch BLOB,
   hll BLOB,"""
+
+
+def tags_json(tags: Tags) -> str:
+    """A series' tags as stored: canonical JSON (keys sorted, no spaces)."""
+    return json.dumps(dict(tags), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def tags_from_json(text: str) -> Tags:
+    return tuple(sorted(json.loads(text).items()))
 
 
 def tier_table(resolution: float) -> str:

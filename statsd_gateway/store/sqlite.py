@@ -34,6 +34,7 @@ from statsd_gateway.store.base import (
     StoredState,
 )
 from statsd_gateway.store.chunks import ChunkError
+from statsd_gateway.store.sqlite_chunks import SealCursor
 from statsd_gateway.store.sqlite_files import recovery_steps
 from statsd_gateway.store.sqlite_reads import (
     read_idempotency,
@@ -41,7 +42,7 @@ from statsd_gateway.store.sqlite_reads import (
     read_stored_rows,
     read_tag_values,
 )
-from statsd_gateway.store.sqlite_writer import SealCursor, SqliteWriter
+from statsd_gateway.store.sqlite_writer import SqliteWriter
 
 __all__ = ["SqliteStore", "StoreError", "StoreGone", "StoreTimeout", "recovery_steps"]
 

@@ -37,7 +37,7 @@ from statsd_gateway.store.chunks import (
     encode_chunks,
 )
 from statsd_gateway.store.rollup import merge_rows
-from statsd_gateway.store.schema import chunk_table, tier_table
+from statsd_gateway.store.schema import chunk_table, tags_from_json, tier_table
 
 # Series ids per seal unit: one transaction reads and rewrites about this many series' window.
 SEAL_SERIES = 1000
@@ -46,6 +46,8 @@ _DECODE_BATCH = 2048
 _IN_BATCH = 500  # ids per IN list (SQLite caps a statement's parameters)
 
 _I64 = npt.NDArray[np.int64]
+# Where sealing stands: (tier index, window start, next series id); None: look afresh.
+SealCursor = tuple[int, float, int] | None
 _ALL = ("ts", "series_id", "count", "sum", "min", "max", "last", "last_ts", "sketch", "hll")
 
 
@@ -199,6 +201,38 @@ def oldest_head_window(conn: sqlite3.Connection, resolution: float) -> float | N
         return None
     span = chunk_span(resolution)
     return float(math.floor(row[0] / span) * span)
+
+
+def first_sealable(
+    conn: sqlite3.Connection, resolutions: Sequence[float], complete_until: dict[float, float]
+) -> SealCursor:
+    """Where sealing starts: the oldest complete window holding head rows, finest tier first,
+    from the smallest series id."""
+    alone = len(resolutions) == 1
+    for level, res in enumerate(resolutions):
+        window = oldest_head_window(conn, res)
+        if window is None:
+            continue
+        # The finest tier is complete where the next one is: its rows were all flushed.
+        tier = res if level or alone else resolutions[1]
+        if window + chunk_span(res) <= sealable_until(
+            conn, res, alone, complete_until.get(tier, 0.0)
+        ):
+            (first,) = conn.execute("SELECT coalesce(min(id), 0) FROM series").fetchone()
+            return level, window, int(first)
+    return None
+
+
+def series_names(
+    conn: sqlite3.Connection, where: str, args: tuple[object, ...]
+) -> dict[int, tuple[SeriesKey, MetricType]]:
+    """The key and type of the series `WHERE <where>`, by id."""
+    return {
+        sid: ((tenant, name, tags_from_json(tags)), MetricType(mtype))
+        for sid, tenant, name, tags, mtype in conn.execute(
+            f"SELECT id, tenant, name, tags, type FROM series WHERE {where}", args
+        )
+    }
 
 
 def _head_where(resolution: float, finest: bool, window: float) -> tuple[str, tuple[Any, ...]]:

@@ -9,8 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from statsd_gateway.model import SeriesKey
-from statsd_gateway.store.schema import chunk_table, tier_table
-from statsd_gateway.store.sqlite_reads import tags_json
+from statsd_gateway.store.schema import chunk_table, tags_json, tier_table
 
 # Rows of the finest tier deleted per transaction, about: flushes wait no longer than that.
 _FINE_BATCH = 20000

@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from statsd_gateway import sketch
-from statsd_gateway.model import BucketRow, Matcher, MatchOp, MetricType, Tags
+from statsd_gateway.model import BucketRow, Matcher, MatchOp, MetricType
 from statsd_gateway.store.base import (
     NUMERIC_COLUMNS,
     Columns,
@@ -26,17 +26,9 @@ from statsd_gateway.store.base import (
     SeriesInfo,
     StoredRows,
 )
-from statsd_gateway.store.schema import tier_table
+from statsd_gateway.store.schema import tags_from_json, tier_table
 from statsd_gateway.store.sqlite_chunks import concat_parts, read_chunk_columns
 from statsd_gateway.store.tiers import plan_segments
-
-
-def tags_json(tags: Tags) -> str:
-    return json.dumps(dict(tags), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def tags_from_json(text: str) -> Tags:
-    return tuple(sorted(json.loads(text).items()))
 
 
 def complete_key(res: float) -> str:

@@ -31,18 +31,17 @@ from statsd_gateway.errors import StoreError, StoreGone
 from statsd_gateway.model import MetricType, RowBatch, SeriesKey
 from statsd_gateway.store.base import FlushWrite, SeriesInfo, StoredState
 from statsd_gateway.store.chunks import chunk_span
-from statsd_gateway.store.schema import (
-    tier_table,
-)
+from statsd_gateway.store.schema import tags_from_json, tags_json, tier_table
 from statsd_gateway.store.sqlite_chunks import (
     SEAL_SERIES,
+    SealCursor,
     chunk_batch,
     delete_expired_chunks,
     delete_series_chunks,
+    first_sealable,
     head_row_batch,
-    oldest_head_window,
     seal_unit,
-    sealable_until,
+    series_names,
 )
 from statsd_gateway.store.sqlite_deletes import (
     delete_series_rows,
@@ -56,15 +55,11 @@ from statsd_gateway.store.sqlite_reads import (
     read_complete_until,
     read_flushed_seq,
     read_rows_where,
-    tags_from_json,
-    tags_json,
 )
 from statsd_gateway.store.sqlite_upsert import upsert_rows
 
 log = logging.getLogger(__name__)
 
-# Where sealing stands: (tier index, window start, next series id); None: look afresh.
-SealCursor = tuple[int, float, int] | None
 
 SKETCH_FORMAT = f"{sketch.FORMAT}:mapping={sketch.MAPPING_ID}"
 
@@ -308,7 +303,7 @@ class SqliteWriter:
         at start); the series they hold count as written now."""
         conn = self._conn()
         rows = read_rows_where(conn, tier_table(res), "ts >= ?", (since,))
-        names = self._names(conn, "1", ())
+        names = series_names(conn, "1", ())
         sealed = chunk_batch(conn, res, "start > ?", (since - chunk_span(res),), names.get)
         sealed = sealed.take(np.flatnonzero(sealed.ts >= since))
         now = self.clock()
@@ -322,23 +317,15 @@ class SqliteWriter:
 
     # -- chunks ----------------------------------------------------------------------------
 
-    def _names(
-        self, conn: sqlite3.Connection, where: str, args: tuple[object, ...]
-    ) -> dict[int, tuple[SeriesKey, MetricType]]:
-        return {
-            sid: ((tenant, name, tags_from_json(tags)), MetricType(mtype))
-            for sid, tenant, name, tags, mtype in conn.execute(
-                f"SELECT id, tenant, name, tags, type FROM series WHERE {where}", args
-            )
-        }
-
     def seal_step(self, cursor: SealCursor) -> tuple[int, SealCursor]:
         """One short transaction of sealing (store/sqlite_chunks.py): the head rows of one
         complete window for SEAL_SERIES series ids. Returns (buckets sealed, the cursor to call
         again with; None when no complete window is left in any head)."""
         conn = self._conn()
         if cursor is None:
-            cursor = self._first_sealable(conn)
+            cursor = first_sealable(
+                conn, self.resolutions, read_complete_until(conn, self.resolutions)
+            )
             if cursor is None:
                 return 0, None
         level, window, lo = cursor
@@ -355,7 +342,7 @@ class SqliteWriter:
         ):
             return self.seal_step(None)  # the window is sealed whole: on to the next
         hi = lo + SEAL_SERIES
-        names = self._names(conn, "1", ()) if sweep else self._names(
+        names = series_names(conn, "1", ()) if sweep else series_names(
             conn, "id >= ? AND id < ?", (lo, hi))  # fmt: skip
         n = 0
 
@@ -369,22 +356,6 @@ class SqliteWriter:
 
         self._transaction(work)
         return n, (None if sweep else (level, window, hi))
-
-    def _first_sealable(self, conn: sqlite3.Connection) -> SealCursor:
-        """The oldest complete window holding head rows, finest tier first."""
-        until = read_complete_until(conn, self.resolutions)
-        for level, res in enumerate(self.resolutions):
-            window = oldest_head_window(conn, res)
-            if window is None:
-                continue
-            # The finest tier is complete where the next one is: its rows were all flushed.
-            alone = len(self.resolutions) == 1
-            tier = res if level or alone else self.resolutions[1]
-            boundary = sealable_until(conn, res, alone, until.get(tier, 0.0))
-            if window + chunk_span(res) <= boundary:
-                (first,) = conn.execute("SELECT coalesce(min(id), 0) FROM series").fetchone()
-                return level, window, int(first)
-        return None
 
     def delete_expired_chunks(self, res: float, before: float) -> int:
         """Drops tier `res`'s chunks whose whole window is older than `before`, in one
