@@ -19,7 +19,8 @@ and that many bytes of zlib (0: the group is absent, every column of it empty):
 
 A column is a tag byte and its payload: 0 every value NaN (no payload); 1 integers, a width
 byte w (1, 2, 4, 8) and the zigzag deltas of the values (the first from 0) as w-byte
-little-endian integers; 2 floats: each value's IEEE bits XOR the previous value's (Gorilla's
+little-endian integers; 3 the same with the values' own zigzag (no deltas: the encoder takes it
+when it is narrower, or one byte wide); 2 floats: each value's IEEE bits XOR the previous value's (Gorilla's
 idea; the first XOR 0) as 8-byte little-endian integers, byte-shuffled (every value's byte 0,
 then every byte 1, ...).
 The encoder picks 1 when every value is an integer float below 2**53 (bit for bit, so -0.0 and
@@ -100,15 +101,30 @@ def _integral(x: _F64) -> bool:
     return bool(ok.all())
 
 
+def _width(z: npt.NDArray[np.uint64]) -> int:
+    top = int(z.max()) if z.size else 0
+    return 1 if top < 1 << 8 else 2 if top < 1 << 16 else 4 if top < 1 << 32 else 8
+
+
+def _zigzag(v: _I64) -> npt.NDArray[np.uint64]:
+    out: npt.NDArray[np.uint64] = ((v << 1) ^ (v >> 63)).view(np.uint64)
+    return out
+
+
 def _int_column(v: _I64) -> bytes:
+    """Tag 3 (the values themselves) where it is narrower than tag 1 (their deltas), or one
+    byte wide: it decodes without a running sum. Counts, sketch lengths and flags take it;
+    timestamps and sketch keys, which climb, take deltas, as do wider values (whose deltas
+    zlib folds better)."""
     d = np.empty_like(v)
     if v.size:
         d[0] = v[0]
         np.subtract(v[1:], v[:-1], out=d[1:])
-    z = ((d << 1) ^ (d >> 63)).view(np.uint64)
-    top = int(z.max()) if z.size else 0
-    width = 1 if top < 1 << 8 else 2 if top < 1 << 16 else 4 if top < 1 << 32 else 8
-    return bytes((1, width)) + z.astype(f"<u{width}").tobytes()
+    plain, deltas = _zigzag(v), _zigzag(d)
+    wp, wd = _width(plain), _width(deltas)
+    if wp < wd or wp == 1:
+        return bytes((3, wp)) + plain.astype(f"<u{wp}").tobytes()
+    return bytes((1, wd)) + deltas.astype(f"<u{wd}").tobytes()
 
 
 def _column(x: _F64) -> bytes:
@@ -200,7 +216,7 @@ def _read_column(data: bytes, at: int, m: int, segs: _Segments | None, out_at: i
         if segs is not None:
             segs.add(0, 0, data, at + 1, m, out_at)
         return at + 1
-    if tag == 1:
+    if tag in (1, 3):
         if at + 1 >= len(data) or data[at + 1] not in (1, 2, 4, 8):
             raise ChunkError("bad integer width")
         width, start = data[at + 1], at + 2
@@ -226,13 +242,11 @@ def _decode_segments(segs: _Segments, total: int) -> _F64:
         count = int(m.sum())
         if not count:
             continue
-        if tag == 1:
+        if tag in (1, 3):
             raw = b"".join([d[a : a + width * k] for d, a, k, _ in parts])
             z = np.frombuffer(raw, f"<u{width}").astype(np.uint64)
-            zi = z.view(np.int64)
-            values = _running((z >> np.uint64(1)).view(np.int64) ^ -(zi & 1), m, np.add).astype(
-                np.float64
-            )
+            ints = (z >> np.uint64(1)).view(np.int64) ^ -(z.view(np.int64) & 1)
+            values = (_running(ints, m, np.add) if tag == 1 else ints).astype(np.float64)
         else:
             planes = np.empty(count * 8, dtype=np.uint8)
             at = 0
