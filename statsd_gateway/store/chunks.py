@@ -19,10 +19,10 @@ and that many bytes of zlib (0: the group is absent, every column of it empty):
 
 A column is a tag byte and its payload: 0 every value NaN (no payload); 1 integers, a width
 byte w (1, 2, 4, 8) and the zigzag deltas of the values (the first from 0) as w-byte
-little-endian integers; 3 the same with the values' own zigzag (no deltas: the encoder takes it
-when it is narrower, or one byte wide); 2 floats: each value's IEEE bits XOR the previous value's (Gorilla's
-idea; the first XOR 0) as 8-byte little-endian integers, byte-shuffled (every value's byte 0,
-then every byte 1, ...).
+little-endian integers; 3 the same with the values' own zigzag (no deltas: the encoder takes
+it when it is narrower, or one byte wide); 2 floats: each value's IEEE bits XOR the previous
+value's (Gorilla's idea; the first XOR 0) as 8-byte little-endian integers, byte-shuffled
+(every value's byte 0, then every byte 1, ...).
 The encoder picks 1 when every value is an integer float below 2**53 (bit for bit, so -0.0 and
 NaN go to 2), else 2. So aligned timestamps (constant deltas), repeated counts and small integer
 values shrink to almost nothing under zlib, and any float comes back bit for bit.
