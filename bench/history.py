@@ -97,9 +97,9 @@ async def load(
     """Figures 1 and 6: the load, the wait until it counts whole, the first 24 h sum after it."""
     h = t.history
     todo = t.bodies(args.batch)
-    started = time.perf_counter()
+    started, client = time.perf_counter(), time.process_time()
     sent = sum(await asyncio.gather(*(t.post_all(s, todo) for _ in range(args.clients))))
-    acked = time.perf_counter()
+    acked, client = time.perf_counter(), time.process_time() - client
     polls, counted = 0, 0.0
     while counted != h.total:
         _, counted = await t.count(s)
@@ -117,6 +117,7 @@ async def load(
         "points": sent,
         "seconds_to_ack": acked - started,
         "rate_to_ack": sent / (acked - started),
+        "client_busy": client / (acked - started),  # of its core: near 1 and it is the limit
         "seconds_to_queryable": queryable - started,
         "rate_to_queryable": sent / (queryable - started),
         "count_polls": polls,
@@ -137,8 +138,6 @@ async def measure(t: HistoryTarget, args: argparse.Namespace) -> dict[str, Any]:
     try:
         timeout = aiohttp.ClientTimeout(total=None)
         async with aiohttp.ClientSession(headers=t.headers, timeout=timeout) as s:
-            if isinstance(t, VictoriaTarget):
-                out["version"] = await t.version(s)
             out["load"] = await load(t, s, args)
             print(
                 f"  loaded {h.total:,} points at {out['load']['rate_to_ack']:,.0f} points/s",
@@ -254,9 +253,9 @@ def print_report(report: dict[str, Any]) -> None:
             r = report[key]
             checks = {n: q["check"] for n, q in r["queries"].items()}
             checks["first_sum"] = r["load"]["first_sum_check"]
-            print(
-                f"\n{key}: client built its bodies at {r['client_generation_rate']:,.0f} points/s"
-            )
+            rate, busy = r["client_generation_rate"], r["load"]["client_busy"]
+            print(f"\n{key}: the client builds its bodies at {rate:,.0f} points/s; during the "
+                  f"load it was busy {busy:.0%} of its core")  # fmt: skip
             for name, c in checks.items():
                 print(
                     f"  {name:<12} {'exact' if c['exact'] else 'not exact'}, "
@@ -283,7 +282,10 @@ def machine() -> dict[str, Any]:
         cwd=Path(__file__).parent,
         check=False,
     ).stdout.strip()
-    return {"nproc": os.cpu_count(), "cpu": cpu, "commit": commit, "load_avg": os.getloadavg()}
+    vm = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "victoria-metrics"],
+                        capture_output=True, text=True, check=False).stdout  # fmt: skip
+    return {"nproc": os.cpu_count(), "cpu": cpu, "commit": commit, "victoria_metrics": vm,
+            "load_avg": os.getloadavg()}  # fmt: skip
 
 
 def pinning() -> list[str]:

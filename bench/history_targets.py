@@ -264,13 +264,6 @@ class VictoriaTarget(HistoryTarget):
     def acked(self, status: int, answer: bytes, points: int) -> bool:
         return status == 204
 
-    async def version(self, s: aiohttp.ClientSession) -> str:
-        async with s.get(self.base + "/metrics") as r:
-            for line in (await r.text()).splitlines():
-                if line.startswith("vm_app_version{"):
-                    return line.split('short_version="', 1)[1].split('"', 1)[0]
-        return "unknown"
-
     def _selector(self, host: str | None) -> str:
         return influx_metric(self.history) + ("" if host is None else f'{{host="{host}"}}')
 
