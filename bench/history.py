@@ -216,8 +216,8 @@ def table_spec(kind: str, tiers: dict[str, Any]) -> list[Spec]:
          f"≤ {disk:g} B", disk),
         ("disk_bucket", "disk per 10 s bucket sent / per sample (B)", "{:.1f}", "—", None),
     ]  # fmt: skip
-    rows += [(f"tier_{t}", f"  … {t} tier: {v['rows']:,} rows, B/row (dbstat)", "{:.1f}", "—",
-              None) for t, v in tiers.items()]  # fmt: skip
+    rows += [(f"tier_{t}", f"  … {t} tier: {v['buckets']:,} buckets, B each (dbstat)", "{:.1f}",
+              "—", None) for t, v in tiers.items()]  # fmt: skip
     rows += [
         ("first_after_s", "straight after the load: until the first span sum (s)", "{:.2f}", "—",
          None),

@@ -193,32 +193,43 @@ class GatewayTarget(HistoryTarget):
 
 def sqlite_disk(path: Path, h: History) -> dict[str, Any]:
     """The file and the -wal the daemon left; then, the -wal checkpointed into the file and
-    truncated here, the file again (the figure the issue's target is about) and each tier's rows
-    and bytes (dbstat: all pages of its B-tree)."""
+    truncated here, the file again (the figure the issue's target is about) and each tier's
+    buckets and bytes (dbstat: all pages of its tables' B-trees and their indexes): the rows of
+    `points_<tier>`, and where the store seals them into chunks, the buckets of `chunks_<tier>`."""
     wal = path.with_name(path.name + "-wal")
     left = path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
     conn = sqlite3.connect(path)
     try:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        pages = dict(conn.execute("SELECT name, sum(pgsize) FROM dbstat GROUP BY name"))
-        tiers = {}
-        for res in TIERS:
-            table = f"points_{res}s"
-            (rows,) = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
-            tiers[f"{res}s"] = {"rows": rows, "bytes": pages[table], "per_row": pages[table] / rows}
+        table_of = dict(conn.execute("SELECT name, tbl_name FROM sqlite_master"))
+        pages: dict[str, int] = {}
+        for name, size in conn.execute("SELECT name, sum(pgsize) FROM dbstat GROUP BY name"):
+            pages[table_of.get(name, name)] = pages.get(table_of.get(name, name), 0) + size
+        tiers = {f"{res}s": tier_usage(conn, res, pages) for res in TIERS}
     finally:
         conn.close()
     size = path.stat().st_size
-    rows = sum(t["rows"] for t in tiers.values())
+    buckets = sum(t["buckets"] for t in tiers.values())
     return {
         "bytes_left_with_wal": left,
         "bytes": size,
-        "rows": rows,
-        "per_stored_row": size / rows,
-        "per_stored_row_with_wal": left / rows,
+        "buckets": buckets,
+        "per_stored_row": size / buckets,
+        "per_stored_row_with_wal": left / buckets,
         "per_10s_bucket": size / h.total,
         "tiers": tiers,
     }
+
+
+def tier_usage(conn: sqlite3.Connection, res: int, pages: dict[str, int]) -> dict[str, Any]:
+    (head,) = conn.execute(f"SELECT count(*) FROM points_{res}s").fetchone()
+    sealed, size = 0, pages.get(f"points_{res}s", 0)
+    if f"chunks_{res}s" in pages:
+        (sealed,) = conn.execute(f"SELECT coalesce(sum(rows), 0) FROM chunks_{res}s").fetchone()
+        size += pages[f"chunks_{res}s"]
+    buckets = head + sealed
+    return {"buckets": buckets, "head_rows": head, "sealed_buckets": sealed, "bytes": size,
+            "per_row": size / buckets if buckets else 0.0}  # fmt: skip
 
 
 class VictoriaTarget(HistoryTarget):
