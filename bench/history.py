@@ -111,8 +111,7 @@ async def load(
     queryable = time.perf_counter()
     first_seconds, first = await t.minute_sums(s, None)
     answered = time.perf_counter()
-    await t.settle(s)
-    stored = time.perf_counter()
+    phases = await t.settle(s)
     return {
         "points": sent,
         "seconds_to_ack": acked - started,
@@ -124,7 +123,7 @@ async def load(
         "first_sum_after_load_s": answered - acked,
         "first_sum_latency_s": first_seconds,
         "first_sum_check": compare(first, h.minute_sums(None)),
-        "stored_after_load_s": stored - acked,
+        **{f"{phase}_after_load_s": answered - acked + sec for phase, sec in phases.items()},
         "peak_rss_load": t.peak_rss_bytes(),
     }
 
@@ -186,7 +185,14 @@ def figures(r: dict[str, Any]) -> dict[str, float]:
         "disk_bucket": d.get("per_10s_bucket", d.get("per_sample", 0.0)),
         "first_after_s": r["load"]["first_sum_after_load_s"],
         "first_latency_ms": r["load"]["first_sum_latency_s"] * 1000,
-        "stored_s": r["load"]["stored_after_load_s"],
+        **{
+            k: v
+            for k, v in (
+                ("stored_s", r["load"]["stored_after_load_s"]),
+                ("sealed_s", r["load"].get("sealed_after_load_s")),
+            )
+            if v is not None
+        },
     }
     for tier, t in d.get("tiers", {}).items():
         out[f"tier_{tier}"] = t["per_row"]
@@ -223,6 +229,7 @@ def table_spec(kind: str, tiers: dict[str, Any]) -> list[Spec]:
          None),
         ("first_latency_ms", "  … that first span sum's latency (ms)", "{:,.1f}", "—", None),
         ("stored_s", "  … until no point waits in memory (s)", "{:.2f}", "—", None),
+        ("sealed_s", "  … until the last bucket sealed into a chunk (s)", "{:.2f}", "—", None),
     ]  # fmt: skip
     return rows
 

@@ -32,6 +32,8 @@ STORAGE_TIERS = (
 )
 # A query straight after a back-fill took ~9 s in the issue: measure it instead of a 503.
 QUERY_CONFIG = "query: {timeout: 300s}\n"
+# Sealing is done once no bucket was sealed for this long (its task runs every flush, 10 s).
+SEAL_QUIET = 25.0
 
 
 class HistoryTarget(abc.ABC):
@@ -80,8 +82,9 @@ class HistoryTarget(abc.ABC):
     def stop(self) -> dict[str, Any]: ...
 
     @abc.abstractmethod
-    async def settle(self, s: aiohttp.ClientSession) -> None:
-        """Returns once what was loaded is in the daemon's store, not only answered from memory."""
+    async def settle(self, s: aiohttp.ClientSession) -> dict[str, float]:
+        """Returns once what was loaded is in the daemon's store, not only answered from memory,
+        with the seconds each phase of that took (`stored`: out of memory)."""
 
     @property
     def pid(self) -> int:
@@ -169,22 +172,37 @@ class GatewayTarget(HistoryTarget):
         shape = {} if window is None else {"window": f"{window}s"}
         return await self._query(s, agg="p99", since=since, until=until, **shape)
 
-    async def settle(self, s: aiohttp.ClientSession) -> None:
+    async def settle(self, s: aiohttp.ClientSession) -> dict[str, float]:
         """Until no point waits in memory (the tick after the load writes what the pressure
-        flushes left): queries read memory's buckets too, and more slowly."""
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            async with s.get(self.base + "/metrics") as r:
-                gauges = dict(
-                    line.split(" ", 1)
-                    for line in (await r.text()).splitlines()
-                    if line.startswith(("statsd_gateway_memory_held_bytes ",
-                                        "statsd_gateway_pending_flushes "))
-                )  # fmt: skip
-            if gauges and all(float(v) == 0 for v in gauges.values()):
-                return
-            await asyncio.sleep(0.1)
-        raise SystemExit(f"{self.label}: points still in memory 300 s after the load")
+        flushes left; queries read memory's buckets too, and more slowly), then, where the
+        store seals buckets into chunks (`sealed_buckets_total` exists), until it has sealed
+        none for SEAL_QUIET seconds: the queries after it read what a steady state holds."""
+        started = time.monotonic()
+        phases: dict[str, float] = {}
+        sealed, since = -1.0, started
+        while time.monotonic() < started + 900:
+            m = await self.metrics(s)
+            if "stored" not in phases:
+                if m["statsd_gateway_memory_held_bytes"] or m["statsd_gateway_pending_flushes"]:
+                    await asyncio.sleep(0.1)
+                    continue
+                phases["stored"] = time.monotonic() - started
+            now = time.monotonic()
+            if m.get("statsd_gateway_sealed_buckets_total", sealed) != sealed:
+                sealed, since = m["statsd_gateway_sealed_buckets_total"], now
+            elif sealed < 0 or now - since >= SEAL_QUIET:
+                if sealed >= 0:
+                    phases["sealed"] = since - started
+                return phases
+            await asyncio.sleep(1.0)
+        raise SystemExit(f"{self.label}: still writing 900 s after the load: {phases}")
+
+    async def metrics(self, s: aiohttp.ClientSession) -> dict[str, float]:
+        """The daemon's own metrics without labels, by name."""
+        async with s.get(self.base + "/metrics") as r:
+            text = await r.text()
+        lines = (line.split(" ", 1) for line in text.splitlines() if line.startswith("statsd_"))
+        return {name: float(value) for name, value in lines if "{" not in name}
 
     def stop(self) -> dict[str, Any]:
         self.terminate()
@@ -316,9 +334,10 @@ class VictoriaTarget(HistoryTarget):
         seconds, value = await self._instant(s, query, until)
         return seconds, {since: value}
 
-    async def settle(self, s: aiohttp.ClientSession) -> None:
+    async def settle(self, s: aiohttp.ClientSession) -> dict[str, float]:
         """At once: it searches only samples already in its storage's parts (hence its delay
         before a count sees them)."""
+        return {"stored": 0.0}
 
     async def force_flush(self, s: aiohttp.ClientSession) -> None:
         async with s.get(self.base + "/internal/force_flush") as r:
