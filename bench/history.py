@@ -11,7 +11,8 @@ process (load generator and queries) runs on CPU 1:
      (VmHWM) after the load;
   2. straight after: the time until the first sum over the span answers, and that query's
      latency; then (ours) the time until no point waits in memory any more, its store holding
-     them all (queries read memory's buckets too, more slowly): the figures below are after it;
+     them all (queries read memory's buckets too, more slowly), and on a chunk store until
+     sealing has gone quiet: the figures below are after it;
   3. after a warm-up, `--runs` runs each (median): the sum of every series at 1 m steps over
      the span; one series at 1 m steps; the p99 across every series over the last hour (one
      value, and at 5 m steps) — ours from its sketches, VictoriaMetrics' closest,
