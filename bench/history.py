@@ -184,6 +184,7 @@ def figures(r: dict[str, Any]) -> dict[str, float]:
         # VictoriaMetrics stores samples, not buckets: its bytes per sample stand for both.
         "disk_row": d.get("per_stored_row", d.get("per_sample", 0.0)),
         "disk_bucket": d.get("per_10s_bucket", d.get("per_sample", 0.0)),
+        **({"disk_free": d["free_per_stored_row"]} if "free_per_stored_row" in d else {}),
         "first_after_s": r["load"]["first_sum_after_load_s"],
         "first_latency_ms": r["load"]["first_sum_latency_s"] * 1000,
         **{
@@ -221,6 +222,7 @@ def table_spec(kind: str, tiers: dict[str, Any]) -> list[Spec]:
          60.0),
         ("disk_row", "disk per stored bucket row, all tiers / per sample (B)", "{:.1f}",
          f"≤ {disk:g} B", disk),
+        ("disk_free", "  … of which the file's free pages (B a stored row)", "{:.1f}", "—", None),
         ("disk_bucket", "disk per 10 s bucket sent / per sample (B)", "{:.1f}", "—", None),
     ]  # fmt: skip
     rows += [(f"tier_{t}", f"  … {t} tier: {v['buckets']:,} buckets, B each (dbstat)", "{:.1f}",

@@ -224,6 +224,8 @@ def sqlite_disk(path: Path, h: History) -> dict[str, Any]:
         for name, size in conn.execute("SELECT name, sum(pgsize) FROM dbstat GROUP BY name"):
             pages[table_of.get(name, name)] = pages.get(table_of.get(name, name), 0) + size
         tiers = {f"{res}s": tier_usage(conn, res, pages) for res in TIERS}
+        (free,) = conn.execute("PRAGMA freelist_count").fetchone()
+        (page,) = conn.execute("PRAGMA page_size").fetchone()
     finally:
         conn.close()
     size = path.stat().st_size
@@ -234,6 +236,8 @@ def sqlite_disk(path: Path, h: History) -> dict[str, Any]:
         "buckets": buckets,
         "per_stored_row": size / buckets,
         "per_stored_row_with_wal": left / buckets,
+        "free_bytes": free * page,  # pages the file holds but no table uses (yet)
+        "free_per_stored_row": free * page / buckets,
         "per_10s_bucket": size / h.total,
         "tiers": tiers,
     }
