@@ -9,16 +9,21 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 _LISTENING = re.compile(r"listening http 127\.0\.0\.1:(\d+)")
 
 
-def start_http_daemon(state: Path, key: str, storage: str) -> tuple[subprocess.Popen[str], int]:
+def start_http_daemon(
+    state: Path, key: str, storage: str, *, extra: str = "", prefix: Sequence[str] = ()
+) -> tuple[subprocess.Popen[str], int]:
     """Starts `python -m statsd_gateway serve` with UDP off, HTTP on 127.0.0.1:0, `storage` as
-    the body of its `storage:` mapping and `key` as its one API key; returns the process and its
-    HTTP port, read from its log (at info, where the listening line is). The rest of its stderr is
-    drained, so the pipe never fills and stalls the daemon."""
+    the body of its `storage:` mapping, `extra` (whole YAML lines) appended to its config and
+    `key` as its one API key; returns the process and its HTTP port, read from its log (at info,
+    where the listening line is). The rest of its stderr is drained, so the pipe never fills and
+    stalls the daemon. `prefix` goes before the command: `taskset -c 0` pins the daemon to a core
+    (taskset execs it, so the process is still the daemon's own and its pid the daemon's)."""
     cfg = state / "config.yaml"
     cfg.write_text(
         "udp: {enabled: false}\n"
@@ -26,10 +31,10 @@ def start_http_daemon(state: Path, key: str, storage: str) -> tuple[subprocess.P
         f"storage: {{{storage}}}\n"
         "log: {level: info}\n"
         "auth:\n  keys:\n"
-        f"    - {{name: bench, sha256: {hashlib.sha256(key.encode()).hexdigest()}}}\n"
+        f"    - {{name: bench, sha256: {hashlib.sha256(key.encode()).hexdigest()}}}\n" + extra
     )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "statsd_gateway", "serve", "--config", str(cfg)],
+        [*prefix, sys.executable, "-m", "statsd_gateway", "serve", "--config", str(cfg)],
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,
