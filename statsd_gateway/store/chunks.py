@@ -12,9 +12,11 @@ and that many bytes of zlib (0: the group is absent, every column of it empty):
 
 - A `ts count sum min max`, one value per row;
 - B `last last_ts`, one per row (gauges);
-- C the sketches: `has` (0/1 per row), then for the s rows that have one `zero` (s values),
-  `lens` (2s: each sketch's positive then negative store length) and the stores' bins
-  concatenated, `keys` and `counts`;
+- C the sketches, in blocks of SKETCH_BLOCK rows (a varint count of blocks, 0 when no row has
+  a sketch; each block its first row's time as 8 bytes, then its group, so that a read of part
+  of the window decompresses only the blocks it overlaps): `has` (0/1 per row), then for the s
+  rows that have one `zero` (s values), `lens` (2s: each sketch's positive then negative store
+  length) and the stores' bins concatenated, `keys` and `counts`;
 - D the HyperLogLogs: `hll_len` (bytes per row, 0: none), then the registers as they are.
 
 A column is a tag byte and its payload: 0 every value NaN (no payload); 1 integers, a width
@@ -33,6 +35,7 @@ none per bucket) and turns every column of every chunk into one numpy pass per (
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,6 +50,9 @@ from statsd_gateway.model import RowBatch
 VERSION = 1
 FORMAT = "SGC1"
 BUCKETS_PER_CHUNK = 360
+# Rows per sketch block: a read of part of a chunk decompresses and decodes only the blocks
+# it overlaps (an hour of the 1 min tier's 6 h windows).
+SKETCH_BLOCK = 60
 _LEVEL = 6
 _SAFE_INT = float(1 << 53)
 
@@ -154,8 +160,6 @@ def encode_chunk(rows: RowBatch) -> bytes:
 def encode_chunks(rows: RowBatch, cuts: Sequence[int]) -> list[bytes]:
     """The chunk of each run rows[cuts[i]:cuts[i + 1]] (each one series' buckets of one
     window, oldest first, each once), from slices of the batch's arrays (no copy per run)."""
-    flat = rows.sketches
-    bounds = flat.bounds
     hll_all = [h or b"" for h in rows.hll]
     hll_len_all = np.array([len(h) for h in hll_all], dtype=np.float64)
     out = []
@@ -164,20 +168,40 @@ def encode_chunks(rows: RowBatch, cuts: Sequence[int]) -> list[bytes]:
         group_a = [_column(rows.ts[a:b]), _column(rows.count[a:b]), _column(rows.sum[a:b])]
         group_a += [_column(rows.min[a:b]), _column(rows.max[a:b])]
         group_b = [_column(rows.last[a:b]), _column(rows.last_ts[a:b])]
-        group_c = [b"\x00"]
-        s = int(has.sum())
-        if s:
-            # Items without a sketch hold empty stores: their bins are none of the slice's.
-            lo, hi = int(bounds[2 * a]), int(bounds[2 * b])
-            lens = np.diff(bounds[2 * a : 2 * b + 1]).reshape(-1, 2)[has].reshape(-1)
-            group_c = [_varint(s) + _varint(hi - lo), _column(has.astype(np.float64))]
-            group_c += [_column(flat.zero[a:b][has]), _column(lens.astype(np.float64))]
-            group_c += [_column(flat.keys[lo:hi].astype(np.float64)), _column(flat.counts[lo:hi])]
+        blocks = _sketch_blocks(rows, a, b) if has.any() else []
         group_d = [b"\x00"]
         if hll_len_all[a:b].any():
             group_d = [_column(hll_len_all[a:b]), b"".join(hll_all[a:b])]
-        groups = (group_a, group_b, group_c, group_d)
-        out.append(b"".join([bytes((VERSION,)), _varint(b - a), *map(_group, groups)]))
+        out.append(
+            b"".join(
+                [bytes((VERSION,)), _varint(b - a), _group(group_a), _group(group_b),
+                 _varint(len(blocks)), *blocks, _group(group_d)]
+            )
+        )  # fmt: skip
+    return out
+
+
+def _sketch_blocks(rows: RowBatch, a: int, b: int) -> list[bytes]:
+    """The sketches of rows [a, b) in blocks of SKETCH_BLOCK rows, each its first bucket's
+    time (8 bytes), then its group (a block without a sketch: size 0)."""
+    flat = rows.sketches
+    bounds = flat.bounds
+    out = []
+    for lo_row in range(a, b, SKETCH_BLOCK):
+        hi_row = min(lo_row + SKETCH_BLOCK, b)
+        has = rows.has_sketch[lo_row:hi_row]
+        first = np.float64(rows.ts[lo_row]).astype("<f8").tobytes()
+        s = int(has.sum())
+        if not s:
+            out.append(first + _varint(0))
+            continue
+        # Items without a sketch hold empty stores: their bins are none of the block's.
+        lo, hi = int(bounds[2 * lo_row]), int(bounds[2 * hi_row])
+        lens = np.diff(bounds[2 * lo_row : 2 * hi_row + 1]).reshape(-1, 2)[has].reshape(-1)
+        group = [_varint(s) + _varint(hi - lo), _column(has.astype(np.float64))]
+        group += [_column(flat.zero[lo_row:hi_row][has]), _column(lens.astype(np.float64))]
+        group += [_column(flat.keys[lo:hi].astype(np.float64)), _column(flat.counts[lo:hi])]
+        out.append(first + _group(group))
     return out
 
 
@@ -308,20 +332,39 @@ _A = ("ts", "count", "sum", "min", "max")
 _B = ("last", "last_ts")
 
 
-def _groups(blob: bytes, wanted: tuple[bool, ...]) -> tuple[int, list[bytes]]:
-    """The row count and the groups (decompressed where wanted, else b"")."""
+def _size(blob: bytes, at: int) -> tuple[int, int]:
+    size = blob[at] if at < len(blob) else 0x80  # one byte, the usual case, read inline
+    if size < 0x80:
+        return size, at + 1
+    return _read_varint(blob, at)
+
+
+def _groups(
+    blob: bytes, need_b: bool, hll: bool
+) -> tuple[int, bytes, bytes, list[tuple[float, memoryview]], bytes]:
+    """The row count, groups A and B, the sketch blocks (each its first time and its group,
+    still compressed) and group D (decompressed where wanted, else b"")."""
     if not blob or blob[0] != VERSION:
         raise ChunkError(f"not an {FORMAT} chunk of version {VERSION}")
     view = memoryview(blob)
     end = len(blob)
     n, at = _read_varint(blob, 1)
     out = []
-    for want in wanted:
-        size = blob[at] if at < end else 0x80  # one byte, the usual case, read inline
-        if size < 0x80:
-            at += 1
-        else:
-            size, at = _read_varint(blob, at)
+    blocks: list[tuple[float, memoryview]] = []
+    for want in (True, need_b, None, hll):
+        if want is None:  # the sketch blocks
+            k, at = _read_varint(blob, at)
+            for _ in range(k):
+                if at + 8 > end:
+                    raise ChunkError("cut short in a sketch block")
+                first = float(np.frombuffer(blob, "<f8", 1, at)[0])
+                size, at = _size(blob, at + 8)
+                if at + size > end:
+                    raise ChunkError("cut short in a sketch block")
+                blocks.append((first, view[at : at + size]))
+                at += size
+            continue
+        size, at = _size(blob, at)
         if at + size > end:
             raise ChunkError("cut short in a group")
         out.append(zlib.decompress(view[at : at + size]) if size and want else b"")
@@ -330,7 +373,7 @@ def _groups(blob: bytes, wanted: tuple[bool, ...]) -> tuple[int, list[bytes]]:
         raise ChunkError("bytes after the last group")
     if not out[0] and n:
         raise ChunkError("no timestamps")
-    return n, out
+    return n, out[0], out[1], blocks, out[2]
 
 
 def decode_chunks(
@@ -339,10 +382,14 @@ def decode_chunks(
     *,
     sketches: bool = False,
     hll: bool = False,
+    since: float = -math.inf,
+    until: float = math.inf,
 ) -> DecodedChunks:
     """The rows of every blob, in blob order: `ts`, the `values` asked for (of count, sum, min,
     max, last, last_ts), and the sketches and HyperLogLogs if asked. Only the groups holding
-    those are decompressed. Raises ChunkError for a blob that is not a whole chunk."""
+    those are decompressed, and of the sketches only the blocks overlapping [since, until):
+    a row of another block comes back without its sketch (the caller keeps the range's rows).
+    Raises ChunkError for a blob that is not a whole chunk."""
     want = set(values) | {"ts"}
     segs = {name: _Segments({}) for name in want}
     sk = {name: _Segments({}) for name in ("has", "zero", "lens", "keys", "counts")}
@@ -357,8 +404,7 @@ def decode_chunks(
     b_segs = [segs.get(name) for name in _B]
     try:
         for c, blob in enumerate(blobs):
-            n, groups = _groups(blob, (True, need_b, sketches, hll))
-            a, b, cg, d = groups
+            n, a, b, blocks, d = _groups(blob, need_b, hll)
             sizes[c] = n
             at = 0
             for seg in a_segs:
@@ -370,17 +416,28 @@ def decode_chunks(
                         at = _read_column(b, at, n, seg, row)
                     elif seg is not None:
                         seg.add(0, 0, b, 0, n, row)
-            if sketches and cg:
-                s, at = _read_varint(cg, 0)
-                nb, at = _read_varint(cg, at)
-                at = _read_column(cg, at, n, sk["has"], row)
-                at = _read_column(cg, at, s, sk["zero"], sk_row)
-                at = _read_column(cg, at, 2 * s, sk["lens"], 2 * sk_row)
-                at = _read_column(cg, at, nb, sk["keys"], n_bins)
-                _read_column(cg, at, nb, sk["counts"], n_bins)
-                sk_row, n_bins = sk_row + s, n_bins + nb
-            elif sketches:
-                sk["has"].add(0, 0, b"", 0, n, row)
+            if sketches:
+                if len(blocks) != -(-n // SKETCH_BLOCK) and blocks:
+                    raise ChunkError("the sketch blocks do not cover the rows")
+                covered = 0
+                for i, (first, packed) in enumerate(blocks):
+                    m = min(SKETCH_BLOCK, n - covered)
+                    after = blocks[i + 1][0] if i + 1 < len(blocks) else math.inf
+                    if not len(packed) or first >= until or after <= since:
+                        sk["has"].add(0, 0, b"", 0, m, row + covered)
+                    else:
+                        cg = zlib.decompress(packed)
+                        s, at = _read_varint(cg, 0)
+                        nb, at = _read_varint(cg, at)
+                        at = _read_column(cg, at, m, sk["has"], row + covered)
+                        at = _read_column(cg, at, s, sk["zero"], sk_row)
+                        at = _read_column(cg, at, 2 * s, sk["lens"], 2 * sk_row)
+                        at = _read_column(cg, at, nb, sk["keys"], n_bins)
+                        _read_column(cg, at, nb, sk["counts"], n_bins)
+                        sk_row, n_bins = sk_row + s, n_bins + nb
+                    covered += m
+                if not blocks:
+                    sk["has"].add(0, 0, b"", 0, n, row)
             if hll and d:
                 hll_parts.append((row, d, _read_column(d, 0, n, hll_segs, row), n))
             row += n

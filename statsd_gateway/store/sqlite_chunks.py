@@ -85,7 +85,8 @@ def read_chunk_columns(
             owners.append(position[sid])
     parts = []
     for i in range(0, len(blobs), _DECODE_BATCH):
-        decoded = decode_chunks(blobs[i : i + _DECODE_BATCH], values, sketches=sketches, hll=hll)
+        batch = blobs[i : i + _DECODE_BATCH]
+        decoded = decode_chunks(batch, values, sketches=sketches, hll=hll, since=since, until=until)
         owner = np.asarray(owners[i : i + _DECODE_BATCH], dtype=np.int64)
         parts.append(_in_range(decoded, owner, since, until, by_series))
     return concat_parts(parts, values)
