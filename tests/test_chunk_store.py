@@ -19,6 +19,8 @@ from statsd_gateway.store import SqliteStore
 from statsd_gateway.store.base import FlushWrite, RowRead, StoredRows
 from statsd_gateway.store.chunks import BUCKETS_PER_CHUNK
 from statsd_gateway.store.rollup import merge_rows
+from statsd_gateway.store.sealing import SealJob
+from statsd_gateway.telemetry import Telemetry
 from tests.conftest import T0, ManualClock
 
 RES = (10.0,)  # one tier: its windows are complete up to its newest bucket
@@ -268,3 +270,17 @@ async def test_coarse_tiers_seal_where_they_are_complete_and_the_finest_where_th
         assert counts["chunks_60s"] == 5 and counts["points_60s"] == 2 * 5
     finally:
         await store.close()
+
+
+async def test_the_sealing_task_counts_what_it_seals_and_waits_out_a_back_fill(
+    store: SqliteStore,
+) -> None:
+    telemetry = Telemetry()
+    job = SealJob(store, telemetry, interval=10.0)
+    await fill(store, BUCKETS_PER_CHUNK + 1)
+    telemetry.pressure_flushes += 1  # the memory bound flushed early: points are pouring in
+    assert await job.run_once() == 0
+    assert tables(store.path)["chunks_10s"] == 0
+    assert await job.run_once() == BUCKETS_PER_CHUNK * 5  # quiet since the last run
+    assert telemetry.sealed_buckets == BUCKETS_PER_CHUNK * 5
+    assert "statsd_gateway_sealed_buckets_total 1800.0" in telemetry.render().decode()

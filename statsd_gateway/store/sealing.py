@@ -27,13 +27,18 @@ _LOUD = 100_000
 
 class SealJob:
     """Every `interval` seconds, `store.seal_chunks()`; counts what it moved in
-    `sealed_buckets_total`. `alive` is False once its task has died (readiness shows it)."""
+    `sealed_buckets_total`. `alive` is False once its task has died (readiness shows it).
+
+    A run is put off while a back-fill is arriving (the memory bound started a flush since the
+    last run): sealing then would rewrite the same windows' chunks again and again as their
+    buckets keep coming, on the core the import needs; the windows are sealed once it stops."""
 
     def __init__(self, store: Store, telemetry: Telemetry, *, interval: float) -> None:
         self.store = store
         self.telemetry = telemetry
         self.interval = interval
         self._task: asyncio.Task[None] | None = None
+        self._pressure_seen = telemetry.pressure_flushes
 
     @property
     def alive(self) -> bool:
@@ -57,8 +62,13 @@ class SealJob:
             except Exception as e:  # the store may be failing: flushes report it; go on
                 log.warning("sealing chunks failed, will retry: %s", e)
 
-    async def run_once(self) -> int:
-        """Seals every complete window; returns the buckets moved into chunks."""
+    async def run_once(self, *, force: bool = False) -> int:
+        """Seals every complete window (unless a back-fill is arriving and not `force`);
+        returns the buckets moved into chunks."""
+        pressure, self._pressure_seen = self._pressure_seen, self.telemetry.pressure_flushes
+        if not force and self._pressure_seen != pressure:
+            log.debug("sealing put off: a back-fill is arriving")
+            return 0
         began = time.monotonic()
         n = await self.store.seal_chunks()
         self.telemetry.sealed_buckets += n

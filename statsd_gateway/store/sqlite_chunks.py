@@ -40,7 +40,7 @@ from statsd_gateway.store.rollup import merge_rows
 from statsd_gateway.store.schema import chunk_table, tags_from_json, tier_table
 
 # Series ids per seal unit: one transaction reads and rewrites about this many series' window.
-SEAL_SERIES = 1000
+SEAL_SERIES = 500
 # Chunks decoded per numpy pass: bounds a read's transient arrays (<= 360 rows per chunk).
 _DECODE_BATCH = 2048
 _IN_BATCH = 500  # ids per IN list (SQLite caps a statement's parameters)
