@@ -180,10 +180,11 @@ class Store(Protocol):
         flushes interleave; frees the space; returns the rows deleted."""
         ...
 
-    async def seal_chunks(self) -> int:
+    async def seal_chunks(self, on_sealed: Callable[[int], None] | None = None) -> int:
         """Moves every bucket of a complete chunk window from the tiers' heads into their
         chunks (a backend without chunks: nothing), in short units that let flushes
-        interleave; returns the buckets moved. Answers are the same before and after."""
+        interleave, telling `on_sealed` what each unit moved; returns the buckets moved.
+        Answers are the same before and after."""
         ...
 
     async def forget_stale_series(self, horizon: float) -> list[SeriesKey]:

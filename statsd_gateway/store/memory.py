@@ -183,7 +183,7 @@ class MemoryStore:
         self._s = staged
         return len(tier) - len(kept)
 
-    async def seal_chunks(self) -> int:
+    async def seal_chunks(self, on_sealed: Callable[[int], None] | None = None) -> int:
         return 0  # rows stay one per bucket here: there is nothing to seal
 
     async def forget_stale_series(self, horizon: float) -> list[SeriesKey]:

@@ -62,6 +62,10 @@ class SealJob:
             except Exception as e:  # the store may be failing: flushes report it; go on
                 log.warning("sealing chunks failed, will retry: %s", e)
 
+    def _count(self, n: int) -> None:
+        # Unit by unit, so that a long conversion shows its progress in the counter.
+        self.telemetry.sealed_buckets += n
+
     async def run_once(self, *, force: bool = False) -> int:
         """Seals every complete window (unless a back-fill is arriving and not `force`);
         returns the buckets moved into chunks."""
@@ -70,8 +74,7 @@ class SealJob:
             log.debug("sealing put off: a back-fill is arriving")
             return 0
         began = time.monotonic()
-        n = await self.store.seal_chunks()
-        self.telemetry.sealed_buckets += n
+        n = await self.store.seal_chunks(self._count)
         if n:
             level = logging.INFO if n >= _LOUD else logging.DEBUG
             log.log(level, "sealed %d buckets into chunks in %.1fs", n, time.monotonic() - began)

@@ -129,7 +129,7 @@ class SqliteStore:
             await self._write(self._writer.vacuum_free_pages)
         return total
 
-    async def seal_chunks(self) -> int:
+    async def seal_chunks(self, on_sealed: Callable[[int], None] | None = None) -> int:
         # One short transaction per submission, as retention: flushes queue between them.
         total = 0
         cursor: SealCursor = None
@@ -137,6 +137,8 @@ class SqliteStore:
         while True:
             n, cursor = await self._write(partial(self._writer.seal_step, cursor))
             total += n
+            if n and on_sealed is not None:
+                on_sealed(n)
             if cursor is None and not n:
                 break
             if time.monotonic() - last_said >= _PROGRESS_EVERY and cursor is not None:
