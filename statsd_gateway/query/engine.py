@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 
@@ -27,7 +28,7 @@ from statsd_gateway.model import MetricType, RowBatch, Tags, matches_all
 from statsd_gateway.query.plan import QueryPlan, Selector
 from statsd_gateway.query.reduce import QueryRows, merge_sketches, reduce_rows
 from statsd_gateway.query.result import MergedSketch, QueryResult, SeriesResult
-from statsd_gateway.store.base import Columns, RowRead, Store
+from statsd_gateway.store.base import Columns, RowRead, Store, concat_columns
 from statsd_gateway.store.tiers import is_multiple
 
 # The columns a sketch export reads besides the sketches.
@@ -208,18 +209,8 @@ def _memory_columns(
 def _concat(parts: Sequence[tuple[int, Columns]], values: Sequence[str]) -> Columns:
     """The rows of the parts (at least one) in order, each part's series indices shifted by
     its offset."""
-    parts = [p for p in parts if len(p[1])] or parts[:1]
-    if len(parts) == 1 and parts[0][0] == 0:
-        return parts[0][1]
-    starts = np.cumsum([0, *(len(c) for _, c in parts[:-1])]).tolist()
-    series = [c.series + offset for offset, c in parts if c.series is not None]
-    shifted = list(zip(starts, (c for _, c in parts), strict=True))
-    return Columns(
-        ts=np.concatenate([c.ts for _, c in parts]),
-        series=np.concatenate(series) if len(series) == len(parts) else None,
-        values={v: np.concatenate([c.values[v] for _, c in parts]) for v in values},
-        sketches=sketch.flat_concat([c.sketches for _, c in parts]),
-        sketch_rows=np.concatenate([c.sketch_rows + start for start, c in shifted]),
-        hlls=[h for _, c in parts for h in c.hlls],
-        hll_rows=np.concatenate([c.hll_rows + start for start, c in shifted]),
-    )
+    shifted = [
+        c if offset == 0 or c.series is None else replace(c, series=c.series + offset)
+        for offset, c in parts
+    ]
+    return concat_columns(shifted, values)

@@ -84,6 +84,30 @@ class Columns:
         return int(self.ts.size)
 
 
+def concat_columns(parts: Sequence[Columns], values: Sequence[str]) -> Columns:
+    """The rows of the parts in order, as one Columns (their `series` index the same list)."""
+    parts = [c for c in parts if len(c)] or list(parts[:1])
+    if len(parts) == 1:
+        return parts[0]
+    empty = np.empty(0, dtype=np.int64)
+    if not parts:
+        return Columns(
+            np.empty(0), empty, {v: np.empty(0) for v in values}, sketch.decode_flat([]), empty,
+            [], empty,
+        )  # fmt: skip
+    starts = np.cumsum([0, *(len(c) for c in parts[:-1])]).tolist()
+    series = [c.series for c in parts if c.series is not None]
+    return Columns(
+        ts=np.concatenate([c.ts for c in parts]),
+        series=np.concatenate(series) if len(series) == len(parts) else None,
+        values={v: np.concatenate([c.values[v] for c in parts]) for v in values},
+        sketches=sketch.flat_concat([c.sketches for c in parts]),
+        sketch_rows=np.concatenate([c.sketch_rows + s for s, c in zip(starts, parts, strict=True)]),
+        hlls=[h for c in parts for h in c.hlls],
+        hll_rows=np.concatenate([c.hll_rows + s for s, c in zip(starts, parts, strict=True)]),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class StoredState:
     """What a store holds that the daemon needs at start."""

@@ -28,7 +28,7 @@ import numpy.typing as npt
 
 from statsd_gateway import sketch
 from statsd_gateway.model import MetricType, RowBatch, SeriesKey
-from statsd_gateway.store.base import NUMERIC_COLUMNS, Columns, SeriesInfo
+from statsd_gateway.store.base import NUMERIC_COLUMNS, Columns, SeriesInfo, concat_columns
 from statsd_gateway.store.chunks import (
     DecodedChunks,
     buckets_per_chunk,
@@ -89,7 +89,7 @@ def read_chunk_columns(
         decoded = decode_chunks(batch, values, sketches=sketches, hll=hll, since=since, until=until)
         owner = np.asarray(owners[i : i + _DECODE_BATCH], dtype=np.int64)
         parts.append(_in_range(decoded, owner, since, until, by_series))
-    return concat_parts(parts, values)
+    return concat_columns(parts, values)
 
 
 def _in_range(
@@ -113,30 +113,6 @@ def _in_range(
         sketch_rows=new_index[d.sketch_rows[sk_keep]],
         hlls=[h for h, k in zip(d.hlls, hll_keep, strict=True) if k],
         hll_rows=new_index[d.hll_rows[keep[d.hll_rows]]],
-    )
-
-
-def concat_parts(parts: Sequence[Columns], values: Sequence[str]) -> Columns:
-    """The rows of the parts in order, as one Columns (their `series` index the same list)."""
-    parts = [c for c in parts if len(c)] or list(parts[:1])
-    if len(parts) == 1:
-        return parts[0]
-    empty = np.empty(0, dtype=np.int64)
-    if not parts:
-        return Columns(
-            np.empty(0), empty, {v: np.empty(0) for v in values}, sketch.decode_flat([]), empty,
-            [], empty,
-        )  # fmt: skip
-    starts = np.cumsum([0, *(len(c) for c in parts[:-1])]).tolist()
-    series = [c.series for c in parts if c.series is not None]
-    return Columns(
-        ts=np.concatenate([c.ts for c in parts]),
-        series=np.concatenate(series) if len(series) == len(parts) else None,
-        values={v: np.concatenate([c.values[v] for c in parts]) for v in values},
-        sketches=sketch.flat_concat([c.sketches for c in parts]),
-        sketch_rows=np.concatenate([c.sketch_rows + s for s, c in zip(starts, parts, strict=True)]),
-        hlls=[h for c in parts for h in c.hlls],
-        hll_rows=np.concatenate([c.hll_rows + s for s, c in zip(starts, parts, strict=True)]),
     )
 
 

@@ -25,9 +25,10 @@ from statsd_gateway.store.base import (
     RowRead,
     SeriesInfo,
     StoredRows,
+    concat_columns,
 )
 from statsd_gateway.store.schema import tags_from_json, tier_table
-from statsd_gateway.store.sqlite_chunks import concat_parts, read_chunk_columns
+from statsd_gateway.store.sqlite_chunks import read_chunk_columns
 from statsd_gateway.store.tiers import plan_segments
 
 
@@ -278,7 +279,7 @@ def read_stored_rows(
                     by_series=r.by_series,
                 )
             )
-    return StoredRows(seq, series, concat_parts(parts, request.values))
+    return StoredRows(seq, series, concat_columns(parts, request.values))
 
 
 def read_tag_values(
