@@ -40,7 +40,7 @@ class MetricCatalog:
 
     def metrics_of(self, tenant: str, match: str | None = None) -> list[dict[str, Any]]:
         """The tenant's metrics (those whose name matches the glob `match`, if given) with
-        their type and tag keys, by name."""
+        their type, tag keys and the aggregations a query may ask of them, by name."""
         wanted = None if match is None else glob_regex(match)
         tag_keys: dict[str, set[str]] = {}
         for name in self._registry.metrics_of(tenant):
@@ -51,8 +51,9 @@ class MetricCatalog:
         return [
             {
                 "name": name,
-                "type": self._registry.types[(tenant, name)].value,
+                "type": (kind := self._registry.types[(tenant, name)]).value,
                 "tag_keys": sorted(keys),
+                "aggregations": list(kind.aggregations),
             }
             for name, keys in sorted(tag_keys.items())
         ]

@@ -702,7 +702,7 @@ async def test_tenants_are_isolated(api: Api, gateway: Gateway) -> None:
     status, body = await api.query(key=OTHER_KEY, name="shared", agg="sum")
     assert_error(status, body, 404, "METRIC_NOT_FOUND")
     status, body = await api.request("GET", "/v1/metrics", key=OTHER_KEY)
-    assert (status, body) == (200, {"ok": True, "metrics": []})
+    assert (status, body["metrics"]) == (200, [])
 
     # The other tenant's own metric of the same name may even have another type.
     status, body = await api.report({"name": "shared", "value": 7}, key=OTHER_KEY)
@@ -729,9 +729,20 @@ async def test_list_metrics(api: Api) -> None:
     assert body == {
         "ok": True,
         "metrics": [
-            {"name": "lat", "type": "timing", "tag_keys": []},
-            {"name": "req", "type": "counter", "tag_keys": ["env", "region"]},
+            {
+                "name": "lat",
+                "type": "timing",
+                "tag_keys": [],
+                "aggregations": ["count", "sum", "avg", "min", "max", "rate", "pNN"],
+            },
+            {
+                "name": "req",
+                "type": "counter",
+                "tag_keys": ["env", "region"],
+                "aggregations": ["count", "sum", "avg", "min", "max", "rate"],
+            },
         ],
+        "resolutions": [10.0, 60.0, 3600.0],
     }
     status, body = await api.request("GET", "/v1/metrics", key=READ_ONLY_KEY)
     assert status == 200 and len(body["metrics"]) == 2, body

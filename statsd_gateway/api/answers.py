@@ -65,11 +65,22 @@ class MetricInfo(msgspec.Struct):
     name: str
     type: MetricType
     tag_keys: list[str]
+    aggregations: Annotated[
+        list[str],
+        Meta(description="the query's agg values this type has; pNN stands for any quantile"),
+    ]
 
 
 class MetricsAnswer(msgspec.Struct):
     ok: bool
     metrics: list[MetricInfo]
+    resolutions: Annotated[
+        list[float],
+        Meta(
+            description="the storage tiers' resolutions in seconds, finest first: a query's "
+            "window is a multiple of the first"
+        ),
+    ]
 
 
 class TagValueCount(msgspec.Struct):

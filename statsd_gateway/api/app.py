@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from statsd_gateway.api import connections, handlers
+from statsd_gateway.api import connections, handlers, page
 from statsd_gateway.api.auth import PRINCIPAL, KeyRing, Principal, check_scope
 from statsd_gateway.api.openapi import OPENAPI_PATH
 from statsd_gateway.errors import (
@@ -104,6 +104,10 @@ ROUTES: tuple[Route, ...] = (
     ("GET", "/healthz", handlers.healthz, PUBLIC),
     ("GET", "/readyz", handlers.readyz, PUBLIC),
     ("GET", "/metrics", handlers.prometheus, PUBLIC),
+    # The page holds no data: it asks for a key and calls the API above with it.
+    ("GET", "/ui", page.page, PUBLIC),
+    ("GET", "/ui/", page.slash, PUBLIC),
+    ("GET", "/ui/{asset}", page.asset, PUBLIC),
 )
 # On the main app: the scope of every route it serves, its sub-apps' included. On a sub-app
 # (from declare_routes): its own, merged into the main app's when it is mounted.

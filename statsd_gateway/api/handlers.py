@@ -283,7 +283,12 @@ async def list_metrics(request: web.Request) -> web.Response:
     check_parameters(request.query, ("match",))
     match = request.query.get("match") or None
     return web.json_response(
-        {"ok": True, "metrics": svc.catalog.metrics_of(principal.tenant, match)}
+        {
+            "ok": True,
+            "metrics": svc.catalog.metrics_of(principal.tenant, match),
+            # What a window may be (a multiple of the finest), for a client choosing one.
+            "resolutions": list(svc.query_engine.store.resolutions),
+        }
     )
 
 

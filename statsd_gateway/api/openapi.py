@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 
 from statsd_gateway import __version__
-from statsd_gateway.api import answers, shapes
+from statsd_gateway.api import answers, page, shapes
 from statsd_gateway.config import HttpConfig
 from statsd_gateway.config.values import DURATION_PATTERN
 from statsd_gateway.errors import GatewayError
@@ -198,6 +198,10 @@ def _write(summary: str, body: str, answer: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _html(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"text/html": {"schema": {"type": "string"}}}}
+
+
 def _public(summary: str, responses: dict[str, Any]) -> dict[str, Any]:
     return {"get": {"summary": summary, "security": [], "responses": responses}}
 
@@ -290,6 +294,35 @@ def _paths() -> dict[str, Any]:
             "Store writable, flushes succeeding, listeners bound",
             {"200": _answer("ready", "Ok"), "503": _error("UNAVAILABLE")},
         ),
+        "/ui": _public("The chart page (it asks for an API key)", {"200": _html("the page")}),
+        "/ui/": _public(
+            "The chart page's old address", {"308": {"description": "redirect to /ui"}}
+        ),
+        "/ui/{asset}": {
+            "get": {
+                "summary": "A script or style sheet of the page",
+                "security": [],
+                "parameters": [
+                    {
+                        "name": "asset",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "enum": list(page.ASSETS)},
+                    },
+                    _param("v", "the content's hash; as the page names it, cached a year"),
+                ],
+                "responses": {
+                    "200": {
+                        "description": "the asset",
+                        "content": {
+                            "text/javascript": {"schema": {"type": "string"}},
+                            "text/css": {"schema": {"type": "string"}},
+                        },
+                    },
+                    "404": _error("NOT_FOUND"),
+                },
+            }
+        },
         "/metrics": _public(
             "The daemon's own metrics, Prometheus text format",
             {
