@@ -85,6 +85,11 @@ class Tab:
         await self.send("Page.navigate", url=url)
         await asyncio.wait_for(loaded, 15)
 
+    async def reload(self) -> None:
+        loaded = self.browser.expect("Page.loadEventFired", self.session)
+        await self.send("Page.reload")
+        await asyncio.wait_for(loaded, 15)
+
     async def evaluate(self, expression: str) -> Any:
         answer = await self.send(
             "Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True
@@ -106,21 +111,24 @@ class Tab:
                 raise AssertionError(f"still false after {timeout} s: {expression}")
             await asyncio.sleep(0.02)
 
-    async def press(self, key: str) -> None:
+    async def press(self, key: str, *, shift: bool = False) -> None:
         code, vk, text = _KEYS[key]
         down: dict[str, Any] = {"key": key, "code": code, "windowsVirtualKeyCode": vk}
+        if shift:
+            down["modifiers"] = 8
         if text:
             down["text"] = text
         await self.send("Input.dispatchKeyEvent", type="keyDown", **down)
-        await self.send(
-            "Input.dispatchKeyEvent", type="keyUp", key=key, code=code, windowsVirtualKeyCode=vk
-        )
+        down.pop("text", None)
+        await self.send("Input.dispatchKeyEvent", type="keyUp", **down)
 
     async def type(self, text: str) -> None:
         await self.send("Input.insertText", text=text)
 
     async def focused(self) -> str:
-        return str(await self.evaluate("document.activeElement.id || document.activeElement.tagName"))
+        return str(
+            await self.evaluate("document.activeElement.id || document.activeElement.tagName")
+        )
 
     async def screenshot(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

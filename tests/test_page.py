@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -86,7 +87,7 @@ async def drawn_points(tab: Tab) -> dict[str, list[tuple[float, float]]]:
     series = await tab.evaluate(
         """[...document.querySelectorAll('#chart g.series')].map(g => [g.dataset.label,
              [...g.querySelectorAll('circle')].map(c => [+c.dataset.t, +c.dataset.v,
-                                                        +c.getAttribute('cx'), +c.getAttribute('cy')])])"""
+                 +c.getAttribute('cx'), +c.getAttribute('cy')])])"""
     )
     circles = [c for _, cs in series for c in cs]
     first, last = min(circles), max(circles)  # by time
@@ -148,6 +149,20 @@ async def test_a_chart_of_the_selected_metric_shows_the_query_apis_points(
     aggs = await tab.evaluate("[...document.getElementById('agg').options].map(o => o.value)")
     assert aggs == ["p50", "p90", "p99", "avg", "sum", "count", "rate", "min", "max"]
     assert await tab.evaluate("location.hash") == "#name=api.latency&agg=p99&since=-1h"
+
+    # group_by typed into its field: one line per host, with a legend.
+    await tab.evaluate("document.getElementById('group-by').focus()")
+    await tab.type("host")
+    await tab.press("Enter")
+    await tab.wait_for("document.querySelectorAll('#chart g.series').length === 2")
+    query = last_query(tab)
+    assert query["group_by"] == "host"
+    drawn = await drawn_points(tab)
+    assert drawn == await api_points(api, query) and list(drawn) == ["host=a", "host=b"]
+    assert await tab.evaluate("document.getElementById('legend').innerText.split('\\n')") == [
+        "host=a",
+        "host=b",
+    ]
     await tab.screenshot(ARTIFACTS / "chart-1280x800.png")
     assert tab.console_errors == []
     only_local(tab, base)
@@ -176,3 +191,248 @@ async def test_assets_are_small_cached_and_local(served: tuple[str, Api]) -> Non
         async with http.get(base + "/ui/other.js") as r:
             assert r.status == 404
             assert (await r.json())["error"]["code"] == "NOT_FOUND"
+
+
+async def test_hovering_reads_a_points_time_and_value(
+    served: tuple[str, Api], browser: Browser
+) -> None:
+    base, api = served
+    tab = await open_page(browser, base, "#name=jobs.done&agg=sum&since=-15m")
+    await enter_key(tab)
+    await tab.wait_for("document.querySelectorAll('#chart circle').length > 0")
+    query = last_query(tab)
+    assert query == {"name": "jobs.done", "agg": "sum", "since": "-15m", "window": "10s"}
+    drawn = (await drawn_points(tab))["jobs.done"]
+    assert drawn == (await api_points(api, query))["jobs.done"]
+    t, v = drawn[10]
+    box = await tab.evaluate(
+        f"""(() => {{ const c = document.querySelector('#chart circle[data-t="{int(t)}"]');
+                    const r = c.getBoundingClientRect();
+                    return [r.x + r.width / 2, r.y + r.height / 2]; }})()"""
+    )
+    await tab.send("Input.dispatchMouseEvent", type="mouseMoved", x=box[0], y=box[1])
+    text = await tab.wait_for(
+        "!document.getElementById('tooltip').hidden && document.getElementById('tooltip').innerText"
+    )
+    when = datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S")  # the page is in UTC
+    assert text.splitlines() == [when, f"jobs.done: {v:g}"]
+    await tab.evaluate("document.getElementById('chart').focus()")
+    await tab.press("ArrowRight")  # the keyboard moves the cursor to the next point
+    text = await tab.evaluate("document.getElementById('tooltip').innerText")
+    assert text.splitlines()[1] == f"jobs.done: {drawn[11][1]:g}"
+    assert tab.console_errors == []
+
+
+async def test_a_shared_link_with_group_by_and_a_custom_range_reloads_the_same_chart(
+    served: tuple[str, Api], browser: Browser
+) -> None:
+    base, api = served
+    since, until = int(T0 - 1800), int(T0 - 600)
+    fragment = f"#name=api.latency&agg=avg&since={since}&until={until}&window=5m&group_by=host"
+    tab = await open_page(browser, base, fragment)
+    await enter_key(tab)
+    await tab.wait_for("document.querySelectorAll('#chart g.series').length === 2")
+    query = last_query(tab)
+    assert query == {
+        "name": "api.latency",
+        "agg": "avg",
+        "since": str(since),
+        "until": str(until),
+        "window": "5m",
+        "group_by": "host",
+    }
+    drawn = await drawn_points(tab)
+    assert drawn == await api_points(api, query)
+    assert list(drawn) == ["host=a", "host=b"] and all(len(p) == 4 for p in drawn.values())
+    legend = await tab.evaluate("document.getElementById('legend').innerText")
+    assert legend.split() == ["host=a", "host=b"]
+    controls = await tab.evaluate(
+        "['range', 'since', 'until', 'window', 'group-by']"
+        ".map(i => document.getElementById(i).value)"
+    )
+    assert controls == ["custom", "2025-11-26T15:30", "2025-11-26T15:50", "5m", "host"]
+
+    # A reload keeps the key (this tab's sessionStorage) and draws the same chart.
+    await tab.reload()
+    await tab.wait_for("document.querySelectorAll('#chart g.series').length === 2")
+    assert await tab.evaluate("document.getElementById('key-form').hidden")
+    assert await drawn_points(tab) == drawn
+    assert tab.console_errors == []
+    only_local(tab, base)
+
+
+async def test_changing_the_aggregation_and_the_range_redraws_from_the_api(
+    served: tuple[str, Api], browser: Browser
+) -> None:
+    base, api = served
+    tab = await open_page(browser, base, "#name=queue.depth&agg=last&tags=")
+    await enter_key(tab)
+    await tab.wait_for("document.querySelectorAll('#chart circle').length > 0")
+    aggs = await tab.evaluate("[...document.getElementById('agg').options].map(o => o.value)")
+    assert aggs == ["p50", "p90", "p99", "avg", "sum", "count", "min", "max", "last"]  # no rate
+    first = await drawn_points(tab)
+    assert first == await api_points(api, last_query(tab))
+
+    await tab.evaluate("document.getElementById('agg').focus()")
+    await tab.press("ArrowUp")  # last → max
+    await tab.wait_for("location.hash.includes('agg=max')")
+    await tab.wait_for("document.getElementById('summary').textContent.startsWith('max of')")
+    assert last_query(tab)["agg"] == "max"
+    assert await drawn_points(tab) == await api_points(api, last_query(tab))
+
+    await tab.evaluate("document.getElementById('range').focus()")
+    await tab.press("ArrowDown")  # the last hour → the last 6 hours
+    await tab.wait_for("location.hash.includes('since=-6h')")
+    await tab.wait_for("document.getElementById('summary').textContent.includes('per 2m')")
+    query = last_query(tab)
+    assert query == {"name": "queue.depth", "agg": "max", "since": "-6h", "window": "2m"}
+    assert await drawn_points(tab) == await api_points(api, query)
+    assert tab.console_errors == []
+
+
+async def test_the_apis_errors_are_shown_as_its_message(
+    served: tuple[str, Api], browser: Browser
+) -> None:
+    base, api = served
+    tab = await open_page(browser, base)
+    await enter_key(tab, "not-a-key")
+    message = await tab.wait_for(
+        "!document.getElementById('error').hidden && document.getElementById('error').textContent"
+    )
+    assert message == "the API key is not valid"
+    assert await tab.evaluate("!document.getElementById('key-form').hidden")
+    assert await tab.evaluate("sessionStorage.length") == 0
+
+    await enter_key(tab)
+    await tab.wait_for("document.getElementById('error').hidden")
+    await tab.wait_for("document.querySelectorAll('#metric-list button').length === 4")
+    await tab.evaluate("document.querySelector('#metric-list button[data-name=\"users\"]').click()")
+    await tab.wait_for("document.querySelectorAll('#chart circle').length > 0")
+    assert last_query(tab)["agg"] == "distinct"
+    # A tag filter the API refuses: its message, as the API gives it.
+    await tab.evaluate("document.getElementById('tags').focus()")
+    await tab.type("env")
+    await tab.press("Enter")
+    shown = await tab.wait_for(
+        "!document.getElementById('error').hidden && document.getElementById('error').textContent"
+    )
+    status, body = await api.query(**last_query(tab))
+    assert status == 400 and shown == body["error"]["message"]
+    # The browser's own lines for the two refused requests are all it logged.
+    assert [e.split("status of ")[1] for e in tab.console_errors] == [
+        "401 (Unauthorized)",
+        "400 (Bad Request)",
+    ]
+
+
+async def test_keyboard_only_with_labels_and_the_key_kept_in_this_tab_alone(
+    served: tuple[str, Api], browser: Browser, caplog: pytest.LogCaptureFixture
+) -> None:
+    base, _ = served
+    tab = await open_page(browser, base)
+    await tab.wait_for("!document.getElementById('key-form').hidden")
+    assert await tab.focused() == "api-key"  # the page starts there
+    await tab.press("Tab")
+    assert await tab.focused() == "BUTTON"  # Use key
+    await tab.press("Tab", shift=True)  # back to the field
+    assert await tab.focused() == "api-key"
+    await tab.type(KEY)
+    await tab.press("Enter")
+    await tab.wait_for("document.activeElement.id === 'metric-search'")
+    await tab.wait_for("document.querySelectorAll('#metric-list button').length === 4")
+    await tab.press("Tab")
+    assert await tab.evaluate("document.activeElement.dataset.name") == "api.latency"
+    await tab.press("Enter")
+    await tab.wait_for("document.querySelectorAll('#chart circle').length > 0")
+    assert await tab.focused() == "agg"
+    order = []
+    for _ in range(7):
+        await tab.press("Tab")
+        order.append(await tab.focused())
+    assert order == ["range", "window", "tags", "group-by", "refresh", "apply", "chart"]
+    await tab.press("ArrowRight")
+    assert await tab.wait_for("!document.getElementById('tooltip').hidden")
+    await tab.press("Escape")
+    assert await tab.evaluate("document.getElementById('tooltip').hidden")
+
+    # Every control has a label a screen reader reads.
+    unlabelled = await tab.evaluate(
+        """[...document.querySelectorAll('input, select, button')].filter(e =>
+             !(e.labels && e.labels.length) && !e.textContent.trim() && !e.ariaLabel)
+           .map(e => e.id || e.outerHTML)"""
+    )
+    assert unlabelled == []
+    # The key is in this tab's sessionStorage, nowhere else: no cookie, no URL, no log line.
+    assert await tab.evaluate("sessionStorage.getItem('statsd-gateway.api-key')") == KEY
+    assert await tab.evaluate("[localStorage.length, document.cookie]") == [0, ""]
+    assert not [u for u in tab.requests if KEY in u]
+    assert KEY not in caplog.text
+    assert tab.requests  # (the page did call the API)
+
+    await tab.evaluate("document.getElementById('forget-key').click()")
+    await tab.wait_for("!document.getElementById('key-form').hidden")
+    assert await tab.evaluate("sessionStorage.length") == 0
+    assert tab.console_errors == []
+
+
+async def test_auto_refresh_shows_new_points(served: tuple[str, Api], browser: Browser) -> None:
+    base, api = served
+    tab = await open_page(browser, base, "#name=jobs.done&agg=sum&since=-15m&refresh=10s")
+    await enter_key(tab)
+    await tab.wait_for("document.querySelectorAll('#chart circle').length > 0")
+    before = await drawn_points(tab)
+    assert T0 not in [t for t, _ in before["jobs.done"]]
+    status, _ = await api.report({"name": "jobs.done", "type": "counter", "value": 9})  # now
+    assert status == 200
+    # The browser's clock, not the test's, runs the 10 s: virtual time, run as fast as it goes.
+    queries = len([u for u in tab.requests if "/v1/metrics/query" in u])
+    await tab.send("Emulation.setVirtualTimePolicy", policy="advance", budget=11_000)
+    await tab.wait_for(f"document.querySelectorAll('#chart circle[data-t=\"{int(T0)}\"]').length")
+    assert len([u for u in tab.requests if "/v1/metrics/query" in u]) == queries + 1
+    after = await drawn_points(tab)
+    assert after["jobs.done"] == [*before["jobs.done"], (T0, 9.0)]
+    assert tab.console_errors == []
+
+
+def _luminance(rgb: list[float]) -> float:
+    def channel(c: float) -> float:
+        c /= 255
+        return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
+
+    r, g, b = (channel(c) for c in rgb[:3])
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
+async def test_phone_width_and_readable_contrast(served: tuple[str, Api], browser: Browser) -> None:
+    base, _ = served
+    tab = await open_page(
+        browser, base, "#name=api.latency&agg=p90&group_by=host", width=390, height=844, mobile=True
+    )
+    await enter_key(tab)
+    await tab.wait_for("document.querySelectorAll('#chart g.series').length === 2")
+    assert await tab.evaluate("document.documentElement.scrollWidth") <= 390  # no sideways scroll
+    await tab.screenshot(ARTIFACTS / "chart-phone-390.png")
+    # Text colour against the background it is drawn on (the first opaque one up the tree).
+    pairs = await tab.evaluate(
+        """(() => {
+          const rgb = (s) => s.match(/[\\d.]+/g).map(Number);
+          const background = (e) => {
+            for (; e; e = e.parentElement) {
+              const c = rgb(getComputedStyle(e).backgroundColor);
+              if (c.length < 4 || c[3] > 0) return c;
+            }
+            return [255, 255, 255];
+          };
+          const texts = 'h1, h2, label, button, #summary, .legend li, .type, .axis text';
+          return [...document.querySelectorAll(texts)]
+            .filter(e => e.getClientRects().length)
+            .map(e => [e.tagName + '#' + e.id + ' ' + e.textContent.slice(0, 20),
+                       rgb(getComputedStyle(e)[e.tagName === 'text' ? 'fill' : 'color']),
+                       background(e)]);
+        })()"""
+    )
+    assert len(pairs) > 10
+    for what, fg, bg in pairs:
+        lighter, darker = sorted((_luminance(fg), _luminance(bg)), reverse=True)
+        assert (lighter + 0.05) / (darker + 0.05) >= 4.5, (what, fg, bg)
+    assert tab.console_errors == []
