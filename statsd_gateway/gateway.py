@@ -90,6 +90,7 @@ class Gateway:
         self.max_body_bytes = config.http.max_body_bytes
         self.max_batch_points = config.http.max_batch_points
         self.max_query_points = config.query.max_points
+        self.tiers = tuple((float(t.resolution), float(t.retention)) for t in config.storage.tiers)
         self.keyring = KeyRing(())
         self.udp: UdpListener | NativeUdpListener | None = None
         self.udp_address: tuple[str, int] | None = None

@@ -181,7 +181,9 @@ class Browser:
         self.waiters.append((method, session, future))
         return future
 
-    async def new_tab(self, width: int, height: int, *, mobile: bool = False) -> Tab:
+    async def new_tab(
+        self, width: int, height: int, *, mobile: bool = False, timezone: str = "UTC"
+    ) -> Tab:
         target = await self.send("Target.createTarget", {"url": "about:blank"})
         attached = await self.send(
             "Target.attachToTarget", {"targetId": target["targetId"], "flatten": True}
@@ -189,7 +191,7 @@ class Browser:
         tab = self.tabs[attached["sessionId"]] = Tab(self, attached["sessionId"])
         for domain in ("Page", "Runtime", "Network", "Log"):
             await tab.send(f"{domain}.enable")
-        await tab.send("Emulation.setTimezoneOverride", timezoneId="UTC")
+        await tab.send("Emulation.setTimezoneOverride", timezoneId=timezone)
         await tab.send(
             "Emulation.setDeviceMetricsOverride",
             width=width,

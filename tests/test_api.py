@@ -742,7 +742,11 @@ async def test_list_metrics(api: Api) -> None:
                 "aggregations": ["count", "sum", "avg", "min", "max", "rate"],
             },
         ],
-        "resolutions": [10.0, 60.0, 3600.0],
+        "tiers": [
+            {"resolution": 10.0, "retention": 21600.0},
+            {"resolution": 60.0, "retention": 604800.0},
+            {"resolution": 3600.0, "retention": 34560000.0},
+        ],
     }
     status, body = await api.request("GET", "/v1/metrics", key=READ_ONLY_KEY)
     assert status == 200 and len(body["metrics"]) == 2, body

@@ -92,6 +92,8 @@ async def drawn_points(tab: Tab) -> dict[str, list[tuple[float, float]]]:
     circles = [c for _, cs in series for c in cs]
     first, last = min(circles), max(circles)  # by time
     low, high = min(circles, key=lambda c: c[1]), max(circles, key=lambda c: c[1])
+    if first[0] == last[0] or low[1] == high[1]:
+        return {label: [(t, v) for t, v, _, _ in cs] for label, cs in series}  # a single point
     assert last[2] > first[2] and high[3] < low[3]
     for t, v, x, y in circles:
         at_x = first[2] + (t - first[0]) / (last[0] - first[0]) * (last[2] - first[2])
@@ -174,7 +176,7 @@ async def test_assets_are_small_cached_and_local(served: tuple[str, Api]) -> Non
     assert sum(len(a.body) for a in assets.values()) < 300_000
     async with ClientSession() as http:
         async with http.get(base + "/ui") as r:
-            assert r.status == 200 and r.content_type == "text/html"
+            assert r.status == 200 and r.headers["Content-Type"] == "text/html; charset=utf-8"
             html = await r.text()
             assert r.headers["Cache-Control"] == "no-cache"
             assert "connect-src 'self'" in r.headers["Content-Security-Policy"]
@@ -182,9 +184,9 @@ async def test_assets_are_small_cached_and_local(served: tuple[str, Api]) -> Non
         async with http.get(base + "/ui", headers={"If-None-Match": etag}) as r:
             assert r.status == 304
         for name in ("page.js", "page.css"):
-            path = f"/ui/{name}?v={assets[name].etag}"
-            assert path in html
-            async with http.get(base + path) as r:
+            path = f"ui/{name}?v={assets[name].etag}"
+            assert f'"{path}"' in html
+            async with http.get(f"{base}/{path}") as r:
                 assert r.status == 200
                 assert r.headers["Cache-Control"] == "public, max-age=31536000, immutable"
                 assert await r.read() == assets[name].body
@@ -229,7 +231,8 @@ async def test_a_shared_link_with_group_by_and_a_custom_range_reloads_the_same_c
     base, api = served
     since, until = int(T0 - 1800), int(T0 - 600)
     fragment = f"#name=api.latency&agg=avg&since={since}&until={until}&window=5m&group_by=host"
-    tab = await open_page(browser, base, fragment)
+    # In New York (UTC-5 in November): the range's fields show local time, and read it back.
+    tab = await open_page(browser, base, fragment, timezone="America/New_York")
     await enter_key(tab)
     await tab.wait_for("document.querySelectorAll('#chart g.series').length === 2")
     query = last_query(tab)
@@ -250,7 +253,16 @@ async def test_a_shared_link_with_group_by_and_a_custom_range_reloads_the_same_c
         "['range', 'since', 'until', 'window', 'group-by']"
         ".map(i => document.getElementById(i).value)"
     )
-    assert controls == ["custom", "2025-11-26T15:30", "2025-11-26T15:50", "5m", "host"]
+    assert controls == ["custom", "2025-11-26T10:30", "2025-11-26T10:50", "5m", "host"]
+    await tab.evaluate("document.getElementById('agg').focus()")
+    await tab.press("ArrowDown")  # avg → sum: the range is sent as it was
+    await tab.wait_for("location.hash.includes('agg=sum')")
+    await tab.wait_for("document.getElementById('summary').textContent.startsWith('sum of')")
+    assert last_query(tab) == {**query, "agg": "sum"}
+    await tab.evaluate("document.getElementById('agg').focus()")
+    await tab.press("ArrowUp")
+    await tab.wait_for("location.hash.includes('agg=avg')")
+    await tab.wait_for("document.getElementById('summary').textContent.startsWith('avg of')")
 
     # A reload keeps the key (this tab's sessionStorage) and draws the same chart.
     await tab.reload()
@@ -436,3 +448,44 @@ async def test_phone_width_and_readable_contrast(served: tuple[str, Api], browse
         lighter, darker = sorted((_luminance(fg), _luminance(bg)), reverse=True)
         assert (lighter + 0.05) / (darker + 0.05) >= 4.5, (what, fg, bg)
     assert tab.console_errors == []
+
+
+async def test_a_relative_range_from_a_link_stays_relative_and_html_in_tags_stays_text(
+    served: tuple[str, Api], browser: Browser
+) -> None:
+    base, api = served
+    odd = "<img src=x onerror=alert(1)>"
+    status, _ = await api.batch(
+        [
+            {
+                "name": "odd.tags",
+                "type": "counter",
+                "value": 2,
+                "tags": {"team": odd},
+                "timestamp": T0 - 600,
+            }
+        ]
+    )
+    assert status == 200
+    tab = await open_page(browser, base, "#name=odd.tags&agg=sum&since=-2h&until=-1m&group_by=team")
+    await enter_key(tab)
+    await tab.wait_for("document.querySelectorAll('#chart circle').length > 0")
+    assert await tab.evaluate("document.getElementById('range').value") == "custom"
+    assert await tab.evaluate("document.getElementById('legend').innerText") == f"team={odd}"
+    assert await tab.evaluate("document.querySelectorAll('img').length") == 0
+    await tab.evaluate("document.getElementById('agg').focus()")
+    await tab.press("ArrowDown")  # sum → count: the range is still the link's
+    await tab.wait_for("location.hash.includes('agg=count')")
+    await tab.wait_for("document.getElementById('summary').textContent.startsWith('count of')")
+    query = last_query(tab)
+    assert (query["since"], query["until"], query["agg"]) == ("-2h", "-1m", "count")
+    assert await drawn_points(tab) == await api_points(api, query)
+
+    # Another link in the same tab: a metric that does not exist, in the API's words.
+    await tab.evaluate("location.hash = '#name=no.such&agg=sum'")
+    shown = await tab.wait_for(
+        "!document.getElementById('error').hidden && document.getElementById('error').textContent"
+    )
+    status, body = await api.query(name="no.such", agg="sum")
+    assert status == 404 and shown == body["error"]["message"]
+    assert [e.split("status of ")[1] for e in tab.console_errors] == ["404 (Not Found)"]

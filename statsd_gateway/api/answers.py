@@ -71,14 +71,21 @@ class MetricInfo(msgspec.Struct):
     ]
 
 
+class TierInfo(msgspec.Struct):
+    """A storage tier: buckets of `resolution` seconds, kept `retention` seconds."""
+
+    resolution: Annotated[float, Meta(gt=0)]
+    retention: Annotated[float, Meta(gt=0)]
+
+
 class MetricsAnswer(msgspec.Struct):
     ok: bool
     metrics: list[MetricInfo]
-    resolutions: Annotated[
-        list[float],
+    tiers: Annotated[
+        list[TierInfo],
         Meta(
-            description="the storage tiers' resolutions in seconds, finest first: a query's "
-            "window is a multiple of the first"
+            description="the storage tiers, finest first: a query's window is a multiple of "
+            "the first, and only a tier keeping `since` answers a window of its resolution"
         ),
     ]
 

@@ -57,6 +57,7 @@ class GatewayServices(Protocol):
     max_body_bytes: int
     max_batch_points: int
     max_query_points: int
+    tiers: tuple[tuple[float, float], ...]  # (resolution, retention) of each, finest first
 
     def now(self) -> float: ...
 
@@ -287,7 +288,7 @@ async def list_metrics(request: web.Request) -> web.Response:
             "ok": True,
             "metrics": svc.catalog.metrics_of(principal.tenant, match),
             # What a window may be (a multiple of the finest), for a client choosing one.
-            "resolutions": list(svc.query_engine.store.resolutions),
+            "tiers": [{"resolution": r, "retention": k} for r, k in svc.tiers],
         }
     )
 

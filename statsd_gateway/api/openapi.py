@@ -27,6 +27,7 @@ _STRUCTS: list[type[msgspec.Struct]] = [
     shapes.Ok,
     answers.QueryAnswer,
     answers.SketchAnswer,
+    answers.TierInfo,
     answers.MetricsAnswer,
     answers.TagsAnswer,
     answers.DeletedAnswer,
@@ -294,9 +295,12 @@ def _paths() -> dict[str, Any]:
             "Store writable, flushes succeeding, listeners bound",
             {"200": _answer("ready", "Ok"), "503": _error("UNAVAILABLE")},
         ),
-        "/ui": _public("The chart page (it asks for an API key)", {"200": _html("the page")}),
+        "/ui": _public(
+            "The chart page (it asks for an API key)",
+            {"200": _html("the page"), "304": {"description": "not modified (If-None-Match)"}},
+        ),
         "/ui/": _public(
-            "The chart page's old address", {"308": {"description": "redirect to /ui"}}
+            "The chart page with a trailing slash", {"308": {"description": "redirect to /ui"}}
         ),
         "/ui/{asset}": {
             "get": {
@@ -319,6 +323,7 @@ def _paths() -> dict[str, Any]:
                             "text/css": {"schema": {"type": "string"}},
                         },
                     },
+                    "304": {"description": "not modified (If-None-Match)"},
                     "404": _error("NOT_FOUND"),
                 },
             }

@@ -3,7 +3,7 @@
 The page holds no data, so its routes are public: it asks the person for an API key and calls the
 JSON API with it from the browser. Every asset is package data (page_assets/), read once when the
 app is built; nothing is fetched from another host, and the Content-Security-Policy says so to the
-browser too. The HTML names each asset with a hash of its content (`page.js?v=<hash>`), so the
+browser too. The HTML names each asset with a hash of its content (`ui/page.js?v=<hash>`), so the
 assets can be cached for a year while the HTML is revalidated on every load (its ETag).
 """
 
@@ -50,7 +50,8 @@ def load_assets() -> dict[str, Asset]:
     assets = {name: _asset(name, folder.joinpath(name).read_bytes()) for name in ASSETS}
     html = folder.joinpath("index.html").read_text("utf-8")
     for name, asset in assets.items():
-        html = html.replace("{{" + name + "}}", f"/ui/{name}?v={asset.etag}")
+        # Relative, as the page's API calls are: a proxy may serve the daemon under a prefix.
+        html = html.replace("{{" + name + "}}", f"ui/{name}?v={asset.etag}")
     assets["index.html"] = _asset("index.html", html.encode())
     return assets
 
@@ -59,7 +60,9 @@ def _serve(request: web.Request, asset: Asset, cache: str) -> web.StreamResponse
     headers = {**_SECURITY_HEADERS, "Cache-Control": cache, "ETag": f'"{asset.etag}"'}
     if request.headers.get("If-None-Match") == f'"{asset.etag}"':
         return web.Response(status=304, headers=headers)
-    return web.Response(body=asset.body, content_type=asset.content_type, headers=headers)
+    return web.Response(
+        body=asset.body, content_type=asset.content_type, charset="utf-8", headers=headers
+    )
 
 
 async def page(request: web.Request) -> web.StreamResponse:

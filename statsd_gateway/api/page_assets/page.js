@@ -20,10 +20,12 @@
   const $ = (id) => document.getElementById(id);
   let key = sessionStorage.getItem(KEY_STORE) || "";
   let metrics = [];
-  let resolutions = [10];
+  let tiers = [{ resolution: 10, retention: 21600 }];
   let state = {};
   let timer = 0;
-  let queryNumber = 0;
+  let queryNumber = 0; // the latest query, list and tag request; an older answer is dropped
+  let tagNumber = 0;
+  let shownRange = null; // the custom range's fields as applyState filled them, and its state
   let drawn = null; // {times, series, x, y, width} of the chart on screen, for the cursor
 
   // -- the URL fragment --------------------------------------------------------------------
@@ -87,15 +89,17 @@
     $("key-held").hidden = false;
     let body;
     try {
-      body = await api("/v1/metrics");
+      body = await api("v1/metrics");
     } catch (e) {
       showError(e.message);
       if (e.status === 401 || e.status === 403) { forgetKey(); return; }
+      askForKey(); // another failure (the daemon down, a 503): "Use key" tries again
+      $("api-key").value = key;
       return;
     }
     showError("");
     metrics = body.metrics;
-    resolutions = body.resolutions && body.resolutions.length ? body.resolutions : [10];
+    if (body.tiers && body.tiers.length) tiers = body.tiers;
     $("main").hidden = false;
     fillWindows();
     listMetrics();
@@ -108,6 +112,12 @@
     key = "";
     sessionStorage.removeItem(KEY_STORE);
     clearTimeout(timer);
+    queryNumber++;
+    tagNumber++;
+    metrics = [];
+    drawn = null;
+    for (const id of ["metric-list", "chart", "legend", "tag-values", "tag-keys"]) $(id).replaceChildren();
+    $("summary").textContent = "";
     askForKey();
   }
 
@@ -143,14 +153,18 @@
 
   async function selectMetric(name, chosen) {
     const metric = metrics.find((m) => m.name === name);
-    if (!metric) { showError("no metric named " + JSON.stringify(name)); return; }
     state.name = name;
+    $("chart-title").textContent = name;
+    if (!metric) { await runQuery(); return; } // the API says what is wrong with the name
     const aggs = aggregationsOf(metric);
+    // A quantile from a link (p95, p99.9) is kept where the type has quantiles.
+    if (/^p\d+(\.\d+)?$/.test(state.agg || "") && !aggs.includes(state.agg) && metric.aggregations.includes("pNN")) {
+      aggs.splice(aggs.indexOf("p99") + 1, 0, state.agg);
+    }
     if (!aggs.includes(state.agg)) state.agg = FIRST_CHOICE.find((a) => aggs.includes(a)) || aggs[0];
     const select = $("agg");
     select.replaceChildren(...aggs.map((a) => new Option(a, a)));
     select.value = state.agg;
-    $("chart-title").textContent = name;
     fillTagLists(metric);
     listMetrics();
     if (chosen) select.focus();
@@ -158,12 +172,14 @@
   }
 
   async function fillTagLists(metric) {
+    const number = ++tagNumber;
     $("tag-keys").replaceChildren(...metric.tag_keys.map((k) => new Option(k)));
+    let values = [];
     try {
-      const body = await api("/v1/metrics/tags", { name: metric.name, limit: "50" });
-      const values = body.tags.flatMap((t) => t.values.map((v) => new Option(t.key + ":" + v.value)));
-      $("tag-values").replaceChildren(...values);
-    } catch (e) { $("tag-values").replaceChildren(); }
+      const body = await api("v1/metrics/tags", { name: metric.name, limit: "50" });
+      values = body.tags.flatMap((t) => t.values.map((v) => new Option(t.key + ":" + v.value)));
+    } catch (e) { /* suggestions only: the chart's query reports what is wrong */ }
+    if (number === tagNumber) $("tag-values").replaceChildren(...values);
   }
 
   // -- the controls ------------------------------------------------------------------------
@@ -178,7 +194,7 @@
   const isMultiple = (w, r) => Math.abs(w / r - Math.round(w / r)) < 1e-9;
 
   function fillWindows() {
-    const finest = resolutions[0];
+    const finest = tiers[0].resolution;
     const choices = [...new Set([finest, ...PICKABLE.filter((w) => w >= finest && isMultiple(w, finest))])];
     const select = $("window");
     select.replaceChildren(new Option("Auto", "auto"), ...choices.map((w) => new Option(windowText(w), windowText(w))));
@@ -190,8 +206,19 @@
     return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}T${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
   }
 
+  const UNIT = { ms: 0.001, s: 1, m: 60, h: 3600, d: 86400 };
+  function durationSeconds(text) {
+    const m = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$/.exec(text || "");
+    return m ? Number(m[1]) * UNIT[m[2] || "s"] : null;
+  }
+
   function fromStateTime(text) {
     if (/^\d+(\.\d+)?$/.test(text)) return Number(text);
+    if (text === "now") return Date.now() / 1000;
+    if (text.startsWith("-")) {
+      const back = durationSeconds(text.slice(1));
+      return back === null ? null : Date.now() / 1000 - back;
+    }
     const ms = Date.parse(text);
     return Number.isNaN(ms) ? null : ms / 1000;
   }
@@ -207,8 +234,11 @@
       range.value = "custom";
       const since = fromStateTime(state.since);
       const until = state.until ? fromStateTime(state.until) : Date.now() / 1000;
-      if (since !== null) $("since").value = toLocalInput(since);
-      if (until !== null) $("until").value = toLocalInput(until);
+      $("since").value = since === null ? "" : toLocalInput(since);
+      $("until").value = until === null ? "" : toLocalInput(until);
+      // What the fields show stands for the state's own since/until ("-2h", no until) until
+      // someone edits them: readControls keeps those then.
+      shownRange = [$("since").value, $("until").value, state.since, state.until];
     }
     for (const f of document.querySelectorAll(".field.custom")) f.hidden = range.value !== "custom";
     const win = $("window");
@@ -224,11 +254,14 @@
     state.agg = $("agg").value;
     const range = $("range").value;
     for (const f of document.querySelectorAll(".field.custom")) f.hidden = range !== "custom";
-    if (range === "custom") {
+    if (range === "custom" && shownRange && $("since").value === shownRange[0] && $("until").value === shownRange[1]) {
+      [, , state.since, state.until] = shownRange;
+    } else if (range === "custom") {
       if (!$("since").value) $("since").value = toLocalInput(Date.now() / 1000 - 3600);
       if (!$("until").value) $("until").value = toLocalInput(Date.now() / 1000);
       state.since = String(Math.floor(new Date($("since").value).getTime() / 1000));
       state.until = String(Math.ceil(new Date($("until").value).getTime() / 1000));
+      shownRange = [$("since").value, $("until").value, state.since, state.until];
     } else {
       state.since = range;
       state.until = "";
@@ -241,21 +274,31 @@
 
   function rangeSeconds() {
     if (state.since in PRESETS && !state.until) return PRESETS[state.since];
-    const m = /^-(\d+(?:\.\d+)?)(s|m|h|d)$/.exec(state.since);
-    if (m && !state.until) return Number(m[1]) * { s: 1, m: 60, h: 3600, d: 86400 }[m[2]];
     const since = fromStateTime(state.since);
     const until = state.until ? fromStateTime(state.until) : Date.now() / 1000;
     return since !== null && until !== null && until > since ? until - since : 3600;
   }
 
   function autoWindow() {
-    const finest = resolutions[0];
+    // The finest tier that still keeps the range's start answers a window of its resolution.
+    const since = fromStateTime(state.since);
+    const age = since === null ? 0 : Date.now() / 1000 - since;
+    const tier = tiers.find((t) => t.retention >= age) || tiers[tiers.length - 1];
+    const finest = tier.resolution;
     const wanted = rangeSeconds() / AUTO_POINTS;
     const w = WINDOWS.find((s) => s >= wanted && isMultiple(s, finest));
     return windowText(w || Math.ceil(wanted / finest) * finest);
   }
 
   // -- the query ---------------------------------------------------------------------------
+
+  async function refresh() {
+    try {
+      metrics = (await api("v1/metrics")).metrics; // a metric new since the last load shows up
+      listMetrics();
+    } catch (e) { /* the query below reports it */ }
+    await runQuery();
+  }
 
   async function runQuery() {
     clearTimeout(timer);
@@ -268,7 +311,7 @@
     if (state.tags) params.tags = state.tags;
     if (state.group_by) params.group_by = state.group_by;
     try {
-      const answer = await api("/v1/metrics/query", params);
+      const answer = await api("v1/metrics/query", params);
       if (number !== queryNumber) return; // a later query was sent meanwhile
       showError("");
       draw(answer);
@@ -277,7 +320,7 @@
       showError(e.message);
       if (e.status === 401) forgetKey();
     }
-    if (REFRESH[state.refresh] && number === queryNumber) timer = setTimeout(runQuery, REFRESH[state.refresh]);
+    if (REFRESH[state.refresh] && number === queryNumber) timer = setTimeout(refresh, REFRESH[state.refresh]);
   }
 
   // -- the chart ---------------------------------------------------------------------------
@@ -325,7 +368,8 @@
     const height = width < 600 ? 240 : 320;
     const m = { left: 60, right: 24, top: 12, bottom: 28 };
     const values = series.flatMap((s) => s.points.map((p) => p.value));
-    let lo = Math.min(0, ...values), hi = Math.max(0, ...values);
+    let lo = 0, hi = 0; // (a loop: spreading 100,000 values into Math.min overflows the stack)
+    for (const v of values) { if (v < lo) lo = v; if (v > hi) hi = v; }
     if (lo === hi) hi = lo + 1;
     const step = niceStep(hi - lo, 5);
     lo = Math.floor(lo / step) * step;
@@ -350,7 +394,8 @@
       axis.append(label);
     }
     svg.append(axis);
-    const bucket = answer.window ? parseFloat(answer.window) * { s: 1, m: 60, h: 3600, d: 86400 }[answer.window.slice(-1)] : 0;
+    const bucket = durationSeconds(answer.window) || 0;
+    const dots = values.length <= 3000; // past that, lines only: a circle each would crawl
     series.forEach((s, i) => {
       let d = "";
       let last = null;
@@ -361,7 +406,7 @@
       }
       const g = el("g", { class: "series", "data-series": i, "data-label": s.label });
       g.append(el("path", { d: d || "M0 0", fill: "none", stroke: s.color, "stroke-width": 2 }));
-      for (const p of s.points) {
+      for (const p of dots ? s.points : []) {
         g.append(el("circle", { cx: x(p.timestamp), cy: y(p.value), r: s.points.length > 150 ? 1.5 : 2.5, fill: s.color, "data-t": p.timestamp, "data-v": p.value }));
       }
       svg.append(g);
@@ -461,6 +506,8 @@
       if (e.key === "Escape") hideCursor();
     });
     window.addEventListener("hashchange", () => {
+      clearTimeout(timer); // the old view's refresh ends with it
+      queryNumber++;
       readFragment();
       applyState();
       if (state.name && metrics.length) selectMetric(state.name, false);
