@@ -305,7 +305,8 @@
     if (!state.name || !key) return;
     writeFragment();
     const number = ++queryNumber;
-    const params = { name: state.name, agg: state.agg, since: state.since };
+    const params = { name: state.name, since: state.since };
+    if (state.agg) params.agg = state.agg; // (absent for a link to no known metric: the API says)
     if (state.until) params.until = state.until;
     params.window = state.window === "auto" ? autoWindow() : state.window;
     if (state.tags) params.tags = state.tags;
