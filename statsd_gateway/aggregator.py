@@ -241,26 +241,32 @@ class IntervalAggregator:
         sids: list[int] = []
         rejects: list[tuple[int, str]] = []
         new: list[SeriesKey] = []
-        ids = self.registry.ids_of(tenant)
-        admit, max_series = self.registry.admit, self.max_series_per_tenant
         for i, sample in enumerate(samples):
-            name, tags, mtype, ts = sample.name, sample.tags, sample.type, sample.timestamp
-            if ts is not None and ts > now + FUTURE_MAX_SECONDS:
-                rejects.append((i, TIMESTAMP_IN_FUTURE))
+            answer = self.admit_one(tenant, sample, now)
+            if isinstance(answer, str):
+                rejects.append((i, answer))
                 continue
-            if ts is not None and ts < now - self.max_backdate:
-                rejects.append((i, TIMESTAMP_TOO_OLD))
-                continue
-            fresh = (name, tags) not in ids
-            admitted = admit(tenant, name, tags, mtype, max_series)
-            if isinstance(admitted, str):
-                rejects.append((i, admitted))
-                continue
+            sid, fresh = answer
             if fresh:
-                new.append((tenant, name, tags))
+                new.append((tenant, sample.name, sample.tags))
             accepted.append(sample)
-            sids.append(admitted)
+            sids.append(sid)
         return accepted, sids, rejects, new
+
+    def admit_one(self, tenant: str, sample: Sample, now: float) -> tuple[int, bool] | str:
+        """admit() of one sample: (its series id, whether this call registered the series), or
+        the reason it is refused."""
+        ts = sample.timestamp
+        if ts is not None and ts > now + FUTURE_MAX_SECONDS:
+            return TIMESTAMP_IN_FUTURE
+        if ts is not None and ts < now - self.max_backdate:
+            return TIMESTAMP_TOO_OLD
+        name, tags = sample.name, sample.tags
+        fresh = (name, tags) not in self.registry.ids_of(tenant)
+        admitted = self.registry.admit(tenant, name, tags, sample.type, self.max_series_per_tenant)
+        if isinstance(admitted, str):
+            return admitted
+        return admitted, fresh
 
     def add_admitted(
         self, tenant: str, samples: list[Sample], seq: int, now: float

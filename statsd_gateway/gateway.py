@@ -20,6 +20,7 @@ from statsd_gateway import native
 from statsd_gateway.aggregator import IntervalAggregator
 from statsd_gateway.api.app import create_app
 from statsd_gateway.api.auth import KeyRing
+from statsd_gateway.api.shapes import MetricPoint
 from statsd_gateway.backpressure import MemoryBound
 from statsd_gateway.catalog import MetricCatalog
 from statsd_gateway.config import Config, StorageConfig
@@ -144,6 +145,7 @@ class Gateway:
                 gauge_delta=cfg.statsd.gauge_sign == "delta",
                 # The system's clock is read by the core itself, without the GIL.
                 clock=None if self.clock is time.time else self.clock,
+                point_type=MetricPoint,
             )
         self.aggregator.restore_gauges(stored.gauges)
         self.idempotency = IdempotencyLedger(

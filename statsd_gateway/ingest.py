@@ -9,10 +9,12 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from statsd_gateway.aggregator import IntervalAggregator
+from statsd_gateway.errors import GatewayError
 from statsd_gateway.model import Sample, SeriesKey
 from statsd_gateway.protocol import StatsdParser
 from statsd_gateway.telemetry import Telemetry
@@ -21,7 +23,7 @@ from statsd_gateway.write_holds import WriteHolds
 
 if TYPE_CHECKING:
     from statsd_gateway.backpressure import MemoryBound
-    from statsd_gateway.native import NativeLive
+    from statsd_gateway.native import NativeLive, ResolvedPoints
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,14 @@ class LoggedBody:
     admitted: list[Sample] | None = None
     received: float = 0.0  # the receive time they were admitted at (and are added as of)
     new_series: list[SeriesKey] = field(default_factory=list)
+    # Points judged by the native core (Ingest.points): what it packed, how many it accepted,
+    # how to read the points again from the body and judge them anew (a series was forgotten,
+    # or the interval swapped, before the commit), and the registry's forget count then.
+    resolved: ResolvedPoints | None = None
+    accepted: int = 0
+    reread: Callable[[], list[Any]] | None = None
+    to_sample: Callable[[Any], Sample] | None = None
+    forgets: int = 0
 
 
 class Ingest:
@@ -179,6 +189,90 @@ class Ingest:
             self.holds.take(seq)
         return rejects
 
+    def points(
+        self,
+        tenant: str,
+        points: list[Any],
+        to_sample: Callable[[Any], Sample],
+        transport: str,
+        *,
+        logged: LoggedBody | None = None,
+        reread: Callable[[], list[Any]] | None = None,
+    ) -> tuple[list[tuple[int, GatewayError]], list[tuple[int, str]]]:
+        """Typed points of a batch: `to_sample(point)` is its sample, or raises the GatewayError
+        that names its field. Returns the invalid points (index, error) and those the aggregator
+        refused (index, reason), counted here; the rest are applied as samples() applies them
+        (with `logged`, once Ingest.commit() says the log holds the body; `reread()` then gives
+        the points again from the body, should they have to be judged anew: nothing here keeps
+        `points`, so that the caller frees them while they are still in the CPU's caches).
+
+        With the native core, the points go there in one call: the points of series it has
+        admitted before are judged and packed in C, every other one by `to_sample` and the
+        aggregator's checks, in the batch's order, so the answer is the reference's."""
+        native = self.native
+        invalid: list[tuple[int, GatewayError]] = []
+        if native is None:
+            samples: list[Sample] = []
+            positions: list[int] = []
+            for i, point in enumerate(points):
+                try:
+                    samples.append(to_sample(point))
+                    positions.append(i)
+                except GatewayError as e:
+                    self.telemetry.reject(transport, "invalid_point")
+                    invalid.append((i, e))
+            if logged is not None:
+                logged.positions = positions
+            rejects = self.samples(tenant, samples, transport, logged=logged)
+            return invalid, [(positions[j], reason) for j, reason in rejects]
+        refused: list[tuple[int, str]] = []
+        new_series: list[SeriesKey] = []
+        agg = self.aggregator
+        seq, now, forgets = agg.next_seq, agg.clock(), agg.registry.forgets
+
+        def judge(i: int, point: Any) -> tuple[int, Sample] | None:
+            try:
+                sample = to_sample(point)
+            except GatewayError as e:
+                invalid.append((i, e))
+                return None
+            answer = agg.admit_one(tenant, sample, now)
+            if isinstance(answer, str):
+                refused.append((i, answer))
+                return None
+            sid, fresh = answer
+            if fresh:
+                new_series.append((tenant, sample.name, sample.tags))
+            return sid, sample
+
+        resolved = native.resolve_points(tenant, points, now, judge)
+        for _ in invalid:
+            self.telemetry.reject(transport, "invalid_point")
+        accepted = len(points) - len(invalid) - len(refused)
+        if self.wal is None or logged is None:
+            if accepted:
+                native.apply_points(resolved, now)
+            self._count(transport, accepted, refused)
+            return invalid, refused
+        self._count(transport, 0, refused)
+        if accepted:
+            dropped = {i for i, _ in invalid}.union(i for i, _ in refused)
+            keep = [i for i in range(len(points)) if i not in dropped] if dropped else None
+            logged.seq = seq
+            logged.header = {
+                "k": "body",
+                "form": logged.form,
+                "tenant": tenant,
+                "now": now,
+                "keep": keep,
+            }
+            logged.tenant, logged.received, logged.new_series = tenant, now, new_series
+            logged.resolved, logged.accepted, logged.forgets = resolved, accepted, forgets
+            logged.reread, logged.to_sample = reread, to_sample
+            logged.positions = keep if keep is not None else []
+            self.holds.take(seq)
+        return invalid, refused
+
     def _count(self, transport: str, accepted: int, rejects: list[tuple[int, str]]) -> None:
         self.telemetry.accepted[transport] += accepted
         for _, reason in rejects:
@@ -186,6 +280,9 @@ class Ingest:
 
     def commit(self, logged: LoggedBody, transport: str = "http") -> None:
         """The log entry is on disk: applies exactly what it holds, into the seq it names."""
+        if logged.resolved is not None and logged.seq is not None:
+            self._commit_resolved(logged, transport)
+            return
         if logged.admitted is None or logged.seq is None:
             return
         samples, logged.admitted = logged.admitted, None
@@ -199,12 +296,37 @@ class Ingest:
             log.error("a logged HTTP point was not applied (%s): %.200r", reason, samples[i].name)
         self._count(transport, len(samples) - len(late), late)
 
+    def _commit_resolved(self, logged: LoggedBody, transport: str) -> None:
+        """commit() of what the native core judged: added as packed when its seq is still the
+        live interval's and no series was forgotten since; otherwise the points it kept become
+        samples again and take the reference's path (add_admitted), which judges them anew."""
+        assert self.native is not None and logged.seq is not None
+        resolved, logged.resolved = logged.resolved, None
+        assert resolved is not None
+        agg = self.aggregator
+        try:
+            if logged.seq == agg.next_seq and agg.registry.forgets == logged.forgets:
+                self.native.apply_points(resolved, logged.received)
+                self._count(transport, logged.accepted, [])
+                return
+            assert logged.reread is not None and logged.to_sample is not None
+            to_sample, points = logged.to_sample, logged.reread()
+            everything = logged.header is None or logged.header["keep"] is None
+            kept = range(len(points)) if everything else logged.positions
+            samples = [to_sample(points[i]) for i in kept]
+            late = agg.add_admitted(logged.tenant, samples, logged.seq, logged.received)
+        finally:
+            self.holds.give_back(logged.seq)
+        for i, reason in late:
+            log.error("a logged HTTP point was not applied (%s): %.200r", reason, samples[i].name)
+        self._count(transport, len(samples) - len(late), late)
+
     def abandon(self, logged: LoggedBody) -> None:
         """The log entry could not be written: nothing of it is applied, and the series it
         reserved are released unless another write may have been judged against them."""
-        if logged.admitted is None or logged.seq is None:
+        if (logged.admitted is None and logged.resolved is None) or logged.seq is None:
             return
-        logged.admitted = None
+        logged.admitted = logged.resolved = None
         self.holds.give_back(logged.seq)
         if logged.new_series and not self.holds.any():
             in_memory = self.aggregator.keys_in_memory()

@@ -13,6 +13,11 @@ Contract:
   (type, name section, tag text): the name is cleaned and the series admitted exactly as the
   Python path does (StatsdParser.key_or_reason, SeriesRegistry.admit); the core caches the
   answer until a series is forgotten or the limits change (`forget()`).
+- HTTP points (`resolve_points()` then `apply_points()`): a batch's typed points are judged in
+  C against a cache of the points' keys (type, raw name, tags as sent) already admitted, and
+  handed one by one to a Python fallback (the reference's checks) for anything else: a new
+  key, a set, an ISO timestamp, a value or time out of range; the fallback caches what it
+  admits. What was accepted is packed, to be added to the live interval once it is logged.
 - The cores count by transport and reason; `sync_counts()` adds what they counted since the
   last call to the Telemetry counters (after every fed batch, and when a reader thread says it
   parsed one).
@@ -33,7 +38,7 @@ from typing import Any
 from statsd_gateway import protocol
 from statsd_gateway.accumulator import NativeEntry
 from statsd_gateway.aggregator import TIMESTAMP_IN_FUTURE, TIMESTAMP_TOO_OLD, IntervalAggregator
-from statsd_gateway.model import FUTURE_MAX_SECONDS, MetricType, Sample
+from statsd_gateway.model import FUTURE_MAX_SECONDS, VALUE_ABS_MAX, MetricType, Sample
 from statsd_gateway.protocol import StatsdParser
 from statsd_gateway.series_registry import CARDINALITY_LIMIT, TYPE_CONFLICT
 from statsd_gateway.telemetry import Telemetry
@@ -69,6 +74,9 @@ _CODES = {reason: code for code, reason in enumerate(REASONS) if reason}
 _TYPES = tuple(MetricType)
 _GAUGE = MetricType.GAUGE
 TRANSPORTS = ("udp", "tcp", "unixgram")
+# The most point keys cached per tenant (past it the cache starts again: a flood of new series
+# costs the fallback, never memory).
+POINT_KEYS_MAX = 100_000
 # The resolver's answer: (series id, current gauge value, its time), (0, …) for a valid name not
 # admitted yet, or (-reason code, …).
 Resolved = tuple[int, float, float]
@@ -111,6 +119,39 @@ def implementation() -> str:
     return f"pure Python (the native core is not built: {_import_error})"
 
 
+def point_key(point: Any) -> tuple[Any, ...]:
+    """The cache key resolve_points() builds for a MetricPoint: (type code, name, k1, v1, …),
+    the tags in the order they came."""
+    key: list[Any] = [_TYPE_CODES[point.type], point.name]
+    for item in point.tags.items():
+        key.extend(item)
+    return tuple(key)
+
+
+# A point the fallback accepted: (series id, type code, value, set member, rate, timestamp).
+PackedPoint = tuple[int, int, float, str | None, float, float | None]
+
+
+def packed_point(sid: int, sample: Sample) -> PackedPoint:
+    """An accepted sample as the fallback of resolve_points() answers it."""
+    if sample.type is MetricType.SET:
+        return sid, _TYPE_CODES[sample.type], 0.0, str(sample.value), 1.0, sample.timestamp
+    value = float(sample.value)
+    return sid, _TYPE_CODES[sample.type], value, None, sample.sample_rate, sample.timestamp
+
+
+_TYPE_CODES = {t: i for i, t in enumerate(_TYPES)}
+
+
+class ResolvedPoints:
+    """What resolve_points() accepted of a batch, packed, for apply_points()."""
+
+    __slots__ = ("gauges", "members", "packed")
+
+    def __init__(self, packed: bytes, members: list[str], gauges: set[int]) -> None:
+        self.packed, self.members, self.gauges = packed, members, gauges
+
+
 class NativeLive:
     """The native cores of one daemon, joined to its aggregator (see the module's contract)."""
 
@@ -123,6 +164,7 @@ class NativeLive:
         *,
         gauge_delta: bool,
         clock: Callable[[], float] | None,
+        point_type: type | None = None,
     ) -> None:
         self._module = module
         self.aggregator = aggregator
@@ -139,7 +181,10 @@ class NativeLive:
         aggregator.sink = self
         aggregator.registry.on_forget.append(self._forgotten)
         module.set_types(_TYPES)
+        if point_type is not None:  # the HTTP points' class: its fields are read from its slots
+            module.set_point_type(point_type)
         self._points: Any = None  # the core HTTP points go into (no resolver: admitted already)
+        self._point_keys: dict[str, dict[tuple[Any, ...], int]] = {}  # tenant -> key -> sid
 
     def new_core(self, tenant: str) -> Any:
         """A core whose new series are admitted for `tenant`."""
@@ -210,6 +255,60 @@ class NativeLive:
         """Every core forgets its cached answers (the limits they were judged by changed)."""
         for core in self.cores:
             core.forget()
+        self._point_keys.clear()
+
+    # ---- HTTP points
+
+    def point_keys(self, tenant: str) -> dict[tuple[Any, ...], int]:
+        """The tenant's cache of admitted point keys, for the fallback to add to (point_key)."""
+        keys = self._point_keys.get(tenant)
+        if keys is None or len(keys) >= POINT_KEYS_MAX:
+            keys = self._point_keys[tenant] = {}
+        return keys
+
+    def resolve_points(
+        self,
+        tenant: str,
+        points: list[Any],
+        now: float,
+        judge: Callable[[int, Any], tuple[int, Sample] | None],
+    ) -> ResolvedPoints:
+        """Judges a batch's MetricPoints received at `now` (see the module's contract);
+        `judge(i, point)` answers for a point the cache does not: the series id and sample it
+        accepted (cached here under the point's key), or None for a refusal it recorded."""
+        keys = self.point_keys(tenant)
+
+        def fallback(i: int, point: Any) -> PackedPoint | None:
+            answer = judge(i, point)
+            if answer is None:
+                return None
+            sid, sample = answer
+            # A set's point always takes this path; a point msgspec did not type (a dict of a
+            # batch that failed as a whole) is not one C reads.
+            if sample.type is not MetricType.SET and not isinstance(point, dict):
+                keys[point_key(point)] = sid
+            return packed_point(sid, sample)
+
+        packed, members, gauges = self._module.resolve_points(
+            points,
+            now,
+            keys,
+            fallback,
+            self.aggregator.max_backdate,
+            FUTURE_MAX_SECONDS,
+            VALUE_ABS_MAX,
+        )
+        return ResolvedPoints(packed, members, gauges)
+
+    def apply_points(self, resolved: ResolvedPoints, now: float) -> None:
+        """Adds what resolve_points() accepted to the live interval, as received at `now`."""
+        if self._points is None:
+            self._points = self.new_core("")
+        if resolved.gauges:  # the current value the Python side knows, where the cores have none
+            key_of, current = self.registry.key_of, self.aggregator.current_gauge
+            for sid in resolved.gauges:
+                self.gauges.seed(sid, *current(key_of(sid)))
+        self._points.apply_points(resolved.packed, resolved.members, now)
 
     def _forgotten(self, sids: list[int]) -> None:
         self.forget()

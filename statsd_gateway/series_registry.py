@@ -45,6 +45,9 @@ class SeriesRegistry:
         # (A list, and the key tuple shared with `types`: the index costs ~100 bytes a series.)
         self._by_metric: dict[tuple[str, str], list[Tags]] = {}
         self._next_id = 1
+        # How many forget() calls removed a series: an id judged before a change of it may be
+        # gone (the HTTP points a write-ahead log entry holds are judged again then).
+        self.forgets = 0
         # Called with the ids of the series forget() removed (the native core's caches).
         self.on_forget: list[Callable[[list[int]], None]] = []
         # Taken by every mutation; never held while waiting for anything else (the hooks run
@@ -130,6 +133,7 @@ class SeriesRegistry:
         with self._lock:
             ids = self._forget(keys)
         if ids:
+            self.forgets += 1
             for hook in self.on_forget:
                 hook(ids)
 

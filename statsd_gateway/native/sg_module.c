@@ -10,6 +10,7 @@
 #define PY_SSIZE_T_CLEAN
 #define _GNU_SOURCE
 #include <Python.h>
+#include <structmember.h>
 #include <errno.h>
 #include <math.h>
 #include <poll.h>
@@ -378,6 +379,257 @@ static PyObject *Core_add(CoreObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* ---- HTTP points: resolve_points() judges a batch's typed points, apply_points() adds them */
+
+/* One point resolve_points() accepted, packed for apply_points(). */
+typedef struct {
+    int64_t sid;
+    int32_t type, has_ts;
+    double value, rate, ts;
+    int64_t member; /* index into the members list (a set's point), or -1 */
+} sg_point;
+
+static PyObject *s_name, *s_value, *s_type, *s_tags, *s_timestamp, *s_sample_rate;
+/* MetricPoint (set_point_type()) and its fields' slots, read without an attribute lookup. */
+static PyTypeObject *point_type;
+static PyMemberDef *point_fields[6];
+
+static PyObject *set_point_type(PyObject *m, PyObject *cls) {
+    PyObject **names[6] = {&s_name, &s_value, &s_type, &s_tags, &s_timestamp, &s_sample_rate};
+    PyMemberDef *fields[6];
+    if (!PyType_Check(cls)) {
+        PyErr_SetString(PyExc_TypeError, "set_point_type() takes the MetricPoint class");
+        return NULL;
+    }
+    for (int k = 0; k < 6; k++) {
+        PyObject *d = PyDict_GetItemWithError(((PyTypeObject *)cls)->tp_dict, *names[k]);
+        if (!d || !PyObject_TypeCheck(d, &PyMemberDescr_Type)) {
+            if (!PyErr_Occurred())
+                PyErr_Format(PyExc_TypeError, "%R has no slot %R", cls, *names[k]);
+            return NULL;
+        }
+        fields[k] = ((PyMemberDescrObject *)d)->d_member;
+        if (fields[k]->type != T_OBJECT_EX && fields[k]->type != T_OBJECT) {
+            PyErr_Format(PyExc_TypeError, "%R's slot %R holds no object", cls, *names[k]);
+            return NULL;
+        }
+    }
+    Py_INCREF(cls);
+    Py_XSETREF(point_type, (PyTypeObject *)cls);
+    memcpy(point_fields, fields, sizeof fields);
+    Py_RETURN_NONE;
+}
+
+/* Field k of point p, a new reference; NULL with an exception (AttributeError: not a point). */
+static PyObject *point_field(PyObject *p, int k) {
+    static PyObject **names[6] = {&s_name, &s_value, &s_type, &s_tags, &s_timestamp,
+                                  &s_sample_rate};
+    if (point_type && Py_TYPE(p) == point_type)
+        return PyMember_GetOne((const char *)p, point_fields[k]);
+    return PyObject_GetAttr(p, *names[k]);
+}
+
+static int type_code(PyObject *type_obj) {
+    for (int k = 0; k < SG_NTYPES; k++)
+        if (PyTuple_GET_ITEM(metric_types, k) == type_obj) return k;
+    return -1;
+}
+
+/* The cache key of a point: (type code, name, k1, v1, k2, v2, ...), its tags in the point's order;
+ * point_key() in Python builds the same. NULL with an exception set if the point is odd. */
+static PyObject *point_key_of(int type, PyObject *name, PyObject *tags) {
+    Py_ssize_t ntags = PyDict_GET_SIZE(tags);
+    PyObject *key = PyTuple_New(2 + 2 * ntags);
+    PyObject *code = PyLong_FromLong(type); /* an int: an Enum member hashes in Python */
+    if (!key || !code) {
+        Py_XDECREF(key);
+        Py_XDECREF(code);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(key, 0, code);
+    Py_INCREF(name);
+    PyTuple_SET_ITEM(key, 1, name);
+    Py_ssize_t pos = 0, j = 2;
+    PyObject *k, *v;
+    while (j < 2 + 2 * ntags && PyDict_Next(tags, &pos, &k, &v)) {
+        Py_INCREF(k);
+        PyTuple_SET_ITEM(key, j++, k);
+        Py_INCREF(v);
+        PyTuple_SET_ITEM(key, j++, v);
+    }
+    return key;
+}
+
+/* The fallback's answer for point i: None (refused; the caller recorded why) or
+ * (sid, type code, value, member or None, rate, timestamp or None). 1 packed, 0 refused, -1. */
+static int pack_fallback(PyObject *r, sg_point *out, PyObject *members) {
+    if (r == Py_None) return 0;
+    long long sid;
+    int type;
+    double value, rate;
+    PyObject *member, *ts;
+    if (!PyArg_ParseTuple(r, "LidOdO", &sid, &type, &value, &member, &rate, &ts)) return -1;
+    if (type < 0 || type >= SG_NTYPES || sid <= 0) {
+        PyErr_SetString(PyExc_ValueError, "the fallback gave no series or type");
+        return -1;
+    }
+    out->sid = sid;
+    out->type = type;
+    out->value = value;
+    out->rate = rate;
+    out->member = -1;
+    out->has_ts = ts != Py_None;
+    out->ts = out->has_ts ? PyFloat_AsDouble(ts) : 0.0;
+    if (out->has_ts && PyErr_Occurred()) return -1;
+    if (type == SG_SET) {
+        if (!PyUnicode_Check(member)) {
+            PyErr_SetString(PyExc_TypeError, "a set member is a str");
+            return -1;
+        }
+        out->member = PyList_GET_SIZE(members);
+        if (PyList_Append(members, member) < 0) return -1;
+    }
+    return 1;
+}
+
+/* resolve_points(points, now, cache, fallback, max_backdate, future_max, value_abs_max):
+ * the points (MetricPoint structs) of one batch, judged in order. A point whose key (type, name,
+ * tags) `cache` maps to a series id, with a finite number in range and no timestamp or a unix
+ * time within the limits around `now`, is packed here; any other point is handed to
+ * fallback(i, point), which says what the Python reference does with it. Returns (packed bytes,
+ * set members, the gauges' series ids). */
+static PyObject *resolve_points(PyObject *m, PyObject *args) {
+    PyObject *points, *cache, *fallback;
+    double now, max_backdate, future_max, abs_max;
+    if (!PyArg_ParseTuple(args, "O!dO!Oddd", &PyList_Type, &points, &now, &PyDict_Type, &cache,
+                          &fallback, &max_backdate, &future_max, &abs_max))
+        return NULL;
+    if (!metric_types) {
+        PyErr_SetString(PyExc_RuntimeError, "set_types() was not called");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(points);
+    PyObject *packed = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)sizeof(sg_point) * (n ? n : 1));
+    PyObject *members = PyList_New(0), *gauges = PySet_New(NULL);
+    if (!packed || !members || !gauges) goto fail;
+    sg_point *out = (sg_point *)PyBytes_AS_STRING(packed);
+    Py_ssize_t kept = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *p = PyList_GET_ITEM(points, i);
+        PyObject *name = NULL, *value = NULL, *type_obj = NULL, *tags = NULL, *ts = NULL,
+                 *rate = NULL, *key = NULL, *sid_obj = NULL;
+        int fast = 0, status = 0;
+        name = point_field(p, 0);
+        value = name ? point_field(p, 1) : NULL;
+        type_obj = value ? point_field(p, 2) : NULL;
+        tags = type_obj ? point_field(p, 3) : NULL;
+        ts = tags ? point_field(p, 4) : NULL;
+        rate = ts ? point_field(p, 5) : NULL;
+        if (!rate) { /* not a MetricPoint (a point msgspec refused): the fallback's */
+            if (PyErr_ExceptionMatches(PyExc_AttributeError)) PyErr_Clear();
+            else status = -1;
+        }
+        int type = rate ? type_code(type_obj) : -1;
+        sg_point *o = out + kept;
+        if (type >= 0 && type != SG_SET && PyFloat_CheckExact(value) && PyFloat_CheckExact(rate) &&
+            PyUnicode_CheckExact(name) && PyDict_CheckExact(tags) &&
+            (ts == Py_None || PyFloat_CheckExact(ts))) {
+            double v = PyFloat_AS_DOUBLE(value), t = ts == Py_None ? 0.0 : PyFloat_AS_DOUBLE(ts);
+            /* Written so that NaN fails each test, as the Python checks refuse it. */
+            fast = v >= -abs_max && v <= abs_max &&
+                   (ts == Py_None || (t <= now + future_max && t >= now - max_backdate));
+            if (fast) {
+                key = point_key_of(type, name, tags);
+                if (!key) status = -1;
+                else sid_obj = PyDict_GetItemWithError(cache, key); /* borrowed */
+                if (!sid_obj) fast = 0;
+                if (PyErr_Occurred()) status = -1;
+            }
+            if (fast && !status) {
+                o->sid = PyLong_AsLongLong(sid_obj);
+                o->type = type;
+                o->value = v;
+                o->rate = PyFloat_AS_DOUBLE(rate);
+                o->has_ts = ts != Py_None;
+                o->ts = t;
+                o->member = -1;
+                if (PyErr_Occurred()) status = -1;
+            }
+        }
+        if (!fast && !status) {
+            PyObject *r = PyObject_CallFunction(fallback, "nO", i, p);
+            status = r ? pack_fallback(r, o, members) : -1;
+            Py_XDECREF(r);
+            fast = status == 1;
+            if (status == 1) status = 0;
+        }
+        if (fast && !status) {
+            if (o->type == SG_GAUGE) {
+                PyObject *sid = PyLong_FromLongLong(o->sid);
+                if (!sid || PySet_Add(gauges, sid) < 0) status = -1;
+                Py_XDECREF(sid);
+            }
+            kept++;
+        }
+        Py_XDECREF(name);
+        Py_XDECREF(value);
+        Py_XDECREF(type_obj);
+        Py_XDECREF(tags);
+        Py_XDECREF(ts);
+        Py_XDECREF(rate);
+        Py_XDECREF(key);
+        if (status < 0) goto fail;
+    }
+    if (_PyBytes_Resize(&packed, (Py_ssize_t)sizeof(sg_point) * kept) < 0) goto fail;
+    return Py_BuildValue("(NNN)", packed, members, gauges);
+fail:
+    Py_XDECREF(packed);
+    Py_XDECREF(members);
+    Py_XDECREF(gauges);
+    return NULL;
+}
+
+/* apply_points(packed, members, now): what resolve_points() packed, into the live table as
+ * received at `now`, in the batch's order. */
+static PyObject *Core_apply_points(CoreObject *self, PyObject *args) {
+    Py_buffer packed;
+    PyObject *members;
+    double now;
+    if (!PyArg_ParseTuple(args, "y*O!d", &packed, &PyList_Type, &members, &now)) return NULL;
+    if (packed.len % (Py_ssize_t)sizeof(sg_point)) {
+        PyBuffer_Release(&packed);
+        PyErr_SetString(PyExc_ValueError, "not what resolve_points() packed");
+        return NULL;
+    }
+    const sg_point *p = packed.buf;
+    size_t n = (size_t)packed.len / sizeof(sg_point);
+    Py_ssize_t nmembers = PyList_GET_SIZE(members);
+    for (size_t i = 0; i < n; i++) /* checked before any is added: all or nothing */
+        if (p[i].type < 0 || p[i].type >= SG_NTYPES ||
+            (p[i].type == SG_SET && (p[i].member < 0 || p[i].member >= nmembers ||
+                                     !PyUnicode_Check(PyList_GET_ITEM(members, p[i].member))))) {
+            PyBuffer_Release(&packed);
+            PyErr_SetString(PyExc_ValueError, "not what resolve_points() packed");
+            return NULL;
+        }
+    core_lock(self);
+    for (size_t i = 0; i < n; i++) {
+        const char *member = NULL;
+        Py_ssize_t mlen = 0;
+        if (p[i].type == SG_SET) /* its UTF-8 form is cached on the str itself */
+            member = PyUnicode_AsUTF8AndSize(PyList_GET_ITEM(members, p[i].member), &mlen);
+        if (p[i].type == SG_SET && !member) {
+            PyErr_Clear(); /* a lone surrogate: the fallback refuses those, so never here */
+            continue;
+        }
+        sg_add(self->core, p[i].sid, p[i].type, p[i].value, member, (size_t)mlen, p[i].rate,
+               p[i].has_ts, p[i].ts, 0, now);
+    }
+    pthread_mutex_unlock(&self->lock);
+    PyBuffer_Release(&packed);
+    Py_RETURN_NONE;
+}
+
 static PyObject *doubles_array(const double *p, size_t n) {
     PyObject *bytes = PyBytes_FromStringAndSize((const char *)p, (Py_ssize_t)(n * sizeof *p));
     if (!bytes) return NULL;
@@ -702,6 +954,8 @@ static PyMethodDef Core_methods[] = {
      "configure(*, gauge_delta, interval, max_backdate, future_max, max_keys, clock)"},
     {"feed", (PyCFunction)Core_feed, METH_VARARGS,
      "feed(data, transport, now): parses one datagram on this thread."},
+    {"apply_points", (PyCFunction)Core_apply_points, METH_VARARGS,
+     "apply_points(packed, members, now): what resolve_points() accepted, into the live table."},
     {"add", (PyCFunction)Core_add, METH_VARARGS,
      "add(samples, sids, now): admitted samples (HTTP points) into the live interval."},
     {"swap", (PyCFunction)Core_swap, METH_NOARGS,
@@ -762,6 +1016,10 @@ static PyObject *set_types(PyObject *m, PyObject *types) {
 static PyMethodDef module_methods[] = {
     {"set_types", set_types, METH_O, "set_types(tuple(MetricType)): the type of a sample."},
     {"bucket_of", bucket_of, METH_VARARGS, "bucket_of(t, interval), as the core computes it."},
+    {"set_point_type", set_point_type, METH_O,
+     "set_point_type(MetricPoint): its fields are read from their slots."},
+    {"resolve_points", resolve_points, METH_VARARGS,
+     "resolve_points(points, now, cache, fallback, max_backdate, future_max, value_abs_max)."},
     {NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_native",
@@ -774,6 +1032,13 @@ PyMODINIT_FUNC PyInit__native(void) {
     Py_DECREF(array_mod);
     if (!array_type) return NULL;
     if (PyType_Ready(&GaugesType) < 0 || PyType_Ready(&CoreType) < 0) return NULL;
+    if (!(s_name = PyUnicode_InternFromString("name")) ||
+        !(s_value = PyUnicode_InternFromString("value")) ||
+        !(s_type = PyUnicode_InternFromString("type")) ||
+        !(s_tags = PyUnicode_InternFromString("tags")) ||
+        !(s_timestamp = PyUnicode_InternFromString("timestamp")) ||
+        !(s_sample_rate = PyUnicode_InternFromString("sample_rate")))
+        return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
     Py_INCREF(&GaugesType);
