@@ -146,6 +146,32 @@ async def test_a_late_point_for_a_sealed_window_is_merged_exactly(store: SqliteS
     assert len(raw.cols) == 3 * 3  # one row per bucket again: 3 buckets of 3 series
 
 
+async def test_the_open_window_is_sealed_ten_minutes_at_a_time(store: SqliteStore) -> None:
+    """What is complete of the open window moves into its chunk in 10-minute steps, the chunk
+    rewritten at each; the head keeps less than a step, and every answer stays the same."""
+    step = 60  # buckets of 10 s in 10 minutes
+    seq = await fill(store, 2 * BUCKETS_PER_CHUNK + 2 * step + 10)  # two windows, 2 steps, 10
+    before = {m: answer(await store.read_rows(read(m))) for m in ("lat", "temp", "users")}
+    assert await store.seal_chunks() == (2 * BUCKETS_PER_CHUNK + 2 * step) * 5
+    assert {m: answer(await store.read_rows(read(m))) for m in before} == before
+    assert tables(store.path) == {"points_10s": 10 * 5, "chunks_10s": 3 * 5}
+    rng = np.random.default_rng(9)
+    for b in range(2 * BUCKETS_PER_CHUNK + 2 * step + 10, 2 * BUCKETS_PER_CHUNK + 3 * step + 5):
+        seq += 1
+        await store.write_flush(FlushWrite(seq, RowBatch.from_rows(rows_at(T0 + 10 * b, rng))))
+    before = {m: answer(await store.read_rows(read(m))) for m in before}
+    assert await store.seal_chunks() == step * 5  # the third step, into the same chunks
+    assert {m: answer(await store.read_rows(read(m))) for m in before} == before
+    assert tables(store.path) == {"points_10s": 5 * 5, "chunks_10s": 3 * 5}
+    conn = sqlite3.connect(store.path)
+    try:
+        open_window = T0 + 2 * HOUR
+        rows = conn.execute("SELECT rows FROM chunks_10s WHERE start = ?", (open_window,))
+        assert [r for (r,) in rows] == [3 * step] * 5
+    finally:
+        conn.close()
+
+
 async def test_retention_drops_whole_chunks_only_once_their_window_has_aged_out(
     store: SqliteStore,
 ) -> None:

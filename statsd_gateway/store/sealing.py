@@ -1,8 +1,9 @@
-"""Sealing: on a schedule, the store moves the buckets of every complete chunk window from its
-tiers' heads into compressed chunks (store/chunks.py; SQLite: sqlite_chunks.py).
+"""Sealing: on a schedule, the store moves every complete bucket from its tiers' heads into
+compressed chunks (store/chunks.py; SQLite: sqlite_chunks.py), the open window's a step of 10
+minutes at a time (its chunk rewritten at each step).
 
-It runs every flush interval, so the finest tier's head holds about one window (an hour of 10 s
-buckets) plus what has just been flushed; after an upgrade from the row layout, or after a
+It runs every flush interval, so each tier's head holds about one step of buckets plus what has
+just been flushed; after an upgrade from the row layout, or after a
 back-fill, the first runs convert the history in short units, flushes interleaving. Answers do
 not change with sealing: a read takes the head and the chunks alike. A failed run is logged and
 tried again at the next; the rows stay in the head meanwhile, readable as before.
@@ -67,7 +68,7 @@ class SealJob:
         self.telemetry.sealed_buckets += n
 
     async def run_once(self, *, force: bool = False) -> int:
-        """Seals every complete window (unless a back-fill is arriving and not `force`);
+        """Seals every complete bucket (unless a back-fill is arriving and not `force`);
         returns the buckets moved into chunks."""
         pressure, self._pressure_seen = self._pressure_seen, self.telemetry.pressure_flushes
         if not force and self._pressure_seen != pressure:

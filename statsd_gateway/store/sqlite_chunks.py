@@ -3,10 +3,12 @@
 Each tier has a head table (`points_<res>`, one row per series and bucket, written by every
 flush and merged into by late points) and a chunk table (`chunks_<res>`, one SGC1 blob per
 series and chunk window; store/chunks.py). The writer seals in short units: the head rows of one
-window that is complete (a window is complete once its tier is: the finest tier up to the
-window of its newest bucket, a coarse tier up to its `complete_until`) for a range of series
-ids are merged, with the window's chunk if one exists (late points for a sealed window), into
-one chunk per series, written, and deleted from the head, in one transaction. So a bucket is in
+window that are complete (a bucket is complete once its tier is: the finest tier up to the next
+tier's `complete_until`, or its newest bucket where it is the only tier, a coarse tier up to its
+own `complete_until`; counted in steps of SEAL_STEP_SECONDS, so that the open window is sealed
+a step at a time too) for a range of series ids are merged, with the window's chunk if one
+exists (its earlier steps, or late points for a sealed window), into one chunk per series,
+written, and deleted from the head, in one transaction. So a bucket is in
 the head or in its chunk, or in both while late points wait for the next unit, and a read takes
 both: every consumer merges the rows of a bucket (store/base.py).
 
@@ -46,8 +48,14 @@ _DECODE_BATCH = 2048
 _IN_BATCH = 500  # ids per IN list (SQLite caps a statement's parameters)
 
 _I64 = npt.NDArray[np.int64]
-# Where sealing stands: (tier index, window start, next series id); None: look afresh.
-SealCursor = tuple[int, float, int] | None
+# The open window of a tier is sealed in steps of this many seconds (at least a bucket): what is
+# complete of it moves into its chunk (rewritten each step), so that a tier's head holds about
+# this much of the open window rather than all of it (reads of the head build a Python tuple a
+# row; a chunk decodes in numpy).
+SEAL_STEP_SECONDS = 600.0
+# Where sealing stands: (tier index, window start, next series id, seal the window's buckets
+# before this time); None: look afresh.
+SealCursor = tuple[int, float, int, float] | None
 _ALL = ("ts", "series_id", "count", "sum", "min", "max", "last", "last_ts", "sketch", "hll")
 
 
@@ -154,49 +162,50 @@ def chunk_batch(
 # -- sealing ---------------------------------------------------------------------------------
 
 
+def seal_step_of(resolution: float) -> float:
+    """The step the open window of tier `resolution` is sealed in: SEAL_STEP_SECONDS in whole
+    buckets, at least one bucket, at most the window."""
+    buckets = max(1, int(SEAL_STEP_SECONDS // resolution))
+    return resolution * min(buckets, buckets_per_chunk(resolution))
+
+
 def sealable_until(
     conn: sqlite3.Connection, resolution: float, newest: bool, complete_until: float
 ) -> float:
-    """Windows ending at or before this are complete in tier `resolution`: up to the window of
-    `complete_until` (a coarse tier's own; for the finest tier the next tier's, since every
-    bucket before it was flushed), or with `newest` (the finest tier when it is the only one)
-    up to the window of its newest bucket. The flush boundary is what counts where it is known:
-    a client timestamp ahead of the clock would otherwise seal the window still being filled."""
-    span = chunk_span(resolution)
-    until = math.floor(complete_until / span) * span
+    """Buckets before this are complete in tier `resolution` and may be sealed, in steps of
+    seal_step_of(): up to `complete_until` (a coarse tier's own; for the finest tier the next
+    tier's, since every bucket before it was flushed), or with `newest` (the finest tier when it
+    is the only one) up to its newest bucket. The flush boundary is what counts where it is
+    known: a client timestamp ahead of the clock would otherwise seal what is still being
+    filled."""
+    step = seal_step_of(resolution)
+    until = math.floor(complete_until / step) * step
     if newest:
         row = conn.execute(f"SELECT max(ts) FROM {tier_table(resolution)}").fetchone()
         if row[0] is not None:
-            until = max(until, math.floor(row[0] / span) * span)
+            until = max(until, math.floor(row[0] / step) * step)
     return float(until)
-
-
-def oldest_head_window(conn: sqlite3.Connection, resolution: float) -> float | None:
-    """The start of the window of the oldest bucket in the tier's head, or None if empty."""
-    row = conn.execute(f"SELECT min(ts) FROM {tier_table(resolution)}").fetchone()
-    if row[0] is None:
-        return None
-    span = chunk_span(resolution)
-    return float(math.floor(row[0] / span) * span)
 
 
 def first_sealable(
     conn: sqlite3.Connection, resolutions: Sequence[float], complete_until: dict[float, float]
 ) -> SealCursor:
-    """Where sealing starts: the oldest complete window holding head rows, finest tier first,
-    from the smallest series id."""
+    """Where sealing starts: the oldest window holding head rows that are complete (a whole
+    window, or the complete steps of the open one), finest tier first, from the smallest
+    series id."""
     alone = len(resolutions) == 1
     for level, res in enumerate(resolutions):
-        window = oldest_head_window(conn, res)
-        if window is None:
+        (oldest,) = conn.execute(f"SELECT min(ts) FROM {tier_table(res)}").fetchone()
+        if oldest is None:
             continue
+        span = chunk_span(res)
+        window = math.floor(oldest / span) * span
         # The finest tier is complete where the next one is: its rows were all flushed.
         tier = res if level or alone else resolutions[1]
-        if window + chunk_span(res) <= sealable_until(
-            conn, res, alone, complete_until.get(tier, 0.0)
-        ):
+        upto = min(window + span, sealable_until(conn, res, alone, complete_until.get(tier, 0.0)))
+        if oldest < upto:
             (first,) = conn.execute("SELECT coalesce(min(id), 0) FROM series").fetchone()
-            return level, window, int(first)
+            return level, window, int(first), upto
     return None
 
 
@@ -212,11 +221,15 @@ def series_names(
     }
 
 
-def _head_where(resolution: float, finest: bool, window: float) -> tuple[str, tuple[Any, ...]]:
-    """The head rows of `window` for ids in [?, ?): the finest tier (keyed time-major) by its
-    bucket times, each a seek to the id range; a coarse one (series-major) by the id range."""
+def _head_where(
+    resolution: float, finest: bool, window: float, upto: float
+) -> tuple[str, tuple[Any, ...]]:
+    """The head rows of `window` before `upto` for ids in [?, ?): the finest tier (keyed
+    time-major) by its bucket times, each a seek to the id range; a coarse one (series-major)
+    by the id range."""
     if finest:
         times = [window + k * resolution for k in range(buckets_per_chunk(resolution))]
+        times = [t for t in times if t < upto]
         marks = ",".join("?" * len(times))
         return f"ts IN ({marks}) AND series_id >= ? AND series_id < ?", tuple(times)
     return "series_id >= ? AND series_id < ? AND ts >= ? AND ts < ?", ()
@@ -231,18 +244,20 @@ def seal_unit(
     key_of: Callable[[int], tuple[SeriesKey, MetricType] | None],
     head_rows: Callable[[str, tuple[Any, ...]], RowBatch],
     *,
+    upto: float,
     sweep: bool = False,
 ) -> int:
-    """Seals the head rows of `window` of series ids in [lo, hi) (every id with `sweep`, by a
-    range of times: what bucket times the finest tier's seek missed) into their chunks;
-    returns the buckets moved. Run inside the writer's transaction."""
-    span = chunk_span(resolution)
+    """Seals the head rows of `window` before `upto` of series ids in [lo, hi) (every id with
+    `sweep`, by a range of times: what bucket times the finest tier's seek missed) into their
+    chunks, merged with what each chunk holds already; returns the buckets moved. Run inside
+    the writer's transaction."""
+    upto = min(upto, window + chunk_span(resolution))
     lo, hi = ids
     if sweep:
-        where, args = "ts >= ? AND ts < ?", (window, window + span)
+        where, args = "ts >= ? AND ts < ?", (window, upto)
     else:
-        where, times = _head_where(resolution, finest, window)
-        args = (*times, lo, hi) if finest else (lo, hi, window, window + span)
+        where, times = _head_where(resolution, finest, window, upto)
+        args = (*times, lo, hi) if finest else (lo, hi, window, upto)
     head = head_rows(where, args)
     if not len(head):  # nothing, or only rows of series deleted meanwhile
         conn.execute(f"DELETE FROM {tier_table(resolution)} WHERE {where}", args)

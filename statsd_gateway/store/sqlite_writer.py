@@ -328,7 +328,7 @@ class SqliteWriter:
             )
             if cursor is None:
                 return 0, None
-        level, window, lo = cursor
+        level, window, lo, upto = cursor
         res = self.resolutions[level]
         finest = level == 0
         (top,) = conn.execute("SELECT coalesce(max(id), 0) FROM series").fetchone()
@@ -337,10 +337,10 @@ class SqliteWriter:
             sweep
             and not conn.execute(
                 f"SELECT 1 FROM {tier_table(res)} WHERE ts >= ? AND ts < ? LIMIT 1",
-                (window, window + chunk_span(res)),
+                (window, min(upto, window + chunk_span(res))),
             ).fetchone()
         ):
-            return self.seal_step(None)  # the window is sealed whole: on to the next
+            return self.seal_step(None)  # what was complete of the window is sealed: on
         hi = lo + SEAL_SERIES
         names = series_names(conn, "1", ()) if sweep else series_names(
             conn, "id >= ? AND id < ?", (lo, hi))  # fmt: skip
@@ -352,10 +352,10 @@ class SqliteWriter:
             def head(where: str, args: tuple[object, ...]) -> RowBatch:
                 return head_row_batch(c, res, where, args, names.get)
 
-            n = seal_unit(c, res, finest, window, (lo, hi), names.get, head, sweep=sweep)
+            n = seal_unit(c, res, finest, window, (lo, hi), names.get, head, upto=upto, sweep=sweep)
 
         self._transaction(work)
-        return n, (None if sweep else (level, window, hi))
+        return n, (None if sweep else (level, window, hi, upto))
 
     def delete_expired_chunks(self, res: float, before: float) -> int:
         """Drops tier `res`'s chunks whose whole window is older than `before`, in one
