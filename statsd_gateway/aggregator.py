@@ -434,8 +434,7 @@ class IntervalAggregator:
                 if acc is not None:  # None: set aside by the flusher
                     out.append((seq, ts, sid, key_of(sid), acc.copy()))
         if self.sources:
-            ids = self.registry.ids_of(tenant)
-            sids = [ids[(name, tags)] for tags in self.registry.series_of(tenant, name)]
+            sids = list(self.registry.ids_of_metric(tenant, name))
             mtype = self.registry.types.get((tenant, name))
             for source in self.sources if sids and mtype is not None else ():
                 for entry in source.copy(sids):

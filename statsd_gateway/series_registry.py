@@ -44,6 +44,9 @@ class SeriesRegistry:
         # every series of its tenant (the catalog, forget).
         # (A list, and the key tuple shared with `types`: the index costs ~100 bytes a series.)
         self._by_metric: dict[tuple[str, str], list[Tags]] = {}
+        # ... and their ids, in the same order (a query copies a metric's series out of the
+        # native cores by id: ~8 bytes a series).
+        self._ids_by_metric: dict[tuple[str, str], list[int]] = {}
         self._next_id = 1
         # How many forget() calls removed a series: an id judged before a change of it may be
         # gone (the HTTP points a write-ahead log entry holds are judged again then).
@@ -65,8 +68,10 @@ class SeriesRegistry:
             metric = (tenant, name)
             self.types[metric] = mtype
             self._by_metric[metric] = []
+            self._ids_by_metric[metric] = []
         self.series.setdefault(tenant, {})[(name, tags)] = sid
         self._by_metric[(tenant, name)].append(tags)
+        self._ids_by_metric[(tenant, name)].append(sid)
         self._keys[sid] = key
         self._next_id = max(self._next_id, sid + 1)
 
@@ -97,8 +102,10 @@ class SeriesRegistry:
             metric = (tenant, name)
             self.types[metric] = mtype
             self._by_metric[metric] = [tags]
+            self._ids_by_metric[metric] = [sid]
         else:
             self._by_metric[(tenant, name)].append(tags)
+            self._ids_by_metric[(tenant, name)].append(sid)
         return sid
 
     def ids_of(self, tenant: str) -> dict[tuple[str, Tags], int]:
@@ -115,6 +122,10 @@ class SeriesRegistry:
     def series_of(self, tenant: str, name: str) -> Sequence[Tags]:
         """The tag sets of one metric's series; read-only."""
         return self._by_metric.get((tenant, name), ())
+
+    def ids_of_metric(self, tenant: str, name: str) -> Sequence[int]:
+        """The ids of one metric's series, as series_of() orders them; read-only."""
+        return self._ids_by_metric.get((tenant, name), ())
 
     def metrics_of(self, tenant: str) -> list[str]:
         """The names of the tenant's metrics."""
@@ -146,11 +157,16 @@ class SeriesRegistry:
                 del self._keys[sid]
                 ids.append(sid)
                 gone.setdefault((tenant, name), set()).add(tags)
+        gone_ids = set(ids)
         for metric, tag_sets in gone.items():  # one pass per metric, however many go
             kept = [t for t in self._by_metric.get(metric, ()) if t not in tag_sets]
             if kept:
                 self._by_metric[metric] = kept
+                self._ids_by_metric[metric] = [
+                    i for i in self._ids_by_metric.get(metric, ()) if i not in gone_ids
+                ]
             else:
                 self._by_metric.pop(metric, None)
+                self._ids_by_metric.pop(metric, None)
                 self.types.pop(metric, None)
         return ids

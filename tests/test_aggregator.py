@@ -536,6 +536,27 @@ def test_a_forgotten_series_sent_again_gets_a_new_id() -> None:
     assert after[("default", "hits", ())] > max(before.values())
 
 
+def test_a_metrics_series_ids_follow_admissions_and_forgets() -> None:
+    """The ids a query copies a metric's series out of memory by: those of its tag sets."""
+    agg = make_aggregator(ManualClock())
+    feed(agg, b"lat:1|ms|#h:a\nlat:1|ms|#h:b\nlat:1|ms|#h:c\nother:1|c")
+    reg = agg.registry
+
+    def ids_of(tags: list[tuple[tuple[str, str], ...]]) -> list[int]:
+        return [reg.series["default"][("lat", t)] for t in tags]
+
+    assert list(reg.ids_of_metric("default", "lat")) == ids_of(
+        list(reg.series_of("default", "lat"))
+    )
+    reg.forget([("default", "lat", (("h", "b"),))])
+    assert list(reg.series_of("default", "lat")) == [(("h", "a"),), (("h", "c"),)]
+    assert list(reg.ids_of_metric("default", "lat")) == ids_of(
+        list(reg.series_of("default", "lat"))
+    )
+    reg.forget([("default", "lat", (("h", "a"),)), ("default", "lat", (("h", "c"),))])
+    assert list(reg.ids_of_metric("default", "lat")) == []
+
+
 def test_series_buckets_set_aside_leave_the_snapshot() -> None:
     agg = make_aggregator(ManualClock())
     feed(agg, b"a:1|c\nb:2|c\nc:4|c")

@@ -16,6 +16,7 @@ counts are exact in any order and compared with ==.
 from __future__ import annotations
 
 import base64
+import json
 import math
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
@@ -266,7 +267,7 @@ def expected(
 
 async def answer(world: World, **params: str) -> dict[str, Any]:
     spec = parse_query({"since": str(T0), "until": str(UNTIL), **params}, world.clock(), 10_000)
-    result = await query_answer(world.engine, TENANT, spec)
+    result = json.loads(await query_answer(world.engine, TENANT, spec))
     return {k: result[k] for k in ("points", "series") if k in result}
 
 
@@ -331,7 +332,9 @@ async def test_last_on_equal_timestamps_is_the_row_still_in_memory(
         clock(),
         10_000,
     )
-    assert (await query_answer(engine, TENANT, spec))["points"] == [{"timestamp": t, "value": 2}]
+    assert json.loads(await query_answer(engine, TENANT, spec))["points"] == [
+        {"timestamp": t, "value": 2}
+    ]
 
 
 async def test_sketch_export_merges_stored_and_memory_rows(world: World) -> None:

@@ -7,6 +7,7 @@ test_query_columns, test_e2e); here the plan, the engine and its typed results.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -193,7 +194,7 @@ async def test_a_sum_that_overflows_both_ways_is_inf_and_renders_null(world: Wor
     spec = parse_query(
         {"name": "hits", "agg": "sum", "since": str(T0), "until": str(UNTIL)}, world.clock(), 100
     )
-    answer = await query_answer(world.engine, TENANT, spec)
+    answer = json.loads(await query_answer(world.engine, TENANT, spec))
     assert answer["points"] == [{"timestamp": T0, "value": None}]
 
 

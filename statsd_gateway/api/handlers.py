@@ -269,7 +269,8 @@ async def query(request: web.Request) -> web.Response:
     principal = principal_of(request)
     check_parameters(request.query, QUERY_PARAMETERS, QUERY_REQUIRED)
     spec = parse_query(request.query, svc.now(), svc.max_query_points)
-    return web.json_response(await query_answer(svc.query_engine, principal.tenant, spec))
+    body = await query_answer(svc.query_engine, principal.tenant, spec)
+    return web.Response(body=body, content_type="application/json", charset="utf-8")
 
 
 async def export_sketch(request: web.Request) -> web.Response:

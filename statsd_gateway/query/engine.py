@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import TypeVar
 
 import numpy as np
 
@@ -31,6 +32,7 @@ from statsd_gateway.query.result import MergedSketch, QueryResult, SeriesResult
 from statsd_gateway.store.base import Columns, RowRead, Store, concat_columns
 from statsd_gateway.store.tiers import is_multiple
 
+T = TypeVar("T")
 # The columns a sketch export reads besides the sketches.
 _SKETCH_VALUES = ("count", "sum", "min", "max")
 
@@ -59,6 +61,11 @@ class QueryEngine:
 
     async def run(self, plan: QueryPlan) -> QueryResult:
         """The plan's groups and cells (see QueryResult)."""
+        return await self.run_then(plan, lambda result: result)
+
+    async def run_then(self, plan: QueryPlan, then: Callable[[QueryResult], T]) -> T:
+        """then(the plan's result), run on the same worker thread as the reduction (a caller
+        that renders the result saves a thread hop)."""
         selector, agg = plan.selector, plan.aggregation
         mtype = self.metric_type(selector.tenant, selector.name)
         if not agg.applies_to(mtype):
@@ -75,8 +82,7 @@ class QueryEngine:
             by_series=not plan.grouping.is_total,
             span=plan.until - plan.start,
         )
-        series = await asyncio.to_thread(self.reduce, plan, rows)
-        return QueryResult(mtype, series)
+        return await asyncio.to_thread(lambda: then(QueryResult(mtype, self.reduce(plan, rows))))
 
     def reduce(self, plan: QueryPlan, rows: QueryRows) -> list[SeriesResult]:
         """Worker thread: the rows reduced per (group, cell)."""

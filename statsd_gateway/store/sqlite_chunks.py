@@ -32,6 +32,7 @@ from statsd_gateway import sketch
 from statsd_gateway.model import MetricType, RowBatch, SeriesKey
 from statsd_gateway.store.base import NUMERIC_COLUMNS, Columns, SeriesInfo, concat_columns
 from statsd_gateway.store.chunks import (
+    SKETCH_BLOCK,
     DecodedChunks,
     buckets_per_chunk,
     chunk_span,
@@ -164,9 +165,12 @@ def chunk_batch(
 
 def seal_step_of(resolution: float) -> float:
     """The step the open window of tier `resolution` is sealed in: SEAL_STEP_SECONDS in whole
-    buckets, at least one bucket, at most the window."""
-    buckets = max(1, int(SEAL_STEP_SECONDS // resolution))
-    return resolution * min(buckets, buckets_per_chunk(resolution))
+    buckets (at least one), or the whole window where it holds no more than one sketch block
+    (the hourly tier's day: its head never holds more than a block, and a read of one of its
+    buckets from a chunk would decode the block's every sketch)."""
+    if buckets_per_chunk(resolution) <= SKETCH_BLOCK:
+        return chunk_span(resolution)
+    return resolution * max(1, int(SEAL_STEP_SECONDS // resolution))
 
 
 def sealable_until(
