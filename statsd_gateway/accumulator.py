@@ -73,20 +73,25 @@ class SeriesAccumulator:
         array('d') (8 bytes each), which appends as a list does."""
         c = cls.__new__(cls)
         c.type = mtype
-        _, _, c.count, c.sum, c.min, c.max, c.last, c.last_ts, values, weights, members = entry
+        _, _, c.count, c.sum, c.min, c.max, c.last, c.last_ts, values, weights, members, _ = entry
         c.values = values  # type: ignore[assignment]
         c.weights = weights  # type: ignore[assignment]
         c.members = None if members is None else set(members)
         return c
 
-    def merge(self, other: SeriesAccumulator) -> None:
+    def merge(self, other: SeriesAccumulator, *, last_arrived_first: bool = False) -> None:
         """Adds what `other` saw of the same series-bucket after what this one saw (the native
-        core's part of an interval, after the Python path's)."""
+        core's part of an interval, after the Python path's). Its gauge value replaces this
+        one's if it is as recent, unless `last_arrived_first` (two native cores' values of the
+        same time: the one that arrived last stays)."""
         self.count += other.count
         self.sum += other.sum
         self.min = min(self.min, other.min)
         self.max = max(self.max, other.max)
-        if other.last is not None and other.last_ts >= self.last_ts:
+        if other.last is not None and (
+            other.last_ts > self.last_ts
+            or (other.last_ts == self.last_ts and not last_arrived_first)
+        ):
             self.last, self.last_ts = other.last, other.last_ts
         if self.values is not None and other.values is not None:
             if other.weights is not None and self.weights is None:
@@ -99,10 +104,11 @@ class SeriesAccumulator:
 
 
 # What the native core hands over of one series-bucket (sg_module.c's entry_of): bucket, series
-# id, count, sum, min, max, last (None: no gauge value), last_ts, values, weights, set members.
+# id, count, sum, min, max, last (None: no gauge value), last_ts, values, weights, set members,
+# and when `last` arrived (an order shared by every core: sg_core.h's sg_next_last_seq).
 NativeEntry = tuple[
     float, int, float, float, float, float, float | None, float,
-    "array[float] | None", "array[float] | None", list[str] | None,
+    "array[float] | None", "array[float] | None", list[str] | None, int,
 ]  # fmt: skip
 
 _NUMBERS = operator.attrgetter("count", "sum", "min", "max", "last", "last_ts")

@@ -113,6 +113,8 @@ def merge_entries(
     """A live source's entries into an interval's maps; returns the memory estimate they add."""
     key_of = registry.key_of
     values = buckets = 0
+    # When the gauge value kept so far for a series-bucket arrived, where several cores had one.
+    arrived: dict[tuple[float, int], int] = {}
     for entry in entries:
         b, sid = entry[0], entry[1]
         tenant, name, _ = key_of(sid)
@@ -125,8 +127,16 @@ def merge_entries(
             buckets += 1
         have = m.get(sid)
         if have is not None:
-            have.merge(acc)
+            first = False
+            if acc.last is not None:
+                seq = entry[11]
+                first = seq < arrived.get((b, sid), -1)
+                if acc.last_ts > have.last_ts or (acc.last_ts == have.last_ts and not first):
+                    arrived[(b, sid)] = seq
+            have.merge(acc, last_arrived_first=first)
             continue
+        if acc.last is not None:
+            arrived[(b, sid)] = entry[11]
         m[sid] = acc
         entries_of = index.get((tenant, name))
         if entries_of is None:

@@ -2,6 +2,8 @@
  * protocol.py's or aggregator.py's; where the order of checks decides which reason a line is
  * counted under, the order is theirs. */
 #define _GNU_SOURCE
+#include <stdatomic.h>
+
 #include "sg_core.h"
 
 #include <locale.h>
@@ -129,6 +131,10 @@ static double to_double(const char *s, size_t n) {
     if (p != buf) free(p);
     return v;
 }
+
+static _Atomic uint64_t last_seq_counter;
+
+uint64_t sg_next_last_seq(void) { return atomic_fetch_add(&last_seq_counter, 1) + 1; }
 
 double sg_bucket_of(double t, double interval) {
     /* aggregator.bucket_of: floor(t / i) * i, then round(b, 6) (correctly rounded, ties to
@@ -772,6 +778,7 @@ static void add_value(sg_core *c, int64_t sid, int type, double b, double t, dou
         if (t >= a->last_ts) {
             a->last = v;
             a->last_ts = t;
+            a->last_seq = sg_next_last_seq();
             a->has_last = 1;
         }
     }

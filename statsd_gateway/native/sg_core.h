@@ -79,6 +79,7 @@ typedef struct {
     int type;
     int has_last;
     double count, sum, min, max, last, last_ts;
+    uint64_t last_seq; /* when `last` arrived, in the order of every core's gauge updates */
     double *values, *weights; /* weights only once a sample rate < 1 arrived */
     size_t n, cap;
     sg_members *members;
@@ -166,5 +167,9 @@ void sg_add(sg_core *c, int64_t sid, int type, double value, const char *member,
 void sg_gauges_seed(sg_gauges *g, int64_t sid, double v, double t);
 
 double sg_bucket_of(double t, double interval);
+
+/* The arrival order of gauge values across every core of the program: a series-bucket's `last`
+ * from two cores at the same time is the one that arrived later (sg_acc.last_seq). */
+uint64_t sg_next_last_seq(void);
 
 #endif

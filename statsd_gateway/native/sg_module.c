@@ -672,8 +672,9 @@ static PyObject *entry_of(const sg_acc *a) {
         Py_SETREF(last, PyFloat_FromDouble(a->last));
         if (!last) goto done;
     }
-    out = Py_BuildValue("(dLddddOdOOO)", a->bucket, (long long)a->sid, a->count, a->sum, a->min,
-                        a->max, last, a->last_ts, values, weights, members);
+    out = Py_BuildValue("(dLddddOdOOOK)", a->bucket, (long long)a->sid, a->count, a->sum, a->min,
+                        a->max, last, a->last_ts, values, weights, members,
+                        (unsigned long long)a->last_seq);
 done:
     Py_XDECREF(values);
     Py_XDECREF(weights);
