@@ -204,7 +204,7 @@ class Ingest:
         refused (index, reason), counted here; the rest are applied as samples() applies them
         (with `logged`, once Ingest.commit() says the log holds the body; `reread()` then gives
         the points again from the body, should they have to be judged anew: nothing here keeps
-        `points`, so that the caller frees them while they are still in the CPU's caches).
+        `points` past the call).
 
         With the native core, the points go there in one call: the points of series it has
         admitted before are judged and packed in C, every other one by `to_sample` and the

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pathlib
 from typing import Any
 
 import numpy as np
@@ -22,11 +23,12 @@ from hypothesis import strategies as st
 from statsd_gateway import native
 from statsd_gateway.aggregator import IntervalAggregator
 from statsd_gateway.api.schemas import decode_typed_batch, parse_batch, parse_point, sample_of
-from statsd_gateway.ingest import Ingest
+from statsd_gateway.ingest import Ingest, LoggedBody
 from statsd_gateway.model import MetricType, Sample
 from statsd_gateway.protocol import StatsdParser
 from statsd_gateway.series_registry import SeriesRegistry
 from statsd_gateway.telemetry import Telemetry
+from statsd_gateway.wal import WriteAheadLog
 from tests.conftest import T0, ManualClock, missing_prerequisite
 
 MODULE = native.native_module()
@@ -407,3 +409,65 @@ def test_a_deleted_metric_sent_again_with_another_type_as_the_reference() -> Non
     assert answer[1] == [(1, "type_conflict")]
     assert _typed_points(nat, again) == answer
     assert nat.outcome() == ref.outcome()
+
+
+def _rows_of_every_snapshot(path: Path) -> list[Any]:
+    """Each pending snapshot's rows (series key, time, count, sum, last), after a last swap."""
+    path.aggregator.swap()
+    out = []
+    for snap in path.aggregator.pending:
+        rows = path.aggregator.snapshot_rows(snap)
+        out.append(
+            sorted(
+                zip(
+                    rows.keys,
+                    rows.ts.tolist(),
+                    rows.count.tolist(),
+                    rows.sum.tolist(),
+                    [_same(x) for x in rows.last.tolist()],
+                    strict=True,
+                )
+            )
+        )
+    return out
+
+
+@pytest.mark.parametrize("between", ["a swap", "a forgotten series"])
+def test_logged_typed_points_judged_anew_when_memory_changed_before_the_commit(
+    tmp_path: pathlib.Path, between: str
+) -> None:
+    """With the write-ahead log, a batch is applied once the log holds it: if the interval was
+    swapped out or a series forgotten in between, the points are read again from the body and
+    judged as the reference judges them, into the snapshot the log entry names."""
+    first = [_timing(1.0), {"name": "g", "value": 2.0}, {"name": "old", "value": 1.0}]
+    batch = [_timing(2.0), {"name": "g", "value": 5.0}, _timing(3.0, tags={"new": "x"}),
+             {"name": "lat", "value": 1.0, "type": "counter"}]  # fmt: skip
+    answers = []
+    for path in both():
+        path.ingest.wal = WriteAheadLog(tmp_path / f"wal-{path.live is not None}")
+        assert _typed_points(path, first) == ([], [])  # no log entry asked: applied at once
+        snap = path.aggregator.swap()
+        path.aggregator.release(snap)  # as if flushed: "old" is in no memory now
+        path.clock.advance(0.001)
+        decoded, to_sample = _batch_points(batch)
+        logged = LoggedBody("batch", json.dumps({"points": batch}).encode(), total=len(batch))
+        result = path.ingest.points(
+            "default", decoded, to_sample, "http", logged=logged,
+            reread=lambda: _batch_points(batch)[0],
+        )  # fmt: skip
+        assert logged.header is not None and logged.header["keep"] == [0, 1, 2]
+        if between == "a swap":
+            path.aggregator.swap()
+        else:
+            path.registry.forget([("default", "old", ())])
+        path.ingest.commit(logged)
+        answers.append(
+            (
+                _answer(result),
+                _rows_of_every_snapshot(path),
+                dict(+path.telemetry.accepted),
+                dict(+path.telemetry.rejects),
+            )
+        )
+    assert answers[1] == answers[0]
+    assert answers[0][0] == ([], [(3, "type_conflict")])
