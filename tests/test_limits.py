@@ -59,7 +59,7 @@ async def test_an_internal_error_is_an_envelope_without_details(
     async def boom(*args: object) -> None:
         raise RuntimeError("secret detail /etc/passwd")
 
-    monkeypatch.setattr(gw.query_engine, "run", boom)
+    monkeypatch.setattr(gw.query_engine, "run_then", boom)
     await api.report(point("a"))
     status, body = await api.query(name="a", agg="sum")
     assert status == 500
