@@ -176,17 +176,10 @@ class Ingest:
             if rejects:
                 refused = {logged.positions[i] for i, _ in rejects}
                 keep = [p for p in logged.positions if p not in refused]
-            logged.seq = seq
-            logged.header = {
-                "k": "body",
-                "form": logged.form,
-                "tenant": tenant,
-                "now": now,
-                "keep": None if len(keep) == logged.total else keep,
-            }
-            logged.tenant, logged.admitted, logged.new_series = tenant, admitted, new_series
-            logged.received = now
-            self.holds.take(seq)
+            self._hold_for_log(
+                logged, tenant, seq, now, None if len(keep) == logged.total else keep, new_series
+            )
+            logged.admitted = admitted
         return rejects
 
     def points(
@@ -258,20 +251,34 @@ class Ingest:
         if accepted:
             dropped = {i for i, _ in invalid}.union(i for i, _ in refused)
             keep = [i for i in range(len(points)) if i not in dropped] if dropped else None
-            logged.seq = seq
-            logged.header = {
-                "k": "body",
-                "form": logged.form,
-                "tenant": tenant,
-                "now": now,
-                "keep": keep,
-            }
-            logged.tenant, logged.received, logged.new_series = tenant, now, new_series
+            self._hold_for_log(logged, tenant, seq, now, keep, new_series)
             logged.resolved, logged.accepted, logged.forgets = resolved, accepted, forgets
             logged.reread, logged.to_sample = reread, to_sample
             logged.positions = keep if keep is not None else []
-            self.holds.take(seq)
         return invalid, refused
+
+    def _hold_for_log(
+        self,
+        logged: LoggedBody,
+        tenant: str,
+        seq: int,
+        now: float,
+        keep: list[int] | None,
+        new_series: list[SeriesKey],
+    ) -> None:
+        """What samples() and points() accepted of a body: its log entry's header (the body's
+        points `keep`, all of them when None, received at `now`, into snapshot `seq`), and the
+        hold on `seq` until commit() or abandon()."""
+        logged.seq = seq
+        logged.header = {
+            "k": "body",
+            "form": logged.form,
+            "tenant": tenant,
+            "now": now,
+            "keep": keep,
+        }
+        logged.tenant, logged.received, logged.new_series = tenant, now, new_series
+        self.holds.take(seq)
 
     def _count(self, transport: str, accepted: int, rejects: list[tuple[int, str]]) -> None:
         self.telemetry.accepted[transport] += accepted
