@@ -378,13 +378,15 @@ async def test_udp_over_ipv6(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not os.path.exists("/proc/net/udp"), reason="the kernel reports no drops")
 async def test_kernel_drops_are_exported(tmp_path: Path) -> None:
-    # A tiny receive buffer, and datagrams sent while the loop cannot read: the kernel drops.
+    # A tiny receive buffer, and datagrams sent while nothing can read: the kernel drops. The
+    # Python listener cannot read while this test holds the loop; the native readers run on
+    # threads of their own, and are held (as at a flush's swap) so they cannot drain the socket.
     async with running(make_config(tmp_path, udp={"read_buffer": 4096}), ManualClock()) as (
         gw,
         api,
     ):
         assert gw.udp_address is not None
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        with gw.aggregator.live_held(), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             for i in range(200):
                 s.sendto(b"flood:1|c\n" + b"x" * 1000 + str(i).encode(), gw.udp_address)
         assert gw.udp is not None
