@@ -372,8 +372,7 @@ class IntervalAggregator:
         """The estimate of what the live interval and the pending snapshots hold."""
         held = self._live_bytes + self._pending_bytes
         for source in self.sources:
-            entries, values = source.memory()
-            held += native_bytes(entries, values)
+            held += native_bytes(*source.memory())
         return held
 
     @property

@@ -28,7 +28,7 @@ typedef struct {
 
 /* ---- memory: an allocation failure is fatal (as CPython's own is: abort, never corrupt) */
 
-static void *xrealloc(void *p, size_t n) {
+void *sg_xrealloc(void *p, size_t n) {
     void *q = realloc(p, n ? n : 1);
     if (!q) {
         fputs("statsd-gateway native core: out of memory\n", stderr);
@@ -37,7 +37,7 @@ static void *xrealloc(void *p, size_t n) {
     return q;
 }
 
-static void *xcalloc(size_t n, size_t size) {
+void *sg_xcalloc(size_t n, size_t size) {
     void *q = calloc(n ? n : 1, size);
     if (!q) {
         fputs("statsd-gateway native core: out of memory\n", stderr);
@@ -45,6 +45,9 @@ static void *xcalloc(size_t n, size_t size) {
     }
     return q;
 }
+
+#define xrealloc sg_xrealloc
+#define xcalloc sg_xcalloc
 
 /* ---- hashing: word at a time, seeded per process so a client cannot aim at collisions */
 
@@ -204,8 +207,7 @@ static void members_free(sg_members *m) {
 void sg_table_free(sg_table *t) {
     if (!t) return;
     for (size_t i = 0; i < t->n; i++) {
-        free(t->accs[i].values);
-        free(t->accs[i].weights);
+        sg_sketch_free(&t->accs[i].sketch);
         members_free(t->accs[i].members);
     }
     free(t->accs);
@@ -216,7 +218,7 @@ void sg_table_free(sg_table *t) {
 size_t sg_table_memory(const sg_table *t) {
     size_t bytes = t->cap * sizeof(sg_acc) + t->nslots * sizeof(uint32_t) + t->member_bytes;
     for (size_t i = 0; i < t->n; i++)
-        bytes += t->accs[i].cap * sizeof(double) * (t->accs[i].weights ? 2 : 1);
+        bytes += sg_sketch_bytes(&t->accs[i].sketch);
     return bytes;
 }
 
@@ -282,10 +284,9 @@ size_t sg_table_discard(sg_table *t, const int64_t *sids, size_t n) {
     for (size_t i = 0; i < t->n; i++) {
         sg_acc *a = &t->accs[i];
         if (sid_in(a->sid, sids, n)) {
-            t->values -= a->n;
+            t->values -= a->sketch.n;
             if (a->members) t->member_bytes -= a->members->cap;
-            free(a->values);
-            free(a->weights);
+            sg_sketch_free(&a->sketch);
             members_free(a->members);
             gone++;
         } else {
@@ -782,41 +783,10 @@ static void add_value(sg_core *c, int64_t sid, int type, double b, double t, dou
             a->has_last = 1;
         }
     }
-    int sketched = type != SG_COUNTER;
-    if (rate == 1.0) {
-        a->count += 1.0;
-        a->sum += v;
-        if (sketched) {
-            if (a->n == a->cap) {
-                a->cap = a->cap ? a->cap * 2 : 4;
-                a->values = xrealloc(a->values, a->cap * sizeof(double));
-                if (a->weights) a->weights = xrealloc(a->weights, a->cap * sizeof(double));
-            }
-            a->values[a->n] = v;
-            if (a->weights) a->weights[a->n] = 1.0;
-            a->n++;
-            tab->values++;
-        }
-    } else {
-        double w = 1.0 / rate;
-        a->count += w;
-        a->sum += v * w;
-        if (sketched) {
-            if (a->n == a->cap) {
-                a->cap = a->cap ? a->cap * 2 : 4;
-                a->values = xrealloc(a->values, a->cap * sizeof(double));
-                if (a->weights) a->weights = xrealloc(a->weights, a->cap * sizeof(double));
-            }
-            if (!a->weights) {
-                a->weights = xrealloc(NULL, a->cap * sizeof(double));
-                for (size_t i = 0; i < a->n; i++) a->weights[i] = 1.0;
-            }
-            a->values[a->n] = v;
-            a->weights[a->n] = w;
-            a->n++;
-            tab->values++;
-        }
-    }
+    double w = rate == 1.0 ? 1.0 : 1.0 / rate;
+    a->count += w;
+    a->sum += rate == 1.0 ? v : v * w;
+    if (type != SG_COUNTER) tab->values += sg_sketch_add(&a->sketch, v, w);
     if (v < a->min) a->min = v;
     if (v > a->max) a->max = v;
 }
