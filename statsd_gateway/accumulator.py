@@ -30,11 +30,9 @@ class SeriesAccumulator:
     """The running aggregate of one series over one bucket: count and sum (sample-rate
     weighted), the raw min and max, the latest gauge value with its time, the values (and their
     weights, once a sample rate < 1 arrives) of a sketch-backed type, and a set's members.
-    `type` is its series' type, fixed when it is created. `bins` holds what the native core
-    binned already (sketch.PackedBins; its values are then only those it could not bin)."""
+    `type` is its series' type, fixed when it is created."""
 
     __slots__ = (
-        "bins",
         "count",
         "last",
         "last_ts",
@@ -58,7 +56,6 @@ class SeriesAccumulator:
         self.values: list[float] | None = [] if mtype.has_sketch else None
         self.weights: list[float] | None = None  # only once a sample rate < 1 arrives
         self.members: set[str] | None = set() if mtype is MetricType.SET else None
-        self.bins: sketch.PackedBins | None = None
 
     def copy(self) -> SeriesAccumulator:
         c = SeriesAccumulator.__new__(SeriesAccumulator)
@@ -68,19 +65,15 @@ class SeriesAccumulator:
         c.values = None if self.values is None else self.values[:]
         c.weights = None if self.weights is None else self.weights[:]
         c.members = None if self.members is None else set(self.members)
-        c.bins = self.bins  # immutable
         return c
 
     @classmethod
     def from_native(cls, entry: NativeEntry, mtype: MetricType) -> SeriesAccumulator:
-        """The accumulator of one series-bucket the native core held: its bins, and the values
-        it did not bin in an array('d') (8 bytes each), which appends as a list does."""
+        """The accumulator of one series-bucket the native core held: its values stay in an
+        array('d') (8 bytes each), which appends as a list does."""
         c = cls.__new__(cls)
         c.type = mtype
-        _, _, c.count, c.sum, c.min, c.max, c.last, c.last_ts, values, weights, members, _, bins = (
-            entry
-        )
-        c.bins = bins
+        _, _, c.count, c.sum, c.min, c.max, c.last, c.last_ts, values, weights, members, _ = entry
         c.values = values  # type: ignore[assignment]
         c.weights = weights  # type: ignore[assignment]
         c.members = None if members is None else set(members)
@@ -108,26 +101,19 @@ class SeriesAccumulator:
             self.values.extend(other.values)
         if self.members is not None and other.members is not None:
             self.members |= other.members
-        if other.bins is not None:
-            self.bins = (
-                other.bins if self.bins is None else sketch.merge_packed(self.bins, other.bins)
-            )
 
 
 # What the native core hands over of one series-bucket (sg_module.c's entry_of): bucket, series
 # id, count, sum, min, max, last (None: no gauge value), last_ts, values, weights, set members,
-# when `last` arrived (an order shared by every core: sg_core.h's sg_next_last_seq), and the
-# bins of the values it binned as they arrived (None: none).
+# and when `last` arrived (an order shared by every core: sg_core.h's sg_next_last_seq).
 NativeEntry = tuple[
     float, int, float, float, float, float, float | None, float,
     "array[float] | None", "array[float] | None", list[str] | None, int,
-    "sketch.PackedBins | None",
 ]  # fmt: skip
 
 _NUMBERS = operator.attrgetter("count", "sum", "min", "max", "last", "last_ts")
 _TYPE = operator.attrgetter("type")
 _WEIGHTS = operator.attrgetter("weights")
-_BINS = operator.attrgetter("bins")
 
 
 def empty_rows() -> RowBatch:
@@ -182,24 +168,11 @@ def finish_rows(
             dtype=np.float64,
             count=int(offsets[-1]),
         )
-    bins = sketch.bin_flat(values, weights, offsets)
-    has_sketch = n_values > 0
-    packed = list(map(_BINS, accs))
-    if any(packed):
-        native = sketch.flat_from_packed(packed)
-        has_sketch |= np.diff(native.bounds[::2]) > 0
-        has_sketch |= native.zero > 0
-        if offsets[-1] == 0:
-            bins = native
-        else:  # values binned here, then the native core's bins: their keys never overlap
-            n = len(accs)
-            rows = np.arange(n, dtype=np.int64)
-            both = sketch.flat_concat([bins, native])
-            bins = sketch.merge_flat(both, np.concatenate([rows, rows]), n)
     return RowBatch(
         ts=np.array(ts, dtype=np.float64), keys=list(keys), types=types, count=count, sum=total,
-        min=mn, max=mx, last=last, last_ts=last_ts, sketches=bins, has_sketch=has_sketch,
-        hll=hll, series=np.array(ids, dtype=np.int64),
+        min=mn, max=mx, last=last, last_ts=last_ts,
+        sketches=sketch.bin_flat(values, weights, offsets), has_sketch=n_values > 0, hll=hll,
+        series=np.array(ids, dtype=np.int64),
     )  # fmt: skip
 
 

@@ -372,7 +372,8 @@ class IntervalAggregator:
         """The estimate of what the live interval and the pending snapshots hold."""
         held = self._live_bytes + self._pending_bytes
         for source in self.sources:
-            held += native_bytes(*source.memory())
+            entries, values = source.memory()
+            held += native_bytes(entries, values)
         return held
 
     @property

@@ -35,7 +35,7 @@ from contextlib import contextmanager
 from types import ModuleType
 from typing import Any
 
-from statsd_gateway import protocol, sketch
+from statsd_gateway import protocol
 from statsd_gateway.accumulator import NativeEntry
 from statsd_gateway.aggregator import TIMESTAMP_IN_FUTURE, TIMESTAMP_TOO_OLD, IntervalAggregator
 from statsd_gateway.model import FUTURE_MAX_SECONDS, VALUE_ABS_MAX, MetricType, Sample
@@ -89,8 +89,6 @@ except ImportError as e:  # not built: the pure-Python path runs
 else:
     _import_error = ""
     assert len(REASONS) == _compiled.REASONS, "sg_core.h and native.REASONS disagree"
-    # Timer values are binned as they arrive, with exactly the mapping bin_flat uses.
-    _compiled.set_mapping(*sketch.KEY_CONSTANTS)
 
 
 # Every core with a reader thread, stopped at exit before the interpreter frees what those
@@ -382,14 +380,13 @@ class NativeLive:
         self.gauges.forget(wanted)
         return sum(core.discard(wanted) for core in self.cores)
 
-    def memory(self) -> tuple[int, int, int]:
-        entries = values = bins = 0
+    def memory(self) -> tuple[int, int]:
+        entries = values = 0
         for core in self.cores:
-            n, v, _, b = core.memory()
+            n, v, _ = core.memory()
             entries += n
             values += v
-            bins += b
-        return entries, values, bins
+        return entries, values
 
     @contextmanager
     def held(self) -> Iterator[None]:

@@ -24,19 +24,14 @@ from statsd_gateway.series_registry import SeriesRegistry
 ENTRY_BYTES = 1024
 VALUE_BYTES = 96
 BUCKET_BYTES = 512
-# A value the native core could not bin as it arrived (sg_bins.h's spill): 8 bytes in its
-# table and in the array('d') it leaves in, ~56 more while the flush bins it.
+# A value the native core buffers: 8 bytes in its table and in the array('d') it leaves in,
+# ~56 more while the flush bins it.
 NATIVE_VALUE_BYTES = 64
-# A bin of the native core's sketches (sg_bins.h): 8 bytes a key of its window in the table
-# (which is at most twice as wide as its keys' span), 16 in the bytes it leaves in, ~16 more
-# while the flush joins them.
-NATIVE_BIN_BYTES = 40
 
 
-def native_bytes(entries: int, values: int, bins: int) -> int:
-    """The estimate for series-buckets the native core held, in its table or merged out of it:
-    `values` not binned, and `bins`, the keys its sketches have a weight for."""
-    return entries * ENTRY_BYTES + values * NATIVE_VALUE_BYTES + bins * NATIVE_BIN_BYTES
+def native_bytes(entries: int, values: int) -> int:
+    """The estimate for series-buckets the native core held, in its table or merged out of it."""
+    return entries * ENTRY_BYTES + values * NATIVE_VALUE_BYTES
 
 
 class LiveSink(Protocol):
@@ -65,8 +60,8 @@ class LiveSource(Protocol):
         """Drops what is held of these series (and their gauges); returns how many entries."""
         ...
 
-    def memory(self) -> tuple[int, int, int]:
-        """(series-buckets, values, bins) held (native_bytes' arguments)."""
+    def memory(self) -> tuple[int, int]:
+        """(series-buckets, values) held."""
         ...
 
     def held(self) -> AbstractContextManager[None]:
@@ -117,7 +112,7 @@ def merge_entries(
 ) -> int:
     """A live source's entries into an interval's maps; returns the memory estimate they add."""
     key_of = registry.key_of
-    values = bins = buckets = 0
+    values = buckets = 0
     # When the gauge value kept so far for a series-bucket arrived, where several cores had one.
     arrived: dict[tuple[float, int], int] = {}
     for entry in entries:
@@ -126,8 +121,6 @@ def merge_entries(
         acc = SeriesAccumulator.from_native(entry, registry.types[(tenant, name)])
         if acc.values is not None:
             values += len(acc.values)
-        if acc.bins is not None:
-            bins += len(acc.bins[0]) // 8
         m = live.get(b)
         if m is None:
             m = live[b] = {}
@@ -149,4 +142,4 @@ def merge_entries(
         if entries_of is None:
             entries_of = index[(tenant, name)] = []
         entries_of.append((b, sid))
-    return buckets * BUCKET_BYTES + native_bytes(len(entries), values, bins)
+    return buckets * BUCKET_BYTES + native_bytes(len(entries), values)

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from statsd_gateway import native, sketch
+from statsd_gateway import native
 from statsd_gateway.aggregator import IntervalAggregator
 from statsd_gateway.api.schemas import decode_typed_batch, parse_batch, parse_point, sample_of
 from statsd_gateway.ingest import Ingest, LoggedBody
@@ -204,86 +204,6 @@ datagram = st.lists(st.one_of(valid_line, line_parts, st.binary(max_size=40)), m
 @given(st.lists(datagram, min_size=1, max_size=4), st.sampled_from(["delta", "absolute"]))
 def test_random_datagrams_as_the_reference(datagrams: list[bytes], gauge_sign: str) -> None:
     assert_same(datagrams, gauge_sign=gauge_sign)
-
-
-# ---- timer values binned as they arrive (sg_bins.c) against bin_flat over every value
-
-magnitude = st.one_of(
-    st.floats(min_value=-3, max_value=3),  # 0.001 .. 1000: one window, once it is wide enough
-    st.floats(min_value=-300, max_value=300),  # far apart: windows at their limit, the spill
-    st.sampled_from([-308.0, -307.7, 307.5]),  # next to the zero bucket and to the largest
-)
-timer_value = st.builds(
-    lambda m, sign: sign * 10.0**m, magnitude, st.sampled_from([1.0, 1.0, 1.0, -1.0, 0.0])
-)
-
-
-@settings(PARITY, max_examples=max(PARITY.max_examples // 20, 50))
-@given(
-    st.lists(
-        st.tuples(
-            st.integers(0, 2),  # series
-            st.lists(timer_value, min_size=1, max_size=60),
-            st.sampled_from(["", "", "|@0.5", "|@0.1", "|@0.3", "|@0.7"]),
-            st.sampled_from([b"ms", b"h", b"d", b"g"]),
-        ),
-        min_size=1,
-        max_size=30,
-    )
-)
-def test_values_binned_as_they_arrive_as_the_reference(
-    runs: list[tuple[int, list[float], str, bytes]],
-) -> None:
-    """Many values per series-bucket, of magnitudes near and far apart, positive, negative and
-    zero, with whole and fractional sample-rate weights: the native core's bins (its windows
-    as they widen, and what they spill) are bit-identical to bin_flat's over every
-    value in arrival order."""
-    lines = []
-    for series, values, rate, mtype in runs:
-        suffix = b"" if mtype == b"g" else rate.encode()  # a gauge's value is the value
-        lines += [b"s%d%s:%r|%s%s" % (series, mtype, v, mtype, suffix) for v in values]
-    datagrams = [b"\n".join(lines[i : i + 20]) for i in range(0, len(lines), 20)]
-    assert_same(datagrams, gauge_sign="absolute")
-
-
-def spill_and_bins(datagrams: list[bytes]) -> list[tuple[set[int], set[int]]]:
-    """The keys of what the native core spilled and of what it binned, per series-bucket."""
-    nat = Path(use_native=True)
-    for data in datagrams:
-        nat.send(data)
-    assert nat.live is not None
-    entries, _ = nat.live.take()
-    out = []
-    for entry in entries:
-        spilled = {sketch.key_of(abs(v)) for v in entry[8] or () if abs(v) > sketch.MIN_POSSIBLE}
-        packed = entry[12]
-        out.append((spilled, set(np.frombuffer(packed[0], np.int64).tolist()) if packed else set()))
-    return out
-
-
-def test_a_window_widened_after_spilling_moves_the_spill_into_it() -> None:
-    """The first values of a series are far apart (the second cannot widen the window yet, so
-    it is spilled); once enough values arrived the window widens over it and takes it: the
-    spill and the bins never share a key, and together they are exactly bin_flat's."""
-    values = [1.0, 900.0] + [1.0 + i / 7 for i in range(200)] + [850.0, 0.002, 0.0, -3.0]
-    datagrams = [b"\n".join(b"t:%r|ms|@0.5" % v for v in values[i : i + 30])
-                 for i in range(0, len(values), 30)]  # fmt: skip
-    assert_same(datagrams)
-    [(spilled, binned)] = spill_and_bins(datagrams)
-    assert sketch.key_of(900.0) in binned and sketch.key_of(850.0) in binned
-    assert sketch.key_of(0.002) in spilled  # too far below, even for the widened window
-    assert not spilled & binned
-
-
-def test_fractional_weights_of_a_spilled_key_add_in_arrival_order() -> None:
-    """Weights that are not whole numbers (@0.3, @0.7) of keys first spilled, then covered by
-    the widened window: their sums are bin_flat's, added in arrival order."""
-    values = [1.0, 2.0, 900.0, 0.001] + [1.5 + i / 3 for i in range(300)] + [700.0, 1e-5, 900.0]
-    data = [b"t:%r|ms|@%s" % (v, b"0.3" if i % 2 else b"0.7") for i, v in enumerate(values)]
-    datagrams = [b"\n".join(data[i : i + 25]) for i in range(0, len(data), 25)]
-    assert_same(datagrams)
-    [(spilled, binned)] = spill_and_bins(datagrams)
-    assert sketch.key_of(900.0) in binned and not spilled & binned
 
 
 # ---- HTTP points: admitted in Python, added into the native core

@@ -28,7 +28,7 @@ typedef struct {
 
 /* ---- memory: an allocation failure is fatal (as CPython's own is: abort, never corrupt) */
 
-void *sg_xrealloc(void *p, size_t n) {
+static void *xrealloc(void *p, size_t n) {
     void *q = realloc(p, n ? n : 1);
     if (!q) {
         fputs("statsd-gateway native core: out of memory\n", stderr);
@@ -37,7 +37,7 @@ void *sg_xrealloc(void *p, size_t n) {
     return q;
 }
 
-void *sg_xcalloc(size_t n, size_t size) {
+static void *xcalloc(size_t n, size_t size) {
     void *q = calloc(n ? n : 1, size);
     if (!q) {
         fputs("statsd-gateway native core: out of memory\n", stderr);
@@ -45,9 +45,6 @@ void *sg_xcalloc(size_t n, size_t size) {
     }
     return q;
 }
-
-#define xrealloc sg_xrealloc
-#define xcalloc sg_xcalloc
 
 /* ---- hashing: word at a time, seeded per process so a client cannot aim at collisions */
 
@@ -207,7 +204,8 @@ static void members_free(sg_members *m) {
 void sg_table_free(sg_table *t) {
     if (!t) return;
     for (size_t i = 0; i < t->n; i++) {
-        sg_sketch_free(&t->accs[i].sketch);
+        free(t->accs[i].values);
+        free(t->accs[i].weights);
         members_free(t->accs[i].members);
     }
     free(t->accs);
@@ -218,7 +216,7 @@ void sg_table_free(sg_table *t) {
 size_t sg_table_memory(const sg_table *t) {
     size_t bytes = t->cap * sizeof(sg_acc) + t->nslots * sizeof(uint32_t) + t->member_bytes;
     for (size_t i = 0; i < t->n; i++)
-        bytes += sg_sketch_bytes(&t->accs[i].sketch);
+        bytes += t->accs[i].cap * sizeof(double) * (t->accs[i].weights ? 2 : 1);
     return bytes;
 }
 
@@ -284,9 +282,10 @@ size_t sg_table_discard(sg_table *t, const int64_t *sids, size_t n) {
     for (size_t i = 0; i < t->n; i++) {
         sg_acc *a = &t->accs[i];
         if (sid_in(a->sid, sids, n)) {
-            t->values -= a->sketch.n;
+            t->values -= a->n;
             if (a->members) t->member_bytes -= a->members->cap;
-            sg_sketch_free(&a->sketch);
+            free(a->values);
+            free(a->weights);
             members_free(a->members);
             gone++;
         } else {
@@ -783,10 +782,41 @@ static void add_value(sg_core *c, int64_t sid, int type, double b, double t, dou
             a->has_last = 1;
         }
     }
-    double w = rate == 1.0 ? 1.0 : 1.0 / rate;
-    a->count += w;
-    a->sum += rate == 1.0 ? v : v * w;
-    if (type != SG_COUNTER) tab->values += sg_sketch_add(&a->sketch, v, w);
+    int sketched = type != SG_COUNTER;
+    if (rate == 1.0) {
+        a->count += 1.0;
+        a->sum += v;
+        if (sketched) {
+            if (a->n == a->cap) {
+                a->cap = a->cap ? a->cap * 2 : 4;
+                a->values = xrealloc(a->values, a->cap * sizeof(double));
+                if (a->weights) a->weights = xrealloc(a->weights, a->cap * sizeof(double));
+            }
+            a->values[a->n] = v;
+            if (a->weights) a->weights[a->n] = 1.0;
+            a->n++;
+            tab->values++;
+        }
+    } else {
+        double w = 1.0 / rate;
+        a->count += w;
+        a->sum += v * w;
+        if (sketched) {
+            if (a->n == a->cap) {
+                a->cap = a->cap ? a->cap * 2 : 4;
+                a->values = xrealloc(a->values, a->cap * sizeof(double));
+                if (a->weights) a->weights = xrealloc(a->weights, a->cap * sizeof(double));
+            }
+            if (!a->weights) {
+                a->weights = xrealloc(NULL, a->cap * sizeof(double));
+                for (size_t i = 0; i < a->n; i++) a->weights[i] = 1.0;
+            }
+            a->values[a->n] = v;
+            a->weights[a->n] = w;
+            a->n++;
+            tab->values++;
+        }
+    }
     if (v < a->min) a->min = v;
     if (v > a->max) a->max = v;
 }

@@ -20,8 +20,6 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "sg_bins.h"
-
 #define SG_MAX_LINE 8192
 #define SG_TRANSPORTS 3 /* udp, tcp, unixgram */
 
@@ -82,7 +80,8 @@ typedef struct {
     int has_last;
     double count, sum, min, max, last, last_ts;
     uint64_t last_seq; /* when `last` arrived, in the order of every core's gauge updates */
-    sg_sketch sketch; /* a sketched type's values, binned as they arrive (sg_bins.h) */
+    double *values, *weights; /* weights only once a sample rate < 1 arrived */
+    size_t n, cap;
     sg_members *members;
 } sg_acc;
 
@@ -92,7 +91,7 @@ typedef struct {
     size_t n, cap;
     uint32_t *slots; /* acc index + 1, 0 empty */
     size_t nslots;
-    size_t values;   /* values in the sketches' spills, all series */
+    size_t values;   /* buffered values, all series */
     size_t member_bytes;
 } sg_table;
 
@@ -139,10 +138,6 @@ typedef struct sg_core {
     char *scratch;
     size_t scratch_cap;
 } sg_core;
-
-/* Allocation that aborts on failure (as CPython's own does): never a corrupt table. */
-void *sg_xrealloc(void *p, size_t n);
-void *sg_xcalloc(size_t n, size_t size);
 
 sg_table *sg_table_new(void);
 void sg_table_free(sg_table *t);

@@ -638,48 +638,22 @@ static PyObject *doubles_array(const double *p, size_t n) {
     return arr;
 }
 
-/* A sketch's bins as (keys, counts, positive keys, zero): the keys of both stores as int64
- * (the positive store's, then the negative's, each increasing) and their weights as float64,
- * in bytes; None if no value was binned. sketch.flat_from_packed() reads them. */
-static PyObject *bins_of(const sg_sketch *s) {
-    if (!s->binned) Py_RETURN_NONE;
-    size_t npos = sg_sketch_export(s, 0, NULL, NULL), nneg = sg_sketch_export(s, 1, NULL, NULL);
-    PyObject *keys = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)((npos + nneg) * 8));
-    PyObject *counts = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)((npos + nneg) * 8));
-    if (!keys || !counts) {
-        Py_XDECREF(keys);
-        Py_XDECREF(counts);
-        return NULL;
-    }
-    int64_t *k = (int64_t *)PyBytes_AS_STRING(keys);
-    double *c = (double *)PyBytes_AS_STRING(counts);
-    sg_sketch_export(s, 0, k, c);
-    sg_sketch_export(s, 1, k + npos, c + npos);
-    return Py_BuildValue("(NNnd)", keys, counts, (Py_ssize_t)npos, s->zero);
-}
-
 /* (bucket, sid, count, sum, min, max, last|None, last_ts, values|None, weights|None,
- *  members|None, last_seq, bins|None) of one series-bucket: a sketched type's values are its
- * bins and its spill (the values, and weights, that are not binned yet: sg_bins.h). */
+ *  members|None) of one series-bucket */
 static PyObject *entry_of(const sg_acc *a) {
     PyObject *values = Py_None, *weights = Py_None, *members = Py_None, *last = Py_None;
-    PyObject *bins = Py_None;
-    Py_INCREF(Py_None);
     Py_INCREF(Py_None);
     Py_INCREF(Py_None);
     Py_INCREF(Py_None);
     Py_INCREF(Py_None);
     PyObject *out = NULL;
     if (a->type != SG_COUNTER && a->type != SG_SET) {
-        const sg_sketch *s = &a->sketch;
-        Py_SETREF(values, doubles_array(s->values, s->n));
+        Py_SETREF(values, doubles_array(a->values, a->n));
         if (!values) goto done;
-        if (s->weights) {
-            Py_SETREF(weights, doubles_array(s->weights, s->n));
+        if (a->weights) {
+            Py_SETREF(weights, doubles_array(a->weights, a->n));
             if (!weights) goto done;
         }
-        Py_SETREF(bins, bins_of(s));
-        if (!bins) goto done;
     }
     if (a->type == SG_SET) {
         const sg_members *m = a->members;
@@ -698,15 +672,14 @@ static PyObject *entry_of(const sg_acc *a) {
         Py_SETREF(last, PyFloat_FromDouble(a->last));
         if (!last) goto done;
     }
-    out = Py_BuildValue("(dLddddOdOOOKO)", a->bucket, (long long)a->sid, a->count, a->sum,
-                        a->min, a->max, last, a->last_ts, values, weights, members,
-                        (unsigned long long)a->last_seq, bins);
+    out = Py_BuildValue("(dLddddOdOOOK)", a->bucket, (long long)a->sid, a->count, a->sum, a->min,
+                        a->max, last, a->last_ts, values, weights, members,
+                        (unsigned long long)a->last_seq);
 done:
     Py_XDECREF(values);
     Py_XDECREF(weights);
     Py_XDECREF(members);
     Py_XDECREF(last);
-    Py_XDECREF(bins);
     return out;
 }
 
@@ -784,11 +757,8 @@ static PyObject *Core_forget(CoreObject *self, PyObject *unused) {
 static PyObject *Core_memory(CoreObject *self, PyObject *unused) {
     core_lock(self);
     const sg_table *t = self->core->live;
-    size_t bins = 0; /* keys with a weight in the sketches' windows */
-    for (size_t i = 0; i < t->n; i++)
-        bins += t->accs[i].sketch.store[0].keys + t->accs[i].sketch.store[1].keys;
-    PyObject *out = Py_BuildValue("(nnnn)", (Py_ssize_t)t->n, (Py_ssize_t)t->values,
-                                  (Py_ssize_t)sg_table_memory(t), (Py_ssize_t)bins);
+    PyObject *out = Py_BuildValue("(nnn)", (Py_ssize_t)t->n, (Py_ssize_t)t->values,
+                                  (Py_ssize_t)sg_table_memory(t));
     pthread_mutex_unlock(&self->lock);
     return out;
 }
@@ -997,7 +967,7 @@ static PyMethodDef Core_methods[] = {
      "Drops the live entries of these series; returns how many."},
     {"forget", (PyCFunction)Core_forget, METH_NOARGS, "Forgets every cached resolver answer."},
     {"memory", (PyCFunction)Core_memory, METH_NOARGS,
-     "(entries, spilled values, bytes, bins) of the live interval."},
+     "(entries, values, bytes) of the live interval."},
     {"counts", (PyCFunction)Core_counts, METH_NOARGS,
      "Per transport: (packets, bytes, lines, accepted, events, service_checks, "
      "unknown_sections, rejects by reason code)."},
@@ -1044,16 +1014,7 @@ static PyObject *set_types(PyObject *m, PyObject *types) {
     Py_RETURN_NONE;
 }
 
-static PyObject *set_mapping(PyObject *m, PyObject *args) {
-    double mult, ln2, min_possible;
-    if (!PyArg_ParseTuple(args, "ddd", &mult, &ln2, &min_possible)) return NULL;
-    sg_set_mapping(mult, ln2, min_possible);
-    Py_RETURN_NONE;
-}
-
 static PyMethodDef module_methods[] = {
-    {"set_mapping", set_mapping, METH_VARARGS,
-     "set_mapping(mult, ln2, min_possible): the sketch mapping's constants (sketch/_mapping.py)."},
     {"set_types", set_types, METH_O, "set_types(tuple(MetricType)): the type of a sample."},
     {"bucket_of", bucket_of, METH_VARARGS, "bucket_of(t, interval), as the core computes it."},
     {"set_point_type", set_point_type, METH_O,

@@ -8,14 +8,13 @@ modules behind it are private, one per concern, each stating its contract in its
 
 - ``_bins``: :class:`Bins`, :class:`FlatBins` (many sketches as flat arrays) and the conversions
   between them (:func:`flat_from_bins`, :func:`flat_take`, :func:`flat_concat`,
-  :func:`flat_from_arrays`, and the native core's packed bins: :func:`flat_from_packed`,
-  :func:`bins_from_packed`).
+  :func:`flat_from_arrays`).
 - ``_mapping``: the mapping constants, :func:`key_of`, :func:`value_of`.
 - ``_binning``: values -> bins (:func:`bin_flat`, :func:`bin_groups`, :func:`bin_values`).
 - ``_codec``: the storage format DDV1 (described there), :func:`encode` / :func:`decode`.
 - ``_scan``, ``_codec_flat``: DDV1 vectorised over many blobs (:func:`encode_flat`,
   :func:`decode_flat`, :func:`decode_many`).
-- ``_merge``: :func:`merge`, :func:`merge_flat`, :func:`merge_blobs`, :func:`merge_packed`.
+- ``_merge``: :func:`merge`, :func:`merge_flat`, :func:`merge_blobs`.
 - ``_quantile``: :func:`quantile`, :func:`cell_quantiles`.
 - ``_export``: :func:`to_proto` (the API's DDSketch protobuf), :func:`to_ddsketch`.
 - ``_hll``: :func:`hll_from_members`, :func:`hll_merge`, :func:`hll_merge_pair`,
@@ -30,12 +29,9 @@ from statsd_gateway.sketch._binning import bin_flat, bin_groups, bin_values
 from statsd_gateway.sketch._bins import (
     Bins,
     FlatBins,
-    PackedBins,
-    bins_from_packed,
     flat_concat,
     flat_from_arrays,
     flat_from_bins,
-    flat_from_packed,
     flat_take,
 )
 from statsd_gateway.sketch._codec import FORMAT, decode, encode
@@ -50,31 +46,27 @@ from statsd_gateway.sketch._hll import (
 )
 from statsd_gateway.sketch._mapping import (
     GAMMA,
-    KEY_CONSTANTS,
     MAPPING_ID,
     MIN_POSSIBLE,
     RELATIVE_ACCURACY,
     key_of,
     value_of,
 )
-from statsd_gateway.sketch._merge import merge, merge_blobs, merge_flat, merge_packed
+from statsd_gateway.sketch._merge import merge, merge_blobs, merge_flat
 from statsd_gateway.sketch._quantile import cell_quantiles, quantile
 
 __all__ = [
     "FORMAT",
     "GAMMA",
     "HLL_LG_K",
-    "KEY_CONSTANTS",
     "MAPPING_ID",
     "MIN_POSSIBLE",
     "RELATIVE_ACCURACY",
     "Bins",
     "FlatBins",
-    "PackedBins",
     "bin_flat",
     "bin_groups",
     "bin_values",
-    "bins_from_packed",
     "cell_quantiles",
     "decode",
     "decode_flat",
@@ -84,7 +76,6 @@ __all__ = [
     "flat_concat",
     "flat_from_arrays",
     "flat_from_bins",
-    "flat_from_packed",
     "flat_take",
     "hll_estimate",
     "hll_from_members",
@@ -94,7 +85,6 @@ __all__ = [
     "merge",
     "merge_blobs",
     "merge_flat",
-    "merge_packed",
     "quantile",
     "to_ddsketch",
     "to_proto",

@@ -208,48 +208,6 @@ def flat_from_bins(items: Sequence[Bins]) -> FlatBins:
     )  # fmt: skip
 
 
-# One series-bucket's bins as the native core hands them over (sg_module.c's bins_of): the keys
-# of the positive store then of the negative one as int64 bytes, their counts as float64
-# bytes, how many keys are positive, and the zero count.
-PackedBins = tuple[bytes, bytes, int, float]
-
-
-def bins_from_packed(p: PackedBins) -> Bins:
-    keys, counts, npos, zero = p
-    k = _readonly_i64(np.frombuffer(keys, dtype=np.int64))
-    c = _readonly_f64(np.frombuffer(counts, dtype=np.float64))
-    return Bins(k[:npos], c[:npos], k[npos:], c[npos:], zero)
-
-
-def packed_from_bins(b: Bins) -> PackedBins:
-    keys = np.concatenate([b.pos_keys, b.neg_keys]).astype(np.int64)
-    counts = np.concatenate([b.pos_counts, b.neg_counts]).astype(np.float64)
-    return keys.tobytes(), counts.tobytes(), int(b.pos_keys.size), float(b.zero)
-
-
-def flat_from_packed(items: Sequence[PackedBins | None]) -> FlatBins:
-    """Packed bins as one FlatBins (``.bins(i) == bins_from_packed(items[i])``; None is empty),
-    joined as memory: one copy of every key and count."""
-    n = len(items)
-    present = [p for p in items if p is not None]
-    keys = np.frombuffer(b"".join(p[0] for p in present), dtype=np.int64)
-    counts = np.frombuffer(b"".join(p[1] for p in present), dtype=np.float64)
-    lens = np.zeros(2 * n, dtype=np.int64)
-    lens[0::2] = [0 if p is None else p[2] for p in items]
-    lens[1::2] = [0 if p is None else len(p[0]) // 8 - p[2] for p in items]
-    bounds = np.zeros(2 * n + 1, dtype=np.int64)
-    np.cumsum(lens, out=bounds[1:])
-    zero = np.array([0.0 if p is None else p[3] for p in items], dtype=np.float64)
-    nonint = ~((counts == np.floor(counts)) & (counts < _SAFE_INT))
-    integral = ~_seg_any(nonint, lens).reshape(-1, 2).any(axis=1)
-    integral &= (zero == np.floor(zero)) & (zero < _SAFE_INT)
-    integral.flags.writeable = False
-    return FlatBins(
-        _readonly_i64(keys), _readonly_f64(counts), _readonly_i64(bounds), _readonly_f64(zero),
-        integral,
-    )  # fmt: skip
-
-
 def flat_from_arrays(keys: _I64, counts: _F64, bounds: _I64, zero: _F64) -> FlatBins:
     """A FlatBins of arrays decoded elsewhere (a chunk), checked as :class:`FlatBins` requires
     (``bounds`` one more than twice the items, from 0 to every bin, non-decreasing; counts > 0;

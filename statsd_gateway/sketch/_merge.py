@@ -22,13 +22,10 @@ from statsd_gateway.sketch._bins import (
     _SAFE_INT,
     Bins,
     FlatBins,
-    PackedBins,
     _readonly_f64,
     _readonly_i64,
     _seg_any,
-    bins_from_packed,
     flat_from_bins,
-    packed_from_bins,
 )
 from statsd_gateway.sketch._codec import decode, encode
 from statsd_gateway.sketch._codec_flat import _Flat, _seg_values
@@ -42,11 +39,6 @@ def merge(items: Iterable[Bins]) -> Bins:
     if len(parts) >= _MERGE_VECTOR_MIN:
         return merge_flat(flat_from_bins(parts), np.zeros(len(parts), dtype=np.int64), 1).bins(0)
     return _merge_parts(parts)
-
-
-def merge_packed(a: PackedBins, b: PackedBins) -> PackedBins:
-    """merge() of two native cores' bins of one series-bucket, packed again."""
-    return packed_from_bins(merge([bins_from_packed(a), bins_from_packed(b)]))
 
 
 def _merge_parts(parts: list[Bins]) -> Bins:
