@@ -10,8 +10,12 @@ setup(
     ext_modules=[
         Extension(
             "statsd_gateway._native",
-            sources=["statsd_gateway/native/sg_core.c", "statsd_gateway/native/sg_module.c"],
-            depends=["statsd_gateway/native/sg_core.h"],
+            sources=[
+                "statsd_gateway/native/sg_core.c",
+                "statsd_gateway/native/sg_bins.c",
+                "statsd_gateway/native/sg_module.c",
+            ],
+            depends=["statsd_gateway/native/sg_core.h", "statsd_gateway/native/sg_bins.h"],
             # No fused multiply-add: sums must round as the Python reference's do.
             extra_compile_args=[
                 "-O2",

@@ -9,7 +9,8 @@ What it measures
               No socket: the reader thread's recvmmsg and wake-ups are not in it (the peer
               harness, bench/peers.py, measures the whole daemon).
     memory    bytes of resident memory per buffered timer value: 20 M values over 1,000 series
-              held in the native table, then after the swap (array('d') per series).
+              held in the native table, at the swap's peak (VmHWM, reset just before it) and
+              after it (array('d') per series).
     flush     seconds to finish a snapshot of 10,000 timer series x 100 values into rows
               (`snapshot_rows`: sketch binning included), native path against pure Python.
 
@@ -123,10 +124,31 @@ def memory_per_value() -> dict[str, float]:
         for d in data:
             ingest.statsd_lines("default", d, "udp")
     held = rss_bytes() - base
+    reset_peak_rss()
     snap = agg.swap()
     swapped = rss_bytes() - base
+    peak = peak_rss_bytes() - base
     agg.release(snap)
-    return {"values": values, "native_table": held / values, "after_swap": swapped / values}
+    return {
+        "values": values,
+        "native_table": held / values,
+        "swap_peak": peak / values,
+        "after_swap": swapped / values,
+    }
+
+
+def reset_peak_rss() -> None:
+    """Linux: VmHWM starts again from the current RSS (proc(5), clear_refs 5)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def peak_rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def flush_seconds(use_native: bool) -> float:

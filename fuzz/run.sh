@@ -10,7 +10,8 @@ seconds="${1:-600}"
 out="${SG_FUZZ_DIR:-/tmp/sg-fuzz}"
 mkdir -p "$out/corpus"
 clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-    -I statsd_gateway/native fuzz/sg_fuzz.c statsd_gateway/native/sg_core.c -lm -lpthread \
+    -I statsd_gateway/native fuzz/sg_fuzz.c statsd_gateway/native/sg_core.c \
+    statsd_gateway/native/sg_bins.c -lm -lpthread \
     -o "$out/sg_fuzz"
 echo "fuzzing $(git rev-parse --short HEAD 2>/dev/null || echo '?') for ${seconds}s; output in $out" >&2
 exec "$out/sg_fuzz" -max_total_time="$seconds" -max_len=70000 -timeout=10 -rss_limit_mb=2048 \

@@ -27,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "sg_bins.h"
 #include "sg_core.h"
 
 #define SWAP_EVERY 64
@@ -253,6 +254,38 @@ static void check_members(const sg_members *m, uint32_t min_len, size_t *cap_tot
 static int sum_may_be_nan(const sg_acc *a) {
     if (a->type == SG_GAUGE) return isinf(a->min) || isinf(a->max);
     return fmax(fabs(a->min), fabs(a->max)) * 1e9 > 1.7976931348623157e308 / 2;
+}
+
+/* A swapped-out table's values binned as the flush bins them (sg_bins.h): keys increasing
+ * within each store, every weight counted once, no value that is not finite passed over. */
+static void check_binning(const sg_table *t) {
+    static sg_binner binner;
+    for (size_t i = 0; i < t->n; i++) {
+        const sg_acc *a = &t->accs[i];
+        if (!a->n) continue;
+        int64_t *keys = malloc(a->n * sizeof *keys);
+        double *counts = malloc(a->n * sizeof *counts);
+        CHECK(keys && counts, "out of memory");
+        size_t npos = 0;
+        double zero = 0.0;
+        long n = sg_bin_series(&binner, a->values, a->weights, a->n, keys, counts, &npos, &zero);
+        int finite = 1;
+        for (size_t k = 0; k < a->n; k++) finite &= isfinite(a->values[k]) != 0;
+        CHECK((n < 0) == !finite, "binning says %ld of %zu values, finite %d", n, a->n, finite);
+        if (n >= 0) {
+            CHECK((size_t)n <= a->n && npos <= (size_t)n, "%ld keys, %zu positive", n, npos);
+            double weight = zero, want = 0.0;
+            for (long k = 0; k < n; k++) {
+                CHECK(counts[k] > 0, "bin weight %g", counts[k]);
+                if (k && (size_t)k != npos) CHECK(keys[k] > keys[k - 1], "keys not increasing");
+                weight += counts[k];
+            }
+            for (size_t k = 0; k < a->n; k++) want += a->weights ? a->weights[k] : 1.0;
+            CHECK(fabs(weight - want) <= 1e-9 * want, "bins weigh %g, values %g", weight, want);
+        }
+        free(keys);
+        free(counts);
+    }
 }
 
 static void check_table(const sg_table *t, uint32_t min_member) {
@@ -490,10 +523,12 @@ static void feed(const uint8_t *data, size_t len, double now, int transport) {
 static void op_swap(void) {
     sg_table *t = sg_core_swap(core);
     check_table(t, 1);
+    check_binning(t);
     sg_table_free(t);
     CHECK(core->live->n == 0 && core->live->values == 0, "a swap left a non-empty table");
     t = sg_core_swap(points);
     check_table(t, 0);
+    check_binning(t);
     sg_table_free(t);
 }
 

@@ -5,8 +5,8 @@ Contract:
 - `SeriesAccumulator` is mutated only by the aggregator, on the event loop. Whatever leaves
   memory is a copy of it (`copy()`, on the loop) or a snapshot that nothing adds to any more.
 - `finish_rows()` turns accumulators into one RowBatch (one row each, sketch values binned in
-  one numpy pass). It reads only what it is given: it runs off the loop (the flush worker, a
-  query's thread).
+  one numpy pass, or by the native core where they are all in its arrays: the same bins). It
+  reads only what it is given: it runs off the loop (the flush worker, a query's thread).
 - `MemoryRows` is what a query gets of the interval still in memory: copies taken on the loop,
   finished off it by its one method, `rows()`.
 """
@@ -115,6 +115,15 @@ _NUMBERS = operator.attrgetter("count", "sum", "min", "max", "last", "last_ts")
 _TYPE = operator.attrgetter("type")
 _WEIGHTS = operator.attrgetter("weights")
 
+# The native core's binning of its own value arrays (native.py sets it where the core is
+# built): bin_flat's bins, bit for bit, computed in C without the GIL (sg_bins.h). Values in
+# Python lists (the pure-Python path) are binned by bin_flat, the reference.
+NativeBinning = Callable[
+    [Sequence["array[float]"], Sequence["array[float] | None"] | None],
+    tuple[bytes, bytes, bytes, bytes] | None,
+]
+native_binning: NativeBinning | None = None
+
 
 def empty_rows() -> RowBatch:
     """A batch of no rows, as the aggregator hands them out (with its `series` column)."""
@@ -155,6 +164,22 @@ def finish_rows(
                 hll[i] = sketch.hll_from_members(accs[i].members or ())
     value_lists = [acc.values or () for acc in accs]
     n_values = np.fromiter(map(len, value_lists), dtype=np.int64, count=len(accs))
+    bins = _native_bins(accs)
+    if bins is None:
+        bins = _python_bins(accs, value_lists, n_values)
+    return RowBatch(
+        ts=np.array(ts, dtype=np.float64), keys=list(keys), types=types, count=count, sum=total,
+        min=mn, max=mx, last=last, last_ts=last_ts, sketches=bins, has_sketch=n_values > 0,
+        hll=hll, series=np.array(ids, dtype=np.int64),
+    )  # fmt: skip
+
+
+def _python_bins(
+    accs: Sequence[SeriesAccumulator],
+    value_lists: Sequence[Sequence[float]],
+    n_values: np.ndarray,
+) -> sketch.FlatBins:
+    """bin_flat of every accumulator's values (and weights), the reference."""
     offsets = np.zeros(n_values.size + 1, dtype=np.int64)
     np.cumsum(n_values, out=offsets[1:])
     values = _flat_values(value_lists, int(offsets[-1]))
@@ -168,12 +193,44 @@ def finish_rows(
             dtype=np.float64,
             count=int(offsets[-1]),
         )
-    return RowBatch(
-        ts=np.array(ts, dtype=np.float64), keys=list(keys), types=types, count=count, sum=total,
-        min=mn, max=mx, last=last, last_ts=last_ts,
-        sketches=sketch.bin_flat(values, weights, offsets), has_sketch=n_values > 0, hll=hll,
-        series=np.array(ids, dtype=np.int64),
+    return sketch.bin_flat(values, weights, offsets)
+
+
+def _native_bins(accs: Sequence[SeriesAccumulator]) -> sketch.FlatBins | None:
+    """The bins of every accumulator's values by the native core, where it is built and every
+    value (and weight) is in one of its arrays; None otherwise, or if a value is not finite
+    (bin_flat then raises the error that says so)."""
+    binning = native_binning
+    if binning is None:
+        return None
+    values: list[array[float]] = []
+    weights: list[array[float] | None] = []
+    weighted = False
+    for acc in accs:
+        # The native core's entries hold array('d'), though the slots are typed as lists.
+        v: object = acc.values
+        w: object = acc.weights
+        if v is None or not len(v):  # type: ignore[arg-type]
+            v = _NO_VALUES
+        elif type(v) is not array:
+            return None
+        if w is not None:
+            if type(w) is not array:
+                return None
+            weighted = True
+        values.append(v)
+        weights.append(w)
+    out = binning(values, weights if weighted else None)
+    if out is None:
+        return None
+    keys, counts, bounds, zero = out
+    return sketch.flat_from_arrays(
+        np.frombuffer(keys, dtype=np.int64), np.frombuffer(counts, dtype=np.float64),
+        np.frombuffer(bounds, dtype=np.int64), np.frombuffer(zero, dtype=np.float64),
     )  # fmt: skip
+
+
+_NO_VALUES: array[float] = array("d")
 
 
 def _flat_values(value_lists: Sequence[Sequence[float]], n: int) -> np.ndarray:

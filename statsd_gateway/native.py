@@ -35,7 +35,7 @@ from contextlib import contextmanager
 from types import ModuleType
 from typing import Any
 
-from statsd_gateway import protocol
+from statsd_gateway import accumulator, protocol, sketch
 from statsd_gateway.accumulator import NativeEntry
 from statsd_gateway.aggregator import TIMESTAMP_IN_FUTURE, TIMESTAMP_TOO_OLD, IntervalAggregator
 from statsd_gateway.model import FUTURE_MAX_SECONDS, VALUE_ABS_MAX, MetricType, Sample
@@ -89,6 +89,10 @@ except ImportError as e:  # not built: the pure-Python path runs
 else:
     _import_error = ""
     assert len(REASONS) == _compiled.REASONS, "sg_core.h and native.REASONS disagree"
+    # The values the core buffers (array('d'), only ever made by it) are binned by it too, off
+    # the loop, with exactly the mapping bin_flat uses (sg_bins.h).
+    _compiled.set_mapping(*sketch.KEY_CONSTANTS)
+    accumulator.native_binning = _compiled.bin_values
 
 
 # Every core with a reader thread, stopped at exit before the interpreter frees what those

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import pathlib
+from array import array
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from statsd_gateway import native
+from statsd_gateway import native, sketch
 from statsd_gateway.aggregator import IntervalAggregator
 from statsd_gateway.api.schemas import decode_typed_batch, parse_batch, parse_point, sample_of
 from statsd_gateway.ingest import Ingest, LoggedBody
@@ -204,6 +205,91 @@ datagram = st.lists(st.one_of(valid_line, line_parts, st.binary(max_size=40)), m
 @given(st.lists(datagram, min_size=1, max_size=4), st.sampled_from(["delta", "absolute"]))
 def test_random_datagrams_as_the_reference(datagrams: list[bytes], gauge_sign: str) -> None:
     assert_same(datagrams, gauge_sign=gauge_sign)
+
+
+# ---- timer values binned by the native core (sg_bins.c) against bin_flat, the reference
+
+magnitude = st.one_of(
+    st.floats(min_value=-3, max_value=3),  # 0.001 .. 1000: close keys, counted densely
+    st.floats(min_value=-300, max_value=300),  # far apart: counted through a sort
+    st.sampled_from([-308.0, -307.7, 307.5]),  # next to the zero bucket and to the largest
+)
+timer_value = st.builds(
+    lambda m, sign: sign * 10.0**m, magnitude, st.sampled_from([1.0, 1.0, 1.0, -1.0, 0.0])
+)
+weight = st.sampled_from([1.0, 2.0, 10.0, 1 / 0.3, 1 / 0.7, 1e9])
+
+
+@settings(PARITY, max_examples=max(PARITY.max_examples // 10, 50))
+@given(
+    st.lists(
+        st.tuples(st.lists(timer_value, max_size=80), st.booleans(), st.data()),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_native_binning_is_bin_flat(series: list[tuple[list[float], bool, Any]]) -> None:
+    """bin_values over arrays, as the flush calls it: bit-identical to bin_flat over the same
+    values and weights (keys, counts added in the values' order, zero bucket, integrality)."""
+    assert MODULE is not None
+    values = [array("d", v) for v, _, _ in series]
+    weights = [
+        array("d", data.draw(st.lists(weight, min_size=len(v), max_size=len(v))))
+        if weighted else None
+        for v, weighted, data in series
+    ]  # fmt: skip
+    got = MODULE.bin_values(values, weights if any(w is not None for w in weights) else None)
+    assert got is not None
+    types = (np.int64, np.float64, np.int64, np.float64)
+    keys, counts, bounds, zero = (np.frombuffer(b, t) for b, t in zip(got, types, strict=True))
+    flat_v = np.concatenate([np.asarray(v, dtype=np.float64) for v in values])
+    flat_w = None
+    if any(w is not None for w in weights):
+        flat_w = np.concatenate([
+            np.asarray(w if w is not None else [1.0] * len(v), dtype=np.float64)
+            for v, w in zip(values, weights, strict=True)
+        ])  # fmt: skip
+    offsets = np.cumsum([0] + [len(v) for v in values])
+    want = sketch.bin_flat(flat_v, flat_w, offsets)
+    assert keys.tolist() == want.keys.tolist()
+    assert counts.tolist() == want.counts.tolist()
+    assert bounds.tolist() == want.bounds.tolist()
+    assert zero.tolist() == want.zero.tolist()
+
+
+def test_native_binning_leaves_a_value_that_is_not_finite_to_bin_flat() -> None:
+    """A gauge run to infinity by +N changes cannot be binned: the native binner says so
+    (None), and bin_flat raises the error that names it, as on the pure-Python path."""
+    assert MODULE is not None
+    assert MODULE.bin_values([array("d", [1.0]), array("d", [2.0, math.inf])], None) is None
+    assert MODULE.bin_values([array("d", [math.nan])], None) is None
+
+
+@settings(PARITY, max_examples=max(PARITY.max_examples // 20, 50))
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 2),  # series
+            st.lists(timer_value, min_size=1, max_size=60),
+            st.sampled_from(["", "", "|@0.5", "|@0.1", "|@0.3", "|@0.7"]),
+            st.sampled_from([b"ms", b"h", b"d", b"g"]),
+        ),
+        min_size=1,
+        max_size=30,
+    )
+)
+def test_timer_values_of_datagrams_as_the_reference(
+    runs: list[tuple[int, list[float], str, bytes]],
+) -> None:
+    """Many values per series-bucket over StatsD, of magnitudes near and far apart, positive,
+    negative and zero, with whole and fractional sample-rate weights: the native core's rows
+    (its arrays, binned by it) are the reference's (lists, binned by bin_flat)."""
+    lines = []
+    for series, values, rate, mtype in runs:
+        suffix = b"" if mtype == b"g" else rate.encode()  # a gauge's value is the value
+        lines += [b"s%d%s:%r|%s%s" % (series, mtype, v, mtype, suffix) for v in values]
+    datagrams = [b"\n".join(lines[i : i + 20]) for i in range(0, len(lines), 20)]
+    assert_same(datagrams, gauge_sign="absolute")
 
 
 # ---- HTTP points: admitted in Python, added into the native core

@@ -28,7 +28,7 @@ typedef struct {
 
 /* ---- memory: an allocation failure is fatal (as CPython's own is: abort, never corrupt) */
 
-static void *xrealloc(void *p, size_t n) {
+void *sg_xrealloc(void *p, size_t n) {
     void *q = realloc(p, n ? n : 1);
     if (!q) {
         fputs("statsd-gateway native core: out of memory\n", stderr);
@@ -37,7 +37,7 @@ static void *xrealloc(void *p, size_t n) {
     return q;
 }
 
-static void *xcalloc(size_t n, size_t size) {
+void *sg_xcalloc(size_t n, size_t size) {
     void *q = calloc(n ? n : 1, size);
     if (!q) {
         fputs("statsd-gateway native core: out of memory\n", stderr);
@@ -45,6 +45,9 @@ static void *xcalloc(size_t n, size_t size) {
     }
     return q;
 }
+
+#define xrealloc sg_xrealloc
+#define xcalloc sg_xcalloc
 
 /* ---- hashing: word at a time, seeded per process so a client cannot aim at collisions */
 

@@ -139,6 +139,10 @@ typedef struct sg_core {
     size_t scratch_cap;
 } sg_core;
 
+/* Allocation that aborts on failure (as CPython's own does): never a corrupt table. */
+void *sg_xrealloc(void *p, size_t n);
+void *sg_xcalloc(size_t n, size_t size);
+
 sg_table *sg_table_new(void);
 void sg_table_free(sg_table *t);
 size_t sg_table_memory(const sg_table *t);

@@ -20,6 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "sg_bins.h"
 #include "sg_core.h"
 
 #define READ_BATCH 32
@@ -683,18 +684,27 @@ done:
     return out;
 }
 
-static PyObject *entries_of(const sg_table *t, const int64_t *only, size_t nonly) {
+/* The entries of table t (of the series `only`, sorted, unless it is NULL). `consume`: t is
+ * freed next, so each entry's values are freed as soon as they are copied out, and the values
+ * are never held twice over (the swap's peak memory is about one copy of them, not two). */
+static PyObject *entries_of(sg_table *t, const int64_t *only, size_t nonly, int consume) {
     PyObject *out = PyList_New(0);
     if (!out) return NULL;
     for (size_t i = 0; i < t->n; i++) {
-        if (only && !bsearch(&t->accs[i].sid, only, nonly, sizeof *only, cmp_sid)) continue;
-        PyObject *e = entry_of(&t->accs[i]);
+        sg_acc *a = &t->accs[i];
+        if (only && !bsearch(&a->sid, only, nonly, sizeof *only, cmp_sid)) continue;
+        PyObject *e = entry_of(a);
         if (!e || PyList_Append(out, e) < 0) {
             Py_XDECREF(e);
             Py_DECREF(out);
             return NULL;
         }
         Py_DECREF(e);
+        if (consume) {
+            free(a->values);
+            free(a->weights);
+            a->values = a->weights = NULL;
+        }
     }
     return out;
 }
@@ -703,7 +713,7 @@ static PyObject *Core_swap(CoreObject *self, PyObject *unused) {
     core_lock(self);
     sg_table *t = sg_core_swap(self->core);
     pthread_mutex_unlock(&self->lock);
-    PyObject *out = entries_of(t, NULL, 0);
+    PyObject *out = entries_of(t, NULL, 0, 1);
     sg_table_free(t);
     return out;
 }
@@ -713,7 +723,7 @@ static PyObject *Core_copy(CoreObject *self, PyObject *iterable) {
     int64_t *sids = sorted_sids(iterable, &n);
     if (!sids) return NULL;
     core_lock(self);
-    PyObject *out = entries_of(self->core->live, sids, n);
+    PyObject *out = entries_of(self->core->live, sids, n, 0);
     pthread_mutex_unlock(&self->lock);
     PyMem_Free(sids);
     return out;
@@ -1014,7 +1024,120 @@ static PyObject *set_types(PyObject *m, PyObject *types) {
     Py_RETURN_NONE;
 }
 
+/* bin_values(values, weights): sg_bins.h's binning of many series at once, without the GIL.
+ * values: a sequence of float64 buffers (array('d')), one per series; weights: None, or a
+ * sequence of the same length of float64 buffers or None. Returns (keys, counts, bounds, zero)
+ * as bytes of int64, float64, int64 (2 * series + 1) and float64, as sketch.FlatBins holds
+ * them, or None if a value is not finite (bin_flat then says which). */
+static PyObject *bin_values(PyObject *m, PyObject *args) {
+    PyObject *values, *weights;
+    if (!PyArg_ParseTuple(args, "OO", &values, &weights)) return NULL;
+    PyObject *vs = PySequence_Fast(values, "values: a sequence of buffers");
+    if (!vs) return NULL;
+    PyObject *ws = NULL;
+    Py_ssize_t m_series = PySequence_Fast_GET_SIZE(vs);
+    if (weights != Py_None) {
+        ws = PySequence_Fast(weights, "weights: None or a sequence");
+        if (!ws || PySequence_Fast_GET_SIZE(ws) != m_series) {
+            if (ws) PyErr_SetString(PyExc_ValueError, "weights and values differ in length");
+            Py_XDECREF(ws);
+            Py_DECREF(vs);
+            return NULL;
+        }
+    }
+    PyObject *out = NULL, *keys = NULL, *counts = NULL, *bounds = NULL, *zeros = NULL;
+    Py_buffer *vb = PyMem_Calloc((size_t)m_series + 1, sizeof *vb);
+    Py_buffer *wb = PyMem_Calloc((size_t)m_series + 1, sizeof *wb);
+    Py_ssize_t got_v = 0, got_w = 0;
+    size_t total = 0;
+    if (!vb || !wb) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (; got_v < m_series; got_v++) {
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(vs, got_v), &vb[got_v], PyBUF_FORMAT) < 0)
+            goto done;
+        if (vb[got_v].itemsize != 8 || !vb[got_v].format || strcmp(vb[got_v].format, "d")) {
+            got_v++;
+            PyErr_SetString(PyExc_TypeError, "values: float64 buffers");
+            goto done;
+        }
+        total += (size_t)vb[got_v].len / 8;
+    }
+    for (; ws && got_w < m_series; got_w++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(ws, got_w);
+        if (item == Py_None) continue;
+        if (PyObject_GetBuffer(item, &wb[got_w], PyBUF_FORMAT) < 0) goto done;
+        if (wb[got_w].itemsize != 8 || !wb[got_w].format || strcmp(wb[got_w].format, "d") ||
+            wb[got_w].len != vb[got_w].len) {
+            got_w++;
+            PyErr_SetString(PyExc_ValueError, "weights: float64 buffers as long as the values");
+            goto done;
+        }
+    }
+    keys = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(total * 8));
+    counts = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(total * 8));
+    bounds = PyBytes_FromStringAndSize(NULL, (2 * m_series + 1) * 8);
+    zeros = PyBytes_FromStringAndSize(NULL, m_series * 8);
+    if (!keys || !counts || !bounds || !zeros) goto done;
+    int64_t *k = (int64_t *)PyBytes_AS_STRING(keys), *b = (int64_t *)PyBytes_AS_STRING(bounds);
+    double *c = (double *)PyBytes_AS_STRING(counts), *z = (double *)PyBytes_AS_STRING(zeros);
+    size_t at = 0;
+    int finite = 1;
+    sg_binner binner = {0};
+    Py_BEGIN_ALLOW_THREADS;
+    b[0] = 0;
+    for (Py_ssize_t i = 0; i < m_series; i++) {
+        size_t npos = 0;
+        const double *w = wb[i].buf ? wb[i].buf : NULL;
+        long got = sg_bin_series(&binner, vb[i].buf, w, (size_t)vb[i].len / 8, k + at, c + at,
+                                 &npos, &z[i]);
+        if (got < 0) {
+            finite = 0;
+            break;
+        }
+        b[2 * i + 1] = (int64_t)(at + npos);
+        at += (size_t)got;
+        b[2 * i + 2] = (int64_t)at;
+    }
+    sg_binner_free(&binner);
+    Py_END_ALLOW_THREADS;
+    if (!finite) {
+        out = Py_None;
+        Py_INCREF(out);
+        goto done;
+    }
+    if (_PyBytes_Resize(&keys, (Py_ssize_t)(at * 8)) < 0 ||
+        _PyBytes_Resize(&counts, (Py_ssize_t)(at * 8)) < 0)
+        goto done;
+    out = PyTuple_Pack(4, keys, counts, bounds, zeros);
+done:
+    for (Py_ssize_t i = 0; i < got_v; i++) PyBuffer_Release(&vb[i]);
+    for (Py_ssize_t i = 0; i < got_w; i++)
+        if (wb[i].obj) PyBuffer_Release(&wb[i]);
+    PyMem_Free(vb);
+    PyMem_Free(wb);
+    Py_XDECREF(keys);
+    Py_XDECREF(counts);
+    Py_XDECREF(bounds);
+    Py_XDECREF(zeros);
+    Py_XDECREF(ws);
+    Py_DECREF(vs);
+    return out;
+}
+
+static PyObject *set_mapping(PyObject *m, PyObject *args) {
+    double mult, ln2, min_possible;
+    if (!PyArg_ParseTuple(args, "ddd", &mult, &ln2, &min_possible)) return NULL;
+    sg_set_mapping(mult, ln2, min_possible);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef module_methods[] = {
+    {"set_mapping", set_mapping, METH_VARARGS,
+     "set_mapping(mult, ln2, min_possible): the sketch mapping's constants (sketch/_mapping.py)."},
+    {"bin_values", bin_values, METH_VARARGS,
+     "bin_values(values, weights): DDSketch bins of many series (sketch.bin_flat's)."},
     {"set_types", set_types, METH_O, "set_types(tuple(MetricType)): the type of a sample."},
     {"bucket_of", bucket_of, METH_VARARGS, "bucket_of(t, interval), as the core computes it."},
     {"set_point_type", set_point_type, METH_O,

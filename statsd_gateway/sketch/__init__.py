@@ -46,6 +46,7 @@ from statsd_gateway.sketch._hll import (
 )
 from statsd_gateway.sketch._mapping import (
     GAMMA,
+    KEY_CONSTANTS,
     MAPPING_ID,
     MIN_POSSIBLE,
     RELATIVE_ACCURACY,
@@ -59,6 +60,7 @@ __all__ = [
     "FORMAT",
     "GAMMA",
     "HLL_LG_K",
+    "KEY_CONSTANTS",
     "MAPPING_ID",
     "MIN_POSSIBLE",
     "RELATIVE_ACCURACY",

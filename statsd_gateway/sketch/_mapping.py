@@ -29,6 +29,9 @@ _LN2: float = math.log(2)
 _CENTRE: float = 2.0 / (1 + GAMMA)
 MIN_POSSIBLE: float = sys.float_info.min * GAMMA
 
+# What a native binner needs to compute key_of exactly as here: ceil(log(v) / ln2 * mult).
+KEY_CONSTANTS: tuple[float, float, float] = (_MULT, _LN2, MIN_POSSIBLE)
+
 _EDGE_EPS = 1e-7  # |log_gamma(v) - nearest integer| below which keys are recomputed with math.log
 
 
