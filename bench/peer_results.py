@@ -79,6 +79,32 @@ def read_rows(path: Path, offset: int) -> list[dict[str, Any]]:
         return [json.loads(ln) for ln in f if ln.strip()]
 
 
+def paced_outcome(rows: list[dict[str, Any]], spec: ModeSpec, peer: str, rnd: int) -> Outcome:
+    """The runs at one paced rate (`run_peer.py run --rate`, no search): that rate, how many
+    passed, and the medians of their CPU and peak RSS."""
+    runs = [r for r in rows if r.get("kind") == "paced"]
+    # run_peer.py's pass: < 0.1 % loss, and the socket drained soon after the sender stopped.
+    ok = [r["loss_pct"] < 0.1 and r["drain_s"] <= 0.03 * r["send_wall_s"] + 0.05 for r in runs]
+    bounds = [str(r["bound"]) for r in runs]
+    return Outcome(
+        round=rnd,
+        spec=spec.label,
+        mode=spec.mode,
+        pack=spec.pack,
+        keys=spec.keys,
+        peer=peer,
+        search_id=None,
+        max_rate=median([r.get("rate_target") for r in runs]),
+        confirmed=bool(ok) and all(ok),
+        confirm_passes=f"{sum(ok)}/{len(ok)}",
+        sender_limited=False,
+        cpu_us_per_1k=median([r.get("cpu_us_per_1k_lines") for r in runs]),
+        peak_rss_kb=median([r.get("peak_rss_kb") for r in runs]),
+        bound=statistics.mode(bounds) if bounds else None,
+        error=None if runs else "no run",
+    )
+
+
 def outcome_of(rows: list[dict[str, Any]], spec: ModeSpec, peer: str, rnd: int) -> Outcome:
     """The search-result row the harness appended, and the median of its confirm runs."""
     results = [r for r in rows if r.get("kind") == "search-result"]

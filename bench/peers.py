@@ -43,6 +43,8 @@ How to run (from the repository root)
         --sgw-config-extra 'readers: 2' --out /tmp/peers-3
     python3 bench/peers.py --peers sgw --sgw-env STATSD_GATEWAY_PURE_PYTHON=1 --out /tmp/peers-4
     python3 bench/peers.py --table-only --out /tmp/peers-1   # the table again, from index.jsonl
+    python3 bench/peers.py --peers sgw --modes timeru --rate 3000000 --repeat 3 \\
+        --sgw-bin ../wt-x/.venv/bin/statsd-gateway --out /tmp/peers-5   # CPU at one rate
     python3 bench/peers.py --dry-run                    # print the harness command lines only
 """
 
@@ -61,7 +63,16 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from peer_results import PEERS, ModeSpec, Outcome, load_index, outcome_of, read_rows, table
+from peer_results import (
+    PEERS,
+    ModeSpec,
+    Outcome,
+    load_index,
+    outcome_of,
+    paced_outcome,
+    read_rows,
+    table,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_HARNESS = REPO.parent / "shared" / "bench"
@@ -192,7 +203,13 @@ def harness_argv(
 ) -> list[str]:
     """The run_peer.py command line of one search (or, with --quick, one short search)."""
     out = args.out / f"{peer}.jsonl"
-    argv = [sys.executable, str(args.harness / "run_peer.py"), "search"]
+    argv = [sys.executable, str(args.harness / "run_peer.py")]
+    # A run at a paced rate lasts 6 s, as a search's confirm runs do at least.
+    argv += (
+        ["run", "--rate", str(args.rate), "--lines", str(6 * args.rate)]
+        if args.rate
+        else ["search"]
+    )
     argv += ["--mode", spec.mode, "--pack", str(spec.pack), "--keys", str(spec.keys)]
     argv += ["--repeat", "1" if args.quick else str(args.repeat), "--flush-s", "1"]
     argv += ["--daemon-cpus", "0", "--sender-cpus", "1", "--udpload", str(paths["udpload"])]
@@ -229,7 +246,10 @@ def run_search(
         failed = f"run_peer.py exited {proc.returncode}" if proc.returncode else None
     except subprocess.TimeoutExpired:
         failed = f"run_peer.py timed out after {args.timeout:.0f} s"
-    outcome = outcome_of(read_rows(out, offset), spec, peer, rnd)
+    rows = read_rows(out, offset)
+    outcome = (
+        paced_outcome(rows, spec, peer, rnd) if args.rate else outcome_of(rows, spec, peer, rnd)
+    )
     if failed:
         outcome = dataclasses.replace(outcome, error=failed)
     with (args.out / "index.jsonl").open("a") as f:
@@ -258,6 +278,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add("--harness", type=Path, default=DEFAULT_HARNESS, help="the peer harness's dir")
     add("--statsd-cache", type=Path, default=STATSD_CACHE, help="npm dir of statsd@0.9")
     add("--timeout", type=float, default=1800.0, help="seconds one search may take")
+    add("--rate", type=int, default=0, help="instead of a search: --repeat runs at this paced rate")
     add("--table-only", action="store_true", help="print the table of --out/index.jsonl")
     add("--dry-run", action="store_true", help="print the harness command lines only")
     args = ap.parse_args(argv)
