@@ -1,10 +1,12 @@
 """The real daemon as a benchmark's subprocess: HTTP on a free loopback port, one API key, the
-rest of the config the benchmark's own."""
+rest of the config the benchmark's own; and VictoriaMetrics (Debian's `victoria-metrics`), the
+store measured beside it, the same way."""
 
 from __future__ import annotations
 
 import hashlib
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -50,3 +52,29 @@ def start_http_daemon(
             break
     proc.kill()
     raise SystemExit("the daemon did not start")
+
+
+def start_victoria_metrics(
+    workdir: Path, *, prefix: Sequence[str] = (), flags: Sequence[str] = ()
+) -> tuple[subprocess.Popen[str], str]:
+    """Starts single-node VictoriaMetrics with its data in `workdir`/victoria-metrics-data and
+    its log in `workdir`/victoria-metrics.log, on a free loopback port; returns the process and
+    its base URL once it accepts connections. `flags` are added to its command line."""
+    with socket.socket() as sock:  # a free port; VictoriaMetrics cannot report one it chose
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = (workdir / "victoria-metrics.log").open("w")
+    proc = subprocess.Popen(
+        [*prefix, "victoria-metrics", f"-storageDataPath={workdir / 'victoria-metrics-data'}",
+         f"-httpListenAddr=127.0.0.1:{port}", "-loggerLevel=WARN", *flags],
+        stdout=log, stderr=log, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return proc, f"http://127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise SystemExit("victoria-metrics did not start")

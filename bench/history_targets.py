@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from daemon_process import start_http_daemon
+from daemon_process import start_http_daemon, start_victoria_metrics
 from history_data import MINUTE, Answer, Body, History, gateway_bodies, influx_bodies, influx_metric
 
 KEY = "bench-history-key"
@@ -267,25 +266,9 @@ class VictoriaTarget(HistoryTarget):
     content_type = "text/plain"
 
     def start(self) -> None:
-        with socket.socket() as sock:  # a free port; VictoriaMetrics cannot report one it chose
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        log = (self.workdir / "victoria-metrics.log").open("w")
-        self.proc = subprocess.Popen(
-            [*self.prefix, "victoria-metrics", f"-storageDataPath={self.data}",
-             f"-httpListenAddr=127.0.0.1:{port}", "-search.disableCache", "-loggerLevel=WARN"],
-            stdout=log, stderr=log, text=True,
-        )  # fmt: skip
-        self.base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    return
-            except OSError:
-                time.sleep(0.1)
-        self.proc.kill()
-        raise SystemExit("victoria-metrics did not start")
+        self.proc, self.base = start_victoria_metrics(
+            self.workdir, prefix=self.prefix, flags=["-search.disableCache"]
+        )
 
     @property
     def data(self) -> Path:
