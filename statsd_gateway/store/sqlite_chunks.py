@@ -31,14 +31,8 @@ import numpy.typing as npt
 from statsd_gateway import sketch
 from statsd_gateway.model import MetricType, RowBatch, SeriesKey
 from statsd_gateway.store.base import NUMERIC_COLUMNS, Columns, SeriesInfo, concat_columns
-from statsd_gateway.store.chunks import (
-    SKETCH_BLOCK,
-    DecodedChunks,
-    buckets_per_chunk,
-    chunk_span,
-    decode_chunks,
-    encode_chunks,
-)
+from statsd_gateway.store.chunks import SKETCH_BLOCK, buckets_per_chunk, chunk_span, encode_chunks
+from statsd_gateway.store.chunks_decode import DecodedChunks, decode_chunks
 from statsd_gateway.store.rollup import merge_rows
 from statsd_gateway.store.schema import chunk_table, tags_from_json, tier_table
 
