@@ -330,6 +330,8 @@ def main(argv: list[str]) -> None:
     if argv[:1] == [SERVE]:
         return serve(argv[1:])
     args = parse_args(argv)
+    if args.rate and (args.quick or args.query_check):
+        raise SystemExit("--rate runs at one rate: --quick and --query-check are a search's")
     if args.table_only:
         print(table(load_index(args.out)), end="")
         return None

@@ -256,6 +256,36 @@ static int sum_may_be_nan(const sg_acc *a) {
     return fmax(fabs(a->min), fabs(a->max)) * 1e9 > 1.7976931348623157e308 / 2;
 }
 
+/* Each bin, recomputed the slow way: its weight is the sum, in arrival order from 0, of the
+ * weights of the values of its store whose key is its key (the mapping's formula, as sg_bins.c
+ * states it), and the zero bucket likewise. */
+static void check_bins_exactly(const sg_acc *a, const int64_t *keys, const double *counts,
+                               size_t n, size_t npos, double zero) {
+    const double mult = (1 / log1p(2 * 0.01 / (1 - 0.01))) * log(2.0);
+    const double min_possible = 2.2250738585072014e-308 * (1 + 2 * 0.01 / (1 - 0.01));
+    double z = 0.0;
+    size_t counted = 0;
+    for (size_t j = 0; j < a->n; j++)
+        if (!(fabs(a->values[j]) > min_possible)) z += a->weights ? a->weights[j] : 1.0;
+    CHECK(z == zero, "zero bucket %g, values give %g", zero, z);
+    for (size_t b = 0; b < n; b++) {
+        int neg = b >= npos;
+        double sum = 0.0;
+        for (size_t j = 0; j < a->n; j++) {
+            double x = a->values[j], ax = fabs(x);
+            if (!(ax > min_possible) || (x < 0) != neg) continue;
+            if ((int64_t)ceil(log(ax) / log(2.0) * mult) != keys[b]) continue;
+            sum += a->weights ? a->weights[j] : 1.0;
+            counted++;
+        }
+        CHECK(sum == counts[b], "key %lld of store %d weighs %g, values give %g",
+              (long long)keys[b], neg, counts[b], sum);
+    }
+    size_t nonzero = 0;
+    for (size_t j = 0; j < a->n; j++) nonzero += fabs(a->values[j]) > min_possible;
+    CHECK(counted == nonzero, "bins hold %zu values of %zu", counted, nonzero);
+}
+
 /* A swapped-out table's values binned as the flush bins them (sg_bins.h): keys increasing
  * within each store, every weight counted once, no value that is not finite passed over. */
 static void check_binning(const sg_table *t) {
@@ -282,6 +312,7 @@ static void check_binning(const sg_table *t) {
             }
             for (size_t k = 0; k < a->n; k++) want += a->weights ? a->weights[k] : 1.0;
             CHECK(fabs(weight - want) <= 1e-9 * want, "bins weigh %g, values %g", weight, want);
+            if (a->n <= 256) check_bins_exactly(a, keys, counts, (size_t)n, npos, zero);
         }
         free(keys);
         free(counts);

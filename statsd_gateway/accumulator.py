@@ -95,12 +95,20 @@ class SeriesAccumulator:
             self.last, self.last_ts = other.last, other.last_ts
         if self.values is not None and other.values is not None:
             if other.weights is not None and self.weights is None:
-                self.weights = [1.0] * len(self.values)
+                self.weights = _ones_like(self.values)
             if self.weights is not None:
-                self.weights.extend(other.weights or [1.0] * len(other.values))
+                self.weights.extend(other.weights or _ones_like(other.values))
             self.values.extend(other.values)
         if self.members is not None and other.members is not None:
             self.members |= other.members
+
+
+def _ones_like(values: Sequence[float]) -> list[float]:
+    """Weights of 1 for `values`, in the same kind of container: the native core's arrays stay
+    arrays when two cores' entries merge, so that the flush still bins them in C."""
+    if type(values) is array:
+        return array("d", [1.0]) * len(values)  # type: ignore[return-value]
+    return [1.0] * len(values)
 
 
 # What the native core hands over of one series-bucket (sg_module.c's entry_of): bucket, series

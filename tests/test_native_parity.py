@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from statsd_gateway import native, sketch
+from statsd_gateway import accumulator, native, sketch
 from statsd_gateway.aggregator import IntervalAggregator
 from statsd_gateway.api.schemas import decode_typed_batch, parse_batch, parse_point, sample_of
 from statsd_gateway.ingest import Ingest, LoggedBody
@@ -257,12 +257,56 @@ def test_native_binning_is_bin_flat(series: list[tuple[list[float], bool, Any]])
     assert zero.tolist() == want.zero.tolist()
 
 
+def edge_values() -> list[float]:
+    """Where a key formula that is not key_of's (log2, another order of operations) or a zero
+    bucket edge off by one would show: powers of gamma and their neighbours, either side of
+    MIN_POSSIBLE, -0.0, subnormals, the extremes."""
+    powers = [sketch.GAMMA**k for k in range(-3000, 3001, 7)]
+    edges = [x for p in powers for x in (p, math.nextafter(p, 0), math.nextafter(p, math.inf))]
+    edges += [1.4623031129344288]  # key 20 by key_of, 19 by ceil(log2(v) * mult)
+    mp = sketch.MIN_POSSIBLE
+    special = [0.0, -0.0, 5e-324, -5e-324, 1e-310, mp, -mp, math.nextafter(mp, 1),
+               -math.nextafter(mp, 1), math.nextafter(mp, 0), 1e300, -1e300, 1.7e308]  # fmt: skip
+    return edges + [-x for x in edges] + special
+
+
+def test_native_binning_is_bin_flat_at_the_edges() -> None:
+    """The key edges in one series (far apart: the sort path) and in short runs (close: the
+    dense path), and one key weighted many times over with weights whose sums depend on their
+    order (1e9, 1/0.3, 1/0.7, ...), through both paths."""
+    assert MODULE is not None
+    edges = edge_values()
+    runs = [edges] + [edges[i : i + 3] for i in range(0, len(edges), 3)]
+    repeated = [5.0] * 40 + [1e200, 5.0, -5.0] * 5
+    order = [1e9, 1 / 0.3, 1 / 0.7, 1.0, 3.0, 1 / 0.3] * 9
+    values = [array("d", r) for r in [*runs, repeated]]
+    weights = [None] * len(runs) + [array("d", (order * 2)[: len(repeated)])]
+    got = MODULE.bin_values(values, weights)
+    assert got is not None
+    types = (np.int64, np.float64, np.int64, np.float64)
+    keys, counts, bounds, zero = (np.frombuffer(b, t) for b, t in zip(got, types, strict=True))
+    flat_w = np.concatenate([np.ones(len(r)) for r in runs] + [np.asarray(weights[-1])])
+    flat_v = np.concatenate([np.asarray(v) for v in values])
+    offsets = np.cumsum([0] + [len(v) for v in values])
+    want = sketch.bin_flat(flat_v, flat_w, offsets)
+    assert keys.tolist() == want.keys.tolist()
+    assert counts.tolist() == want.counts.tolist()
+    assert bounds.tolist() == want.bounds.tolist()
+    assert zero.tolist() == want.zero.tolist()
+    assert sketch.flat_from_arrays(keys, counts, bounds, zero).integral.tolist() == (
+        want.integral.tolist()
+    )
+
+
 def test_native_binning_leaves_a_value_that_is_not_finite_to_bin_flat() -> None:
     """A gauge run to infinity by +N changes cannot be binned: the native binner says so
     (None), and bin_flat raises the error that names it, as on the pure-Python path."""
     assert MODULE is not None
     assert MODULE.bin_values([array("d", [1.0]), array("d", [2.0, math.inf])], None) is None
     assert MODULE.bin_values([array("d", [math.nan])], None) is None
+    # ...and so is a weight bin_flat would refuse (the core never makes one: rates are checked)
+    for bad in (0.0, -1.0, math.inf, math.nan):
+        assert MODULE.bin_values([array("d", [1.0])], [array("d", [bad])]) is None
 
 
 @settings(PARITY, max_examples=max(PARITY.max_examples // 20, 50))
@@ -289,7 +333,30 @@ def test_timer_values_of_datagrams_as_the_reference(
         suffix = b"" if mtype == b"g" else rate.encode()  # a gauge's value is the value
         lines += [b"s%d%s:%r|%s%s" % (series, mtype, v, mtype, suffix) for v in values]
     datagrams = [b"\n".join(lines[i : i + 20]) for i in range(0, len(lines), 20)]
-    assert_same(datagrams, gauge_sign="absolute")
+    ref, nat = both(gauge_sign="absolute")
+    for data in datagrams:
+        ref.send(data)
+        nat.send(data)
+    want = ref.outcome()
+    binned = []
+
+    def spy(values: Any, weights: Any) -> Any:
+        out = binning(values, weights)
+        binned.append(out is not None)
+        return out
+
+    binning = accumulator.native_binning
+    assert binning is not None
+    accumulator.native_binning = spy
+    try:
+        got = nat.outcome()
+    finally:
+        accumulator.native_binning = binning
+    assert got == want
+    # The native path's sketches came from the native core's binning (unless a value was not
+    # finite: then it gives up and bin_flat raises, as on the reference path).
+    if any(sk is not None for sk in got["sketches"]):
+        assert binned and all(binned)
 
 
 # ---- HTTP points: admitted in Python, added into the native core

@@ -103,6 +103,7 @@ long sg_bin_series(sg_binner *b, const double *v, const double *w, size_t n, int
     for (size_t j = 0; j < n; j++) {
         double x = v[j], a = fabs(x);
         if (!isfinite(x)) return -1;
+        if (w && !(isfinite(w[j]) && w[j] > 0)) return -1; /* bin_flat refuses it too */
         if (!(a > min_possible)) {
             b->codes[j] = ZERO_CODE;
             z += w ? w[j] : 1.0;

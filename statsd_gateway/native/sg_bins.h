@@ -11,8 +11,8 @@
  * - Each series' bins: the positive store's keys increasing, then the negative store's, each
  *   key's weights added in the values' order (as bin_flat's bincount adds them), then the zero
  *   bucket's weight.
- * - Values must be finite: sg_bin_series returns -1 at the first one that is not (the caller
- *   then leaves the error to bin_flat, which names it).
+ * - Values must be finite and weights finite and > 0: sg_bin_series returns -1 at the first
+ *   that is not (the caller then leaves the error to bin_flat, which names it).
  */
 #ifndef SG_BINS_H
 #define SG_BINS_H
@@ -36,7 +36,7 @@ void sg_binner_free(sg_binner *b);
 
 /* Bins n values (weights w, or 1 each when w is NULL) into keys/counts (room for n each):
  * returns the number of positive keys in *npos, the zero bucket's weight in *zero and the
- * number of keys written, or -1 if a value is not finite. */
+ * number of keys written, or -1 if a value is not finite or a weight not finite and > 0. */
 long sg_bin_series(sg_binner *b, const double *v, const double *w, size_t n, int64_t *keys,
                    double *counts, size_t *npos, double *zero);
 
