@@ -194,12 +194,22 @@ def check_file(path: Path) -> None:
         )
     pages = int.from_bytes(header[28:32], "big")
     # The header's page count is valid only when its "version valid for" equals the change
-    # counter (SQLite's file format, §1.3.7).
-    if header[92:96] == header[24:28] and size < pages * page_size:
+    # counter (SQLite's file format, §1.3.7). And only without a -wal beside the file: while
+    # a checkpoint (another connection's, a moment before) copies pages into the file, the page
+    # holding the count can land before the pages that extend the file, and SQLite reads what
+    # is not in the file yet from the -wal.
+    if header[92:96] == header[24:28] and size < pages * page_size and not _has_wal(path):
         raise DamagedDatabase(
             f"the file is truncated: {size} bytes, but its header counts {pages} pages of "
             f"{page_size} bytes ({pages * page_size} bytes)"
         )
+
+
+def _has_wal(path: Path) -> bool:
+    try:
+        return path.with_name(path.name + "-wal").stat().st_size > 0
+    except FileNotFoundError:
+        return False
 
 
 def migrate(conn: sqlite3.Connection, sketch_format: str) -> None:

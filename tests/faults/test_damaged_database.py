@@ -15,6 +15,7 @@ import pytest
 
 from statsd_gateway.model import BucketRow, MetricType
 from statsd_gateway.store import SqliteStore
+from statsd_gateway.store.schema import DamagedDatabase, check_file
 from tests.conftest import T0, run_sync, write_rows
 from tests.daemon import write_config
 
@@ -78,3 +79,18 @@ def test_a_new_database_is_created_whole_and_reopens(tmp_path: Path) -> None:
     store = SqliteStore(db)
     assert len(run_sync(store.open()).series) == 40
     run_sync(store.close())
+
+
+def test_a_file_shorter_than_its_header_says_is_refused_only_without_a_wal(
+    tmp_path: Path,
+) -> None:
+    """A file cut short is damaged; the same bytes with a -wal beside them are a checkpoint
+    midway (another connection copying pages in: the header's page count lands before the
+    pages that extend the file), which SQLite reads through the -wal, so the store opens it."""
+    data = make_database(tmp_path / "good.db")
+    db = tmp_path / "metrics.db"
+    db.write_bytes(data[: 4096 * 3])
+    with pytest.raises(DamagedDatabase, match="its header counts"):
+        check_file(db)
+    Path(f"{db}-wal").write_bytes(b"\x37\x7f\x06\x82" + bytes(28))
+    check_file(db)  # no error: the page count is not compared while a -wal is there
