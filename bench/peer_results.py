@@ -79,19 +79,24 @@ def read_rows(path: Path, offset: int) -> list[dict[str, Any]]:
         return [json.loads(ln) for ln in f if ln.strip()]
 
 
+def _outcome(spec: ModeSpec, peer: str, rnd: int, **figures: Any) -> Outcome:
+    """An Outcome of `peer` in round `rnd` for the mode `spec`, with these figures."""
+    return Outcome(
+        round=rnd, spec=spec.label, mode=spec.mode, pack=spec.pack, keys=spec.keys, peer=peer,
+        **figures,
+    )  # fmt: skip
+
+
 def paced_outcome(rows: list[dict[str, Any]], spec: ModeSpec, peer: str, rnd: int) -> Outcome:
     """The runs at one paced rate (`run_peer.py run --rate`, no search): that rate, how many
     passed, and the medians of their CPU and peak RSS."""
     runs = [r for r in rows if r.get("kind") == "paced"]
     ok = [bool(r["passes"]) for r in runs]  # run_peer.py's own verdict on each run
     bounds = [str(r["bound"]) for r in runs]
-    return Outcome(
-        round=rnd,
-        spec=spec.label,
-        mode=spec.mode,
-        pack=spec.pack,
-        keys=spec.keys,
-        peer=peer,
+    return _outcome(
+        spec,
+        peer,
+        rnd,
         search_id=None,
         max_rate=median([r.get("rate_target") for r in runs]),
         confirmed=bool(ok) and all(ok),
@@ -120,13 +125,10 @@ def outcome_of(rows: list[dict[str, Any]], spec: ModeSpec, peer: str, rnd: int) 
     ]
     bounds = [str(r["bound"]) for r in at_max]
     passes = sr.get("confirm_passes")
-    return Outcome(
-        round=rnd,
-        spec=spec.label,
-        mode=spec.mode,
-        pack=spec.pack,
-        keys=spec.keys,
-        peer=peer,
+    return _outcome(
+        spec,
+        peer,
+        rnd,
         search_id=str(sr["search_id"]) if sr else None,
         max_rate=rate,
         confirmed=bool(sr.get("confirmed")),

@@ -231,20 +231,27 @@ weight = st.sampled_from([1.0, 2.0, 10.0, 1 / 0.3, 1 / 0.7, 1e9])
 def test_native_binning_is_bin_flat(series: list[tuple[list[float], bool, Any]]) -> None:
     """bin_values over arrays, as the flush calls it: bit-identical to bin_flat over the same
     values and weights (keys, counts added in the values' order, zero bucket, integrality)."""
-    assert MODULE is not None
     values = [array("d", v) for v, _, _ in series]
     weights = [
         array("d", data.draw(st.lists(weight, min_size=len(v), max_size=len(v))))
         if weighted else None
         for v, weighted, data in series
     ]  # fmt: skip
-    got = MODULE.bin_values(values, weights if any(w is not None for w in weights) else None)
+    assert_native_bins_are_bin_flat(values, weights)
+
+
+def assert_native_bins_are_bin_flat(values: list[Any], weights: list[Any]) -> None:
+    """bin_values of these arrays (weights: an array or None each) equals bin_flat of the same
+    values and weights, every array of it, and its integrality."""
+    assert MODULE is not None
+    weighted = any(w is not None for w in weights)
+    got = MODULE.bin_values(values, weights if weighted else None)
     assert got is not None
     types = (np.int64, np.float64, np.int64, np.float64)
     keys, counts, bounds, zero = (np.frombuffer(b, t) for b, t in zip(got, types, strict=True))
     flat_v = np.concatenate([np.asarray(v, dtype=np.float64) for v in values])
     flat_w = None
-    if any(w is not None for w in weights):
+    if weighted:
         flat_w = np.concatenate([
             np.asarray(w if w is not None else [1.0] * len(v), dtype=np.float64)
             for v, w in zip(values, weights, strict=True)
@@ -255,6 +262,9 @@ def test_native_binning_is_bin_flat(series: list[tuple[list[float], bool, Any]])
     assert counts.tolist() == want.counts.tolist()
     assert bounds.tolist() == want.bounds.tolist()
     assert zero.tolist() == want.zero.tolist()
+    assert sketch.flat_from_arrays(keys, counts, bounds, zero).integral.tolist() == (
+        want.integral.tolist()
+    )
 
 
 def edge_values() -> list[float]:
@@ -274,28 +284,13 @@ def test_native_binning_is_bin_flat_at_the_edges() -> None:
     """The key edges in one series (far apart: the sort path) and in short runs (close: the
     dense path), and one key weighted many times over with weights whose sums depend on their
     order (1e9, 1/0.3, 1/0.7, ...), through both paths."""
-    assert MODULE is not None
     edges = edge_values()
     runs = [edges] + [edges[i : i + 3] for i in range(0, len(edges), 3)]
     repeated = [5.0] * 40 + [1e200, 5.0, -5.0] * 5
     order = [1e9, 1 / 0.3, 1 / 0.7, 1.0, 3.0, 1 / 0.3] * 9
     values = [array("d", r) for r in [*runs, repeated]]
     weights = [None] * len(runs) + [array("d", (order * 2)[: len(repeated)])]
-    got = MODULE.bin_values(values, weights)
-    assert got is not None
-    types = (np.int64, np.float64, np.int64, np.float64)
-    keys, counts, bounds, zero = (np.frombuffer(b, t) for b, t in zip(got, types, strict=True))
-    flat_w = np.concatenate([np.ones(len(r)) for r in runs] + [np.asarray(weights[-1])])
-    flat_v = np.concatenate([np.asarray(v) for v in values])
-    offsets = np.cumsum([0] + [len(v) for v in values])
-    want = sketch.bin_flat(flat_v, flat_w, offsets)
-    assert keys.tolist() == want.keys.tolist()
-    assert counts.tolist() == want.counts.tolist()
-    assert bounds.tolist() == want.bounds.tolist()
-    assert zero.tolist() == want.zero.tolist()
-    assert sketch.flat_from_arrays(keys, counts, bounds, zero).integral.tolist() == (
-        want.integral.tolist()
-    )
+    assert_native_bins_are_bin_flat(values, weights)
 
 
 def test_native_binning_leaves_a_value_that_is_not_finite_to_bin_flat() -> None:
