@@ -11,13 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from statsd_gateway import sketch
 from statsd_gateway.errors import StoreError
 from statsd_gateway.model import BucketRow, MetricType, RowBatch, SeriesKey
 from statsd_gateway.store import SqliteStore
 from statsd_gateway.store.base import FlushWrite, RowRead, StoredRows
-from statsd_gateway.store.chunks import BUCKETS_PER_CHUNK
+from statsd_gateway.store.chunks import BUCKETS_PER_CHUNK, _column, encode_columns
 from statsd_gateway.store.rollup import merge_rows
 from statsd_gateway.store.sealing import SealJob
 from statsd_gateway.telemetry import Telemetry
@@ -298,6 +300,51 @@ async def test_coarse_tiers_seal_where_they_are_complete_and_the_finest_where_th
         await store.close()
 
 
+async def test_a_back_fill_of_closed_windows_goes_straight_into_chunks_and_merges_exactly(
+    tmp_path: Path,
+) -> None:
+    """Buckets of windows that closed before the write (a back-fill, late points) are merged
+    into their chunks at once, never through the head; two back-fills overlapping in half of
+    their buckets answer exactly what the same writes answer through the head, in both tiers."""
+    now = T0 + 2 * 86400.0
+    stores = []
+    for name in ("chunks", "head"):
+        path, clock = tmp_path / f"{name}.db", ManualClock(now)
+        store = SqliteStore(path, resolutions=(10.0, 60.0), clock=clock)
+        await store.open()
+        stores.append(store)
+    # How far the minute tier is complete, as the live flushes leave it: before the back-fills
+    # in one store, after them in the other (whose back-fills go to the head, windows not
+    # closed yet).
+    live = RowBatch.from_rows([])
+    await stores[0].write_flush(FlushWrite(1, live, complete_until={60.0: now}))
+    try:
+        for seq, (seed, first) in enumerate(((0, 0), (1, BUCKETS_PER_CHUNK)), 2):
+            rng = np.random.default_rng(seed)  # 2 h, then 2 h from the second hour on
+            rows = [r for b in range(first, first + 2 * BUCKETS_PER_CHUNK)
+                    for r in rows_at(T0 + 10 * b, rng)]  # fmt: skip
+            batch = RowBatch.from_rows(rows)
+            for store, at in zip(stores, (seq, seq - 1), strict=True):
+                flush = FlushWrite(at, batch, rollups={60.0: merge_rows(batch, 60.0)})
+                await store.write_flush(flush)
+        await stores[1].write_flush(FlushWrite(3, live, complete_until={60.0: now}))
+        counts = tables(stores[0].path)
+        assert counts["points_10s"] == 0 and counts["points_60s"] == 0
+        assert counts["chunks_10s"] == 3 * 5  # the 3 hours' windows, 5 series
+        assert counts["chunks_60s"] == 2 * 5  # 16:00-19:00: the 6 h windows at 12:00 and 18:00
+        assert tables(stores[1].path)["points_10s"] == 3 * BUCKETS_PER_CHUNK * 5
+        for res in (10.0, 60.0):
+            for m in ("lat", "temp", "users"):
+                r = RowRead("default", m, (), T0, T0 + 4 * HOUR, res, values=ALL, sketches=True,
+                            hll=True, by_series=True)  # fmt: skip
+                got, want = [answer(await s.read_rows(r)) for s in stores]
+                assert got == want
+        assert await stores[0].seal_chunks() == 0  # nothing waits in the head
+    finally:
+        for store in stores:
+            await store.close()
+
+
 async def test_the_sealing_task_counts_what_it_seals_and_waits_out_a_back_fill(
     store: SqliteStore,
 ) -> None:
@@ -310,3 +357,27 @@ async def test_the_sealing_task_counts_what_it_seals_and_waits_out_a_back_fill(
     assert await job.run_once() == BUCKETS_PER_CHUNK * 5  # quiet since the last run
     assert telemetry.sealed_buckets == BUCKETS_PER_CHUNK * 5
     assert "statsd_gateway_sealed_buckets_total 1800.0" in telemetry.render().decode()
+
+
+_EDGES = [np.nan, -0.0, 0.0, 1.5, 255.0, 256.0, -128.0, 65535.0, 2.0**32, 2.0**53 - 1, 2.0**53,
+          -(2.0**53) + 1, 1e300, -1e-300, np.inf, -np.inf, 1.7e9]  # fmt: skip
+_SEGMENT = st.one_of(
+    st.lists(st.integers(-(2**20), 2**20).map(float), max_size=12),  # small integers
+    st.lists(st.integers(0, 2**53).map(float), max_size=12),  # wide ones
+    st.lists(st.sampled_from(_EDGES), max_size=12),
+    st.lists(st.floats(allow_nan=True, allow_infinity=True), max_size=12),
+    st.integers(0, 12).map(lambda k: [float("nan")] * k),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_SEGMENT, min_size=1, max_size=8))
+def test_every_column_of_a_chunk_encodes_in_one_pass_as_it_does_alone(
+    segments: list[list[float]],
+) -> None:
+    """encode_columns, the pass over all of a batch's columns of one kind, gives every
+    segment's bytes exactly as _column, the encoding the format describes, gives them alone."""
+    parts = [np.asarray(p, dtype=np.float64) for p in segments]
+    lengths = np.array([p.size for p in parts], dtype=np.int64)
+    got = encode_columns(np.concatenate(parts), lengths)
+    assert got == [_column(p) for p in parts]

@@ -141,6 +141,84 @@ def _column(x: _F64) -> bytes:
     return b"\x02" + _shuffled(xor)
 
 
+def _widths(top: npt.NDArray[np.uint64]) -> _I64:
+    """_width of every segment, from its largest zigzag value (0 for an empty one)."""
+    out: _I64 = np.select([top < 1 << 8, top < 1 << 16, top < 1 << 32], [1, 2, 4], 8).astype(
+        np.int64
+    )
+    return out
+
+
+def encode_columns(x: _F64, lengths: _I64) -> list[bytes]:
+    """_column of every segment of x (consecutive, of the given lengths, which may be 0), the
+    same bytes, in a few numpy passes over all of them: a chunk holds dozens of columns, most
+    of a few hundred values, where a pass per column costs more than its values do."""
+    m = lengths.size
+    ends = np.cumsum(lengths)
+    starts = ends - lengths
+    seg = np.repeat(np.arange(m), lengths)
+    first = starts[lengths > 0]
+
+    def per_segment(flags: npt.NDArray[np.bool_]) -> _I64:
+        c = np.concatenate(([0], np.cumsum(flags, dtype=np.int64)))
+        out: _I64 = c[ends] - c[starts]
+        return out
+
+    with np.errstate(invalid="ignore"):
+        ok = (np.abs(x) < _SAFE_INT) & (np.floor(x) == x) & ~((x == 0.0) & np.signbit(x))
+    all_nan = (lengths > 0) & (per_segment(np.isnan(x)) == lengths)
+    integral = per_segment(~ok) == 0
+    v = np.where(ok, x, 0.0).astype(np.int64)
+    d = v.copy()
+    d[1:] -= v[:-1]
+    d[first] = v[first]
+    plain, deltas = _zigzag(v), _zigzag(d)
+    zero = np.zeros(m, dtype=np.uint64)
+    top_p, top_d = zero.copy(), zero.copy()
+    if first.size:
+        nonempty = lengths > 0
+        top_p[nonempty] = np.maximum.reduceat(np.where(ok, plain, 0), first)
+        top_d[nonempty] = np.maximum.reduceat(np.where(ok, deltas, 0), first)
+    wp, wd = _widths(top_p), _widths(top_d)
+    use_plain = (wp < wd) | (wp == 1)
+    tag = np.where(all_nan, 0, np.where(integral, np.where(use_plain, 3, 1), 2))
+    width = np.where(tag == 3, wp, np.where(tag == 1, wd, 8))
+    tag_e, width_e = tag[seg], width[seg]
+    # Each segment's payload is a slice of one buffer per (tag, width): its values in order.
+    buffers: dict[tuple[int, int], tuple[bytes, _I64]] = {}
+    for w in (1, 2, 4, 8):
+        for t, z in ((3, plain), (1, deltas)):
+            sel = (tag_e == t) & (width_e == w)
+            if sel.any():
+                at = np.cumsum(np.where((tag == t) & (width == w), lengths, 0)) * w
+                buffers[t, w] = (z[sel].astype(f"<u{w}").tobytes(), at)
+    floats = tag_e == 2
+    if floats.any():
+        bits = x.view(np.uint64)
+        xor = bits.copy()
+        xor[1:] ^= bits[:-1]
+        xor[first] = bits[first]
+        k = np.where(tag == 2, lengths, 0)
+        at = np.cumsum(k) * 8
+        local = np.arange(x.size) - starts[seg]
+        f_seg = seg[floats]
+        # Byte b of a segment's value j goes to plane b, column j: its values' byte 0 first.
+        dest = (at - 8 * k)[f_seg, None] + np.arange(8) * k[f_seg, None] + local[floats, None]
+        planes = np.empty(int(at[-1]), dtype=np.uint8)
+        planes[dest.ravel()] = xor[floats].astype("<u8").view(np.uint8)
+        buffers[2, 8] = (planes.tobytes(), at)
+    out = []
+    for i, (t, w, n) in enumerate(zip(tag.tolist(), width.tolist(), lengths.tolist(), strict=True)):
+        if t == 0:
+            out.append(b"\x00")
+            continue
+        buf, at = buffers[t, w] if n else (b"", zero)
+        end = int(at[i]) if n else 0
+        head = b"\x02" if t == 2 else bytes((t, w))
+        out.append(head + buf[end - n * w : end])
+    return out
+
+
 def _group(columns: Sequence[bytes]) -> bytes:
     if all(c == b"\x00" for c in columns):
         return _varint(0)
@@ -155,47 +233,75 @@ def encode_chunk(rows: RowBatch) -> bytes:
 
 def encode_chunks(rows: RowBatch, cuts: Sequence[int]) -> list[bytes]:
     """The chunk of each run rows[cuts[i]:cuts[i + 1]] (each one series' buckets of one
-    window, oldest first, each once), from slices of the batch's arrays (no copy per run)."""
-    hll_all = [h or b"" for h in rows.hll]
-    hll_len_all = np.array([len(h) for h in hll_all], dtype=np.float64)
+    window, oldest first, each once), every column of every run encoded in one pass."""
+    bounds = np.asarray(cuts, dtype=np.int64)
+    sizes = np.diff(bounds)
+
+    def columns(*names: str) -> list[list[bytes]]:
+        a, b = int(bounds[0]), int(bounds[-1])
+        return [encode_columns(getattr(rows, name)[a:b], sizes) for name in names]
+
+    group_a = list(zip(*columns("ts", "count", "sum", "min", "max"), strict=True))
+    group_b = list(zip(*columns("last", "last_ts"), strict=True))
+    blocks = _sketch_blocks(rows, cuts)
+    any_hll = rows.hll.count(None) < len(rows.hll)
     out = []
-    for a, b in pairwise(cuts):
-        has = rows.has_sketch[a:b]
-        group_a = [_column(rows.ts[a:b]), _column(rows.count[a:b]), _column(rows.sum[a:b])]
-        group_a += [_column(rows.min[a:b]), _column(rows.max[a:b])]
-        group_b = [_column(rows.last[a:b]), _column(rows.last_ts[a:b])]
-        blocks = _sketch_blocks(rows, a, b) if has.any() else []
+    for i, (a, b) in enumerate(pairwise(cuts)):
         group_d = [b"\x00"]
-        if hll_len_all[a:b].any():
-            group_d = [_column(hll_len_all[a:b]), b"".join(hll_all[a:b])]
+        hll = [h or b"" for h in rows.hll[a:b]] if any_hll else []
+        if any(hll):
+            group_d = [_column(np.array([len(h) for h in hll], dtype=np.float64)), b"".join(hll)]
+        mine = blocks[i]
         out.append(
             b"".join(
-                [bytes((VERSION,)), _varint(b - a), _group(group_a), _group(group_b),
-                 _varint(len(blocks)), *blocks, _group(group_d)]
+                [bytes((VERSION,)), _varint(b - a), _group(group_a[i]), _group(group_b[i]),
+                 _varint(len(mine)), *mine, _group(group_d)]
             )
         )  # fmt: skip
     return out
 
 
-def _sketch_blocks(rows: RowBatch, a: int, b: int) -> list[bytes]:
-    """The sketches of rows [a, b) in blocks of SKETCH_BLOCK rows, each its first bucket's
-    time (8 bytes), then its group (a block without a sketch: size 0)."""
+def _sketch_blocks(rows: RowBatch, cuts: Sequence[int]) -> list[list[bytes]]:
+    """For each run, the sketches of its rows in blocks of SKETCH_BLOCK rows, each its first
+    bucket's time (8 bytes), then its group (a block without a sketch: size 0); none for a
+    run without a sketch. Every block's columns are encoded in one pass per column."""
+    runs = list(pairwise(cuts))
+    spans = [(lo, min(lo + SKETCH_BLOCK, b)) for a, b in runs for lo in range(a, b, SKETCH_BLOCK)]
+    if not spans or not rows.has_sketch[cuts[0] : cuts[-1]].any():
+        return [[] for _ in runs]
     flat = rows.sketches
     bounds = flat.bounds
-    out = []
-    for lo_row in range(a, b, SKETCH_BLOCK):
-        hi_row = min(lo_row + SKETCH_BLOCK, b)
-        has = rows.has_sketch[lo_row:hi_row]
-        first = np.float64(rows.ts[lo_row]).astype("<f8").tobytes()
-        s = int(has.sum())
-        if not s:
-            out.append(first + _varint(0))
+    lo_rows = np.array([lo for lo, _ in spans], dtype=np.int64)
+    hi_rows = np.array([hi for _, hi in spans], dtype=np.int64)
+    a0, b0 = cuts[0], cuts[-1]
+    has = rows.has_sketch[a0:b0]
+    s = np.add.reduceat(has.astype(np.int64), lo_rows - a0)
+    rows_with = np.flatnonzero(has) + a0
+    # Items without a sketch hold empty stores: their bins are none of the block's.
+    lens = np.diff(bounds[2 * a0 : 2 * b0 + 1]).reshape(-1, 2)[has].reshape(-1)
+    n_bins = bounds[2 * hi_rows] - bounds[2 * lo_rows]
+    lo_bin, hi_bin = int(bounds[2 * a0]), int(bounds[2 * b0])
+    cols = [
+        encode_columns(has.astype(np.float64), hi_rows - lo_rows),
+        encode_columns(flat.zero[rows_with], s),
+        encode_columns(lens.astype(np.float64), 2 * s),
+        encode_columns(flat.keys[lo_bin:hi_bin].astype(np.float64), n_bins),
+        encode_columns(np.asarray(flat.counts[lo_bin:hi_bin], dtype=np.float64), n_bins),
+    ]
+    firsts = rows.ts[lo_rows].astype("<f8")
+    encoded = []
+    for j, (k, nb) in enumerate(zip(s.tolist(), n_bins.tolist(), strict=True)):
+        first = firsts[j : j + 1].tobytes()
+        if not k:
+            encoded.append(first + _varint(0))
             continue
-        # Items without a sketch hold empty stores: their bins are none of the block's.
-        lo, hi = int(bounds[2 * lo_row]), int(bounds[2 * hi_row])
-        lens = np.diff(bounds[2 * lo_row : 2 * hi_row + 1]).reshape(-1, 2)[has].reshape(-1)
-        group = [_varint(s) + _varint(hi - lo), _column(has.astype(np.float64))]
-        group += [_column(flat.zero[lo_row:hi_row][has]), _column(lens.astype(np.float64))]
-        group += [_column(flat.keys[lo:hi].astype(np.float64)), _column(flat.counts[lo:hi])]
-        out.append(first + _group(group))
+        group = [_varint(k) + _varint(nb), *(c[j] for c in cols)]
+        encoded.append(first + _group(group))
+    out = []
+    at = 0
+    for a, b in runs:
+        n = -(-(b - a) // SKETCH_BLOCK)
+        mine = encoded[at : at + n]
+        at += n
+        out.append(mine if rows.has_sketch[a:b].any() else [])
     return out
