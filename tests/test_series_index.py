@@ -22,7 +22,7 @@ import pytest
 from statsd_gateway.aggregator import SeriesRegistry
 from statsd_gateway.model import BucketRow, Matcher, MatchOp, MetricType, Tags, matches_all
 from statsd_gateway.query import AggOp, Aggregation, Grouping, QueryEngine, QueryPlan, Selector
-from statsd_gateway.store import SqliteStore
+from statsd_gateway.store import SqliteStore, sqlite_reads
 from statsd_gateway.store.memory import MemoryStore
 from statsd_gateway.store.schema import MIGRATIONS, SCHEMA_VERSION, ensure_tier_table, tags_json
 from statsd_gateway.store.sqlite_writer import SKETCH_FORMAT
@@ -131,12 +131,19 @@ async def selected_by_query(
     return hosts([s.tags for s in (await engine.run(plan)).series])
 
 
+@pytest.mark.parametrize("by_id", [True, False], ids=["by-id", "probed"])
 @pytest.mark.parametrize(("matchers", "want"), CASES, ids=IDS)
 async def test_matchers_select_alike_through_the_index_the_store_and_memory(
     parts: tuple[SqliteStore, QueryEngine, MemoryStore],
     matchers: tuple[Matcher, ...],
     want: set[str],
+    by_id: bool,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """`by_id`: an `=` matcher's few carriers are looked up by id (every case here has few);
+    else every series of the metric is probed for the value (what many carriers get)."""
+    if not by_id:
+        monkeypatch.setattr(sqlite_reads, "_FEW_CARRYING", 0)
     store, engine, reference = parts
     assert hosts([t for t in SERIES.values() if matches_all(t, matchers)]) == want
     assert hosts([s.tags for s in await store.series(TENANT, "stored", matchers)]) == want

@@ -60,12 +60,20 @@ def read_series(
     """The tenant's series (of metric `name`, if given) whose tags pass every matcher, by
     (name, tags). The matchers are answered by the series index (`series_tags`): `=` and `!=`
     in SQL; a regex is matched in Python against the distinct values of its tag (few, as
-    against the series), which SQL then selects by."""
-    where = ["s.tenant = ?"]
+    against the series), which SQL then selects by. Where an `=` matcher's value is carried
+    by few series (of any metric), those are looked up by id instead of probing every series
+    of the metric for it."""
+    ids = _few_carrying(conn, matchers)
+    # With ids, a unary + keeps SQLite from scanning the metric's series by (tenant, name).
+    plus = "+" if ids is not None else ""
+    where = [f"{plus}s.tenant = ?"]
     args: list[object] = [tenant]
     if name is not None:
-        where.append("s.name = ?")
+        where.append(f"{plus}s.name = ?")
         args.append(name)
+    if ids is not None:
+        where.append("s.id IN (SELECT value FROM json_each(?))")
+        args.append(json.dumps(ids))
     for m in matchers:
         condition = _matcher_sql(conn, tenant, name, m)
         if condition is None:
@@ -81,6 +89,30 @@ def read_series(
     return [
         SeriesInfo(sid, t, n, tags_from_json(tags), MetricType(mt)) for sid, t, n, tags, mt in cur
     ]
+
+
+# Up to this many series carrying an `=` matcher's value are looked up by id (a few µs each);
+# past it, the metric's series are probed for the value instead (bounded by the metric).
+_FEW_CARRYING = 256
+
+
+def _few_carrying(conn: sqlite3.Connection, matchers: Sequence[Matcher]) -> list[int] | None:
+    """The ids of the series carrying the value of the most selective `=` matcher that needs
+    its tag, when at most _FEW_CARRYING series (of any metric) do; else None."""
+    best: list[int] | None = None
+    for m in matchers:
+        if m.op is not MatchOp.EQUAL or m.accepts(None):
+            continue
+        ids = [
+            sid
+            for (sid,) in conn.execute(
+                "SELECT series_id FROM series_tags WHERE key = ? AND value = ? LIMIT ?",
+                (m.key, m.value, _FEW_CARRYING + 1),
+            )
+        ]
+        if len(ids) <= _FEW_CARRYING and (best is None or len(ids) < len(best)):
+            best = ids
+    return best
 
 
 def _matcher_sql(
