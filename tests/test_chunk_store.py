@@ -300,51 +300,6 @@ async def test_coarse_tiers_seal_where_they_are_complete_and_the_finest_where_th
         await store.close()
 
 
-async def test_a_back_fill_of_closed_windows_goes_straight_into_chunks_and_merges_exactly(
-    tmp_path: Path,
-) -> None:
-    """Buckets of windows that closed before the write (a back-fill, late points) are merged
-    into their chunks at once, never through the head; two back-fills overlapping in half of
-    their buckets answer exactly what the same writes answer through the head, in both tiers."""
-    now = T0 + 2 * 86400.0
-    stores = []
-    for name in ("chunks", "head"):
-        path, clock = tmp_path / f"{name}.db", ManualClock(now)
-        store = SqliteStore(path, resolutions=(10.0, 60.0), clock=clock)
-        await store.open()
-        stores.append(store)
-    # How far the minute tier is complete, as the live flushes leave it: before the back-fills
-    # in one store, after them in the other (whose back-fills go to the head, windows not
-    # closed yet).
-    live = RowBatch.from_rows([])
-    await stores[0].write_flush(FlushWrite(1, live, complete_until={60.0: now}))
-    try:
-        for seq, (seed, first) in enumerate(((0, 0), (1, BUCKETS_PER_CHUNK)), 2):
-            rng = np.random.default_rng(seed)  # 2 h, then 2 h from the second hour on
-            rows = [r for b in range(first, first + 2 * BUCKETS_PER_CHUNK)
-                    for r in rows_at(T0 + 10 * b, rng)]  # fmt: skip
-            batch = RowBatch.from_rows(rows)
-            for store, at in zip(stores, (seq, seq - 1), strict=True):
-                flush = FlushWrite(at, batch, rollups={60.0: merge_rows(batch, 60.0)})
-                await store.write_flush(flush)
-        await stores[1].write_flush(FlushWrite(3, live, complete_until={60.0: now}))
-        counts = tables(stores[0].path)
-        assert counts["points_10s"] == 0 and counts["points_60s"] == 0
-        assert counts["chunks_10s"] == 3 * 5  # the 3 hours' windows, 5 series
-        assert counts["chunks_60s"] == 2 * 5  # 16:00-19:00: the 6 h windows at 12:00 and 18:00
-        assert tables(stores[1].path)["points_10s"] == 3 * BUCKETS_PER_CHUNK * 5
-        for res in (10.0, 60.0):
-            for m in ("lat", "temp", "users"):
-                r = RowRead("default", m, (), T0, T0 + 4 * HOUR, res, values=ALL, sketches=True,
-                            hll=True, by_series=True)  # fmt: skip
-                got, want = [answer(await s.read_rows(r)) for s in stores]
-                assert got == want
-        assert await stores[0].seal_chunks() == 0  # nothing waits in the head
-    finally:
-        for store in stores:
-            await store.close()
-
-
 async def test_the_sealing_task_counts_what_it_seals_and_waits_out_a_back_fill(
     store: SqliteStore,
 ) -> None:

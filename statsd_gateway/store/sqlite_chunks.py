@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from itertools import pairwise
 from operator import itemgetter
@@ -31,13 +31,7 @@ import numpy.typing as npt
 from statsd_gateway import sketch
 from statsd_gateway.model import MetricType, RowBatch, SeriesKey
 from statsd_gateway.store.base import NUMERIC_COLUMNS, Columns, SeriesInfo, concat_columns
-from statsd_gateway.store.chunks import (
-    SKETCH_BLOCK,
-    buckets_per_chunk,
-    chunk_span,
-    chunk_starts,
-    encode_chunks,
-)
+from statsd_gateway.store.chunks import SKETCH_BLOCK, buckets_per_chunk, chunk_span, encode_chunks
 from statsd_gateway.store.chunks_decode import DecodedChunks, decode_chunks
 from statsd_gateway.store.rollup import merge_rows
 from statsd_gateway.store.schema import chunk_table, tags_from_json, tier_table
@@ -266,76 +260,31 @@ def seal_unit(
     if not len(head):  # nothing, or only rows of series deleted meanwhile
         conn.execute(f"DELETE FROM {tier_table(resolution)} WHERE {where}", args)
         return 0
-    merge_into_chunks(conn, resolution, head, key_of)
-    conn.execute(f"DELETE FROM {tier_table(resolution)} WHERE {where}", args)
-    return len(head)
-
-
-def closed_until(
-    resolutions: Sequence[float], complete_until: Mapping[float, float], now: float
-) -> dict[float, float]:
-    """Per tier, the time before which its chunk windows are closed: a write of their buckets
-    (a back-fill, late points) goes straight into their chunks rather than into the head,
-    since sealing would only move it there later, at the cost of a head row each meanwhile.
-    A window is closed once it ended at or before the point up to which its tier could be
-    sealed before this write (`complete_until`, every coarse tier's as stored: for the finest
-    tier the next tier's, for a coarse tier its own; a tier alone: a window ago at `now`).
-    So the flush that completes a window, which brings its last buckets, still writes them
-    into the head with the rest of the window, for sealing to take them all at once."""
-    finest, coarse = resolutions[0], resolutions[1:]
-    out = {res: complete_until[res] for res in coarse}
-    out[finest] = complete_until[coarse[0]] if coarse else now - chunk_span(finest)
-    return {res: math.floor(t / chunk_span(res)) * chunk_span(res) for res, t in out.items()}
-
-
-def merge_into_chunks(
-    conn: sqlite3.Connection,
-    resolution: float,
-    rows: RowBatch,
-    key_of: Callable[[int], tuple[SeriesKey, MetricType] | None],
-) -> None:
-    """Merges `rows` of tier `resolution` (with their series ids; any windows) into the chunks
-    of the windows they fall in: each chunk they touch is read, merged with them exactly (its
-    rows first, as the upsert merges what is stored first) and written back whole, _IN_BATCH
-    series at a time (what a back-fill's flush holds is merged in parts, not copied whole).
-    Run inside the writer's transaction; `key_of` names the touched ids."""
-    assert rows.series is not None
-    ids = np.unique(rows.series)
-    order = np.argsort(rows.series, kind="stable")
-    cut = [*np.searchsorted(rows.series[order], ids[::_IN_BATCH]).tolist(), len(rows)]
-    for a, b in pairwise(cut):
-        _merge_part(conn, resolution, rows.take(order[a:b]), key_of)
-
-
-def _merge_part(
-    conn: sqlite3.Connection,
-    resolution: float,
-    rows: RowBatch,
-    key_of: Callable[[int], tuple[SeriesKey, MetricType] | None],
-) -> None:
-    assert rows.series is not None
-    window = chunk_starts(rows.ts, resolution)
-    old = []
-    for w in np.unique(window).tolist():
-        touched = np.unique(rows.series[window == w]).tolist()
-        where = f"series_id IN ({','.join('?' * len(touched))}) AND start = ?"
-        old.append(chunk_batch(conn, resolution, where, (*touched, w), key_of))
-    merged = merge_rows(RowBatch.concat([*old, rows]), resolution)
+    assert head.series is not None
+    touched = np.unique(head.series).tolist()
+    old = [
+        chunk_batch(conn, resolution, f"series_id IN ({','.join('?' * len(part))}) AND start = ?",
+                    (*part, window), key_of)
+        for part in (touched[i : i + _IN_BATCH] for i in range(0, len(touched), _IN_BATCH))
+    ]  # fmt: skip
+    merged = merge_rows(RowBatch.concat([*old, head]), resolution)
     assert merged.series is not None
-    merged = merged.take(np.lexsort((merged.ts, merged.series)))
+    order = np.lexsort((merged.ts, merged.series))
+    merged = merged.take(order)
     assert merged.series is not None
-    sid, starts = merged.series, chunk_starts(merged.ts, resolution)
-    change = (sid[1:] != sid[:-1]) | (starts[1:] != starts[:-1])
-    cuts = [0, *(np.flatnonzero(change) + 1).tolist(), len(merged)]
+    sid = merged.series
+    cuts = [0, *(np.flatnonzero(sid[1:] != sid[:-1]) + 1).tolist(), len(merged)]
+    table = chunk_table(resolution)
     blobs = encode_chunks(merged, cuts)
     conn.executemany(
-        f"INSERT OR REPLACE INTO {chunk_table(resolution)}(series_id, start, rows, data) "
-        "VALUES (?, ?, ?, ?)",
+        f"INSERT OR REPLACE INTO {table}(series_id, start, rows, data) VALUES (?, ?, ?, ?)",
         [
-            (int(sid[a]), float(starts[a]), b - a, blob)
+            (int(sid[a]), window, b - a, blob)
             for (a, b), blob in zip(pairwise(cuts), blobs, strict=True)
         ],
     )
+    conn.execute(f"DELETE FROM {tier_table(resolution)} WHERE {where}", args)
+    return len(head)
 
 
 def head_row_batch(

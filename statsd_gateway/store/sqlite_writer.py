@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
@@ -37,12 +36,10 @@ from statsd_gateway.store.sqlite_chunks import (
     SEAL_SERIES,
     SealCursor,
     chunk_batch,
-    closed_until,
     delete_expired_chunks,
     delete_series_chunks,
     first_sealable,
     head_row_batch,
-    merge_into_chunks,
     seal_unit,
     series_names,
 )
@@ -175,9 +172,8 @@ class SqliteWriter:
         rollups, complete_until = flush.rollups, flush.complete_until
 
         def work(conn: sqlite3.Connection) -> None:
-            closed = self._closed_until(conn)
-            self._upsert(conn, self.resolutions[0], rows, closed)
-            self._write_rollups(conn, rollups, complete_until, closed)
+            self._upsert(conn, self.resolutions[0], rows)
+            self._write_rollups(conn, rollups, complete_until)
             conn.executemany(
                 "INSERT INTO gauge_current VALUES (?, ?, ?) "
                 "ON CONFLICT(series_id) DO UPDATE SET value=excluded.value, ts=excluded.ts",
@@ -202,22 +198,16 @@ class SqliteWriter:
         self, rows: Mapping[float, RowBatch], complete_until: Mapping[float, float]
     ) -> None:
         """One transaction: completed buckets of coarse tiers, and how far each is complete."""
-
-        def work(conn: sqlite3.Connection) -> None:
-            closed = self._closed_until(conn)
-            self._write_rollups(conn, rows, complete_until, closed)
-
-        self._transaction(work)
+        self._transaction(lambda conn: self._write_rollups(conn, rows, complete_until))
 
     def _write_rollups(
         self,
         conn: sqlite3.Connection,
         rows: Mapping[float, RowBatch],
         complete_until: Mapping[float, float],
-        closed: Mapping[float, float],
     ) -> None:
         for res, tier_rows in rows.items():
-            self._upsert(conn, res, tier_rows, closed)
+            self._upsert(conn, res, tier_rows)
         for res, until in complete_until.items():
             conn.execute("UPDATE meta SET value=? WHERE key=?", (repr(until), complete_key(res)))
 
@@ -259,15 +249,7 @@ class SqliteWriter:
         self._series_ids = {k: v for k, v in self._series_ids.items() if v in valid}
         self._last_write = {k: v for k, v in self._last_write.items() if k in valid}
 
-    def _closed_until(self, conn: sqlite3.Connection) -> dict[float, float]:
-        stored = read_complete_until(conn, self.resolutions)
-        return closed_until(self.resolutions, stored, self.clock())
-
-    def _upsert(
-        self, conn: sqlite3.Connection, res: float, rows: RowBatch, closed: Mapping[float, float]
-    ) -> None:
-        """Merges `rows` into tier `res`: those of windows closed (before `closed[res]`) into
-        their chunks, the others into the head."""
+    def _upsert(self, conn: sqlite3.Connection, res: float, rows: RowBatch) -> None:
         n = len(rows)
         if not n:
             return
@@ -283,20 +265,7 @@ class SqliteWriter:
                 )
             last_write[sid] = now
             ids.append(sid)
-        span = chunk_span(res)
-        direct = np.floor(rows.ts / span) * span + span <= closed.get(res, -math.inf)
-        if not direct.any():
-            upsert_rows(conn, tier_table(res), rows, ids)
-            return
-        ids_arr = np.asarray(ids, dtype=np.int64)
-        at = np.flatnonzero(direct)
-        into_chunks = replace(rows.take(at), series=ids_arr[at])
-        pairs = zip(into_chunks.keys, into_chunks.types, strict=True)
-        names = dict(zip(ids_arr[at].tolist(), pairs, strict=True))
-        merge_into_chunks(conn, res, into_chunks, names.get)
-        if not direct.all():
-            rest = np.flatnonzero(~direct)
-            upsert_rows(conn, tier_table(res), rows.take(rest), ids_arr[rest].tolist())
+        upsert_rows(conn, tier_table(res), rows, ids)
 
     def _insert_series(
         self,
