@@ -161,6 +161,16 @@ async def test_another_tenant_is_never_selected(
     store, _, _ = parts
     assert await store.series("other", "stored", (m("env", "=~", ".*"),)) == []
     assert await store.tag_values("other", "env") == {}
+    # Another tenant's series carrying the same values (its ids among an = matcher's
+    # carriers) select only their own tenant's, and never leak into this one's.
+    key = ("other", "stored", SERIES["a"])
+    await write_rows(store, [BucketRow(T0, key, MetricType.COUNTER, 1.0, 1.0, 1.0, 1.0)])
+    for matchers in ((m("env", "=", "prod"),), (m("host", "=", "a"), m("env", "!=", "dev"))):
+        assert hosts([s.tags for s in await store.series("other", "stored", matchers)]) == {"a"}
+        mine = await store.series(TENANT, "stored", matchers)
+        assert {s.tenant for s in mine} == {TENANT} and hosts([s.tags for s in mine]) == {"a"} | (
+            {"e"} if len(matchers) == 1 else set()
+        )
 
 
 async def test_tag_values_are_counted_from_the_index(
