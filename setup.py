@@ -1,4 +1,5 @@
-"""Builds the native ingest core (statsd_gateway/native/) with the system's C compiler.
+"""Builds the native ingest core and chunk decoder (statsd_gateway/native/) with the system's C
+compiler, linked with zlib.
 
 Optional: where it cannot be built, the package installs without it and the daemon runs the
 pure-Python parser and aggregator, which stay the reference (native.py says which is in use).
@@ -13,9 +14,16 @@ setup(
             sources=[
                 "statsd_gateway/native/sg_core.c",
                 "statsd_gateway/native/sg_bins.c",
+                "statsd_gateway/native/sg_chunks.c",
+                "statsd_gateway/native/sg_chunks_module.c",
                 "statsd_gateway/native/sg_module.c",
             ],
-            depends=["statsd_gateway/native/sg_core.h", "statsd_gateway/native/sg_bins.h"],
+            depends=[
+                "statsd_gateway/native/sg_core.h",
+                "statsd_gateway/native/sg_bins.h",
+                "statsd_gateway/native/sg_chunks.h",
+            ],
+            libraries=["z"],  # zlib: the chunks' groups (zlib.h from zlib1g-dev)
             # No fused multiply-add: sums must round as the Python reference's do.
             extra_compile_args=[
                 "-O2",

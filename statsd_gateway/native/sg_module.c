@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "sg_bins.h"
+#include "sg_chunks.h"
 #include "sg_core.h"
 
 #define READ_BATCH 32
@@ -1144,6 +1145,8 @@ static PyMethodDef module_methods[] = {
      "set_point_type(MetricPoint): its fields are read from their slots."},
     {"resolve_points", resolve_points, METH_VARARGS,
      "resolve_points(points, now, cache, fallback, max_backdate, future_max, value_abs_max)."},
+    {"decode_chunks", sg_py_decode_chunks, METH_VARARGS,
+     "decode_chunks(blobs, want, sketches, hll, since, until): SGC1 chunks (sg_chunks.c)."},
     {NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_native",
@@ -1165,6 +1168,10 @@ PyMODINIT_FUNC PyInit__native(void) {
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
+    if (sg_chunks_ready(m) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
     Py_INCREF(&GaugesType);
     Py_INCREF(&CoreType);
     if (PyModule_AddObject(m, "Gauges", (PyObject *)&GaugesType) < 0 ||
