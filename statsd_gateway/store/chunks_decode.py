@@ -1,8 +1,14 @@
-"""Reading SGC1 chunks (the format is described in chunks.py): many at once, with numpy.
+"""Reading SGC1 chunks (the format is described in chunks.py): many at once.
 
-Decoding is batched: `decode_chunks` parses each blob's header in Python (a few steps per chunk,
-none per bucket) and turns every column of every chunk into one numpy pass per (tag, width).
-A blob that is not a whole chunk of this version raises ChunkError.
+`decode_chunks` runs the C decoder (native/sg_chunks.c, through chunks_native.py) where the
+native module is built and not turned off (`native.native_module()`): one call for the whole
+batch, without the GIL, and no Python object per row. The numpy decoder here is the reference
+and the fallback (`_decode_chunks_python`): it parses each blob's header in Python (a few steps
+per chunk, none per bucket) and turns every column of every chunk into one numpy pass per (tag,
+width). For any bytes the two give the same arrays, bit for bit, or both raise ChunkError
+(tests/test_chunk_native.py); the C decoder leaves to this one the few inputs it does not
+repeat (sg_chunks.h: counts past its caps, and what raises another error here). A blob that is
+not a whole chunk of this version raises ChunkError.
 """
 
 from __future__ import annotations
@@ -15,7 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from statsd_gateway import sketch
+from statsd_gateway import native, sketch
+from statsd_gateway.store import chunks_native
 from statsd_gateway.store.chunks import FORMAT, SKETCH_BLOCK, VERSION, ChunkError
 
 _F64 = npt.NDArray[np.float64]
@@ -204,6 +211,31 @@ def decode_chunks(
     those are decompressed, and of the sketches only the blocks overlapping [since, until):
     a row of another block comes back without its sketch (the caller keeps the range's rows).
     Raises ChunkError for a blob that is not a whole chunk."""
+    values = tuple(values)  # read twice where the native decoder leaves the call to numpy's
+    want = set(values) | {"ts"}
+    module = native.native_module()
+    if module is not None:
+        out = chunks_native.decode(
+            module, blobs, want, sketches=sketches, hll=hll, since=since, until=until
+        )
+        if out is not None:
+            return DecodedChunks(*out)
+    return _decode_chunks_python(
+        blobs, values, sketches=sketches, hll=hll, since=since, until=until
+    )
+
+
+def _decode_chunks_python(
+    blobs: Sequence[bytes],
+    values: Sequence[str],
+    *,
+    sketches: bool,
+    hll: bool,
+    since: float,
+    until: float,
+) -> DecodedChunks:
+    """decode_chunks with numpy: the reference (and where the native module is not built or
+    leaves a call to it, the fallback)."""
     want = set(values) | {"ts"}
     segs = {name: _Segments({}) for name in want}
     sk = {name: _Segments({}) for name in ("has", "zero", "lens", "keys", "counts")}
