@@ -96,6 +96,8 @@ void sg_ch_release(void *p, size_t mapped) {
         munmap(p, mapped);
         return;
     }
+#else
+    (void)mapped;
 #endif
     free(p);
 }
