@@ -22,6 +22,7 @@ from statsd_gateway.store.base import FlushWrite, RowRead, StoredRows
 from statsd_gateway.store.chunks import BUCKETS_PER_CHUNK, _column, encode_columns
 from statsd_gateway.store.rollup import merge_rows
 from statsd_gateway.store.sealing import SealJob
+from statsd_gateway.store.sqlite_files import give_back_free_pages
 from statsd_gateway.telemetry import Telemetry
 from tests.conftest import T0, ManualClock
 
@@ -336,3 +337,26 @@ def test_every_column_of_a_chunk_encodes_in_one_pass_as_it_does_alone(
     lengths = np.array([p.size for p in parts], dtype=np.int64)
     got = encode_columns(np.concatenate(parts), lengths)
     assert got == [_column(p) for p in parts]
+
+
+def test_free_pages_are_given_back_as_many_as_asked(tmp_path: Path) -> None:
+    """What sealing and retention leave free is given back in steps of many pages (a call
+    that freed one page would leave a back-fill's sealed head rows in the file for hours)."""
+    conn = sqlite3.connect(tmp_path / "f.db", isolation_level=None)
+    try:
+        conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        conn.execute("CREATE TABLE t(x BLOB)")
+        conn.executemany("INSERT INTO t VALUES (?)", [(b"x" * 3000,)] * 600)
+        conn.execute("DELETE FROM t")
+
+        def free() -> int:
+            return int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+
+        before = free()
+        assert before >= 500
+        give_back_free_pages(conn, 100)
+        assert free() == before - 100
+        give_back_free_pages(conn, 10**6)
+        assert free() == 0
+    finally:
+        conn.close()

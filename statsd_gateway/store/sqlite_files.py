@@ -81,6 +81,13 @@ def _create(path: Path, sketch_format: str) -> None:
         os.close(dfd)
 
 
+def give_back_free_pages(conn: sqlite3.Connection, pages: int) -> None:
+    """Gives up to `pages` free pages back to the file system (incremental vacuum). Through
+    executescript: the pragma frees one page each time its statement is stepped, and
+    `execute` steps a statement that returns no columns once (one page a call)."""
+    conn.executescript(f"PRAGMA incremental_vacuum({int(pages)});")
+
+
 def recovery_steps(path: Path) -> str:
     """What an operator does about a damaged database file (the daemon never replaces it)."""
     return (

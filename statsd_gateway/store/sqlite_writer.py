@@ -49,7 +49,12 @@ from statsd_gateway.store.sqlite_deletes import (
     series_ids_of,
     stale_candidates,
 )
-from statsd_gateway.store.sqlite_files import Checkpointer, file_id, open_database
+from statsd_gateway.store.sqlite_files import (
+    Checkpointer,
+    file_id,
+    give_back_free_pages,
+    open_database,
+)
 from statsd_gateway.store.sqlite_reads import (
     complete_key,
     read_complete_until,
@@ -406,7 +411,7 @@ class SqliteWriter:
     def vacuum_free_pages(self, pages: int = 2000) -> None:
         conn = self._conn()
         with contextlib.suppress(sqlite3.Error):
-            conn.execute(f"PRAGMA incremental_vacuum({int(pages)})")
+            give_back_free_pages(conn, pages)
 
     def delete_series(self, keys: Sequence[SeriesKey]) -> tuple[int, int]:
         """Deletes these series and their rows in every tier, in one transaction; returns how
