@@ -379,6 +379,8 @@ static int decode_blob(ctx *c, const sg_ch_blob *blob, size_t index, size_t row,
     TRY(group(c, p, len, &at, d->hll, &c->dd));
     if (at != len) BAD("bytes after the last group");
     if (!c->a.n && n64) BAD("no timestamps");
+    /* else a few bytes could claim rows enough to fill the memory (chunks.BUCKETS_PER_CHUNK) */
+    if (n64 > SG_CH_MAX_ROWS) BAD("more rows than a chunk window holds");
     /* sizes[c] = n: the reference raises OverflowError past int64 */
     if (n64 >= (uint64_t)1 << 63) return SG_CH_DEFER;
     size_t n = (size_t)n64;

@@ -26,6 +26,10 @@
 
 enum { SG_CH_OK = 0, SG_CH_BAD = 1, SG_CH_DEFER = 2 };
 
+/* The most rows a chunk holds: store/chunks.py's BUCKETS_PER_CHUNK (tests/test_chunk_native.py
+ * checks both decoders refuse one row more). */
+#define SG_CH_MAX_ROWS 360
+
 /* The value columns, in the format's order (group A after ts, then group B). */
 enum { SG_CH_COUNT, SG_CH_SUM, SG_CH_MIN, SG_CH_MAX, SG_CH_LAST, SG_CH_LAST_TS, SG_CH_NVALUES };
 

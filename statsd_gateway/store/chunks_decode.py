@@ -23,7 +23,13 @@ import numpy.typing as npt
 
 from statsd_gateway import native, sketch
 from statsd_gateway.store import chunks_native
-from statsd_gateway.store.chunks import FORMAT, SKETCH_BLOCK, VERSION, ChunkError
+from statsd_gateway.store.chunks import (
+    BUCKETS_PER_CHUNK,
+    FORMAT,
+    SKETCH_BLOCK,
+    VERSION,
+    ChunkError,
+)
 
 _F64 = npt.NDArray[np.float64]
 _I64 = npt.NDArray[np.int64]
@@ -194,6 +200,8 @@ def _groups(
         raise ChunkError("bytes after the last group")
     if not out[0] and n:
         raise ChunkError("no timestamps")
+    if n > BUCKETS_PER_CHUNK:  # else a few bytes could claim rows enough to fill the memory
+        raise ChunkError("more rows than a chunk window holds")
     return n, out[0], out[1], blocks, out[2]
 
 
