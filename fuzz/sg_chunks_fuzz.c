@@ -31,16 +31,8 @@
 #define MAX_BLOBS 16
 #define SKETCH_BLOCK 60
 
-#define CHECK(cond, ...)                                                                          \
-    do {                                                                                         \
-        if (!(cond)) {                                                                           \
-            fprintf(stderr, "sg_chunks_fuzz: invariant broken: %s (%s:%d): ", #cond, __FILE__,  \
-                    __LINE__);                                                                   \
-            fprintf(stderr, __VA_ARGS__);                                                        \
-            fputc('\n', stderr);                                                                 \
-            abort();                                                                             \
-        }                                                                                        \
-    } while (0)
+#define FUZZ_NAME "sg_chunks_fuzz"
+#include "fuzz_check.h"
 
 static const double RANGE[16] = {
     -1.0 / 0.0, 1.0 / 0.0, 0.0 / 0.0, 0.0, 1700006400.0, 1700010000.0, 1700013600.0,

@@ -36,16 +36,8 @@
 #define REG_BUCKETS 4096
 #define NOW0 1700000000.0
 
-#define CHECK(cond, ...)                                                                          \
-    do {                                                                                         \
-        if (!(cond)) {                                                                           \
-            fprintf(stderr, "sg_fuzz: invariant broken: %s (%s:%d): ", #cond, __FILE__,         \
-                    __LINE__);                                                                   \
-            fprintf(stderr, __VA_ARGS__);                                                        \
-            fputc('\n', stderr);                                                                 \
-            abort();                                                                             \
-        }                                                                                        \
-    } while (0)
+#define FUZZ_NAME "sg_fuzz"
+#include "fuzz_check.h"
 
 /* ---- the fake resolver: a registry of (name section, tag text) -> (series id, type) */
 

@@ -11,10 +11,12 @@ import sqlite3
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any, NoReturn, TypeVar
 
 import pytest
 from aiohttp import ClientSession
+from hypothesis import HealthCheck, settings
 from msgspec.structs import replace
 
 from statsd_gateway import native
@@ -76,13 +78,28 @@ def missing_prerequisite(what: str, *, module: bool = False) -> NoReturn:
     pytest.skip(what, allow_module_level=module)
 
 
-def require_native_core() -> None:
-    """For a test of the native ingest core: skipped where the suite forces the pure-Python path
-    (STATSD_GATEWAY_PURE_PYTHON), and where the core is not built (failed under CI)."""
+def require_native_core(*, module: bool = False) -> ModuleType:
+    """For a test of the native module: skipped where the suite forces the pure-Python path
+    (STATSD_GATEWAY_PURE_PYTHON), and where it is not built (failed under CI); else the module.
+    `module`: called at import, for a whole test module."""
     if os.environ.get(native.PURE_PYTHON_ENV, "") not in ("", "0"):
-        pytest.skip(f"{native.PURE_PYTHON_ENV} forces the pure-Python path")
-    if native.native_module() is None:
-        missing_prerequisite("the native ingest core is not built (pip install -e .)")
+        pytest.skip(
+            f"{native.PURE_PYTHON_ENV} forces the pure-Python path", allow_module_level=module
+        )
+    found = native.native_module()
+    if found is None:
+        missing_prerequisite("the native module is not built (pip install -e .)", module=module)
+    return found
+
+
+# The differential tests' hypothesis settings (PARITY_EXAMPLES examples, reproducible).
+PARITY = settings(
+    max_examples=int(os.environ.get("PARITY_EXAMPLES", "10000")),
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 def make_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:

@@ -16,7 +16,6 @@ arrays, bit for bit (dtypes, NaN payloads, -0.0), the same sketches and HyperLog
 from __future__ import annotations
 
 import math
-import os
 import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from statsd_gateway import native, sketch
@@ -40,21 +39,9 @@ from statsd_gateway.store.chunks import (
     encode_chunks,
 )
 from statsd_gateway.store.chunks_decode import DecodedChunks
-from tests.conftest import missing_prerequisite
+from tests.conftest import PARITY, require_native_core
 
-MODULE = native.native_module()
-if MODULE is None:
-    if os.environ.get(native.PURE_PYTHON_ENV):
-        pytest.skip("the pure-Python path is forced", allow_module_level=True)
-    missing_prerequisite("the native module is not built (pip install -e .)", module=True)
-
-PARITY = settings(
-    max_examples=int(os.environ.get("PARITY_EXAMPLES", "10000")),
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+MODULE = require_native_core(module=True)
 
 NAMES = ("count", "sum", "min", "max", "last", "last_ts")
 INF, NAN = math.inf, math.nan

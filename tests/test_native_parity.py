@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pathlib
 from array import array
 from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from statsd_gateway import accumulator, native, sketch
@@ -30,21 +29,9 @@ from statsd_gateway.protocol import StatsdParser
 from statsd_gateway.series_registry import SeriesRegistry
 from statsd_gateway.telemetry import Telemetry
 from statsd_gateway.wal import WriteAheadLog
-from tests.conftest import T0, ManualClock, missing_prerequisite
+from tests.conftest import PARITY, T0, ManualClock, require_native_core
 
-MODULE = native.native_module()
-if MODULE is None:
-    if os.environ.get(native.PURE_PYTHON_ENV):
-        pytest.skip("the pure-Python path is forced", allow_module_level=True)
-    missing_prerequisite("the native core is not built (pip install -e .)", module=True)
-
-PARITY = settings(
-    max_examples=int(os.environ.get("PARITY_EXAMPLES", "10000")),
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+MODULE = require_native_core(module=True)
 
 
 class Path:
