@@ -11,6 +11,7 @@
     ├── TypeConflict             409 TYPE_CONFLICT
     ├── IdempotencyKeyReused     409 IDEMPOTENCY_KEY_REUSED
     ├── PayloadTooLarge          413 PAYLOAD_TOO_LARGE
+    ├── Unprocessable            422 UNPROCESSABLE (a valid query we cannot answer: PromQL)
     ├── CardinalityLimit         429 CARDINALITY_LIMIT
     └── Unavailable              503 UNAVAILABLE
         └── StoreError           503 UNAVAILABLE (an outage of the store: retry later)
@@ -90,6 +91,14 @@ class IdempotencyKeyReused(GatewayError):
 class PayloadTooLarge(GatewayError):
     status = 413
     code = "PAYLOAD_TOO_LARGE"
+
+
+class Unprocessable(GatewayError):
+    """A well-formed request we will not answer: a PromQL construct we do not support, or one
+    whose answer would be wrong (a name two StatsD metrics escape to). Never a wrong answer."""
+
+    status = 422
+    code = "UNPROCESSABLE"
 
 
 class CardinalityLimit(GatewayError):

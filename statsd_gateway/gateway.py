@@ -20,6 +20,8 @@ from statsd_gateway import native
 from statsd_gateway.aggregator import IntervalAggregator
 from statsd_gateway.api.app import create_app
 from statsd_gateway.api.auth import KeyRing
+from statsd_gateway.api.openapi_prometheus import PREFIX as PROMETHEUS_PREFIX
+from statsd_gateway.api.prometheus import prometheus_api
 from statsd_gateway.api.shapes import MetricPoint
 from statsd_gateway.backpressure import MemoryBound
 from statsd_gateway.catalog import MetricCatalog
@@ -31,6 +33,7 @@ from statsd_gateway.ingest import Ingest
 from statsd_gateway.listeners import start_http, start_tcp, start_udp, start_unix
 from statsd_gateway.model import SeriesKey
 from statsd_gateway.native_udp import NativeUdpListener
+from statsd_gateway.promql.service import PromqlService
 from statsd_gateway.protocol import StatsdParser
 from statsd_gateway.query import QueryEngine
 from statsd_gateway.replay import LogReplay
@@ -87,6 +90,7 @@ class Gateway:
         self.retention: RetentionJob | None = None
         self.sealing: SealJob | None = None
         self._pipeline = False  # aggregator, flusher and the rest are built
+        self.promql: PromqlService | None = None
         self.registry = SeriesRegistry()
         self.max_body_bytes = config.http.max_body_bytes
         self.max_batch_points = config.http.max_batch_points
@@ -184,6 +188,7 @@ class Gateway:
             self.store, self.aggregator, max_sketches=cfg.query.max_sketches
         )
         self.catalog = MetricCatalog(self.registry, self.aggregator, self.store, self.flusher)
+        self.promql = PromqlService(self.query_engine, self.tiers, timeout=cfg.query.timeout)
         self.telemetry.pending_flushes = lambda: len(self.aggregator.pending)
         self.telemetry.memory_held_bytes = self.aggregator.memory_bytes
         self.telemetry.series_count = self.registry.series_count
@@ -205,7 +210,8 @@ class Gateway:
         if tls.cert_file is not None and tls.key_file is not None:
             self.tls = ServerCertificate(tls.cert_file, tls.key_file)
             log.info("http.tls: serving the certificate in %s", tls.cert_file)
-        app = create_app(self, max_body_bytes=cfg.http.max_body_bytes)
+        subapps = {PROMETHEUS_PREFIX: prometheus_api(self.promql)} if self.promql else {}
+        app = create_app(self, max_body_bytes=cfg.http.max_body_bytes, subapps=subapps)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         self.http_address = await start_http(
@@ -269,6 +275,8 @@ class Gateway:
                 self.ingest.native.forget()  # its cached refusals were judged by the old limit
             self.aggregator.max_series_per_tenant = new.aggregation.max_series_per_tenant
             self.query_engine.max_sketches = new.query.max_sketches
+            if self.promql is not None:
+                self.promql.timeout = new.query.timeout
             self.flusher.max_pending_rows = new.aggregation.max_pending_rows
         logging.getLogger("statsd_gateway").setLevel(new.log.level.upper())
         self._reload_certificate(new)
@@ -309,6 +317,8 @@ class Gateway:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self.promql is not None:
+            self.promql.close()
         if self.retention is not None:
             await self.retention.stop()
         if self.sealing is not None:

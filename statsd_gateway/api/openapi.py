@@ -13,6 +13,7 @@ import msgspec
 
 from statsd_gateway import __version__
 from statsd_gateway.api import answers, page, shapes
+from statsd_gateway.api.openapi_prometheus import PROMETHEUS_SCHEMAS, prometheus_paths
 from statsd_gateway.config import HttpConfig
 from statsd_gateway.config.values import DURATION_PATTERN
 from statsd_gateway.errors import GatewayError
@@ -54,7 +55,7 @@ def openapi_spec(max_batch_points: int = _DEFAULT_MAX_BATCH_POINTS) -> dict[str,
             "schemas": schema_components(max_batch_points),
         },
         "security": [{"bearer": []}],
-        "paths": _paths(),
+        "paths": _paths() | prometheus_paths(),
     }
 
 
@@ -67,7 +68,7 @@ def schema_components(max_batch_points: int) -> dict[str, Any]:
         {c.code for c in _error_classes()}
     )
     components["BatchBody"]["properties"]["points"]["maxItems"] = max_batch_points
-    return {name: to_openapi30(schema) for name, schema in components.items()}
+    return {name: to_openapi30(schema) for name, schema in components.items()} | PROMETHEUS_SCHEMAS
 
 
 def to_openapi30(node: Any) -> Any:

@@ -1,0 +1,110 @@
+"""Selectors → the rows they select, on a grid of cells (cells.py): which StatsD metrics a
+selector names (names.py), its label matchers as tag matchers, the tier the rows are read from,
+and the rows as SeriesRows.
+
+`Source` is what the evaluation needs of the gateway, given by the API layer: a blocking read
+(the evaluation runs on a worker thread of its own and waits there while the store reads on
+its threads), the tags of a metric's series, the tiers, and the name index.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from statsd_gateway.errors import Unprocessable
+from statsd_gateway.model import Matcher, MatchOp, Tags
+from statsd_gateway.promql.cells import F64, Grid, Labels, SeriesRows, Tier, grid_resolution
+from statsd_gateway.promql.names import LE, Metric, NameIndex, escape, label_keys, labels_of
+from statsd_gateway.promql.syntax import LabelMatch, Selector
+from statsd_gateway.promql.values import NAME
+from statsd_gateway.query.reduce import QueryRows
+
+_OPS = {"=": MatchOp.EQUAL, "!=": MatchOp.NOT_EQUAL, "=~": MatchOp.REGEX, "!~": MatchOp.NOT_REGEX}
+# Read(metric name, tag matchers, start, until, grid resolution, numeric columns, sketches).
+Read = Callable[[str, tuple[Matcher, ...], float, float, float, tuple[str, ...], bool], QueryRows]
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    read: Read
+    series_tags: Callable[[str], Sequence[Tags]]
+    tiers: tuple[Tier, ...]
+    index: NameIndex
+    now: float
+
+
+def metrics_of(index: NameIndex, sel: Selector) -> list[Metric]:
+    """The metrics (or histogram views) a selector's name and `__name__` matchers select."""
+    chosen: list[Metric] | None = None
+    if sel.name is not None:
+        found = index.lookup(sel.name)
+        chosen = [found] if found else []
+    for m in sel.matchers:
+        if m.label != NAME:
+            continue
+        if m.op == "=":
+            found = index.lookup(m.value) or index.raw(m.value)
+            got = [found] if found else []
+            chosen = got if chosen is None else [c for c in chosen if c in got]
+            continue
+        probe = Matcher(NAME, _OPS[m.op], m.value)
+        if chosen is None:
+            chosen = index.matching(probe.accepts)
+        else:
+            chosen = [c for c in chosen if probe.accepts(escape(c.name) + c.view)]
+    return chosen or []
+
+
+def tag_matchers(
+    series_tags: Sequence[Tags], metric: Metric, matchers: Sequence[LabelMatch]
+) -> tuple[Matcher, ...]:
+    """A selector's label matchers as matchers of the tags of the metric's series
+    (`series_tags`), label names unescaped."""
+    keys = label_keys(series_tags, metric.name)
+    out = []
+    for m in matchers:
+        if m.label == NAME:
+            continue
+        if m.label == LE:
+            raise Unprocessable(
+                f"a matcher on {LE} is not supported: buckets are not stored as series"
+            )
+        out.append(Matcher(keys.get(m.label, m.label), _OPS[m.op], m.value))
+    return tuple(out)
+
+
+def read_rows(
+    source: Source,
+    metric: Metric,
+    matchers: tuple[Matcher, ...],
+    times: F64,
+    width: float,
+    step: float | None,
+    values: tuple[str, ...],
+    sketches: bool = False,
+    keep_name: str | None = None,
+) -> SeriesRows:
+    """The metric's rows that steps at `times` (already shifted by offset/@) cover with
+    `width`, on a grid picked for them; series labelled with their tags (escaped, `__name__`
+    set to `keep_name` when given)."""
+    oldest = float(times.min()) - width
+    g = grid_resolution(source.tiers, width, step, oldest, source.now)
+    grid = Grid.covering(g, times, width)
+    rows = source.read(metric.name, matchers, grid.start, grid.until, g, values, sketches)
+    labels: dict[Labels, int] = {}
+    series_of: list[int] = []
+    for tags in rows.tags:
+        lab = labels_of(tags)
+        if keep_name is not None:
+            lab = tuple(sorted((*lab, (NAME, keep_name))))
+        series_of.append(labels.setdefault(lab, len(labels)))
+    cols = rows.cols
+    assert cols.series is not None
+    series = np.asarray(series_of, dtype=np.int64)[cols.series] if len(cols) else cols.series
+    cell = grid.cell_of(cols.ts)
+    if cell.size and (int(cell.min()) < 0 or int(cell.max()) >= grid.size):
+        raise AssertionError("a row outside the grid it was read for")  # RowRead's range
+    return SeriesRows(grid, list(labels), series.astype(np.int64), cell, cols)
