@@ -15,6 +15,8 @@ A route served without a declared scope is refused (and fails tests/test_api.py)
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 
@@ -140,6 +142,24 @@ def main_app_only(middleware: Middleware) -> Middleware:
     return only_main
 
 
+def presented_key(header: str) -> str | None:
+    """The API key of an Authorization header: `Bearer <key>`, or `Basic` with the key as the
+    password (any user name), for clients that can only send basic auth (promtool, a
+    Prometheus `remote_read`, a Grafana data source set up that way)."""
+    scheme, _, credentials = header.partition(" ")
+    credentials = credentials.strip()
+    if scheme.lower() == "bearer":
+        return credentials or None
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    _, colon, password = decoded.partition(":")
+    return password.strip() or None if colon else None
+
+
 def auth_middleware(
     keyring: Callable[[], KeyRing],
     scopes: Mapping[web.AbstractRoute, str],
@@ -162,11 +182,10 @@ def auth_middleware(
             raise GatewayError("internal error")
         if scope == PUBLIC or (scope is None and not unmatched_needs_key(request)):
             return await handler(request)
-        header = request.headers.get("Authorization", "")
-        auth_scheme, _, token = header.partition(" ")
-        if auth_scheme.lower() != "bearer" or not token.strip():
+        token = presented_key(request.headers.get("Authorization", ""))
+        if not token:
             raise Unauthenticated("an Authorization: Bearer <key> header is required")
-        key = keyring().lookup(token.strip())
+        key = keyring().lookup(token)
         if key is None:
             raise Unauthenticated("the API key is not valid")
         principal = Principal(key.name, key.tenant, frozenset(key.scopes))
