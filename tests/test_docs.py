@@ -1,4 +1,4 @@
-"""Docs that a test keeps complete: self-metrics, error codes, reject reasons."""
+"""Docs that a test keeps complete: self-metrics, error codes, reject reasons, PromQL."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ import pytest
 
 from statsd_gateway import errors, protocol
 from statsd_gateway.aggregator import AGGREGATOR_REJECT_REASONS
+from statsd_gateway.api.openapi_prometheus import ERROR_TYPES
+from statsd_gateway.promql.evaluate import SUPPORTED_FUNCTIONS
+from statsd_gateway.promql.syntax import AGGREGATIONS
 from statsd_gateway.telemetry import METRICS, PREFIX, Telemetry
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -45,3 +48,16 @@ def test_every_error_code_is_in_the_api_table(cls: type[errors.GatewayError]) ->
 )
 def test_every_udp_reject_reason_is_documented(reason: str) -> None:
     assert f"| `{reason}` |" in (DOCS / "STATSD.md").read_text()
+
+
+@pytest.mark.parametrize("construct", [*SUPPORTED_FUNCTIONS, *AGGREGATIONS])
+def test_every_promql_construct_is_in_the_table(construct: str) -> None:
+    table = [
+        line for line in (DOCS / "PROMETHEUS.md").read_text().splitlines() if "| yes |" in line
+    ]
+    assert any(f"`{construct}`" in line for line in table), construct
+
+
+@pytest.mark.parametrize("error_type", sorted({*ERROR_TYPES.values(), "timeout"}))
+def test_every_prometheus_error_type_is_documented(error_type: str) -> None:
+    assert f"| `{error_type}` |" in (DOCS / "PROMETHEUS.md").read_text()
