@@ -13,9 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from statsd_gateway import sketch
-from statsd_gateway.promql.cells import F64, I64
+from statsd_gateway.promql.cells import F64, I64, window_any, window_reduce
 from statsd_gateway.promql.values import Histograms, Vector
-from statsd_gateway.query.reduce import cell_extreme
 
 
 def _per_step(h: Histograms) -> tuple[I64, I64]:
@@ -80,28 +79,49 @@ def average(h: Histograms) -> Vector:
 def quantile(h: Histograms, q: float) -> Vector:
     """φ-quantile per group and step (see the module); φ outside [0, 1] is ±Inf, NaN φ NaN,
     as Prometheus answers them."""
-    row, cell = _per_step(h)
-    n = len(h.groups) * h.lo.size
-    has = np.bincount(cell, minlength=n) > 0
-    if np.isnan(q):
-        return _vector(h, np.full(n, np.nan), has)
-    if q < 0 or q > 1:
-        return _vector(h, np.full(n, np.inf if q > 1 else -np.inf), has)
-    cols = h.rows.cols
-    mn = cell_extreme(np.fmin, cols.values["min"][row], cell, n)
-    mx = cell_extreme(np.fmax, cols.values["max"][row], cell, n)
+    n_groups, n_cells = len(h.groups), h.rows.grid.size
+    rows, cols = h.rows, h.rows.cols
+    group = h.group_of[rows.series]
+    slot = group * n_cells + rows.cell
+    present = (np.bincount(slot, minlength=n_groups * n_cells) > 0).reshape(n_groups, n_cells)
+    has = window_any(present, h.lo, h.hi).reshape(-1)
+    n = n_groups * h.lo.size
+    if np.isnan(q) or q < 0 or q > 1:
+        fill = np.nan if np.isnan(q) else (np.inf if q > 1 else -np.inf)
+        return _vector(h, np.full(n, fill), has)
+    extremes = []
+    for op, how in ((np.fmin, "min"), (np.fmax, "max")):
+        dense = np.full(n_groups * n_cells, np.nan)
+        op.at(dense, slot, cols.values[how])
+        extremes.append(
+            window_reduce(dense.reshape(n_groups, n_cells), h.lo, h.hi, how).reshape(-1)
+        )
+    mn, mx = extremes
     if q == 0.0:
         out = mn
     elif q == 1.0:
         out = mx
     else:
-        # The sketch of row r is item j of cols.sketches where cols.sketch_rows[j] == r.
-        item_of = np.full(len(cols), -1, dtype=np.int64)
-        item_of[cols.sketch_rows] = np.arange(cols.sketch_rows.size)
-        items = item_of[row]
-        sketched = items >= 0
-        flat = sketch.flat_take(cols.sketches, items[sketched])
-        estimate = sketch.cell_quantiles(flat, cell[sketched], n, q)
-        out = np.minimum(np.maximum(estimate, mn), mx)
+        items = cols.sketch_rows
+        estimate = sketch.window_quantiles(
+            cols.sketches, group[items], rows.cell[items], n_groups, n_cells, h.lo, h.hi, q
+        )
+        flat_estimate = _expanded_quantiles(h, q) if estimate is None else estimate.reshape(-1)
+        out = np.minimum(np.maximum(flat_estimate, mn), mx)
     out[np.isnan(mn) | np.isnan(mx)] = np.nan
     return _vector(h, out, has)
+
+
+def _expanded_quantiles(h: Histograms, q: float) -> F64:
+    """The quantiles with every sketch repeated once per step whose window holds it: the
+    exact path where counts are not integral (window_quantiles answers None)."""
+    row, cell = _per_step(h)
+    cols = h.rows.cols
+    n = len(h.groups) * h.lo.size
+    # The sketch of row r is item j of cols.sketches where cols.sketch_rows[j] == r.
+    item_of = np.full(len(cols), -1, dtype=np.int64)
+    item_of[cols.sketch_rows] = np.arange(cols.sketch_rows.size)
+    items = item_of[row]
+    sketched = items >= 0
+    flat = sketch.flat_take(cols.sketches, items[sketched])
+    return sketch.cell_quantiles(flat, cell[sketched], n, q)

@@ -16,6 +16,7 @@ modules behind it are private, one per concern, each stating its contract in its
   :func:`decode_flat`, :func:`decode_many`).
 - ``_merge``: :func:`merge`, :func:`merge_flat`, :func:`merge_blobs`.
 - ``_quantile``: :func:`quantile`, :func:`cell_quantiles`.
+- ``_windows``: :func:`window_quantiles` (sliding windows of cells, for PromQL's ranges).
 - ``_export``: :func:`to_proto` (the API's DDSketch protobuf), :func:`to_ddsketch`.
 - ``_hll``: :func:`hll_from_members`, :func:`hll_merge`, :func:`hll_merge_pair`,
   :func:`hll_estimate`.
@@ -55,6 +56,7 @@ from statsd_gateway.sketch._mapping import (
 )
 from statsd_gateway.sketch._merge import merge, merge_blobs, merge_flat
 from statsd_gateway.sketch._quantile import cell_quantiles, quantile
+from statsd_gateway.sketch._windows import window_quantiles
 
 __all__ = [
     "FORMAT",
@@ -91,4 +93,5 @@ __all__ = [
     "to_ddsketch",
     "to_proto",
     "value_of",
+    "window_quantiles",
 ]
