@@ -133,7 +133,8 @@ async def measure(path: Path, runs: int) -> dict[str, Any]:
             "start": end - HOURS, "end": end, "step": "60",
         },
         "sum_rate_24h": {
-            "query": "sum(rate(bench_hits[1m]))", "start": end - 24 * HOURS, "end": end, "step": "60",
+            "query": "sum(rate(bench_hits[1m]))",
+            "start": end - 24 * HOURS, "end": end, "step": "60",
         },
     }  # fmt: skip
     out: dict[str, Any] = {}
@@ -152,8 +153,12 @@ async def measure(path: Path, runs: int) -> dict[str, Any]:
                     "max_s": max(times),
                     "runs": runs,
                 }
+                med, least, most = (
+                    1000 * x for x in (statistics.median(times), min(times), max(times))
+                )
                 print(
-                    f"  {name}: median {statistics.median(times) * 1000:.1f} ms ({min(times) * 1000:.1f}–{max(times) * 1000:.1f}), target {TARGETS[name] * 1000:.0f} ms"
+                    f"  {name}: median {med:.1f} ms ({least:.1f}–{most:.1f}), "
+                    f"target {TARGETS[name] * 1000:.0f} ms"
                 )
             out["checks"] = await check(session, base, answers, end)
     finally:
