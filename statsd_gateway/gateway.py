@@ -25,12 +25,21 @@ from statsd_gateway.api.prometheus import prometheus_api
 from statsd_gateway.api.shapes import MetricPoint
 from statsd_gateway.backpressure import MemoryBound
 from statsd_gateway.catalog import MetricCatalog
-from statsd_gateway.config import Config, StorageConfig
+from statsd_gateway.config import Config, StorageConfig, parse_listen
 from statsd_gateway.errors import ConfigError
+from statsd_gateway.exporter.app import exporter_app
+from statsd_gateway.exporter.state import ScrapeState
 from statsd_gateway.flusher import Flusher
 from statsd_gateway.idempotency import IdempotencyLedger
 from statsd_gateway.ingest import Ingest
-from statsd_gateway.listeners import start_http, start_tcp, start_udp, start_unix
+from statsd_gateway.listeners import (
+    format_address,
+    listening,
+    start_http,
+    start_tcp,
+    start_udp,
+    start_unix,
+)
 from statsd_gateway.model import SeriesKey
 from statsd_gateway.native_udp import NativeUdpListener
 from statsd_gateway.promql.service import PromqlService
@@ -91,6 +100,9 @@ class Gateway:
         self.sealing: SealJob | None = None
         self._pipeline = False  # aggregator, flusher and the rest are built
         self.promql: PromqlService | None = None
+        self.scrape_state: ScrapeState | None = None
+        self._exporter_runner: web.AppRunner | None = None
+        self.exporter_address: tuple[str, int] | None = None
         self.registry = SeriesRegistry()
         self.max_body_bytes = config.http.max_body_bytes
         self.max_batch_points = config.http.max_batch_points
@@ -189,6 +201,9 @@ class Gateway:
         )
         self.catalog = MetricCatalog(self.registry, self.aggregator, self.store, self.flusher)
         self.promql = PromqlService(self.query_engine, self.tiers, timeout=cfg.query.timeout)
+        if cfg.exporter.enabled:
+            self.scrape_state = ScrapeState(cfg.exporter.tenant, self.clock)
+            self.flusher.on_written = self.scrape_state.add
         self.telemetry.pending_flushes = lambda: len(self.aggregator.pending)
         self.telemetry.memory_held_bytes = self.aggregator.memory_bytes
         self.telemetry.series_count = self.registry.series_count
@@ -199,10 +214,33 @@ class Gateway:
         self.telemetry.kernel_drops = self._kernel_drops
 
         await self._start_http()
+        await self._start_exporter()
         if self.flush_on_ticks:
             self.flusher.start()
             self.retention.start()
             self.sealing.start()
+
+    async def _start_exporter(self) -> None:
+        cfg = self.config.exporter
+        if self.scrape_state is None:
+            return
+        self._exporter_runner = web.AppRunner(
+            exporter_app(self.scrape_state, self.telemetry, openmetrics_allowed=cfg.openmetrics),
+            access_log=None,
+            handle_signals=False,
+        )
+        await self._exporter_runner.setup()
+        host, port = parse_listen(cfg.listen)
+        site = web.TCPSite(self._exporter_runner, host, port)
+        with listening("exporter", "exporter.listen", cfg.listen):
+            await site.start()
+        bound = self._exporter_runner.addresses[0]
+        self.exporter_address = (str(bound[0]), int(bound[1]))
+        log.info(
+            "exporter: tenant %s at http://%s/metrics",
+            cfg.tenant,
+            format_address(self.exporter_address),
+        )
 
     async def _start_http(self) -> None:
         cfg = self.config
@@ -286,6 +324,7 @@ class Gateway:
             ("tcp", old.tcp, new.tcp),
             ("unix", old.unix, new.unix),
             ("statsd", old.statsd, new.statsd),
+            ("exporter", old.exporter, new.exporter),
             ("http.listen", old.http.listen, new.http.listen),
             ("http.max_body_bytes", old.http.max_body_bytes, new.http.max_body_bytes),
             ("http.tls", old.http.tls.enabled, new.http.tls.enabled),
@@ -319,6 +358,9 @@ class Gateway:
             self._runner = None
         if self.promql is not None:
             self.promql.close()
+        if self._exporter_runner is not None:
+            await self._exporter_runner.cleanup()
+            self._exporter_runner = None
         if self.retention is not None:
             await self.retention.stop()
         if self.sealing is not None:

@@ -44,6 +44,8 @@ METRICS: dict[str, str] = {
     "pending_flushes": "Snapshots waiting to be written to the store.",
     "memory_held_bytes": "Estimated bytes the points in memory take (bounded by backfill_memory).",
     "series": "Series known to the daemon, all tenants.",
+    "exporter_scrapes_total": "Scrapes of the exporter's /metrics (exporter.listen).",
+    "exporter_dropped_series_total": "Series a scrape of the exporter left out, by reason.",
 }
 
 
@@ -73,6 +75,8 @@ class Telemetry:
         self.tcp_connections_refused = 0
         self.tcp_idle_closed = 0
         self.http_bad_requests: Counter[str] = Counter()
+        self.exporter_scrapes = 0
+        self.exporter_dropped: Counter[str] = Counter()
         # Filled in by the composition root: values read at scrape time.
         self.pending_flushes: Callable[[], int] = lambda: 0
         self.memory_held_bytes: Callable[[], int] = lambda: 0
@@ -120,6 +124,11 @@ class TelemetryCollector(Collector):
             "http_bad_requests_total", ["reason"], {(k,): v for k, v in t.http_bad_requests.items()}
         )
         yield _labelled(
+            "exporter_dropped_series_total",
+            ["reason"],
+            {(k,): v for k, v in t.exporter_dropped.items()},
+        )
+        yield _labelled(
             "kernel_drops_total", by_transport, {(k,): v for k, v in t.kernel_drops().items()}
         )
         for name, value in (
@@ -137,6 +146,7 @@ class TelemetryCollector(Collector):
             ("tcp_connections_total", t.tcp_connections),
             ("tcp_connections_refused_total", t.tcp_connections_refused),
             ("tcp_idle_closed_total", t.tcp_idle_closed),
+            ("exporter_scrapes_total", t.exporter_scrapes),
         ):
             yield CounterMetricFamily(PREFIX + name.removesuffix("_total"), METRICS[name], value)
         steps = GaugeMetricFamily(

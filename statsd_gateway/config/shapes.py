@@ -142,6 +142,19 @@ class QueryConfig(Section, frozen=True):
     max_sketches: Count = 200_000
 
 
+class ExporterConfig(Section, frozen=True):
+    """A scrape of one tenant's ingested metrics in the Prometheus exposition format, for
+    statsd_exporter users (docs/PROMETHEUS.md, "The scrape"); off by default."""
+
+    enabled: bool = False
+    listen: ListenAddress = ListenAddress("127.0.0.1:9102")  # statsd_exporter's web port
+    tenant: NonEmpty = "default"
+    # OpenMetrics to a scraper that asks for it (Prometheus does, first): its counters then
+    # end in _total. Off, the text format always, as statsd_exporter serves it, so Prometheus
+    # stores the names statsd_exporter users' queries have.
+    openmetrics: bool = False
+
+
 class ApiKey(Section, frozen=True):
     name: NonEmpty
     sha256: KeyDigest
@@ -168,6 +181,7 @@ class Config(Section, frozen=True):
     storage: StorageConfig = StorageConfig()
     aggregation: AggregationConfig = AggregationConfig()
     query: QueryConfig = QueryConfig()
+    exporter: ExporterConfig = ExporterConfig()
     auth: AuthConfig = AuthConfig()
     log: LogConfig = LogConfig()
 

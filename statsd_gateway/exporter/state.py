@@ -1,0 +1,159 @@
+"""What the scrape shows of a tenant's metrics, kept up to date from every flush written.
+
+A drop-in for statsd_exporter's `/metrics` (docs/PROMETHEUS.md, "The scrape"):
+- a counter is the sum of its increments since the daemon started (Prometheus sees a reset at
+  a restart, as with statsd_exporter);
+- a gauge is its latest value;
+- a set is the distinct members of its latest bucket (a gauge);
+- a timing, histogram or distribution is a summary: its count and sum since start, and
+  quantiles 0.5, 0.9 and 0.99 over the last 10 minutes, from the DDSketches of its buckets,
+  merged in five 2-minute slots that age out as statsd_exporter's summaries do (so a quantile
+  covers 8 to 10 minutes and the slot under way).
+
+`add()` takes each RowBatch the flusher has written (on the flush worker thread); `snapshot()`
+copies what a scrape renders (exposition.py), under the same lock, off the loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from statsd_gateway import sketch
+from statsd_gateway.model import MetricType, RowBatch, SeriesKey
+
+QUANTILES = (0.5, 0.9, 0.99)
+QUANTILE_WINDOW = 600.0
+QUANTILE_SLOTS = 5
+
+
+@dataclass(slots=True)
+class SeriesState:
+    type: MetricType
+    updated: float  # daemon time of its last row
+    count: float = 0.0  # counters: the increments' sum is `total`; summaries: observations
+    total: float = 0.0
+    value: float = math.nan  # gauges and sets
+    value_ts: float = -math.inf
+
+
+@dataclass(frozen=True, slots=True)
+class Scrape:
+    """What one scrape renders: each series' state (copied) and its quantiles (summaries)."""
+
+    series: dict[SeriesKey, SeriesState]
+    quantiles: dict[SeriesKey, tuple[float, ...]]
+
+
+class ScrapeState:
+    def __init__(
+        self,
+        tenant: str,
+        clock: Callable[[], float],
+        *,
+        ttl_of: Callable[[SeriesKey], float | None] = lambda key: None,
+    ) -> None:
+        self.tenant = tenant
+        self.clock = clock
+        self.ttl_of = ttl_of  # seconds without a row after which a series leaves the scrape
+        self._lock = threading.Lock()
+        self._series: dict[SeriesKey, SeriesState] = {}
+        # The sketches of the summaries: closed 2-minute slots (each one FlatBins item per
+        # series, merged), and the slot under way (the items as they came).
+        self._slot_width = QUANTILE_WINDOW / QUANTILE_SLOTS
+        self._closed: deque[tuple[int, list[SeriesKey], sketch.FlatBins]] = deque()
+        self._open_slot = -1
+        self._open: list[tuple[list[SeriesKey], sketch.FlatBins]] = []
+
+    def add(self, rows: RowBatch) -> None:
+        """The rows of one flush (all tenants; this tenant's are taken)."""
+        mine = [i for i, key in enumerate(rows.keys) if key[0] == self.tenant]
+        if not mine:
+            return
+        now = self.clock()
+        with self._lock:
+            self._rotate(now)
+            sketched: list[int] = []
+            for i in mine:
+                key, mtype = rows.keys[i], rows.types[i]
+                state = self._series.get(key)
+                if state is None or state.type is not mtype:
+                    state = self._series[key] = SeriesState(mtype, now)
+                state.updated = now
+                self._fold(state, rows, i)
+                if mtype.has_sketch and mtype is not MetricType.GAUGE and rows.has_sketch[i]:
+                    sketched.append(i)
+            if sketched:
+                self._open.append(
+                    ([rows.keys[i] for i in sketched], sketch.flat_take(rows.sketches, sketched))
+                )
+
+    @staticmethod
+    def _fold(state: SeriesState, rows: RowBatch, i: int) -> None:
+        mtype = state.type
+        if mtype is MetricType.COUNTER:
+            state.total += float(rows.sum[i])
+        elif mtype is MetricType.GAUGE:
+            ts = float(rows.last_ts[i])
+            if not math.isnan(ts) and ts >= state.value_ts:
+                state.value, state.value_ts = float(rows.last[i]), ts
+        elif mtype is MetricType.SET:
+            ts = float(rows.ts[i])
+            blob = rows.hll[i]
+            if blob is not None and ts >= state.value_ts:
+                state.value, state.value_ts = float(round(sketch.hll_estimate(blob))), ts
+        else:
+            state.count += float(rows.count[i])
+            state.total += float(rows.sum[i])
+
+    def _rotate(self, now: float) -> None:
+        slot = math.floor(now / self._slot_width)
+        if slot != self._open_slot:
+            if self._open:
+                self._closed.append((self._open_slot, *_merged(self._open)))
+            self._open, self._open_slot = [], slot
+        while self._closed and self._closed[0][0] <= slot - QUANTILE_SLOTS:
+            self._closed.popleft()
+
+    def snapshot(self) -> Scrape:
+        """The series to render (those past their TTL forgotten) and the summaries'
+        quantiles. Runs off the loop."""
+        now = self.clock()
+        with self._lock:
+            self._rotate(now)
+            for key in [k for k, s in self._series.items() if _expired(self.ttl_of(k), s, now)]:
+                del self._series[key]
+            series = {k: dataclasses.replace(s) for k, s in self._series.items()}
+            parts = [(keys, flat) for _, keys, flat in self._closed] + self._open
+        return Scrape(series, _quantiles(parts))
+
+
+def _expired(ttl: float | None, state: SeriesState, now: float) -> bool:
+    return ttl is not None and ttl > 0 and now - state.updated > ttl
+
+
+def _merged(
+    parts: list[tuple[list[SeriesKey], sketch.FlatBins]],
+) -> tuple[list[SeriesKey], sketch.FlatBins]:
+    """The items of `parts` merged into one per series."""
+    index: dict[SeriesKey, int] = {}
+    groups = [index.setdefault(k, len(index)) for keys, _ in parts for k in keys]
+    flat = sketch.flat_concat([f for _, f in parts])
+    return list(index), sketch.merge_flat(flat, np.asarray(groups, dtype=np.int64), len(index))
+
+
+def _quantiles(
+    parts: list[tuple[list[SeriesKey], sketch.FlatBins]],
+) -> dict[SeriesKey, tuple[float, ...]]:
+    if not parts:
+        return {}
+    keys, flat = _merged(parts)
+    cells = np.arange(len(keys), dtype=np.int64)
+    per_q = [sketch.cell_quantiles(flat, cells, len(keys), q).tolist() for q in QUANTILES]
+    return {k: tuple(q[i] for q in per_q) for i, k in enumerate(keys)}
