@@ -11,6 +11,7 @@ the same labels (`duplicate`).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter
 from collections.abc import Iterator
@@ -27,7 +28,8 @@ _KINDS = {
     MetricType.DISTRIBUTION: "summary",
 }  # fmt: skip
 _SCALE = {MetricType.TIMING: 1000.0}  # milliseconds → seconds
-_QUANTILE_TEXT = tuple(repr(q) for q in QUANTILES)
+assert QUANTILES == (0.5, 0.9, 0.99)  # _samples writes them out
+_NO_QUANTILES = (math.nan,) * len(QUANTILES)
 
 
 def wants_openmetrics(accept: str) -> bool:
@@ -58,7 +60,7 @@ def _families(
     for key in sorted(scrape.series, key=lambda k: (k[1], k[2])):
         state = scrape.series[key]
         raw_name = key[1]
-        family = escape(raw_name)
+        family = _escape(raw_name)
         kind = _KINDS[state.type]
         have = by_family.get(family)
         if have is not None and have[0] != raw_name:
@@ -80,6 +82,7 @@ def _families(
         yield family, kind, members
 
 
+@functools.lru_cache(maxsize=1 << 18)
 def _labels(key: SeriesKey) -> str | None:
     pairs: dict[str, str] = {}
     for k, v in key[2]:
@@ -92,35 +95,39 @@ def _labels(key: SeriesKey) -> str | None:
     return ",".join(f'{k}="{_escaped(v)}"' for k, v in sorted(pairs.items()))
 
 
+_escape = functools.lru_cache(maxsize=1 << 16)(escape)
+
+
 def _escaped(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def _samples(
     name: str, kind: str, labels: str, key: SeriesKey, scrape: Scrape, openmetrics: bool
-) -> Iterator[str]:
+) -> list[str]:
     state = scrape.series[key]
     braces = f"{{{labels}}}" if labels else ""
     if kind == "counter":
-        yield f"{name}{'_total' if openmetrics else ''}{braces} {_number(state.total)}"
-        return
+        return [f"{name}{'_total' if openmetrics else ''}{braces} {_number(state.total)}"]
     if kind == "gauge":
-        yield f"{name}{braces} {_number(state.value)}"
-        return
+        return [f"{name}{braces} {_number(state.value)}"]
     scale = _SCALE.get(state.type, 1.0)
-    quantiles = scrape.quantiles.get(key, (math.nan,) * len(QUANTILES))
-    sep = "," if labels else ""
-    for text, value in zip(_QUANTILE_TEXT, quantiles, strict=True):
-        yield f'{name}{{{labels}{sep}quantile="{text}"}} {_number(value / scale)}'
-    yield f"{name}_sum{braces} {_number(state.total / scale)}"
-    yield f"{name}_count{braces} {_number(state.count)}"
+    q = scrape.quantiles.get(key, _NO_QUANTILES)
+    head = f"{name}{{{labels},quantile=" if labels else f"{name}{{quantile="
+    return [
+        f'{head}"0.5"}} {_number(q[0] / scale)}',
+        f'{head}"0.9"}} {_number(q[1] / scale)}',
+        f'{head}"0.99"}} {_number(q[2] / scale)}',
+        f"{name}_sum{braces} {_number(state.total / scale)}",
+        f"{name}_count{braces} {_number(state.count)}",
+    ]
 
 
 def _number(v: float) -> str:
-    if math.isnan(v):
-        return "NaN"
-    if math.isinf(v):
-        return "+Inf" if v > 0 else "-Inf"
-    if v.is_integer() and abs(v) < 2**53:
-        return str(int(v))
-    return repr(v)
+    """Go's shortest float text, which Prometheus parses (integers without a fraction)."""
+    text = repr(v)
+    if text.endswith(".0"):
+        return text[:-2]
+    if text[-1] in "nf":  # nan, inf, -inf
+        return {"nan": "NaN", "inf": "+Inf", "-inf": "-Inf"}[text]
+    return text

@@ -16,7 +16,6 @@ copies what a scrape renders (exposition.py), under the same lock, off the loop.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import threading
 from collections import deque
@@ -31,6 +30,8 @@ from statsd_gateway.model import MetricType, RowBatch, SeriesKey
 QUANTILES = (0.5, 0.9, 0.99)
 QUANTILE_WINDOW = 600.0
 QUANTILE_SLOTS = 5
+# Sketches by series: the keys, and one FlatBins item each, in that order.
+Merged = tuple[list[SeriesKey], sketch.FlatBins]
 
 
 @dataclass(slots=True)
@@ -41,6 +42,11 @@ class SeriesState:
     total: float = 0.0
     value: float = math.nan  # gauges and sets
     value_ts: float = -math.inf
+
+    def copy(self) -> SeriesState:
+        return SeriesState(
+            self.type, self.updated, self.count, self.total, self.value, self.value_ts
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,12 +70,14 @@ class ScrapeState:
         self.ttl_of = ttl_of  # seconds without a row after which a series leaves the scrape
         self._lock = threading.Lock()
         self._series: dict[SeriesKey, SeriesState] = {}
-        # The sketches of the summaries: closed 2-minute slots (each one FlatBins item per
-        # series, merged), and the slot under way (the items as they came).
+        # The sketches of the summaries, one FlatBins item per series in each 2-minute slot:
+        # the closed slots, their merge (made again when one opens or ages out, not at each
+        # scrape), and the slot under way (each flush merged into it as it comes).
         self._slot_width = QUANTILE_WINDOW / QUANTILE_SLOTS
-        self._closed: deque[tuple[int, list[SeriesKey], sketch.FlatBins]] = deque()
+        self._closed: deque[tuple[int, Merged]] = deque()
+        self._closed_merged: Merged | None = None
         self._open_slot = -1
-        self._open: list[tuple[list[SeriesKey], sketch.FlatBins]] = []
+        self._open: Merged | None = None
 
     def add(self, rows: RowBatch) -> None:
         """The rows of one flush (all tenants; this tenant's are taken)."""
@@ -90,9 +98,8 @@ class ScrapeState:
                 if mtype.has_sketch and mtype is not MetricType.GAUGE and rows.has_sketch[i]:
                     sketched.append(i)
             if sketched:
-                self._open.append(
-                    ([rows.keys[i] for i in sketched], sketch.flat_take(rows.sketches, sketched))
-                )
+                part = ([rows.keys[i] for i in sketched], sketch.flat_take(rows.sketches, sketched))
+                self._open = _merged([self._open, part] if self._open else [part])
 
     @staticmethod
     def _fold(state: SeriesState, rows: RowBatch, i: int) -> None:
@@ -114,12 +121,18 @@ class ScrapeState:
 
     def _rotate(self, now: float) -> None:
         slot = math.floor(now / self._slot_width)
+        changed = False
         if slot != self._open_slot:
             if self._open:
-                self._closed.append((self._open_slot, *_merged(self._open)))
-            self._open, self._open_slot = [], slot
+                self._closed.append((self._open_slot, self._open))
+                changed = True
+            self._open, self._open_slot = None, slot
         while self._closed and self._closed[0][0] <= slot - QUANTILE_SLOTS:
             self._closed.popleft()
+            changed = True
+        if changed:
+            parts = [m for _, m in self._closed]
+            self._closed_merged = _merged(parts) if parts else None
 
     def snapshot(self) -> Scrape:
         """The series to render (those past their TTL forgotten) and the summaries'
@@ -129,8 +142,8 @@ class ScrapeState:
             self._rotate(now)
             for key in [k for k, s in self._series.items() if _expired(self.ttl_of(k), s, now)]:
                 del self._series[key]
-            series = {k: dataclasses.replace(s) for k, s in self._series.items()}
-            parts = [(keys, flat) for _, keys, flat in self._closed] + self._open
+            series = {k: s.copy() for k, s in self._series.items()}
+            parts = [m for m in (self._closed_merged, self._open) if m is not None]
         return Scrape(series, _quantiles(parts))
 
 
@@ -138,9 +151,7 @@ def _expired(ttl: float | None, state: SeriesState, now: float) -> bool:
     return ttl is not None and ttl > 0 and now - state.updated > ttl
 
 
-def _merged(
-    parts: list[tuple[list[SeriesKey], sketch.FlatBins]],
-) -> tuple[list[SeriesKey], sketch.FlatBins]:
+def _merged(parts: list[Merged]) -> Merged:
     """The items of `parts` merged into one per series."""
     index: dict[SeriesKey, int] = {}
     groups = [index.setdefault(k, len(index)) for keys, _ in parts for k in keys]
@@ -148,9 +159,7 @@ def _merged(
     return list(index), sketch.merge_flat(flat, np.asarray(groups, dtype=np.int64), len(index))
 
 
-def _quantiles(
-    parts: list[tuple[list[SeriesKey], sketch.FlatBins]],
-) -> dict[SeriesKey, tuple[float, ...]]:
+def _quantiles(parts: list[Merged]) -> dict[SeriesKey, tuple[float, ...]]:
     if not parts:
         return {}
     keys, flat = _merged(parts)
