@@ -101,6 +101,11 @@ class SeriesRows:
     def n_series(self) -> int:
         return len(self.labels)
 
+    def grouped(self, labels: list[Labels], group_of: I64) -> SeriesRows:
+        """The same rows with series s in group `group_of[s]`, groups labelled `labels`."""
+        series = group_of[self.series] if self.series.size else self.series
+        return SeriesRows(self.grid, labels, series, self.cell, self.cols)
+
     def dense(self, values: F64) -> F64:
         """Each (series, cell)'s rows' values added (rows in order), as series × cells."""
         n = self.n_series * self.grid.size

@@ -155,6 +155,7 @@ class Evaluator:
         *,
         sketches: bool = False,
         keep_name: str | None = None,
+        by_series: bool = True,
     ) -> tuple[F64, SeriesRows]:
         """The selector's evaluation times, and the metric's rows the steps cover with
         `width` (a range, or the look-back)."""
@@ -162,7 +163,7 @@ class Evaluator:
         matchers = tag_matchers(self.source.series_tags(metric.name), metric, sel.matchers)
         rows = read_rows(
             self.source, metric, matchers, times, width, self.steps.step, values,
-            sketches=sketches, keep_name=keep_name,
+            sketches=sketches, keep_name=keep_name, by_series=by_series,
         )  # fmt: skip
         return times, rows
 
@@ -251,7 +252,10 @@ class Evaluator:
             hi = self._scalar_arg(f, args[1])
         return Vector([drop_name(lab) for lab in v.labels], np.clip(v.values, lo, hi))
 
-    def _rate(self, f: str, rng: Range) -> Value:
+    def _rate(self, f: str, rng: Range, summed: Aggregate | None = None) -> Value:
+        """rate, increase or irate of a selection; `summed`: a sum over the result, which the
+        rows are grouped for before any window is reduced (a sum of rates is the rate of the
+        sum: one array per group, not per series), the caller aggregating what is left."""
         metrics = self._metrics(rng.selector)
         sketched = [m for m in metrics if m.view in ("", "_bucket") and is_histogram(m.type)]
         if sketched and len(sketched) != len(metrics):
@@ -265,9 +269,14 @@ class Evaluator:
                 )
             return self._histograms(f, sketched[0], rng)
         parts = []
+        total_only = summed is not None and not summed.by and not summed.without
         for metric in metrics:
             column = _counter_column(f, metric)
-            times, rows = self._read(metric, rng.selector, rng.seconds, (column,))
+            times, rows = self._read(
+                metric, rng.selector, rng.seconds, (column,), by_series=not total_only
+            )
+            if summed is not None and not total_only:
+                rows = _grouped(rows, summed)
             lo, hi = rows.grid.windows(times, rng.seconds)
             dense = rows.dense(rows.cols.values[column])
             present = rows.presence()
@@ -384,6 +393,13 @@ class Evaluator:
 
     # -- aggregations
     def _aggregate(self, node: Aggregate) -> Value:
+        arg = node.expr
+        if node.op == "sum" and isinstance(arg, Call) and arg.func in ("rate", "increase"):
+            rng = _range_arg(arg.func, arg.args, 0)
+            if not any(is_histogram(m.type) for m in self._metrics(rng.selector)):
+                inner: Value = self._rate(arg.func, rng, summed=node)
+                assert isinstance(inner, Vector)
+                return aggregate(node, inner)  # merges the groups of several metrics
         inner = self.eval(node.expr)
         if isinstance(inner, Histograms):
             if node.op != "sum":
@@ -394,6 +410,14 @@ class Evaluator:
         if not isinstance(inner, Vector):
             raise Unprocessable(f"{node.op}() needs an instant vector, not {_kind(inner)}")
         return aggregate(node, inner)
+
+
+def _grouped(rows: SeriesRows, node: Aggregate) -> SeriesRows:
+    """The rows with each series in its group of `node` (a `sum by` or `sum without`)."""
+    of_series = [group_labels(lab, node.by or (), node.without) for lab in rows.labels]
+    groups = sorted(set(of_series))
+    rank = {g: i for i, g in enumerate(groups)}
+    return rows.grouped(groups, np.array([rank[g] for g in of_series], dtype=np.int64))
 
 
 def _group_histograms(h: Histograms, node: Aggregate) -> Histograms:

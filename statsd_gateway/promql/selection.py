@@ -23,8 +23,11 @@ from statsd_gateway.promql.values import NAME
 from statsd_gateway.query.reduce import QueryRows
 
 _OPS = {"=": MatchOp.EQUAL, "!=": MatchOp.NOT_EQUAL, "=~": MatchOp.REGEX, "!~": MatchOp.NOT_REGEX}
-# Read(metric name, tag matchers, start, until, grid resolution, numeric columns, sketches).
-Read = Callable[[str, tuple[Matcher, ...], float, float, float, tuple[str, ...], bool], QueryRows]
+# Read(metric name, tag matchers, start, until, grid resolution, numeric columns, sketches,
+# by series: False reads the rows without which series each belongs to).
+Read = Callable[
+    [str, tuple[Matcher, ...], float, float, float, tuple[str, ...], bool, bool], QueryRows
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,14 +89,23 @@ def read_rows(
     values: tuple[str, ...],
     sketches: bool = False,
     keep_name: str | None = None,
+    by_series: bool = True,
 ) -> SeriesRows:
     """The metric's rows that steps at `times` (already shifted by offset/@) cover with
     `width`, on a grid picked for them; series labelled with their tags (escaped, `__name__`
-    set to `keep_name` when given)."""
+    set to `keep_name` when given). Not `by_series`: every row in one series, labelled ()."""
     oldest = float(times.min()) - width
     g = grid_resolution(source.tiers, width, step, oldest, source.now)
     grid = Grid.covering(g, times, width)
-    rows = source.read(metric.name, matchers, grid.start, grid.until, g, values, sketches)
+    rows = source.read(
+        metric.name, matchers, grid.start, grid.until, g, values, sketches, by_series
+    )
+    cell = grid.cell_of(rows.cols.ts)
+    if cell.size and (int(cell.min()) < 0 or int(cell.max()) >= grid.size):
+        raise AssertionError("a row outside the grid it was read for")  # RowRead's range
+    if not by_series:
+        whole = np.zeros(len(rows.cols), dtype=np.int64)
+        return SeriesRows(grid, [()] if len(rows.cols) else [], whole, cell, rows.cols)
     labels: dict[Labels, int] = {}
     series_of: list[int] = []
     for tags in rows.tags:
@@ -104,7 +116,4 @@ def read_rows(
     cols = rows.cols
     assert cols.series is not None
     series = np.asarray(series_of, dtype=np.int64)[cols.series] if len(cols) else cols.series
-    cell = grid.cell_of(cols.ts)
-    if cell.size and (int(cell.min()) < 0 or int(cell.max()) >= grid.size):
-        raise AssertionError("a row outside the grid it was read for")  # RowRead's range
     return SeriesRows(grid, list(labels), series.astype(np.int64), cell, cols)
