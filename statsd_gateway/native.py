@@ -11,8 +11,9 @@ Contract:
   entries for a query, says which series it holds and drops deleted ones.
 - A core enters Python only through `NativeLive`'s resolver, the first time it sees a
   (type, name section, tag text): the name is cleaned and the series admitted exactly as the
-  Python path does (StatsdParser.key_or_reason, SeriesRegistry.admit); the core caches the
-  answer until a series is forgotten or the limits change (`forget()`).
+  Python path does (StatsdParser.key_or_reason, with the mapping rules if any, and
+  SeriesRegistry.admit); the core caches the answer until a series is forgotten, the limits
+  change or the mapping rules are reloaded (`forget()`).
 - HTTP points (`resolve_points()` then `apply_points()`): a batch's typed points are judged in
   C against a cache of the points' keys (type, raw name, tags as sent) already admitted, and
   handed one by one to a Python fallback (the reference's checks) for anything else: a new
@@ -38,6 +39,7 @@ from typing import Any
 from statsd_gateway import accumulator, protocol, sketch
 from statsd_gateway.accumulator import NativeEntry
 from statsd_gateway.aggregator import TIMESTAMP_IN_FUTURE, TIMESTAMP_TOO_OLD, IntervalAggregator
+from statsd_gateway.mapping import DROPPED_BY_MAPPING, INVALID_MAPPED_NAME
 from statsd_gateway.model import FUTURE_MAX_SECONDS, VALUE_ABS_MAX, MetricType, Sample
 from statsd_gateway.protocol import StatsdParser
 from statsd_gateway.series_registry import CARDINALITY_LIMIT, TYPE_CONFLICT
@@ -68,6 +70,8 @@ REASONS: tuple[str, ...] = (
     TIMESTAMP_TOO_OLD,
     TIMESTAMP_IN_FUTURE,
     INTERNAL_ERROR,
+    DROPPED_BY_MAPPING,
+    INVALID_MAPPED_NAME,
 )
 _CODES = {reason: code for code, reason in enumerate(REASONS) if reason}
 # The core's type codes are MetricType's members in order.
@@ -197,13 +201,13 @@ class NativeLive:
         def resolve(
             type_code: int, head: bytes, tags: bytes, admit: int
         ) -> tuple[int, float, float]:
-            key = parser.key_or_reason(head.decode(), tags.decode())
+            mtype = _TYPES[type_code]
+            key = parser.key_or_reason(head.decode(), tags.decode(), mtype)
             if isinstance(key, str):
                 return -_CODES[key], 0.0, 0.0
             if not admit:
                 return 0, 0.0, 0.0
             name, tag_set = key
-            mtype = _TYPES[type_code]
             sid = registry.admit(tenant, name, tag_set, mtype, aggregator.max_series_per_tenant)
             if isinstance(sid, str):
                 return -_CODES[sid], 0.0, 0.0
@@ -256,7 +260,10 @@ class NativeLive:
         self.sync_counts(core)
 
     def forget(self) -> None:
-        """Every core forgets its cached answers (the limits they were judged by changed)."""
+        """Every core forgets its cached answers (the limits or the mapping rules they were
+        judged by changed). Safe while reader threads run: each core's forget takes its mutex,
+        which a reader holds for a whole batch, resolver calls included; an answer a reader
+        resolved by the old rules before is dropped with the rest."""
         for core in self.cores:
             core.forget()
         self._point_keys.clear()
