@@ -40,6 +40,7 @@ from statsd_gateway.listeners import (
     start_udp,
     start_unix,
 )
+from statsd_gateway.mapping import Mapper, load_mapper
 from statsd_gateway.model import SeriesKey
 from statsd_gateway.native_udp import NativeUdpListener
 from statsd_gateway.promql.service import PromqlService
@@ -128,6 +129,9 @@ class Gateway:
     async def start(self) -> None:
         cfg = self.config
         self.started_at = self.clock()
+        parser = StatsdParser(gauge_sign=cfg.statsd.gauge_sign, sanitise=cfg.statsd.name_sanitising)
+        self.parser = parser
+        self._use_mapper(load_mapper(cfg.statsd.mapping_file, parser.sanitise))
         self._setup_keys()
         stored = await self.store.open()
         for info in stored.series:
@@ -148,7 +152,6 @@ class Gateway:
             max_backdate=cfg.storage.tiers[0].retention,
             first_seq=first_seq,
         )
-        parser = StatsdParser(gauge_sign=cfg.statsd.gauge_sign, sanitise=cfg.statsd.name_sanitising)
         self.ingest = Ingest(self.aggregator, self.telemetry, parser, wal)
         log.info("ingest core: %s", native.implementation())
         module = native.native_module()
@@ -273,6 +276,32 @@ class Gateway:
         else:
             log.info("reload: http.tls: reloaded the certificate from %s", tls.cert_file)
 
+    def _use_mapper(self, mapper: Mapper | None) -> None:
+        """StatsD lines are mapped by `mapper` (None: no rules) from now on."""
+        self.parser.set_mapper(mapper)
+        self.registry.describe = None if mapper is None else self.parser.mapped_options
+        if mapper is not None:
+            rules, path = mapper.rules.count, self.config.statsd.mapping_file
+            log.info("statsd.mapping_file: %d mapping rules from %s", rules, path)
+
+    def _reload_mapping(self) -> None:
+        """Reads the mapping file again; new rules map the lines parsed from now on (every
+        cached answer dropped), a file that cannot be used leaves the rules in use."""
+        try:
+            mapper = load_mapper(self.config.statsd.mapping_file, self.parser.sanitise)
+        except ConfigError as e:
+            log.error("reload: %s; keeping the mapping rules in use", e)
+            return
+        if mapper is None and self.parser.mapper is None:
+            return
+        if mapper is not None and mapper.same_rules(self.parser.mapper):
+            return  # the same text: the caches stay good
+        self._use_mapper(mapper)
+        if self.ingest.native is not None:
+            self.ingest.native.forget()
+        if mapper is None:
+            log.info("reload: statsd.mapping_file unset; StatsD names are no longer mapped")
+
     def _forget_series(self, keys: list[SeriesKey]) -> None:
         """Series the store removed; one with a point in memory since stays known (its next
         flush writes it again)."""
@@ -298,9 +327,9 @@ class Gateway:
         return {} if drops is None else {"udp": drops}
 
     def reload(self, new: Config) -> list[str]:
-        """Applies what can change while running (keys, limits, log level, the TLS certificate,
-        read again from its files); returns the changed settings that only take effect after a
-        restart."""
+        """Applies what can change while running (keys, limits, log level, the TLS certificate
+        and the mapping rules, read again from their files); returns the changed settings that
+        only take effect after a restart."""
         old = self.config
         self.config = new
         self._setup_keys()
@@ -316,6 +345,7 @@ class Gateway:
             if self.promql is not None:
                 self.promql.timeout = new.query.timeout
             self.flusher.max_pending_rows = new.aggregation.max_pending_rows
+            self._reload_mapping()
         logging.getLogger("statsd_gateway").setLevel(new.log.level.upper())
         self._reload_certificate(new)
         needs_restart = []
@@ -323,7 +353,8 @@ class Gateway:
             ("udp", old.udp, new.udp),
             ("tcp", old.tcp, new.tcp),
             ("unix", old.unix, new.unix),
-            ("statsd", old.statsd, new.statsd),
+            ("statsd.gauge_sign", old.statsd.gauge_sign, new.statsd.gauge_sign),
+            ("statsd.name_sanitising", old.statsd.name_sanitising, new.statsd.name_sanitising),
             ("exporter", old.exporter, new.exporter),
             ("http.listen", old.http.listen, new.http.listen),
             ("http.max_body_bytes", old.http.max_body_bytes, new.http.max_body_bytes),

@@ -19,6 +19,7 @@ import yaml
 from statsd_gateway.config.shapes import ApiKey, Config, TierConfig, TlsConfig
 from statsd_gateway.config.values import decode_value
 from statsd_gateway.errors import ConfigError
+from statsd_gateway.mapping import load_rules
 from statsd_gateway.shape_errors import Violation
 from statsd_gateway.tls import server_context
 
@@ -34,6 +35,11 @@ def config_from_dict(raw: Any) -> Config:
     _check_tiers(cfg)
     _check_tls(cfg.http.tls)
     _check_keys(cfg.auth.keys)
+    if cfg.statsd.mapping_file is not None:  # read again by the gateway, as the TLS files are
+        try:
+            load_rules(cfg.statsd.mapping_file)
+        except ConfigError as e:
+            raise ConfigError("statsd.mapping_file", str(e)) from None
     return cfg
 
 

@@ -2,7 +2,8 @@
 
 Every key's name, type, limits (`Meta(ge=...)`) and default are declared here, and only here;
 loading.py converts the YAML document into `Config` with msgspec (unknown keys are errors) and
-then checks what one key alone cannot say (tiers against each other, TLS files in pairs).
+then checks what one key alone cannot say (tiers against each other, TLS files in pairs, the
+mapping file's rules).
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ class StatsdConfig(Section, frozen=True):
 
     gauge_sign: GaugeSign = "delta"  # delta (Etsy) or absolute (DogStatsD)
     name_sanitising: Sanitising = "statsd"
+    # statsd_exporter's mapping rules (mapping_file.py), read at load and on every reload.
+    mapping_file: NonEmpty | None = None
 
 
 class TlsConfig(Section, frozen=True):
