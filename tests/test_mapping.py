@@ -1,5 +1,6 @@
 """Mapping rules (statsd_exporter's schema): the file is parsed strictly, rules match as
-statsd_exporter's do, and a matching rule's name and labels become the series the parser gives.
+statsd_exporter's do, a matching rule's name and labels become the series the parser gives, and
+a running gateway's reload maps the lines after it by the new rules (a bad file keeps them).
 
 The parser is the pure-Python path's; the native core asks the same parser (key_or_reason), so
 tests/test_native_parity.py holds the native path to these answers.
@@ -7,7 +8,9 @@ tests/test_native_parity.py holds the native path to these answers.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,7 +27,9 @@ from statsd_gateway.mapping_file import DEFAULT_BUCKETS, parse_go_duration
 from statsd_gateway.model import MetricType, Tags
 from statsd_gateway.protocol import INVALID_TAGS, StatsdParser
 from statsd_gateway.series_registry import SeriesRegistry
-from tests.conftest import ManualClock
+from tests.conftest import T0, Api, ManualClock, make_config, running, send_udp, wait_until
+
+SINCE, UNTIL = int(T0 - 3600), int(T0 + 60)
 
 README = """
 mappings:
@@ -389,3 +394,55 @@ def test_the_registry_keeps_the_options_of_the_rule_that_made_a_series() -> None
     assert registry.options_of(plain) is None
     registry.forget([("default", "h", (("k", "x"),))])
     assert registry.options_of(mapped) is None
+
+
+# ---- a running gateway, on whichever ingest path the suite runs
+
+
+async def value(api: Api, name: str, **params: Any) -> Any:
+    status, body = await api.query(name=name, agg="sum", since=SINCE, until=UNTIL, **params)
+    assert status == 200, body
+    return body["points"][0]["value"]
+
+
+async def test_a_reload_maps_new_lines_by_the_new_rules_and_a_bad_file_keeps_them(
+    tmp_path: Path, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("mappings:\n- {match: 'svc.*.hits', name: hits, labels: {svc: $1}}\n")
+    cfg = make_config(tmp_path, statsd={"mapping_file": str(rules)})
+    async with running(cfg, clock) as (gw, api):
+        accepted = gw.telemetry.accepted
+
+        async def send(n: int) -> None:
+            send_udp(gw, b"svc.api.hits:1|c")
+            await wait_until(lambda: accepted["udp"] == n, lambda: f"{accepted} != {n}")
+
+        await send(1)
+        assert await value(api, "hits", tags="svc:api") == 1
+        rules.write_text("mappings:\n- {match: 'svc.*.hits', name: 'hits_$1'}\n")
+        assert gw.reload(cfg) == []
+        await send(2)
+        assert await value(api, "hits_api") == 1
+        assert await value(api, "hits", tags="svc:api") == 1  # stored series keep their names
+        # A file that can no longer be used (changed after the config was checked).
+        rules.write_text("mappings:\n- {match: 'svc.*.hits', name: x, lables: {}}\n")
+        with caplog.at_level(logging.ERROR, "statsd_gateway"):
+            assert gw.reload(cfg) == []
+        assert "mappings[0].lables: unknown key" in caplog.text
+        assert "keeping the mapping rules in use" in caplog.text
+        await send(3)
+        assert await value(api, "hits_api") == 2
+        # No file at all: names are as sent again.
+        assert gw.reload(make_config(tmp_path)) == []
+        await send(4)
+        assert await value(api, "svc.api.hits") == 1
+
+
+def test_a_parser_without_rules_is_unchanged_by_a_mapper_set_and_removed() -> None:
+    p = StatsdParser()
+    before = p.parse(b"a.b:1|c|#k:v").samples
+    p.set_mapper(Mapper(parse_rules("mappings:\n- {match: 'a.b', name: c}\n"), p.sanitise))
+    assert p.parse(b"a.b:1|c|#k:v").samples[0].name == "c"
+    p.set_mapper(None)
+    assert p.parse(b"a.b:1|c|#k:v").samples == before
