@@ -446,3 +446,17 @@ def test_a_parser_without_rules_is_unchanged_by_a_mapper_set_and_removed() -> No
     assert p.parse(b"a.b:1|c|#k:v").samples[0].name == "c"
     p.set_mapper(None)
     assert p.parse(b"a.b:1|c|#k:v").samples == before
+
+
+def test_the_example_in_the_docs_loads_and_maps_as_it_says() -> None:
+    text = (Path(__file__).resolve().parent.parent / "docs" / "STATSD.md").read_text()
+    section = text[text.index("## Mapping rules") :]
+    example = section[section.index("```yaml\n") + 8 : section.index("```\n", 10)]
+    p = StatsdParser()
+    p.set_mapper(Mapper(parse_rules(example), p.sanitise))
+    assert series(p, "test.dispatcher.FooProcessor.send.success:1|c") == (
+        "dispatcher_events_total",
+        (("action", "send"), ("outcome", "success"), ("processor", "FooProcessor")),
+    )
+    assert series(p, "api.get.latency:3|ms") == ("api_latency", (("method", "get"),))
+    assert series(p, "debug.x:1|g") == DROPPED_BY_MAPPING
