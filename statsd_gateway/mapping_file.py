@@ -184,7 +184,7 @@ def parse_mapping_file(text: str) -> MappingFile:
     except yaml.YAMLError as e:
         raise ConfigError("", f"not valid YAML: {e}") from None
     try:
-        shape = msgspec.convert({} if raw is None else raw, MappingFileShape, dec_hook=_decode)
+        shape = msgspec.convert(_as_go_reads(raw), MappingFileShape, dec_hook=_decode)
     except msgspec.ValidationError as e:
         raise _file_error(e) from None
     base = _options(shape.defaults, None, None, "defaults", -1)
@@ -194,6 +194,35 @@ def parse_mapping_file(text: str) -> MappingFile:
         _check_rule(m, f"mappings[{i}]")
         options.append(_options(m, base, kind, f"mappings[{i}]", i))
     return MappingFile(text, shape, base, tuple(options))
+
+
+def _as_go_reads(raw: Any) -> Any:
+    """The document as statsd_exporter's YAML decoder reads it where PyYAML's types differ: an
+    empty `mappings:`, `defaults:` or `labels:` is none, and a label value YAML reads as a
+    number or a boolean (`code: 200`) is its text."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        return raw
+    out = {k: v for k, v in raw.items() if not (k in ("mappings", "defaults") and v is None)}
+    if isinstance(out.get("mappings"), list):
+        out["mappings"] = [_rule_as_go_reads(m) for m in out["mappings"]]
+    return out
+
+
+def _rule_as_go_reads(m: Any) -> Any:
+    if not isinstance(m, dict) or "labels" not in m:
+        return m
+    labels = m["labels"]
+    if labels is None:
+        return {k: v for k, v in m.items() if k != "labels"}
+    if isinstance(labels, dict):
+        text = {True: "true", False: "false"}
+        labels = {
+            k: text[v] if isinstance(v, bool) else str(v) if isinstance(v, int | float) else v
+            for k, v in labels.items()
+        }
+    return {**m, "labels": labels}
 
 
 def _check_rule(m: MappingShape, where: str) -> None:

@@ -284,7 +284,7 @@ def test_an_unknown_key_is_an_error_naming_it_and_its_mapping(text: str, where: 
         ("mappings:\n- {name: x}\n", "mappings[0].match: required"),
         ("mappings:\n- {match: a}\n", "mappings[0].name: required"),
         ("mappings:\n- {match: a, name: x, labels: {'0k': v}}\n", "mappings[0].labels.0k: a label"),
-        ("mappings:\n- {match: a, name: x, labels: {k: 1}}\n",
+        ("mappings:\n- {match: a, name: x, labels: {k: [1]}}\n",
          "mappings[0].labels[...]: Expected `str`"),
         ("mappings:\n- {match: a, name: x, action: keep}\n", "mappings[0].action: expected one of"),
         ("mappings:\n- {match: a, name: x, scale: 0.001}\n", "mappings[0].scale: not supported"),
@@ -349,6 +349,13 @@ mappings:
     assert c.buckets == (1, 2)
     # Options a rule leaves unset are the defaults' own.
     assert (d.quantiles, d.max_age, d.age_buckets, d.buf_cap) == (((0.9, 0.01),), 3600, 3, 1000)
+
+
+def test_empty_sections_and_scalar_label_values_read_as_statsd_exporter_reads_them() -> None:
+    p = parser("defaults:\nmappings:\n- {match: a, name: b, labels: {code: 200, ok: true}}\n")
+    assert series(p, "a:1|c") == ("b", (("code", "200"), ("ok", "true")))
+    assert parse_rules("mappings:\n").count == 0
+    assert parse_rules("mappings:\n- {match: a, name: b, labels: }\n").count == 1
 
 
 def test_statsd_exporters_defaults_where_the_file_sets_none() -> None:
