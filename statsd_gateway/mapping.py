@@ -219,9 +219,14 @@ class Mapper:
         return other is not None and other.rules.file.text == self.rules.file.text
 
     def remember(self, key: tuple[MetricType, str, str], answer: Answer) -> None:
+        self._make_room()
+        self.keys[key] = answer
+
+    def _make_room(self) -> None:
+        # Both start again together, so every series a cached answer names has its options.
         if len(self.keys) >= CACHE_MAX:
             self.keys.clear()
-        self.keys[key] = answer
+            self._options.clear()
 
     def match(self, mtype: MetricType, name: str) -> Match | None:
         """The rule that applies to a line of `mtype` named `name`, with its captures."""
@@ -268,9 +273,7 @@ class Mapper:
         if len(merged) > TAGS_MAX or any(len(v) > TAG_VALUE_MAX for v in merged.values()):
             return INVALID_TAGS
         made = tuple(sorted(merged.items()))
-        if len(self._options) >= CACHE_MAX:
-            # Read only between make() and the series' admission, right after it.
-            self._options.clear()
+        self._make_room()  # before, not between this and the remember() that follows
         self._options[(name, made)] = rule.options
         return name, made
 

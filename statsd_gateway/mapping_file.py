@@ -4,9 +4,11 @@ resolved into the rules mapping.py applies and the record each rule gives its se
 Contract:
 - `load_mapping_file(path)` reads YAML text into the Structs below with msgspec; an unknown key,
   a wrong type or a value out of range is a ConfigError naming its place in the file
-  (`mappings[2].lables: unknown key (known: …)`), and so is what no single key says: a bad
-  regex or glob, a capture a template refers to that its match does not have, summary options
-  on a histogram rule, legacy and current options both set, `scale` (not supported).
+  (`mappings[2].lables: unknown key (known: …)`), and so is what no single key says: summary
+  options on a histogram rule, legacy and current options both set, buckets that do not
+  increase, a rule without a name, `scale` (not supported). What compiling the rules finds (a
+  bad regex or glob, a capture a template refers to that its match does not have) is
+  mapping.py's to say, in the same form.
 - Every key of statsd_exporter's schema is accepted (the legacy `timer_type`, top-level
   `buckets` and `quantiles`, `timer` as a metric type, included), so a migrating user's file
   loads unchanged unless it scales values.
@@ -51,7 +53,8 @@ DEFAULT_QUANTILES = ((0.5, 0.05), (0.9, 0.01), (0.99, 0.001))
 _LABEL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _GO_DURATION = re.compile(r"(?:[0-9]*\.?[0-9]+(?:ns|us|µs|μs|ms|s|m|h))+")
 _GO_UNIT = re.compile(r"([0-9]*\.?[0-9]+)(ns|us|µs|μs|ms|s|m|h)")
-_GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
+_GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0,
+             "h": 3600.0}  # fmt: skip
 
 
 class GoDuration(float):
@@ -66,8 +69,7 @@ def parse_go_duration(obj: Any) -> GoDuration:
         return GoDuration(0.0)
     if not isinstance(obj, str) or not _GO_DURATION.fullmatch(obj):
         raise ValueError(f"{obj!r} is not a duration such as 30s, 1m30s or 1.5h")
-    units = {**_GO_UNITS, "h": 3600.0}
-    return GoDuration(sum(float(n) * units[u] for n, u in _GO_UNIT.findall(obj)))
+    return GoDuration(sum(float(n) * _GO_UNITS[u] for n, u in _GO_UNIT.findall(obj)))
 
 
 def _decode(cls: type, obj: Any) -> Any:
