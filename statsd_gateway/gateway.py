@@ -41,6 +41,7 @@ from statsd_gateway.listeners import (
     start_unix,
 )
 from statsd_gateway.mapping import Mapper, load_mapper
+from statsd_gateway.mapping_file import SeriesOptions
 from statsd_gateway.model import SeriesKey
 from statsd_gateway.native_udp import NativeUdpListener
 from statsd_gateway.promql.service import PromqlService
@@ -205,7 +206,9 @@ class Gateway:
         self.catalog = MetricCatalog(self.registry, self.aggregator, self.store, self.flusher)
         self.promql = PromqlService(self.query_engine, self.tiers, timeout=cfg.query.timeout)
         if cfg.exporter.enabled:
-            self.scrape_state = ScrapeState(cfg.exporter.tenant, self.clock)
+            self.scrape_state = ScrapeState(
+                cfg.exporter.tenant, self.clock, options_of=self._scrape_options
+            )
             self.flusher.on_written = self.scrape_state.add
         self.telemetry.pending_flushes = lambda: len(self.aggregator.pending)
         self.telemetry.memory_held_bytes = self.aggregator.memory_bytes
@@ -222,6 +225,14 @@ class Gateway:
             self.flusher.start()
             self.retention.start()
             self.sealing.start()
+
+    def _scrape_options(self, key: SeriesKey) -> SeriesOptions | None:
+        """The mapping options the scrape shows a series by: its rule's, else the mapping
+        file's defaults (None without a file)."""
+        sid = self.registry.id_of(key)
+        got = None if sid is None else self.registry.options_of(sid)
+        mapper = self.parser.mapper
+        return got if got is not None or mapper is None else mapper.rules.file.defaults
 
     async def _start_exporter(self) -> None:
         cfg = self.config.exporter

@@ -17,7 +17,15 @@ import aiohttp
 import pytest
 
 from statsd_gateway.gateway import Gateway
-from tests.conftest import Api, ManualClock, make_config, missing_prerequisite, running
+from tests.conftest import (
+    Api,
+    ManualClock,
+    make_config,
+    missing_prerequisite,
+    running,
+    send_udp,
+    wait_for_udp,
+)
 
 pytestmark = pytest.mark.asyncio
 
@@ -237,3 +245,53 @@ async def test_a_real_prometheus_scrapes_it(
     finally:
         proc.terminate()
         await proc.wait()
+
+
+MAPPING = """
+mappings:
+  - match: "api.*.latency"
+    name: "api_latency"
+    labels: {endpoint: "$1"}
+    observer_type: histogram
+    histogram_options: {buckets: [0.01, 0.1, 1]}
+    help: "API latency by endpoint"
+  - match: "job.*"
+    name: "job_$1"
+    ttl: 60s
+  - match: "q.*"
+    name: "q_$1"
+    summary_options: {quantiles: [{quantile: 0.25, error: 0.01}]}
+"""
+
+
+async def test_mapping_rules_shape_the_scrape(tmp_path: Path, clock: ManualClock) -> None:
+    rules = tmp_path / "mapping.yml"
+    rules.write_text(MAPPING)
+    config = make_config(
+        tmp_path,
+        exporter={"enabled": True, "listen": "127.0.0.1:0"},
+        statsd={"mapping_file": str(rules)},
+    )
+    async with running(config, clock) as (gw, _):
+        lines = [f"api.home.latency:{v}|ms" for v in (5, 50, 50, 500, 5000)]
+        lines += ["job.done:1|c", *(f"q.size:{v}|h" for v in range(1, 101))]
+        send_udp(gw, "\n".join(lines).encode())
+        await wait_for_udp(gw, 1)
+        clock.advance(10)
+        await gw.flusher.flush()
+        _, text = await scrape(gw)
+        got = samples(text)
+        assert "# TYPE api_latency histogram" in text
+        assert "# HELP api_latency API latency by endpoint" in text
+        bucket = 'api_latency_bucket{{endpoint="home",le="{}"}}'
+        buckets = {le: got[bucket.format(le)] for le in ("0.01", "0.1", "1", "+Inf")}
+        assert buckets == {"0.01": 1, "0.1": 3, "1": 4, "+Inf": 5}  # 5 ms, 50 ms ×2, 0.5 s, 5 s
+        assert got['api_latency_count{endpoint="home"}'] == 5
+        assert got['api_latency_sum{endpoint="home"}'] == pytest.approx(5.605)
+        assert math.isclose(got['q_size{quantile="0.25"}'], 25, rel_tol=0.021)
+        assert not any(k.startswith('q_size{quantile="0.5"') for k in got)
+        assert got["job_done"] == 1
+        clock.advance(61)  # past the job rule's ttl without a line
+        await gw.flusher.flush()
+        got = samples((await scrape(gw))[1])
+        assert "job_done" not in got and 'api_latency_count{endpoint="home"}' in got

@@ -16,9 +16,11 @@ import math
 from collections import Counter
 from collections.abc import Iterator
 
-from statsd_gateway.exporter.state import QUANTILES, Scrape
+from statsd_gateway import sketch
+from statsd_gateway.exporter.state import Scrape, SeriesState
 from statsd_gateway.model import MetricType, SeriesKey
 from statsd_gateway.promql.names import escape
+from statsd_gateway.sketch import value_of
 
 TEXT = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -28,8 +30,6 @@ _KINDS = {
     MetricType.DISTRIBUTION: "summary",
 }  # fmt: skip
 _SCALE = {MetricType.TIMING: 1000.0}  # milliseconds → seconds
-assert QUANTILES == (0.5, 0.9, 0.99)  # _samples writes them out
-_NO_QUANTILES = (math.nan,) * len(QUANTILES)
 
 
 def wants_openmetrics(accept: str) -> bool:
@@ -41,8 +41,10 @@ def render(scrape: Scrape, *, openmetrics: bool, dropped: Counter[str]) -> bytes
     lines: list[str] = []
     for family, kind, members in _families(scrape, dropped):
         name = family.removesuffix("_total") if openmetrics and kind == "counter" else family
-        first = members[0][1]
-        lines.append(f"# HELP {name} StatsD {scrape.series[first].type.value} {first[1]}")
+        first = scrape.series[members[0][1]]
+        helped = first.options.help if first.options is not None else None
+        text = helped or f"StatsD {first.type.value} {members[0][1][1]}"
+        lines.append(f"# HELP {name} {_help(text)}")
         lines.append(f"# TYPE {name} {kind}")
         for labels, key in members:
             lines.extend(_samples(name, kind, labels, key, scrape, openmetrics))
@@ -61,10 +63,13 @@ def _families(
         state = scrape.series[key]
         raw_name = key[1]
         family = _escape(raw_name)
-        kind = _KINDS[state.type]
+        kind = "histogram" if state.is_histogram else _KINDS[state.type]
         have = by_family.get(family)
         if have is not None and have[0] != raw_name:
             dropped["name_clash"] += 1
+            continue
+        if have is not None and have[1] != kind:  # one metric, some series mapped otherwise
+            dropped["kind_clash"] += 1
             continue
         labels = _labels(key)
         if labels is None:
@@ -112,15 +117,43 @@ def _samples(
     if kind == "gauge":
         return [f"{name}{braces} {_number(state.value)}"]
     scale = _SCALE.get(state.type, 1.0)
-    q = scrape.quantiles.get(key, _NO_QUANTILES)
-    head = f"{name}{{{labels},quantile=" if labels else f"{name}{{quantile="
-    return [
-        f'{head}"0.5"}} {_number(q[0] / scale)}',
-        f'{head}"0.9"}} {_number(q[1] / scale)}',
-        f'{head}"0.99"}} {_number(q[2] / scale)}',
+    tail = [
         f"{name}_sum{braces} {_number(state.total / scale)}",
         f"{name}_count{braces} {_number(state.count)}",
     ]
+    if kind == "histogram":
+        return _buckets(name, labels, state, scrape.since_start.get(key), scale) + tail
+    qs = state.quantiles
+    values = scrape.quantiles.get(key, (math.nan,) * len(qs))
+    head = f"{name}{{{labels},quantile=" if labels else f"{name}{{quantile="
+    return [
+        f'{head}"{_number(q)}"}} {_number(v / scale)}' for q, v in zip(qs, values, strict=True)
+    ] + tail
+
+
+def _buckets(
+    name: str, labels: str, state: SeriesState, bins: sketch.Bins | None, scale: float
+) -> list[str]:
+    """A classic histogram's cumulative buckets since start, from the merged sketch: each bin
+    counts below a bound where its value (the bucket centre, within the sketch's 1 %) does."""
+    assert state.options is not None
+    bounds = state.options.buckets
+    head = f"{name}_bucket{{{labels}," if labels else f"{name}_bucket{{"
+    counts = [0.0] * len(bounds)
+    if bins is not None:
+        values = [value_of(int(k)) / scale for k in bins.pos_keys.tolist()]
+        values += [-value_of(int(k)) / scale for k in bins.neg_keys.tolist()]
+        weights = bins.pos_counts.tolist() + bins.neg_counts.tolist()
+        for j, le in enumerate(bounds):
+            below = sum(w for v, w in zip(values, weights, strict=True) if v <= le)
+            counts[j] = below + (bins.zero if le >= 0 else 0.0)
+    out = [f'{head}le="{_number(le)}"}} {_number(c)}' for le, c in zip(bounds, counts, strict=True)]
+    out.append(f'{head}le="+Inf"}} {_number(state.count)}')
+    return out
+
+
+def _help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
 
 
 def _number(v: float) -> str:

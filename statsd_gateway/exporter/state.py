@@ -6,9 +6,12 @@ A drop-in for statsd_exporter's `/metrics` (docs/PROMETHEUS.md, "The scrape"):
 - a gauge is its latest value;
 - a set is the distinct members of its latest bucket (a gauge);
 - a timing, histogram or distribution is a summary: its count and sum since start, and
-  quantiles 0.5, 0.9 and 0.99 over the last 10 minutes, from the DDSketches of its buckets,
-  merged in five 2-minute slots that age out as statsd_exporter's summaries do (so a quantile
-  covers 8 to 10 minutes and the slot under way).
+  quantiles (0.5, 0.9 and 0.99, or its mapping rule's) over the last 10 minutes, from the
+  DDSketches of its buckets, merged in five 2-minute slots that age out as statsd_exporter's
+  summaries do (so a quantile covers 8 to 10 minutes and the slot under way); or, where its
+  mapping rule says `observer_type: histogram`, a histogram of the rule's buckets, counted
+  since start from its sketches merged since start;
+- a series whose rule has a `ttl` leaves the scrape once it has had no row for that long.
 
 `add()` takes each RowBatch the flusher has written (on the flush worker thread); `snapshot()`
 copies what a scrape renders (exposition.py), under the same lock, off the loop.
@@ -25,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from statsd_gateway import sketch
+from statsd_gateway.mapping_file import SeriesOptions
 from statsd_gateway.model import MetricType, RowBatch, SeriesKey
 
 QUANTILES = (0.5, 0.9, 0.99)
@@ -42,19 +46,39 @@ class SeriesState:
     total: float = 0.0
     value: float = math.nan  # gauges and sets
     value_ts: float = -math.inf
+    options: SeriesOptions | None = None  # of the mapping rule that made it (or the defaults)
 
     def copy(self) -> SeriesState:
         return SeriesState(
-            self.type, self.updated, self.count, self.total, self.value, self.value_ts
-        )
+            self.type, self.updated, self.count, self.total, self.value, self.value_ts,
+            self.options,
+        )  # fmt: skip
+
+    @property
+    def is_histogram(self) -> bool:
+        """Shown as a histogram (its rule says so), not as a summary."""
+        o = self.options
+        return o is not None and o.observer_type == "histogram" and is_observer(self.type)
+
+    @property
+    def quantiles(self) -> tuple[float, ...]:
+        o = self.options
+        return tuple(q for q, _ in o.quantiles) if o is not None and o.quantiles else QUANTILES
+
+
+def is_observer(mtype: MetricType) -> bool:
+    """statsd_exporter's observers: the types kept in a sketch, gauges aside."""
+    return mtype.has_sketch and mtype is not MetricType.GAUGE
 
 
 @dataclass(frozen=True, slots=True)
 class Scrape:
-    """What one scrape renders: each series' state (copied) and its quantiles (summaries)."""
+    """What one scrape renders: each series' state (copied), the quantiles of the summaries
+    (each series' own quantiles, in order) and the bins of the histograms since start."""
 
     series: dict[SeriesKey, SeriesState]
     quantiles: dict[SeriesKey, tuple[float, ...]]
+    since_start: dict[SeriesKey, sketch.Bins]
 
 
 class ScrapeState:
@@ -63,11 +87,11 @@ class ScrapeState:
         tenant: str,
         clock: Callable[[], float],
         *,
-        ttl_of: Callable[[SeriesKey], float | None] = lambda key: None,
+        options_of: Callable[[SeriesKey], SeriesOptions | None] = lambda key: None,
     ) -> None:
         self.tenant = tenant
         self.clock = clock
-        self.ttl_of = ttl_of  # seconds without a row after which a series leaves the scrape
+        self.options_of = options_of  # asked once per series, the first time it is seen
         self._lock = threading.Lock()
         self._series: dict[SeriesKey, SeriesState] = {}
         # The sketches of the summaries, one FlatBins item per series in each 2-minute slot:
@@ -78,6 +102,7 @@ class ScrapeState:
         self._closed_merged: Merged | None = None
         self._open_slot = -1
         self._open: Merged | None = None
+        self._since_start: Merged | None = None  # the histograms' sketches since start
 
     def add(self, rows: RowBatch) -> None:
         """The rows of one flush (all tenants; this tenant's are taken)."""
@@ -87,19 +112,23 @@ class ScrapeState:
         now = self.clock()
         with self._lock:
             self._rotate(now)
-            sketched: list[int] = []
+            summaries: list[int] = []
+            histograms: list[int] = []
             for i in mine:
                 key, mtype = rows.keys[i], rows.types[i]
                 state = self._series.get(key)
                 if state is None or state.type is not mtype:
-                    state = self._series[key] = SeriesState(mtype, now)
+                    state = self._series[key] = SeriesState(
+                        mtype, now, options=self.options_of(key)
+                    )
                 state.updated = now
                 self._fold(state, rows, i)
-                if mtype.has_sketch and mtype is not MetricType.GAUGE and rows.has_sketch[i]:
-                    sketched.append(i)
-            if sketched:
-                part = ([rows.keys[i] for i in sketched], sketch.flat_take(rows.sketches, sketched))
-                self._open = _merged([self._open, part] if self._open else [part])
+                if is_observer(mtype) and rows.has_sketch[i]:
+                    (histograms if state.is_histogram else summaries).append(i)
+            if summaries:
+                self._open = _folded(self._open, rows, summaries)
+            if histograms:
+                self._since_start = _folded(self._since_start, rows, histograms)
 
     @staticmethod
     def _fold(state: SeriesState, rows: RowBatch, i: int) -> None:
@@ -140,15 +169,27 @@ class ScrapeState:
         now = self.clock()
         with self._lock:
             self._rotate(now)
-            for key in [k for k, s in self._series.items() if _expired(self.ttl_of(k), s, now)]:
+            for key in [k for k, s in self._series.items() if _expired(s, now)]:
                 del self._series[key]
             series = {k: s.copy() for k, s in self._series.items()}
             parts = [m for m in (self._closed_merged, self._open) if m is not None]
-        return Scrape(series, _quantiles(parts))
+            since_start = self._since_start
+        bins: dict[SeriesKey, sketch.Bins] = {}
+        if since_start is not None:
+            keys, flat = since_start
+            bins = {k: flat.bins(i) for i, k in enumerate(keys) if k in series}
+        return Scrape(series, _quantiles(parts, series), bins)
 
 
-def _expired(ttl: float | None, state: SeriesState, now: float) -> bool:
+def _expired(state: SeriesState, now: float) -> bool:
+    ttl = None if state.options is None else state.options.ttl
     return ttl is not None and ttl > 0 and now - state.updated > ttl
+
+
+def _folded(have: Merged | None, rows: RowBatch, items: list[int]) -> Merged:
+    """`have` with the sketches of rows `items` merged in, one item per series."""
+    part = ([rows.keys[i] for i in items], sketch.flat_take(rows.sketches, items))
+    return _merged([have, part] if have else [part])
 
 
 def _merged(parts: list[Merged]) -> Merged:
@@ -159,10 +200,18 @@ def _merged(parts: list[Merged]) -> Merged:
     return list(index), sketch.merge_flat(flat, np.asarray(groups, dtype=np.int64), len(index))
 
 
-def _quantiles(parts: list[Merged]) -> dict[SeriesKey, tuple[float, ...]]:
+def _quantiles(
+    parts: list[Merged], series: dict[SeriesKey, SeriesState]
+) -> dict[SeriesKey, tuple[float, ...]]:
+    """Each summary's quantiles (its own, in order), one cell_quantiles per distinct q."""
     if not parts:
         return {}
     keys, flat = _merged(parts)
     cells = np.arange(len(keys), dtype=np.int64)
-    per_q = [sketch.cell_quantiles(flat, cells, len(keys), q).tolist() for q in QUANTILES]
-    return {k: tuple(q[i] for q in per_q) for i, k in enumerate(keys)}
+    wanted = sorted({q for k in keys if k in series for q in series[k].quantiles})
+    per_q = {q: sketch.cell_quantiles(flat, cells, len(keys), q).tolist() for q in wanted}
+    return {
+        k: tuple(per_q[q][i] for q in series[k].quantiles)
+        for i, k in enumerate(keys)
+        if k in series
+    }
