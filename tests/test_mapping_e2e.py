@@ -6,10 +6,7 @@ keeps the rules on a broken one, and a file that cannot be used stops a start an
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 from tests.daemon import (
@@ -20,6 +17,7 @@ from tests.daemon import (
     poll_value,
     wait_for_log,
 )
+from tests.test_e2e import run_cli
 
 RULES = """
 mappings:
@@ -124,17 +122,6 @@ def test_sighup_maps_new_lines_by_the_changed_file_and_keeps_the_rules_on_a_brok
     poll_value(d, key, 2, name="dispatch_success", agg="sum")  # the rules in use stay
     assert dropped(d) == 1
     assert d.terminate() == 0
-
-
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "statsd_gateway", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=cwd,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
-    )
 
 
 def test_a_file_that_cannot_be_used_stops_a_start_and_check_config(tmp_path: Path) -> None:
