@@ -295,3 +295,33 @@ async def test_mapping_rules_shape_the_scrape(tmp_path: Path, clock: ManualClock
         await gw.flusher.flush()
         got = samples((await scrape(gw))[1])
         assert "job_done" not in got and 'api_latency_count{endpoint="home"}' in got
+
+
+async def test_late_members_of_a_set_join_its_bucket(
+    served: tuple[Gateway, Api], clock: ManualClock
+) -> None:
+    gw, api = served
+    t = clock() - 5
+    await send(api, [{"name": "users", "type": "set", "value": v, "timestamp": t} for v in "abc"])
+    clock.advance(10)
+    await gw.flusher.flush()
+    await send(api, [{"name": "users", "type": "set", "value": "d", "timestamp": t}])  # late
+    clock.advance(10)
+    await gw.flusher.flush()
+    assert samples((await scrape(gw))[1])["users"] == 4
+
+
+async def test_a_family_whose_samples_another_has_is_left_out(
+    served: tuple[Gateway, Api], clock: ManualClock
+) -> None:
+    gw, api = served
+    await send(api, [
+        {"name": "lat", "type": "timing", "value": 5},
+        {"name": "lat_count", "type": "counter", "value": 1},
+    ])  # fmt: skip
+    clock.advance(10)
+    await gw.flusher.flush()
+    text = (await scrape(gw))[1]
+    assert text.count("lat_count ") == 1 and "# TYPE lat summary" in text
+    assert "# TYPE lat_count" not in text
+    assert gw.telemetry.exporter_dropped["name_clash"] == 1

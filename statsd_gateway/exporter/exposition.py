@@ -39,7 +39,7 @@ def wants_openmetrics(accept: str) -> bool:
 def render(scrape: Scrape, *, openmetrics: bool, dropped: Counter[str]) -> bytes:
     """The exposition; what had to be left out is added to `dropped` by reason."""
     lines: list[str] = []
-    for family, kind, members in _families(scrape, dropped):
+    for family, kind, members in _families(scrape, dropped, openmetrics):
         name = family.removesuffix("_total") if openmetrics and kind == "counter" else family
         first = scrape.series[members[0][1]]
         helped = first.options.help if first.options is not None else None
@@ -54,11 +54,12 @@ def render(scrape: Scrape, *, openmetrics: bool, dropped: Counter[str]) -> bytes
 
 
 def _families(
-    scrape: Scrape, dropped: Counter[str]
+    scrape: Scrape, dropped: Counter[str], openmetrics: bool
 ) -> Iterator[tuple[str, str, list[tuple[str, SeriesKey]]]]:
     """(family name, kind, [(rendered labels, series key)]) by family name."""
     by_family: dict[str, tuple[str, str, list[tuple[str, SeriesKey]]]] = {}
     seen: dict[str, set[str]] = {}
+    owner: dict[str, str] = {}  # each sample name (and family name) → the family that has it
     for key in sorted(scrape.series, key=lambda k: (k[1], k[2])):
         state = scrape.series[key]
         raw_name = key[1]
@@ -71,6 +72,15 @@ def _families(
         if have is not None and have[1] != kind:  # one metric, some series mapped otherwise
             dropped["kind_clash"] += 1
             continue
+        if have is None:
+            # A family's samples must not be another's: a counter lat_count beside a timing
+            # lat, or (OpenMetrics) a counter hits beside hits_total. The first by StatsD name
+            # keeps them.
+            names = _sample_names(family, kind, openmetrics)
+            if any(owner.get(n, family) != family for n in names):
+                dropped["name_clash"] += 1
+                continue
+            owner.update(dict.fromkeys(names, family))
         labels = _labels(key)
         if labels is None:
             dropped["label_clash"] += 1
@@ -85,6 +95,18 @@ def _families(
     for family in sorted(by_family):
         _, kind, members = by_family[family]
         yield family, kind, members
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def _sample_names(family: str, kind: str, openmetrics: bool) -> tuple[str, ...]:
+    """The names a family's samples (and, in OpenMetrics, its own name) take."""
+    if kind == "counter":
+        base = family.removesuffix("_total") if openmetrics else family
+        return (base, base + "_total") if openmetrics else (base,)
+    if kind == "gauge":
+        return (family,)
+    parts = ("_bucket", "_sum", "_count") if kind == "histogram" else ("", "_sum", "_count")
+    return (family, *(family + p for p in parts))
 
 
 @functools.lru_cache(maxsize=1 << 18)

@@ -47,11 +47,12 @@ class SeriesState:
     value: float = math.nan  # gauges and sets
     value_ts: float = -math.inf
     options: SeriesOptions | None = None  # of the mapping rule that made it (or the defaults)
+    members: bytes | None = None  # sets: the HyperLogLog of the bucket at value_ts
 
     def copy(self) -> SeriesState:
         return SeriesState(
             self.type, self.updated, self.count, self.total, self.value, self.value_ts,
-            self.options,
+            self.options, self.members,
         )  # fmt: skip
 
     @property
@@ -140,10 +141,15 @@ class ScrapeState:
             if not math.isnan(ts) and ts >= state.value_ts:
                 state.value, state.value_ts = float(rows.last[i]), ts
         elif mtype is MetricType.SET:
+            # A later flush may bring more members of the same bucket (late points): they
+            # join its members, as the store merges them.
             ts = float(rows.ts[i])
             blob = rows.hll[i]
             if blob is not None and ts >= state.value_ts:
-                state.value, state.value_ts = float(round(sketch.hll_estimate(blob))), ts
+                if ts == state.value_ts:
+                    blob = sketch.hll_merge_pair(state.members, blob) or blob
+                state.members, state.value_ts = blob, ts
+                state.value = float(round(sketch.hll_estimate(blob)))
         else:
             state.count += float(rows.count[i])
             state.total += float(rows.sum[i])

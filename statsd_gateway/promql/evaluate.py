@@ -31,6 +31,7 @@ from statsd_gateway.promql.cells import (
     F64,
     Labels,
     SeriesRows,
+    extrapolated,
     window_any,
     window_latest,
     window_reduce,
@@ -209,7 +210,8 @@ class Evaluator:
             v = self._vector_arg(f, args[0])
             to = self._scalar_arg(f, args[1]) if len(args) > 1 else 1.0
             with np.errstate(all="ignore"):
-                rounded = np.floor(v.values / to + 0.5) * to  # Prometheus rounds half up
+                inverse = 1.0 / to  # Prometheus: floor(v·(1/to) + 0.5) / (1/to), half up
+                rounded = np.floor(v.values * inverse + 0.5) / inverse
             return Vector([drop_name(lab) for lab in v.labels], rounded)
         if f in ("clamp", "clamp_min", "clamp_max"):
             return self._clamp(f, args)
@@ -281,7 +283,7 @@ class Evaluator:
             dense = rows.dense(rows.cols.values[column])
             present = rows.presence()
             has = window_any(present, lo, hi)
-            covered = (hi - lo) * rows.grid.g
+            covered = ((hi - lo) * rows.grid.g).astype(np.float64)
             if f == "irate":
                 latest = window_latest(present, lo, hi)
                 got = (
@@ -292,10 +294,7 @@ class Evaluator:
                 values = got / rows.grid.g
             else:
                 total = window_reduce(dense, lo, hi, "sum")
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    values = total / covered
-                if f == "increase":
-                    values = values * rng.seconds
+                values = extrapolated(total, covered, rng.seconds, per_second=f == "rate")
             parts.append(Vector(rows.labels, np.where(has, values, np.nan)))
         return _concat(parts, self.steps.n)
 
@@ -315,11 +314,19 @@ class Evaluator:
             if metric.type is not MetricType.GAUGE:
                 raise Unprocessable(
                     f"{f}() is supported over gauges; {escape(metric.name)} is a "
-                    f"{metric.type.value} (for counters use increase() or rate())"
+                    f"{metric.type.value} ("
+                    + (
+                        "for a histogram, histogram_quantile() and the like over rate()"
+                        if is_histogram(metric.type)
+                        else "for a counter, increase() or rate()"
+                    )
+                    + ")"
                 )
             want = ("count", "sum", "min", "max", "last", "last_ts")
+            # last_over_time keeps the metric name, as in Prometheus; the others drop it.
+            name = escape(metric.name) if f == "last_over_time" else None
             times, rows = self._read(
-                metric, rng.selector, rng.seconds, want, sketches=q is not None
+                metric, rng.selector, rng.seconds, want, sketches=q is not None, keep_name=name
             )
             lo, hi = rows.grid.windows(times, rng.seconds)
             v = rows.cols.values
@@ -352,8 +359,7 @@ class Evaluator:
                 got = histograms.quantile(h, q)
                 parts.append(got)
                 continue
-            labels = [drop_name(lab) for lab in rows.labels]
-            parts.append(Vector(labels, np.where(has, values, np.nan)))
+            parts.append(Vector(list(rows.labels), np.where(has, values, np.nan)))
         return _concat(parts, self.steps.n)
 
     def _histogram_function(self, f: str, args: tuple[Node, ...]) -> Vector:
