@@ -13,7 +13,6 @@ import logging
 import time
 from collections.abc import Callable
 
-import msgspec
 from aiohttp import web
 
 from statsd_gateway import native
@@ -25,7 +24,7 @@ from statsd_gateway.api.prometheus import prometheus_api
 from statsd_gateway.api.shapes import MetricPoint
 from statsd_gateway.backpressure import MemoryBound
 from statsd_gateway.catalog import MetricCatalog
-from statsd_gateway.config import Config, StorageConfig, parse_listen
+from statsd_gateway.config import Config, parse_listen, settings_needing_restart
 from statsd_gateway.errors import ConfigError
 from statsd_gateway.exporter.app import exporter_app
 from statsd_gateway.exporter.state import ScrapeState
@@ -359,30 +358,7 @@ class Gateway:
             self._reload_mapping()
         logging.getLogger("statsd_gateway").setLevel(new.log.level.upper())
         self._reload_certificate(new)
-        needs_restart = []
-        for path, before, after in (
-            ("udp", old.udp, new.udp),
-            ("tcp", old.tcp, new.tcp),
-            ("unix", old.unix, new.unix),
-            ("statsd.gauge_sign", old.statsd.gauge_sign, new.statsd.gauge_sign),
-            ("statsd.name_sanitising", old.statsd.name_sanitising, new.statsd.name_sanitising),
-            ("exporter", old.exporter, new.exporter),
-            ("http.listen", old.http.listen, new.http.listen),
-            ("http.max_body_bytes", old.http.max_body_bytes, new.http.max_body_bytes),
-            ("http.tls", old.http.tls.enabled, new.http.tls.enabled),
-            *(
-                (f"storage.{f.name}", getattr(old.storage, f.name), getattr(new.storage, f.name))
-                for f in msgspec.structs.fields(StorageConfig)
-            ),
-            (
-                "aggregation.flush_interval",
-                old.aggregation.flush_interval,
-                new.aggregation.flush_interval,
-            ),
-        ):
-            if before != after:
-                needs_restart.append(path)
-        return needs_restart
+        return settings_needing_restart(old, new)
 
     def _setup_keys(self) -> None:
         self.keyring = KeyRing.from_config(self.config.auth.keys, self.config.key_file)

@@ -14,7 +14,7 @@ from typing import Annotated, Literal, get_args
 import msgspec
 from msgspec import Meta
 
-from statsd_gateway.config.values import FileMode, KeyDigest, ListenAddress, Seconds
+from statsd_gateway.config.values import FileMode, KeyDigest, ListenAddress, PeerAddress, Seconds
 
 NonEmpty = Annotated[str, Meta(min_length=1)]
 Count = Annotated[int, Meta(ge=1)]
@@ -71,6 +71,16 @@ class StatsdConfig(Section, frozen=True):
     name_sanitising: Sanitising = "statsd"
     # statsd_exporter's mapping rules (mapping_file.py), read at load and on every reload.
     mapping_file: NonEmpty | None = None
+
+
+class RelayConfig(Section, frozen=True):
+    """Every StatsD line received on UDP, TCP and the Unix datagram socket forwarded, as
+    received, over UDP to `address` (relay.py); off while `address` is unset."""
+
+    address: PeerAddress | None = None
+    # The most bytes a datagram to the peer holds (one line longer than this goes alone): 512,
+    # what every IPv4 path carries whole, to 65507, the most a UDP datagram over IPv4 holds.
+    packet_bytes: Annotated[int, Meta(ge=512, le=65507)] = 1400
 
 
 class TlsConfig(Section, frozen=True):
@@ -180,6 +190,7 @@ class Config(Section, frozen=True):
     tcp: TcpConfig = TcpConfig()
     unix: UnixConfig = UnixConfig()
     statsd: StatsdConfig = StatsdConfig()
+    relay: RelayConfig = RelayConfig()
     http: HttpConfig = HttpConfig()
     storage: StorageConfig = StorageConfig()
     aggregation: AggregationConfig = AggregationConfig()
