@@ -29,7 +29,6 @@ import asyncio
 import errno
 import logging
 import socket
-import struct
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from typing import NamedTuple
@@ -42,8 +41,9 @@ log = logging.getLogger(__name__)
 PERIOD = 1.0  # seconds: the longest a received line waits in the buffer
 BUFFER_BYTES = 4 * 1024 * 1024
 READY_BYTES = 64 * 1024  # buffered past this, the relay sends at once
-# The native sender's socket blocks (its own thread): at most this long per send.
-SEND_TIMEOUT = 1.0
+# What the native sender waits, in all, per round for room in a full socket buffer (its own
+# thread may wait; the event loop may not: the pure-Python relay counts EAGAIN at once).
+SEND_WAIT = 1.0  # sg_relay.h's SG_RELAY_WAIT
 REPORT_TICKS = 60  # ticks between two warnings about lost lines
 # In sg_relay.h's enum sg_relay_drop order.
 DROP_REASONS = ("buffer_full", "send_error", "stopped")
@@ -97,10 +97,10 @@ def errno_name(code: int | None) -> str:
     return errno.errorcode.get(code or 0, f"errno_{code}")
 
 
-def open_socket(address: str, *, blocking: bool) -> socket.socket:
-    """A UDP socket connected to `address`, resolved now (once, at start): connected, so that
-    the kernel reports the peer's ICMP errors on later sends. A name that does not resolve is a
-    ListenError naming the key; the start stops on it."""
+def open_socket(address: str) -> socket.socket:
+    """A non-blocking UDP socket connected to `address`, resolved now (once, at start):
+    connected, so that the kernel reports the peer's ICMP errors on later sends. A name that
+    does not resolve is a ListenError naming the key; the start stops on it."""
     host, port = parse_listen(address)
     try:
         family, kind, proto, _, peer = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
@@ -113,12 +113,7 @@ def open_socket(address: str, *, blocking: bool) -> socket.socket:
     except OSError as e:
         reason = e.strerror or str(e)
         raise ListenError(f"relay cannot send to {address} (relay.address): {reason}") from e
-    if blocking:
-        sock.setblocking(True)
-        timeout = struct.pack("ll", int(SEND_TIMEOUT), int(SEND_TIMEOUT % 1 * 1e6))
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeout)
-    else:
-        sock.setblocking(False)
+    sock.setblocking(False)
     return sock
 
 
@@ -190,7 +185,7 @@ class Relay:
 
 class PythonRelay(Relay):
     """The relay of the pure-Python path, on the event loop (see the module's contract): the
-    buffer is a bytearray, the socket non-blocking (a full socket buffer is EAGAIN, counted)."""
+    buffer is a bytearray; a full socket buffer is EAGAIN, counted, its lines dropped."""
 
     def __init__(
         self,
@@ -205,7 +200,7 @@ class PythonRelay(Relay):
         self.packet_bytes = packet_bytes
         self.buffer_bytes = buffer_bytes
         self.ready_bytes = ready_bytes
-        self._sock = open_socket(address, blocking=False)
+        self._sock = open_socket(address)
         self._buf = bytearray()  # each datagram as received, ending in "\n"
         self._lines = self._packets = self._bytes = 0
         self._dropped: Counter[str] = Counter()

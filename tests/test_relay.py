@@ -1,6 +1,7 @@
-"""The relay's rules, in-process: the packing table, the pure-Python relay against a real UDP
-peer with its ticks injected (nothing waits for time to pass), its bounded buffer, its send
-errors, its stop, and the `relay:` section of the config."""
+"""The relay's rules, in-process: the packing table (run through the Python packer and, where it
+is built, the native one), the pure-Python relay against a real UDP peer with its ticks injected
+(nothing waits for time to pass), its bounded buffer, its send errors, its stop, and the
+`relay:` section of the config."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from statsd_gateway.relay import (
     open_socket,
     pack_lines,
 )
-from tests.conftest import ManualClock, Ticks
+from tests.conftest import ManualClock, Ticks, require_native_core
 
 Packer = Callable[[bytes, int], list[tuple[bytes, int]]]
 
@@ -28,9 +29,15 @@ def python_packer(data: bytes, packet_bytes: int) -> list[tuple[bytes, int]]:
     return list(pack_lines(data, packet_bytes))
 
 
-@pytest.fixture(params=["python"])
+def native_packer(data: bytes, packet_bytes: int) -> list[tuple[bytes, int]]:
+    packed: list[tuple[bytes, int]] = require_native_core().relay_pack(data, packet_bytes)
+    return packed
+
+
+@pytest.fixture(params=["python", "native"])
 def packer(request: pytest.FixtureRequest) -> Packer:
-    return python_packer
+    """Each packer in turn: relay.pack_lines, and sg_relay.c's (where it is built)."""
+    return python_packer if request.param == "python" else native_packer
 
 
 # (data, packet_bytes, the datagrams it makes)
@@ -216,7 +223,7 @@ async def test_a_failing_tick_is_logged_and_the_ticks_go_on(
 
 def test_a_name_that_does_not_resolve_stops_the_start() -> None:
     with pytest.raises(ListenError, match=r"relay cannot send to nowhere\.invalid:8125"):
-        open_socket("nowhere.invalid:8125", blocking=False)
+        open_socket("nowhere.invalid:8125")
 
 
 # ---- the config section
