@@ -1,19 +1,24 @@
 /* _native.Relay and _native.relay_pack: sg_relay.c for Python (native_relay.py is the Relay's
  * only user; relay_pack is the packing rule, for the tests that hold it to relay.pack_lines).
  *
- * Relay(fd, packet_bytes, buffer_bytes, ready_bytes, period): a relay sending on `fd`, a
- * connected UDP socket the caller keeps open until the Relay is gone. start() starts its sender
+ * Relay(fd, packet_bytes, buffer_bytes, ready_bytes, period): a relay sending on a duplicate of
+ * `fd`, a connected non-blocking UDP socket (its own: whenever the caller closes its socket, the
+ * sender never writes to a descriptor number reused meanwhile). start() starts its sender
  * thread; Core.set_relay(relay) makes a core hand it every datagram it parses (its reader thread
  * without the GIL); stop() sends what is buffered and ends the thread, with the GIL let go.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include "sg_relay.h"
 
 typedef struct {
     PyObject_HEAD
     sg_relay *r;
+    int fd; /* the relay's own duplicate of the socket */
     int joining; /* stop() waits for the sender (GIL let go): a second stop() returns at once */
     PyObject *weakrefs;
 } RelayObject;
@@ -44,8 +49,14 @@ static PyObject *Relay_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     }
     RelayObject *self = (RelayObject *)type->tp_alloc(type, 0);
     if (!self) return NULL;
-    self->r = sg_relay_new(fd, (size_t)packet_bytes, (size_t)buffer_bytes, (size_t)ready_bytes,
-                           period);
+    self->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (self->fd < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        Py_DECREF(self);
+        return NULL;
+    }
+    self->r = sg_relay_new(self->fd, (size_t)packet_bytes, (size_t)buffer_bytes,
+                           (size_t)ready_bytes, period);
     if (!self->r) {
         Py_DECREF(self);
         return PyErr_NoMemory();
@@ -59,6 +70,7 @@ static void Relay_dealloc(RelayObject *self) {
         Py_BEGIN_ALLOW_THREADS sg_relay_free(self->r);
         Py_END_ALLOW_THREADS
     }
+    if (self->fd >= 0) close(self->fd); /* after the sender's last send */
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
