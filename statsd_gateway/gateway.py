@@ -1,8 +1,8 @@
 """The composition root: builds every stage from a Config; start() binds, stop() drains.
 
 stop() order: stop listening on every transport (datagram queues and what TCP connections still
-hold drained into the aggregator), stop HTTP, final flush of everything in memory, close the
-store. Nothing received before stop() is lost.
+hold drained into the aggregator, and into the relay), send what the relay holds, stop HTTP,
+final flush of everything in memory, close the store. Nothing received before stop() is lost.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import gc
 import logging
 import time
 from collections.abc import Callable
+from types import ModuleType
 
 from aiohttp import web
 
@@ -42,10 +43,12 @@ from statsd_gateway.listeners import (
 from statsd_gateway.mapping import Mapper, load_mapper
 from statsd_gateway.mapping_file import SeriesOptions
 from statsd_gateway.model import SeriesKey
+from statsd_gateway.native_relay import NativeRelay
 from statsd_gateway.native_udp import NativeUdpListener
 from statsd_gateway.promql.service import PromqlService
 from statsd_gateway.protocol import StatsdParser
 from statsd_gateway.query import QueryEngine
+from statsd_gateway.relay import PythonRelay, Relay
 from statsd_gateway.replay import LogReplay
 from statsd_gateway.series_registry import SeriesRegistry
 from statsd_gateway.store import SqliteStore, Store
@@ -116,6 +119,7 @@ class Gateway:
         self.tcp_address: tuple[str, int] | None = None
         self.unix: UnixgramListener | None = None
         self.unix_path: str | None = None
+        self.relay: Relay | None = None
         self.http_address: tuple[str, int] | None = None
         self.tls: ServerCertificate | None = None
         self._runner: web.AppRunner | None = None
@@ -213,6 +217,7 @@ class Gateway:
         self.telemetry.memory_held_bytes = self.aggregator.memory_bytes
         self.telemetry.series_count = self.registry.series_count
 
+        self._start_relay(module)
         if cfg.udp.enabled:
             self.udp, self.udp_address = await start_udp(cfg.udp, self.ingest, self.telemetry)
         await self._start_stream_transports()
@@ -312,6 +317,27 @@ class Gateway:
         if mapper is None:
             log.info("reload: statsd.mapping_file unset; StatsD names are no longer mapped")
 
+    def _start_relay(self, module: ModuleType | None) -> None:
+        """relay.address set: every StatsD line goes there too, before any listener starts. On
+        the native path the cores hand it over in C (the lines never enter Python)."""
+        cfg = self.config.relay
+        if cfg.address is None:
+            return
+        relay: Relay
+        if module is not None and self.ingest.native is not None:
+            relay = NativeRelay(module, cfg.address, packet_bytes=cfg.packet_bytes)
+            self.ingest.native.relay = relay.handle
+        else:
+            relay = self.ingest.relay = PythonRelay(cfg.address, packet_bytes=cfg.packet_bytes)
+        relay.start()
+        self.relay = relay
+        self.telemetry.relay_counts = relay.counts
+        log.info(
+            "relay: every StatsD line to %s, in datagrams of %d bytes at most",
+            cfg.address,
+            cfg.packet_bytes,
+        )
+
     def _forget_series(self, keys: list[SeriesKey]) -> None:
         """Series the store removed; one with a point in memory since stays known (its next
         flush writes it again)."""
@@ -371,6 +397,8 @@ class Gateway:
             self.unix.close()
         if self.tcp is not None:
             await self.tcp.close()
+        if self.relay is not None:  # after every listener: it sends what they handed it
+            await self.relay.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -463,4 +491,7 @@ class Gateway:
             problems.append("tcp listener not bound")
         if self.config.unix.enabled and self.unix_path is None:
             problems.append("unix socket not bound")
+        relay = self.relay.problem() if self.relay is not None else None
+        if relay is not None:
+            problems.append(relay)
         return problems

@@ -19,6 +19,7 @@ Contract:
   handed one by one to a Python fallback (the reference's checks) for anything else: a new
   key, a set, an ISO timestamp, a value or time out of range; the fallback caches what it
   admits. What was accepted is packed, to be added to the live interval once it is logged.
+- A core reading StatsD text (`new_core(relayed=True)`) hands every datagram to `relay` too.
 - The cores count by transport and reason; `sync_counts()` adds what they counted since the
   last call to the Telemetry counters (after every fed batch, and when a reader thread says it
   parsed one).
@@ -101,6 +102,7 @@ else:
 
 # Every core with a reader thread, stopped at exit before the interpreter frees what those
 # threads use (a daemon stops them itself; this is for a program that never called stop()).
+# A relay's sender thread uses no Python: it needs no such stop.
 _readers: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
@@ -192,10 +194,13 @@ class NativeLive:
         if point_type is not None:  # the HTTP points' class: its fields are read from its slots
             module.set_point_type(point_type)
         self._points: Any = None  # the core HTTP points go into (no resolver: admitted already)
+        # The native Relay every core reading StatsD text hands its datagrams, or None.
+        self.relay: Any = None
         self._point_keys: dict[str, dict[tuple[Any, ...], int]] = {}  # tenant -> key -> sid
 
-    def new_core(self, tenant: str) -> Any:
-        """A core whose new series are admitted for `tenant`."""
+    def new_core(self, tenant: str, *, relayed: bool = False) -> Any:
+        """A core whose new series are admitted for `tenant`; `relayed`: it reads StatsD text,
+        which goes to the relay too."""
         registry, aggregator, parser = self.registry, self.aggregator, self.parser
 
         def resolve(
@@ -216,6 +221,8 @@ class NativeLive:
             return sid, 0.0, -math.inf
 
         core = self._module.Core(self.gauges, resolve, **self._settings())
+        if relayed and self.relay is not None:
+            core.set_relay(self.relay)
         self.cores.append(core)
         _readers.add(core)
         self._seen[id(core)] = [(0,) * 7 + (0,) * len(REASONS)] * len(TRANSPORTS)
@@ -239,7 +246,7 @@ class NativeLive:
         """StatsD text received on the event loop (TCP, the Unix datagram socket)."""
         core = self._fed.get(tenant)
         if core is None:
-            core = self._fed[tenant] = self.new_core(tenant)
+            core = self._fed[tenant] = self.new_core(tenant, relayed=True)
         core.feed(data, TRANSPORTS.index(transport), self.aggregator.clock())
         self._sync_soon(core)
 

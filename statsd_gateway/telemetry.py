@@ -14,6 +14,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from statsd_gateway.relay import RelayCounts
+
 PREFIX = "statsd_gateway_"
 METRICS: dict[str, str] = {
     "packets_received_total": "Datagrams or HTTP requests received, by transport.",
@@ -29,6 +31,11 @@ METRICS: dict[str, str] = {
     "tcp_idle_closed_total": "TCP connections closed after tcp.idle_timeout without data.",
     "tcp_connections_open": "TCP connections open now.",
     "http_bad_requests_total": "HTTP requests refused before any handler, by reason.",
+    "relay_lines_total": "StatsD lines sent to relay.address.",
+    "relay_packets_total": "Datagrams sent to relay.address.",
+    "relay_bytes_total": "Bytes sent to relay.address (the datagrams' payloads).",
+    "relay_dropped_lines_total": "StatsD lines not relayed, by reason.",
+    "relay_send_errors_total": "Sends to relay.address that failed, by error.",
     "flushes_total": "Flushes written to the store.",
     "flush_errors_total": "Flushes that failed and were kept for retry.",
     "flush_rows_total": "Bucket rows written by flushes.",
@@ -47,6 +54,9 @@ METRICS: dict[str, str] = {
     "exporter_scrapes_total": "Scrapes of the exporter's /metrics (exporter.listen).",
     "exporter_dropped_series_total": "Series a scrape of the exporter left out, by reason.",
 }
+
+
+NO_RELAY = RelayCounts(0, 0, 0, {}, {})
 
 
 class Telemetry:
@@ -84,6 +94,7 @@ class Telemetry:
         self.tcp_connections_open: Callable[[], int] = lambda: 0
         # transport -> drops the kernel reports; a transport it does not report for is absent.
         self.kernel_drops: Callable[[], dict[str, int]] = dict
+        self.relay_counts: Callable[[], RelayCounts] = lambda: NO_RELAY
 
     def reject(self, transport: str, reason: str, n: int = 1) -> None:
         self.rejects[(transport, reason)] += n
@@ -131,7 +142,17 @@ class TelemetryCollector(Collector):
         yield _labelled(
             "kernel_drops_total", by_transport, {(k,): v for k, v in t.kernel_drops().items()}
         )
+        relay = t.relay_counts()
+        yield _labelled(
+            "relay_dropped_lines_total", ["reason"], {(k,): v for k, v in relay.dropped.items()}
+        )
+        yield _labelled(
+            "relay_send_errors_total", ["error"], {(k,): v for k, v in relay.errors.items()}
+        )
         for name, value in (
+            ("relay_lines_total", relay.lines),
+            ("relay_packets_total", relay.packets),
+            ("relay_bytes_total", relay.bytes),
             ("queue_dropped_total", t.queue_dropped),
             ("flushes_total", t.flushes),
             ("flush_errors_total", t.flush_errors),

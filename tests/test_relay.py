@@ -1,7 +1,7 @@
 """The relay's rules, in-process: the packing table (run through the Python packer and, where it
 is built, the native one), the pure-Python relay against a real UDP peer with its ticks injected
-(nothing waits for time to pass), its bounded buffer, its send errors, its stop, and the
-`relay:` section of the config."""
+(nothing waits for time to pass), its bounded buffer, its send errors, its stop, the `relay:`
+section of the config, and /readyz when a relay stops."""
 
 from __future__ import annotations
 
@@ -9,18 +9,20 @@ import asyncio
 import select
 import socket
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from statsd_gateway.config import parse_config
 from statsd_gateway.errors import ConfigError, ListenError
+from statsd_gateway.native_relay import NativeRelay
 from statsd_gateway.relay import (
     PythonRelay,
     count_lines,
     open_socket,
     pack_lines,
 )
-from tests.conftest import ManualClock, Ticks, require_native_core
+from tests.conftest import ManualClock, Ticks, make_config, require_native_core, running, send_udp
 
 Packer = Callable[[bytes, int], list[tuple[bytes, int]]]
 
@@ -252,3 +254,27 @@ def test_bad_relay_settings_name_the_key(text: str, message: str) -> None:
     with pytest.raises(ConfigError) as e:
         parse_config(text)
     assert str(e.value).startswith(message), e.value
+
+
+# ---- in the gateway (on the ingest core the suite runs)
+
+
+async def test_readyz_names_a_relay_that_stopped(
+    tmp_path: Path, clock: ManualClock, peer: socket.socket
+) -> None:
+    cfg = make_config(tmp_path, relay={"address": address_of(peer)})
+    async with running(cfg, clock) as (gw, api):
+        assert (await api.request("GET", "/readyz", key=None))[0] == 200
+        send_udp(gw, b"in.process:1|c")
+        assert await asyncio.to_thread(peer.recv, 65536) == b"in.process:1|c"
+        relay = gw.relay
+        if isinstance(relay, NativeRelay):
+            relay.handle.stop()  # as if the sender thread had ended by itself
+            want = "the relay's sender thread has stopped"
+        else:
+            assert isinstance(relay, PythonRelay) and relay._task is not None
+            relay._task.cancel()  # as if the tick task had ended by itself
+            await asyncio.sleep(0)
+            want = "the relay's tick task has stopped"
+        status, body = await api.request("GET", "/readyz", key=None)
+        assert status == 503 and want in body["error"]["message"], body
