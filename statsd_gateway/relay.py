@@ -33,7 +33,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from typing import NamedTuple
 
-from statsd_gateway.config import parse_listen
+from statsd_gateway.config.values import parse_listen
 from statsd_gateway.errors import ListenError
 
 log = logging.getLogger(__name__)

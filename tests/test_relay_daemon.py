@@ -169,7 +169,7 @@ def test_a_quiet_line_arrives_within_about_a_second(
             send_tcp(d, line + b"\n")
         assert receive(peer, Counter([line]), d) == [line]
         # The relay sends at least once a second; the rest is scheduling on a busy machine.
-        assert time.monotonic() - sent < 1.8
+        assert time.monotonic() - sent < 2.0
     assert d.terminate() == 0, d.stderr
 
 

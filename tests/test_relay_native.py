@@ -96,6 +96,8 @@ def sender_threads() -> int:
 
 def test_stop_sends_everything_buffered(peer: socket.socket, sender: socket.socket) -> None:
     relay = relay_on(sender, packet_bytes=600)
+    # Another test's sender, joined, may be listed by the kernel a moment longer.
+    poll_until(lambda: True if sender_threads() == 0 else None, lambda: "a thread is left")
     relay.start()
     assert relay.running and sender_threads() == 1
     lines = [b"m%d:%d|c" % (i, i) for i in range(300)]
