@@ -337,6 +337,8 @@ static int all_groups(const sg_windows *w, const entry *order, const size_t *sta
         }
         if (too_wide(w, width_of(&all[0]) + width_of(&all[1])))
             r = SG_W_TOO_WIDE;
+        else if (!w->n_windows)
+            continue; /* nothing to answer: the rules only */
         else if (reserve(&scratch, &cap, width_of(&ranges[0]) + width_of(&ranges[1])) < 0)
             r = SG_W_NOMEM;
         else
