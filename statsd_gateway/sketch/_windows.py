@@ -95,10 +95,14 @@ def _window_quantiles_native(
         return None
     kind = np.empty(n_groups * n_windows, dtype=np.uint8)
     key = np.empty(n_groups * n_windows, dtype=np.int64)
-    i64 = [np.ascontiguousarray(a, dtype=np.int64) for a in (item_group, item_cell, lo, hi)]
+    keys, bounds, group, cell, lo_, hi_ = (
+        np.ascontiguousarray(a, dtype=np.int64)
+        for a in (flat.keys, flat.bounds, item_group, item_cell, lo, hi)
+    )
+    counts, zero = (np.ascontiguousarray(a, dtype=np.float64) for a in (flat.counts, flat.zero))
     done = module.window_quantiles(
-        flat.keys, flat.counts, flat.bounds, flat.zero, i64[0], i64[1], n_groups, n_cells,
-        i64[2], i64[3], float(q), 64 * int(flat.bounds[-1]) + _BLOCK, kind, key,
+        keys, counts, bounds, zero, group, cell, n_groups, n_cells, lo_, hi_, float(q),
+        64 * int(flat.bounds[-1]) + _BLOCK, kind, key,
     )  # fmt: skip
     if done is None:  # counts not integral or summing to 2**53, keys too wide: as numpy's
         return None
