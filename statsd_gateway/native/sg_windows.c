@@ -87,8 +87,8 @@ static int by_cell(const void *a, const void *b) {
 }
 
 /* The items in order of group, then cell: order[start[g]:start[g + 1]] are group g's. Each
- * item's group and cell are read once, into `snap` (what follows never reads them again): -1
- * where they are no longer what check_inputs saw. */
+ * item's group and cell are read once, into snap[i] = (cell, group) (what follows never reads
+ * them again): -1 where they are no longer what check_inputs saw. */
 static int sort_items(const sg_windows *w, entry *snap, entry *order, size_t *start) {
     for (size_t i = 0; i < w->n; i++) {
         int64_t g = w->item_group[i], c = w->item_cell[i];

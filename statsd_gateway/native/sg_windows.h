@@ -22,8 +22,8 @@
  *   [0, n_cells], with lo > hi, or moving backwards; q outside [0, 1]; or an input that changed
  *   while it was read (another thread writing the arrays).
  * - SG_W_NOMEM: an allocation failed.
- * Memory: the items' order (16 bytes an item), a count per group, and one dense count per key
- * of the widest store pair (at most max_cost doubles).
+ * Memory: 48 bytes an item (its group and cell, their order, its stores' sums), a count per
+ * group, and one dense count per key of the widest group's stores (fewer than max_cost).
  */
 #ifndef SG_WINDOWS_H
 #define SG_WINDOWS_H
