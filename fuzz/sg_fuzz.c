@@ -102,8 +102,10 @@ static void reg_clear(registry *r) {
     r->next_sid = 1;
 }
 
-static const int name_reasons[] = {SG_EMPTY_NAME, SG_NAME_TOO_LONG, SG_NAME_WITHOUT_ALNUM,
-                                   SG_INVALID_TAGS, SG_MIXED_TAG_STYLES};
+static const int name_reasons[] = {SG_EMPTY_NAME,         SG_NAME_TOO_LONG,
+                                   SG_NAME_WITHOUT_ALNUM, SG_INVALID_TAGS,
+                                   SG_MIXED_TAG_STYLES,   SG_DROPPED_BY_MAPPING,
+                                   SG_INVALID_MAPPED_NAME};
 
 static int resolve(void *ctx, int type, const char *head, size_t hlen, const char *tags,
                    size_t tlen, int admit, int64_t *sid, double *gauge_v, double *gauge_t) {
@@ -118,7 +120,8 @@ static int resolve(void *ctx, int type, const char *head, size_t hlen, const cha
     if (!admit) {
         if (hlen == 0) return SG_EMPTY_NAME;
         if (hlen > 250) return SG_NAME_TOO_LONG;
-        if (h % 23 == 0) return name_reasons[(h >> 8) % 5];
+        if (h % 23 == 0)
+            return name_reasons[(h >> 8) % (sizeof name_reasons / sizeof *name_reasons)];
         if ((h ^ (r->epoch * 0x9e3779b97f4a7c15ull)) % 101 == 7) return -1;
         return 0;
     }

@@ -96,6 +96,8 @@ class Flusher:
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="flush-worker")
+        # Told each batch of rows once the store holds it, on the worker (the scrape's state).
+        self.on_written: Callable[[RowBatch], None] | None = None
 
     async def _on_worker(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
@@ -253,6 +255,8 @@ class Flusher:
                     return False
                 self._drop_unwritable(snap, records)
                 return True
+        if self.on_written is not None and rows is not None:
+            await self._tell_written(rows)
         released = time.perf_counter()
         self.aggregator.release(snap)
         if self.ledger:
@@ -267,6 +271,15 @@ class Flusher:
         self.last_error = None
         self._data_failures.pop(snap.seq, None)
         return True
+
+    async def _tell_written(self, rows: RowBatch) -> None:
+        """on_written(rows), whose failure is logged and never fails the flush: the rows are
+        stored already."""
+        assert self.on_written is not None
+        try:
+            await self._on_worker(self.on_written, rows)
+        except Exception:
+            log.exception("the scrape's state could not take a flush's rows")
 
     def _failed(self, e: Exception) -> None:
         self.telemetry.flush_errors += 1

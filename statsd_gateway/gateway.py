@@ -1,8 +1,8 @@
 """The composition root: builds every stage from a Config; start() binds, stop() drains.
 
 stop() order: stop listening on every transport (datagram queues and what TCP connections still
-hold drained into the aggregator), stop HTTP, final flush of everything in memory, close the
-store. Nothing received before stop() is lost.
+hold drained into the aggregator, and into the relay), send what the relay holds, stop HTTP,
+final flush of everything in memory, close the store. Nothing received before stop() is lost.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import gc
 import logging
 import time
 from collections.abc import Callable
+from types import ModuleType
 
-import msgspec
 from aiohttp import web
 
 from statsd_gateway import native
@@ -25,17 +25,30 @@ from statsd_gateway.api.prometheus import prometheus_api
 from statsd_gateway.api.shapes import MetricPoint
 from statsd_gateway.backpressure import MemoryBound
 from statsd_gateway.catalog import MetricCatalog
-from statsd_gateway.config import Config, StorageConfig
+from statsd_gateway.config import Config, parse_listen, settings_needing_restart
 from statsd_gateway.errors import ConfigError
+from statsd_gateway.exporter.app import exporter_app
+from statsd_gateway.exporter.state import ScrapeState
 from statsd_gateway.flusher import Flusher
 from statsd_gateway.idempotency import IdempotencyLedger
 from statsd_gateway.ingest import Ingest
-from statsd_gateway.listeners import start_http, start_tcp, start_udp, start_unix
+from statsd_gateway.listeners import (
+    format_address,
+    listening,
+    start_http,
+    start_tcp,
+    start_udp,
+    start_unix,
+)
+from statsd_gateway.mapping import Mapper, load_mapper
+from statsd_gateway.mapping_file import SeriesOptions
 from statsd_gateway.model import SeriesKey
+from statsd_gateway.native_relay import NativeRelay
 from statsd_gateway.native_udp import NativeUdpListener
 from statsd_gateway.promql.service import PromqlService
 from statsd_gateway.protocol import StatsdParser
 from statsd_gateway.query import QueryEngine
+from statsd_gateway.relay import PythonRelay, Relay
 from statsd_gateway.replay import LogReplay
 from statsd_gateway.series_registry import SeriesRegistry
 from statsd_gateway.store import SqliteStore, Store
@@ -91,6 +104,9 @@ class Gateway:
         self.sealing: SealJob | None = None
         self._pipeline = False  # aggregator, flusher and the rest are built
         self.promql: PromqlService | None = None
+        self.scrape_state: ScrapeState | None = None
+        self._exporter_runner: web.AppRunner | None = None
+        self.exporter_address: tuple[str, int] | None = None
         self.registry = SeriesRegistry()
         self.max_body_bytes = config.http.max_body_bytes
         self.max_batch_points = config.http.max_batch_points
@@ -103,6 +119,7 @@ class Gateway:
         self.tcp_address: tuple[str, int] | None = None
         self.unix: UnixgramListener | None = None
         self.unix_path: str | None = None
+        self.relay: Relay | None = None
         self.http_address: tuple[str, int] | None = None
         self.tls: ServerCertificate | None = None
         self._runner: web.AppRunner | None = None
@@ -116,6 +133,9 @@ class Gateway:
     async def start(self) -> None:
         cfg = self.config
         self.started_at = self.clock()
+        parser = StatsdParser(gauge_sign=cfg.statsd.gauge_sign, sanitise=cfg.statsd.name_sanitising)
+        self.parser = parser
+        self._use_mapper(load_mapper(cfg.statsd.mapping_file, parser.sanitise))
         self._setup_keys()
         stored = await self.store.open()
         for info in stored.series:
@@ -136,7 +156,6 @@ class Gateway:
             max_backdate=cfg.storage.tiers[0].retention,
             first_seq=first_seq,
         )
-        parser = StatsdParser(gauge_sign=cfg.statsd.gauge_sign, sanitise=cfg.statsd.name_sanitising)
         self.ingest = Ingest(self.aggregator, self.telemetry, parser, wal)
         log.info("ingest core: %s", native.implementation())
         module = native.native_module()
@@ -189,20 +208,57 @@ class Gateway:
         )
         self.catalog = MetricCatalog(self.registry, self.aggregator, self.store, self.flusher)
         self.promql = PromqlService(self.query_engine, self.tiers, timeout=cfg.query.timeout)
+        if cfg.exporter.enabled:
+            self.scrape_state = ScrapeState(
+                cfg.exporter.tenant, self.clock, options_of=self._scrape_options
+            )
+            self.flusher.on_written = self.scrape_state.add
         self.telemetry.pending_flushes = lambda: len(self.aggregator.pending)
         self.telemetry.memory_held_bytes = self.aggregator.memory_bytes
         self.telemetry.series_count = self.registry.series_count
 
+        self._start_relay(module)
         if cfg.udp.enabled:
             self.udp, self.udp_address = await start_udp(cfg.udp, self.ingest, self.telemetry)
         await self._start_stream_transports()
         self.telemetry.kernel_drops = self._kernel_drops
 
         await self._start_http()
+        await self._start_exporter()
         if self.flush_on_ticks:
             self.flusher.start()
             self.retention.start()
             self.sealing.start()
+
+    def _scrape_options(self, key: SeriesKey) -> SeriesOptions | None:
+        """The mapping options the scrape shows a series by: its rule's, else the mapping
+        file's defaults (None without a file)."""
+        sid = self.registry.id_of(key)
+        got = None if sid is None else self.registry.options_of(sid)
+        mapper = self.parser.mapper
+        return got if got is not None or mapper is None else mapper.rules.file.defaults
+
+    async def _start_exporter(self) -> None:
+        cfg = self.config.exporter
+        if self.scrape_state is None:
+            return
+        self._exporter_runner = web.AppRunner(
+            exporter_app(self.scrape_state, self.telemetry, openmetrics_allowed=cfg.openmetrics),
+            access_log=None,
+            handle_signals=False,
+        )
+        await self._exporter_runner.setup()
+        host, port = parse_listen(cfg.listen)
+        site = web.TCPSite(self._exporter_runner, host, port)
+        with listening("exporter", "exporter.listen", cfg.listen):
+            await site.start()
+        bound = self._exporter_runner.addresses[0]
+        self.exporter_address = (str(bound[0]), int(bound[1]))
+        log.info(
+            "exporter: tenant %s at http://%s/metrics",
+            cfg.tenant,
+            format_address(self.exporter_address),
+        )
 
     async def _start_http(self) -> None:
         cfg = self.config
@@ -235,6 +291,53 @@ class Gateway:
         else:
             log.info("reload: http.tls: reloaded the certificate from %s", tls.cert_file)
 
+    def _use_mapper(self, mapper: Mapper | None) -> None:
+        """StatsD lines are mapped by `mapper` (None: no rules) from now on."""
+        self.parser.set_mapper(mapper)
+        self.registry.describe = None if mapper is None else self.parser.mapped_options
+        if mapper is not None:
+            rules, path = mapper.rules.count, self.config.statsd.mapping_file
+            log.info("statsd.mapping_file: %d mapping rules from %s", rules, path)
+
+    def _reload_mapping(self) -> None:
+        """Reads the mapping file again; new rules map the lines parsed from now on (every
+        cached answer dropped), a file that cannot be used leaves the rules in use."""
+        try:
+            mapper = load_mapper(self.config.statsd.mapping_file, self.parser.sanitise)
+        except ConfigError as e:
+            log.error("reload: %s; keeping the mapping rules in use", e)
+            return
+        if mapper is None and self.parser.mapper is None:
+            return
+        if mapper is not None and mapper.same_rules(self.parser.mapper):
+            return  # the same text: the caches stay good
+        self._use_mapper(mapper)
+        if self.ingest.native is not None:
+            self.ingest.native.forget()
+        if mapper is None:
+            log.info("reload: statsd.mapping_file unset; StatsD names are no longer mapped")
+
+    def _start_relay(self, module: ModuleType | None) -> None:
+        """relay.address set: every StatsD line goes there too, before any listener starts. On
+        the native path the cores hand it over in C (the lines never enter Python)."""
+        cfg = self.config.relay
+        if cfg.address is None:
+            return
+        relay: Relay
+        if module is not None and self.ingest.native is not None:
+            relay = NativeRelay(module, cfg.address, packet_bytes=cfg.packet_bytes)
+            self.ingest.native.relay = relay.handle
+        else:
+            relay = self.ingest.relay = PythonRelay(cfg.address, packet_bytes=cfg.packet_bytes)
+        relay.start()
+        self.relay = relay
+        self.telemetry.relay_counts = relay.counts
+        log.info(
+            "relay: every StatsD line to %s, in datagrams of %d bytes at most",
+            cfg.address,
+            cfg.packet_bytes,
+        )
+
     def _forget_series(self, keys: list[SeriesKey]) -> None:
         """Series the store removed; one with a point in memory since stays known (its next
         flush writes it again)."""
@@ -260,9 +363,9 @@ class Gateway:
         return {} if drops is None else {"udp": drops}
 
     def reload(self, new: Config) -> list[str]:
-        """Applies what can change while running (keys, limits, log level, the TLS certificate,
-        read again from its files); returns the changed settings that only take effect after a
-        restart."""
+        """Applies what can change while running (keys, limits, log level, the TLS certificate
+        and the mapping rules, read again from their files); returns the changed settings that
+        only take effect after a restart."""
         old = self.config
         self.config = new
         self._setup_keys()
@@ -278,30 +381,10 @@ class Gateway:
             if self.promql is not None:
                 self.promql.timeout = new.query.timeout
             self.flusher.max_pending_rows = new.aggregation.max_pending_rows
+            self._reload_mapping()
         logging.getLogger("statsd_gateway").setLevel(new.log.level.upper())
         self._reload_certificate(new)
-        needs_restart = []
-        for path, before, after in (
-            ("udp", old.udp, new.udp),
-            ("tcp", old.tcp, new.tcp),
-            ("unix", old.unix, new.unix),
-            ("statsd", old.statsd, new.statsd),
-            ("http.listen", old.http.listen, new.http.listen),
-            ("http.max_body_bytes", old.http.max_body_bytes, new.http.max_body_bytes),
-            ("http.tls", old.http.tls.enabled, new.http.tls.enabled),
-            *(
-                (f"storage.{f.name}", getattr(old.storage, f.name), getattr(new.storage, f.name))
-                for f in msgspec.structs.fields(StorageConfig)
-            ),
-            (
-                "aggregation.flush_interval",
-                old.aggregation.flush_interval,
-                new.aggregation.flush_interval,
-            ),
-        ):
-            if before != after:
-                needs_restart.append(path)
-        return needs_restart
+        return settings_needing_restart(old, new)
 
     def _setup_keys(self) -> None:
         self.keyring = KeyRing.from_config(self.config.auth.keys, self.config.key_file)
@@ -314,11 +397,16 @@ class Gateway:
             self.unix.close()
         if self.tcp is not None:
             await self.tcp.close()
+        if self.relay is not None:  # after every listener: it sends what they handed it
+            await self.relay.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
         if self.promql is not None:
             self.promql.close()
+        if self._exporter_runner is not None:
+            await self._exporter_runner.cleanup()
+            self._exporter_runner = None
         if self.retention is not None:
             await self.retention.stop()
         if self.sealing is not None:
@@ -403,4 +491,7 @@ class Gateway:
             problems.append("tcp listener not bound")
         if self.config.unix.enabled and self.unix_path is None:
             problems.append("unix socket not bound")
+        relay = self.relay.problem() if self.relay is not None else None
+        if relay is not None:
+            problems.append(relay)
         return problems

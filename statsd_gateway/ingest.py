@@ -24,6 +24,7 @@ from statsd_gateway.write_holds import WriteHolds
 if TYPE_CHECKING:
     from statsd_gateway.backpressure import MemoryBound
     from statsd_gateway.native import NativeLive, ResolvedPoints
+    from statsd_gateway.relay import PythonRelay
 
 log = logging.getLogger(__name__)
 
@@ -103,10 +104,15 @@ class Ingest:
         self.bound: MemoryBound | None = None
         # The native core, where it runs: StatsD text goes there instead (native.py).
         self.native: NativeLive | None = None
+        # The pure-Python path's relay, when relay.address is set: StatsD text goes there as
+        # received (the native core hands it to its own relay in C).
+        self.relay: PythonRelay | None = None
         self._log = RateLimitedLog()
 
     def statsd_lines(self, tenant: str, data: bytes, transport: str) -> None:
         """One datagram (or one TCP line batch) of StatsD text."""
+        if self.relay is not None:
+            self.relay.append(data)
         if self.native is not None:
             self.native.feed(tenant, data, transport)
             self.nudge()

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import enum
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
+import re2  # type: ignore[import-untyped]
 
 from statsd_gateway import sketch
 from statsd_gateway.sketch import Bins, FlatBins
@@ -146,16 +146,25 @@ class Matcher:
         return self.accepts(dict(tags).get(self.key))
 
 
-def _anchored(pattern: str) -> re.Pattern[str]:
+def _anchored(pattern: str) -> Any:
+    """The compiled matcher regex: RE2's syntax and linear time, as Prometheus' (Go's regexp
+    is RE2): a client's pattern can neither use what RE2 refuses nor take exponential time.
+    A pattern RE2 refuses raises ValueError."""
     compiled = _REGEX_CACHE.get(pattern)
     if compiled is None:
         if len(_REGEX_CACHE) >= 1024:
             _REGEX_CACHE.clear()
-        compiled = _REGEX_CACHE[pattern] = re.compile(pattern)
+        try:
+            compiled = re2.compile(pattern)
+        except re2.error as e:
+            raw = e.args[0] if e.args else e
+            detail = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+            raise ValueError(f"invalid regular expression {pattern!r}: {detail}") from None
+        _REGEX_CACHE[pattern] = compiled
     return compiled
 
 
-_REGEX_CACHE: dict[str, re.Pattern[str]] = {}
+_REGEX_CACHE: dict[str, Any] = {}
 
 
 def matches_all(tags: Tags, matchers: Sequence[Matcher]) -> bool:

@@ -11,13 +11,15 @@ Contract:
   entries for a query, says which series it holds and drops deleted ones.
 - A core enters Python only through `NativeLive`'s resolver, the first time it sees a
   (type, name section, tag text): the name is cleaned and the series admitted exactly as the
-  Python path does (StatsdParser.key_or_reason, SeriesRegistry.admit); the core caches the
-  answer until a series is forgotten or the limits change (`forget()`).
+  Python path does (StatsdParser.key_or_reason, with the mapping rules if any, and
+  SeriesRegistry.admit); the core caches the answer until a series is forgotten, the limits
+  change or the mapping rules are reloaded (`forget()`).
 - HTTP points (`resolve_points()` then `apply_points()`): a batch's typed points are judged in
   C against a cache of the points' keys (type, raw name, tags as sent) already admitted, and
   handed one by one to a Python fallback (the reference's checks) for anything else: a new
   key, a set, an ISO timestamp, a value or time out of range; the fallback caches what it
   admits. What was accepted is packed, to be added to the live interval once it is logged.
+- A core reading StatsD text (`new_core(relayed=True)`) hands every datagram to `relay` too.
 - The cores count by transport and reason; `sync_counts()` adds what they counted since the
   last call to the Telemetry counters (after every fed batch, and when a reader thread says it
   parsed one).
@@ -38,6 +40,7 @@ from typing import Any
 from statsd_gateway import accumulator, protocol, sketch
 from statsd_gateway.accumulator import NativeEntry
 from statsd_gateway.aggregator import TIMESTAMP_IN_FUTURE, TIMESTAMP_TOO_OLD, IntervalAggregator
+from statsd_gateway.mapping import DROPPED_BY_MAPPING, INVALID_MAPPED_NAME
 from statsd_gateway.model import FUTURE_MAX_SECONDS, VALUE_ABS_MAX, MetricType, Sample
 from statsd_gateway.protocol import StatsdParser
 from statsd_gateway.series_registry import CARDINALITY_LIMIT, TYPE_CONFLICT
@@ -68,6 +71,8 @@ REASONS: tuple[str, ...] = (
     TIMESTAMP_TOO_OLD,
     TIMESTAMP_IN_FUTURE,
     INTERNAL_ERROR,
+    DROPPED_BY_MAPPING,
+    INVALID_MAPPED_NAME,
 )
 _CODES = {reason: code for code, reason in enumerate(REASONS) if reason}
 # The core's type codes are MetricType's members in order.
@@ -97,6 +102,7 @@ else:
 
 # Every core with a reader thread, stopped at exit before the interpreter frees what those
 # threads use (a daemon stops them itself; this is for a program that never called stop()).
+# A relay's sender thread uses no Python: it needs no such stop.
 _readers: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
@@ -188,22 +194,25 @@ class NativeLive:
         if point_type is not None:  # the HTTP points' class: its fields are read from its slots
             module.set_point_type(point_type)
         self._points: Any = None  # the core HTTP points go into (no resolver: admitted already)
+        # The native Relay every core reading StatsD text hands its datagrams, or None.
+        self.relay: Any = None
         self._point_keys: dict[str, dict[tuple[Any, ...], int]] = {}  # tenant -> key -> sid
 
-    def new_core(self, tenant: str) -> Any:
-        """A core whose new series are admitted for `tenant`."""
+    def new_core(self, tenant: str, *, relayed: bool = False) -> Any:
+        """A core whose new series are admitted for `tenant`; `relayed`: it reads StatsD text,
+        which goes to the relay too."""
         registry, aggregator, parser = self.registry, self.aggregator, self.parser
 
         def resolve(
             type_code: int, head: bytes, tags: bytes, admit: int
         ) -> tuple[int, float, float]:
-            key = parser.key_or_reason(head.decode(), tags.decode())
+            mtype = _TYPES[type_code]
+            key = parser.key_or_reason(head.decode(), tags.decode(), mtype)
             if isinstance(key, str):
                 return -_CODES[key], 0.0, 0.0
             if not admit:
                 return 0, 0.0, 0.0
             name, tag_set = key
-            mtype = _TYPES[type_code]
             sid = registry.admit(tenant, name, tag_set, mtype, aggregator.max_series_per_tenant)
             if isinstance(sid, str):
                 return -_CODES[sid], 0.0, 0.0
@@ -212,6 +221,8 @@ class NativeLive:
             return sid, 0.0, -math.inf
 
         core = self._module.Core(self.gauges, resolve, **self._settings())
+        if relayed and self.relay is not None:
+            core.set_relay(self.relay)
         self.cores.append(core)
         _readers.add(core)
         self._seen[id(core)] = [(0,) * 7 + (0,) * len(REASONS)] * len(TRANSPORTS)
@@ -235,7 +246,7 @@ class NativeLive:
         """StatsD text received on the event loop (TCP, the Unix datagram socket)."""
         core = self._fed.get(tenant)
         if core is None:
-            core = self._fed[tenant] = self.new_core(tenant)
+            core = self._fed[tenant] = self.new_core(tenant, relayed=True)
         core.feed(data, TRANSPORTS.index(transport), self.aggregator.clock())
         self._sync_soon(core)
 
@@ -256,7 +267,10 @@ class NativeLive:
         self.sync_counts(core)
 
     def forget(self) -> None:
-        """Every core forgets its cached answers (the limits they were judged by changed)."""
+        """Every core forgets its cached answers (the limits or the mapping rules they were
+        judged by changed). Safe while reader threads run: each core's forget takes its mutex,
+        which a reader holds for a whole batch, resolver calls included; an answer a reader
+        resolved by the old rules before is dropped with the rest."""
         for core in self.cores:
             core.forget()
         self._point_keys.clear()

@@ -81,7 +81,7 @@ class NativeUdpListener:
             self._notify = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
             self._loop.add_reader(self._notify, self._on_burst)
             for sock in self._sockets:
-                core = self.live.new_core(self.tenant)
+                core = self.live.new_core(self.tenant, relayed=True)
                 core.start(sock.fileno(), self._notify)
                 self._cores.append(core)
         except BaseException:

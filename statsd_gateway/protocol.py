@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from statsd_gateway.model import (
     NAME_MAX,
@@ -34,6 +35,10 @@ from statsd_gateway.model import (
     Tags,
 )
 from statsd_gateway.model import Sample as Sample
+
+if TYPE_CHECKING:
+    from statsd_gateway.mapping import Answer, Mapper
+    from statsd_gateway.mapping_file import SeriesOptions
 
 # Builds a Sample from a tuple at C speed: calling the NamedTuple class runs a Python-level
 # __new__ that costs about as much again, once per value on the hot path.
@@ -84,7 +89,8 @@ _LINE_CACHE_MAX = 50_000
 
 
 class LineError(Exception):
-    """Internal: a line is rejected for `reason`. Never leaves this module."""
+    """Internal: a line is rejected for `reason`. Never leaves the parser (this module and the
+    mapping rules it applies, mapping.py)."""
 
     def __init__(self, reason: str) -> None:
         self.reason = reason
@@ -136,7 +142,7 @@ def clean_name(raw: str, sanitise: Callable[[str], str]) -> tuple[str, str | Non
     return name, None
 
 
-def _validated_tags(pairs: list[tuple[str, str]]) -> Tags:
+def validated_tags(pairs: list[tuple[str, str]]) -> Tags:
     tags = tuple(sorted(dict(pairs).items()))
     if len(tags) > TAGS_MAX:
         raise LineError(INVALID_TAGS)
@@ -192,9 +198,15 @@ class StatsdParser:
     Clients repeat the same lines (`hits:1|c`) and the same few series millions of times, so two
     bounded caches skip the work already done: whole lines that gave one sample → that sample
     (samples are immutable tuples), and name/tag sections → the validated (name, tags).
+
+    With mapping rules (`mapper`, mapping.py), a line's series is what the rules make of its
+    name and tags, by its type; the answers, refusals included, are cached in the Mapper (keyed
+    by type, name section and tag text), so a new Mapper (set_mapper, a reload) starts afresh.
     """
 
-    def __init__(self, *, gauge_sign: str = "delta", sanitise: str = "statsd") -> None:
+    def __init__(
+        self, *, gauge_sign: str = "delta", sanitise: str = "statsd", mapper: Mapper | None = None
+    ) -> None:
         """gauge_sign: `delta` (Etsy: `+3`/`-3` change the current value) or `absolute`
         (DogStatsD: a signed value is the value). sanitise: `statsd`, `none` or `prometheus`."""
         if gauge_sign not in GAUGE_SIGNS or sanitise not in SANITISERS:
@@ -203,6 +215,20 @@ class StatsdParser:
         self.sanitise = _SANITISE_FUNCS[sanitise]  # HTTP names are cleaned by it too
         self._keys: dict[tuple[str, str], tuple[str, Tags]] = {}
         self._lines: dict[str, Sample] = {}
+        self.mapper = mapper
+
+    def set_mapper(self, mapper: Mapper | None) -> None:
+        """Lines parsed from now on are mapped by `mapper` (None: no rules). The cache of whole
+        lines holds mapped samples, so it starts again; the native core's caches are the
+        caller's to drop (native.NativeLive.forget)."""
+        self.mapper = mapper
+        self._lines = {}
+
+    def mapped_options(self, name: str, tags: Tags) -> SeriesOptions | None:
+        """The options of the rule that made the series (name, tags), if a rule did (for the
+        series registry at admission)."""
+        mapper = self.mapper
+        return None if mapper is None else mapper.options_of(name, tags)
 
     def parse(self, data: bytes) -> ParseResult:
         result = ParseResult()
@@ -319,9 +345,18 @@ class StatsdParser:
                 else:
                     unknown += 1
             tag_text = ",".join(tag_parts)
-        key = self._keys.get((head, tag_text))
-        if key is None:
-            key = self._key(head, tag_text)
+        mapper = self.mapper
+        if mapper is None:
+            key = self._keys.get((head, tag_text))
+            if key is None:
+                key = self._key(head, tag_text)
+        else:
+            mapped = mapper.keys.get((mtype, head, tag_text))
+            if mapped is None:
+                mapped = self._mapped_key(mapper, mtype, head, tag_text)
+            if isinstance(mapped, str):
+                raise LineError(mapped)
+            key = mapped
         name, tags = key
 
         raw_value = sections[0]
@@ -366,9 +401,13 @@ class StatsdParser:
         result.samples.extend(staged.samples)
         result.unknown_sections += staged.unknown_sections
 
-    def key_or_reason(self, head: str, tag_text: str) -> tuple[str, Tags] | str:
+    def key_or_reason(self, head: str, tag_text: str, mtype: MetricType) -> tuple[str, Tags] | str:
         """The (name, tags) of a line's name section and tag text, or the reason they are
         refused: the native core asks this once per new series (native.py)."""
+        mapper = self.mapper  # read once: a reload may set another meanwhile
+        if mapper is not None:
+            mapped = mapper.keys.get((mtype, head, tag_text))
+            return self._mapped_key(mapper, mtype, head, tag_text) if mapped is None else mapped
         key = self._keys.get((head, tag_text))
         if key is not None:
             return key
@@ -377,7 +416,31 @@ class StatsdParser:
         except LineError as e:
             return e.reason
 
+    def _mapped_key(self, mapper: Mapper, mtype: MetricType, head: str, tag_text: str) -> Answer:
+        """What the rules make of a line's name section and tag text (cached in the Mapper): a
+        name no rule matches is taken as it is without rules."""
+        try:
+            name, pairs = self._split(head, tag_text)
+            found = mapper.match(mtype, name.strip())
+            answer = self._key(head, tag_text) if found is None else mapper.make(found, pairs)
+        except LineError as e:
+            answer = e.reason
+        mapper.remember((mtype, head, tag_text), answer)
+        return answer
+
     def _key(self, head: str, tag_text: str) -> tuple[str, Tags]:
+        name, pairs = self._split(head, tag_text)
+        name, reason = clean_name(name, self.sanitise)
+        if reason is not None:
+            raise LineError(reason)
+        key = (name, validated_tags(pairs))
+        if len(self._keys) >= _KEY_CACHE_MAX:
+            self._keys.clear()
+        self._keys[(head, tag_text)] = key
+        return key
+
+    def _split(self, head: str, tag_text: str) -> tuple[str, list[tuple[str, str]]]:
+        """A line's name as sent (its tags taken off) and its tags as pairs, in order."""
         pairs: list[tuple[str, str]] = []
         name = head
         styles = 0
@@ -403,11 +466,4 @@ class StatsdParser:
                     continue
                 k, _, v = item.partition(":")
                 pairs.append((k, v))
-        name, reason = clean_name(name, self.sanitise)
-        if reason is not None:
-            raise LineError(reason)
-        key = (name, _validated_tags(pairs))
-        if len(self._keys) >= _KEY_CACHE_MAX:
-            self._keys.clear()
-        self._keys[(head, tag_text)] = key
-        return key
+        return name, pairs

@@ -9,7 +9,9 @@ Contract:
   forgotten and sent again gets a new one).
 - The type of a metric (tenant, name) is fixed by its first series; a series of another type
   is refused (`type_conflict`). A tenant has at most `max_series` series (`cardinality_limit`).
-- It is the one place that maps an id to its key (`key_of()`), and so to its metric's type.
+- It is the one place that maps an id to its key (`key_of()`), and so to its metric's type, and
+  to the options of the mapping rule that made the series (`options_of()`: what the Prometheus
+  scrape reads), asked of `describe` when a series is admitted without them.
 - Mutated under its lock: on the event loop, and by the native core's reader threads (their
   resolver admits a new series while the loop may admit another: the GIL alone would let two
   admissions of one series interleave and give it two ids). `key_of()` is a single dict read,
@@ -22,6 +24,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable, Sequence
 
+from statsd_gateway.mapping_file import SeriesOptions
 from statsd_gateway.model import MetricType, SeriesKey, Tags
 
 # Reject reasons raised at admission (the aggregator's own are in aggregator.py).
@@ -53,6 +56,10 @@ class SeriesRegistry:
         self.forgets = 0
         # Called with the ids of the series forget() removed (the native core's caches).
         self.on_forget: list[Callable[[list[int]], None]] = []
+        # The mapping rule's options of a series being admitted, if a rule made it (the
+        # parser's mapped_options); kept by id, only for series a rule made.
+        self.describe: Callable[[str, Tags], SeriesOptions | None] | None = None
+        self._options: dict[int, SeriesOptions] = {}
         # Taken by every mutation; never held while waiting for anything else (the hooks run
         # after it is released: they take the native cores' mutexes).
         self._lock = threading.Lock()
@@ -91,12 +98,17 @@ class SeriesRegistry:
         ids = self.ids_of(tenant)
         sid = ids.get((name, tags))
         if sid is not None:
+            # A series seeded from the store gets its options when a line names it again.
+            if self.describe is not None and sid not in self._options:
+                self._describe(sid, name, tags)
             return sid
         if len(ids) >= max_series:
             return CARDINALITY_LIMIT
         sid = self._next_id
         self._next_id += 1
         ids[(name, tags)] = sid
+        if self.describe is not None:
+            self._describe(sid, name, tags)
         self._keys[sid] = (tenant, name, tags)
         if known is None:
             metric = (tenant, name)
@@ -107,6 +119,18 @@ class SeriesRegistry:
             self._by_metric[(tenant, name)].append(tags)
             self._ids_by_metric[(tenant, name)].append(sid)
         return sid
+
+    def _describe(self, sid: int, name: str, tags: Tags) -> None:
+        assert self.describe is not None
+        options = self.describe(name, tags)
+        if options is not None:
+            self._options[sid] = options
+
+    def options_of(self, sid: int) -> SeriesOptions | None:
+        """The options of the mapping rule that made the series when it was admitted (the
+        first time in this run); None for a series no rule made (the scrape then takes the
+        mapping file's defaults)."""
+        return self._options.get(sid)
 
     def ids_of(self, tenant: str) -> dict[tuple[str, Tags], int]:
         """The tenant's (name, tags) → id map, live (created empty if the tenant has none)."""
@@ -155,6 +179,7 @@ class SeriesRegistry:
             sid = self.series.get(tenant, {}).pop((name, tags), None)
             if sid is not None:
                 del self._keys[sid]
+                self._options.pop(sid, None)
                 ids.append(sid)
                 gone.setdefault((tenant, name), set()).add(tags)
         gone_ids = set(ids)

@@ -14,6 +14,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from statsd_gateway.relay import RelayCounts
+
 PREFIX = "statsd_gateway_"
 METRICS: dict[str, str] = {
     "packets_received_total": "Datagrams or HTTP requests received, by transport.",
@@ -29,6 +31,11 @@ METRICS: dict[str, str] = {
     "tcp_idle_closed_total": "TCP connections closed after tcp.idle_timeout without data.",
     "tcp_connections_open": "TCP connections open now.",
     "http_bad_requests_total": "HTTP requests refused before any handler, by reason.",
+    "relay_lines_total": "StatsD lines sent to relay.address.",
+    "relay_packets_total": "Datagrams sent to relay.address.",
+    "relay_bytes_total": "Bytes sent to relay.address (the datagrams' payloads).",
+    "relay_dropped_lines_total": "StatsD lines not relayed, by reason.",
+    "relay_send_errors_total": "Sends to relay.address that failed, by error.",
     "flushes_total": "Flushes written to the store.",
     "flush_errors_total": "Flushes that failed and were kept for retry.",
     "flush_rows_total": "Bucket rows written by flushes.",
@@ -44,7 +51,12 @@ METRICS: dict[str, str] = {
     "pending_flushes": "Snapshots waiting to be written to the store.",
     "memory_held_bytes": "Estimated bytes the points in memory take (bounded by backfill_memory).",
     "series": "Series known to the daemon, all tenants.",
+    "exporter_scrapes_total": "Scrapes of the exporter's /metrics (exporter.listen).",
+    "exporter_dropped_series_total": "Series a scrape of the exporter left out, by reason.",
 }
+
+
+NO_RELAY = RelayCounts(0, 0, 0, {}, {})
 
 
 class Telemetry:
@@ -73,6 +85,8 @@ class Telemetry:
         self.tcp_connections_refused = 0
         self.tcp_idle_closed = 0
         self.http_bad_requests: Counter[str] = Counter()
+        self.exporter_scrapes = 0
+        self.exporter_dropped: Counter[str] = Counter()
         # Filled in by the composition root: values read at scrape time.
         self.pending_flushes: Callable[[], int] = lambda: 0
         self.memory_held_bytes: Callable[[], int] = lambda: 0
@@ -80,6 +94,7 @@ class Telemetry:
         self.tcp_connections_open: Callable[[], int] = lambda: 0
         # transport -> drops the kernel reports; a transport it does not report for is absent.
         self.kernel_drops: Callable[[], dict[str, int]] = dict
+        self.relay_counts: Callable[[], RelayCounts] = lambda: NO_RELAY
 
     def reject(self, transport: str, reason: str, n: int = 1) -> None:
         self.rejects[(transport, reason)] += n
@@ -120,9 +135,24 @@ class TelemetryCollector(Collector):
             "http_bad_requests_total", ["reason"], {(k,): v for k, v in t.http_bad_requests.items()}
         )
         yield _labelled(
+            "exporter_dropped_series_total",
+            ["reason"],
+            {(k,): v for k, v in t.exporter_dropped.items()},
+        )
+        yield _labelled(
             "kernel_drops_total", by_transport, {(k,): v for k, v in t.kernel_drops().items()}
         )
+        relay = t.relay_counts()
+        yield _labelled(
+            "relay_dropped_lines_total", ["reason"], {(k,): v for k, v in relay.dropped.items()}
+        )
+        yield _labelled(
+            "relay_send_errors_total", ["error"], {(k,): v for k, v in relay.errors.items()}
+        )
         for name, value in (
+            ("relay_lines_total", relay.lines),
+            ("relay_packets_total", relay.packets),
+            ("relay_bytes_total", relay.bytes),
             ("queue_dropped_total", t.queue_dropped),
             ("flushes_total", t.flushes),
             ("flush_errors_total", t.flush_errors),
@@ -137,6 +167,7 @@ class TelemetryCollector(Collector):
             ("tcp_connections_total", t.tcp_connections),
             ("tcp_connections_refused_total", t.tcp_connections_refused),
             ("tcp_idle_closed_total", t.tcp_idle_closed),
+            ("exporter_scrapes_total", t.exporter_scrapes),
         ):
             yield CounterMetricFamily(PREFIX + name.removesuffix("_total"), METRICS[name], value)
         steps = GaugeMetricFamily(

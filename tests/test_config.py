@@ -225,6 +225,7 @@ def test_errors_name_the_key_path(text: str, path: str) -> None:
     ("text", "message"),
     [
         ("udp:\n  queue_size: 0\n", "udp.queue_size: expected an integer >= 1"),
+        ("udp:\n  readers: 65\n", "udp.readers: expected an integer from 1 to 64"),
         (
             "udp:\n  lisen: x\n",
             "udp.lisen: unknown key "

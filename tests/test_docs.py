@@ -10,6 +10,7 @@ import pytest
 from statsd_gateway import errors, protocol
 from statsd_gateway.aggregator import AGGREGATOR_REJECT_REASONS
 from statsd_gateway.api.openapi_prometheus import ERROR_TYPES
+from statsd_gateway.mapping import MAPPING_REJECT_REASONS
 from statsd_gateway.promql.evaluate import SUPPORTED_FUNCTIONS
 from statsd_gateway.promql.syntax import AGGREGATIONS
 from statsd_gateway.telemetry import METRICS, PREFIX, Telemetry
@@ -44,7 +45,13 @@ def test_every_error_code_is_in_the_api_table(cls: type[errors.GatewayError]) ->
 
 
 @pytest.mark.parametrize(
-    "reason", [*protocol.REJECT_REASONS, *AGGREGATOR_REJECT_REASONS, "internal_error"]
+    "reason",
+    [
+        *protocol.REJECT_REASONS,
+        *AGGREGATOR_REJECT_REASONS,
+        *MAPPING_REJECT_REASONS,
+        "internal_error",
+    ],
 )
 def test_every_udp_reject_reason_is_documented(reason: str) -> None:
     assert f"| `{reason}` |" in (DOCS / "STATSD.md").read_text()

@@ -24,6 +24,7 @@ from statsd_gateway import accumulator, native, sketch
 from statsd_gateway.aggregator import IntervalAggregator
 from statsd_gateway.api.schemas import decode_typed_batch, parse_batch, parse_point, sample_of
 from statsd_gateway.ingest import Ingest, LoggedBody
+from statsd_gateway.mapping import Mapper, parse_rules
 from statsd_gateway.model import MetricType, Sample
 from statsd_gateway.protocol import StatsdParser
 from statsd_gateway.series_registry import SeriesRegistry
@@ -38,7 +39,8 @@ class Path:
     """One ingest path: its registry, aggregator, telemetry, clock."""
 
     def __init__(self, *, use_native: bool, gauge_sign: str = "delta", sanitise: str = "statsd",
-                 max_series: int = 40) -> None:  # fmt: skip
+                 max_series: int = 40, rules: str | None = None) -> None:  # fmt: skip
+        """`rules`: the text of a mapping file the parser applies."""
         self.clock = ManualClock()
         self.registry = SeriesRegistry()
         self.aggregator = IntervalAggregator(
@@ -50,6 +52,8 @@ class Path:
         )
         self.telemetry = Telemetry()
         self.parser = StatsdParser(gauge_sign=gauge_sign, sanitise=sanitise)
+        if rules is not None:
+            self.parser.set_mapper(Mapper(parse_rules(rules), self.parser.sanitise))
         self.ingest = Ingest(self.aggregator, self.telemetry, self.parser)
         self.live = None
         if use_native:

@@ -76,9 +76,13 @@ def _form(params: list[dict[str, Any]]) -> dict[str, Any]:
         "required": [p["name"] for p in params if p["required"]],
         "additionalProperties": False,
     }
-    if not schema["required"]:
-        del schema["required"]
-    return {"required": True, "content": {"application/x-www-form-urlencoded": {"schema": schema}}}
+    required = bool(schema["required"])
+    if not required:
+        del schema["required"]  # every field optional: an empty form (or no body) is valid
+    return {
+        "required": required,
+        "content": {"application/x-www-form-urlencoded": {"schema": schema}},
+    }
 
 
 def _operation(

@@ -8,8 +8,10 @@ unavailable. The key is a Bearer key with the read scope; the tenant is the key'
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
+import re
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -36,10 +38,17 @@ from statsd_gateway.errors import (
 )
 from statsd_gateway.model import Tags
 from statsd_gateway.promql.evaluate import Steps
-from statsd_gateway.promql.names import VIEWS, Metric, escape, is_histogram, labels_of
+from statsd_gateway.promql.names import (
+    VIEWS,
+    Metric,
+    NameIndex,
+    escape,
+    is_histogram,
+    labels_of,
+)
 from statsd_gateway.promql.selection import metrics_of, tag_matchers
 from statsd_gateway.promql.service import PromqlService
-from statsd_gateway.promql.syntax import parse_selector, seconds_of
+from statsd_gateway.promql.syntax import MAX_TIME, MIN_TIME, Selector, parse_selector, seconds_of
 from statsd_gateway.promql.values import NAME, Histograms, Scalar, StringValue, Value, Vector
 
 SERVICE = web.AppKey("promql", PromqlService)
@@ -47,6 +56,9 @@ SERVICE = web.AppKey("promql", PromqlService)
 PROMETHEUS_VERSION = "2.45.0"
 log = logging.getLogger(__name__)
 _JSON = msgspec.json.Encoder()
+_RFC3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})", re.ASCII
+)
 _TYPES = {"counter": "counter", "gauge": "gauge", "set": "gauge", "timing": "histogram",
           "histogram": "histogram", "distribution": "histogram"}  # fmt: skip
 _QUERY_PARAMETERS = ("query", "time", "timeout", "limit", "stats")
@@ -76,7 +88,13 @@ async def prometheus_errors(request: web.Request, handler: Handler) -> web.Strea
 
 def error(e: GatewayError) -> web.Response:
     kind = "timeout" if isinstance(e, StoreTimeout) else ERROR_TYPES.get(e.status, "internal")
-    body: dict[str, Any] = {"status": "error", "errorType": kind, "error": e.message}
+    message = e.message
+    if isinstance(e, StoreTimeout):  # the store's words name /v1's parameters
+        message = (
+            "the query ran past query.timeout: ask for a shorter range (start, end), a "
+            "coarser step or fewer series"
+        )
+    body: dict[str, Any] = {"status": "error", "errorType": kind, "error": message}
     headers = {"WWW-Authenticate": 'Bearer realm="statsd-gateway"'} if e.status == 401 else None
     return web.Response(
         body=_JSON.encode(body), status=e.status, content_type="application/json", headers=headers
@@ -115,17 +133,22 @@ async def _params(request: web.Request, allowed: tuple[str, ...]) -> MultiMappin
 
 
 def parse_time(text: str, what: str) -> float:
-    """A Prometheus time parameter: Unix seconds (a float) or RFC 3339."""
+    """A Prometheus time parameter: Unix seconds (a float) or RFC 3339 (with its offset: a
+    time without one would be read in the server's time zone)."""
     try:
         t = float(text)
     except ValueError:
         try:
-            t = datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+            if not _RFC3339.fullmatch(text):
+                raise ValueError(text)
+            t = datetime.fromisoformat(
+                text.replace("Z", "+00:00").replace("z", "+00:00")
+            ).timestamp()
         except ValueError:
             raise InvalidArgument(
                 f'invalid parameter "{what}": cannot parse "{text}" to a valid timestamp', what
             ) from None
-    if not math.isfinite(t):
+    if not (math.isfinite(t) and MIN_TIME <= t <= MAX_TIME):
         raise InvalidArgument(
             f'invalid parameter "{what}": cannot parse "{text}" to a valid timestamp', what
         )
@@ -268,15 +291,21 @@ def _matrix(value: Value, steps: Steps) -> dict[str, Any]:
 
 
 # -- the series index: labels, label values, series, metadata (read from the registry)
-def _selected(
+async def _selected(
     request: web.Request, params: MultiMapping[str]
 ) -> list[tuple[Metric, dict[str, str]]]:
     """(metric, labels) of every known series the `match[]` selectors select (all of the
-    tenant's, without one)."""
+    tenant's, without one); walked off the loop (a tenant may have 100,000 series)."""
     service = request.app[SERVICE]
     tenant = principal_of(request).tenant
     selectors = [parse_selector(m) for m in params.getall("match[]", [])]
     index = service.index(tenant)
+    return await asyncio.to_thread(_walk, service, tenant, index, selectors)
+
+
+def _walk(
+    service: PromqlService, tenant: str, index: NameIndex, selectors: list[Selector]
+) -> list[tuple[Metric, dict[str, str]]]:
     out: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[Metric, dict[str, str]]] = {}
     if not selectors:
         for name in sorted(index.types):
@@ -285,7 +314,7 @@ def _selected(
                 _add(out, metric, tags)
         return list(out.values())
     for sel in selectors:
-        for metric in metrics_of(index, sel):
+        for metric in metrics_of(index, sel, strict=False):
             tags_of = service.series_tags(tenant, metric.name)
             matchers = tag_matchers(tags_of, metric, sel.matchers)
             for tags in tags_of:
@@ -316,9 +345,9 @@ def _limit(params: Mapping[str, str]) -> int | None:
 async def labels(request: web.Request) -> web.Response:
     params = await _params(request, _LABEL_PARAMETERS)
     _times(params)
-    names = {NAME}
-    for _, labs in _selected(request, params):
-        names.update(labs)
+    names: set[str] = set()
+    for _, labs in await _selected(request, params):
+        names.update(labs)  # __name__ among them, where any series is
     return success(sorted(names)[: _limit(params)])
 
 
@@ -329,13 +358,11 @@ async def label_values(request: web.Request) -> web.Response:
     if label == NAME and not params.getall("match[]", []):
         index = request.app[SERVICE].index(principal_of(request).tenant)
         return success(index.prometheus_names()[: _limit(params)])
-    values = {labs[label] for _, labs in _selected(request, params) if label in labs}
+    selected = await _selected(request, params)
+    values = {labs[label] for _, labs in selected if label in labs}
     if label == NAME:
         values |= {
-            escape(m.name) + v
-            for m, _ in _selected(request, params)
-            if is_histogram(m.type)
-            for v in VIEWS[1:]
+            escape(m.name) + v for m, _ in selected if is_histogram(m.type) for v in VIEWS[1:]
         }
     return success(sorted(values)[: _limit(params)])
 
@@ -346,7 +373,7 @@ async def series(request: web.Request) -> web.Response:
     if not params.getall("match[]", []):
         raise InvalidArgument("no match[] parameter provided", "match[]")
     found = sorted(
-        (labs for _, labs in _selected(request, params)), key=lambda d: sorted(d.items())
+        (labs for _, labs in await _selected(request, params)), key=lambda d: sorted(d.items())
     )
     return success(found[: _limit(params)])
 

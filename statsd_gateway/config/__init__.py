@@ -2,8 +2,8 @@
 
 - shapes.py: the definitions: one frozen msgspec Struct per section, each key's type, limits
   and default (the only place defaults live).
-- values.py: the text forms that are more than a YAML scalar (durations, listen addresses,
-  socket modes, key digests).
+- values.py: the text forms that are more than a YAML scalar (durations, listen and peer
+  addresses, socket modes, key digests).
 - loading.py: YAML → Config; unknown keys and bad values raise ConfigError naming the key's
   path (`udp.listen`, `auth.keys[0].sha256`); the checks across keys; what a reload refuses.
 """
@@ -13,6 +13,7 @@ from statsd_gateway.config.loading import (
     load_config,
     load_reload_config,
     parse_config,
+    settings_needing_restart,
 )
 from statsd_gateway.config.shapes import (
     DEFAULT_TIERS,
@@ -22,9 +23,11 @@ from statsd_gateway.config.shapes import (
     ApiKey,
     AuthConfig,
     Config,
+    ExporterConfig,
     HttpConfig,
     LogConfig,
     QueryConfig,
+    RelayConfig,
     StatsdConfig,
     StorageConfig,
     TcpConfig,
@@ -53,9 +56,11 @@ __all__ = [
     "AuthConfig",
     "Config",
     "ConfigError",
+    "ExporterConfig",
     "HttpConfig",
     "LogConfig",
     "QueryConfig",
+    "RelayConfig",
     "Seconds",
     "StatsdConfig",
     "StorageConfig",
@@ -72,4 +77,5 @@ __all__ = [
     "parse_duration",
     "parse_listen",
     "parse_mode",
+    "settings_needing_restart",
 ]

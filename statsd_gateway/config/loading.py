@@ -16,9 +16,10 @@ from typing import Annotated, Any, Literal, TypeGuard, Union, get_args, get_orig
 import msgspec
 import yaml
 
-from statsd_gateway.config.shapes import ApiKey, Config, TierConfig, TlsConfig
+from statsd_gateway.config.shapes import ApiKey, Config, StorageConfig, TierConfig, TlsConfig
 from statsd_gateway.config.values import decode_value
 from statsd_gateway.errors import ConfigError
+from statsd_gateway.mapping import load_rules
 from statsd_gateway.shape_errors import Violation
 from statsd_gateway.tls import server_context
 
@@ -34,6 +35,11 @@ def config_from_dict(raw: Any) -> Config:
     _check_tiers(cfg)
     _check_tls(cfg.http.tls)
     _check_keys(cfg.auth.keys)
+    if cfg.statsd.mapping_file is not None:  # read again by the gateway, as the TLS files are
+        try:
+            load_rules(cfg.statsd.mapping_file)
+        except ConfigError as e:
+            raise ConfigError("statsd.mapping_file", str(e)) from None
     return cfg
 
 
@@ -115,10 +121,13 @@ def _expected(hint: Any, metas: list[msgspec.Meta]) -> str | None:
     """What a key of this type takes, in words; None for the value types of values.py, whose
     own message says it."""
     ge = next((m.ge for m in metas if m.ge is not None), None)
+    le = next((m.le for m in metas if m.le is not None), None)
     non_empty = any(m.min_length for m in metas)
     item = _item_type(hint)
     if hint is bool:
         return "expected true or false"
+    if hint is int and ge is not None and le is not None:
+        return f"expected an integer from {ge} to {le}"
     if hint is int:
         return "expected an integer" + (f" >= {ge}" if ge is not None else "")
     if hint is str:
@@ -237,3 +246,33 @@ def load_reload_config(path: str | Path, running: Config) -> Config:
             "never removes every key (restart to run with none)",
         )
     return new
+
+
+def settings_needing_restart(old: Config, new: Config) -> list[str]:
+    """The settings a reload from `old` to `new` changed that take effect only after a restart
+    (a reload applies the rest; Gateway.reload logs each of these)."""
+    needs_restart = []
+    for path, before, after in (
+        ("udp", old.udp, new.udp),
+        ("tcp", old.tcp, new.tcp),
+        ("unix", old.unix, new.unix),
+        ("statsd.gauge_sign", old.statsd.gauge_sign, new.statsd.gauge_sign),
+        ("statsd.name_sanitising", old.statsd.name_sanitising, new.statsd.name_sanitising),
+        ("exporter", old.exporter, new.exporter),
+        ("relay", old.relay, new.relay),
+        ("http.listen", old.http.listen, new.http.listen),
+        ("http.max_body_bytes", old.http.max_body_bytes, new.http.max_body_bytes),
+        ("http.tls", old.http.tls.enabled, new.http.tls.enabled),
+        *(
+            (f"storage.{f.name}", getattr(old.storage, f.name), getattr(new.storage, f.name))
+            for f in msgspec.structs.fields(StorageConfig)
+        ),
+        (
+            "aggregation.flush_interval",
+            old.aggregation.flush_interval,
+            new.aggregation.flush_interval,
+        ),
+    ):
+        if before != after:
+            needs_restart.append(path)
+    return needs_restart

@@ -2,7 +2,8 @@
 
 Every key's name, type, limits (`Meta(ge=...)`) and default are declared here, and only here;
 loading.py converts the YAML document into `Config` with msgspec (unknown keys are errors) and
-then checks what one key alone cannot say (tiers against each other, TLS files in pairs).
+then checks what one key alone cannot say (tiers against each other, TLS files in pairs, the
+mapping file's rules).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Annotated, Literal, get_args
 import msgspec
 from msgspec import Meta
 
-from statsd_gateway.config.values import FileMode, KeyDigest, ListenAddress, Seconds
+from statsd_gateway.config.values import FileMode, KeyDigest, ListenAddress, PeerAddress, Seconds
 
 NonEmpty = Annotated[str, Meta(min_length=1)]
 Count = Annotated[int, Meta(ge=1)]
@@ -68,6 +69,18 @@ class StatsdConfig(Section, frozen=True):
 
     gauge_sign: GaugeSign = "delta"  # delta (Etsy) or absolute (DogStatsD)
     name_sanitising: Sanitising = "statsd"
+    # statsd_exporter's mapping rules (mapping_file.py), read at load and on every reload.
+    mapping_file: NonEmpty | None = None
+
+
+class RelayConfig(Section, frozen=True):
+    """Every StatsD line received on UDP, TCP and the Unix datagram socket forwarded, as
+    received, over UDP to `address` (relay.py); off while `address` is unset."""
+
+    address: PeerAddress | None = None
+    # The most bytes a datagram to the peer holds (one line longer than this goes alone): 512,
+    # what every IPv4 path carries whole, to 65507, the most a UDP datagram over IPv4 holds.
+    packet_bytes: Annotated[int, Meta(ge=512, le=65507)] = 1400
 
 
 class TlsConfig(Section, frozen=True):
@@ -142,6 +155,19 @@ class QueryConfig(Section, frozen=True):
     max_sketches: Count = 200_000
 
 
+class ExporterConfig(Section, frozen=True):
+    """A scrape of one tenant's ingested metrics in the Prometheus exposition format, for
+    statsd_exporter users (docs/PROMETHEUS.md, "The scrape"); off by default."""
+
+    enabled: bool = False
+    listen: ListenAddress = ListenAddress("127.0.0.1:9102")  # statsd_exporter's web port
+    tenant: NonEmpty = "default"
+    # OpenMetrics to a scraper that asks for it (Prometheus does, first): its counters then
+    # end in _total. Off, the text format always, as statsd_exporter serves it, so Prometheus
+    # stores the names statsd_exporter users' queries have.
+    openmetrics: bool = False
+
+
 class ApiKey(Section, frozen=True):
     name: NonEmpty
     sha256: KeyDigest
@@ -164,10 +190,12 @@ class Config(Section, frozen=True):
     tcp: TcpConfig = TcpConfig()
     unix: UnixConfig = UnixConfig()
     statsd: StatsdConfig = StatsdConfig()
+    relay: RelayConfig = RelayConfig()
     http: HttpConfig = HttpConfig()
     storage: StorageConfig = StorageConfig()
     aggregation: AggregationConfig = AggregationConfig()
     query: QueryConfig = QueryConfig()
+    exporter: ExporterConfig = ExporterConfig()
     auth: AuthConfig = AuthConfig()
     log: LogConfig = LogConfig()
 

@@ -1,5 +1,5 @@
 """The text forms of config values that are more than a YAML scalar: durations, listen
-addresses, socket file modes, API key digests.
+addresses, peer addresses, socket file modes, API key digests.
 
 Each is a small subclass of float or str, so a parsed value is used as a plain number or string.
 msgspec hands a field of one of these types to `decode_value` (its dec_hook): `10s` and `10`
@@ -33,6 +33,12 @@ class Seconds(float):
 
 class ListenAddress(str):
     """`host:port`, or `[v6]:port`; port 0 picks any free port."""
+
+    __slots__ = ()
+
+
+class PeerAddress(str):
+    """`host:port`, or `[v6]:port`, of a peer to send to: a port from 1 to 65535."""
 
     __slots__ = ()
 
@@ -98,6 +104,14 @@ def _listen(obj: Any) -> ListenAddress:
     return ListenAddress(obj)
 
 
+def _peer(obj: Any) -> PeerAddress:
+    if not isinstance(obj, str) or not obj:
+        raise TypeError("expected a non-empty string")
+    if parse_listen(obj)[1] == 0:
+        raise ValueError(f"{obj!r} has port 0: a peer's port is 1 to 65535")
+    return PeerAddress(obj)
+
+
 def _mode(obj: Any) -> FileMode:
     # YAML reads an unquoted 0660 as the integer 432, and 660 as 660: only a string is clear.
     if not isinstance(obj, str) or not _MODE_RE.fullmatch(obj):
@@ -116,6 +130,7 @@ def _digest(obj: Any) -> KeyDigest:
 _DECODERS: dict[type, Callable[[Any], Any]] = {
     Seconds: _seconds,
     ListenAddress: _listen,
+    PeerAddress: _peer,
     FileMode: _mode,
     KeyDigest: _digest,
 }

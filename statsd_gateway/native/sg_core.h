@@ -47,6 +47,9 @@ enum sg_reason {
     SG_TIMESTAMP_TOO_OLD,
     SG_TIMESTAMP_IN_FUTURE,
     SG_INTERNAL_ERROR,
+    /* Only the resolver answers these two (the mapping rules, mapping.py). */
+    SG_DROPPED_BY_MAPPING,
+    SG_INVALID_MAPPED_NAME,
     SG_NREASONS
 };
 

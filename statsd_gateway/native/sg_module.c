@@ -6,6 +6,8 @@
  * GIL lets it go while it waits for the mutex), so that the reader may take the GIL to call the
  * resolver for a new series while it holds the mutex.
  * Gauges: the current gauge values, shared by every core.
+ * A core given a Relay (set_relay) hands it every datagram it parses, as received: the reader
+ * thread after each batch, without the GIL (sg_relay.h).
  */
 #define PY_SSIZE_T_CLEAN
 #define _GNU_SOURCE
@@ -23,6 +25,7 @@
 #include "sg_bins.h"
 #include "sg_chunks.h"
 #include "sg_core.h"
+#include "sg_relay.h"
 #include "sg_windows.h"
 
 #define READ_BATCH 32
@@ -161,6 +164,8 @@ typedef struct {
     PyObject *gauges; /* GaugesObject, kept alive */
     PyObject *resolve;
     PyObject *clock;  /* None: the system's wall clock */
+    PyObject *relay;  /* the Relay every parsed datagram goes to, or NULL */
+    sg_relay *relay_c;
     /* the reader thread */
     pthread_t thread;
     int running;
@@ -229,6 +234,7 @@ static void Core_dealloc(CoreObject *self) {
     Py_XDECREF(self->gauges);
     Py_XDECREF(self->resolve);
     Py_XDECREF(self->clock);
+    Py_XDECREF(self->relay);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -322,7 +328,25 @@ static PyObject *Core_feed(CoreObject *self, PyObject *args) {
     core_lock(self);
     sg_parse(self->core, data.buf, (size_t)data.len, now, transport);
     pthread_mutex_unlock(&self->lock);
+    if (self->relay_c) {
+        struct iovec part = {data.buf, (size_t)data.len};
+        sg_relay_append(self->relay_c, &part, 1);
+    }
     PyBuffer_Release(&data);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Core_set_relay(CoreObject *self, PyObject *relay) {
+    if (self->running) {
+        PyErr_SetString(PyExc_RuntimeError, "set_relay() before start()");
+        return NULL;
+    }
+    sg_relay *r = NULL;
+    if (relay != Py_None && !(r = sg_relay_of(relay))) return NULL;
+    core_lock(self);
+    Py_XSETREF(self->relay, relay == Py_None ? NULL : Py_NewRef(relay));
+    self->relay_c = r;
+    pthread_mutex_unlock(&self->lock);
     Py_RETURN_NONE;
 }
 
@@ -838,6 +862,14 @@ static int read_batch(CoreObject *self) {
     for (int i = 0; i < n; i++)
         sg_parse(self->core, self->iovs[i].iov_base, self->msgs[i].msg_len, now, 0);
     pthread_mutex_unlock(&self->lock);
+    if (self->relay_c) { /* outside the core's mutex: the two are never held together */
+        struct iovec parts[READ_BATCH];
+        for (int i = 0; i < n; i++) {
+            parts[i].iov_base = self->iovs[i].iov_base;
+            parts[i].iov_len = self->msgs[i].msg_len;
+        }
+        sg_relay_append(self->relay_c, parts, (size_t)n);
+    }
     if (!atomic_exchange(&self->notified, 1)) {
         uint64_t one = 1;
         ssize_t w = write(self->notify_fd, &one, sizeof one);
@@ -967,6 +999,8 @@ static PyMethodDef Core_methods[] = {
      "configure(*, gauge_delta, interval, max_backdate, future_max, max_keys, clock)"},
     {"feed", (PyCFunction)Core_feed, METH_VARARGS,
      "feed(data, transport, now): parses one datagram on this thread."},
+    {"set_relay", (PyCFunction)Core_set_relay, METH_O,
+     "set_relay(relay or None): every datagram parsed from now on also goes to the Relay."},
     {"apply_points", (PyCFunction)Core_apply_points, METH_VARARGS,
      "apply_points(packed, members, now): what resolve_points() accepted, into the live table."},
     {"add", (PyCFunction)Core_add, METH_VARARGS,
@@ -1146,6 +1180,8 @@ static PyMethodDef module_methods[] = {
      "set_point_type(MetricPoint): its fields are read from their slots."},
     {"resolve_points", resolve_points, METH_VARARGS,
      "resolve_points(points, now, cache, fallback, max_backdate, future_max, value_abs_max)."},
+    {"relay_pack", sg_py_relay_pack, METH_VARARGS,
+     "relay_pack(data, packet_bytes): [(packet, lines)], the relay's packing of data."},
     {"decode_chunks", sg_py_decode_chunks, METH_VARARGS,
      "decode_chunks(blobs, want, sketches, hll, since, until): SGC1 chunks (sg_chunks.c)."},
     {"window_quantiles", sg_py_window_quantiles, METH_VARARGS,
@@ -1172,7 +1208,7 @@ PyMODINIT_FUNC PyInit__native(void) {
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
-    if (sg_chunks_ready(m) < 0) {
+    if (sg_chunks_ready(m) < 0 || sg_relay_ready(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

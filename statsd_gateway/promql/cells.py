@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from statsd_gateway.errors import Unprocessable
 from statsd_gateway.store.base import Columns
 from statsd_gateway.store.tiers import is_multiple
 
@@ -27,6 +28,18 @@ I64 = npt.NDArray[np.int64]
 Labels = tuple[tuple[str, str], ...]
 # Elements one windowed reduction gathers at once (series × steps × cells a window), ~32 MB.
 _GATHER_BLOCK = 4_000_000
+# What one query may make the evaluation hold or walk (Prometheus' query.max-samples is 50 M):
+# cells of one grid, series × cells of one selection, rows repeated over the steps holding
+# them. Past it the query is refused (`too_many_samples`), never left to run the host dry.
+MAX_GRID_CELLS = 2_000_000
+MAX_SAMPLES = 20_000_000
+
+
+def too_many_samples(what: str) -> Unprocessable:
+    return Unprocessable(
+        f"query processing would load too many samples into memory in query execution "
+        f"({what}); ask for a shorter range, a coarser step or fewer series"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +56,7 @@ def grid_resolution(
     selection reads), the coarsest no coarser than the step for a range query (a graph's
     points need no finer cells than its steps), the finest for an instant query (the freshest
     answer). Where no tier holds `oldest`, the coarsest (which keeps the longest)."""
-    dividing = [t for t in tiers if is_multiple(width, t.resolution)] or [tiers[0]]
+    dividing = [t for t in tiers if is_multiple(width, t.resolution)] or list(tiers)
     holding = [t for t in dividing if now - t.retention <= oldest]
     if not holding:
         return dividing[-1].resolution
@@ -66,6 +79,8 @@ class Grid:
         """The cells the steps at `times` cover with `width` (see the module)."""
         lo = math.floor((float(times.min()) - width) / g)
         hi = math.floor(float(times.max()) / g)
+        if hi - lo > MAX_GRID_CELLS:
+            raise too_many_samples(f"{hi - lo} buckets of {g:g}s")
         return Grid(g, lo, max(hi - lo, 1))  # one cell at least: a range shorter than g
 
     @property
@@ -100,6 +115,16 @@ class SeriesRows:
     @property
     def n_series(self) -> int:
         return len(self.labels)
+
+    def grouped(self, labels: list[Labels], group_of: I64) -> SeriesRows:
+        """The same rows with series s in group `group_of[s]`, groups labelled `labels`."""
+        series = group_of[self.series] if self.series.size else self.series
+        return SeriesRows(self.grid, labels, series, self.cell, self.cols)
+
+    def check_size(self) -> None:
+        """Refuses a selection whose series × cells arrays would be too large."""
+        if self.n_series * self.grid.size > MAX_SAMPLES:
+            raise too_many_samples(f"{self.n_series} series × {self.grid.size} buckets")
 
     def dense(self, values: F64) -> F64:
         """Each (series, cell)'s rows' values added (rows in order), as series × cells."""
@@ -143,6 +168,15 @@ def window_reduce(dense: F64, lo: I64, hi: I64, how: str) -> F64:
     span = int((hi - lo).max(initial=0))
     if span <= 0 or n_series == 0:
         return out
+    if n_steps * span > MAX_SAMPLES:
+        if how != "sum":
+            raise too_many_samples(f"{n_steps} steps × windows of {span} buckets")
+        # Long windows: one running total per series, each window a difference.
+        prefix = np.zeros((n_series, dense.shape[1] + 1))
+        np.cumsum(dense, axis=1, out=prefix[:, 1:])
+        got: F64 = prefix[:, hi] - prefix[:, lo]
+        got[:, hi <= lo] = np.nan
+        return got
     at = lo[:, None] + np.arange(span)  # steps × span
     inside = at < hi[:, None]
     at = np.minimum(at, max(dense.shape[1] - 1, 0))
@@ -181,3 +215,15 @@ def window_latest(present: npt.NDArray[np.bool_], lo: I64, hi: I64) -> I64:
         got[got < lo[some]] = -1
         out[:, some] = got
     return out
+
+
+def extrapolated(total: F64, covered: F64, width: float, *, per_second: bool) -> F64:
+    """A window's sum as a rate (per second of the cells it holds) or as an increase over the
+    range asked: the sum itself where the cells cover the range exactly (no rounding through
+    a rate), else that rate times the range."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rate = total / covered
+        if per_second:
+            return rate
+        exact = np.isclose(covered, width, rtol=0.0, atol=1e-9)
+        return np.where(exact, total, rate * width)

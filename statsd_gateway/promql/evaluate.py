@@ -31,6 +31,7 @@ from statsd_gateway.promql.cells import (
     F64,
     Labels,
     SeriesRows,
+    extrapolated,
     window_any,
     window_latest,
     window_reduce,
@@ -155,6 +156,7 @@ class Evaluator:
         *,
         sketches: bool = False,
         keep_name: str | None = None,
+        by_series: bool = True,
     ) -> tuple[F64, SeriesRows]:
         """The selector's evaluation times, and the metric's rows the steps cover with
         `width` (a range, or the look-back)."""
@@ -162,7 +164,7 @@ class Evaluator:
         matchers = tag_matchers(self.source.series_tags(metric.name), metric, sel.matchers)
         rows = read_rows(
             self.source, metric, matchers, times, width, self.steps.step, values,
-            sketches=sketches, keep_name=keep_name,
+            sketches=sketches, keep_name=keep_name, by_series=by_series,
         )  # fmt: skip
         return times, rows
 
@@ -208,7 +210,8 @@ class Evaluator:
             v = self._vector_arg(f, args[0])
             to = self._scalar_arg(f, args[1]) if len(args) > 1 else 1.0
             with np.errstate(all="ignore"):
-                rounded = np.floor(v.values / to + 0.5) * to  # Prometheus rounds half up
+                inverse = 1.0 / to  # Prometheus: floor(v·(1/to) + 0.5) / (1/to), half up
+                rounded = np.floor(v.values * inverse + 0.5) / inverse
             return Vector([drop_name(lab) for lab in v.labels], rounded)
         if f in ("clamp", "clamp_min", "clamp_max"):
             return self._clamp(f, args)
@@ -251,7 +254,10 @@ class Evaluator:
             hi = self._scalar_arg(f, args[1])
         return Vector([drop_name(lab) for lab in v.labels], np.clip(v.values, lo, hi))
 
-    def _rate(self, f: str, rng: Range) -> Value:
+    def _rate(self, f: str, rng: Range, summed: Aggregate | None = None) -> Value:
+        """rate, increase or irate of a selection; `summed`: a sum over the result, which the
+        rows are grouped for before any window is reduced (a sum of rates is the rate of the
+        sum: one array per group, not per series), the caller aggregating what is left."""
         metrics = self._metrics(rng.selector)
         sketched = [m for m in metrics if m.view in ("", "_bucket") and is_histogram(m.type)]
         if sketched and len(sketched) != len(metrics):
@@ -265,14 +271,19 @@ class Evaluator:
                 )
             return self._histograms(f, sketched[0], rng)
         parts = []
+        total_only = summed is not None and not summed.by and not summed.without
         for metric in metrics:
             column = _counter_column(f, metric)
-            times, rows = self._read(metric, rng.selector, rng.seconds, (column,))
+            times, rows = self._read(
+                metric, rng.selector, rng.seconds, (column,), by_series=not total_only
+            )
+            if summed is not None and not total_only:
+                rows = _grouped(rows, summed)
             lo, hi = rows.grid.windows(times, rng.seconds)
             dense = rows.dense(rows.cols.values[column])
             present = rows.presence()
             has = window_any(present, lo, hi)
-            covered = (hi - lo) * rows.grid.g
+            covered = ((hi - lo) * rows.grid.g).astype(np.float64)
             if f == "irate":
                 latest = window_latest(present, lo, hi)
                 got = (
@@ -283,10 +294,7 @@ class Evaluator:
                 values = got / rows.grid.g
             else:
                 total = window_reduce(dense, lo, hi, "sum")
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    values = total / covered
-                if f == "increase":
-                    values = values * rng.seconds
+                values = extrapolated(total, covered, rng.seconds, per_second=f == "rate")
             parts.append(Vector(rows.labels, np.where(has, values, np.nan)))
         return _concat(parts, self.steps.n)
 
@@ -306,11 +314,19 @@ class Evaluator:
             if metric.type is not MetricType.GAUGE:
                 raise Unprocessable(
                     f"{f}() is supported over gauges; {escape(metric.name)} is a "
-                    f"{metric.type.value} (for counters use increase() or rate())"
+                    f"{metric.type.value} ("
+                    + (
+                        "for a histogram, histogram_quantile() and the like over rate()"
+                        if is_histogram(metric.type)
+                        else "for a counter, increase() or rate()"
+                    )
+                    + ")"
                 )
             want = ("count", "sum", "min", "max", "last", "last_ts")
+            # last_over_time keeps the metric name, as in Prometheus; the others drop it.
+            name = escape(metric.name) if f == "last_over_time" else None
             times, rows = self._read(
-                metric, rng.selector, rng.seconds, want, sketches=q is not None
+                metric, rng.selector, rng.seconds, want, sketches=q is not None, keep_name=name
             )
             lo, hi = rows.grid.windows(times, rng.seconds)
             v = rows.cols.values
@@ -343,8 +359,7 @@ class Evaluator:
                 got = histograms.quantile(h, q)
                 parts.append(got)
                 continue
-            labels = [drop_name(lab) for lab in rows.labels]
-            parts.append(Vector(labels, np.where(has, values, np.nan)))
+            parts.append(Vector(list(rows.labels), np.where(has, values, np.nan)))
         return _concat(parts, self.steps.n)
 
     def _histogram_function(self, f: str, args: tuple[Node, ...]) -> Vector:
@@ -384,6 +399,13 @@ class Evaluator:
 
     # -- aggregations
     def _aggregate(self, node: Aggregate) -> Value:
+        arg = node.expr
+        if node.op == "sum" and isinstance(arg, Call) and arg.func in ("rate", "increase"):
+            rng = _range_arg(arg.func, arg.args, 0)
+            if not any(is_histogram(m.type) for m in self._metrics(rng.selector)):
+                inner: Value = self._rate(arg.func, rng, summed=node)
+                assert isinstance(inner, Vector)
+                return aggregate(node, inner)  # merges the groups of several metrics
         inner = self.eval(node.expr)
         if isinstance(inner, Histograms):
             if node.op != "sum":
@@ -394,6 +416,14 @@ class Evaluator:
         if not isinstance(inner, Vector):
             raise Unprocessable(f"{node.op}() needs an instant vector, not {_kind(inner)}")
         return aggregate(node, inner)
+
+
+def _grouped(rows: SeriesRows, node: Aggregate) -> SeriesRows:
+    """The rows with each series in its group of `node` (a `sum by` or `sum without`)."""
+    of_series = [group_labels(lab, node.by or (), node.without) for lab in rows.labels]
+    groups = sorted(set(of_series))
+    rank = {g: i for i, g in enumerate(groups)}
+    return rows.grouped(groups, np.array([rank[g] for g in of_series], dtype=np.int64))
 
 
 def _group_histograms(h: Histograms, node: Aggregate) -> Histograms:

@@ -13,7 +13,15 @@ from __future__ import annotations
 import numpy as np
 
 from statsd_gateway import sketch
-from statsd_gateway.promql.cells import F64, I64, window_any, window_reduce
+from statsd_gateway.promql.cells import (
+    F64,
+    I64,
+    MAX_SAMPLES,
+    extrapolated,
+    too_many_samples,
+    window_any,
+    window_reduce,
+)
 from statsd_gateway.promql.values import Histograms, Vector
 
 
@@ -29,6 +37,8 @@ def _per_step(h: Histograms) -> tuple[I64, I64]:
     if not np.all(np.diff(h.lo) >= 0) or not np.all(np.diff(h.hi) >= 0):
         raise AssertionError("windows must move forward with the steps")
     reps = np.maximum(end - first, 0)
+    if int(reps.sum()) > MAX_SAMPLES:
+        raise too_many_samples(f"{int(reps.sum())} bucket sketches over the steps")
     row = np.repeat(np.arange(len(rows.cell), dtype=np.int64), reps)
     start_of = np.repeat(first - np.concatenate(([0], np.cumsum(reps)[:-1])), reps)
     step = start_of + np.arange(row.size, dtype=np.int64)
@@ -53,9 +63,7 @@ def _totals(h: Histograms, column: str) -> tuple[F64, np.ndarray]:
 def _scale(h: Histograms, total: F64) -> F64:
     """A rate per second of the window, or an increase over the range asked."""
     covered = np.tile(h.covered, len(h.groups))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        per_second = total / covered
-    return per_second if h.per_second else per_second * h.width
+    return extrapolated(total, covered, h.width, per_second=h.per_second)
 
 
 def count(h: Histograms) -> Vector:

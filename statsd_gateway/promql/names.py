@@ -91,14 +91,17 @@ class NameIndex:
         mtype = self.types.get(name)
         return None if mtype is None else Metric(name, mtype)
 
-    def matching(self, accepts: Callable[[str], bool]) -> list[Metric]:
+    def matching(self, accepts: Callable[[str], bool], *, strict: bool) -> list[Metric]:
         """Every metric whose escaped name passes `accepts` (a regex or negative `__name__`
-        matcher sees the names Prometheus shows, not the histogram views), by name."""
-        return [
-            Metric(name := _one(escaped, names), self.types[name])
-            for escaped, names in sorted(self._by_escaped.items())
-            if accepts(escaped)
-        ]
+        matcher, or none at all, sees the names Prometheus shows, not the histogram views), by
+        name. An escaped name two StatsD metrics share raises Unprocessable if it passes and
+        `strict` (a query), else both are listed (the series index)."""
+        out: list[Metric] = []
+        for escaped, names in sorted(self._by_escaped.items()):
+            if accepts(escaped):
+                chosen = [_one(escaped, names)] if strict else names
+                out.extend(Metric(n, self.types[n]) for n in chosen)
+        return out
 
 
 def is_histogram(mtype: MetricType) -> bool:

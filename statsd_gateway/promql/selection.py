@@ -9,6 +9,7 @@ its threads), the tags of a metric's series, the tiers, and the name index.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -23,8 +24,11 @@ from statsd_gateway.promql.values import NAME
 from statsd_gateway.query.reduce import QueryRows
 
 _OPS = {"=": MatchOp.EQUAL, "!=": MatchOp.NOT_EQUAL, "=~": MatchOp.REGEX, "!~": MatchOp.NOT_REGEX}
-# Read(metric name, tag matchers, start, until, grid resolution, numeric columns, sketches).
-Read = Callable[[str, tuple[Matcher, ...], float, float, float, tuple[str, ...], bool], QueryRows]
+# Read(metric name, tag matchers, start, until, grid resolution, numeric columns, sketches,
+# by series: False reads the rows without which series each belongs to).
+Read = Callable[
+    [str, tuple[Matcher, ...], float, float, float, tuple[str, ...], bool, bool], QueryRows
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,26 +40,29 @@ class Source:
     now: float
 
 
-def metrics_of(index: NameIndex, sel: Selector) -> list[Metric]:
-    """The metrics (or histogram views) a selector's name and `__name__` matchers select."""
-    chosen: list[Metric] | None = None
+def metrics_of(index: NameIndex, sel: Selector, *, strict: bool = True) -> list[Metric]:
+    """The metrics (or histogram views) a selector's name and `__name__` matchers select;
+    without either, every metric (its label matchers then choose the series). `strict`: a
+    selected name two StatsD metrics escape to is refused (a query); else both are listed."""
+    equal = [m.value for m in sel.matchers if m.label == NAME and m.op == "="]
+    others = [
+        Matcher(NAME, _OPS[m.op], m.value) for m in sel.matchers if m.label == NAME and m.op != "="
+    ]
     if sel.name is not None:
-        found = index.lookup(sel.name)
-        chosen = [found] if found else []
-    for m in sel.matchers:
-        if m.label != NAME:
-            continue
-        if m.op == "=":
-            found = index.lookup(m.value) or index.raw(m.value)
-            got = [found] if found else []
-            chosen = got if chosen is None else [c for c in chosen if c in got]
-            continue
-        probe = Matcher(NAME, _OPS[m.op], m.value)
-        if chosen is None:
-            chosen = index.matching(probe.accepts)
-        else:
-            chosen = [c for c in chosen if probe.accepts(escape(c.name) + c.view)]
-    return chosen or []
+        equal.append(sel.name)
+    if equal:
+        # The name as sent first: `{__name__="a_b"}` is the metric a_b even where a.b escapes
+        # to it too; then the escaped name (or a histogram view).
+        wanted = equal[0]
+        found = index.raw(wanted) if sel.name is None else None
+        found = found or index.lookup(wanted)
+        if found is None or any(
+            escape(found.name) + found.view != e and found.name != e for e in equal[1:]
+        ):
+            return []
+        shown = escape(found.name) + found.view
+        return [found] if all(m.accepts(shown) for m in others) else []
+    return index.matching(lambda name: all(m.accepts(name) for m in others), strict=strict)
 
 
 def tag_matchers(
@@ -86,25 +93,41 @@ def read_rows(
     values: tuple[str, ...],
     sketches: bool = False,
     keep_name: str | None = None,
+    by_series: bool = True,
 ) -> SeriesRows:
     """The metric's rows that steps at `times` (already shifted by offset/@) cover with
     `width`, on a grid picked for them; series labelled with their tags (escaped, `__name__`
-    set to `keep_name` when given)."""
+    set to `keep_name` when given). Not `by_series`: every row in one series, labelled ()."""
     oldest = float(times.min()) - width
     g = grid_resolution(source.tiers, width, step, oldest, source.now)
     grid = Grid.covering(g, times, width)
-    rows = source.read(metric.name, matchers, grid.start, grid.until, g, values, sketches)
+    # A bucket still open at `now` (its end later) is not yet a sample (cells.py): not read.
+    until = max(grid.start, min(grid.until, math.floor(source.now / g) * g))
+    rows = source.read(metric.name, matchers, grid.start, until, g, values, sketches, by_series)
+    cell = grid.cell_of(rows.cols.ts)
+    if cell.size and (int(cell.min()) < 0 or int(cell.max()) >= grid.size):
+        raise AssertionError("a row outside the grid it was read for")  # RowRead's range
+    if not by_series:
+        whole = np.zeros(len(rows.cols), dtype=np.int64)
+        return SeriesRows(grid, [()] if len(rows.cols) else [], whole, cell, rows.cols)
     labels: dict[Labels, int] = {}
+    tags_of: dict[Labels, object] = {}
     series_of: list[int] = []
     for tags in rows.tags:
         lab = labels_of(tags)
         if keep_name is not None:
             lab = tuple(sorted((*lab, (NAME, keep_name))))
+        # A series stored and in memory comes twice with the same tags; two series whose
+        # tags differ only by a bare tag (no label) would be one: refused, not merged.
+        if tags_of.setdefault(lab, tags) != tags:
+            raise Unprocessable(
+                f"two series of {metric.name} have the same labels {dict(lab)} once their bare "
+                "tags (which have no Prometheus label) are left out"
+            )
         series_of.append(labels.setdefault(lab, len(labels)))
     cols = rows.cols
     assert cols.series is not None
     series = np.asarray(series_of, dtype=np.int64)[cols.series] if len(cols) else cols.series
-    cell = grid.cell_of(cols.ts)
-    if cell.size and (int(cell.min()) < 0 or int(cell.max()) >= grid.size):
-        raise AssertionError("a row outside the grid it was read for")  # RowRead's range
-    return SeriesRows(grid, list(labels), series.astype(np.int64), cell, cols)
+    out = SeriesRows(grid, list(labels), series.astype(np.int64), cell, cols)
+    out.check_size()
+    return out

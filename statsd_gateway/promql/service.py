@@ -79,12 +79,12 @@ class PromqlService:
 
         def read(
             name: str, matchers: tuple[Matcher, ...], start: float, until: float, g: float,
-            values: tuple[str, ...], sketches: bool,
+            values: tuple[str, ...], sketches: bool, by_series: bool,
         ) -> QueryRows:  # fmt: skip
             check()
             rows = self.engine.read_rows(
                 Selector(tenant, name, matchers), start, until, g, values=values,
-                sketches=sketches, by_series=True,
+                sketches=sketches, by_series=by_series,
             )  # fmt: skip
             future = asyncio.run_coroutine_threadsafe(rows, loop)
             try:

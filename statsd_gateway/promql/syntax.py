@@ -99,16 +99,62 @@ _MATCH_OPS = {
 }
 
 
+# Bounds on a query's text before the parser sees it: its parser recurses per nesting level
+# and per operator (and overflows the stack on about 10,000 of them, killing the process), so
+# a query may hold at most MAX_OPERATORS operators and brackets outside its strings, nested at
+# most MAX_DEPTH deep, in MAX_QUERY_BYTES. Long label regexes (a Grafana variable's
+# `host=~"a|b|…"`) are strings and cost nothing here.
+MAX_QUERY_BYTES = 256 * 1024
+MAX_OPERATORS = 1000
+MAX_DEPTH = 100
+_OPERATOR_CHARS = frozenset("+-*/%^<>=!(){}[],")
+# What a time in a query (`@ t`) or a parameter may be: the years 1 to 9999, as Prometheus'.
+MIN_TIME, MAX_TIME = -62135596800.0, 253402300799.0
+
+
 def parse(text: str) -> Node:
-    """The tree of a PromQL expression, or InvalidArgument (syntax) / Unprocessable (a
-    construct we do not evaluate)."""
+    """The tree of a PromQL expression, or InvalidArgument (syntax, or a query beyond the
+    bounds above) / Unprocessable (a construct we do not evaluate)."""
     if not text.strip():
         raise InvalidArgument("the query is empty", "query")
+    _check_size(text)
     try:
-        expr = promql_parser.parse(text)
-    except (ValueError, TypeError) as e:
+        return _node(promql_parser.parse(text))
+    except (InvalidArgument, Unprocessable):
+        raise
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:
         raise InvalidArgument(f"parse error: {e}", "query") from None
-    return _node(expr)
+
+
+def _check_size(text: str) -> None:
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_QUERY_BYTES:
+        raise InvalidArgument(f"the query is longer than {MAX_QUERY_BYTES} bytes", "query")
+    depth = operators = 0
+    quote = ""
+    escaped = False
+    for ch in text:
+        if quote:
+            if escaped:
+                escaped = False
+            elif ch == "\\" and quote != "`":
+                escaped = True
+            elif ch == quote:
+                quote = ""
+            continue
+        if ch in "\"'`":
+            quote = ch
+        elif ch in _OPERATOR_CHARS:
+            operators += 1
+            depth += ch in "([{"
+            depth -= ch in ")]}"
+            if depth > MAX_DEPTH or operators > MAX_OPERATORS:
+                raise InvalidArgument(
+                    f"the query nests more than {MAX_DEPTH} deep or holds more than "
+                    f"{MAX_OPERATORS} operators and brackets",
+                    "query",
+                )
 
 
 def parse_selector(text: str) -> Selector:
@@ -164,6 +210,8 @@ def _selector(e: promql_parser.VectorSelector) -> Selector:
             stamp = e.at.at
             assert isinstance(stamp, datetime)  # promql-parser gives @ <time> as a datetime
             at = stamp.timestamp()
+            if not MIN_TIME <= at <= MAX_TIME:
+                raise InvalidArgument(f"@ {at:g} is outside the years 1 to 9999", "query")
     offset = seconds_of(e.offset) if e.offset is not None else 0.0
     return Selector(e.name, matchers, offset, at)
 

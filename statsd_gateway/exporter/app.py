@@ -1,0 +1,36 @@
+"""The exporter's own HTTP listener: GET /metrics, no key (as statsd_exporter's), anything
+else 404 or 405. The rendering runs off the loop."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+from aiohttp import web
+
+from statsd_gateway.exporter.exposition import OPENMETRICS, TEXT, render, wants_openmetrics
+from statsd_gateway.exporter.state import ScrapeState
+from statsd_gateway.telemetry import Telemetry
+
+
+def exporter_app(
+    state: ScrapeState, telemetry: Telemetry, *, openmetrics_allowed: bool
+) -> web.Application:
+    async def metrics(request: web.Request) -> web.Response:
+        accept = request.headers.get("Accept", "")
+        openmetrics = openmetrics_allowed and wants_openmetrics(accept)
+        dropped: Counter[str] = Counter()
+
+        def scrape() -> bytes:
+            return render(state.snapshot(), openmetrics=openmetrics, dropped=dropped)
+
+        body = await asyncio.to_thread(scrape)
+        telemetry.exporter_scrapes += 1
+        telemetry.exporter_dropped.update(dropped)
+        return web.Response(
+            body=body, headers={"Content-Type": OPENMETRICS if openmetrics else TEXT}
+        )
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    return app
