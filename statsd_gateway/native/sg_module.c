@@ -26,6 +26,7 @@
 #include "sg_chunks.h"
 #include "sg_core.h"
 #include "sg_relay.h"
+#include "sg_windows.h"
 
 #define READ_BATCH 32
 #define READ_BUFFER 65536
@@ -1183,6 +1184,9 @@ static PyMethodDef module_methods[] = {
      "relay_pack(data, packet_bytes): [(packet, lines)], the relay's packing of data."},
     {"decode_chunks", sg_py_decode_chunks, METH_VARARGS,
      "decode_chunks(blobs, want, sketches, hll, since, until): SGC1 chunks (sg_chunks.c)."},
+    {"window_quantiles", sg_py_window_quantiles, METH_VARARGS,
+     "window_quantiles(keys, counts, bounds, zero, item_group, item_cell, n_groups, n_cells, lo, "
+     "hi, q, max_cost, kind, key): sliding windows' quantiles (sg_windows.c)."},
     {NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_native",

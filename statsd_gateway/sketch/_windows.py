@@ -9,9 +9,21 @@ search of :func:`cell_quantiles` runs on those dense counts (a key no sketch of 
 holds has a zero count, which the searches step over). Exact only for integral counts whose sum
 stays below 2**53: otherwise (a sample rate < 1 somewhere) the caller takes the slower exact
 path, ``None`` says so.
+
+Where the native module is built and not turned off (``native.native_module()``), the same
+answers come from C (native/sg_windows.c): per group, the window slides along the group's items
+sorted by cell, the bins of the cells entering added to one dense count per key over the
+group's key range and those of the cells leaving subtracted (exact: integral counts, sums below
+2**53), and the same rank search runs on each window; C answers each window's kind (no count,
+negative key, zero, positive key) and key, and the values are ``value_of`` of the distinct keys
+here, as the numpy path computes them. The numpy path stays the reference (tests/
+test_windows_native.py holds the two to the same floats, bit for bit) and answers where C
+does not apply: q outside [0, 1] or NaN, index arrays that are not integers.
 """
 
 from __future__ import annotations
+
+from types import ModuleType
 
 import numpy as np
 import numpy.typing as npt
@@ -22,6 +34,10 @@ from statsd_gateway.sketch._mapping import value_of
 _I64 = npt.NDArray[np.int64]
 # Elements of one block's dense arrays (groups × cells × keys), about 32 MB of float64.
 _BLOCK = 4_000_000
+
+
+# sg_windows.h's kinds of answer besides 0 (no count: NaN): -value_of(key), 0.0, value_of(key).
+_NEG, _ZERO, _POS = 1, 2, 3
 
 
 def window_quantiles(
@@ -38,7 +54,78 @@ def window_quantiles(
     cells [lo[w], hi[w]), as a (n_groups, windows) array, NaN where a window holds no count;
     exactly ``quantile(merge(…), q)``. None where the caller must take another path: counts
     that are not integral (see the module), or keys spread too wide for a dense layout.
-    `q` lies in [0, 1]; lo and hi never decrease from one window to the next."""
+    `q` lies in [0, 1]; lo and hi never decrease from one window to the next (the C path
+    raises ValueError where they do, or where a group, cell or window is out of range)."""
+    module = _native_module()
+    if (
+        module is not None
+        and 0.0 <= q <= 1.0
+        and all(a.dtype.kind in "iu" for a in (item_group, item_cell, lo, hi))
+    ):
+        return _window_quantiles_native(
+            module, flat, item_group, item_cell, n_groups, n_cells, lo, hi, q
+        )
+    return _window_quantiles_numpy(flat, item_group, item_cell, n_groups, n_cells, lo, hi, q)
+
+
+def _native_module() -> ModuleType | None:
+    # Imported here: statsd_gateway.native imports the sketch package.
+    from statsd_gateway import native
+
+    return native.native_module()
+
+
+def _window_quantiles_native(
+    module: ModuleType,
+    flat: FlatBins,
+    item_group: _I64,
+    item_cell: _I64,
+    n_groups: int,
+    n_cells: int,
+    lo: _I64,
+    hi: _I64,
+    q: float,
+) -> _F64 | None:
+    """window_quantiles by sg_windows.c (see the module); None where the numpy path says it."""
+    n_windows = lo.size
+    out = np.full((n_groups, n_windows), np.nan)
+    if len(flat) == 0 or n_windows == 0:
+        return out
+    if not flat.integral.all():
+        return None
+    kind = np.empty(n_groups * n_windows, dtype=np.uint8)
+    key = np.empty(n_groups * n_windows, dtype=np.int64)
+    keys, bounds, group, cell, lo_, hi_ = (
+        np.ascontiguousarray(a, dtype=np.int64)
+        for a in (flat.keys, flat.bounds, item_group, item_cell, lo, hi)
+    )
+    counts, zero = (np.ascontiguousarray(a, dtype=np.float64) for a in (flat.counts, flat.zero))
+    done = module.window_quantiles(
+        keys, counts, bounds, zero, group, cell, n_groups, n_cells, lo_, hi_, float(q),
+        64 * int(flat.bounds[-1]) + _BLOCK, kind, key,
+    )  # fmt: skip
+    if done is None:  # counts not integral or summing to 2**53, keys too wide: as numpy's
+        return None
+    res = out.reshape(-1)
+    neg, pos = kind == _NEG, kind == _POS
+    held = neg | pos
+    values = _values(key[held])
+    res[held] = np.where(neg[held], -values, values)
+    res[kind == _ZERO] = 0.0
+    return out
+
+
+def _window_quantiles_numpy(
+    flat: FlatBins,
+    item_group: _I64,
+    item_cell: _I64,
+    n_groups: int,
+    n_cells: int,
+    lo: _I64,
+    hi: _I64,
+    q: float,
+) -> _F64 | None:
+    """window_quantiles with numpy: the reference (see the module)."""
     n_windows = lo.size
     out = np.full((n_groups, n_windows), np.nan)
     if len(flat) == 0 or n_windows == 0:
