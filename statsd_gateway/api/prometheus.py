@@ -220,15 +220,17 @@ async def query_range(request: web.Request) -> web.Response:
 
 
 def format_value(v: float) -> str:
-    """A sample value as Prometheus writes it (Go's 'f' format, shortest)."""
-    if math.isnan(v):
-        return "NaN"
-    if math.isinf(v):
-        return "+Inf" if v > 0 else "-Inf"
-    if v.is_integer() and abs(v) < 2**53:
-        return str(int(v))
+    """A sample value as Prometheus writes it (Go's 'f' format, shortest): Python's repr,
+    which is shortest too, without its `.0` or exponent."""
     text = repr(v)
-    return np.format_float_positional(v, unique=True, trim="-") if "e" in text else text
+    if text.endswith(".0"):
+        return text[:-2]
+    if "e" in text or text[-1] in "nf":
+        return _SPECIAL.get(text) or np.format_float_positional(v, unique=True, trim="-")
+    return text
+
+
+_SPECIAL = {"nan": "NaN", "inf": "+Inf", "-inf": "-Inf"}
 
 
 def _stamp(t: float) -> float | int:
@@ -279,13 +281,9 @@ def _matrix(value: Value, steps: Steps) -> dict[str, Any]:
     for labels, row in zip(value.labels, value.values, strict=True):
         has = np.flatnonzero(~np.isnan(row))
         if has.size:
-            values = row.tolist()
-            out.append(
-                {
-                    "metric": _metric(labels),
-                    "values": [[stamps[i], format_value(values[i])] for i in has.tolist()],
-                }
-            )
+            values = map(format_value, row[has].tolist())
+            points = [[stamps[i], v] for i, v in zip(has.tolist(), values, strict=True)]
+            out.append({"metric": _metric(labels), "values": points})
     out.sort(key=lambda s: sorted(_metric_of(s).items()))
     return {"resultType": "matrix", "result": out}
 
