@@ -212,10 +212,25 @@ def _quantiles(
     """Each summary's quantiles (its own, in order), one cell_quantiles per distinct q."""
     if not parts:
         return {}
-    keys, flat = _merged(parts)
-    cells = np.arange(len(keys), dtype=np.int64)
+    index: dict[SeriesKey, int] = {}
+    groups = np.asarray(
+        [index.setdefault(k, len(index)) for ks, _ in parts for k in ks], dtype=np.int64
+    )
+    keys, flat = list(index), sketch.flat_concat([f for _, f in parts])
     wanted = sorted({q for k in keys if k in series for q in series[k].quantiles})
-    per_q = {q: sketch.cell_quantiles(flat, cells, len(keys), q).tolist() for q in wanted}
+    # One window over one cell per series: the window kernel merges each series' items
+    # (the closed slots' merge, the open slot) and ranks them at once, per q.
+    zero, one = np.zeros(1, dtype=np.int64), np.ones(1, dtype=np.int64)
+    cell = np.zeros(len(groups), dtype=np.int64)
+    per_q: dict[float, list[float]] = {}
+    for q in wanted:
+        got = sketch.window_quantiles(flat, groups, cell, len(keys), 1, zero, one, q)
+        if got is None:  # weighted counts: the exact path
+            merged = _merged(parts)[1]
+            cells = np.arange(len(keys), dtype=np.int64)
+            per_q[q] = sketch.cell_quantiles(merged, cells, len(keys), q).tolist()
+        else:
+            per_q[q] = got[:, 0].tolist()
     return {
         k: tuple(per_q[q][i] for q in series[k].quantiles)
         for i, k in enumerate(keys)
