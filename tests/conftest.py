@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import shutil
 import socket
@@ -269,7 +270,18 @@ def remove_tree(path: Path) -> None:
         if not isinstance(error, FileNotFoundError):
             raise error  # type: ignore[misc]
 
-    if sys.version_info >= (3, 12):
-        shutil.rmtree(path, onexc=vanished)
-    else:
-        shutil.rmtree(path, onerror=vanished)
+    # The daemon may make a file again inside the tree while it is being removed (it heals a
+    # log or database it sees gone), and rmtree then finds its last directory not empty: as an
+    # operator would, run it again until the tree is gone.
+    for _ in range(50):
+        try:
+            if sys.version_info >= (3, 12):
+                shutil.rmtree(path, onexc=vanished)
+            else:
+                shutil.rmtree(path, onerror=vanished)
+        except OSError as e:
+            if e.errno != errno.ENOTEMPTY:
+                raise
+        if not path.exists():
+            return
+    raise AssertionError(f"{path} kept coming back while it was removed")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from statsd_gateway.errors import Unprocessable
+from statsd_gateway.errors import InvalidArgument, Unprocessable
 from statsd_gateway.model import Matcher, MatchOp, Tags
 from statsd_gateway.promql.cells import F64, Grid, Labels, SeriesRows, Tier, grid_resolution
 from statsd_gateway.promql.names import LE, Metric, NameIndex, escape, label_keys, labels_of
@@ -45,9 +45,7 @@ def metrics_of(index: NameIndex, sel: Selector, *, strict: bool = True) -> list[
     without either, every metric (its label matchers then choose the series). `strict`: a
     selected name two StatsD metrics escape to is refused (a query); else both are listed."""
     equal = [m.value for m in sel.matchers if m.label == NAME and m.op == "="]
-    others = [
-        Matcher(NAME, _OPS[m.op], m.value) for m in sel.matchers if m.label == NAME and m.op != "="
-    ]
+    others = [matcher(NAME, m) for m in sel.matchers if m.label == NAME and m.op != "="]
     if sel.name is not None:
         equal.append(sel.name)
     if equal:
@@ -65,6 +63,15 @@ def metrics_of(index: NameIndex, sel: Selector, *, strict: bool = True) -> list[
     return index.matching(lambda name: all(m.accepts(name) for m in others), strict=strict)
 
 
+def matcher(key: str, m: LabelMatch) -> Matcher:
+    """A tag matcher; a regex RE2 refuses (which promql-parser's own regex engine took) is
+    bad_data, not a 500."""
+    try:
+        return Matcher(key, _OPS[m.op], m.value)
+    except ValueError as e:
+        raise InvalidArgument(str(e), "query") from None
+
+
 def tag_matchers(
     series_tags: Sequence[Tags], metric: Metric, matchers: Sequence[LabelMatch]
 ) -> tuple[Matcher, ...]:
@@ -79,7 +86,7 @@ def tag_matchers(
             raise Unprocessable(
                 f"a matcher on {LE} is not supported: buckets are not stored as series"
             )
-        out.append(Matcher(keys.get(m.label, m.label), _OPS[m.op], m.value))
+        out.append(matcher(keys.get(m.label, m.label), m))
     return tuple(out)
 
 
