@@ -29,6 +29,8 @@ from statsd_gateway.series_registry import SeriesRegistry
 from statsd_gateway.store import SqliteStore
 from statsd_gateway.store.base import FlushWrite, Store
 from tests.daemon import Daemon
+from tests.postgres import INSTALL as PG_INSTALL
+from tests.postgres import PostgresCluster, running_cluster
 
 T_ = TypeVar("T_")
 
@@ -121,6 +123,21 @@ def make_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
         ApiKey(name="ops", sha256=hash_key(ADMIN_KEY), tenant="default", scopes=("read", "admin")),
     )
     return replace(cfg, auth=replace(cfg.auth, keys=keys))
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """One throwaway PostgreSQL server for the session (tests/postgres.py)."""
+    with running_cluster() as cluster:
+        if cluster is None:
+            missing_prerequisite(f"PostgreSQL's server is not installed ({PG_INSTALL})")
+        yield cluster
+
+
+@pytest.fixture
+def postgres_dsn(postgres_cluster: PostgresCluster) -> str:
+    """A new, empty database on the session's server."""
+    return postgres_cluster.fresh_database()
 
 
 @pytest.fixture

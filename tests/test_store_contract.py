@@ -14,6 +14,7 @@ from statsd_gateway.model import BucketRow, Matcher, MatchOp, MetricType, RowBat
 from statsd_gateway.store import SqliteStore, Store
 from statsd_gateway.store.base import FlushWrite, IdempotencyRecord, RowRead
 from statsd_gateway.store.memory import MemoryStore
+from statsd_gateway.store.postgresql import PostgresStore
 from tests.conftest import T0, ManualClock
 
 RES = (10.0, 60.0)
@@ -27,13 +28,16 @@ def clock() -> ManualClock:
     return ManualClock(T0)
 
 
-@pytest.fixture(params=["sqlite", "memory"])
+@pytest.fixture(params=["sqlite", "postgresql", "memory"])
 async def store(
     request: pytest.FixtureRequest, tmp_path: Path, clock: ManualClock
 ) -> AsyncIterator[Store]:
     s: Store
     if request.param == "sqlite":
         s = SqliteStore(tmp_path / "m.db", resolutions=RES, clock=clock)
+    elif request.param == "postgresql":
+        dsn = request.getfixturevalue("postgres_dsn")
+        s = PostgresStore(dsn, source="gw-a", resolutions=RES, clock=clock)
     else:
         s = MemoryStore(resolutions=RES, clock=clock)
     await s.open()

@@ -120,8 +120,30 @@ DEFAULT_TIERS = (
 )
 
 
+StorageBackend = Literal["sqlite", "postgresql"]
+
+
+class PostgresqlConfig(Section, frozen=True):
+    """The shared PostgreSQL store (store/postgresql.py), used when storage.backend is
+    postgresql. The password is never in this file: libpq's PGPASSWORD or PGPASSFILE in the
+    environment, or `password_file`; no DSN is logged with its password."""
+
+    dsn: NonEmpty = "postgresql://localhost/statsd"  # a libpq URI or key=value string
+    password_file: NonEmpty | None = None  # a file holding the password alone (a secret)
+    # This gateway's name in the shared store: its buckets, seq and rollups are kept under it,
+    # so gateways never write the same row. Default: the host's name. Unique per gateway.
+    source: NonEmpty | None = None
+    pool_size: Annotated[int, Meta(ge=1, le=100)] = 4  # connections to the server, at most
+    statement_timeout: Seconds = Seconds(30.0)  # a statement running longer is cancelled
+    connect_timeout: Seconds = Seconds(10.0)
+
+
 class StorageConfig(Section, frozen=True):
+    backend: StorageBackend = "sqlite"
+    # The SQLite file (backend sqlite); with postgresql, the HTTP write-ahead log's default
+    # directory (`wal_dir`) still derives from it.
     path: NonEmpty = "./data/metrics.db"
+    postgresql: PostgresqlConfig = PostgresqlConfig()
     # Finest first; each resolution a multiple of the one before (the finest a multiple of
     # aggregation.flush_interval), each retention at least the next tier's resolution.
     tiers: Annotated[tuple[TierConfig, ...], Meta(min_length=1)] = DEFAULT_TIERS

@@ -29,7 +29,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from operator import itemgetter
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -106,6 +107,83 @@ def concat_columns(parts: Sequence[Columns], values: Sequence[str]) -> Columns:
         hlls=[h for c in parts for h in c.hlls],
         hll_rows=np.concatenate([c.hll_rows + s for s, c in zip(starts, parts, strict=True)]),
     )
+
+
+def columns_from_tuples(
+    raw: Sequence[tuple[Any, ...]],
+    names: Sequence[str],
+    values: Sequence[str],
+    position: Mapping[int, int],
+    *,
+    blob_lists: bool = False,
+) -> Columns:
+    """Rows fetched as tuples of the columns `names` (of "ts", "series_id", NUMERIC_COLUMNS,
+    "sketch", "hll"; None for NULL), as Columns: `values` the numeric columns, the series as
+    their place in the series list (`position`: series id -> place; every row's series is in
+    it) when "series_id" was fetched, the blobs when fetched. `blob_lists`: each row's "sketch"
+    and "hll" are lists of blobs (None or empty: none), merged into the row's one."""
+    # Column by column, each straight from the rows; np.fromiter turns None (NULL) into NaN.
+    n = len(raw)
+
+    def column(name: str) -> Any:
+        return map(itemgetter(names.index(name)), raw)
+
+    ts = np.fromiter(column("ts"), dtype=np.float64, count=n)
+    numbers = {v: np.fromiter(column(v), dtype=np.float64, count=n) for v in values}
+    sketch_column = list(column("sketch")) if "sketch" in names else []
+    hll_column = list(column("hll")) if "hll" in names else []
+    if blob_lists:
+        bins, sketch_rows = _merged_sketches(sketch_column)
+        hll_blobs, hll_rows = _present([_merged_hll(h) for h in hll_column])
+    else:
+        sketch_blobs, sketch_rows = _present(sketch_column)
+        bins = sketch.decode_flat(sketch_blobs)
+        hll_blobs, hll_rows = _present(hll_column)
+    at = None
+    if "series_id" in names:
+        known = np.fromiter(position.keys(), dtype=np.int64, count=len(position))
+        order = np.argsort(known)
+        sid = np.fromiter(column("series_id"), dtype=np.int64, count=n)
+        at = np.fromiter(position.values(), dtype=np.int64, count=len(position))[order]
+        at = at[np.searchsorted(known[order], sid)]
+    return Columns(
+        ts=ts,
+        series=at,
+        values=numbers,
+        sketches=bins,
+        sketch_rows=sketch_rows,
+        hlls=hll_blobs,
+        hll_rows=hll_rows,
+    )
+
+
+def _present(column: list[Any]) -> tuple[list[bytes], npt.NDArray[np.int64]]:
+    """The non-NULL blobs of a column, and their row numbers."""
+    if None not in column:  # the usual case: every row of a sketch-backed metric has one
+        return column, np.arange(len(column), dtype=np.int64)
+    rows = [i for i, b in enumerate(column) if b is not None]
+    return [column[i] for i in rows], np.array(rows, dtype=np.int64)
+
+
+def _merged_sketches(
+    column: list[list[bytes] | None],
+) -> tuple[sketch.FlatBins, npt.NDArray[np.int64]]:
+    """Each row's sketches merged (one decode and one merge for all rows), and the rows with
+    any."""
+    lists = [b or [] for b in column]
+    rows = np.array([i for i, b in enumerate(lists) if b], dtype=np.int64)
+    blobs = [blob for b in lists for blob in b]
+    if len(blobs) == rows.size:  # one sketch per row: nothing to merge
+        return sketch.decode_flat(blobs), rows
+    sizes = np.array([len(lists[i]) for i in rows.tolist()], dtype=np.int64)
+    groups = np.repeat(np.arange(rows.size, dtype=np.int64), sizes)
+    return sketch.merge_flat(sketch.decode_flat(blobs), groups, int(rows.size)), rows
+
+
+def _merged_hll(blobs: list[bytes] | None) -> bytes | None:
+    if not blobs:
+        return None
+    return blobs[0] if len(blobs) == 1 else sketch.hll_merge(blobs)
 
 
 @dataclass(frozen=True, slots=True)

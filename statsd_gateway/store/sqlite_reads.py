@@ -10,11 +10,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Sequence
-from operator import itemgetter
 from typing import Any
-
-import numpy as np
-import numpy.typing as npt
 
 from statsd_gateway import sketch
 from statsd_gateway.model import BucketRow, Matcher, MatchOp, MetricType
@@ -25,6 +21,7 @@ from statsd_gateway.store.base import (
     RowRead,
     SeriesInfo,
     StoredRows,
+    columns_from_tuples,
     concat_columns,
 )
 from statsd_gateway.store.schema import tags_from_json, tier_table
@@ -204,42 +201,7 @@ def read_columns(
             (since, until, *chunk),
         )
         raw += cur.fetchall()
-    # Column by column, each straight from the rows; np.fromiter turns None (NULL) into NaN.
-    n = len(raw)
-
-    def column(name: str) -> Any:
-        return map(itemgetter(names.index(name)), raw)
-
-    ts = np.fromiter(column("ts"), dtype=np.float64, count=n)
-    numbers = {v: np.fromiter(column(v), dtype=np.float64, count=n) for v in values}
-    sketch_blobs, sketch_rows = _present(list(column("sketch")) if sketches else [])
-    sketch_bins = sketch.decode_flat(sketch_blobs)
-    hll_blobs, hll_rows = _present(list(column("hll")) if hll else [])
-    at = None
-    if by_series:
-        # Every row's series is in `ids` (the IN lists), so the search always finds it.
-        known = np.array(ids, dtype=np.int64)
-        order = np.argsort(known)
-        sid = np.fromiter(column("series_id"), dtype=np.int64, count=n)
-        at = np.array(list(position.values()), dtype=np.int64)[order]
-        at = at[np.searchsorted(known[order], sid)]
-    return Columns(
-        ts=ts,
-        series=at,
-        values=numbers,
-        sketches=sketch_bins,
-        sketch_rows=sketch_rows,
-        hlls=hll_blobs,
-        hll_rows=hll_rows,
-    )
-
-
-def _present(column: list[Any]) -> tuple[list[bytes], npt.NDArray[np.int64]]:
-    """The non-NULL blobs of a column, and their row numbers."""
-    if None not in column:  # the usual case: every row of a sketch-backed metric has one
-        return column, np.arange(len(column), dtype=np.int64)
-    rows = [i for i, b in enumerate(column) if b is not None]
-    return [column[i] for i in rows], np.array(rows, dtype=np.int64)
+    return columns_from_tuples(raw, names, values, position)
 
 
 def read_rows_where(
