@@ -88,6 +88,11 @@ class IdempotencyKeyReused(GatewayError):
     code = "IDEMPOTENCY_KEY_REUSED"
 
 
+class IdempotencyKeyInProgress(GatewayError):
+    status = 409
+    code = "IDEMPOTENCY_KEY_IN_PROGRESS"
+
+
 class PayloadTooLarge(GatewayError):
     status = 413
     code = "PAYLOAD_TOO_LARGE"

@@ -52,6 +52,7 @@ from statsd_gateway.relay import PythonRelay, Relay
 from statsd_gateway.replay import LogReplay
 from statsd_gateway.series_registry import SeriesRegistry
 from statsd_gateway.store import SqliteStore, Store
+from statsd_gateway.store.postgresql import PostgresStore
 from statsd_gateway.store.retention import RetentionJob
 from statsd_gateway.store.rollup import TierRollup
 from statsd_gateway.store.sealing import SealJob
@@ -78,6 +79,27 @@ def tune_gc() -> None:
     gc.set_threshold(100_000, 50, 100)
 
 
+def _store_of(config: Config, resolutions: tuple[float, ...], clock: Callable[[], float]) -> Store:
+    """The backend `storage.backend` names."""
+    storage = config.storage
+    if storage.backend == "postgresql":
+        pg = storage.postgresql
+        return PostgresStore(
+            pg.dsn,
+            source=pg.source,
+            resolutions=resolutions,
+            read_timeout=config.query.timeout,
+            statement_timeout=pg.statement_timeout,
+            connect_timeout=pg.connect_timeout,
+            pool_size=pg.pool_size,
+            password_file=pg.password_file,
+            clock=clock,
+        )
+    return SqliteStore(
+        storage.path, resolutions=resolutions, read_timeout=config.query.timeout, clock=clock
+    )
+
+
 class Gateway:
     def __init__(
         self,
@@ -94,12 +116,7 @@ class Gateway:
         self.flush_on_ticks = flush_on_ticks
         self.telemetry = Telemetry()
         self.resolutions = tuple(t.resolution for t in config.storage.tiers)
-        self.store: Store = store or SqliteStore(
-            config.storage.path,
-            resolutions=self.resolutions,
-            read_timeout=config.query.timeout,
-            clock=clock,
-        )
+        self.store: Store = store or _store_of(config, self.resolutions, clock)
         self.retention: RetentionJob | None = None
         self.sealing: SealJob | None = None
         self._pipeline = False  # aggregator, flusher and the rest are built

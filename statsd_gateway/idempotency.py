@@ -18,12 +18,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 from collections.abc import Callable
 from typing import Any
 
-from statsd_gateway.errors import IdempotencyKeyReused, InvalidArgument
+from statsd_gateway.errors import IdempotencyKeyInProgress, IdempotencyKeyReused, InvalidArgument
 from statsd_gateway.model import is_utf8_text
 from statsd_gateway.store.base import IdempotencyRecord, Store
+
+log = logging.getLogger(__name__)
 
 TTL_SECONDS = 25 * 3600.0
 KEY_MAX = 200
@@ -86,6 +89,7 @@ class IdempotencyLedger:
         self.clock = clock
         self._memory: dict[tuple[str, str], IdempotencyRecord] = {}
         self._inflight: dict[tuple[str, str], asyncio.Future[None]] = {}
+        self._releasing: set[asyncio.Task[None]] = set()
 
     async def run(
         self,
@@ -105,7 +109,14 @@ class IdempotencyLedger:
             done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._inflight[k] = done
             try:
-                rec = await self.store.idempotency_record(tenant, key)
+                claim = IdempotencyRecord(tenant, key, digest, 0, "", self.clock(), self.next_seq())
+                rec = await self.store.claim_idempotency(claim)
+                if rec is not None and rec.status == 0:
+                    raise IdempotencyKeyInProgress(
+                        "a request with this idempotency key is being applied by another "
+                        "gateway; retry it in a few seconds",
+                        "idempotency_key",
+                    )
                 if rec is None:
                     body = apply()
                     rec = IdempotencyRecord(
@@ -123,9 +134,19 @@ class IdempotencyLedger:
         return json.loads(rec.response), True, None
 
     def discard(self, rec: IdempotencyRecord) -> None:
-        """The request's points could not be logged (it answered 503): the key is unused again."""
+        """The request's points could not be logged (it answered 503): the key is unused again,
+        here and (its claim given up in the background) in a store other gateways share."""
         if self._memory.get((rec.tenant, rec.key)) is rec:
             del self._memory[(rec.tenant, rec.key)]
+        task = asyncio.get_running_loop().create_task(self._release(rec))
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
+
+    async def _release(self, rec: IdempotencyRecord) -> None:
+        try:
+            await self.store.release_idempotency(rec)
+        except Exception as e:  # the claim is then taken over once abandoned (the store's rule)
+            log.warning("idempotency: the claim on key %r could not be given up: %s", rec.key, e)
 
     def restore(self, fields: dict[str, Any], seq: int) -> None:
         """A record replayed from the write-ahead log, to be stored with snapshot `seq`."""

@@ -313,3 +313,13 @@ class Store(Protocol):
         ...
 
     async def idempotency_record(self, tenant: str, key: str) -> IdempotencyRecord | None: ...
+    async def claim_idempotency(self, claim: IdempotencyRecord) -> IdempotencyRecord | None:
+        """The key's stored record (status 0: a claim, another gateway applying that request
+        now), or None once the key is claimed for this gateway (`claim`: its status 0, its seq
+        the snapshot its points go in; the flush storing that snapshot completes it). A store
+        one gateway owns has no one to claim against: it answers the stored record."""
+        ...
+
+    async def release_idempotency(self, claim: IdempotencyRecord) -> None:
+        """Gives up this gateway's claim (the request failed; the key is unused again)."""
+        ...

@@ -241,6 +241,12 @@ class MemoryStore:
     async def idempotency_record(self, tenant: str, key: str) -> IdempotencyRecord | None:
         return self._s.idempotency.get((tenant, key))
 
+    async def claim_idempotency(self, claim: IdempotencyRecord) -> IdempotencyRecord | None:
+        return await self.idempotency_record(claim.tenant, claim.key)  # one gateway: no claims
+
+    async def release_idempotency(self, claim: IdempotencyRecord) -> None:
+        return None
+
     async def read_rows(self, request: RowRead) -> StoredRows:
         s = self._s  # one state for the whole read: writes replace it, never change it
         series = [

@@ -91,7 +91,7 @@ async def read_idempotency(
     conn: psycopg.AsyncConnection, tenant: str, key: str
 ) -> IdempotencyRecord | None:
     cur = await conn.execute(
-        "SELECT tenant, key, body_sha256, status, response, created FROM idempotency "
+        "SELECT tenant, key, body_sha256, status, response, created, seq FROM idempotency "
         "WHERE tenant = %s AND key = %s",
         (tenant, key),
     )

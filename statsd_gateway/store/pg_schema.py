@@ -16,7 +16,10 @@ Layout (the SQLite store's, store/schema.py, made for many writers):
   bucket, and readers merge rows of one bucket as they merge them across sources.
 - `gauge_current`: per (source, gauge series) its current value and time, restored at start.
 - `idempotency`: one row per (tenant, key), shared, so that a retry reaching another gateway is
-  answered from it. `status` 0 is a claim: a gateway is applying the request now.
+  answered from it. `status` 0 is a claim: gateway `source_id` applied the request and stores
+  the answer with snapshot `seq` or later. A claim whose gateway has flushed well past it
+  without answering (it stopped before logging the request) is abandoned: the next request
+  with the key takes it over (postgresql.py, CLAIM_GRACE).
 - `meta`: the schema version and the sketch format.
 Migrations run under an advisory lock, so gateways starting together do not race; a gateway
 older than the schema refuses it.
@@ -77,6 +80,7 @@ CREATE TABLE idempotency(
   response text NOT NULL,
   created double precision NOT NULL,
   source_id smallint NOT NULL,
+  seq bigint NOT NULL,
   PRIMARY KEY(tenant, key));
 CREATE INDEX idempotency_created ON idempotency(created);
 """,

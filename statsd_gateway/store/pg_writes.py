@@ -191,7 +191,7 @@ async def write_flush_rows(
     await store_idempotency(conn, source_id, flush.idempotency)
     if flush.idempotency_expire_before is not None:
         await conn.execute(
-            "DELETE FROM idempotency WHERE created < %s AND status <> 0",
+            "DELETE FROM idempotency WHERE created < %s",
             (flush.idempotency_expire_before,),
         )
     await conn.execute("UPDATE sources SET flushed_at = %s WHERE id = %s", (now, source_id))
@@ -206,8 +206,8 @@ async def store_idempotency(
         return
     await conn.execute(
         "INSERT INTO idempotency AS i "
-        "SELECT t, k, d, s, r, c, %s FROM unnest(%s::text[], %s::text[], %s::text[], "
-        "%s::int4[], %s::text[], %s::float8[]) AS x(t, k, d, s, r, c) "
+        "SELECT t, k, d, s, r, c, %s, q FROM unnest(%s::text[], %s::text[], %s::text[], "
+        "%s::int4[], %s::text[], %s::float8[], %s::int8[]) AS x(t, k, d, s, r, c, q) "
         "ON CONFLICT (tenant, key) DO UPDATE SET status = excluded.status, "
         "response = excluded.response WHERE i.status = 0 AND i.source_id = excluded.source_id",
         (
@@ -218,6 +218,7 @@ async def store_idempotency(
             [r.status for r in records],
             [r.response for r in records],
             [r.created for r in records],
+            [r.seq for r in records],
         ),
     )
 

@@ -65,6 +65,12 @@ log = logging.getLogger(__name__)
 
 SKETCH_FORMAT = f"{sketch.FORMAT}:mapping={sketch.MAPPING_ID}"
 
+# A claim still open after its gateway flushed its snapshot, and flushed again this much later
+# (by that gateway's clock), was abandoned: the gateway stopped between applying the request
+# and logging it. The grace covers a flush that began before the request was applied and
+# committed after, whose snapshot does not hold it (a write runs at most statement_timeout).
+CLAIM_GRACE = 120.0
+
 
 def safe_dsn(dsn: str) -> str:
     """The DSN without its password, for messages."""
@@ -390,6 +396,47 @@ class PostgresStore:
         for sid, _ in stale:
             self._last_write.pop(sid, None)
         return [key for _, key in stale]
+
+    async def claim_idempotency(self, claim: IdempotencyRecord) -> IdempotencyRecord | None:
+        """Claims the key for this gateway unless it is answered or claimed by a gateway still
+        applying it (abandoned claims are taken over: CLAIM_GRACE)."""
+        async with self._connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                "INSERT INTO idempotency VALUES (%s, %s, %s, 0, '', %s, %s, %s) "
+                "ON CONFLICT (tenant, key) DO NOTHING",
+                (claim.tenant, claim.key, claim.body_sha256, claim.created, self._source_id,
+                 claim.seq),
+            )  # fmt: skip
+            if cur.rowcount == 1:
+                return None
+            cur = await conn.execute(
+                "SELECT i.tenant, i.key, i.body_sha256, i.status, i.response, i.created, i.seq, "
+                "i.status = 0 AND s.flushed_seq >= i.seq AND s.flushed_at >= i.created + %s "
+                "FROM idempotency i JOIN sources s ON s.id = i.source_id "
+                "WHERE i.tenant = %s AND i.key = %s FOR UPDATE OF i",
+                (CLAIM_GRACE, claim.tenant, claim.key),
+            )
+            row = await cur.fetchone()
+            if row is None:  # expired between the two statements: free again
+                return await self.claim_idempotency(claim)
+            *stored, abandoned = row
+            if not abandoned:
+                return IdempotencyRecord(*stored)
+            await conn.execute(
+                "UPDATE idempotency SET body_sha256 = %s, created = %s, source_id = %s, seq = %s "
+                "WHERE tenant = %s AND key = %s",
+                (claim.body_sha256, claim.created, self._source_id, claim.seq, claim.tenant,
+                 claim.key),
+            )  # fmt: skip
+            return None
+
+    async def release_idempotency(self, claim: IdempotencyRecord) -> None:
+        async with self._connection() as conn, conn.transaction():
+            await conn.execute(
+                "DELETE FROM idempotency WHERE tenant = %s AND key = %s AND status = 0 "
+                "AND source_id = %s",
+                (claim.tenant, claim.key, self._source_id),
+            )
 
     # -- reads -----------------------------------------------------------------------------
 

@@ -183,6 +183,12 @@ class SqliteStore:
     async def idempotency_record(self, tenant: str, key: str) -> IdempotencyRecord | None:
         return await self.run_read(lambda c: read_idempotency(c, tenant, key))
 
+    async def claim_idempotency(self, claim: IdempotencyRecord) -> IdempotencyRecord | None:
+        return await self.idempotency_record(claim.tenant, claim.key)  # one gateway: no claims
+
+    async def release_idempotency(self, claim: IdempotencyRecord) -> None:
+        return None
+
     async def run_read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Runs `fn(conn)` on a reader thread inside one read transaction, time-limited."""
         loop = asyncio.get_running_loop()
