@@ -118,7 +118,11 @@ class IdempotencyLedger:
                         "idempotency_key",
                     )
                 if rec is None:
-                    body = apply()
+                    try:
+                        body = apply()
+                    except BaseException:  # an error answers nothing: the key stays unused
+                        await self._release(claim)
+                        raise
                     rec = IdempotencyRecord(
                         tenant, key, digest, 200, json.dumps(body), self.clock(), self.next_seq()
                     )

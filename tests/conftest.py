@@ -105,11 +105,49 @@ PARITY = settings(
 )
 
 
+def stored_rows(
+    config: Config, sql: str, *args: object, write: bool = False
+) -> list[tuple[Any, ...]]:
+    """The rows of a statement (`?` for parameters) on the store a config names: its SQLite
+    file (read-only unless `write`), or its PostgreSQL database; committed. For tests that
+    check, or change behind the daemon's back, what is stored, on both backends."""
+    if config.storage.backend == "postgresql":
+        import psycopg
+
+        with psycopg.connect(config.storage.postgresql.dsn) as pg:
+            cur = pg.execute(sql.replace("?", "%s"), args)  # type: ignore[arg-type]
+            return cur.fetchall() if cur.description else []
+    mode = "rw" if write else "ro"
+    conn = sqlite3.connect(f"file:{config.storage.path}?mode={mode}", uri=True)
+    try:
+        with conn:
+            return conn.execute(sql, args).fetchall()
+    finally:
+        conn.close()
+
+
+def sqlite_only(config: Config, why: str) -> None:
+    """Skips a test of both backends on PostgreSQL where it checks what only SQLite has."""
+    if config.storage.backend != "sqlite":
+        pytest.skip(f"SQLite only: {why}")
+
+
+# The PostgreSQL database the current test's gateways store into, when it runs on that backend
+# (the `storage_backend` fixture sets it); None: SQLite. Tests run one at a time.
+_postgres_database: str | None = None
+
+
 def make_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
+    storage: dict[str, Any] = {"path": str(tmp_path / "data" / "metrics.db")}
+    if _postgres_database is not None:
+        storage |= {
+            "backend": "postgresql",
+            "postgresql": {"dsn": _postgres_database, "source": "gw-test", "connect_timeout": "5s"},
+        }
     raw: dict[str, Any] = {
         "udp": {"listen": "127.0.0.1:0", "read_buffer": 0},
         "http": {"listen": "127.0.0.1:0"},
-        "storage": {"path": str(tmp_path / "data" / "metrics.db")},
+        "storage": storage,
         "aggregation": {"flush_interval": "10s"},
         "log": {"level": "debug"},
     }
@@ -123,6 +161,27 @@ def make_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
         ApiKey(name="ops", sha256=hash_key(ADMIN_KEY), tenant="default", scopes=("read", "admin")),
     )
     return replace(cfg, auth=replace(cfg.auth, keys=keys))
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A module naming STORE_BACKENDS runs each of its tests that makes a config on each."""
+    backends = getattr(metafunc.module, "STORE_BACKENDS", None)
+    if backends and "tmp_path" in metafunc.fixturenames:
+        metafunc.parametrize("storage_backend", backends, indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def storage_backend(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The backend make_config() names: SQLite, unless the test is parametrised with
+    "postgresql" (STORE_BACKENDS), which gives it a database of its own."""
+    global _postgres_database
+    backend: str = getattr(request, "param", "sqlite")
+    if backend == "postgresql":
+        _postgres_database = request.getfixturevalue("postgres_dsn")
+    try:
+        yield backend
+    finally:
+        _postgres_database = None
 
 
 @pytest.fixture(scope="session")

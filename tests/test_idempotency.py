@@ -10,6 +10,9 @@ from statsd_gateway.config import Config
 from statsd_gateway.gateway import Gateway
 from tests.conftest import KEY, OTHER_KEY, T0, Api, ManualClock
 
+# Every test making a config runs on both backends (tests/conftest.py).
+STORE_BACKENDS = ("sqlite", "postgresql")
+
 BATCH = {
     "points": [
         {"name": "orders", "type": "counter", "value": 2},

@@ -32,7 +32,12 @@ from statsd_gateway.query import (
     Selector,
 )
 from statsd_gateway.store import SqliteStore
+from statsd_gateway.store.base import Store
+from statsd_gateway.store.postgresql import PostgresStore
 from tests.conftest import T0, ManualClock, make_aggregator, write_rows
+
+# Every test making a store runs on both backends (tests/conftest.py).
+STORE_BACKENDS = ("sqlite", "postgresql")
 
 TENANT = "default"
 A: Tags = (("env", "prod"), ("host", "a"))
@@ -44,16 +49,20 @@ TOTAL = Grouping()  # every series in one group
 
 @dataclass
 class World:
-    store: SqliteStore
+    store: Store
     aggregator: IntervalAggregator
     engine: QueryEngine
     clock: ManualClock
 
 
 @pytest.fixture
-async def world(tmp_path: Path) -> AsyncIterator[World]:
+async def world(
+    tmp_path: Path, storage_backend: str, request: pytest.FixtureRequest
+) -> AsyncIterator[World]:
     clock = ManualClock(T0 + 125.0)
-    store = SqliteStore(tmp_path / "metrics.db", clock=clock)
+    store: Store = SqliteStore(tmp_path / "metrics.db", clock=clock)
+    if storage_backend == "postgresql":
+        store = PostgresStore(request.getfixturevalue("postgres_dsn"), source="gw", clock=clock)
     await store.open()
     aggregator = make_aggregator(clock)
     try:

@@ -39,7 +39,10 @@ from statsd_gateway.gateway import Gateway
 from statsd_gateway.model import BucketRow, MetricType, RowBatch, Sample
 from statsd_gateway.store.tiers import Segment
 from statsd_gateway.store.tiers import plan_segments as plan
-from tests.conftest import T0, Api, ManualClock, make_config
+from tests.conftest import T0, Api, ManualClock, make_config, sqlite_only, stored_rows
+
+# Every test making a config runs on both backends (tests/conftest.py).
+STORE_BACKENDS = ("sqlite", "postgresql")
 
 HOUR = 3600.0
 DAY = 86400.0
@@ -195,9 +198,6 @@ class Driver:
         assert status == 200, body
         return {float(p["timestamp"]): p["value"] for p in body["points"]}
 
-    def db(self) -> contextlib.closing[sqlite3.Connection]:
-        return contextlib.closing(sqlite3.connect(self.config.storage.path))
-
 
 @contextlib.contextmanager
 def readonly(path: str) -> Iterator[sqlite3.Connection]:
@@ -208,16 +208,16 @@ def readonly(path: str) -> Iterator[sqlite3.Connection]:
         conn.close()
 
 
-def tier_rows(path: str, table: str, name: str) -> list[tuple[int, float, float, float, Any]]:
+def tier_rows(config: Config, table: str, name: str) -> list[tuple[int, float, float, float, Any]]:
     """(tag set index, ts, count, sum, sketch blob) of every row of `name` in a tier table."""
     out = []
-    with readonly(path) as conn:
-        for tags, ts, count, total, blob in conn.execute(
-            f"SELECT s.tags, p.ts, p.count, p.sum, p.sketch FROM {table} p "
-            "JOIN series s ON s.id = p.series_id WHERE s.name = ?",
-            (name,),
-        ):
-            out.append((TAGSETS.index(json.loads(tags)), ts, count, total, blob))
+    for tags, ts, count, total, blob in stored_rows(
+        config,
+        f"SELECT s.tags, p.ts, p.count, p.sum, p.sketch FROM {table} p "
+        "JOIN series s ON s.id = p.series_id WHERE s.name = ?",
+        name,
+    ):
+        out.append((TAGSETS.index(json.loads(tags)), ts, count, total, bytes(blob)))
     return out
 
 
@@ -283,8 +283,7 @@ async def test_rollups_are_exact(tmp_path: Path) -> None:
             assert answer == {lo: expected(vals, agg)}, agg
 
         # The tables: one 1 h row per series per complete hour, holding the exact bins.
-        path = config.storage.path
-        hour_rows = tier_rows(path, "points_3600s", "api.latency")
+        hour_rows = tier_rows(config, "points_3600s", "api.latency")
         assert sorted((i, ts) for i, ts, *_ in hour_rows) == [
             (i, T0 + h * HOUR) for i in range(len(TAGSETS)) for h in (0, 1)
         ]
@@ -293,12 +292,12 @@ async def test_rollups_are_exact(tmp_path: Path) -> None:
             assert (count, total) == (vals.size, vals.sum())
             assert sketch.decode(blob) == sketch.bin_values(vals)
         for table in ("points_10s", "points_60s", "points_3600s"):
-            rows = tier_rows(path, table, "api.latency")
+            rows = tier_rows(config, table, "api.latency")
             assert (
                 sum(c for _, ts, c, *_ in rows if ts < T0 + 2 * HOUR)
                 == raw.select(T0, T0 + 2 * HOUR).size
             ), table
-        assert sum(c for _, _, c, *_ in tier_rows(path, "points_60s", "api.latency")) == len(
+        assert sum(c for _, _, c, *_ in tier_rows(config, "points_60s", "api.latency")) == len(
             raw.select(T0, end)
         )
 
@@ -308,9 +307,8 @@ async def test_rollups_are_exact(tmp_path: Path) -> None:
             agg: await d.query(agg=agg, window="1h", since=int(T0), until=int(T0 + 2 * HOUR))
             for agg in ("count", "p99")
         }
-        with d.db() as conn, conn:
-            conn.execute("DELETE FROM points_10s WHERE ts < ?", (T0 + 2 * HOUR,))
-            conn.execute("DELETE FROM points_60s WHERE ts < ?", (T0 + 2 * HOUR,))
+        for table in ("points_10s", "points_60s"):
+            stored_rows(config, f"DELETE FROM {table} WHERE ts < ?", T0 + 2 * HOUR, write=True)
         for agg, answer in before.items():
             assert (
                 await d.query(agg=agg, window="1h", since=int(T0), until=int(T0 + 2 * HOUR))
@@ -363,8 +361,7 @@ async def test_restart_mid_minute_and_mid_hour_loses_and_doubles_nothing(
             assert_windows(answer, raw, T0, end, HOUR, agg)
             answer = await d.query(agg=agg, window="1m", since=int(T0), until=int(end))
             assert_windows(answer, raw, T0, end, 60, agg)
-        path = config.storage.path
-        hour_rows = tier_rows(path, "points_3600s", "api.latency")
+        hour_rows = tier_rows(config, "points_3600s", "api.latency")
         for i, ts, count, total, blob in hour_rows:
             vals = raw.select(ts, ts + HOUR, i)
             assert (count, total) == (vals.size, vals.sum()), (i, ts - T0)
@@ -375,11 +372,11 @@ async def test_restart_mid_minute_and_mid_hour_loses_and_doubles_nothing(
         }
         assert {ts for _, ts, *_ in hour_rows} == with_data
         assert len(hour_rows) == len(TAGSETS) * len(with_data)  # one row per series and hour
-        minute_rows = tier_rows(path, "points_60s", "api.latency")
+        minute_rows = tier_rows(config, "points_60s", "api.latency")
         assert len({(i, ts) for i, ts, *_ in minute_rows}) == len(minute_rows)
         complete = math.floor(end / 60) * 60  # the open minute is not in the 1 m tier yet
         assert sum(c for _, _, c, *_ in minute_rows) == raw.select(0, complete).size
-        ten_s_rows = tier_rows(path, "points_10s", "api.latency")
+        ten_s_rows = tier_rows(config, "points_10s", "api.latency")
         assert sum(c for _, _, c, *_ in ten_s_rows) == raw.select(0, math.inf).size
     finally:
         await d.stop()
@@ -396,8 +393,7 @@ async def test_late_point_is_merged_into_an_hour_already_written(tmp_path: Path)
         for _ in range(7):
             await d.step(600, 60)
         raw = d.raw["api.latency"]
-        path = config.storage.path
-        assert {ts for _, ts, *_ in tier_rows(path, "points_3600s", "api.latency")} == {T0}
+        assert {ts for _, ts, *_ in tier_rows(config, "points_3600s", "api.latency")} == {T0}
 
         async def check(unflushed: float | None = None) -> None:
             for agg in ("count", "sum", "max", "p99"):
@@ -407,14 +403,23 @@ async def test_late_point_is_merged_into_an_hour_already_written(tmp_path: Path)
                     agg=agg, window="1m", since=int(T0 + 1200), until=int(T0 + 1260)
                 )
                 assert answer == {T0 + 1200: expected(raw.select(T0 + 1200, T0 + 1260), agg)}
-            rows = tier_rows(path, "points_3600s", "api.latency")
-            assert len(rows) == len(TAGSETS)  # one row per series, merged into
-            for i, ts, count, total, blob in rows:
+            # One bucket per series: SQLite merges the late point into its row, PostgreSQL
+            # appends a row for it (readers merge them); either way the sum of what is stored.
+            buckets: dict[tuple[int, float], list[tuple[float, float, bytes]]] = {}
+            for i, ts, count, total, blob in tier_rows(config, "points_3600s", "api.latency"):
+                buckets.setdefault((i, ts), []).append((count, total, blob))
+            assert len(buckets) == len(TAGSETS)
+            if config.storage.backend == "sqlite":
+                assert all(len(parts) == 1 for parts in buckets.values())
+            for (i, ts), parts in buckets.items():
                 vals = raw.select(ts, ts + HOUR, i)
                 if unflushed is not None and i == 0:  # not on disk yet: only in memory
                     vals = np.delete(vals, np.flatnonzero(vals == unflushed))
-                assert (count, total) == (vals.size, vals.sum())
-                assert sketch.decode(blob) == sketch.bin_values(vals)
+                assert (sum(p[0] for p in parts), sum(p[1] for p in parts)) == (
+                    vals.size, vals.sum(),
+                )  # fmt: skip
+                merged = sketch.merge(sketch.decode(p[2]) for p in parts)
+                assert merged == sketch.bin_values(vals)
 
         count_before = raw.select(T0, T0 + HOUR).size
         # A new maximum, back-dated 50 minutes into the written hour: seen at once (memory) ...
@@ -639,16 +644,18 @@ SHORT_TIERS = {
 }
 
 
-def row_times(path: str, table: str, name: str) -> list[float]:
-    return sorted(ts for _, ts, *_ in tier_rows(path, table, name))
+KEPT = "ret.kept"
 
 
-def tier_counts(path: str) -> dict[str, int]:
-    with readonly(path) as conn:
-        return {
-            t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
-            for t in ("points_10s", "points_60s", "points_3600s")
-        }
+def row_times(config: Config, table: str, name: str) -> list[float]:
+    return sorted(ts for _, ts, *_ in tier_rows(config, table, name))
+
+
+def tier_counts(config: Config) -> dict[str, int]:
+    return {
+        t: stored_rows(config, f"SELECT count(*) FROM {t}")[0][0]
+        for t in ("points_10s", "points_60s", "points_3600s")
+    }
 
 
 async def test_retention_deletes_old_rows_per_tier_and_forgets_dead_series(
@@ -656,7 +663,6 @@ async def test_retention_deletes_old_rows_per_tier_and_forgets_dead_series(
 ) -> None:
     config = make_config(tmp_path, storage=SHORT_TIERS)
     clock = ManualClock(T0)
-    path = config.storage.path
     d = await Driver(config, clock, seed=77).start()
     gw = d.gw
     assert gw is not None and gw.retention is not None and d.api is not None
@@ -668,24 +674,30 @@ async def test_retention_deletes_old_rows_per_tier_and_forgets_dead_series(
         now = clock.t
         assert now == T0 + 4200
         old = {
-            "points_10s": sum(ts < now - 120 for ts in row_times(path, "points_10s", "ret.kept")),
-            "points_60s": sum(ts < now - HOUR for ts in row_times(path, "points_60s", "ret.kept")),
+            "points_10s": sum(ts < now - 120 for ts in row_times(config, "points_10s", "ret.kept")),
+            "points_60s": sum(
+                ts < now - HOUR for ts in row_times(config, "points_60s", "ret.kept")
+            ),
         }
-        total_before = tier_counts(path)
+        total_before = tier_counts(config)
         assert old["points_10s"] > 400 and old["points_60s"] == 10
 
         deleted_before = gw.telemetry.retention_deleted_rows
         n = await gw.retention.run_once(force=True)
-        after = tier_counts(path)
+        after = tier_counts(config)
         assert n == sum(total_before.values()) - sum(after.values())
         assert gw.telemetry.retention_deleted_rows - deleted_before == n
         # Per tier: what is older than its retention is gone, the rest kept.
-        assert row_times(path, "points_10s", "ret.kept") == [now - 120 + 10 * i for i in range(12)]
-        assert row_times(path, "points_10s", "ret.gone") == []
-        assert row_times(path, "points_60s", "ret.kept") == [now - HOUR + 60 * i for i in range(60)]
-        assert row_times(path, "points_60s", "ret.gone") == []
-        assert row_times(path, "points_3600s", "ret.kept") == [T0]
-        assert row_times(path, "points_3600s", "ret.gone") == [T0]  # 1 h tier keeps 3 h
+        assert row_times(config, "points_10s", "ret.kept") == [
+            now - 120 + 10 * i for i in range(12)
+        ]
+        assert row_times(config, "points_10s", "ret.gone") == []
+        assert row_times(config, "points_60s", "ret.kept") == [
+            now - HOUR + 60 * i for i in range(60)
+        ]
+        assert row_times(config, "points_60s", "ret.gone") == []
+        assert row_times(config, "points_3600s", "ret.kept") == [T0]
+        assert row_times(config, "points_3600s", "ret.gone") == [T0]  # 1 h tier keeps 3 h
         # The hourly row of the dead series still answers; it is not forgotten yet.
         status, body = await d.api.query(
             name="ret.gone", agg="count", window="1h", since=str(int(T0)), until=str(int(now))
@@ -699,15 +711,14 @@ async def test_retention_deletes_old_rows_per_tier_and_forgets_dead_series(
         now = clock.t
         n = await gw.retention.run_once(force=True)
         assert n > 0
-        assert row_times(path, "points_3600s", "ret.kept") == []  # T0, T0+1h: both past 3 h
-        assert row_times(path, "points_60s", "ret.kept") == [now - 60]
+        assert row_times(config, "points_3600s", "ret.kept") == []  # T0, T0+1h: both past 3 h
+        assert row_times(config, "points_60s", "ret.kept") == [now - 60]
         status, body = await d.api.request("GET", "/v1/metrics")
         assert status == 200
         assert [m["name"] for m in body["metrics"]] == ["ret.kept"]
         status, body = await d.api.query(name="ret.gone", agg="count")
         assert (status, body["error"]["code"]) == (404, "METRIC_NOT_FOUND")
-        with readonly(path) as conn:
-            names = [r[0] for r in conn.execute("SELECT name FROM series")]
+        names = [r[0] for r in stored_rows(config, "SELECT name FROM series")]
         assert names == ["ret.kept"]
         # The name can be used again; only the new point is counted.
         await d.report(now - 30, now - 20, 1, name="ret.gone", tagsets=kept)
@@ -730,6 +741,7 @@ async def test_database_stops_growing_in_steady_state(tmp_path: Path) -> None:
     }
     config = make_config(tmp_path, storage=tiers)
     clock = ManualClock(T0)
+    sqlite_only(config, "the file's pages and free list")
     path = config.storage.path
     many = tuple({"host": f"h{i:02d}", "pad": "x" * 40} for i in range(40))
     d = await Driver(config, clock, seed=88).start()
@@ -895,11 +907,11 @@ async def test_counters_gauges_and_sets_roll_up_exactly(tmp_path: Path) -> None:
         answer = await d.query(name="visitors", agg="count", window="1h", since=since, until=until)
         assert answer == {h: sum(h <= t < h + HOUR for t, _ in members) for h in (T0, T0 + HOUR)}
         # And these answers did come from the 1 h tier: one row per hour per metric.
-        with readonly(config.storage.path) as conn:
-            rows = conn.execute(
-                "SELECT s.name, count(*) FROM points_3600s p JOIN series s ON s.id = p.series_id "
-                "GROUP BY s.name ORDER BY s.name"
-            ).fetchall()
+        rows = stored_rows(
+            config,
+            "SELECT s.name, count(*) FROM points_3600s p JOIN series s ON s.id = p.series_id "
+            "GROUP BY s.name ORDER BY s.name",
+        )
         assert rows == [("jobs", 2), ("queue.depth", 2), ("visitors", 2)]
     finally:
         await d.stop()
