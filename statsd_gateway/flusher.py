@@ -98,6 +98,8 @@ class Flusher:
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="flush-worker")
         # Told each batch of rows once the store holds it, on the worker (the scrape's state).
         self.on_written: Callable[[RowBatch], None] | None = None
+        # Awaited after each snapshot the store took (learning what other gateways stored).
+        self.after_write: Callable[[], Awaitable[None]] | None = None
 
     async def _on_worker(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
@@ -257,6 +259,11 @@ class Flusher:
                 return True
         if self.on_written is not None and rows is not None:
             await self._tell_written(rows)
+        if self.after_write is not None:
+            try:
+                await self.after_write()
+            except Exception:  # the snapshot is stored: nothing of the flush depends on this
+                log.exception("after the flush: the store's other series could not be read")
         released = time.perf_counter()
         self.aggregator.release(snap)
         if self.ledger:

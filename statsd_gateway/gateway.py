@@ -144,6 +144,12 @@ class Gateway:
         self.wal: WriteAheadLog | None = None
         self.started_at = 0.0
 
+    async def _learn_series_of_others(self) -> None:
+        """Series other gateways put in a shared store: listed and answered here too (from
+        this gateway's next flush on). One of another type than this gateway's is left out."""
+        for info in await self.store.series_of_others():
+            self.registry.learn((info.tenant, info.name, info.tags), info.type)
+
     def now(self) -> float:
         return self.clock()
 
@@ -224,6 +230,7 @@ class Gateway:
             self.store, self.aggregator, max_sketches=cfg.query.max_sketches
         )
         self.catalog = MetricCatalog(self.registry, self.aggregator, self.store, self.flusher)
+        self.flusher.after_write = self._learn_series_of_others
         self.promql = PromqlService(self.query_engine, self.tiers, timeout=cfg.query.timeout)
         if cfg.exporter.enabled:
             self.scrape_state = ScrapeState(

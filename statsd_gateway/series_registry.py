@@ -82,6 +82,13 @@ class SeriesRegistry:
         self._keys[sid] = key
         self._next_id = max(self._next_id, sid + 1)
 
+    def learn(self, key: SeriesKey, mtype: MetricType) -> None:
+        """A series another gateway stored in a shared store, under an id of this registry's
+        (the store's may be one this registry gave another series); no limit applies, and one
+        whose metric has another type here is left out."""
+        with self._lock:
+            self._admit(*key, mtype, max_series=2**62)
+
     def admit(
         self, tenant: str, name: str, tags: Tags, mtype: MetricType, max_series: int
     ) -> int | str:

@@ -313,6 +313,12 @@ class Store(Protocol):
         ...
 
     async def idempotency_record(self, tenant: str, key: str) -> IdempotencyRecord | None: ...
+    async def series_of_others(self) -> list[SeriesInfo]:
+        """Series that other gateways sharing the store have stored since the last call (the
+        first: since open), so that this one lists and answers them too; [] for a store one
+        gateway owns."""
+        ...
+
     async def claim_idempotency(self, claim: IdempotencyRecord) -> IdempotencyRecord | None:
         """The key's stored record (status 0: a claim, another gateway applying that request
         now), or None once the key is claimed for this gateway (`claim`: its status 0, its seq

@@ -247,6 +247,9 @@ class MemoryStore:
     async def release_idempotency(self, claim: IdempotencyRecord) -> None:
         return None
 
+    async def series_of_others(self) -> list[SeriesInfo]:
+        return []  # one gateway owns the store
+
     async def read_rows(self, request: RowRead) -> StoredRows:
         s = self._s  # one state for the whole read: writes replace it, never change it
         series = [

@@ -70,6 +70,10 @@ SKETCH_FORMAT = f"{sketch.FORMAT}:mapping={sketch.MAPPING_ID}"
 # and logging it. The grace covers a flush that began before the request was applied and
 # committed after, whose snapshot does not hold it (a write runs at most statement_timeout).
 CLAIM_GRACE = 120.0
+# series_of_others: how far below the highest id seen each call looks, and how often it reads
+# every series instead (a transaction that committed long after its ids were taken).
+OTHERS_LOOKBACK = 10_000
+OTHERS_FULL_EVERY = 30
 
 
 def safe_dsn(dsn: str) -> str:
@@ -125,6 +129,8 @@ class PostgresStore:
         self._series = SeriesIds()
         self._last_write: dict[int, float] = {}  # series id -> last write by this process
         self._partitions: set[tuple[float, float]] = set()
+        self._max_seen_id = 0
+        self._others_calls = 0
 
     @property
     def gone(self) -> str | None:
@@ -189,6 +195,7 @@ class PostgresStore:
                     for t, n, tags, v, ts in await cur.fetchall()
                 }
         for s in series:
+            self._max_seen_id = max(self._max_seen_id, s.id)
             key = (s.tenant, s.name, s.tags)
             self._series.ids[key] = s.id
             self._series.types[key] = s.type
@@ -396,6 +403,29 @@ class PostgresStore:
         for sid, _ in stale:
             self._last_write.pop(sid, None)
         return [key for _, key in stale]
+
+    async def series_of_others(self) -> list[SeriesInfo]:
+        """The series this gateway does not know yet. Ids rise, but a transaction may commit
+        after one holding a higher id, so each call looks back OTHERS_LOOKBACK ids below the
+        highest seen, and every OTHERS_FULL_EVERY-th call reads them all."""
+        self._others_calls += 1
+        since = 0 if self._others_calls % OTHERS_FULL_EVERY == 0 else self._max_seen_id
+        async with self._reading() as conn:
+            cur = await conn.execute(
+                "SELECT id, tenant, name, tags, type FROM series WHERE id > %s ORDER BY id",
+                (max(0, since - OTHERS_LOOKBACK),),
+            )
+            rows = await cur.fetchall()
+        out = []
+        for sid, tenant, name, tags, mtype in rows:
+            self._max_seen_id = max(self._max_seen_id, int(sid))
+            key = (tenant, name, tags_from_json(tags))
+            if key not in self._series.ids:
+                info = SeriesInfo(int(sid), tenant, name, key[2], MetricType(mtype))
+                self._series.ids[key] = info.id
+                self._series.types[key] = info.type
+                out.append(info)
+        return out
 
     async def claim_idempotency(self, claim: IdempotencyRecord) -> IdempotencyRecord | None:
         """Claims the key for this gateway unless it is answered or claimed by a gateway still

@@ -189,6 +189,9 @@ class SqliteStore:
     async def release_idempotency(self, claim: IdempotencyRecord) -> None:
         return None
 
+    async def series_of_others(self) -> list[SeriesInfo]:
+        return []  # one gateway owns the store
+
     async def run_read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Runs `fn(conn)` on a reader thread inside one read transaction, time-limited."""
         loop = asyncio.get_running_loop()

@@ -1,0 +1,242 @@
+"""The PostgreSQL backend where it differs from SQLite: many gateways on one database, a
+server that goes away and comes back, the schema shared by gateways of different releases.
+
+Every test runs real gateways (in-process, on the manual clock) against a real server the tests
+started (tests/postgres.py), and reads the answers through the HTTP API."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from aiohttp import ClientSession
+
+from statsd_gateway.config import Config
+from statsd_gateway.gateway import Gateway
+from statsd_gateway.store.postgresql import PostgresStore, safe_dsn
+from statsd_gateway.store.schema import SchemaError
+from tests.conftest import T0, Api, ManualClock, make_config
+from tests.postgres import PostgresCluster, running_cluster
+
+HOUR = 3600.0
+
+
+def pg_config(tmp_path: Path, dsn: str, source: str) -> Config:
+    return make_config(
+        tmp_path / source,
+        storage={
+            "backend": "postgresql",
+            "postgresql": {"dsn": dsn, "source": source, "connect_timeout": "3s"},
+        },
+    )
+
+
+@contextlib.asynccontextmanager
+async def gateways(
+    configs: Sequence[Config], clock: ManualClock
+) -> AsyncIterator[list[tuple[Gateway, Api]]]:
+    """The gateways started, each with an Api; stopped at the end."""
+    started: list[tuple[Gateway, Api]] = []
+    async with ClientSession() as session:
+        try:
+            for cfg in configs:
+                gw = Gateway(cfg, clock=clock, flush_on_ticks=False)
+                await gw.start()
+                assert gw.http_address is not None
+                started.append((gw, Api(session, "http://{}:{}".format(*gw.http_address))))
+            yield started
+        finally:
+            for gw, _ in started:
+                await gw.stop()
+
+
+def points(host: str, n: int, offset: float) -> list[dict[str, Any]]:
+    """n timings, counts and set members from `host`, spread over T0's first 10 minutes."""
+    out: list[dict[str, Any]] = []
+    for i in range(n):
+        tags = {"host": host, "route": f"/r{i % 3}"}
+        t = T0 + i * 7 % 600
+        out += [
+            {"name": "api.latency", "type": "timing", "value": offset + i * 0.37, "tags": tags,
+             "timestamp": t},
+            {"name": "api.hits", "type": "counter", "value": 1 + i % 5, "tags": tags,
+             "timestamp": t},
+            {"name": "api.users", "type": "set", "value": f"u{i % 40}", "tags": tags,
+             "timestamp": t},
+        ]  # fmt: skip
+    return out
+
+
+QUERIES: list[dict[str, str]] = [
+    *(
+        {"name": "api.latency", "agg": agg, "window": w}
+        for agg in ("p50", "p99", "count", "sum", "min", "max", "avg")
+        for w in ("1m", "10m")
+    ),
+    {"name": "api.latency", "agg": "p99", "window": "1m", "group_by": "route"},
+    {"name": "api.latency", "agg": "p50", "window": "10m", "tags": "route:/r1"},
+    {"name": "api.hits", "agg": "sum", "window": "1m", "group_by": "host"},
+    {"name": "api.users", "agg": "count", "window": "10m"},
+]
+PROMQL = [
+    "histogram_quantile(0.99, sum by (le) (rate(api_latency_bucket[10m])))",
+    "sum by (route) (increase(api_hits[10m]))",
+]
+
+
+async def answers(api: Api) -> list[Any]:
+    out = []
+    for q in QUERIES:
+        status, body = await api.query(since=str(int(T0)), until=str(int(T0 + HOUR)), **q)
+        assert status == 200, (q, body)
+        out.append(body.get("points", body.get("series")))
+    for expr in PROMQL:
+        status, body = await api.request(
+            "GET", "/api/v1/query", params={"query": expr, "time": str(T0 + 600)}
+        )
+        assert status == 200, body
+        out.append(sorted(map(str, body["data"]["result"])))
+    return out
+
+
+async def test_three_gateways_answer_as_one_that_received_everything(
+    tmp_path: Path, postgres_cluster: PostgresCluster
+) -> None:
+    shared = postgres_cluster.fresh_database()
+    alone = postgres_cluster.fresh_database()
+    clock = ManualClock(T0 + HOUR + 5)
+    hosts = {"a": 0.0, "b": 50.0, "c": 200.0}
+    configs = [pg_config(tmp_path, shared, f"gw-{h}") for h in hosts]
+    configs.append(pg_config(tmp_path, alone, "gw-all"))
+    async with gateways(configs, clock) as started:
+        *three, (_, one) = started
+        for (host, offset), (_, api) in zip(hosts.items(), three, strict=True):
+            batch = points(host, 200, offset)
+            assert (await api.batch(batch))[0] == 200
+            assert (await one.batch(batch))[0] == 200
+        for gw, _ in started:
+            assert await gw.flusher.flush(force=True)
+        want = await answers(one)
+        assert all(want[:4]), "the queries answer something"
+        for _, api in three:
+            assert await answers(api) == want  # any gateway: every host's data, merged exactly
+
+
+async def test_a_type_conflict_between_gateways_sets_the_series_aside(
+    tmp_path: Path, postgres_dsn: str
+) -> None:
+    clock = ManualClock(T0 + 60)
+    configs = [pg_config(tmp_path, postgres_dsn, s) for s in ("gw-a", "gw-b")]
+    async with gateways(configs, clock) as [(a_gw, a), (b_gw, b)]:
+        assert (await a.report({"name": "jobs", "type": "counter", "value": 3}))[0] == 200
+        assert await a_gw.flusher.flush(force=True)
+        # gw-b has not seen `jobs`: its registry admits a gauge; the store refuses it.
+        assert (await b.report({"name": "jobs", "type": "gauge", "value": 9}))[0] == 200
+        assert (await b.report({"name": "other", "type": "counter", "value": 1}))[0] == 200
+        assert await b_gw.flusher.flush(force=True)  # the rest of the flush is written
+        clock.advance(30)
+        status, body = await a.query(name="other", agg="sum")
+        assert status == 404  # gw-b's new metric: known to gw-a from its next flush on
+        assert await a_gw.flusher.flush(force=True)
+        status, body = await a.query(name="jobs", agg="sum")
+        assert (status, body["points"][0]["value"]) == (200, 3)
+        status, body = await a.query(name="other", agg="sum")
+        assert (status, body["points"][0]["value"]) == (200, 1)
+        assert b_gw.telemetry.flush_quarantined_series == 1
+
+
+async def test_a_retry_reaching_another_gateway_is_applied_once(
+    tmp_path: Path, postgres_dsn: str
+) -> None:
+    clock = ManualClock(T0 + 60)
+    configs = [pg_config(tmp_path, postgres_dsn, s) for s in ("gw-a", "gw-b")]
+    body = {"points": [{"name": "paid", "type": "counter", "value": 5}], "idempotency_key": "k1"}
+    async with gateways(configs, clock) as [(a_gw, a), (b_gw, b)]:
+        status, first = await a.request("POST", "/v1/metrics/batch", json=body)
+        assert status == 200, first
+        # Before gw-a has flushed: gw-b cannot know the answer yet, and must not apply it.
+        status, early = await b.request("POST", "/v1/metrics/batch", json=body)
+        assert (status, early["error"]["code"]) == (409, "IDEMPOTENCY_KEY_IN_PROGRESS")
+        assert await a_gw.flusher.flush(force=True)
+        status, again = await b.request("POST", "/v1/metrics/batch", json=body)
+        assert (status, again["replayed"]) == (200, True)
+        assert {k: v for k, v in again.items() if k != "replayed"} == first
+        other = {**body, "points": [{"name": "paid", "type": "counter", "value": 6}]}
+        status, reused = await b.request("POST", "/v1/metrics/batch", json=other)
+        assert (status, reused["error"]["code"]) == (409, "IDEMPOTENCY_KEY_REUSED")
+        assert await b_gw.flusher.flush(force=True)
+        clock.advance(30)
+        status, q = await b.query(name="paid", agg="sum")
+        assert (status, q["points"][0]["value"]) == (200, 5)
+
+
+async def test_ten_gateways_starting_at_once_make_one_schema(
+    postgres_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = ManualClock(T0)
+    stores = [PostgresStore(postgres_dsn, source=f"gw-{i}", clock=clock) for i in range(10)]
+    with caplog.at_level(logging.INFO, "statsd_gateway.store.postgresql"):
+        states = await asyncio.gather(*(s.open() for s in stores))
+    try:
+        assert all(st.flushed_seq == 0 for st in states)
+        migrated = [r for r in caplog.records if "from version 0 to" in r.getMessage()]
+        assert len(migrated) == 1
+        with psycopg.connect(postgres_dsn) as conn:
+            sources = conn.execute("SELECT name FROM sources ORDER BY name").fetchall()
+        assert [s for (s,) in sources] == sorted(f"gw-{i}" for i in range(10))
+    finally:
+        await asyncio.gather(*(s.close() for s in stores))
+
+
+async def test_an_older_gateway_refuses_a_newer_schema(postgres_dsn: str) -> None:
+    store = PostgresStore(postgres_dsn, source="gw", clock=ManualClock(T0))
+    await store.open()
+    await store.close()
+    with psycopg.connect(postgres_dsn) as conn:
+        conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    old = PostgresStore(postgres_dsn, source="gw", clock=ManualClock(T0))
+    with pytest.raises(SchemaError, match="schema version 99, newer than this release's"):
+        await old.open()
+    await old.close()
+
+
+def test_a_password_is_never_in_a_message() -> None:
+    dsn = "postgresql://metrics:s3cret-pw@db.internal:5432/statsd?sslmode=require"
+    shown = safe_dsn(dsn)
+    assert "s3cret-pw" not in shown and "db.internal" in shown and "metrics" in shown
+    assert "s3cret" not in safe_dsn("host=db password=s3cret dbname=statsd")
+
+
+async def test_a_server_outage_keeps_the_data_and_readyz_says_so(tmp_path: Path) -> None:
+    with running_cluster() as cluster:
+        assert cluster is not None
+        dsn = cluster.fresh_database()
+        clock = ManualClock(T0 + 60)
+        async with gateways([pg_config(tmp_path, dsn, "gw")], clock) as [(gw, api)]:
+            assert (await api.report({"name": "paid", "type": "counter", "value": 2}))[0] == 200
+            assert await gw.flusher.flush(force=True)
+            cluster.stop()
+            try:
+                status, _ = await api.report({"name": "paid", "type": "counter", "value": 3})
+                assert status == 200  # the write-ahead log holds it; memory counts it
+                clock.advance(10)
+                assert not await gw.flusher.flush(force=True)
+                status, ready = await api.request("GET", "/readyz")
+                assert status == 503 and "last flush failed" in str(ready), ready
+                status, q = await api.query(name="paid", agg="sum")
+                assert status == 503, q  # the store cannot be read: said, not a wrong sum
+            finally:
+                cluster.restart()
+            clock.advance(10)
+            assert await gw.flusher.flush(force=True)
+            status, ready = await api.request("GET", "/readyz")
+            assert status == 200, ready
+            clock.advance(30)
+            status, q = await api.query(name="paid", agg="sum", window="1h")
+            assert (status, q["points"][0]["value"]) == (200, 5)
