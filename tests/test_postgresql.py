@@ -17,7 +17,8 @@ import psycopg
 import pytest
 from aiohttp import ClientSession
 
-from statsd_gateway.config import Config
+from statsd_gateway.config import Config, config_from_dict
+from statsd_gateway.errors import ConfigError
 from statsd_gateway.gateway import Gateway
 from statsd_gateway.store.postgresql import PostgresStore, safe_dsn
 from statsd_gateway.store.schema import SchemaError
@@ -240,3 +241,22 @@ async def test_a_server_outage_keeps_the_data_and_readyz_says_so(tmp_path: Path)
             clock.advance(30)
             status, q = await api.query(name="paid", agg="sum", window="1h")
             assert (status, q["points"][0]["value"]) == (200, 5)
+
+
+@pytest.mark.parametrize(
+    ("postgresql", "key", "said"),
+    [
+        ({"dsn": "host=db password=s3cret dbname"}, "storage.postgresql.dsn", "not a libpq"),
+        ({"password_file": "/nonexistent/pw"}, "storage.postgresql.password_file", "cannot be"),
+        ({"pool_size": 0}, "storage.postgresql.pool_size", ""),
+        ({"dns": "x"}, "storage.postgresql.dns", ""),
+    ],
+)
+def test_a_bad_postgresql_setting_is_a_config_error_naming_it(
+    postgresql: dict[str, Any], key: str, said: str
+) -> None:
+    raw = {"storage": {"backend": "postgresql", "postgresql": postgresql}}
+    with pytest.raises(ConfigError) as e:
+        config_from_dict(raw)
+    assert key in str(e.value) and said in str(e.value)
+    assert "s3cret" not in str(e.value)

@@ -14,6 +14,7 @@ from types import UnionType
 from typing import Annotated, Any, Literal, TypeGuard, Union, get_args, get_origin
 
 import msgspec
+import psycopg
 import yaml
 
 from statsd_gateway.config.shapes import ApiKey, Config, StorageConfig, TierConfig, TlsConfig
@@ -34,6 +35,7 @@ def config_from_dict(raw: Any) -> Config:
         raise _config_error(e) from None
     _check_tiers(cfg)
     _check_tls(cfg.http.tls)
+    _check_postgresql(cfg)
     _check_keys(cfg.auth.keys)
     if cfg.statsd.mapping_file is not None:  # read again by the gateway, as the TLS files are
         try:
@@ -178,6 +180,25 @@ def _check_tiers(cfg: Config) -> None:
 def _multiple(a: float, b: float) -> bool:
     q = a / b
     return abs(q - round(q)) < 1e-9
+
+
+def _check_postgresql(cfg: Config) -> None:
+    """The DSN parses, and a password file is readable, when PostgreSQL is the backend."""
+    if cfg.storage.backend != "postgresql":
+        return
+    pg = cfg.storage.postgresql
+    try:
+        psycopg.conninfo.conninfo_to_dict(pg.dsn)
+    except psycopg.ProgrammingError:
+        # The message could quote the DSN, password and all: say only what is wrong.
+        raise ConfigError(
+            "storage.postgresql.dsn", "is not a libpq URI or key=value string"
+        ) from None
+    if pg.password_file is not None:
+        try:
+            Path(pg.password_file).read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError("storage.postgresql.password_file", f"cannot be read: {e}") from None
 
 
 def _check_tls(tls: TlsConfig) -> None:
