@@ -43,8 +43,10 @@ def _free_port() -> int:
 class PostgresCluster:
     """One server on 127.0.0.1:`port`, trust authentication, superuser `postgres`."""
 
-    def __init__(self, bindir: Path) -> None:
+    def __init__(self, bindir: Path, *, durable: bool = False) -> None:
+        """`durable`: the server's defaults (fsync on), for benchmarks; else fsync off."""
         self.bindir = bindir
+        self.durable = durable
         # Not under pytest's tmp_path: that is private to root, and the server may run as
         # `postgres`, which must reach its data directory.
         self.root = Path(tempfile.mkdtemp(prefix="sg-postgres-"))
@@ -78,10 +80,10 @@ class PostgresCluster:
     def restart(self) -> None:
         """Starts the server (again, after `stop`: the same port and data). fsync off: a
         test's cluster is thrown away; nothing here tests the server's own durability."""
-        options = (
-            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
-        )
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
+        options += "-c max_connections=200"
+        if not self.durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "log"), "-w", "-t", "60",
                   "-o", options, "start")  # fmt: skip
 
