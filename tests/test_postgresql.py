@@ -23,6 +23,7 @@ from statsd_gateway.gateway import Gateway
 from statsd_gateway.store.postgresql import PostgresStore, safe_dsn
 from statsd_gateway.store.schema import SchemaError
 from tests.conftest import T0, Api, ManualClock, make_config
+from tests.daemon import Daemon, generated_key, poll_value, write_config
 from tests.postgres import PostgresCluster, running_cluster
 
 HOUR = 3600.0
@@ -260,3 +261,42 @@ def test_a_bad_postgresql_setting_is_a_config_error_naming_it(
         config_from_dict(raw)
     assert key in str(e.value) and said in str(e.value)
     assert "s3cret" not in str(e.value)
+
+
+def test_a_200_survives_kill_9_in_front_of_postgresql(
+    tmp_path: Path, postgres_dsn: str, daemons: list[Daemon]
+) -> None:
+    """The daemon as a subprocess: a batch answered 200, the daemon killed before any flush,
+    started again: the write-ahead log brings the points to PostgreSQL, once."""
+    state = tmp_path / "state"
+    path = tmp_path / "gw.yaml"
+
+    write_config(path, state, flush_interval="1h")  # no tick flushes before the kill
+    text = path.read_text(encoding="utf-8")
+    path.write_text(
+        text.replace(
+            "storage:\n",
+            f"storage:\n  backend: postgresql\n  postgresql:\n    dsn: {postgres_dsn}\n"
+            "    source: gw-kill\n",
+        ),
+        encoding="utf-8",
+    )
+    d = Daemon(path)
+    daemons.append(d)
+    key = generated_key(state)
+    batch = {"points": [{"name": "paid", "type": "counter", "value": 7}]}
+    status, body, _ = d.request("POST", "/v1/metrics/batch", key, batch)
+    assert (status, body["accepted"]) == (200, 1)
+    d.kill()  # SIGKILL: no final flush
+    with psycopg.connect(postgres_dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM series WHERE name = 'paid'").fetchone() == (0,)
+    again = Daemon(path)
+    daemons.append(again)
+    poll_value(again, key, 7, name="paid", agg="sum", since="-1d")
+    assert again.terminate() == 0
+    with psycopg.connect(postgres_dsn) as conn:
+        stored = conn.execute(
+            "SELECT sum(p.sum), sum(p.count) FROM points_3600s p "
+            "JOIN series s ON s.id = p.series_id WHERE s.name = 'paid'"
+        ).fetchone()
+    assert stored == (7.0, 1.0)  # replayed once, not doubled

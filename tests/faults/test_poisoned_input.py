@@ -24,6 +24,9 @@ from statsd_gateway.wal import WriteAheadLog
 from tests.conftest import KEY, T0, ManualClock, make_config, running
 from tests.daemon import Daemon, fresh_config, generated_key, poll_value
 
+# Every test making a config runs on both backends (tests/conftest.py).
+STORE_BACKENDS = ("sqlite", "postgresql")
+
 POISON = "\ud800"
 
 

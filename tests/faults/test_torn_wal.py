@@ -15,6 +15,9 @@ import pytest
 from statsd_gateway.wal import WriteAheadLog
 from tests.conftest import T0, ManualClock, make_config, running
 
+# Every test making a config runs on both backends (tests/conftest.py).
+STORE_BACKENDS = ("sqlite", "postgresql")
+
 
 def point(value: float) -> dict[str, Any]:
     return {"name": "t.c", "type": "counter", "value": value}

@@ -19,6 +19,9 @@ from msgspec.structs import replace
 from statsd_gateway.config import Config
 from tests.conftest import ManualClock, running
 
+# Every test making a config runs on both backends (tests/conftest.py).
+STORE_BACKENDS = ("sqlite", "postgresql")
+
 
 def point(name: str, value: float) -> dict[str, Any]:
     return {"name": name, "type": "counter", "value": value}
