@@ -6,10 +6,12 @@ fails the read clearly. Real SQLite files throughout."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import psycopg
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -20,11 +22,15 @@ from statsd_gateway.model import BucketRow, MetricType, RowBatch, SeriesKey
 from statsd_gateway.store import SqliteStore
 from statsd_gateway.store.base import FlushWrite, RowRead, StoredRows
 from statsd_gateway.store.chunks import BUCKETS_PER_CHUNK, _column, encode_columns
+from statsd_gateway.store.postgresql import PostgresStore
 from statsd_gateway.store.rollup import merge_rows
 from statsd_gateway.store.sealing import SealJob
 from statsd_gateway.store.sqlite_files import give_back_free_pages
 from statsd_gateway.telemetry import Telemetry
 from tests.conftest import T0, ManualClock
+
+# The tests of the `store` fixture run on both backends (tests/conftest.py).
+STORE_BACKENDS = ("sqlite", "postgresql")
 
 RES = (10.0,)  # one tier: its windows are complete up to its newest bucket
 HOUR = 10.0 * BUCKETS_PER_CHUNK  # the finest tier's chunk window
@@ -55,8 +61,27 @@ def rows_at(ts: float, rng: np.random.Generator) -> list[BucketRow]:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    s = SqliteStore(tmp_path / "m.db", resolutions=RES, clock=ManualClock(T0))
+def new_store(
+    tmp_path: Path, storage_backend: str, request: pytest.FixtureRequest
+) -> Callable[..., Any]:
+    """Makes a store on the test's backend (STORE_BACKENDS), every one on the same file or
+    database (a second one is the first reopened)."""
+    dsn = request.getfixturevalue("postgres_dsn") if storage_backend == "postgresql" else None
+
+    def make(resolutions: tuple[float, ...] = RES) -> Any:
+        if dsn is None:
+            return SqliteStore(tmp_path / "m.db", resolutions=resolutions, clock=ManualClock(T0))
+        s = PostgresStore(dsn, source="gw", resolutions=resolutions, clock=ManualClock(T0))
+        s.test_dsn = dsn  # type: ignore[attr-defined]
+        return s
+
+    return make
+
+
+@pytest.fixture
+async def store(new_store: Callable[..., Any]) -> AsyncIterator[Any]:
+    """The store on each backend: both keep chunks of one format."""
+    s = new_store()
     await s.open()
     yield s
     await s.close()
@@ -105,8 +130,18 @@ def answer(got: StoredRows) -> dict[str, object]:
     return {repr(k): [repr(x) for x in v] for k, v in sorted(out.items(), key=repr)}
 
 
-def tables(path: Path) -> dict[str, int]:
-    conn = sqlite3.connect(path)
+def tables(store: Any) -> dict[str, int]:
+    """Rows per head and chunk table."""
+    if isinstance(store, PostgresStore):
+        with psycopg.connect(store.test_dsn) as pg:
+            names = pg.execute(
+                "SELECT tablename FROM pg_tables WHERE tablename ~ '^(points|chunks)_[0-9]+m?s$'"
+            ).fetchall()
+            return {
+                t: pg.execute(f"SELECT count(*) FROM {t}").fetchone()[0]  # type: ignore[index]
+                for (t,) in names
+            }
+    conn = sqlite3.connect(store.path)
     try:
         names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
         return {
@@ -126,7 +161,7 @@ async def test_sealing_keeps_every_answer_and_leaves_only_the_open_window_in_the
     sealed = await store.seal_chunks()
     assert sealed == 2 * BUCKETS_PER_CHUNK * 5  # 5 series, two complete windows each
     assert {m: answer(await store.read_rows(read(m))) for m in before} == before
-    counts = tables(store.path)
+    counts = tables(store)
     assert counts["chunks_10s"] == 2 * 5  # a chunk per series and window
     assert counts["points_10s"] == 30 * 5  # the open window stays in the head
     assert await store.seal_chunks() == 0  # nothing complete is left
@@ -144,7 +179,7 @@ async def test_a_late_point_for_a_sealed_window_is_merged_exactly(store: SqliteS
     assert mine and mine[0][3] == "9999.5"  # the max of that bucket is the late point
     assert await store.seal_chunks() == 1  # merged into its chunk, rewritten
     assert answer(await store.read_rows(read("lat", T0 + 30))) == with_late
-    assert tables(store.path)["chunks_10s"] == 5  # still one chunk per series and window
+    assert tables(store)["chunks_10s"] == 5  # still one chunk per series and window
     raw = await store.read_rows(read("lat", T0 + 30))
     assert len(raw.cols) == 3 * 3  # one row per bucket again: 3 buckets of 3 series
 
@@ -152,12 +187,14 @@ async def test_a_late_point_for_a_sealed_window_is_merged_exactly(store: SqliteS
 async def test_the_open_window_is_sealed_ten_minutes_at_a_time(store: SqliteStore) -> None:
     """What is complete of the open window moves into its chunk in 10-minute steps, the chunk
     rewritten at each; the head keeps less than a step, and every answer stays the same."""
+    if isinstance(store, PostgresStore):
+        pytest.skip("SQLite only: PostgreSQL seals whole windows (its head is not a B-tree)")
     step = 60  # buckets of 10 s in 10 minutes
     seq = await fill(store, 2 * BUCKETS_PER_CHUNK + 2 * step + 10)  # two windows, 2 steps, 10
     before = {m: answer(await store.read_rows(read(m))) for m in ("lat", "temp", "users")}
     assert await store.seal_chunks() == (2 * BUCKETS_PER_CHUNK + 2 * step) * 5
     assert {m: answer(await store.read_rows(read(m))) for m in before} == before
-    assert tables(store.path) == {"points_10s": 10 * 5, "chunks_10s": 3 * 5}
+    assert tables(store) == {"points_10s": 10 * 5, "chunks_10s": 3 * 5}
     rng = np.random.default_rng(9)
     for b in range(2 * BUCKETS_PER_CHUNK + 2 * step + 10, 2 * BUCKETS_PER_CHUNK + 3 * step + 5):
         seq += 1
@@ -165,7 +202,7 @@ async def test_the_open_window_is_sealed_ten_minutes_at_a_time(store: SqliteStor
     before = {m: answer(await store.read_rows(read(m))) for m in before}
     assert await store.seal_chunks() == step * 5  # the third step, into the same chunks
     assert {m: answer(await store.read_rows(read(m))) for m in before} == before
-    assert tables(store.path) == {"points_10s": 5 * 5, "chunks_10s": 3 * 5}
+    assert tables(store) == {"points_10s": 5 * 5, "chunks_10s": 3 * 5}
     conn = sqlite3.connect(store.path)
     try:
         open_window = T0 + 2 * HOUR
@@ -184,7 +221,7 @@ async def test_retention_drops_whole_chunks_only_once_their_window_has_aged_out(
     assert await store.delete_expired(10.0, T0 + HOUR / 2) == 0
     assert len((await store.read_rows(read("temp", T0 + HOUR))).cols) == BUCKETS_PER_CHUNK
     assert await store.delete_expired(10.0, T0 + HOUR) == BUCKETS_PER_CHUNK * 5
-    assert tables(store.path)["chunks_10s"] == 5
+    assert tables(store)["chunks_10s"] == 5
     assert len((await store.read_rows(read("temp"))).cols) == BUCKETS_PER_CHUNK + 1
 
 
@@ -193,18 +230,19 @@ async def test_an_admin_delete_removes_the_series_chunks(store: SqliteStore) -> 
     await store.seal_chunks()
     assert await store.delete_series([TEMP]) == (1, BUCKETS_PER_CHUNK + 1)
     assert len((await store.read_rows(read("temp"))).cols) == 0
-    assert tables(store.path)["chunks_10s"] == 4
+    assert tables(store)["chunks_10s"] == 4
 
 
-async def test_chunks_are_read_after_a_restart_and_by_the_rollup_rebuild(tmp_path: Path) -> None:
-    path = tmp_path / "m.db"
-    first = SqliteStore(path, resolutions=RES, clock=ManualClock(T0))
+async def test_chunks_are_read_after_a_restart_and_by_the_rollup_rebuild(
+    new_store: Callable[..., Any],
+) -> None:
+    first = new_store()
     await first.open()
     await fill(first, BUCKETS_PER_CHUNK + 6)
     before = answer(await first.read_rows(read("lat")))
     await first.seal_chunks()
     await first.close()
-    again = SqliteStore(path, resolutions=RES, clock=ManualClock(T0))
+    again = new_store()
     state = await again.open()
     try:
         assert {s.name for s in state.series} == {"lat", "temp", "users"}
@@ -217,8 +255,10 @@ async def test_chunks_are_read_after_a_restart_and_by_the_rollup_rebuild(tmp_pat
 
 
 async def test_a_row_layout_file_keeps_working_and_is_converted(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, storage_backend: str
 ) -> None:
+    if storage_backend != "sqlite":
+        pytest.skip("SQLite only: the conversion of a file of the previous release")
     path = tmp_path / "m.db"
     old = SqliteStore(path, resolutions=RES, clock=ManualClock(T0))
     await old.open()
@@ -252,22 +292,26 @@ async def test_a_damaged_chunk_fails_the_read_as_the_store_not_as_the_query(
 ) -> None:
     await fill(store, BUCKETS_PER_CHUNK + 1)
     await store.seal_chunks()
-    conn = sqlite3.connect(store.path)
-    blob = conn.execute("SELECT data FROM chunks_10s LIMIT 1").fetchone()[0]
-    conn.execute("UPDATE chunks_10s SET data = ?", (blob[: len(blob) // 2],))
-    conn.commit()
-    conn.close()
+    if isinstance(store, PostgresStore):
+        with psycopg.connect(store.test_dsn) as pg:
+            pg.execute("UPDATE chunks_10s SET data = substring(data for length(data) / 2)")
+    else:
+        conn = sqlite3.connect(store.path)
+        blob = conn.execute("SELECT data FROM chunks_10s LIMIT 1").fetchone()[0]
+        conn.execute("UPDATE chunks_10s SET data = ?", (blob[: len(blob) // 2],))
+        conn.commit()
+        conn.close()
     with pytest.raises(StoreError, match="stored chunk is damaged"):
         await store.read_rows(read("lat"))
 
 
 async def test_coarse_tiers_seal_where_they_are_complete_and_the_finest_where_the_next_is(
-    tmp_path: Path,
+    new_store: Callable[..., Any],
 ) -> None:
     """Two tiers written as the flusher writes them (the minute rollups and how far the minute
     tier is complete, with each flush): each tier is sealed up to its complete windows, and a
     read through either tier answers the same as before."""
-    store = SqliteStore(tmp_path / "m.db", resolutions=(10.0, 60.0), clock=ManualClock(T0))
+    store = new_store((10.0, 60.0))
     await store.open()
     try:
         rng = np.random.default_rng(3)
@@ -294,7 +338,7 @@ async def test_coarse_tiers_seal_where_they_are_complete_and_the_finest_where_th
         # finest tier's two hours, complete where the minute tier is.
         assert await store.seal_chunks() == (2 * BUCKETS_PER_CHUNK + 120) * 5
         assert [answer(await store.read_rows(r)) for r in (fine, coarse)] == before
-        counts = tables(store.path)
+        counts = tables(store)
         assert counts["chunks_10s"] == 2 * 5 and counts["points_10s"] == 12 * 5
         assert counts["chunks_60s"] == 5 and counts["points_60s"] == 2 * 5
     finally:
@@ -309,7 +353,7 @@ async def test_the_sealing_task_counts_what_it_seals_and_waits_out_a_back_fill(
     await fill(store, BUCKETS_PER_CHUNK + 1)
     telemetry.pressure_flushes += 1  # the memory bound flushed early: points are pouring in
     assert await job.run_once() == 0
-    assert tables(store.path)["chunks_10s"] == 0
+    assert tables(store)["chunks_10s"] == 0
     assert await job.run_once() == BUCKETS_PER_CHUNK * 5  # quiet since the last run
     assert telemetry.sealed_buckets == BUCKETS_PER_CHUNK * 5
     assert "statsd_gateway_sealed_buckets_total 1800.0" in telemetry.render().decode()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 
 import psycopg
 
@@ -30,6 +31,7 @@ from statsd_gateway.store.base import (
     columns_from_tuples,
     concat_columns,
 )
+from statsd_gateway.store.pg_chunks import read_chunk_columns, source_chunk_rows
 from statsd_gateway.store.schema import tags_from_json, tier_table
 from statsd_gateway.store.tiers import plan_segments
 
@@ -173,8 +175,15 @@ async def read_stored_rows(
         for g in plan:
             if not ids:
                 break
-            # Rows of one bucket (one per source, and late points) merged into one, as SQLite
-            # merges them on write.
+            # Sealed rows first, then the head's (a late point merges after what it joins).
+            parts.append(
+                await read_chunk_columns(
+                    conn, g.resolution, position, sources if only else None, g.lo, g.hi,
+                    values=r.values, sketches=r.sketches, hll=r.hll, by_series=r.by_series,
+                )
+            )  # fmt: skip
+            # Head rows of one bucket (one per source, and late points) merged into one, as
+            # SQLite merges them on write.
             cur = await conn.execute(
                 f"SELECT {select} FROM {tier_table(g.resolution)} "
                 f"WHERE series_id = ANY(%s) AND ts >= %s AND ts < %s{only} GROUP BY series_id, ts",
@@ -198,6 +207,8 @@ async def read_rebuild_rows(
         (source_id, since),
     )
     raw = await cur.fetchall()
+    names = {s.id: ((s.tenant, s.name, s.tags), s.type) for s in await read_all_series(conn)}
+    sealed = await source_chunk_rows(conn, resolution, source_id, since, names)
     decoded = iter(sketch.decode_many([r[11] for r in raw if r[11] is not None]))
     rows = [
         BucketRow(
@@ -215,4 +226,4 @@ async def read_rebuild_rows(
         )
         for ts, tenant, name, tags, mtype, count, total, mn, mx, last, last_ts, blob, hll in raw
     ]
-    return RowBatch.from_rows(rows)
+    return RowBatch.concat([replace(sealed, series=None), RowBatch.from_rows(rows)])

@@ -13,7 +13,11 @@ Layout (the SQLite store's, store/schema.py, made for many writers):
   the DDSketch bins as a DDV1 blob, a set's HyperLogLog), declaratively partitioned by bucket
   time, `PARTITION_BUCKETS` buckets of the tier per partition, so that retention drops whole
   partitions. Rows are appended (COPY), never updated: a late point is one more row for its
-  bucket, and readers merge rows of one bucket as they merge them across sources.
+  bucket, and readers merge rows of one bucket as they merge them across sources. Indexed by
+  (series, time) for reads and by (source, time) for a gateway's own rows (sealing, rebuild).
+- `chunks_<resolution>`: per tier, the sealed windows of bucket rows, one SGC1 blob per
+  (series, window, source): the SQLite store's chunk format (store/pg_chunks.py). The
+  `points_<resolution>` tables are then the head: the open window and late points.
 - `gauge_current`: per (source, gauge series) its current value and time, restored at start.
 - `idempotency`: one row per (tenant, key), shared, so that a retry reaching another gateway is
   answered from it. `status` 0 is a claim: gateway `source_id` applied the request and stores
@@ -118,6 +122,7 @@ CREATE TABLE IF NOT EXISTS {table}(
   sketch bytea,
   hll bytea) PARTITION BY RANGE (ts);
 CREATE INDEX IF NOT EXISTS {table}_series_ts ON {table}(series_id, ts);
+CREATE INDEX IF NOT EXISTS {table}_source_ts ON {table}(source_id, ts);
 """
 
 

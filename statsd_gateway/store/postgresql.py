@@ -11,8 +11,8 @@ gateways share, each writing under its own `source` (schema: store/pg_schema.py)
 - Retention drops whole time partitions and deletes the rows of the one the cut falls in;
   series deletions take the series lock exclusively (pg_writes.py). One gateway at a time does
   either (advisory locks); the others skip the turn.
-- Buckets are kept as rows, not sealed into chunks: `seal_chunks` has nothing to do here
-  (PostgreSQL's TOAST compresses the sketch blobs; docs/OPERATIONS.md has the sizes).
+- Complete windows of this gateway's rows are sealed into chunks of the SQLite store's format
+  (store/pg_chunks.py), a short transaction at a time.
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ from statsd_gateway.store.base import (
     StoredRows,
     StoredState,
 )
+from statsd_gateway.store.chunks import ChunkError, chunk_span
+from statsd_gateway.store.pg_chunks import chunk_ddl, seal_next
 from statsd_gateway.store.pg_schema import (
     MIGRATION_LOCK,
     PARTITION_LOCK,
@@ -59,7 +61,13 @@ from statsd_gateway.store.pg_writes import (
     resolve_series,
     write_flush_rows,
 )
-from statsd_gateway.store.schema import SchemaError, tags_from_json, tags_json, tier_table
+from statsd_gateway.store.schema import (
+    SchemaError,
+    chunk_table,
+    tags_from_json,
+    tags_json,
+    tier_table,
+)
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +159,9 @@ class PostgresStore:
             if reading:
                 raise StoreTimeout(f"the query ran longer than {self.read_timeout:g}s") from None
             raise StoreError("a write ran past storage.postgresql.statement_timeout") from None
+        except ChunkError as e:
+            # Damage on disk, not the query's fault: the read fails as an outage of the store.
+            raise StoreError(f"read failed: a stored chunk is damaged ({e})") from None
         except pg_errors.CheckViolation as e:
             if "no partition" not in str(e):
                 raise
@@ -237,6 +248,7 @@ class PostgresStore:
             raise SchemaError(f"sketch format {fmt!r} is not {SKETCH_FORMAT!r}")
         for res in self.resolutions:
             await conn.execute(tier_ddl(res))
+            await conn.execute(chunk_ddl(res))
 
     async def close(self, timeout: float | None = None) -> None:
         await self._pool.close(timeout if timeout is not None else 5.0)
@@ -316,6 +328,11 @@ class PostgresStore:
                     f"DELETE FROM {tier_table(res)} WHERE series_id = ANY(%s)", (ids,)
                 )
                 rows += max(cur.rowcount, 0)
+                cur = await conn.execute(
+                    f"DELETE FROM {chunk_table(res)} WHERE series_id = ANY(%s) RETURNING rows",
+                    (ids,),
+                )
+                rows += sum(int(n) for (n,) in await cur.fetchall())
             await conn.execute("DELETE FROM gauge_current WHERE series_id = ANY(%s)", (ids,))
             await conn.execute("DELETE FROM series WHERE id = ANY(%s)", (ids,))
         return len(ids), rows
@@ -365,10 +382,30 @@ class PostgresStore:
                     self._partitions.discard((resolution, start))
             cur = await conn.execute(f"DELETE FROM {table} WHERE ts < %s", (before,))
             deleted += max(cur.rowcount, 0)
+            # A chunk is kept whole until its window has aged out, as in SQLite.
+            cur = await conn.execute(
+                f"DELETE FROM {chunk_table(resolution)} WHERE start + %s <= %s RETURNING rows",
+                (chunk_span(resolution), before),
+            )
+            deleted += sum(int(n) for (n,) in await cur.fetchall())
         return deleted
 
     async def seal_chunks(self, on_sealed: Callable[[int], None] | None = None) -> int:
-        return 0  # buckets stay rows here (the module's docstring)
+        """Seals this source's complete windows, a unit per transaction (pg_chunks.py)."""
+        total = 0
+        while True:
+            async with self._connection() as conn, conn.transaction():
+                # The source's row lock: no flush of this source commits during the unit.
+                await conn.execute(
+                    "SELECT 1 FROM sources WHERE id = %s FOR UPDATE", (self._source_id,)
+                )
+                complete = await pg_reads.read_complete_until(conn, self._source_id)
+                n, progressed = await seal_next(conn, self._source_id, self.resolutions, complete)
+            total += n
+            if n and on_sealed is not None:
+                on_sealed(n)
+            if not progressed:
+                return total
 
     async def forget_stale_series(self, horizon: float) -> list[SeriesKey]:
         """Series created before `horizon`, not written by this process since, with no row in
@@ -380,8 +417,9 @@ class PostgresStore:
         no_rows = " AND ".join(
             [
                 *(
-                    f"NOT EXISTS (SELECT 1 FROM {tier_table(r)} p WHERE p.series_id = s.id)"
+                    f"NOT EXISTS (SELECT 1 FROM {t} p WHERE p.series_id = s.id)"
                     for r in self.resolutions[1:]
+                    for t in (tier_table(r), chunk_table(r))
                 ),
                 f"NOT EXISTS (SELECT 1 FROM {fine} p WHERE p.series_id = s.id AND p.ts >= %s)",
             ]

@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 import sqlite3
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from itertools import pairwise
 from operator import itemgetter
 from typing import Any
@@ -30,9 +29,10 @@ import numpy.typing as npt
 
 from statsd_gateway import sketch
 from statsd_gateway.model import MetricType, RowBatch, SeriesKey
-from statsd_gateway.store.base import NUMERIC_COLUMNS, Columns, SeriesInfo, concat_columns
+from statsd_gateway.store.base import Columns, SeriesInfo, concat_columns
+from statsd_gateway.store.chunk_rows import chunk_row_batch, in_range_columns, per_row
 from statsd_gateway.store.chunks import SKETCH_BLOCK, buckets_per_chunk, chunk_span, encode_chunks
-from statsd_gateway.store.chunks_decode import DecodedChunks, decode_chunks
+from statsd_gateway.store.chunks_decode import decode_chunks
 from statsd_gateway.store.rollup import merge_rows
 from statsd_gateway.store.schema import chunk_table, tags_from_json, tier_table
 
@@ -91,32 +91,8 @@ def read_chunk_columns(
         batch = blobs[i : i + _DECODE_BATCH]
         decoded = decode_chunks(batch, values, sketches=sketches, hll=hll, since=since, until=until)
         owner = np.asarray(owners[i : i + _DECODE_BATCH], dtype=np.int64)
-        parts.append(_in_range(decoded, owner, since, until, by_series))
+        parts.append(in_range_columns(decoded, owner, since, until, by_series))
     return concat_columns(parts, values)
-
-
-def _in_range(
-    d: DecodedChunks, owner: _I64, since: float, until: float, by_series: bool
-) -> Columns:
-    keep = (d.ts >= since) & (d.ts < until)
-    if keep.all():  # the usual case: whole chunks inside the range
-        return Columns(
-            d.ts, owner[d.chunk] if by_series else None, d.values, d.sketches, d.sketch_rows,
-            d.hlls, d.hll_rows,
-        )  # fmt: skip
-    rows = np.flatnonzero(keep)
-    new_index = np.cumsum(keep) - 1
-    sk_keep = keep[d.sketch_rows]
-    hll_keep = keep[d.hll_rows].tolist()
-    return Columns(
-        ts=d.ts[rows],
-        series=owner[d.chunk[rows]] if by_series else None,
-        values={v: a[rows] for v, a in d.values.items()},
-        sketches=sketch.flat_take(d.sketches, np.flatnonzero(sk_keep)),
-        sketch_rows=new_index[d.sketch_rows[sk_keep]],
-        hlls=[h for h, k in zip(d.hlls, hll_keep, strict=True) if k],
-        hll_rows=new_index[d.hll_rows[keep[d.hll_rows]]],
-    )
 
 
 def chunk_batch(
@@ -128,30 +104,7 @@ def chunk_batch(
     found = conn.execute(
         f"SELECT series_id, data FROM {chunk_table(resolution)} WHERE {where}", args
     ).fetchall()
-    known = [(sid, data, key_of(sid)) for sid, data in found]
-    known = [k for k in known if k[2] is not None]
-    if not known:
-        return replace(RowBatch.from_rows([]), series=np.empty(0, dtype=np.int64))
-    d = decode_chunks(
-        [data for _, data, _ in known], NUMERIC_COLUMNS,
-        sketches=True, hll=True,
-    )  # fmt: skip
-    n = d.ts.size
-    chunk = d.chunk.tolist()
-    names = [k for _, _, k in known]
-    has = np.zeros(n, dtype=np.bool_)
-    has[d.sketch_rows] = True
-    hlls: list[bytes | None] = [None] * n
-    for r, h in zip(d.hll_rows.tolist(), d.hlls, strict=True):
-        hlls[r] = h
-    ids = np.asarray([sid for sid, _, _ in known], dtype=np.int64)
-    return RowBatch(
-        ts=d.ts, keys=[names[c][0] for c in chunk], types=[names[c][1] for c in chunk],
-        count=d.values["count"], sum=d.values["sum"], min=d.values["min"], max=d.values["max"],
-        last=d.values["last"], last_ts=d.values["last_ts"],
-        sketches=_per_row(d.sketches, d.sketch_rows, n), has_sketch=has, hll=hlls,
-        series=ids[d.chunk],
-    )  # fmt: skip
+    return chunk_row_batch(found, key_of)
 
 
 # -- sealing ---------------------------------------------------------------------------------
@@ -316,20 +269,10 @@ def head_row_batch(
     return RowBatch(
         ts=col(0), keys=[k[0] for k in names], types=[k[1] for k in names],  # type: ignore[index]
         count=col(2), sum=col(3), min=col(4), max=col(5), last=col(6), last_ts=col(7),
-        sketches=_per_row(sketch.decode_flat(present), np.flatnonzero(has), n), has_sketch=has,
+        sketches=per_row(sketch.decode_flat(present), np.flatnonzero(has), n), has_sketch=has,
         hll=list(map(itemgetter(9), raw)),
         series=np.fromiter(map(itemgetter(1), raw), dtype=np.int64, count=n),
     )  # fmt: skip
-
-
-def _per_row(flat: sketch.FlatBins, rows: _I64, n: int) -> sketch.FlatBins:
-    """One item per row of n: item i of `flat` at row rows[i], the empty sketch elsewhere."""
-    if rows.size == n:
-        return flat
-    where = np.full(n, len(flat), dtype=np.int64)
-    where[rows] = np.arange(rows.size)
-    with_empty = sketch.flat_concat([flat, sketch.flat_from_bins([sketch.Bins.empty()])])
-    return sketch.flat_take(with_empty, where)
 
 
 # -- retention and deletes -------------------------------------------------------------------
