@@ -413,19 +413,22 @@ class Flusher:
         trial: bool = False,
     ) -> int:
         """The finest tier's rows and the coarse tiers' buckets they complete, in one
-        Store.write_flush. If it fails (or is a `trial`, rolled back by the store, or the seq
-        was stored already: a retry after an answer that never arrived), the rollups go back to
-        their state before it; a failed snapshot is retried whole with the next flush. Returns
-        the rows written."""
+        Store.write_flush. If it fails (or is a `trial`, rolled back by the store), the rollups go
+        back to their state before it; a failed snapshot is retried whole with the next flush.
+        A seq stored already (a retry after an answer that never arrived) keeps the fold: the
+        store holds it. Returns the rows written."""
         folding = time.perf_counter()
         prepared = await self._on_worker(self._prepare, snap, rows, records, expire_before)
         writing = time.perf_counter()
-        stored = False
+        stored = answered = False
         try:
             stored = await self.store.write_flush(prepared.write, trial=trial)
+            answered = True
         finally:
             # The worker is idle (this flush awaited it) and nothing else folds: restore here.
-            if (trial or not stored) and self.rollup is not None and prepared.saved is not None:
+            # Not when the store answered that it holds the seq already: an earlier try of this
+            # snapshot committed (its answer lost) with the rollups of this very fold.
+            if (trial or not answered) and self.rollup is not None and prepared.saved is not None:
                 self.rollup.restore(prepared.saved)
         if not trial:
             steps = self.telemetry.flush_step_seconds

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import math
 import time
 from collections.abc import Callable
 from types import ModuleType
@@ -143,10 +144,15 @@ class Gateway:
         self._store_open = False
         self.wal: WriteAheadLog | None = None
         self.started_at = 0.0
+        self._learned_at = -math.inf  # when the store was last asked for others' series
 
     async def _learn_series_of_others(self) -> None:
         """Series other gateways put in a shared store: listed and answered here too (from
         this gateway's next flush on). One of another type than this gateway's is left out."""
+        now = self.clock()
+        if now - self._learned_at < self.config.aggregation.flush_interval:
+            return  # once per interval, not once per snapshot of a backlog
+        self._learned_at = now
         for info in await self.store.series_of_others():
             self.registry.learn((info.tenant, info.name, info.tags), info.type)
 

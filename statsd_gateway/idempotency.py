@@ -62,6 +62,9 @@ def request_key(header: str | None, body: Any) -> str | None:
         )
     if field is not None and not is_utf8_text(field):
         raise InvalidArgument("idempotency_key must be valid Unicode", "idempotency_key")
+    for given, what in ((field, "idempotency_key"), (header, "Idempotency-Key")):
+        if given is not None and "\x00" in given:  # no store's text holds U+0000 alike
+            raise InvalidArgument(f"{what} must not contain U+0000", what)
     if header is not None and not 0 < len(header) <= KEY_MAX:
         raise InvalidArgument(f"Idempotency-Key must be 1-{KEY_MAX} characters", "Idempotency-Key")
     if header is not None and not is_utf8_text(header):

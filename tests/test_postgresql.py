@@ -20,6 +20,7 @@ from aiohttp import ClientSession
 from statsd_gateway.config import Config, config_from_dict
 from statsd_gateway.errors import ConfigError
 from statsd_gateway.gateway import Gateway
+from statsd_gateway.model import TAG_VALUE_MAX, TAGS_MAX
 from statsd_gateway.store.postgresql import PostgresStore, safe_dsn
 from statsd_gateway.store.schema import SchemaError
 from tests.conftest import T0, Api, ManualClock, make_config
@@ -300,3 +301,90 @@ def test_a_200_survives_kill_9_in_front_of_postgresql(
             "JOIN series s ON s.id = p.series_id WHERE s.name = 'paid'"
         ).fetchone()
     assert stored == (7.0, 1.0)  # replayed once, not doubled
+
+
+async def test_a_metric_has_one_type_across_gateways_whatever_its_tags(
+    tmp_path: Path, postgres_dsn: str
+) -> None:
+    clock = ManualClock(T0 + 60)
+    configs = [pg_config(tmp_path, postgres_dsn, s) for s in ("gw-a", "gw-b")]
+    async with gateways(configs, clock) as [(a_gw, a), (b_gw, b)]:
+        point = {"name": "jobs", "type": "counter", "value": 3, "tags": {"host": "a"}}
+        assert (await a.report(point))[0] == 200
+        assert await a_gw.flusher.flush(force=True)
+        other = {"name": "jobs", "type": "gauge", "value": 9, "tags": {"host": "b"}}
+        assert (await b.report(other))[0] == 200  # gw-b has not learnt `jobs` yet
+        assert await b_gw.flusher.flush(force=True)
+        assert b_gw.telemetry.flush_quarantined_series == 1  # refused by the store
+        clock.advance(30)
+        for api in (a, b):
+            status, body = await api.query(name="jobs", agg="sum", window="1h")
+            assert (status, [p["value"] for p in body["points"]]) == (200, [3]), body
+        with psycopg.connect(postgres_dsn) as conn:
+            stored = conn.execute("SELECT DISTINCT type FROM series WHERE name = 'jobs'")
+            assert stored.fetchall() == [("counter",)]
+
+
+async def test_a_series_with_tags_too_long_for_an_index_entry_is_stored(
+    tmp_path: Path, postgres_dsn: str
+) -> None:
+    clock = ManualClock(T0 + 60)
+    tags = {f"k{i:02d}": f"{i:02d}" + "v" * (TAG_VALUE_MAX - 2) for i in range(TAGS_MAX)}
+    async with gateways([pg_config(tmp_path, postgres_dsn, "gw")], clock) as [(gw, api)]:
+        point = {"name": "wide", "type": "counter", "value": 2, "tags": tags}
+        assert (await api.report(point))[0] == 200
+        assert await gw.flusher.flush(force=True)
+        assert gw.telemetry.flush_quarantined_series == 0
+        clock.advance(30)
+        status, body = await api.query(name="wide", agg="sum", window="1h")
+        assert (status, body["points"][0]["value"]) == (200, 2)
+
+
+async def test_two_processes_cannot_write_as_one_source(postgres_dsn: str) -> None:
+    first = PostgresStore(postgres_dsn, source="gw", clock=ManualClock(T0))
+    await first.open()
+    try:
+        second = PostgresStore(postgres_dsn, source="gw", clock=ManualClock(T0))
+        with pytest.raises(SchemaError, match="another gateway is running as source 'gw'"):
+            await second.open()
+        other = PostgresStore(postgres_dsn, source="gw-2", clock=ManualClock(T0))
+        await other.open()  # another source is fine
+        await other.close()
+    finally:
+        await first.close()
+
+
+async def test_a_server_that_turned_read_only_is_an_outage_not_bad_data(
+    tmp_path: Path, postgres_dsn: str
+) -> None:
+    """After a failover to a read-only server (or a privilege revoked) every write fails:
+    kept and retried, never set aside or dropped as if the data were at fault."""
+    clock = ManualClock(T0 + 60)
+    admin, database = postgres_dsn.rsplit("/", 1)
+
+    def read_only(on: bool) -> None:
+        with psycopg.connect(admin + "/postgres", autocommit=True) as conn:
+            conn.execute(
+                f'ALTER DATABASE "{database}" SET default_transaction_read_only = '
+                + ("on" if on else "off")
+            )
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name LIKE 'statsd-gateway%%'"
+            )
+
+    async with gateways([pg_config(tmp_path, postgres_dsn, "gw")], clock) as [(gw, api)]:
+        assert (await api.report({"name": "paid", "type": "counter", "value": 2}))[0] == 200
+        read_only(True)
+        try:
+            for _ in range(4):  # past the tries after which bad data is dropped
+                clock.advance(10)
+                assert not await gw.flusher.flush(force=True)
+            assert gw.telemetry.flush_quarantined_series == 0
+        finally:
+            read_only(False)
+        clock.advance(10)
+        assert await gw.flusher.flush(force=True)
+        clock.advance(30)
+        status, q = await api.query(name="paid", agg="sum", window="1h")
+        assert (status, q["points"][0]["value"]) == (200, 2)

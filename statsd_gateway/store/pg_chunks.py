@@ -42,7 +42,7 @@ def chunk_ddl(resolution: float) -> str:
 CREATE TABLE IF NOT EXISTS {table}(
   series_id bigint NOT NULL,
   start double precision NOT NULL,
-  source_id smallint NOT NULL,
+  source_id integer NOT NULL,
   rows integer NOT NULL,
   data bytea NOT NULL,
   PRIMARY KEY(series_id, start, source_id));

@@ -33,7 +33,7 @@ from statsd_gateway.store.base import (
 )
 from statsd_gateway.store.pg_chunks import read_chunk_columns, source_chunk_rows
 from statsd_gateway.store.schema import tags_from_json, tier_table
-from statsd_gateway.store.tiers import plan_segments
+from statsd_gateway.store.tiers import Segment, plan_segments
 
 
 async def read_source_seq(conn: psycopg.AsyncConnection, source_id: int) -> int:
@@ -152,13 +152,18 @@ async def read_stored_rows(
     seq = await read_source_seq(conn, source_id)
     series = await read_series(conn, r.tenant, r.name, r.matchers)
     groups = await _source_groups(conn)
-    plans = [
-        (plan_segments(resolutions, tiers, r.window, r.start, r.until), sources)
-        for tiers, sources in groups
-    ]
+    # Sources whose progress gives the same plan are read together (a source that lags by a
+    # bucket of the hourly tier differs only for queries reaching into that hour).
+    by_plan: dict[tuple[Segment, ...], list[int]] = {}
+    for tiers, sources in groups:
+        plan = tuple(plan_segments(resolutions, tiers, r.window, r.start, r.until))
+        by_plan.setdefault(plan, []).extend(sources)
+    plans = list(by_plan.items())
     if r.sketch_budget is not None:
-        buckets = max((sum(g.buckets for g in plan) for plan, _ in plans), default=0)
-        r.sketch_budget(len(series) * buckets)
+        # Every source may hold a sketch of every bucket of a series: all are merged.
+        r.sketch_budget(
+            len(series) * sum(sum(g.buckets for g in plan) * len(src) for plan, src in plans)
+        )
     names = [
         "ts",
         *(["series_id"] if r.by_series else []),

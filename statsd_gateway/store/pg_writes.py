@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import psycopg
 
 from statsd_gateway import sketch
+from statsd_gateway.errors import StoreError
 from statsd_gateway.model import MetricType, RowBatch, SeriesKey
 from statsd_gateway.store.base import FlushWrite, IdempotencyRecord
 from statsd_gateway.store.pg_schema import SERIES_LOCK
@@ -46,18 +47,25 @@ class SeriesIds:
         self.types.clear()
 
 
-async def begin_flush(conn: psycopg.AsyncConnection, source_id: int, cache: SeriesIds) -> int:
+async def begin_flush(
+    conn: psycopg.AsyncConnection, source_id: int, nonce: str, cache: SeriesIds
+) -> int:
     """Locks this source's row and the series (shared); returns the source's flushed seq.
-    Drops the cached ids if series were deleted since they were read."""
+    Drops the cached ids if series were deleted since they were read. Refuses (StoreError)
+    when another process has taken the source since this one opened the store."""
     await conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (SERIES_LOCK,))
     cur = await conn.execute(
-        "SELECT s.flushed_seq, coalesce((SELECT value FROM meta WHERE key='series_generation'), "
-        "'0') FROM sources s WHERE s.id = %s FOR UPDATE",
+        "SELECT s.flushed_seq, s.owner, coalesce((SELECT value FROM meta "
+        "WHERE key='series_generation'), '0') FROM sources s WHERE s.id = %s FOR UPDATE",
         (source_id,),
     )
     row = await cur.fetchone()
-    assert row is not None, "the source's row is made at open"
-    generation = int(row[1])
+    if row is None or row[1] != nonce:
+        raise StoreError(
+            "another gateway process now writes as this one's source (storage.postgresql."
+            "source): this one stores nothing more; stop one of them"
+        )
+    generation = int(row[2])
     if generation != cache.generation:
         cache.forget()
         cache.generation = generation
@@ -84,6 +92,7 @@ async def resolve_series(
     if not wanted:
         return
     order = sorted(wanted, key=lambda k: (k[0], k[1], tags_json(k[2])))
+    await _check_metric_types(conn, {(k[0], k[1]): wanted[k] for k in order})
     tenants = [k[0] for k in order]
     names = [k[1] for k in order]
     tags = [tags_json(k[2]) for k in order]
@@ -91,13 +100,13 @@ async def resolve_series(
     await conn.execute(
         "INSERT INTO series(tenant, name, tags, type, created) "
         "SELECT t, n, g, y, %s FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[]) "
-        "AS u(t, n, g, y) ORDER BY 1, 2, 3 ON CONFLICT (tenant, name, tags) DO NOTHING",
+        "AS u(t, n, g, y) ORDER BY 1, 2, 3 ON CONFLICT (tenant, name, md5(tags)) DO NOTHING",
         (now, tenants, names, tags, types),
     )
     cur = await conn.execute(
         "SELECT s.id, s.type, u.i FROM unnest(%s::text[], %s::text[], %s::text[]) "
         "WITH ORDINALITY AS u(t, n, g, i) JOIN series s ON s.tenant = u.t AND s.name = u.n "
-        "AND s.tags = u.g",
+        "AND md5(s.tags) = md5(u.g) AND s.tags = u.g",
         (tenants, names, tags),
     )
     for sid, stored, i in await cur.fetchall():
@@ -105,6 +114,30 @@ async def resolve_series(
         if stored != wanted[key].value:
             _conflict(key, MetricType(stored), wanted[key])
         new[key] = int(sid)
+
+
+async def _check_metric_types(
+    conn: psycopg.AsyncConnection, metrics: dict[tuple[str, str], MetricType]
+) -> None:
+    """Records the type of each metric new to the store; raises SeriesTypeConflict where one
+    is stored (by any gateway) with another: a metric has one type, whatever its tags."""
+    order = sorted(metrics)
+    await conn.execute(
+        "INSERT INTO metrics SELECT t, n, y FROM unnest(%s::text[], %s::text[], %s::text[]) "
+        "AS u(t, n, y) ORDER BY 1, 2 ON CONFLICT (tenant, name) DO NOTHING",
+        ([m[0] for m in order], [m[1] for m in order], [metrics[m].value for m in order]),
+    )
+    cur = await conn.execute(
+        "SELECT m.tenant, m.name, m.type FROM unnest(%s::text[], %s::text[]) AS u(t, n) "
+        "JOIN metrics m ON m.tenant = u.t AND m.name = u.n",
+        ([m[0] for m in order], [m[1] for m in order]),
+    )
+    for tenant, name, stored in await cur.fetchall():
+        if stored != metrics[(tenant, name)].value:
+            raise SeriesTypeConflict(
+                f"metric {name!r} of tenant {tenant!r} is stored as a {stored} (by this or "
+                f"another gateway) and was written as a {metrics[(tenant, name)].value}"
+            )
 
 
 def _conflict(key: SeriesKey, stored: MetricType, written: MetricType) -> None:
@@ -149,7 +182,7 @@ async def copy_rows(
         f"COPY {tier_table(resolution)} ({_COPY_COLUMNS}) FROM STDIN (FORMAT BINARY)"
     ) as copy:
         copy.set_types(
-            ["int2", "int8", "float8", "float8", "float8", "float8", "float8", "float8",
+            ["int4", "int8", "float8", "float8", "float8", "float8", "float8", "float8",
              "float8", "bytea", "bytea"]
         )  # fmt: skip
         for row in columns:

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import socket
+import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,7 @@ from statsd_gateway.store.pg_schema import (
     RETENTION_LOCK,
     SCHEMA_VERSION,
     SERIES_LOCK,
+    SOURCE_LOCK,
     migration_steps,
     partition_ddl,
     partition_span,
@@ -78,6 +81,12 @@ SKETCH_FORMAT = f"{sketch.FORMAT}:mapping={sketch.MAPPING_ID}"
 # and logging it. The grace covers a flush that began before the request was applied and
 # committed after, whose snapshot does not hold it (a write runs at most statement_timeout).
 CLAIM_GRACE = 120.0
+_BUMP_GENERATION = (
+    "UPDATE meta SET value = (value::bigint + 1)::text WHERE key = 'series_generation'"
+)
+# Errors of the data a flush holds, not of the server: a value out of range (class 22), a
+# constraint (23), a value past a limit of PostgreSQL's (54: a series key too long to index).
+_DATA_ERRORS = (pg_errors.DataError, pg_errors.IntegrityError, pg_errors.ProgramLimitExceeded)
 # series_of_others: how far below the highest id seen each call looks, and how often it reads
 # every series instead (a transaction that committed long after its ids were taken).
 OTHERS_LOOKBACK = 10_000
@@ -116,13 +125,22 @@ class PostgresStore:
         self.connect_timeout = connect_timeout
         self.clock = clock
         self.where = safe_dsn(dsn)
+        params = psycopg.conninfo.conninfo_to_dict(dsn)
+        # The statement timeout joins whatever options the DSN sets (a search_path, say).
+        options = f"{params.get('options') or ''} -c statement_timeout="
+        options += str(round(statement_timeout * 1000))
         kwargs: dict[str, Any] = {
             "connect_timeout": max(1, round(connect_timeout)),
-            "options": f"-c statement_timeout={round(statement_timeout * 1000)}",
+            "options": options.strip(),
             "application_name": f"statsd-gateway {self.source}"[:63],
+            # No server-side prepared statements: PgBouncer's transaction pooling (the scale
+            # plan in docs/OPERATIONS.md) hands each transaction another server connection.
+            "prepare_threshold": None,
         }
         if password_file is not None:
             kwargs["password"] = Path(password_file).read_text().strip()
+        self._kwargs = kwargs
+        self._dsn = dsn
         self._pool = psycopg_pool.AsyncConnectionPool(
             dsn,
             min_size=1,
@@ -130,9 +148,13 @@ class PostgresStore:
             kwargs=kwargs,
             open=False,
             timeout=connect_timeout,
-            reconnect_timeout=0,  # keep trying to reconnect while the server is away
+            check=psycopg_pool.AsyncConnectionPool.check_connection,  # drop dead ones first
             name="statsd-gateway",
         )
+        # This process's claim on its source: a session advisory lock on a connection of its
+        # own, and a nonce in the source's row that every flush checks (pg_writes.py).
+        self._owner: psycopg.AsyncConnection | None = None
+        self._nonce = uuid.uuid4().hex
         self._source_id = 0
         self._series = SeriesIds()
         self._last_write: dict[int, float] = {}  # series id -> last write by this process
@@ -163,16 +185,27 @@ class PostgresStore:
             # Damage on disk, not the query's fault: the read fails as an outage of the store.
             raise StoreError(f"read failed: a stored chunk is damaged ({e})") from None
         except pg_errors.CheckViolation as e:
-            if "no partition" not in str(e):
-                raise
-            self._partitions.clear()  # dropped by another gateway's retention: make it again
+            # The schema has no CHECK constraint: a row outside every partition (one dropped
+            # by another gateway's retention meanwhile). Made again at the next try.
+            self._partitions.clear()
             raise StoreError(f"write failed: {e}") from None
-        except (psycopg.OperationalError, psycopg.InterfaceError) as e:
+        except _DATA_ERRORS:
+            raise  # an error of the data: the flusher sets the series aside
+        except psycopg.Error as e:
+            # Anything else the server or the connection says (it is down, read-only after a
+            # failover, a privilege revoked, the schema gone) is an outage: kept and retried.
             raise StoreError(f"PostgreSQL at {self.where}: {e}".strip()) from None
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def open(self) -> StoredState:
+        try:
+            return await self._open()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _open(self) -> StoredState:
         await self._pool.open(wait=False)
         try:
             await self._pool.wait(self.connect_timeout)
@@ -193,6 +226,10 @@ class PostgresStore:
                 row = await cur.fetchone()
                 assert row is not None
                 self._source_id = int(row[0])
+                await self._own_source()
+                await conn.execute(
+                    "UPDATE sources SET owner = %s WHERE id = %s", (self._nonce, self._source_id)
+                )
                 series = await pg_reads.read_all_series(conn)
                 seq = await pg_reads.read_source_seq(conn, self._source_id)
                 complete = await pg_reads.read_complete_until(conn, self._source_id)
@@ -214,6 +251,28 @@ class PostgresStore:
         return StoredState(
             series, seq, {r: complete.get(r, 0.0) for r in self.resolutions[1:]}, gauges
         )
+
+    async def _own_source(self) -> None:
+        """Takes this source for this process, or refuses: two gateways writing as one source
+        would each skip the other's snapshots as stored already."""
+        if self._owner is not None:  # opened again: the session's lock is given up first
+            with contextlib.suppress(psycopg.Error):
+                await self._owner.close()
+        try:
+            self._owner = await psycopg.AsyncConnection.connect(
+                self._dsn, autocommit=True, **self._kwargs
+            )
+            cur = await self._owner.execute(
+                "SELECT pg_try_advisory_lock(%s, %s)", (SOURCE_LOCK, self._source_id)
+            )
+            taken = (await cur.fetchone() or (False,))[0]
+        except psycopg.Error as e:
+            raise StoreError(f"PostgreSQL at {self.where}: {e}") from None
+        if not taken:
+            raise SchemaError(
+                f"another gateway is running as source {self.source!r} on this database: give "
+                "each gateway its own storage.postgresql.source"
+            )
 
     async def _migrate(self, conn: psycopg.AsyncConnection) -> None:
         """Creates or upgrades the schema, one gateway at a time; refuses a newer one."""
@@ -252,6 +311,10 @@ class PostgresStore:
 
     async def close(self, timeout: float | None = None) -> None:
         await self._pool.close(timeout if timeout is not None else 5.0)
+        if self._owner is not None:
+            with contextlib.suppress(psycopg.Error):
+                await self._owner.close()
+            self._owner = None
 
     async def ensure_in_place(self, *, recreate: bool = False) -> None:
         return None
@@ -281,7 +344,7 @@ class PostgresStore:
         now = self.clock()
         new: dict[SeriesKey, int] = {}
         async with self._connection() as conn, conn.transaction(force_rollback=trial):
-            stored = await begin_flush(conn, self._source_id, self._series)
+            stored = await begin_flush(conn, self._source_id, self._nonce, self._series)
             if flush.seq is not None and flush.seq <= stored:
                 return False
             keys = flush_keys(flush)
@@ -342,7 +405,8 @@ class PostgresStore:
             return []
         cur = await conn.execute(
             "SELECT s.id FROM unnest(%s::text[], %s::text[], %s::text[]) AS u(t, n, g) "
-            "JOIN series s ON s.tenant = u.t AND s.name = u.n AND s.tags = u.g",
+            "JOIN series s ON s.tenant = u.t AND s.name = u.n AND md5(s.tags) = md5(u.g) "
+            "AND s.tags = u.g",
             ([k[0] for k in keys], [k[1] for k in keys], [tags_json(k[2]) for k in keys]),
         )
         return [int(r[0]) for r in await cur.fetchall()]
@@ -354,9 +418,7 @@ class PostgresStore:
         async with self._connection() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (SERIES_LOCK,))
             yield conn
-            await conn.execute(
-                "UPDATE meta SET value = (value::bigint + 1)::text WHERE key = 'series_generation'"
-            )
+            await conn.execute(_BUMP_GENERATION)
         self._series.forget()
         self._series.generation = -1
 
@@ -374,8 +436,12 @@ class PostgresStore:
             deleted = 0
             span = partition_span(resolution)
             for (name,) in await cur.fetchall():
-                start = float(name.rsplit("_p", 1)[1])
+                found = re.fullmatch(rf"{table}_p(-?\d+)", name)
+                if found is None:
+                    continue  # not one of ours (an operator's): left alone
+                start = float(found[1])
                 if start + span <= before:
+                    # Mostly empty: the head's rows of a closed window are sealed into chunks.
                     count = await conn.execute(f"SELECT count(*) FROM {name}")
                     deleted += int((await count.fetchone() or (0,))[0])
                     await conn.execute(f"DROP TABLE {name}")
@@ -408,11 +474,13 @@ class PostgresStore:
                 return total
 
     async def forget_stale_series(self, horizon: float) -> list[SeriesKey]:
-        """Series created before `horizon`, not written by this process since, with no row in
-        a coarse tier, nor one in the finest since `horizon`, from any gateway."""
-        # As SQLite's: a series with data has rows in a coarse tier (the finest tier's roll up
-        # into them within a coarse bucket); and, another gateway's rows being no business of
-        # this one's memory, none in the finest tier since the horizon either.
+        """Series created before `horizon`, not written by this process since, with no row or
+        chunk in a coarse tier, nor a row in the finest since `horizon`, from any gateway (as
+        SQLite's, none without coarse tiers). The candidates are found without a lock; only
+        they are checked again under the series lock, which one gateway at a time takes (the
+        others skip the turn), and only a deletion bumps the generation."""
+        if len(self.resolutions) < 2:
+            return []
         fine = tier_table(self.resolutions[0])
         no_rows = " AND ".join(
             [
@@ -424,20 +492,28 @@ class PostgresStore:
                 f"NOT EXISTS (SELECT 1 FROM {fine} p WHERE p.series_id = s.id AND p.ts >= %s)",
             ]
         )
-        async with self._series_change() as conn:
-            cur = await conn.execute(
-                f"SELECT id, tenant, name, tags FROM series s WHERE created < %s AND {no_rows}",
-                (horizon, horizon),
-            )
-            stale = [
-                (int(sid), (t, n, tags_from_json(tags)))
-                for sid, t, n, tags in await cur.fetchall()
-                if self._last_write.get(int(sid), -1.0) < horizon
-            ]
-            ids = [sid for sid, _ in stale]
-            if ids:
-                await conn.execute("DELETE FROM gauge_current WHERE series_id = ANY(%s)", (ids,))
-                await conn.execute("DELETE FROM series WHERE id = ANY(%s)", (ids,))
+        sql = f"SELECT id, tenant, name, tags FROM series s WHERE created < %s AND {no_rows}"
+        async with self._reading() as conn:
+            cur = await conn.execute(sql, (horizon, horizon))
+            found = await cur.fetchall()
+        ids = [int(r[0]) for r in found if self._last_write.get(int(r[0]), -1.0) < horizon]
+        if not ids:
+            return []
+        stale: list[tuple[int, SeriesKey]] = []
+        async with self._connection() as conn, conn.transaction():
+            cur = await conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (SERIES_LOCK,))
+            if not (await cur.fetchone() or (False,))[0]:
+                return []  # flushes hold it, or another gateway is at it: the next turn
+            cur = await conn.execute(sql + " AND s.id = ANY(%s)", (horizon, horizon, ids))
+            stale = [(int(sid), (t, n, tags_from_json(g))) for sid, t, n, g in await cur.fetchall()]
+            gone = [sid for sid, _ in stale]
+            if gone:
+                await conn.execute("DELETE FROM gauge_current WHERE series_id = ANY(%s)", (gone,))
+                await conn.execute("DELETE FROM series WHERE id = ANY(%s)", (gone,))
+                await conn.execute(_BUMP_GENERATION)
+        if stale:
+            self._series.forget()
+            self._series.generation = -1
         for sid, _ in stale:
             self._last_write.pop(sid, None)
         return [key for _, key in stale]
@@ -468,35 +544,38 @@ class PostgresStore:
     async def claim_idempotency(self, claim: IdempotencyRecord) -> IdempotencyRecord | None:
         """Claims the key for this gateway unless it is answered or claimed by a gateway still
         applying it (abandoned claims are taken over: CLAIM_GRACE)."""
-        async with self._connection() as conn, conn.transaction():
-            cur = await conn.execute(
-                "INSERT INTO idempotency VALUES (%s, %s, %s, 0, '', %s, %s, %s) "
-                "ON CONFLICT (tenant, key) DO NOTHING",
-                (claim.tenant, claim.key, claim.body_sha256, claim.created, self._source_id,
-                 claim.seq),
-            )  # fmt: skip
-            if cur.rowcount == 1:
-                return None
-            cur = await conn.execute(
-                "SELECT i.tenant, i.key, i.body_sha256, i.status, i.response, i.created, i.seq, "
-                "i.status = 0 AND s.flushed_seq >= i.seq AND s.flushed_at >= i.created + %s "
-                "FROM idempotency i JOIN sources s ON s.id = i.source_id "
-                "WHERE i.tenant = %s AND i.key = %s FOR UPDATE OF i",
-                (CLAIM_GRACE, claim.tenant, claim.key),
-            )
-            row = await cur.fetchone()
-            if row is None:  # expired between the two statements: free again
-                return await self.claim_idempotency(claim)
-            *stored, abandoned = row
-            if not abandoned:
-                return IdempotencyRecord(*stored)
-            await conn.execute(
-                "UPDATE idempotency SET body_sha256 = %s, created = %s, source_id = %s, seq = %s "
-                "WHERE tenant = %s AND key = %s",
-                (claim.body_sha256, claim.created, self._source_id, claim.seq, claim.tenant,
-                 claim.key),
-            )  # fmt: skip
-            return None
+        async with self._connection() as conn:
+            while True:  # again only if the record expired between the two statements
+                async with conn.transaction():
+                    cur = await conn.execute(
+                        "INSERT INTO idempotency VALUES (%s, %s, %s, 0, '', %s, %s, %s) "
+                        "ON CONFLICT (tenant, key) DO NOTHING",
+                        (claim.tenant, claim.key, claim.body_sha256, claim.created,
+                         self._source_id, claim.seq),
+                    )  # fmt: skip
+                    if cur.rowcount == 1:
+                        return None
+                    cur = await conn.execute(
+                        "SELECT i.tenant, i.key, i.body_sha256, i.status, i.response, i.created, "
+                        "i.seq, i.status = 0 AND s.flushed_seq >= i.seq "
+                        "AND s.flushed_at >= i.created + %s "
+                        "FROM idempotency i JOIN sources s ON s.id = i.source_id "
+                        "WHERE i.tenant = %s AND i.key = %s FOR UPDATE OF i",
+                        (CLAIM_GRACE, claim.tenant, claim.key),
+                    )
+                    row = await cur.fetchone()
+                    if row is None:
+                        continue
+                    *stored, abandoned = row
+                    if not abandoned:
+                        return IdempotencyRecord(*stored)
+                    await conn.execute(
+                        "UPDATE idempotency SET body_sha256 = %s, created = %s, source_id = %s, "
+                        "seq = %s WHERE tenant = %s AND key = %s",
+                        (claim.body_sha256, claim.created, self._source_id, claim.seq,
+                         claim.tenant, claim.key),
+                    )  # fmt: skip
+                    return None
 
     async def release_idempotency(self, claim: IdempotencyRecord) -> None:
         async with self._connection() as conn, conn.transaction():
