@@ -112,7 +112,11 @@ class IdempotencyLedger:
             done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._inflight[k] = done
             try:
-                claim = IdempotencyRecord(tenant, key, digest, 0, "", self.clock(), self.next_seq())
+                # The seq of the snapshot the points will go in: the next, or the one after if
+                # a flush swaps snapshots while the claim is made (a shared store judges a
+                # claim abandoned once its gateway has flushed that seq without answering it).
+                seq = self.next_seq() + 1
+                claim = IdempotencyRecord(tenant, key, digest, 0, "", self.clock(), seq)
                 rec = await self.store.claim_idempotency(claim)
                 if rec is not None and rec.status == 0:
                     raise IdempotencyKeyInProgress(

@@ -60,13 +60,16 @@ async def gateways(
 
 
 def points(host: str, n: int, offset: float) -> list[dict[str, Any]]:
-    """n timings, counts and set members from `host`, spread over T0's first 10 minutes."""
+    """n timings, counts, set members and gauges from `host` over T0's first 10 minutes
+    (values in quarters: their sums are exact in any order)."""
     out: list[dict[str, Any]] = []
     for i in range(n):
         tags = {"host": host, "route": f"/r{i % 3}"}
         t = T0 + i * 7 % 600
         out += [
-            {"name": "api.latency", "type": "timing", "value": offset + i * 0.37, "tags": tags,
+            {"name": "api.temp", "type": "gauge", "value": offset + i, "tags": {"route": "/r0"},
+             "timestamp": t + 0.5 + offset / 1000},
+            {"name": "api.latency", "type": "timing", "value": offset + i * 0.25, "tags": tags,
              "timestamp": t},
             {"name": "api.hits", "type": "counter", "value": 1 + i % 5, "tags": tags,
              "timestamp": t},
@@ -86,6 +89,9 @@ QUERIES: list[dict[str, str]] = [
     {"name": "api.latency", "agg": "p50", "window": "10m", "tags": "route:/r1"},
     {"name": "api.hits", "agg": "sum", "window": "1m", "group_by": "host"},
     {"name": "api.users", "agg": "count", "window": "10m"},
+    {"name": "api.temp", "agg": "last", "window": "1m"},
+    {"name": "api.temp", "agg": "max", "window": "1h"},
+    {"name": "api.latency", "agg": "p99", "window": "1h"},
 ]
 PROMQL = [
     "histogram_quantile(0.99, sum by (le) (rate(api_latency_bucket[10m])))",
@@ -113,7 +119,7 @@ async def test_three_gateways_answer_as_one_that_received_everything(
 ) -> None:
     shared = postgres_cluster.fresh_database()
     alone = postgres_cluster.fresh_database()
-    clock = ManualClock(T0 + HOUR + 5)
+    clock = ManualClock(T0 + 700)
     hosts = {"a": 0.0, "b": 50.0, "c": 200.0}
     configs = [pg_config(tmp_path, shared, f"gw-{h}") for h in hosts]
     configs.append(pg_config(tmp_path, alone, "gw-all"))
@@ -123,12 +129,27 @@ async def test_three_gateways_answer_as_one_that_received_everything(
             batch = points(host, 200, offset)
             assert (await api.batch(batch))[0] == 200
             assert (await one.batch(batch))[0] == 200
+        # gw-c flushes now and stops: its hour stays open (its rollups complete to T0+700),
+        # so its rows of that hour are read from the minute tier, the others' from the hourly.
+        c_gw = started[2][0]
+        assert await c_gw.flusher.flush(force=True)
+        c_gw.flusher.flush = _never  # type: ignore[method-assign]
+        clock.advance(HOUR)
         for gw, _ in started:
             assert await gw.flusher.flush(force=True)
+        with psycopg.connect(shared) as conn:  # two groups of sources, each read its way
+            hourly = conn.execute(
+                "SELECT DISTINCT until FROM complete_until WHERE resolution = 3600 ORDER BY 1"
+            ).fetchall()
+        assert hourly == [(T0,), (T0 + HOUR,)]
         want = await answers(one)
-        assert all(want[:4]), "the queries answer something"
+        assert all(want), "every query answers something"
         for _, api in three:
             assert await answers(api) == want  # any gateway: every host's data, merged exactly
+
+
+async def _never(force: bool = False) -> bool:
+    return True
 
 
 async def test_a_type_conflict_between_gateways_sets_the_series_aside(

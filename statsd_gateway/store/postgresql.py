@@ -100,6 +100,7 @@ def safe_dsn(dsn: str) -> str:
     except psycopg.ProgrammingError:
         return "(an unparsable DSN)"
     params.pop("password", None)
+    params.pop("sslpassword", None)
     return psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in params.items()})
 
 
