@@ -98,8 +98,9 @@ class Flusher:
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="flush-worker")
         # Told each batch of rows once the store holds it, on the worker (the scrape's state).
         self.on_written: Callable[[RowBatch], None] | None = None
-        # Awaited after each snapshot the store took (learning what other gateways stored).
-        self.after_write: Callable[[], Awaitable[None]] | None = None
+        # Awaited before each snapshot is written: what other gateways sharing the store
+        # changed (their new series, their deletions, whose open rollups must not be written).
+        self.before_write: Callable[[], Awaitable[None]] | None = None
 
     async def _on_worker(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
@@ -228,6 +229,14 @@ class Flusher:
     async def _write(self, snap: Snapshot) -> bool:
         """Writes one snapshot; True once the store holds it (or it was set aside whole)."""
         started = time.perf_counter()
+        if self.before_write is not None:
+            try:
+                await self.before_write()
+            except _OUTAGES as e:  # the write would fail the same way: retried as it would be
+                self._failed(e)
+                return False
+            except Exception:  # a bug: logged, and the snapshot written regardless
+                log.exception("before the flush: the store's changes by others were not read")
         records = self.ledger.records_upto(snap.seq) if self.ledger else []
         expire_before = self.clock() - TTL_SECONDS
         while True:  # ends: each pass that continues has removed series from the snapshot
@@ -259,11 +268,6 @@ class Flusher:
                 return True
         if self.on_written is not None and rows is not None:
             await self._tell_written(rows)
-        if self.after_write is not None:
-            try:
-                await self.after_write()
-            except Exception:  # the snapshot is stored: nothing of the flush depends on this
-                log.exception("after the flush: the store's other series could not be read")
         released = time.perf_counter()
         self.aggregator.release(snap)
         if self.ledger:

@@ -148,13 +148,19 @@ class Gateway:
 
     async def _learn_series_of_others(self) -> None:
         """Series other gateways put in a shared store: listed and answered here too (from
-        this gateway's next flush on). One of another type than this gateway's is left out."""
+        this gateway's next flush on; one of another type than this gateway's is left out);
+        series they deleted: their open rollups dropped, forgotten unless points of them
+        arrived here since."""
         now = self.clock()
         if now - self._learned_at < self.config.aggregation.flush_interval:
             return  # once per interval, not once per snapshot of a backlog
-        self._learned_at = now
-        for info in await self.store.series_of_others():
+        others = await self.store.series_of_others()
+        self._learned_at = now  # only once read: a failure asks again at the next write
+        for info in others.added:
             self.registry.learn((info.tenant, info.name, info.tags), info.type)
+        if others.deleted:  # deleted through another gateway: forgotten here too
+            await self.flusher.discard_rollups(set(others.deleted))
+            self._forget_series(others.deleted)
 
     def now(self) -> float:
         return self.clock()
@@ -236,7 +242,7 @@ class Gateway:
             self.store, self.aggregator, max_sketches=cfg.query.max_sketches
         )
         self.catalog = MetricCatalog(self.registry, self.aggregator, self.store, self.flusher)
-        self.flusher.after_write = self._learn_series_of_others
+        self.flusher.before_write = self._learn_series_of_others
         self.promql = PromqlService(self.query_engine, self.tiers, timeout=cfg.query.timeout)
         if cfg.exporter.enabled:
             self.scrape_state = ScrapeState(

@@ -23,7 +23,7 @@ from statsd_gateway.gateway import Gateway
 from statsd_gateway.model import TAG_VALUE_MAX, TAGS_MAX
 from statsd_gateway.store.postgresql import PostgresStore, safe_dsn
 from statsd_gateway.store.schema import SchemaError
-from tests.conftest import T0, Api, ManualClock, make_config
+from tests.conftest import ADMIN_KEY, T0, Api, ManualClock, make_config
 from tests.daemon import Daemon, generated_key, poll_value, write_config
 from tests.postgres import PostgresCluster, running_cluster
 
@@ -409,3 +409,27 @@ async def test_a_server_that_turned_read_only_is_an_outage_not_bad_data(
         clock.advance(30)
         status, q = await api.query(name="paid", agg="sum", window="1h")
         assert (status, q["points"][0]["value"]) == (200, 2)
+
+
+async def test_a_metric_deleted_through_one_gateway_is_gone_from_every_gateway(
+    tmp_path: Path, postgres_dsn: str
+) -> None:
+    clock = ManualClock(T0 + 5)
+    configs = [pg_config(tmp_path, postgres_dsn, s) for s in ("gw-a", "gw-b")]
+    async with gateways(configs, clock) as [(a_gw, a), (b_gw, b)]:
+        for api in (a, b):
+            assert (await api.report({"name": "jobs", "type": "counter", "value": 2}))[0] == 200
+        for gw in (a_gw, b_gw):
+            assert await gw.flusher.flush(force=True)  # each holds an open minute of `jobs`
+        status, body = await a.request(
+            "DELETE", "/v1/metrics", params={"name": "jobs"}, key=ADMIN_KEY
+        )
+        assert status == 200, body
+        clock.advance(HOUR)  # gw-b's minute and hour complete: they must not bring it back
+        for gw in (b_gw, a_gw):
+            assert await gw.flusher.flush(force=True)
+        for api in (a, b):
+            status, body = await api.query(name="jobs", agg="sum", since=str(int(T0)))
+            assert (status, body["error"]["code"]) == (404, "METRIC_NOT_FOUND"), body
+        with psycopg.connect(postgres_dsn) as conn:
+            assert conn.execute("SELECT count(*) FROM series").fetchone() == (0,)

@@ -187,6 +187,14 @@ def _merged_hll(blobs: list[bytes] | None) -> bytes | None:
 
 
 @dataclass(frozen=True, slots=True)
+class OthersSeries:
+    """Series other gateways of a shared store stored (`added`) and deleted (`deleted`)."""
+
+    added: list[SeriesInfo] = field(default_factory=list)
+    deleted: list[SeriesKey] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
 class StoredState:
     """What a store holds that the daemon needs at start."""
 
@@ -313,10 +321,10 @@ class Store(Protocol):
         ...
 
     async def idempotency_record(self, tenant: str, key: str) -> IdempotencyRecord | None: ...
-    async def series_of_others(self) -> list[SeriesInfo]:
-        """Series that other gateways sharing the store have stored since the last call (the
-        first: since open), so that this one lists and answers them too; [] for a store one
-        gateway owns."""
+    async def series_of_others(self) -> OthersSeries:
+        """What other gateways sharing the store changed since the last call (the first: since
+        open): the series they stored, which this one lists and answers too, and the series
+        they deleted, which this one forgets; nothing for a store one gateway owns."""
         ...
 
     async def claim_idempotency(self, claim: IdempotencyRecord) -> IdempotencyRecord | None:

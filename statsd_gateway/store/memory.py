@@ -25,6 +25,7 @@ from statsd_gateway.store.base import (
     Columns,
     FlushWrite,
     IdempotencyRecord,
+    OthersSeries,
     RowRead,
     SeriesInfo,
     StoredRows,
@@ -247,8 +248,8 @@ class MemoryStore:
     async def release_idempotency(self, claim: IdempotencyRecord) -> None:
         return None
 
-    async def series_of_others(self) -> list[SeriesInfo]:
-        return []  # one gateway owns the store
+    async def series_of_others(self) -> OthersSeries:
+        return OthersSeries()  # one gateway owns the store
 
     async def read_rows(self, request: RowRead) -> StoredRows:
         s = self._s  # one state for the whole read: writes replace it, never change it

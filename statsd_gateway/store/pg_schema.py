@@ -27,7 +27,9 @@ Layout (the SQLite store's, store/schema.py, made for many writers):
   the answer with snapshot `seq` or later. A claim whose gateway has flushed well past it
   without answering (it stopped before logging the request) is abandoned: the next request
   with the key takes it over (postgresql.py, CLAIM_GRACE).
-- `meta`: the schema version and the sketch format.
+- `series_deleted`: the keys of the series each deletion removed, by the series generation it
+  made, so that every gateway forgets them too.
+- `meta`: the schema version, the sketch format, the series generation.
 Migrations run under an advisory lock, so gateways starting together do not race; a gateway
 older than the schema refuses it.
 """
@@ -100,6 +102,13 @@ CREATE TABLE idempotency(
   seq bigint NOT NULL,
   PRIMARY KEY(tenant, key));
 CREATE INDEX idempotency_created ON idempotency(created);
+CREATE TABLE series_deleted(
+  generation bigint NOT NULL,
+  source_id integer NOT NULL,
+  tenant text NOT NULL,
+  name text NOT NULL,
+  tags text NOT NULL);
+CREATE INDEX series_deleted_generation ON series_deleted(generation);
 """,
 }
 

@@ -37,6 +37,7 @@ from statsd_gateway.store import pg_reads
 from statsd_gateway.store.base import (
     FlushWrite,
     IdempotencyRecord,
+    OthersSeries,
     RowRead,
     SeriesInfo,
     StoredRows,
@@ -81,6 +82,19 @@ SKETCH_FORMAT = f"{sketch.FORMAT}:mapping={sketch.MAPPING_ID}"
 # and logging it. The grace covers a flush that began before the request was applied and
 # committed after, whose snapshot does not hold it (a write runs at most statement_timeout).
 CLAIM_GRACE = 120.0
+
+
+async def _record_deleted(conn: psycopg.AsyncConnection, source_id: int, ids: list[int]) -> None:
+    """The keys of series about to be deleted, under the generation just made (the caller
+    bumped it in this transaction), for the other gateways to forget."""
+    await conn.execute(
+        "INSERT INTO series_deleted SELECT (SELECT value::bigint FROM meta "
+        "WHERE key = 'series_generation'), %s, tenant, name, tags FROM series "
+        "WHERE id = ANY(%s)",
+        (source_id, ids),
+    )
+
+
 _BUMP_GENERATION = (
     "UPDATE meta SET value = (value::bigint + 1)::text WHERE key = 'series_generation'"
 )
@@ -162,6 +176,7 @@ class PostgresStore:
         self._partitions: set[tuple[float, float]] = set()
         self._max_seen_id = 0
         self._others_calls = 0
+        self._seen_generation = 0  # the series generation whose deletions this one knows
 
     @property
     def gone(self) -> str | None:
@@ -232,6 +247,8 @@ class PostgresStore:
                     "UPDATE sources SET owner = %s WHERE id = %s", (self._nonce, self._source_id)
                 )
                 series = await pg_reads.read_all_series(conn)
+                cur = await conn.execute("SELECT value FROM meta WHERE key = 'series_generation'")
+                self._seen_generation = int((await cur.fetchone() or ("0",))[0])
                 seq = await pg_reads.read_source_seq(conn, self._source_id)
                 complete = await pg_reads.read_complete_until(conn, self._source_id)
                 cur = await conn.execute(
@@ -398,6 +415,7 @@ class PostgresStore:
                 )
                 rows += sum(int(n) for (n,) in await cur.fetchall())
             await conn.execute("DELETE FROM gauge_current WHERE series_id = ANY(%s)", (ids,))
+            await _record_deleted(conn, self._source_id, ids)
             await conn.execute("DELETE FROM series WHERE id = ANY(%s)", (ids,))
         return len(ids), rows
 
@@ -418,8 +436,8 @@ class PostgresStore:
         writing meanwhile), the generation bumped (every gateway reads its ids again)."""
         async with self._connection() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (SERIES_LOCK,))
-            yield conn
             await conn.execute(_BUMP_GENERATION)
+            yield conn
         self._series.forget()
         self._series.generation = -1
 
@@ -510,8 +528,9 @@ class PostgresStore:
             gone = [sid for sid, _ in stale]
             if gone:
                 await conn.execute("DELETE FROM gauge_current WHERE series_id = ANY(%s)", (gone,))
-                await conn.execute("DELETE FROM series WHERE id = ANY(%s)", (gone,))
                 await conn.execute(_BUMP_GENERATION)
+                await _record_deleted(conn, self._source_id, gone)
+                await conn.execute("DELETE FROM series WHERE id = ANY(%s)", (gone,))
         if stale:
             self._series.forget()
             self._series.generation = -1
@@ -519,10 +538,11 @@ class PostgresStore:
             self._last_write.pop(sid, None)
         return [key for _, key in stale]
 
-    async def series_of_others(self) -> list[SeriesInfo]:
-        """The series this gateway does not know yet. Ids rise, but a transaction may commit
-        after one holding a higher id, so each call looks back OTHERS_LOOKBACK ids below the
-        highest seen, and every OTHERS_FULL_EVERY-th call reads them all."""
+    async def series_of_others(self) -> OthersSeries:
+        """The series this gateway does not know yet, and those deleted by a generation it has
+        not seen. Ids rise, but a transaction may commit after one holding a higher id, so each
+        call looks back OTHERS_LOOKBACK ids below the highest seen, and every
+        OTHERS_FULL_EVERY-th call reads them all."""
         self._others_calls += 1
         since = 0 if self._others_calls % OTHERS_FULL_EVERY == 0 else self._max_seen_id
         async with self._reading() as conn:
@@ -531,6 +551,12 @@ class PostgresStore:
                 (max(0, since - OTHERS_LOOKBACK),),
             )
             rows = await cur.fetchall()
+            cur = await conn.execute(
+                "SELECT generation, tenant, name, tags FROM series_deleted WHERE generation > %s "
+                "AND source_id <> %s",  # this gateway forgot its own deletions as it made them
+                (self._seen_generation, self._source_id),
+            )
+            deleted = await cur.fetchall()
         out = []
         for sid, tenant, name, tags, mtype in rows:
             self._max_seen_id = max(self._max_seen_id, int(sid))
@@ -540,7 +566,14 @@ class PostgresStore:
                 self._series.ids[key] = info.id
                 self._series.types[key] = info.type
                 out.append(info)
-        return out
+        gone: list[SeriesKey] = []
+        for generation, tenant, name, tags in deleted:
+            self._seen_generation = max(self._seen_generation, int(generation))
+            key = (tenant, name, tags_from_json(tags))
+            self._series.ids.pop(key, None)
+            self._series.types.pop(key, None)
+            gone.append(key)
+        return OthersSeries(out, gone)
 
     async def claim_idempotency(self, claim: IdempotencyRecord) -> IdempotencyRecord | None:
         """Claims the key for this gateway unless it is answered or claimed by a gateway still

@@ -28,6 +28,7 @@ from statsd_gateway.model import Matcher, RowBatch, SeriesKey
 from statsd_gateway.store.base import (
     FlushWrite,
     IdempotencyRecord,
+    OthersSeries,
     RowRead,
     SeriesInfo,
     StoredRows,
@@ -189,8 +190,8 @@ class SqliteStore:
     async def release_idempotency(self, claim: IdempotencyRecord) -> None:
         return None
 
-    async def series_of_others(self) -> list[SeriesInfo]:
-        return []  # one gateway owns the store
+    async def series_of_others(self) -> OthersSeries:
+        return OthersSeries()  # one gateway owns the store
 
     async def run_read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Runs `fn(conn)` on a reader thread inside one read transaction, time-limited."""
