@@ -115,7 +115,8 @@ def stored_rows(
         import psycopg
 
         with psycopg.connect(config.storage.postgresql.dsn) as pg:
-            cur = pg.execute(sql.replace("?", "%s"), args)  # type: ignore[arg-type]
+            # psycopg's markers: a literal % doubled, then each ? a %s.
+            cur = pg.execute(sql.replace("%", "%%").replace("?", "%s"), args)  # type: ignore[arg-type]
             return cur.fetchall() if cur.description else []
     mode = "rw" if write else "ro"
     conn = sqlite3.connect(f"file:{config.storage.path}?mode={mode}", uri=True)
