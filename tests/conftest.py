@@ -93,7 +93,10 @@ def require_native_core(*, module: bool = False) -> ModuleType:
     return found
 
 
-# The differential tests' hypothesis settings (PARITY_EXAMPLES examples, reproducible).
+# The differential tests' hypothesis settings (reproducible). Each test runs a share of
+# PARITY_EXAMPLES by its cost, PARITY_EXAMPLES // 5 at most (2,000 by default, in each pass of
+# scripts/test): the deep search is the fuzzers' (fuzz/run.sh, under AddressSanitizer), and
+# PARITY_EXAMPLES=50000 runs every share five times over.
 PARITY = settings(
     max_examples=int(os.environ.get("PARITY_EXAMPLES", "10000")),
     deadline=None,

@@ -192,7 +192,7 @@ datagram = st.lists(st.one_of(valid_line, line_parts, st.binary(max_size=40)), m
 )
 
 
-@PARITY
+@settings(PARITY, max_examples=max(PARITY.max_examples // 5, 50))
 @given(st.lists(datagram, min_size=1, max_size=4), st.sampled_from(["delta", "absolute"]))
 def test_random_datagrams_as_the_reference(datagrams: list[bytes], gauge_sign: str) -> None:
     assert_same(datagrams, gauge_sign=gauge_sign)
