@@ -135,7 +135,7 @@ def test_native_window_quantiles_equal_the_numpy_reference(case: tuple[Any, ...]
 
 def test_native_window_quantiles_equal_the_merge_of_each_window() -> None:
     """Against quantile(merge(…)) itself, on the C path (the numpy path's own test is
-    tests/test_sketch.py's, which runs on both paths)."""
+    tests/test_sketch_windows.py's, which runs on both paths)."""
     rng = np.random.default_rng(3)
     blobs = [INTEGRAL[int(i)] for i in rng.integers(0, len(INTEGRAL) - 1, 120)]
     flat = sk.decode_flat(blobs)
