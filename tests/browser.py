@@ -57,8 +57,8 @@ def chromium_path() -> str:
 class Tab:
     """One page target, attached over the browser's connection (a flat session)."""
 
-    def __init__(self, browser: Browser, session: str) -> None:
-        self.browser, self.session = browser, session
+    def __init__(self, browser: Browser, session: str, target: str) -> None:
+        self.browser, self.session, self.target = browser, session, target
         self.console_errors: list[str] = []
         self.requests: list[str] = []
         self.events: list[tuple[str, dict[str, Any]]] = []
@@ -181,6 +181,12 @@ class Browser:
         self.waiters.append((method, session, future))
         return future
 
+    async def close_tabs(self) -> None:
+        """Closes every tab new_tab() opened (the browser goes on, for the next test)."""
+        for session, tab in list(self.tabs.items()):
+            await self.send("Target.closeTarget", {"targetId": tab.target})
+            del self.tabs[session]
+
     async def new_tab(
         self, width: int, height: int, *, mobile: bool = False, timezone: str = "UTC"
     ) -> Tab:
@@ -188,7 +194,8 @@ class Browser:
         attached = await self.send(
             "Target.attachToTarget", {"targetId": target["targetId"], "flatten": True}
         )
-        tab = self.tabs[attached["sessionId"]] = Tab(self, attached["sessionId"])
+        tab = Tab(self, attached["sessionId"], target["targetId"])
+        self.tabs[attached["sessionId"]] = tab
         for domain in ("Page", "Runtime", "Network", "Log"):
             await tab.send(f"{domain}.enable")
         await tab.send("Emulation.setTimezoneOverride", timezoneId=timezone)

@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import importlib.util
 import os
 import shutil
 import socket
 import sqlite3
+import subprocess
 import sys
+import threading
+import traceback
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -95,7 +99,152 @@ def require_native_core(*, module: bool = False) -> ModuleType:
     return found
 
 
-# The differential tests' hypothesis settings (PARITY_EXAMPLES examples, reproducible).
+# ---- Tests the pure-Python pass would only repeat
+#
+# scripts/test runs the suite twice: on the native core, then with STATSD_GATEWAY_PURE_PYTHON=1.
+# All that differs between the two passes is what native.native_module() answers: every use of
+# the compiled code (the ingest cores, the native UDP readers and relay, the HTTP points' checks,
+# the chunk decoder, the window quantile kernel, through a Gateway or a daemon or directly) is
+# behind that one call. A test marked `same_in_both_passes` runs the same code in both passes:
+# nothing it runs asks native_module() with the pass's answer (it reaches none of that code, or
+# sets STATSD_GATEWAY_PURE_PYTHON itself for what it starts, as the `pure` variants of the tests
+# that run each ingest core in turn do). The pure-Python pass would only repeat it, so it skips
+# it, reported as a skip with SAME_IN_BOTH_PASSES_REASON; scripts/test stays the whole suite.
+#
+# A mark must not go stale unnoticed: in the native pass, a marked test fails (at its teardown)
+# if, while it runs, native_module() is asked with the environment as the pass set it, or a
+# Python process is started without the variable set for it (of the daemon's commands, only
+# `check-config`, `keygen` and `query` never ask: cli.py). A module-scoped fixture a marked test
+# uses is made by whichever test needs it first: mark no test whose module-scoped fixtures start a
+# Gateway or a daemon on the pass's path.
+SAME_IN_BOTH_PASSES = "same_in_both_passes"
+SAME_IN_BOTH_PASSES_REASON = (
+    "the same code in both passes: run in the native one (tests/conftest.py)"
+)
+# The variable as the pass set it (absent in the native pass).
+_PASS_SETTING = os.environ.get(native.PURE_PYTHON_ENV)
+_CHILD_COMMANDS_THAT_NEVER_ASK = frozenset({"check-config", "keygen", "query"})
+
+
+def _pure_pass() -> bool:
+    return _PASS_SETTING not in (None, "", "0")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        f"{SAME_IN_BOTH_PASSES}: runs the same code on either ingest path; skipped in the "
+        "pure-Python pass (tests/conftest.py)",
+    )
+    if not _pure_pass():
+        _watch.install()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Only where the native pass runs them: without the native module, scripts/test has one
+    # pass, on the pure-Python path, and it runs everything.
+    if not _pure_pass() or importlib.util.find_spec("statsd_gateway._native") is None:
+        return
+    skip = pytest.mark.skip(reason=SAME_IN_BOTH_PASSES_REASON)
+    for item in items:
+        if item.get_closest_marker(SAME_IN_BOTH_PASSES) is not None:
+            item.add_marker(skip)
+
+
+class _Watch:
+    """The native pass's check of the marked tests (see above)."""
+
+    def __init__(self) -> None:
+        self.test: str | None = None  # the marked test running (setup to teardown), if any
+        self.found: list[str] = []
+        self._lock = threading.Lock()
+
+    def install(self) -> None:
+        real = native.native_module
+        watch = self
+
+        def native_module() -> ModuleType | None:
+            if watch.test is not None and os.environ.get(native.PURE_PYTHON_ENV) == _PASS_SETTING:
+                watch.saw("native_module() asked:\n" + "".join(traceback.format_stack(limit=12)))
+            return real()
+
+        class Popen(subprocess.Popen):  # type: ignore[type-arg]
+            def __init__(self, args: Any, *a: Any, **kw: Any) -> None:
+                if watch.test is not None:
+                    watch.check_child(args, kw.get("env"))
+                super().__init__(args, *a, **kw)
+
+        native.native_module = native_module  # type: ignore[assignment]
+        subprocess.Popen = Popen  # type: ignore[misc]
+
+    def saw(self, what: str) -> None:
+        with self._lock:
+            self.found.append(what)
+
+    def check_child(self, args: Any, env: dict[str, str] | None) -> None:
+        argv = [str(a) for a in ([args] if isinstance(args, str | bytes | os.PathLike) else args)]
+        program = Path(argv[0]).name if argv else ""
+        if not program.startswith("python") and program != "statsd-gateway":
+            return  # not Python: openssl, chromium, systemd-analyze, promtool, node
+        if program == "statsd-gateway":
+            argv = [program, "-m", "statsd_gateway", *argv[1:]]
+        setting = (os.environ if env is None else env).get(native.PURE_PYTHON_ENV)
+        if setting != _PASS_SETTING:
+            return  # its path is set for it, the same in both passes
+        if argv[1:3] == ["-m", "statsd_gateway"] and (
+            len(argv) > 3 and argv[3] in _CHILD_COMMANDS_THAT_NEVER_ASK
+        ):
+            return
+        self.saw(f"a Python process on the pass's ingest path: {argv}")
+
+    @contextlib.contextmanager
+    def running(self, item: pytest.Item, *, first: bool = False) -> Iterator[None]:
+        """Around each phase of a test (`first`: its setup)."""
+        if _pure_pass() or item.get_closest_marker(SAME_IN_BOTH_PASSES) is None:
+            yield
+            return
+        if first:
+            self.found = []
+        self.test = item.nodeid
+        try:
+            yield
+        finally:
+            self.test = None
+
+
+_watch = _Watch()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    with _watch.running(item, first=True):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    with _watch.running(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    with _watch.running(item):
+        result = yield
+    if _watch.found and item.get_closest_marker(SAME_IN_BOTH_PASSES) is not None:
+        found, _watch.found = _watch.found, []
+        raise AssertionError(
+            f"{item.nodeid} is marked {SAME_IN_BOTH_PASSES} but its code depends on the pass "
+            f"(tests/conftest.py): {found[0]}"
+            + (f"\n(and {len(found) - 1} more)" if len(found) > 1 else "")
+        )
+    return result
+
+
+# The differential tests' hypothesis settings (reproducible). Each test runs a share of
+# PARITY_EXAMPLES by its cost, PARITY_EXAMPLES // 5 at most (2,000 by default, in each pass of
+# scripts/test): the deep search is the fuzzers' (fuzz/run.sh, under AddressSanitizer), and
+# PARITY_EXAMPLES=50000 runs every share five times over.
 PARITY = settings(
     max_examples=int(os.environ.get("PARITY_EXAMPLES", "10000")),
     deadline=None,

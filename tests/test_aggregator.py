@@ -15,6 +15,10 @@ from statsd_gateway.protocol import StatsdParser
 from statsd_gateway.series_registry import SeriesRegistry
 from tests.conftest import T0, ManualClock
 
+# IntervalAggregator and the parser alone (no Gateway: no native live source behind the
+# aggregator), the same in both passes: skipped in the pure-Python one (tests/conftest.py).
+pytestmark = pytest.mark.same_in_both_passes
+
 HOUR = 3600.0
 
 

@@ -88,10 +88,17 @@ async def store(new_store: Callable[..., Any]) -> AsyncIterator[Any]:
 
 
 async def fill(store: SqliteStore, buckets: int, seed: int = 0, seq: int = 0) -> int:
+    """`buckets` buckets of rows_at() from T0 on, in flushes of up to ten minutes of buckets
+    (what is sealed and read depends on the rows, not on how many flushes brought them: a flush
+    per bucket, each its own committed transaction, made these tests several times slower);
+    returns the last flush's seq."""
     rng = np.random.default_rng(seed)
-    for b in range(buckets):
+    for first in range(0, buckets, 60):
+        rows = [
+            r for b in range(first, min(first + 60, buckets)) for r in rows_at(T0 + 10 * b, rng)
+        ]
         seq += 1
-        await store.write_flush(FlushWrite(seq, RowBatch.from_rows(rows_at(T0 + 10 * b, rng))))
+        await store.write_flush(FlushWrite(seq, RowBatch.from_rows(rows)))
     return seq
 
 

@@ -17,6 +17,10 @@ from statsd_gateway.config.shapes import GaugeSign, Sanitising
 from statsd_gateway.errors import ConfigError
 from statsd_gateway.protocol import GAUGE_SIGNS, SANITISERS
 
+# Config loading and `check-config` (in a child process too), which never reach the ingest
+# path: the same in both passes, skipped in the pure-Python one (tests/conftest.py).
+pytestmark = pytest.mark.same_in_both_passes
+
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "config.example.yaml"
 SHA = "a" * 64

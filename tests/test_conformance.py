@@ -1086,6 +1086,9 @@ def stored_names(expect: tuple[Q, ...]) -> set[str]:
 ARGS = ("payload", "expect", "rejects", "ignored", "config")
 
 
+# (a) runs the pure-Python parser and the model alone, the same in both passes: the pure-Python
+# pass skips it, and the table's own checks (tests/conftest.py); (b) runs in both.
+@pytest.mark.same_in_both_passes
 def test_table_is_large_and_its_ids_unique() -> None:
     ids = [p.id for p in SCENARIOS]
     assert len(ids) >= 120
@@ -1095,6 +1098,7 @@ def test_table_is_large_and_its_ids_unique() -> None:
     assert reasons >= set(REJECT_REASONS) | set(AGGREGATOR_REJECT_REASONS)
 
 
+@pytest.mark.same_in_both_passes
 @pytest.mark.parametrize(ARGS, SCENARIOS)
 def test_parser(
     payload: bytes,
@@ -1248,6 +1252,7 @@ async def answer(api: Api, x: Q) -> Any:
     return points[0][1] if points else None
 
 
+@pytest.mark.same_in_both_passes
 def test_the_json_forms_cover_the_table() -> None:
     """Most scenarios run over HTTP too, and every aggregator reject among them."""
     over_http = [p for p in END_TO_END if p.values[0] == "http"]

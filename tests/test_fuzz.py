@@ -6,11 +6,17 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from statsd_gateway.model import STATSD_TYPES, MetricType
 from statsd_gateway.protocol import REJECT_REASONS, ParseResult, StatsdParser
+
+# The pure-Python parser (protocol.py) alone, which both passes run the same (the native
+# core's parity with it is tests/test_native_parity.py's): skipped in the pure-Python pass
+# (tests/conftest.py).
+pytestmark = pytest.mark.same_in_both_passes
 
 FUZZ = settings(
     max_examples=300,

@@ -192,7 +192,7 @@ datagram = st.lists(st.one_of(valid_line, line_parts, st.binary(max_size=40)), m
 )
 
 
-@PARITY
+@settings(PARITY, max_examples=max(PARITY.max_examples // 5, 50))
 @given(st.lists(datagram, min_size=1, max_size=4), st.sampled_from(["delta", "absolute"]))
 def test_random_datagrams_as_the_reference(datagrams: list[bytes], gauge_sign: str) -> None:
     assert_same(datagrams, gauge_sign=gauge_sign)
@@ -361,7 +361,7 @@ http_sample = st.builds(
 )
 
 
-@settings(PARITY, max_examples=max(PARITY.max_examples // 5, 50))
+@settings(PARITY, max_examples=max(PARITY.max_examples // 10, 50))
 @given(
     st.lists(st.lists(http_sample, max_size=20), min_size=1, max_size=3),
     st.lists(datagram, max_size=2),
@@ -459,7 +459,7 @@ def _typed_points(path: Path, points: list[dict[str, Any]]) -> Any:
     return _answer(path.ingest.points("default", decoded, to_sample, "http"))
 
 
-@settings(PARITY, max_examples=max(PARITY.max_examples // 5, 50))
+@settings(PARITY, max_examples=max(PARITY.max_examples // 10, 50))
 @given(
     st.lists(
         st.lists(st.one_of(valid_point_json, valid_point_json, any_point_json), max_size=12),

@@ -346,6 +346,9 @@ def test_served_document_is_the_spec(base_url: str, http: requests.Session) -> N
     assert doc["openapi"].startswith("3.0.")
 
 
+# The document alone, no server: the same in both passes, skipped in the pure-Python one
+# (tests/conftest.py).
+@pytest.mark.same_in_both_passes
 def test_operations_that_reach_the_store_or_the_log_declare_503() -> None:
     """Writes (the log or the store down), queries and the sketch export (the store down, a
     read past query.timeout) and the admin delete can answer 503 UNAVAILABLE."""
@@ -389,6 +392,7 @@ def _schema_nodes(node: Any) -> Iterator[dict[str, Any]]:
             yield from _schema_nodes(v)
 
 
+@pytest.mark.same_in_both_passes
 def test_document_speaks_openapi_30() -> None:
     """The schemas are generated as JSON Schema 2020-12; OpenAPI 3.0 has its own forms of null,
     exclusive bounds and references, which a 3.0 validator would otherwise read wrongly."""
@@ -403,6 +407,7 @@ def test_document_speaks_openapi_30() -> None:
             assert "type" in node, node
 
 
+@pytest.mark.same_in_both_passes
 def test_limits_are_the_definitions() -> None:
     """The document states the limits validation enforces: they come from the same Structs."""
     schemas = openapi_spec(max_batch_points=7)["components"]["schemas"]

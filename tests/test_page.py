@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+import pytest_asyncio
 from aiohttp import ClientSession
 
 from statsd_gateway.api.page import load_assets
@@ -52,7 +53,14 @@ def history() -> list[dict[str, Any]]:
     return points
 
 
-@pytest.fixture
+# One browser for the module (a start of Chromium is most of a test's time), so every test and
+# async fixture here runs on the module's event loop. Each test has a gateway of its own, on a
+# port of its own: another origin, whose pages share no storage or cache with the last test's;
+# its tabs are closed after it.
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(loop_scope="module")
 async def served(config: Config, clock: ManualClock) -> AsyncIterator[tuple[str, Api]]:
     chromium_path()  # skipped (failed under CI) before anything starts, where it is missing
     async with running(config, clock) as (_, api):
@@ -61,10 +69,18 @@ async def served(config: Config, clock: ManualClock) -> AsyncIterator[tuple[str,
         yield api.base, api
 
 
-@pytest.fixture
-async def browser(tmp_path: Path) -> AsyncIterator[Browser]:
-    async with chromium(tmp_path / "profile") as b:
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def shared_browser(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Browser]:
+    async with chromium(tmp_path_factory.mktemp("browser") / "profile") as b:
         yield b
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def browser(shared_browser: Browser) -> AsyncIterator[Browser]:
+    try:
+        yield shared_browser
+    finally:
+        await shared_browser.close_tabs()
 
 
 async def open_page(browser: Browser, base: str, fragment: str = "", **size: Any) -> Tab:

@@ -13,6 +13,11 @@ import pytest
 from statsd_gateway.model import STATSD_TYPES
 from statsd_gateway.protocol import MAX_LINE_BYTES, ParseResult, Sample, StatsdParser
 
+# The pure-Python parser (protocol.py) alone, which both passes run the same (the native
+# core's parity with it is tests/test_native_parity.py's): skipped in the pure-Python pass
+# (tests/conftest.py).
+pytestmark = pytest.mark.same_in_both_passes
+
 TS = 1_764_172_800
 
 

@@ -19,7 +19,8 @@ import base64
 import json
 import math
 import sqlite3
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,10 +89,11 @@ class World:
     written: dict[str, list[Obs]]  # per metric, in the order the rows were written/reported
 
 
-@pytest.fixture
-def parts(tmp_path: Path) -> Iterator[tuple[SqliteStore, IntervalAggregator, ManualClock]]:
+@contextmanager
+def opened(path: Path) -> Iterator[tuple[SqliteStore, IntervalAggregator, ManualClock]]:
+    """A store on a new file at `path`, an empty aggregator and their clock."""
     clock = ManualClock(UNTIL + 5.0)
-    store = SqliteStore(tmp_path / "metrics.db", clock=clock)
+    store = SqliteStore(path, clock=clock)
     run_sync(store.open())
     aggregator = IntervalAggregator(
         interval=10.0,
@@ -104,6 +106,12 @@ def parts(tmp_path: Path) -> Iterator[tuple[SqliteStore, IntervalAggregator, Man
         yield store, aggregator, clock
     finally:
         run_sync(store.close())
+
+
+@pytest.fixture
+def parts(tmp_path: Path) -> Iterator[tuple[SqliteStore, IntervalAggregator, ManualClock]]:
+    with opened(tmp_path / "metrics.db") as p:
+        yield p
 
 
 def values_of(rng: np.random.Generator, n: int) -> list[float]:
@@ -183,11 +191,12 @@ async def build(
     return World(store, aggregator, QueryEngine(store, aggregator), clock, written)
 
 
-@pytest.fixture
-async def world(
-    parts: tuple[SqliteStore, IntervalAggregator, ManualClock],
-) -> AsyncIterator[World]:
-    yield await build(*parts, seed=11)
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    """The world of seed 11, built once for the module (the tests that take it only query it,
+    and a build costs a few hundred milliseconds: some fifty tests read it)."""
+    with opened(tmp_path_factory.mktemp("world") / "metrics.db") as p:
+        yield run_sync(build(*p, seed=11))
 
 
 # -- the direct computation -------------------------------------------------------------------

@@ -11,8 +11,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from statsd_gateway.systemd import Notifier
 from tests.conftest import missing_prerequisite
+
+# The Notifier and the unit file alone are the same in both passes: those tests are marked
+# same_in_both_passes, skipped in the pure-Python pass (tests/conftest.py). The real daemon's
+# test runs in both.
 
 
 async def _recv(sock: socket.socket) -> str:
@@ -21,6 +27,7 @@ async def _recv(sock: socket.socket) -> str:
     return data.decode()
 
 
+@pytest.mark.same_in_both_passes
 async def test_ready_watchdog_and_stopping(tmp_path: Path) -> None:
     path = tmp_path / "notify.sock"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
@@ -43,12 +50,14 @@ async def test_ready_watchdog_and_stopping(tmp_path: Path) -> None:
         assert msgs[-1] == "STOPPING=1"
 
 
+@pytest.mark.same_in_both_passes
 def test_silent_without_notify_socket() -> None:
     n = Notifier({})
     n.notify("READY=1")  # must not raise
     assert n.watchdog_interval is None
 
 
+@pytest.mark.same_in_both_passes
 def test_watchdog_for_another_pid_is_ignored() -> None:
     n = Notifier({"NOTIFY_SOCKET": "/nonexistent", "WATCHDOG_USEC": "1000", "WATCHDOG_PID": "1"})
     assert n.watchdog_interval is None
@@ -57,6 +66,7 @@ def test_watchdog_for_another_pid_is_ignored() -> None:
 UNIT = Path(__file__).resolve().parent.parent / "systemd" / "statsd-gateway.service"
 
 
+@pytest.mark.same_in_both_passes
 def test_unit_file_verifies(tmp_path: Path) -> None:
     """`systemd-analyze verify` on the shipped unit, its ExecStart pointed at this install."""
     analyze = shutil.which("systemd-analyze")

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from statsd_gateway import native
@@ -127,7 +127,7 @@ def cases(draw: st.DrawFn) -> tuple[Any, ...]:
     return flat, groups, cells, n_groups, n_cells, lo, hi, q
 
 
-@PARITY
+@settings(PARITY, max_examples=max(PARITY.max_examples // 5, 50))
 @given(cases())
 def test_native_window_quantiles_equal_the_numpy_reference(case: tuple[Any, ...]) -> None:
     assert_same(*both(*case))
@@ -135,7 +135,7 @@ def test_native_window_quantiles_equal_the_numpy_reference(case: tuple[Any, ...]
 
 def test_native_window_quantiles_equal_the_merge_of_each_window() -> None:
     """Against quantile(merge(…)) itself, on the C path (the numpy path's own test is
-    tests/test_sketch.py's, which runs on both paths)."""
+    tests/test_sketch_windows.py's, which runs on both paths)."""
     rng = np.random.default_rng(3)
     blobs = [INTEGRAL[int(i)] for i in rng.integers(0, len(INTEGRAL) - 1, 120)]
     flat = sk.decode_flat(blobs)

@@ -76,6 +76,8 @@ def test_a_reload_that_would_lock_every_key_out_keeps_the_running_config(
     assert d.terminate() == 0
 
 
+# `check-config` alone: the same in both passes, skipped in the pure-Python one (tests/conftest.py).
+@pytest.mark.same_in_both_passes
 def test_a_file_that_is_not_utf8_is_refused_by_check_config(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
