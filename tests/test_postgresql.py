@@ -21,7 +21,8 @@ from statsd_gateway.config import Config, config_from_dict
 from statsd_gateway.errors import ConfigError
 from statsd_gateway.gateway import Gateway
 from statsd_gateway.model import TAG_VALUE_MAX, TAGS_MAX
-from statsd_gateway.store.postgresql import PostgresStore, safe_dsn
+from statsd_gateway.store.pg_connect import safe_dsn
+from statsd_gateway.store.postgresql import PostgresStore
 from statsd_gateway.store.schema import SchemaError
 from tests.conftest import ADMIN_KEY, T0, Api, ManualClock, make_config
 from tests.daemon import Daemon, generated_key, poll_value, write_config

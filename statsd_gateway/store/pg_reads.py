@@ -20,7 +20,14 @@ from dataclasses import replace
 import psycopg
 
 from statsd_gateway import sketch
-from statsd_gateway.model import BucketRow, Matcher, MetricType, RowBatch, matches_all
+from statsd_gateway.model import (
+    BucketRow,
+    Matcher,
+    MetricType,
+    RowBatch,
+    SeriesKey,
+    matches_all,
+)
 from statsd_gateway.store.base import (
     NUMERIC_COLUMNS,
     Columns,
@@ -40,6 +47,26 @@ async def read_source_seq(conn: psycopg.AsyncConnection, source_id: int) -> int:
     cur = await conn.execute("SELECT flushed_seq FROM sources WHERE id = %s", (source_id,))
     row = await cur.fetchone()
     return 0 if row is None else int(row[0])
+
+
+async def read_series_generation(conn: psycopg.AsyncConnection) -> int:
+    cur = await conn.execute("SELECT value FROM meta WHERE key = 'series_generation'")
+    return int((await cur.fetchone() or ("0",))[0])
+
+
+async def read_gauges(
+    conn: psycopg.AsyncConnection, source_id: int
+) -> dict[SeriesKey, tuple[float, float]]:
+    """This source's current gauges: (value, time) by series."""
+    cur = await conn.execute(
+        "SELECT s.tenant, s.name, s.tags, g.value, g.ts FROM gauge_current g "
+        "JOIN series s ON s.id = g.series_id WHERE g.source_id = %s",
+        (source_id,),
+    )
+    return {
+        (t, n, tags_from_json(tags)): (float(v), float(ts))
+        for t, n, tags, v, ts in await cur.fetchall()
+    }
 
 
 async def read_complete_until(conn: psycopg.AsyncConnection, source_id: int) -> dict[float, float]:
