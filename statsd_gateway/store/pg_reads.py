@@ -148,8 +148,9 @@ async def _source_groups(
 
 
 # How each column of a bucket is merged over its rows: counts and sums add, extremes combine,
-# `last` is that of the latest time (the later row on a tie, as SQLite's upsert keeps it), the
-# blobs are gathered for the caller to merge.
+# `last` is that of the latest time (the later written on a tie, as SQLite's upsert keeps it;
+# rows of schema 1, all written 0, by their place in the heap), the blobs are gathered for the
+# caller to merge.
 _MERGED = {
     "ts": "ts",
     "series_id": "series_id",
@@ -157,8 +158,8 @@ _MERGED = {
     "sum": "sum(sum)",
     "min": "min(min)",
     "max": "max(max)",
-    "last": "(array_agg(last ORDER BY last_ts DESC, ctid DESC) FILTER (WHERE last IS NOT NULL "
-    "AND last_ts IS NOT NULL))[1]",
+    "last": "(array_agg(last ORDER BY last_ts DESC, written DESC, ctid DESC) "
+    "FILTER (WHERE last IS NOT NULL AND last_ts IS NOT NULL))[1]",
     "last_ts": "max(last_ts)",
     "sketch": "array_agg(sketch) FILTER (WHERE sketch IS NOT NULL)",
     "hll": "array_agg(hll) FILTER (WHERE hll IS NOT NULL)",
@@ -235,7 +236,8 @@ async def read_rebuild_rows(
     cur = await conn.execute(
         "SELECT p.ts, s.tenant, s.name, s.tags, s.type, p.count, p.sum, p.min, p.max, p.last, "
         f"p.last_ts, p.sketch, p.hll FROM {tier_table(resolution)} p "
-        "JOIN series s ON s.id = p.series_id WHERE p.source_id = %s AND p.ts >= %s",
+        "JOIN series s ON s.id = p.series_id WHERE p.source_id = %s AND p.ts >= %s "
+        "ORDER BY p.written, p.ctid",  # merged in write order: `last` on equal times
         (source_id, since),
     )
     raw = await cur.fetchall()

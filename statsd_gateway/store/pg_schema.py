@@ -13,11 +13,14 @@ Layout (the SQLite store's, store/schema.py, made for many writers):
 - `series`: shared by every gateway, one row per (tenant, name, tags); tags as canonical JSON
   compared by code point (COLLATE "C", the order SQLite lists them in), unique by their md5.
 - `points_<resolution>`: per tier, the bucket rows (source, series_id, ts, the exact columns,
-  the DDSketch bins as a DDV1 blob, a set's HyperLogLog), declaratively partitioned by bucket
-  time, a partition per chunk window, so that retention drops whole partitions. Rows are
-  appended (COPY), never updated: a late point is one more row for its
-  bucket, and readers merge rows of one bucket as they merge them across sources. Indexed by
-  (series, time) for reads and by (source, time) for a gateway's own rows (sealing, rebuild).
+  the DDSketch bins as a DDV1 blob, a set's HyperLogLog, and `written`: the flush's number
+  from the `write_order` sequence), declaratively partitioned by bucket time, a partition per
+  chunk window, so that retention drops whole partitions. Rows are appended (COPY), never
+  updated: a late point is one more row for its bucket, and readers merge rows of one bucket
+  as they merge them across sources, the later written winning `last` on equal times (as
+  SQLite's upsert keeps the later; the heap's order is no guide once VACUUM reuses space).
+  Indexed by (series, time) for reads and by (source, time) for a gateway's own rows
+  (sealing, rebuild).
 - `chunks_<resolution>`: per tier, the sealed windows of bucket rows, one SGC1 blob per
   (series, window, source): the SQLite store's chunk format (store/pg_chunks.py). The
   `points_<resolution>` tables are then the head: the open window and late points.
@@ -49,7 +52,7 @@ from statsd_gateway.store.schema import SKETCH_FORMAT, SchemaError, chunk_table,
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Advisory lock keys (pg_advisory_lock's bigint space), one per job that one gateway at a time
 # may do.
@@ -118,6 +121,20 @@ CREATE TABLE series_deleted(
   tags text NOT NULL);
 CREATE INDEX series_deleted_generation ON series_deleted(generation);
 """,
+    # The order flushes were written in, for `last` on equal times (tier_ddl's `written`).
+    # Schema 1's tier tables had no `written`: their rows count as written before any since
+    # (a constant default: no table is rewritten).
+    2: r"""
+CREATE SEQUENCE write_order;
+DO $$
+DECLARE t text;
+BEGIN
+  FOR t IN SELECT c.relname FROM pg_class c WHERE c.relkind = 'p'
+      AND c.relname ~ '^points_[0-9]+m?s$' AND pg_table_is_visible(c.oid) LOOP
+    EXECUTE format('ALTER TABLE %I ADD COLUMN written bigint NOT NULL DEFAULT 0', t);
+  END LOOP;
+END $$;
+""",
 }
 
 
@@ -150,7 +167,8 @@ CREATE TABLE IF NOT EXISTS {table}(
   last double precision,
   last_ts double precision,
   sketch bytea,
-  hll bytea) PARTITION BY RANGE (ts);
+  hll bytea,
+  written bigint NOT NULL DEFAULT 0) PARTITION BY RANGE (ts);
 CREATE INDEX IF NOT EXISTS {table}_series_ts ON {table}(series_id, ts);
 CREATE INDEX IF NOT EXISTS {table}_source_ts ON {table}(source_id, ts);
 """
