@@ -125,13 +125,19 @@ CREATE INDEX series_deleted_generation ON series_deleted(generation);
     # Schema 1's tier tables had no `written`: their rows count as written before any since
     # (a constant default: no table is rewritten).
     2: r"""
-CREATE SEQUENCE write_order;
+CREATE SEQUENCE IF NOT EXISTS write_order;
 DO $$
-DECLARE t text;
+DECLARE t regclass;
 BEGIN
-  FOR t IN SELECT c.relname FROM pg_class c WHERE c.relkind = 'p'
-      AND c.relname ~ '^points_[0-9]+m?s$' AND pg_table_is_visible(c.oid) LOOP
-    EXECUTE format('ALTER TABLE %I ADD COLUMN written bigint NOT NULL DEFAULT 0', t);
+  -- The tier tables beside `meta` only (an operator's elsewhere are not ours), in name order
+  -- (10s, 3600s, 60s: the order every flush takes them in, tier by tier, is another; the
+  -- locks are held to the commit, a gateway's flush waits or is retried).
+  FOR t IN SELECT c.oid FROM pg_class c WHERE c.relkind = 'p'
+      AND c.relname ~ '^points_[0-9]+m?s$'
+      AND c.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = 'meta'::regclass)
+      ORDER BY c.relname LOOP
+    EXECUTE format('ALTER TABLE %s ADD COLUMN IF NOT EXISTS written bigint NOT NULL DEFAULT 0',
+                   t);
   END LOOP;
 END $$;
 """,

@@ -11,6 +11,7 @@ under that generation in `series_deleted`, which the other gateways read to forg
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import psycopg
 
@@ -122,10 +123,11 @@ class OthersWatch:
         self.seen_generation = generation
 
     async def read(
-        self, conn: psycopg.AsyncConnection, source_id: int, cache: SeriesIds
-    ) -> OthersSeries:
-        """The series not in `cache` yet, and those the others deleted by a generation not seen
-        yet; `cache` learns both."""
+        self, conn: psycopg.AsyncConnection, source_id: int
+    ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        """The rows of series and of deletions to look at, in the caller's transaction; `apply`
+        them once it has committed (a read that fails leaves this watch as it was, so the
+        next asks again)."""
         self._reads += 1
         since = 0 if self._reads % OTHERS_FULL_EVERY == 0 else self.max_seen_id
         cur = await conn.execute(
@@ -138,7 +140,12 @@ class OthersWatch:
             "AND source_id <> %s",  # a gateway forgets its own deletions as it makes them
             (self.seen_generation, source_id),
         )
-        deleted = await cur.fetchall()
+        return rows, await cur.fetchall()
+
+    def apply(
+        self, rows: list[tuple[Any, ...]], deleted: list[tuple[Any, ...]], cache: SeriesIds
+    ) -> OthersSeries:
+        """The series of `rows` not in `cache` yet, and those `deleted`; `cache` learns both."""
         added = []
         for sid, tenant, name, tags, mtype in rows:
             self.max_seen_id = max(self.max_seen_id, int(sid))

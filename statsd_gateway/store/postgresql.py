@@ -31,7 +31,7 @@ from psycopg import errors as pg_errors
 
 from statsd_gateway.errors import StoreError, StoreTimeout
 from statsd_gateway.model import Matcher, MetricType, RowBatch, SeriesKey
-from statsd_gateway.store import pg_reads
+from statsd_gateway.store import pg_reads, pg_series
 from statsd_gateway.store.base import (
     FlushWrite,
     IdempotencyRecord,
@@ -54,14 +54,7 @@ from statsd_gateway.store.pg_schema import (
     partition_span,
     partition_start,
 )
-from statsd_gateway.store.pg_series import (
-    BUMP_GENERATION,
-    OthersWatch,
-    delete_series,
-    delete_stale,
-    series_ids_of,
-    stale_series_sql,
-)
+from statsd_gateway.store.pg_series import BUMP_GENERATION, OthersWatch
 from statsd_gateway.store.pg_writes import (
     SeriesIds,
     begin_flush,
@@ -291,8 +284,8 @@ class PostgresStore:
 
     async def delete_series(self, keys: Sequence[SeriesKey]) -> tuple[int, int]:
         async with self._series_change() as conn:
-            ids = await series_ids_of(conn, keys)
-            rows = await delete_series(conn, self._source_id, self.resolutions, ids)
+            ids = await pg_series.series_ids_of(conn, keys)
+            rows = await pg_series.delete_series(conn, self._source_id, self.resolutions, ids)
         return len(ids), rows
 
     @contextlib.asynccontextmanager
@@ -340,7 +333,7 @@ class PostgresStore:
         others skip the turn), and only a deletion bumps the generation."""
         if len(self.resolutions) < 2:
             return []
-        sql = stale_series_sql(self.resolutions)
+        sql = pg_series.stale_series_sql(self.resolutions)
         async with self._reading() as conn:
             cur = await conn.execute(sql, (horizon, horizon))
             found = await cur.fetchall()
@@ -348,7 +341,7 @@ class PostgresStore:
         if not ids:
             return []
         async with self._connection() as conn, conn.transaction():
-            stale = await delete_stale(conn, self._source_id, sql, horizon, ids)
+            stale = await pg_series.delete_stale(conn, self._source_id, sql, horizon, ids)
         if not stale:
             return []
         self._series.forget()
@@ -359,7 +352,8 @@ class PostgresStore:
 
     async def series_of_others(self) -> OthersSeries:
         async with self._reading() as conn:
-            return await self._others.read(conn, self._source_id, self._series)
+            rows, deleted = await self._others.read(conn, self._source_id)
+        return self._others.apply(rows, deleted, self._series)
 
     async def claim_idempotency(self, claim: IdempotencyRecord) -> IdempotencyRecord | None:
         async with self._connection() as conn:
