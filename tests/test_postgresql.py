@@ -21,7 +21,8 @@ from statsd_gateway.config import Config, config_from_dict
 from statsd_gateway.errors import ConfigError
 from statsd_gateway.gateway import Gateway
 from statsd_gateway.model import TAG_VALUE_MAX, TAGS_MAX
-from statsd_gateway.store.postgresql import PostgresStore, safe_dsn
+from statsd_gateway.store.pg_connect import safe_dsn
+from statsd_gateway.store.postgresql import PostgresStore
 from statsd_gateway.store.schema import SchemaError
 from tests.conftest import ADMIN_KEY, T0, Api, ManualClock, make_config
 from tests.daemon import Daemon, generated_key, poll_value, write_config
@@ -205,7 +206,7 @@ async def test_ten_gateways_starting_at_once_make_one_schema(
 ) -> None:
     clock = ManualClock(T0)
     stores = [PostgresStore(postgres_dsn, source=f"gw-{i}", clock=clock) for i in range(10)]
-    with caplog.at_level(logging.INFO, "statsd_gateway.store.postgresql"):
+    with caplog.at_level(logging.INFO, "statsd_gateway.store"):
         states = await asyncio.gather(*(s.open() for s in stores))
     try:
         assert all(st.flushed_seq == 0 for st in states)
@@ -433,3 +434,126 @@ async def test_a_metric_deleted_through_one_gateway_is_gone_from_every_gateway(
             assert (status, body["error"]["code"]) == (404, "METRIC_NOT_FOUND"), body
         with psycopg.connect(postgres_dsn) as conn:
             assert conn.execute("SELECT count(*) FROM series").fetchone() == (0,)
+
+
+def _ctid(text: str) -> tuple[int, int]:
+    page, item = text.strip("()").split(",")
+    return int(page), int(item)
+
+
+TIED = {"name": "temp", "type": "gauge", "timestamp": T0 + 2}
+
+
+async def _write_tied(gw: Gateway, api: Api, value: float) -> None:
+    assert (await api.report({**TIED, "value": value}))[0] == 200
+    assert await gw.flusher.flush(force=True)
+
+
+async def _fill(gw: Gateway, api: Api) -> None:
+    """100 rows written (by `_free`, deleted and vacuumed: the next row written after that
+    takes the first free place in the heap, before the rows written after these)."""
+    fillers = [
+        {"name": "filler", "type": "counter", "value": 1, "tags": {"i": str(i)}} for i in range(100)
+    ]
+    assert (await api.request("POST", "/v1/metrics/batch", json={"points": fillers}))[0] == 200
+    assert await gw.flusher.flush(force=True)
+
+
+async def _free(api: Api, dsn: str) -> None:
+    status, body = await api.request(
+        "DELETE", "/v1/metrics", params={"name": "filler"}, key=ADMIN_KEY
+    )
+    assert status == 200, body
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("VACUUM points_10s")
+
+
+def _heap_places(dsn: str) -> dict[float, tuple[int, int]]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("SELECT last, ctid::text FROM points_10s").fetchall()
+    return {last: _ctid(place) for last, place in rows}
+
+
+async def _last_of_bucket(api: Api) -> list[Any]:
+    status, body = await api.query(
+        name="temp", agg="last", window="10s", since=str(int(T0)), until=str(int(T0 + 10))
+    )
+    assert status == 200, body
+    return [p["value"] for p in body["points"]]
+
+
+async def test_on_equal_times_the_later_written_gauge_wins_where_vacuum_reused_space(
+    tmp_path: Path, postgres_dsn: str
+) -> None:
+    """Two gauge points of one bucket at one time, sent in two flushes: the later is the
+    bucket's `last`, as SQLite answers, also when the server stored it in space VACUUM freed
+    before the earlier row (the heap's order is not the write order), and once sealed."""
+    clock = ManualClock(T0 + 5)
+    async with gateways([pg_config(tmp_path, postgres_dsn, "gw")], clock) as [(gw, api)]:
+        await _fill(gw, api)
+        await _write_tied(gw, api, 1)
+        await _free(api, postgres_dsn)
+        await _write_tied(gw, api, 2)
+        places = _heap_places(postgres_dsn)
+        assert places[2.0] < places[1.0], places  # the case itself: later, but first in the heap
+        assert await _last_of_bucket(api) == [2]
+        clock.advance(2 * HOUR)  # the window completes; its rows are sealed into a chunk
+        assert await gw.flusher.flush(force=True)
+        assert await gw.store.seal_chunks() > 0
+        with psycopg.connect(postgres_dsn) as conn:
+            head = conn.execute("SELECT count(*) FROM points_10s WHERE ts < %s", (T0 + 10,))
+            assert head.fetchone() == (0,)
+        assert await _last_of_bucket(api) == [2]
+
+
+async def test_a_restart_rebuilds_the_open_minute_in_write_order(
+    tmp_path: Path, postgres_dsn: str
+) -> None:
+    """The open minute rebuilt at start from the 10 s rows keeps the later write's `last` on
+    equal times, whatever their places in the heap: the minute written at its end says 2."""
+    clock = ManualClock(T0 + 5)
+    config = pg_config(tmp_path, postgres_dsn, "gw")
+    async with gateways([config], clock) as [(gw, api)]:
+        await _fill(gw, api)
+        await _write_tied(gw, api, 1)
+        await _free(api, postgres_dsn)
+        await _write_tied(gw, api, 2)
+    assert _heap_places(postgres_dsn)[2.0] < _heap_places(postgres_dsn)[1.0]
+    async with gateways([config], clock) as [(gw, api)]:  # rebuilds the open minute
+        clock.advance(2 * HOUR)
+        assert await gw.flusher.flush(force=True)
+        with psycopg.connect(postgres_dsn) as conn:
+            minute = conn.execute(
+                "SELECT p.last FROM points_60s p JOIN series s ON s.id = p.series_id "
+                "WHERE s.name = 'temp'"
+            ).fetchall()
+        assert minute == [(2.0,)]
+
+
+async def test_a_schema_1_database_is_migrated_and_its_rows_count_as_written_first(
+    tmp_path: Path, postgres_dsn: str
+) -> None:
+    """A database a gateway of schema 1 wrote (no write order): opened by this release, it is
+    brought to the current schema, its rows are read as before, and a point written now wins
+    `last` over one of the same time written then, though the heap holds it first."""
+    clock = ManualClock(T0 + 5)
+    config = pg_config(tmp_path, postgres_dsn, "gw")
+    async with gateways([config], clock) as [(gw, api)]:
+        await _fill(gw, api)
+        await _write_tied(gw, api, 1)
+        await _free(api, postgres_dsn)
+    with psycopg.connect(postgres_dsn) as conn:  # as schema 1 left it
+        for table in ("points_10s", "points_60s", "points_3600s"):
+            conn.execute(f"ALTER TABLE {table} DROP COLUMN written")
+        conn.execute("DROP SEQUENCE write_order")
+        conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    async with gateways([config], clock) as [(gw, api)]:
+        with psycopg.connect(postgres_dsn) as conn:
+            version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'")
+            assert version.fetchone() == ("2",)
+            assert conn.execute("SELECT written FROM points_10s").fetchall() == [(0,)]
+        assert await _last_of_bucket(api) == [1]
+        await _write_tied(gw, api, 2)
+        places = _heap_places(postgres_dsn)
+        assert places[2.0] < places[1.0], places
+        assert await _last_of_bucket(api) == [2]

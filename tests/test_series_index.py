@@ -24,8 +24,13 @@ from statsd_gateway.model import BucketRow, Matcher, MatchOp, MetricType, Tags, 
 from statsd_gateway.query import AggOp, Aggregation, Grouping, QueryEngine, QueryPlan, Selector
 from statsd_gateway.store import SqliteStore, sqlite_reads
 from statsd_gateway.store.memory import MemoryStore
-from statsd_gateway.store.schema import MIGRATIONS, SCHEMA_VERSION, ensure_tier_table, tags_json
-from statsd_gateway.store.sqlite_writer import SKETCH_FORMAT
+from statsd_gateway.store.schema import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    SKETCH_FORMAT,
+    ensure_tier_table,
+    tags_json,
+)
 from tests.conftest import T0, ManualClock, make_aggregator, write_rows
 
 TENANT = "default"

@@ -159,7 +159,11 @@ async def _seal_unit(
     names = await _names(conn, ids)
     where = "source_id = %s AND series_id = ANY(%s) AND ts >= %s AND ts < %s"
     args = (source_id, ids, window, window + span)
-    cur = await conn.execute(f"SELECT {_HEAD} FROM {tier_table(res)} WHERE {where}", args)
+    cur = await conn.execute(
+        # In write order, after the chunk's rows: merge_rows keeps the later `last` on a tie.
+        f"SELECT {_HEAD} FROM {tier_table(res)} WHERE {where} ORDER BY written, ctid",
+        args,
+    )
     head = _head_batch(await cur.fetchall(), names)
     cur = await conn.execute(
         f"SELECT series_id, data FROM {chunk_table(res)} "

@@ -20,7 +20,14 @@ from dataclasses import replace
 import psycopg
 
 from statsd_gateway import sketch
-from statsd_gateway.model import BucketRow, Matcher, MetricType, RowBatch, matches_all
+from statsd_gateway.model import (
+    BucketRow,
+    Matcher,
+    MetricType,
+    RowBatch,
+    SeriesKey,
+    matches_all,
+)
 from statsd_gateway.store.base import (
     NUMERIC_COLUMNS,
     Columns,
@@ -40,6 +47,26 @@ async def read_source_seq(conn: psycopg.AsyncConnection, source_id: int) -> int:
     cur = await conn.execute("SELECT flushed_seq FROM sources WHERE id = %s", (source_id,))
     row = await cur.fetchone()
     return 0 if row is None else int(row[0])
+
+
+async def read_series_generation(conn: psycopg.AsyncConnection) -> int:
+    cur = await conn.execute("SELECT value FROM meta WHERE key = 'series_generation'")
+    return int((await cur.fetchone() or ("0",))[0])
+
+
+async def read_gauges(
+    conn: psycopg.AsyncConnection, source_id: int
+) -> dict[SeriesKey, tuple[float, float]]:
+    """This source's current gauges: (value, time) by series."""
+    cur = await conn.execute(
+        "SELECT s.tenant, s.name, s.tags, g.value, g.ts FROM gauge_current g "
+        "JOIN series s ON s.id = g.series_id WHERE g.source_id = %s",
+        (source_id,),
+    )
+    return {
+        (t, n, tags_from_json(tags)): (float(v), float(ts))
+        for t, n, tags, v, ts in await cur.fetchall()
+    }
 
 
 async def read_complete_until(conn: psycopg.AsyncConnection, source_id: int) -> dict[float, float]:
@@ -121,8 +148,9 @@ async def _source_groups(
 
 
 # How each column of a bucket is merged over its rows: counts and sums add, extremes combine,
-# `last` is that of the latest time (the later row on a tie, as SQLite's upsert keeps it), the
-# blobs are gathered for the caller to merge.
+# `last` is that of the latest time (the later written on a tie, as SQLite's upsert keeps it;
+# rows of schema 1, all written 0, by their place in the heap), the blobs are gathered for the
+# caller to merge.
 _MERGED = {
     "ts": "ts",
     "series_id": "series_id",
@@ -130,8 +158,8 @@ _MERGED = {
     "sum": "sum(sum)",
     "min": "min(min)",
     "max": "max(max)",
-    "last": "(array_agg(last ORDER BY last_ts DESC, ctid DESC) FILTER (WHERE last IS NOT NULL "
-    "AND last_ts IS NOT NULL))[1]",
+    "last": "(array_agg(last ORDER BY last_ts DESC, written DESC, ctid DESC) "
+    "FILTER (WHERE last IS NOT NULL AND last_ts IS NOT NULL))[1]",
     "last_ts": "max(last_ts)",
     "sketch": "array_agg(sketch) FILTER (WHERE sketch IS NOT NULL)",
     "hll": "array_agg(hll) FILTER (WHERE hll IS NOT NULL)",
@@ -208,7 +236,8 @@ async def read_rebuild_rows(
     cur = await conn.execute(
         "SELECT p.ts, s.tenant, s.name, s.tags, s.type, p.count, p.sum, p.min, p.max, p.last, "
         f"p.last_ts, p.sketch, p.hll FROM {tier_table(resolution)} p "
-        "JOIN series s ON s.id = p.series_id WHERE p.source_id = %s AND p.ts >= %s",
+        "JOIN series s ON s.id = p.series_id WHERE p.source_id = %s AND p.ts >= %s "
+        "ORDER BY p.written, p.ctid",  # merged in write order: `last` on equal times
         (source_id, since),
     )
     raw = await cur.fetchall()

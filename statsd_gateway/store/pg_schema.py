@@ -13,11 +13,14 @@ Layout (the SQLite store's, store/schema.py, made for many writers):
 - `series`: shared by every gateway, one row per (tenant, name, tags); tags as canonical JSON
   compared by code point (COLLATE "C", the order SQLite lists them in), unique by their md5.
 - `points_<resolution>`: per tier, the bucket rows (source, series_id, ts, the exact columns,
-  the DDSketch bins as a DDV1 blob, a set's HyperLogLog), declaratively partitioned by bucket
-  time, a partition per chunk window, so that retention drops whole partitions. Rows are
-  appended (COPY), never updated: a late point is one more row for its
-  bucket, and readers merge rows of one bucket as they merge them across sources. Indexed by
-  (series, time) for reads and by (source, time) for a gateway's own rows (sealing, rebuild).
+  the DDSketch bins as a DDV1 blob, a set's HyperLogLog, and `written`: the flush's number
+  from the `write_order` sequence), declaratively partitioned by bucket time, a partition per
+  chunk window, so that retention drops whole partitions. Rows are appended (COPY), never
+  updated: a late point is one more row for its bucket, and readers merge rows of one bucket
+  as they merge them across sources, the later written winning `last` on equal times (as
+  SQLite's upsert keeps the later; the heap's order is no guide once VACUUM reuses space).
+  Indexed by (series, time) for reads and by (source, time) for a gateway's own rows
+  (sealing, rebuild).
 - `chunks_<resolution>`: per tier, the sealed windows of bucket rows, one SGC1 blob per
   (series, window, source): the SQLite store's chunk format (store/pg_chunks.py). The
   `points_<resolution>` tables are then the head: the open window and late points.
@@ -26,22 +29,30 @@ Layout (the SQLite store's, store/schema.py, made for many writers):
   answered from it. `status` 0 is a claim: gateway `source_id` applied the request and stores
   the answer with snapshot `seq` or later. A claim whose gateway has flushed well past it
   without answering (it stopped before logging the request) is abandoned: the next request
-  with the key takes it over (postgresql.py, CLAIM_GRACE).
+  with the key takes it over (pg_idempotency.py, CLAIM_GRACE).
 - `series_deleted`: the keys of the series each deletion removed, by the series generation it
   made, so that every gateway forgets them too.
 - `meta`: the schema version, the sketch format, the series generation.
 Migrations run under an advisory lock, so gateways starting together do not race; a gateway
-older than the schema refuses it.
+older than the schema refuses it (`migrate`). Retention drops whole partitions (`drop_expired`).
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import re
+from collections.abc import Sequence
+
+import psycopg
 
 from statsd_gateway.store.chunks import chunk_span
-from statsd_gateway.store.schema import SchemaError, tier_table
+from statsd_gateway.store.pg_chunks import chunk_ddl
+from statsd_gateway.store.schema import SKETCH_FORMAT, SchemaError, chunk_table, tier_table
 
-SCHEMA_VERSION = 1
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 2
 
 # Advisory lock keys (pg_advisory_lock's bigint space), one per job that one gateway at a time
 # may do.
@@ -110,6 +121,26 @@ CREATE TABLE series_deleted(
   tags text NOT NULL);
 CREATE INDEX series_deleted_generation ON series_deleted(generation);
 """,
+    # The order flushes were written in, for `last` on equal times (tier_ddl's `written`).
+    # Schema 1's tier tables had no `written`: their rows count as written before any since
+    # (a constant default: no table is rewritten).
+    2: r"""
+CREATE SEQUENCE IF NOT EXISTS write_order;
+DO $$
+DECLARE t regclass;
+BEGIN
+  -- The tier tables beside `meta` only (an operator's elsewhere are not ours), in name order
+  -- (10s, 3600s, 60s: the order every flush takes them in, tier by tier, is another; the
+  -- locks are held to the commit, a gateway's flush waits or is retried).
+  FOR t IN SELECT c.oid FROM pg_class c WHERE c.relkind = 'p'
+      AND c.relname ~ '^points_[0-9]+m?s$'
+      AND c.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = 'meta'::regclass)
+      ORDER BY c.relname LOOP
+    EXECUTE format('ALTER TABLE %s ADD COLUMN IF NOT EXISTS written bigint NOT NULL DEFAULT 0',
+                   t);
+  END LOOP;
+END $$;
+""",
 }
 
 
@@ -142,7 +173,8 @@ CREATE TABLE IF NOT EXISTS {table}(
   last double precision,
   last_ts double precision,
   sketch bytea,
-  hll bytea) PARTITION BY RANGE (ts);
+  hll bytea,
+  written bigint NOT NULL DEFAULT 0) PARTITION BY RANGE (ts);
 CREATE INDEX IF NOT EXISTS {table}_series_ts ON {table}(series_id, ts);
 CREATE INDEX IF NOT EXISTS {table}_source_ts ON {table}(source_id, ts);
 """
@@ -164,3 +196,79 @@ def migration_steps(version: int) -> list[str]:
             f"{SCHEMA_VERSION}: upgrade statsd-gateway (every gateway sharing the database)"
         )
     return [_MIGRATIONS[v] for v in range(version + 1, SCHEMA_VERSION + 1)]
+
+
+async def migrate(conn: psycopg.AsyncConnection, resolutions: Sequence[float]) -> None:
+    """Creates or upgrades the schema, one gateway at a time (in the caller's transaction);
+    refuses a newer one, and a store whose sketches another format wrote."""
+    await conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+    cur = await conn.execute("SELECT to_regclass('meta') IS NOT NULL")
+    exists = (await cur.fetchone() or (False,))[0]
+    version = 0
+    if exists:
+        cur = await conn.execute("SELECT value FROM meta WHERE key = 'schema_version'")
+        row = await cur.fetchone()
+        version = int(row[0]) if row else 0
+    steps = migration_steps(version)
+    for step in steps:
+        await conn.execute(step)
+    if steps:
+        await conn.execute(
+            "INSERT INTO meta VALUES ('schema_version', %s) ON CONFLICT (key) "
+            "DO UPDATE SET value = excluded.value",
+            (str(SCHEMA_VERSION),),
+        )
+        await conn.execute(
+            "INSERT INTO meta VALUES ('sketch_format', %s), ('series_generation', '0') "
+            "ON CONFLICT (key) DO NOTHING",
+            (SKETCH_FORMAT,),
+        )
+        log.info("store: PostgreSQL schema brought from version %d to %d", version, SCHEMA_VERSION)
+    cur = await conn.execute("SELECT value FROM meta WHERE key = 'sketch_format'")
+    fmt = (await cur.fetchone() or ("",))[0]
+    if fmt != SKETCH_FORMAT:
+        raise SchemaError(f"sketch format {fmt!r} is not {SKETCH_FORMAT!r}")
+    for res in resolutions:
+        await conn.execute(tier_ddl(res))
+        await conn.execute(chunk_ddl(res))
+
+
+async def drop_expired(
+    conn: psycopg.AsyncConnection, resolution: float, before: float
+) -> tuple[int, list[float]] | None:
+    """Retention of one tier, in the caller's transaction, by one gateway at a time: the
+    partitions wholly before `before` dropped, the rows of the one the cut falls in deleted,
+    the chunks whose window aged out deleted. The rows deleted and the starts of the dropped
+    partitions; None when another gateway is at it (this one skips the turn)."""
+    cur = await conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (RETENTION_LOCK,))
+    if not (await cur.fetchone() or (False,))[0]:
+        return None
+    table = tier_table(resolution)
+    cur = await conn.execute(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "WHERE i.inhparent = to_regclass(%s)",
+        (table,),
+    )
+    deleted = 0
+    dropped: list[float] = []
+    span = partition_span(resolution)
+    for (name,) in await cur.fetchall():
+        found = re.fullmatch(rf"{table}_p(-?\d+)", name)
+        if found is None:
+            continue  # not one of ours (an operator's): left alone
+        start = float(found[1])
+        if start + span <= before:
+            # Mostly empty: the head's rows of a closed window are sealed into chunks.
+            count = await conn.execute(f"SELECT count(*) FROM {name}")
+            deleted += int((await count.fetchone() or (0,))[0])
+            await conn.execute(f"DROP TABLE {name}")
+            dropped.append(start)
+    cur = await conn.execute(f"DELETE FROM {table} WHERE ts < %s", (before,))
+    deleted += max(cur.rowcount, 0)
+    # A chunk is kept whole until its window has aged out, as in SQLite.
+    cur = await conn.execute(
+        f"DELETE FROM {chunk_table(resolution)} WHERE start + %s <= %s RETURNING rows",
+        (chunk_span(resolution), before),
+    )
+    deleted += sum(int(n) for (n,) in await cur.fetchall())
+    return deleted, dropped

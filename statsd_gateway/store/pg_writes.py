@@ -27,7 +27,9 @@ from statsd_gateway.store.base import FlushWrite, IdempotencyRecord
 from statsd_gateway.store.pg_schema import SERIES_LOCK
 from statsd_gateway.store.schema import tags_json, tier_table
 
-_COPY_COLUMNS = "source_id, series_id, ts, count, sum, min, max, last, last_ts, sketch, hll"
+_COPY_COLUMNS = (
+    "source_id, series_id, ts, count, sum, min, max, last, last_ts, sketch, hll, written"
+)
 
 
 class SeriesTypeConflict(ValueError):
@@ -154,8 +156,9 @@ async def copy_rows(
     source_id: int,
     rows: RowBatch,
     ids: Sequence[int],
+    written: int,
 ) -> None:
-    """Appends the rows (their series ids `ids`) to the tier's table."""
+    """Appends the rows (their series ids `ids`) to the tier's table, as flush `written`."""
     n = len(rows)
     if not n:
         return
@@ -175,6 +178,7 @@ async def copy_rows(
         rows.nullable("last_ts"),
         blobs,
         rows.hll,
+        [written] * n,
         strict=True,
     )
     cur = conn.cursor()
@@ -183,7 +187,7 @@ async def copy_rows(
     ) as copy:
         copy.set_types(
             ["int4", "int8", "float8", "float8", "float8", "float8", "float8", "float8",
-             "float8", "bytea", "bytea"]
+             "float8", "bytea", "bytea", "int8"]
         )  # fmt: skip
         for row in columns:
             await copy.write_row(row)
@@ -200,8 +204,15 @@ async def write_flush_rows(
     """Everything of the flush but its seq, in the transaction of `conn` (`ids`: every series
     it names)."""
     tiers: dict[float, RowBatch] = {resolutions[0]: flush.rows, **flush.rollups}
+    written = 0
+    if any(len(rows) for rows in tiers.values()):
+        # Taken under the source's row lock (begin_flush): this source's flushes number in
+        # the order they commit. A flush holds one row per series and bucket, so one number
+        # orders it against every other.
+        cur = await conn.execute("SELECT nextval('write_order')")
+        written = int((await cur.fetchone() or (0,))[0])
     for res, rows in tiers.items():
-        await copy_rows(conn, res, source_id, rows, [ids[k] for k in rows.keys])
+        await copy_rows(conn, res, source_id, rows, [ids[k] for k in rows.keys], written)
     if flush.complete_until:
         await conn.execute(
             "INSERT INTO complete_until SELECT %s, r, u FROM unnest(%s::float8[], %s::float8[]) "

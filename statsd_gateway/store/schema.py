@@ -38,9 +38,13 @@ import logging
 import sqlite3
 from pathlib import Path
 
+from statsd_gateway import sketch
 from statsd_gateway.model import Tags
 
 log = logging.getLogger(__name__)
+
+# What the stored sketch blobs are (both stores keep it in `meta` and refuse another).
+SKETCH_FORMAT = f"{sketch.FORMAT}:mapping={sketch.MAPPING_ID}"
 
 SCHEMA_VERSION = 4
 

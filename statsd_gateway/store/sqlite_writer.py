@@ -31,7 +31,7 @@ from statsd_gateway.errors import StoreError, StoreGone
 from statsd_gateway.model import MetricType, RowBatch, SeriesKey
 from statsd_gateway.store.base import FlushWrite, SeriesInfo, StoredState
 from statsd_gateway.store.chunks import chunk_span
-from statsd_gateway.store.schema import tags_from_json, tags_json, tier_table
+from statsd_gateway.store.schema import SKETCH_FORMAT, tags_from_json, tags_json, tier_table
 from statsd_gateway.store.sqlite_chunks import (
     SEAL_SERIES,
     SealCursor,
@@ -64,9 +64,6 @@ from statsd_gateway.store.sqlite_reads import (
 from statsd_gateway.store.sqlite_upsert import upsert_rows
 
 log = logging.getLogger(__name__)
-
-
-SKETCH_FORMAT = f"{sketch.FORMAT}:mapping={sketch.MAPPING_ID}"
 
 
 class SqliteWriter:
