@@ -13,10 +13,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from aiohttp import ClientSession, encode_basic_auth
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from msgspec.structs import replace
 
+from statsd_gateway.api.prometheus_results import format_value, format_values
 from statsd_gateway.config import ApiKey, hash_key
 from statsd_gateway.gateway import Gateway
 from tests.conftest import (
@@ -166,6 +170,36 @@ async def test_vector_values_are_strings_as_prometheus_writes_them(
 ) -> None:
     data = await ok(loaded, "/query", query=query, time=T)
     assert data == {"resultType": "vector", "result": [{"metric": {}, "value": [T, want]}]}
+
+
+@pytest.mark.parametrize(
+    ("query", "want"),
+    [
+        ("1/0", "+Inf"),
+        ("-1/0", "-Inf"),
+        ("2^60", "1152921504606847000"),
+        ("1e-7", "0.0000001"),
+        ("-2.25", "-2.25"),
+        ("3", "3"),
+    ],
+)
+async def test_range_values_are_strings_as_prometheus_writes_them(
+    loaded: Api, query: str, want: str
+) -> None:
+    data = await ok(loaded, "/query_range", query=query, start=T - 10.5, end=T, step=10)
+    assert data == {
+        "resultType": "matrix",
+        "result": [{"metric": {}, "values": [[T - 10.5, want], [T - 0.5, want]]}],
+    }
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.floats(allow_nan=True, allow_infinity=True, width=64), max_size=50))
+def test_a_row_of_values_is_written_as_each_value_alone(values: list[float]) -> None:
+    """A range query writes a row's values at once (format_values); each as an instant
+    query's would be (format_value)."""
+    assert format_values(np.array(values, dtype=np.float64)) == [format_value(v) for v in values]
+    assert format_values(values) == [format_value(v) for v in values]
 
 
 @pytest.mark.parametrize(

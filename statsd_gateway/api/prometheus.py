@@ -27,6 +27,7 @@ from statsd_gateway.api.app import declare_routes
 from statsd_gateway.api.auth import principal_of
 from statsd_gateway.api.handlers import SERVICES
 from statsd_gateway.api.openapi_prometheus import ERROR_TYPES
+from statsd_gateway.api.prometheus_results import instant_result, matrix_result
 from statsd_gateway.errors import (
     GatewayError,
     InvalidArgument,
@@ -34,7 +35,6 @@ from statsd_gateway.errors import (
     NotFound,
     PayloadTooLarge,
     StoreTimeout,
-    Unprocessable,
 )
 from statsd_gateway.model import Tags
 from statsd_gateway.promql.evaluate import Steps
@@ -49,7 +49,7 @@ from statsd_gateway.promql.names import (
 from statsd_gateway.promql.selection import metrics_of, tag_matchers
 from statsd_gateway.promql.service import PromqlService
 from statsd_gateway.promql.syntax import MAX_TIME, MIN_TIME, Selector, parse_selector, seconds_of
-from statsd_gateway.promql.values import NAME, Histograms, Scalar, StringValue, Value, Vector
+from statsd_gateway.promql.values import NAME
 
 SERVICE = web.AppKey("promql", PromqlService)
 # The Prometheus release whose API this one answers like (Grafana reads it to pick features).
@@ -192,7 +192,7 @@ async def query(request: web.Request) -> web.Response:
     value = await request.app[SERVICE].evaluate(
         principal_of(request).tenant, text, Steps(np.array([t]), None), now
     )
-    return success(_instant(value, t))
+    return success(instant_result(value, t))
 
 
 async def query_range(request: web.Request) -> web.Response:
@@ -216,76 +216,7 @@ async def query_range(request: web.Request) -> web.Response:
     value = await request.app[SERVICE].evaluate(
         principal_of(request).tenant, text, steps, svc.now()
     )
-    return success(_matrix(value, steps))
-
-
-def format_value(v: float) -> str:
-    """A sample value as Prometheus writes it (Go's 'f' format, shortest): Python's repr,
-    which is shortest too, without its `.0` or exponent."""
-    text = repr(v)
-    if text.endswith(".0"):
-        return text[:-2]
-    if "e" in text or text[-1] in "nf":
-        return _SPECIAL.get(text) or np.format_float_positional(v, unique=True, trim="-")
-    return text
-
-
-_SPECIAL = {"nan": "NaN", "inf": "+Inf", "-inf": "-Inf"}
-
-
-def _stamp(t: float) -> float | int:
-    t = round(t, 3)
-    return int(t) if t.is_integer() else t
-
-
-def _metric(labels: tuple[tuple[str, str], ...]) -> dict[str, str]:
-    return dict(labels)
-
-
-def _metric_of(series: dict[str, Any]) -> dict[str, str]:
-    labels: dict[str, str] = series["metric"]
-    return labels
-
-
-def _no_histograms(value: Value) -> None:
-    if isinstance(value, Histograms):
-        raise Unprocessable(
-            "the query's result is histograms, which this API does not return; wrap it in "
-            "histogram_quantile(), histogram_count(), histogram_sum() or histogram_avg()"
-        )
-
-
-def _instant(value: Value, t: float) -> dict[str, Any]:
-    _no_histograms(value)
-    if isinstance(value, Scalar):
-        return {"resultType": "scalar", "result": [_stamp(t), format_value(float(value.values[0]))]}
-    if isinstance(value, StringValue):
-        return {"resultType": "string", "result": [_stamp(t), value.value]}
-    assert isinstance(value, Vector)
-    out = []
-    for labels, row in zip(value.labels, value.values[:, 0].tolist(), strict=True):
-        if not math.isnan(row):
-            out.append({"metric": _metric(labels), "value": [_stamp(t), format_value(row)]})
-    return {"resultType": "vector", "result": out}
-
-
-def _matrix(value: Value, steps: Steps) -> dict[str, Any]:
-    _no_histograms(value)
-    if isinstance(value, StringValue):
-        raise Unprocessable("a string cannot be the result of a range query")
-    if isinstance(value, Scalar):
-        value = Vector([()], value.values[None, :])
-    assert isinstance(value, Vector)
-    stamps = [_stamp(t) for t in steps.times.tolist()]
-    out = []
-    for labels, row in zip(value.labels, value.values, strict=True):
-        has = np.flatnonzero(~np.isnan(row))
-        if has.size:
-            values = map(format_value, row[has].tolist())
-            points = [[stamps[i], v] for i, v in zip(has.tolist(), values, strict=True)]
-            out.append({"metric": _metric(labels), "values": points})
-    out.sort(key=lambda s: sorted(_metric_of(s).items()))
-    return {"resultType": "matrix", "result": out}
+    return success(matrix_result(value, steps))
 
 
 # -- the series index: labels, label values, series, metadata (read from the registry)
