@@ -17,6 +17,7 @@
  *   the blobs, the sketches' rows increasing and within the rows, their bounds from 0 to every
  *   bin and non-decreasing, counts > 0, zero counts >= 0, keys increasing within each store;
  *   the HyperLogLogs' rows increasing and within the rows, their ends increasing to the bytes;
+ *   a sketch only for a row in [since, until);
  * - the cap only ever adds SG_CH_DEFER: decoded again with the largest cap, the status is the
  *   same (or the first was SG_CH_DEFER), and two answers are equal byte for byte.
  */
@@ -148,9 +149,12 @@ static void check_answer(const sg_chunks *d, size_t nblobs) {
         CHECK(d->zero.n == s && d->bounds.n == 2 * s + 1 && d->counts.n == nb,
               "sketches %zu zero %zu bounds %zu bins %zu counts %zu", s, d->zero.n, d->bounds.n,
               nb, d->counts.n);
-        for (size_t i = 0; i < s; i++)
+        const double *ts = d->ts.p;
+        for (size_t i = 0; i < s; i++) {
             CHECK(r[i] >= 0 && (size_t)r[i] < rows && (!i || r[i] > r[i - 1]) && zero[i] >= 0,
                   "sketch %zu at row %lld", i, (long long)r[i]);
+            CHECK(ts[r[i]] >= d->since && ts[r[i]] < d->until, "sketch %zu of a row outside", i);
+        }
         CHECK(b[0] == 0 && (size_t)b[2 * s] == nb, "bounds 0..%lld of %zu", (long long)b[2 * s],
               nb);
         for (size_t st = 0; st < 2 * s; st++) {

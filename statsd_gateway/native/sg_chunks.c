@@ -282,8 +282,61 @@ static int group(ctx *c, const uint8_t *p, size_t len, size_t *at, int want, buf
     return 0;
 }
 
-/* One decoded sketch block of m rows: its flags into has, the rest appended. */
-static int sketch_block(ctx *c, const block *bl, uint64_t m, double *has) {
+/* The sketches just appended for one block (s of them, nb bins) less those of rows outside
+ * [since, until), which lose their sketch as the rows of a block outside it do: their flag
+ * NaN, their zero count, lengths and bins taken out in place. The reference drops the same
+ * before it checks the bins (chunks_decode._flat_sketches), so a bin only a dropped sketch
+ * holds is never judged. Where the block's flags or lengths do not add up to s and nb, its
+ * sketches cannot be told apart: left to the reference if one is to go, else to
+ * finish_sketches. */
+static int drop_outside(ctx *c, const double *ts, double *has, uint64_t m, uint64_t s,
+                        uint64_t nb) {
+    sg_chunks *d = c->d;
+    double lo = d->since, hi = d->until;
+    int some = 0;
+    for (uint64_t r = 0; r < m && !some; r++) some = has[r] == 1.0 && !(ts[r] >= lo && ts[r] < hi);
+    if (!some) return 0;
+    double *zero = (double *)d->zero.p + (d->zero.n - s);
+    double *lens = (double *)c->lens.p + (c->lens.n - 2 * s);
+    double *keys = (double *)d->keys.p + (d->keys.n - nb);
+    double *counts = (double *)d->counts.p + (d->counts.n - nb);
+    uint64_t flagged = 0, total = 0;
+    for (uint64_t r = 0; r < m; r++) flagged += has[r] == 1.0;
+    for (uint64_t j = 0; j < 2 * s; j++) {
+        if (!(lens[j] >= 0 && lens[j] < TWO53) || lens[j] != floor(lens[j])) return SG_CH_DEFER;
+        total += (uint64_t)lens[j];
+    }
+    if (flagged != s || total != nb) return SG_CH_DEFER;
+    uint64_t k = 0, kept = 0, read = 0, written = 0;
+    for (uint64_t r = 0; r < m; r++) {
+        if (has[r] != 1.0) continue;
+        uint64_t bins = (uint64_t)lens[2 * k] + (uint64_t)lens[2 * k + 1];
+        if (ts[r] >= lo && ts[r] < hi) {
+            zero[kept] = zero[k];
+            lens[2 * kept] = lens[2 * k];
+            lens[2 * kept + 1] = lens[2 * k + 1];
+            memmove(keys + written, keys + read, bins * 8);
+            memmove(counts + written, counts + read, bins * 8);
+            written += bins;
+            kept++;
+        } else {
+            has[r] = NAN;
+        }
+        read += bins;
+        k++;
+    }
+    d->zero.n -= s - kept;
+    c->lens.n -= 2 * (s - kept);
+    d->keys.n -= nb - written;
+    d->counts.n -= nb - written;
+    c->sk_rows -= s - kept;
+    c->n_bins -= nb - written;
+    return 0;
+}
+
+/* One decoded sketch block of m rows (their times ts): its flags into has, the rest appended,
+ * but the sketches of rows outside [since, until) (drop_outside). */
+static int sketch_block(ctx *c, const block *bl, uint64_t m, const double *ts, double *has) {
     sg_chunks *d = c->d;
     TRY(inflate_into(c, bl->p, bl->n, &c->cg));
     const uint8_t *q = c->cg.p;
@@ -303,7 +356,8 @@ static int sketch_block(ctx *c, const block *bl, uint64_t m, double *has) {
     TRY(append_column(c, &d->counts, &col));
     c->sk_rows = sat_add(c->sk_rows, s);
     c->n_bins = sat_add(c->n_bins, nb);
-    return 0;
+    if (c->sk_rows == UINT64_MAX || c->n_bins == UINT64_MAX) return 0; /* finish_sketches: BAD */
+    return drop_outside(c, ts, has, m, s, nb);
 }
 
 /* _hlls for one blob's group D (its lengths column `col`, registers from `at`): the
@@ -407,6 +461,7 @@ static int decode_blob(ctx *c, const sg_ch_blob *blob, size_t index, size_t row,
     }
     if (d->sketches) {
         double *has = (double *)c->has.p + row;
+        const double *ts = (const double *)d->ts.p + row;
         if (k && k != n / SKETCH_BLOCK + (n % SKETCH_BLOCK != 0))
             BAD("the sketch blocks do not cover the rows");
         size_t covered = 0;
@@ -417,7 +472,7 @@ static int decode_blob(ctx *c, const sg_ch_blob *blob, size_t index, size_t row,
             if (!bl->n || bl->first >= d->until || after <= d->since)
                 fill_nan(has + covered, m); /* not decoded: no sketch */
             else
-                TRY(sketch_block(c, bl, m, has + covered));
+                TRY(sketch_block(c, bl, m, ts + covered, has + covered));
             covered += m;
         }
         if (!k) fill_nan(has, n);
@@ -482,6 +537,16 @@ static int finish_sketches(ctx *c) {
     if (outside) return SG_CH_DEFER;
     for (size_t j = 0; j < s; j++) bad |= !(zero[j] >= 0);
     if (bad) BAD("bad sketch bins: a count is not positive, or keys not increasing in a store");
+    /* flat_from_arrays' `integral`: the zero count and every bin's count whole, below 2**53 */
+    TRY(vgrow(c, &d->integral, s, 1));
+    uint8_t *whole = d->integral.p;
+    for (size_t i = 0; i < s; i++) {
+        int ok = zero[i] == floor(zero[i]) && zero[i] < TWO53;
+        for (int64_t j = bounds[2 * i]; ok && j < bounds[2 * i + 2]; j++)
+            ok = counts[j] == floor(counts[j]) && counts[j] < TWO53;
+        whole[i] = (uint8_t)ok;
+    }
+    d->integral.n = s;
     TRY(vgrow(c, &d->sketch_rows, s, 8));
     int64_t *rows = d->sketch_rows.p;
     for (size_t i = 0; i < d->rows; i++)
@@ -546,6 +611,7 @@ int sg_chunks_decode(sg_chunks *d, const sg_ch_blob *blobs, size_t nblobs) {
 
 void sg_chunks_free(sg_chunks *d) {
     sg_ch_vec *all[] = {&d->ts,          &d->chunk,       &d->sketch_rows, &d->keys,
+                        &d->integral,
                         &d->counts,      &d->bounds,      &d->zero,        &d->hll_rows,
                         &d->hll_ends,    &d->hll_data,    &d->values[0],   &d->values[1],
                         &d->values[2],   &d->values[3],   &d->values[4],   &d->values[5]};

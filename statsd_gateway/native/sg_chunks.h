@@ -60,6 +60,7 @@ typedef struct {
     sg_ch_vec values[SG_CH_NVALUES]; /* float64, the wanted ones */
     /* sketch.FlatBins' arrays and the rows they belong to (sketches) */
     sg_ch_vec sketch_rows, keys, counts, bounds, zero; /* int64, int64, float64, int64, float64 */
+    sg_ch_vec integral; /* uint8 per sketch: FlatBins.integral (its counts whole, < 2**53) */
     /* the HyperLogLogs (hll): row, end of its bytes in hll_data */
     sg_ch_vec hll_rows, hll_ends, hll_data; /* int64, int64, bytes */
     const char *error;     /* SG_CH_BAD: why */

@@ -7,7 +7,8 @@
  * decide (a blob that is not bytes or bytearray, or SG_CH_DEFER), raises ValueError where the
  * blobs are not whole chunks (SG_CH_BAD), else
  * (ts, chunk, (count, sum, min, max, last, last_ts: a Buffer or None each),
- *  None or (sketch_rows, keys, counts, bounds, zero), None or ([HyperLogLog bytes], hll_rows)).
+ *  None or (sketch_rows, keys, counts, bounds, zero, integral), None or ([HyperLogLog bytes],
+ *  hll_rows)).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -79,8 +80,9 @@ static PyObject *result(sg_chunks *d) {
     if (!d->sketches) {
         sk = Py_NewRef(Py_None);
     } else {
-        sk = Py_BuildValue("(NNNNN)", take(&d->sketch_rows, 8), take(&d->keys, 8),
-                           take(&d->counts, 8), take(&d->bounds, 8), take(&d->zero, 8));
+        sk = Py_BuildValue("(NNNNNN)", take(&d->sketch_rows, 8), take(&d->keys, 8),
+                           take(&d->counts, 8), take(&d->bounds, 8), take(&d->zero, 8),
+                           take(&d->integral, 1));
         if (!sk) goto done;
     }
     if (!d->hll) {

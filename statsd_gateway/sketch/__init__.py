@@ -33,6 +33,7 @@ from statsd_gateway.sketch._bins import (
     flat_concat,
     flat_from_arrays,
     flat_from_bins,
+    flat_from_checked,
     flat_take,
 )
 from statsd_gateway.sketch._codec import FORMAT, decode, encode
@@ -80,6 +81,7 @@ __all__ = [
     "flat_concat",
     "flat_from_arrays",
     "flat_from_bins",
+    "flat_from_checked",
     "flat_take",
     "hll_estimate",
     "hll_from_members",

@@ -208,6 +208,19 @@ def flat_from_bins(items: Sequence[Bins]) -> FlatBins:
     )  # fmt: skip
 
 
+def flat_from_checked(
+    keys: _I64, counts: _F64, bounds: _I64, zero: _F64, integral: npt.NDArray[np.bool_]
+) -> FlatBins:
+    """A FlatBins of arrays that their decoder has checked as :func:`flat_from_arrays` checks
+    them, `integral` computed as it computes it (sg_chunks.c): taken as they are, read-only."""
+    integral = np.asarray(integral, dtype=np.bool_)
+    integral.flags.writeable = False
+    return FlatBins(
+        _readonly_i64(keys), _readonly_f64(counts), _readonly_i64(bounds), _readonly_f64(zero),
+        integral,
+    )  # fmt: skip
+
+
 def flat_from_arrays(keys: _I64, counts: _F64, bounds: _I64, zero: _F64) -> FlatBins:
     """A FlatBins of arrays decoded elsewhere (a chunk), checked as :class:`FlatBins` requires
     (``bounds`` one more than twice the items, from 0 to every bin, non-decreasing; counts > 0;

@@ -33,11 +33,15 @@ def in_range_columns(
     new_index = np.cumsum(keep) - 1
     sk_keep = keep[d.sketch_rows]
     hll_keep = keep[d.hll_rows].tolist()
+    # The decoder gave the rows outside [since, until) no sketch: none is to go, as a rule.
+    sketches = (
+        d.sketches if sk_keep.all() else sketch.flat_take(d.sketches, np.flatnonzero(sk_keep))
+    )
     return Columns(
         ts=d.ts[rows],
         series=owner[d.chunk[rows]] if by_series else None,
         values={v: a[rows] for v, a in d.values.items()},
-        sketches=sketch.flat_take(d.sketches, np.flatnonzero(sk_keep)),
+        sketches=sketches,
         sketch_rows=new_index[d.sketch_rows[sk_keep]],
         hlls=[h for h, k in zip(d.hlls, hll_keep, strict=True) if k],
         hll_rows=new_index[d.hll_rows[keep[d.hll_rows]]],

@@ -216,8 +216,9 @@ def decode_chunks(
 ) -> DecodedChunks:
     """The rows of every blob, in blob order: `ts`, the `values` asked for (of count, sum, min,
     max, last, last_ts), and the sketches and HyperLogLogs if asked. Only the groups holding
-    those are decompressed, and of the sketches only the blocks overlapping [since, until):
-    a row of another block comes back without its sketch (the caller keeps the range's rows).
+    those are decompressed, and of the sketches only the blocks overlapping [since, until),
+    and of those only the rows in it: a row outside comes back without its sketch (the
+    caller keeps the range's rows), and its bins are neither kept nor judged.
     Raises ChunkError for a blob that is not a whole chunk."""
     values = tuple(values)  # read twice where the native decoder leaves the call to numpy's
     want = set(values) | {"ts"}
@@ -301,17 +302,18 @@ def _decode_chunks_python(
     empty = np.empty(0, dtype=np.int64)
     flat, sketch_rows = sketch.flat_from_arrays(empty, np.empty(0), np.zeros(1, np.int64),
                                                 np.empty(0)), empty  # fmt: skip
-    if sketches:
-        flat, sketch_rows = _flat_sketches(sk, row, sk_row, n_bins)
-    hlls, hll_rows = _hlls(hll_segs, hll_parts, row) if hll else ([], empty)
     ts = cols.pop("ts")
+    if sketches:
+        flat, sketch_rows = _flat_sketches(sk, row, sk_row, n_bins, ts, since, until)
+    hlls, hll_rows = _hlls(hll_segs, hll_parts, row) if hll else ([], empty)
     chunk = np.repeat(np.arange(len(blobs), dtype=np.int64), sizes)
     return DecodedChunks(ts, chunk, cols, flat, sketch_rows, hlls, hll_rows)
 
 
 def _flat_sketches(
-    sk: dict[str, _Segments], total: int, s: int, n_bins: int
-) -> tuple[sketch.FlatBins, _I64]:
+    sk: dict[str, _Segments], total: int, s: int, n_bins: int, ts: _F64, since: float,
+    until: float,
+) -> tuple[sketch.FlatBins, _I64]:  # fmt: skip
     has = _decode_segments(sk["has"], total)
     rows = np.flatnonzero(has == 1.0)
     if rows.size != s:
@@ -324,6 +326,17 @@ def _flat_sketches(
     np.cumsum(lens.astype(np.int64), out=bounds[1:])
     keys = _decode_segments(sk["keys"], n_bins)
     counts = _decode_segments(sk["counts"], n_bins)
+    inside = (ts[rows] >= since) & (ts[rows] < until)
+    if not inside.all():  # the rows outside lose their sketch before any bin is judged
+        kept = np.flatnonzero(inside)
+        starts, ends = bounds[0:-1:2][kept], bounds[2::2][kept]
+        size = ends - starts
+        at = np.repeat(starts - np.cumsum(size) + size, size) + np.arange(int(size.sum()))
+        keys, counts = keys[at], counts[at]
+        rows, zero = rows[kept], zero[kept]
+        lens = lens.reshape(-1, 2)[kept].reshape(-1)
+        bounds = np.zeros(2 * kept.size + 1, dtype=np.int64)
+        np.cumsum(lens.astype(np.int64), out=bounds[1:])
     if np.isnan(keys).any():
         raise ChunkError("a sketch key is missing")
     try:

@@ -81,15 +81,14 @@ def decode(
     flat = sketch.flat_from_arrays(empty, np.empty(0), np.zeros(1, np.int64), np.empty(0))
     sketch_rows = hll_rows = empty
     if sk is not None:
-        rows, keys, counts, bounds, zero = sk
+        rows, keys, counts, bounds, zero, integral = sk
         sketch_rows = np.frombuffer(rows, dtype=np.int64)
-        try:
-            flat = sketch.flat_from_arrays(
-                np.frombuffer(keys, dtype=np.int64), np.frombuffer(counts, dtype=np.float64),
-                np.frombuffer(bounds, dtype=np.int64), np.frombuffer(zero, dtype=np.float64),
-            )  # fmt: skip
-        except ValueError as e:  # sg_chunks.c checks what this checks: not expected
-            raise ChunkError(f"bad sketch bins: {e}") from None
+        # sg_chunks.c checked the bins as flat_from_arrays does, and computed `integral`.
+        flat = sketch.flat_from_checked(
+            np.frombuffer(keys, dtype=np.int64), np.frombuffer(counts, dtype=np.float64),
+            np.frombuffer(bounds, dtype=np.int64), np.frombuffer(zero, dtype=np.float64),
+            np.frombuffer(integral, dtype=np.bool_),
+        )  # fmt: skip
     hlls: list[bytes] = []
     if hl is not None:
         hlls, hll_rows = hl[0], np.frombuffer(hl[1], dtype=np.int64)
