@@ -1,0 +1,411 @@
+"""The scrape in the protobuf format a Prometheus with native histograms asks for: read back
+with a decoder of the wire format written here (not the exporter's encoder), and checked
+against the points sent and against the text format's answer for the same scrape."""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+import pytest
+from ddsketch.mapping import LogarithmicMapping
+
+from statsd_gateway import sketch
+from statsd_gateway.exporter.protobuf import render_protobuf
+from statsd_gateway.exporter.state import Scrape, SeriesState
+from statsd_gateway.gateway import Gateway
+from statsd_gateway.mapping_file import parse_mapping_file
+from statsd_gateway.model import MetricType
+from tests.conftest import ManualClock, make_config, running, send_udp, wait_for_udp
+from tests.test_exporter import PROMETHEUS_ACCEPT, samples, scrape
+
+pytestmark = pytest.mark.asyncio
+
+PROTOBUF_TYPE = (
+    "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited"
+)
+# What Prometheus 2.42 sends with --enable-feature=native-histograms; newer ones q-value it.
+PROMETHEUS_PROTOBUF_ACCEPT = (
+    "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited,"
+    "application/openmetrics-text;version=1.0.0;q=0.8,application/openmetrics-text;"
+    "version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+)
+NEWER_PROMETHEUS_ACCEPT = (
+    "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;"
+    "q=0.5,application/openmetrics-text;version=1.0.0;q=0.4,application/openmetrics-text;"
+    "version=0.0.1;q=0.3,text/plain;version=0.0.4;q=0.2,*/*;q=0.1"
+)
+
+# ---- A decoder of the wire format (https://protobuf.dev/programming-guides/encoding/) and of
+# client_model's io.prometheus.client messages, field numbers as metrics.proto has them.
+
+
+def varint(buf: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, pos
+
+
+def unzigzag(v: int) -> int:
+    return (v >> 1) ^ -(v & 1)
+
+
+def fields(buf: bytes) -> list[tuple[int, Any]]:
+    """(field number, value): an int for a varint, a float for a 64-bit field (every one of
+    these messages' is a double), bytes for a length-delimited one."""
+    out: list[tuple[int, Any]] = []
+    pos = 0
+    while pos < len(buf):
+        tag, pos = varint(buf, pos)
+        number, wire_type = tag >> 3, tag & 7
+        if wire_type == 0:
+            value, pos = varint(buf, pos)
+        elif wire_type == 1:
+            (value,) = struct.unpack_from("<d", buf, pos)
+            pos += 8
+        elif wire_type == 2:
+            n, pos = varint(buf, pos)
+            value, pos = buf[pos : pos + n], pos + n
+        else:
+            raise AssertionError(f"wire type {wire_type} in a message that has none")
+        out.append((number, value))
+    assert pos == len(buf)
+    return out
+
+
+def delimited(body: bytes) -> list[bytes]:
+    out, pos = [], 0
+    while pos < len(body):
+        n, pos = varint(body, pos)
+        out.append(body[pos : pos + n])
+        pos += n
+    assert pos == len(body)
+    return out
+
+
+@dataclass
+class Histogram:
+    count: float = 0.0
+    count_is_float: bool = False
+    sum: float = 0.0
+    buckets: dict[float, float] = field(default_factory=dict)  # le → cumulative count
+    schema: int | None = None
+    zero_threshold: float = 0.0
+    zero_count: float = 0.0
+    positive: dict[int, float] = field(default_factory=dict)  # bucket index → count
+    negative: dict[int, float] = field(default_factory=dict)
+    float_buckets: bool = False
+
+
+@dataclass
+class Metric:
+    labels: dict[str, str]
+    value: float | None = None  # a counter's or gauge's
+    count: int = 0  # a summary's
+    sum: float = 0.0
+    quantiles: dict[float, float] = field(default_factory=dict)
+    histogram: Histogram | None = None
+
+
+TYPES = {0: "counter", 1: "gauge", 2: "summary", 3: "untyped", 4: "histogram"}
+
+
+def decode(body: bytes) -> dict[str, tuple[str, str, list[Metric]]]:
+    """name → (type, help, metrics) of each MetricFamily in the stream."""
+    out = {}
+    for message in delimited(body):
+        name, help_, kind, metrics = "", "", "counter", []
+        for number, value in fields(message):
+            if number == 1:
+                name = value.decode()
+            elif number == 2:
+                help_ = value.decode()
+            elif number == 3:
+                kind = TYPES[value]
+            elif number == 4:
+                metrics.append(decode_metric(value))
+        assert name not in out, f"{name} twice"
+        out[name] = (kind, help_, metrics)
+    return out
+
+
+def decode_metric(buf: bytes) -> Metric:
+    m = Metric({})
+    for number, value in fields(buf):
+        if number == 1:
+            pair = dict(fields(value))
+            m.labels[pair[1].decode()] = pair[2].decode()
+        elif number in (2, 3):  # Gauge, Counter: value = 1
+            m.value = dict(fields(value)).get(1, 0.0)
+        elif number == 4:
+            for n, v in fields(value):
+                if n == 1:
+                    m.count = v
+                elif n == 2:
+                    m.sum = v
+                elif n == 3:
+                    q = dict(fields(v))
+                    m.quantiles[q[1]] = q[2]
+        elif number == 7:
+            m.histogram = decode_histogram(value)
+    return m
+
+
+def decode_histogram(buf: bytes) -> Histogram:
+    h = Histogram()
+    spans: dict[str, list[tuple[int, int]]] = {"pos": [], "neg": []}
+    counts: dict[str, list[float]] = {"pos": [], "neg": []}
+    for number, value in fields(buf):
+        if number == 1:
+            h.count = value
+        elif number == 4:
+            h.count, h.count_is_float = value, True
+        elif number == 2:
+            h.sum = value
+        elif number == 3:
+            b = dict(fields(value))
+            h.buckets[b[2]] = b.get(4, b.get(1, 0))
+        elif number == 5:
+            h.schema = unzigzag(value)
+        elif number == 6:
+            h.zero_threshold = value
+        elif number in (7, 8):
+            h.zero_count = value
+        elif number in (9, 12):
+            s = dict(fields(value))
+            spans["neg" if number == 9 else "pos"].append((unzigzag(s.get(1, 0)), s.get(2, 0)))
+        elif number in (10, 13):  # deltas
+            side = counts["neg" if number == 10 else "pos"]
+            side.append((side[-1] if side else 0) + unzigzag(value))
+        elif number in (11, 14):  # float counts
+            counts["neg" if number == 11 else "pos"].append(value)
+            h.float_buckets = True
+    for side, into in (("pos", h.positive), ("neg", h.negative)):
+        index, it = 0, iter(counts[side])
+        for offset, length in spans[side]:  # the first from 0, each other from the last's end
+            index += offset
+            for _ in range(length):
+                c = next(it)
+                if c:
+                    into[index] = c
+                index += 1
+        assert next(it, None) is None, "more buckets than the spans have"
+    return h
+
+
+# ---- What the points sent should give, computed here from the DDSketch mapping.
+
+MAPPING = LogarithmicMapping(0.01)
+ALPHA = 0.01
+# A quantile Prometheus interpolates in a native bucket of schema 6 is within this of the
+# observation of its rank (native_histogram.py).
+NATIVE_BOUND = (1 + ALPHA) * 2 ** (1 / 64) - 1
+
+
+def native_buckets(values: list[float], scale: float) -> tuple[Counter[int], Counter[int], int]:
+    """(positive, negative) schema-6 bucket counts and the zero count: each value's DDSketch
+    bin centre ÷ scale, in the bucket (2^((i-1)/64), 2^(i/64)]."""
+    pos: Counter[int] = Counter()
+    neg: Counter[int] = Counter()
+    zero = 0
+    for v in values:
+        if abs(v) <= MAPPING.min_possible:
+            zero += 1
+            continue
+        centre = MAPPING.value(MAPPING.key(abs(v))) / scale
+        (pos if v > 0 else neg)[math.ceil(math.log2(centre) * 64)] += 1
+    return pos, neg, zero
+
+
+RULES = """
+mappings:
+  - match: "api.*.latency"
+    name: "api_latency"
+    labels: {endpoint: "$1"}
+    observer_type: histogram
+    histogram_options: {buckets: [0.01, 0.1, 1]}
+    help: "API latency by endpoint"
+  - match: "temps"
+    name: "temps"
+    observer_type: histogram
+    histogram_options: {buckets: [-10, 0, 10]}
+"""
+
+
+async def scrape_bytes(gw: Gateway, accept: str) -> tuple[str, bytes]:
+    assert gw.exporter_address is not None
+    url = "http://{}:{}/metrics".format(*gw.exporter_address)
+    async with aiohttp.ClientSession() as s, s.get(url, headers={"Accept": accept}) as r:
+        assert r.status == 200
+        return r.headers["Content-Type"], await r.read()
+
+
+def mapped_config(tmp_path: Path) -> Any:
+    rules = tmp_path / "mapping.yml"
+    rules.write_text(RULES)
+    return make_config(
+        tmp_path,
+        exporter={"enabled": True, "listen": "127.0.0.1:0"},
+        statsd={"mapping_file": str(rules)},
+    )
+
+
+async def test_every_family_in_protobuf_with_native_buckets_from_the_points_sent(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    latencies = [float(v) for v in range(1, 301)] + [0.0, 2500.0]  # ms
+    temps = [-12.5, -3.0, -3.0, 0.0, 4.0, 4.0, 4.1, 37.0]
+    async with running(mapped_config(tmp_path), clock) as (gw, _):
+        lines = [f"api.home.latency:{v:g}|ms" for v in latencies]
+        lines += [f"temps:{v:g}|h" for v in temps]
+        lines += ["hits:3|c|#host:a", "hits:4|c|#host:b", "temp.c:-4.25|g", "lat:12|ms"]
+        lines += [f"users:u{i}|s" for i in range(5)] + ['odd:1|c|#path:x"y\\z']
+        for at in range(0, len(lines), 40):
+            send_udp(gw, "\n".join(lines[at : at + 40]).encode())
+        await wait_for_udp(gw, (len(lines) + 39) // 40)
+        clock.advance(10)
+        await gw.flusher.flush()
+        content_type, body = await scrape_bytes(gw, PROMETHEUS_PROTOBUF_ACCEPT)
+        _, text = await scrape(gw)
+    assert content_type == PROTOBUF_TYPE
+    got = decode(body)
+    assert sorted(got) == ["api_latency", "hits", "lat", "odd", "temp_c", "temps", "users"]
+    text_samples = samples(text)
+
+    kind, help_, [a, b] = got["hits"]
+    assert kind == "counter" and help_ == "StatsD counter hits"
+    assert (a.labels, a.value, b.labels, b.value) == ({"host": "a"}, 3, {"host": "b"}, 4)
+    assert got["odd"][2][0].labels == {"path": 'x"y\\z'}  # raw, not escaped as in text
+    assert got["temp_c"][0] == "gauge" and got["temp_c"][2][0].value == -4.25
+    assert got["users"][0] == "gauge" and got["users"][2][0].value == 5
+
+    kind, _, [lat] = got["lat"]
+    assert kind == "summary" and lat.count == 1 and lat.sum == 0.012
+    assert lat.quantiles == {q: text_samples[f'lat{{quantile="{q}"}}'] for q in (0.5, 0.9, 0.99)}
+    assert math.isclose(lat.quantiles[0.5], 0.012, rel_tol=ALPHA)
+
+    kind, help_, [api] = got["api_latency"]
+    assert (kind, help_, api.labels) == (
+        "histogram",
+        "API latency by endpoint",
+        {"endpoint": "home"},
+    )
+    h = api.histogram
+    assert h is not None and not h.count_is_float and not h.float_buckets
+    assert h.count == len(latencies) and h.sum == pytest.approx(sum(latencies) / 1000)
+    # The classic buckets, as the text format has them.
+    for le in (0.01, 0.1, 1):
+        assert h.buckets[le] == text_samples[f'api_latency_bucket{{endpoint="home",le="{le:g}"}}']
+    # The native buckets: schema 6, each value in the bucket of its bin's centre (in seconds).
+    pos, neg, zero = native_buckets(latencies, 1000.0)
+    assert h.schema == 6
+    assert (h.positive, h.negative, h.zero_count) == (dict(pos), dict(neg), zero) and zero == 1
+    assert h.zero_threshold == MAPPING.min_possible / 1000  # what the sketch counts as zero
+    for v in (v for v in latencies if v > 0):  # each one's bucket is within 1 % of it
+        i = math.ceil(math.log2(MAPPING.value(MAPPING.key(v)) / 1000) * 64)
+        lower, upper = 2 ** ((i - 1) / 64), 2 ** (i / 64)
+        assert lower * (1 - ALPHA) < v / 1000 <= upper * (1 + ALPHA)
+
+    kind, _, [t] = got["temps"]  # negative values, a zero, unit as sent
+    assert t.histogram is not None
+    pos, neg, zero = native_buckets(temps, 1.0)
+    assert (t.histogram.positive, t.histogram.negative) == (dict(pos), dict(neg))
+    assert t.histogram.zero_count == zero == 1
+    assert t.histogram.zero_threshold == MAPPING.min_possible
+    assert t.histogram.buckets == {-10: 1, 0: 4, 10: 7}
+
+
+@pytest.mark.parametrize(
+    ("accept", "protobuf"),
+    [
+        (PROMETHEUS_PROTOBUF_ACCEPT, True),
+        (NEWER_PROMETHEUS_ACCEPT, True),
+        (PROMETHEUS_ACCEPT, False),  # a Prometheus without native histograms
+        ("text/plain;version=0.0.4;q=0.9," + NEWER_PROMETHEUS_ACCEPT, False),  # text preferred
+        ("application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;"
+         "encoding=text", False),  # the text encoding of protobuf is not served
+        ("application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;"
+         "encoding=delimited;q=0", False),
+        ("*/*", False),
+    ],
+)  # fmt: skip
+async def test_protobuf_only_when_the_scrape_prefers_it(
+    tmp_path: Path, clock: ManualClock, accept: str, protobuf: bool
+) -> None:
+    config = make_config(
+        tmp_path, exporter={"enabled": True, "listen": "127.0.0.1:0", "openmetrics": True}
+    )
+    async with running(config, clock) as (gw, api):
+        status, _ = await api.batch([{"name": "jobs.done", "type": "counter", "value": 2}])
+        assert status == 200
+        clock.advance(10)
+        await gw.flusher.flush()
+        content_type, body = await scrape_bytes(gw, accept)
+    if protobuf:
+        assert content_type == PROTOBUF_TYPE
+        assert decode(body)["jobs_done"][2][0].value == 2
+    else:
+        assert not content_type.startswith("application/vnd.google.protobuf")
+        assert b"jobs_done" in body
+
+
+async def test_weighted_counts_are_float_histograms_and_fractional_summaries_left_out(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    async with running(mapped_config(tmp_path), clock) as (gw, _):
+        lines = [f"api.home.latency:{v}|ms|@0.3" for v in (5, 50, 50)]  # each weighs 1/0.3
+        lines += ["lat:12|ms|@0.3", "whole:12|ms|@0.5", "ok:1|c"]
+        send_udp(gw, "\n".join(lines).encode())
+        await wait_for_udp(gw, 1)
+        clock.advance(10)
+        await gw.flusher.flush()
+        _, body = await scrape_bytes(gw, PROMETHEUS_PROTOBUF_ACCEPT)
+        _, text = await scrape(gw)
+    got = decode(body)
+    # A summary's count is an integer in the protobuf format: 1/0.3 cannot be one.
+    assert "lat" not in got and "lat_count" in text
+    assert gw.telemetry.exporter_dropped["fractional_count"] == 1
+    assert got["whole"][2][0].count == 2 and got["ok"][2][0].value == 1
+    h = got["api_latency"][2][0].histogram
+    assert h is not None and h.count_is_float and h.float_buckets
+    weight = 1 / 0.3
+    assert h.count == pytest.approx(3 * weight, rel=1e-12)
+    pos, _, _ = native_buckets([5.0, 50.0, 50.0], 1000.0)
+    assert h.positive.keys() == pos.keys()
+    for i, n in pos.items():
+        assert h.positive[i] == pytest.approx(n * weight, rel=1e-12)
+    assert sum(h.positive.values()) <= h.count  # what Prometheus checks
+    assert h.buckets[0.01] == pytest.approx(weight) and h.buckets[1] == pytest.approx(3 * weight)
+
+
+async def test_a_histogram_whose_buckets_miss_its_count_keeps_its_classic_buckets() -> None:
+    rules = parse_mapping_file(
+        "mappings: [{match: h, name: h, observer_type: histogram,"
+        " histogram_options: {buckets: [1, 10]}}]"
+    )
+    values = np.array([0.5, 5.0, 5.0])
+    bins = sketch.bin_flat(values, None, np.array([0, 3])).bins(0)
+    series, since_start = {}, {}
+    for name, count in (("short", 2.0), ("right", 3.0)):  # "short": fewer than its bins have
+        key = ("default", name, ())
+        series[key] = SeriesState(MetricType.HISTOGRAM, 0.0, count, 10.5, options=rules.options[0])
+        since_start[key] = bins
+    dropped: Counter[str] = Counter()
+    got = decode(render_protobuf(Scrape(series, {}, since_start), dropped=dropped))
+    short, right = got["short"][2][0].histogram, got["right"][2][0].histogram
+    assert short is not None and right is not None
+    assert short.schema is None and short.positive == {}  # no native part: Prometheus would
+    assert short.count == 2 and short.buckets == {1: 1, 10: 3}  # refuse the whole scrape
+    assert right.schema == 6 and sum(right.positive.values()) == right.count == 3
+    assert dropped == Counter({"native_count_mismatch": 1})
