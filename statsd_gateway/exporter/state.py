@@ -14,7 +14,7 @@ A drop-in for statsd_exporter's `/metrics` (docs/PROMETHEUS.md, "The scrape"):
 - a series whose rule has a `ttl` leaves the scrape once it has had no row for that long.
 
 `add()` takes each RowBatch the flusher has written (on the flush worker thread); `snapshot()`
-copies what a scrape renders (exposition.py), under the same lock, off the loop.
+copies what a scrape renders (exposition.py, protobuf.py), under the same lock, off the loop.
 """
 
 from __future__ import annotations
