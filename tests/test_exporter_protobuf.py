@@ -207,7 +207,9 @@ async def test_weighted_counts_are_float_histograms_and_fractional_summaries_lef
     assert h.buckets[0.01] == pytest.approx(weight) and h.buckets[1] == pytest.approx(3 * weight)
 
 
-async def test_a_histogram_whose_buckets_miss_its_count_keeps_its_classic_buckets() -> None:
+async def test_a_histogram_whose_buckets_miss_its_count_is_left_out_first_or_later() -> None:
+    # A classic-only member would make Prometheus (up to 3.2: the family's first metric
+    # decides) store the family wrong or refuse the scrape: the series is left out.
     rules = parse_mapping_file(
         "mappings: [{match: h, name: h, observer_type: histogram,"
         " histogram_options: {buckets: [1, 10]}}]"
@@ -215,15 +217,30 @@ async def test_a_histogram_whose_buckets_miss_its_count_keeps_its_classic_bucket
     values = np.array([0.5, 5.0, 5.0])
     bins = sketch.bin_flat(values, None, np.array([0, 3])).bins(0)
     series, since_start = {}, {}
-    for name, count in (("short", 2.0), ("right", 3.0)):  # "short": fewer than its bins have
-        key = ("default", name, ())
+    # "a" and "c" say fewer than their bins have: the first member of the family, and one
+    # after a healthy member.
+    for host, count in (("a", 2.0), ("b", 3.0), ("c", 4.0), ("d", 3.0)):
+        key = ("default", "h", (("host", host),))
         series[key] = SeriesState(MetricType.HISTOGRAM, 0.0, count, 10.5, options=rules.options[0])
         since_start[key] = bins
     dropped: Counter[str] = Counter()
-    got = decode(render_protobuf(Scrape(series, {}, since_start), dropped=dropped))
-    short, right = got["short"][2][0].histogram, got["right"][2][0].histogram
-    assert short is not None and right is not None
-    assert short.schema is None and short.positive == {}  # no native part: Prometheus would
-    assert short.count == 2 and short.buckets == {1: 1, 10: 3}  # refuse the whole scrape
-    assert right.schema == 6 and sum(right.positive.values()) == right.count == 3
+    kind, _, members = decode(render_protobuf(Scrape(series, {}, since_start), dropped=dropped))[
+        "h"
+    ]
+    assert kind == "histogram" and [m.labels["host"] for m in members] == ["b", "d"]
+    pos, _, _ = native_buckets(list(values), 1.0)
+    for m in members:
+        h = m.histogram
+        assert h is not None and h.schema == 6 and not h.count_is_float
+        assert (h.count, h.sum, h.buckets) == (3, 10.5, {1: 1, 10: 3})
+        assert h.positive == dict(pos) and h.zero_count == 0
+    assert dropped == Counter({"native_count_mismatch": 2})
+
+
+async def test_a_family_whose_every_histogram_misses_its_count_is_not_served() -> None:
+    rules = parse_mapping_file("mappings: [{match: h, name: h, observer_type: histogram}]")
+    key = ("default", "h", ())
+    state = SeriesState(MetricType.HISTOGRAM, 0.0, 1.0, 1.0, options=rules.options[0])
+    dropped: Counter[str] = Counter()
+    assert render_protobuf(Scrape({key: state}, {}, {}), dropped=dropped) == b""
     assert dropped == Counter({"native_count_mismatch": 1})

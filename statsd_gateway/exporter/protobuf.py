@@ -11,8 +11,12 @@ Contract:
 - A histogram series carries its classic buckets (its rule's bounds) and, beside them, its
   native histogram (native_histogram.py): a Prometheus without native histograms reads the
   first, one with them the second. Where the native histogram cannot be made exactly (its
-  buckets do not add up to its count) the series is served with its classic buckets alone
-  and counted as `native_count_mismatch`.
+  buckets do not add up to its count) the series is left out and counted as
+  `native_count_mismatch`, not served with its classic buckets alone: Prometheus up to 3.2
+  takes a family as native or classic from its first metric only, so a classic-only member
+  after a native one is stored wrong (2.42) or fails the whole scrape (2.50 to 3.2), and a
+  classic-only first member makes the family classic, where up to 2.44 the float counts of
+  its weighted members are read as 0.
 - A summary whose count is not a whole number (sample rates weigh observations) is left out
   and counted as `fractional_count`: the format's Summary has an integer count only.
 """
@@ -176,6 +180,7 @@ def _metric(
         native = native_histogram(scrape.since_start.get(key), scale_of(state), state.count)
         if native is None:
             dropped["native_count_mismatch"] += 1
+            return None
         _histogram(value, state, scrape, key, native)
         metric.message(_Metric.HISTOGRAM, value)
     return metric
@@ -203,18 +208,17 @@ def _histogram(
     state: SeriesState,
     scrape: Scrape,
     key: SeriesKey,
-    native: NativeHistogram | None,
+    native: NativeHistogram,
 ) -> None:
     scale = scale_of(state)
-    # With a native part its count is the native buckets' sum (equal to the series' count
-    # when whole; within float rounding of it when not), so that the two parts agree. A
-    # float native histogram is one whose sample_count_float is set: Prometheus reads its
-    # buckets as float counts then, and as deltas otherwise, even if that float is whole.
-    count = state.count if native is None else native.count
-    if _is_count(count) and (native is None or native.integral):
-        histogram.uint(_Histogram.SAMPLE_COUNT, int(count))
+    # Its count is the native buckets' sum (equal to the series' count when whole; within
+    # float rounding of it when not), so that the two parts agree. A float native histogram
+    # is one whose sample_count_float is set: Prometheus reads its buckets as float counts
+    # then, and as deltas otherwise, even if that float is whole.
+    if native.integral and _is_count(native.count):
+        histogram.uint(_Histogram.SAMPLE_COUNT, int(native.count))
     else:
-        histogram.double(_Histogram.SAMPLE_COUNT_FLOAT, count)
+        histogram.double(_Histogram.SAMPLE_COUNT_FLOAT, native.count)
     histogram.double(_Histogram.SAMPLE_SUM, state.total / scale)
     for upper, cumulative in classic_buckets(state, scrape.since_start.get(key), scale):
         bucket = Message()
@@ -224,8 +228,7 @@ def _histogram(
             bucket.double(_Bucket.CUMULATIVE_COUNT_FLOAT, cumulative)
         bucket.double(_Bucket.UPPER_BOUND, upper)
         histogram.message(_Histogram.BUCKET, bucket)
-    if native is not None:
-        _native(histogram, native)
+    _native(histogram, native)
 
 
 def _native(histogram: Message, native: NativeHistogram) -> None:
