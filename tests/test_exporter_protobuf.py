@@ -178,7 +178,7 @@ async def test_protobuf_only_when_the_scrape_prefers_it(
         assert b"jobs_done" in body
 
 
-async def test_weighted_counts_are_float_histograms_and_fractional_summaries_left_out(
+async def test_weighted_counts_are_float_histograms_and_rounded_summary_counts(
     tmp_path: Path, clock: ManualClock
 ) -> None:
     async with running(mapped_config(tmp_path), clock) as (gw, _):
@@ -190,10 +190,21 @@ async def test_weighted_counts_are_float_histograms_and_fractional_summaries_lef
         await gw.flusher.flush()
         _, body = await scrape_bytes(gw, PROMETHEUS_PROTOBUF_ACCEPT)
         _, text = await scrape(gw)
+        send_udp(gw, b"lat:12|ms|@0.3\nlat:12|ms|@0.3")
+        await wait_for_udp(gw, 2)
+        clock.advance(10)
+        await gw.flusher.flush()
+        _, later = await scrape_bytes(gw, PROMETHEUS_PROTOBUF_ACCEPT)
     got = decode(body)
-    # A summary's count is an integer in the protobuf format: 1/0.3 cannot be one.
-    assert "lat" not in got and "lat_count" in text
-    assert gw.telemetry.exporter_dropped["fractional_count"] == 1
+    # A summary's count is an integer in the protobuf format: 1/0.3 is served as 3, its sum
+    # and quantiles as the text format has them.
+    text_samples = samples(text)
+    [lat] = got["lat"][2]
+    assert text_samples["lat_count"] == pytest.approx(1 / 0.3) and lat.count == 3
+    assert lat.sum == text_samples["lat_sum"]
+    assert lat.quantiles == {q: text_samples[f'lat{{quantile="{q}"}}'] for q in (0.5, 0.9, 0.99)}
+    assert decode(later)["lat"][2][0].count == 10  # 3/0.3, once the float sum is rounded
+    assert not gw.telemetry.exporter_dropped
     assert got["whole"][2][0].count == 2 and got["ok"][2][0].value == 1
     h = got["api_latency"][2][0].histogram
     assert h is not None and h.count_is_float and h.float_buckets
@@ -244,3 +255,18 @@ async def test_a_family_whose_every_histogram_misses_its_count_is_not_served() -
     dropped: Counter[str] = Counter()
     assert render_protobuf(Scrape({key: state}, {}, {}), dropped=dropped) == b""
     assert dropped == Counter({"native_count_mismatch": 1})
+
+
+async def test_a_summary_count_is_rounded_half_up_and_never_shrinks_as_it_grows() -> None:
+    key = ("default", "lat", ())
+    counts = sorted({k / 0.3 for k in range(1, 40)} | {0.0, 0.25, 0.5, 1.5, 2.5, 2.75, 1e17})
+    served = []
+    for count in counts:
+        state = SeriesState(MetricType.TIMING, 0.0, count, 12.0 * count)
+        dropped: Counter[str] = Counter()
+        got = decode(render_protobuf(Scrape({key: state}, {}, {}), dropped=dropped))
+        assert not dropped
+        served.append(got["lat"][2][0].count)
+    assert all(abs(n - c) <= 0.5 for n, c in zip(served, counts, strict=True))
+    assert served == sorted(served)  # no decrease: Prometheus would see a counter reset
+    assert served[counts.index(0.5)] == 1 and served[counts.index(2.5)] == 3  # half up

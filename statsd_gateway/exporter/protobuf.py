@@ -6,8 +6,11 @@ Contract:
 - `wants_protobuf(accept)` is true when the scraper's Accept prefers that format (the highest
   q-value, the first listed on a tie) to everything else it lists; the answer's Content-Type
   is then `PROTOBUF`.
-- The families, names, labels and values are the text format's (families.py): the same series
-  left out for the same reasons, counters without a `_total` added, timings in seconds.
+- The families, names and labels are the text format's (families.py): the same series left
+  out for the same reasons (and one more, below), counters without a `_total` added, timings
+  in seconds. So are the values, but for two counts: a float histogram's count
+  (`sample_count_float`) is the sum of its native buckets, within float rounding of the
+  text format's `_count`, and a summary's count is rounded (below).
 - A histogram series carries its classic buckets (its rule's bounds) and, beside them, its
   native histogram (native_histogram.py): a Prometheus without native histograms reads the
   first, one with them the second. Where the native histogram cannot be made exactly (its
@@ -17,8 +20,11 @@ Contract:
   after a native one is stored wrong (2.42) or fails the whole scrape (2.50 to 3.2), and a
   classic-only first member makes the family classic, where up to 2.44 the float counts of
   its weighted members are read as 0.
-- A summary whose count is not a whole number (sample rates weigh observations) is left out
-  and counted as `fractional_count`: the format's Summary has an integer count only.
+- A summary's count is an integer in this format (`sample_count`; Summary has no float
+  count): where sample rates weigh observations and the count is not a whole number, it is
+  rounded to the nearest (half up), at most 0.5 from the text format's `_count` and never
+  smaller as the count grows, so no counter reset appears. The series is kept, as in the
+  text format and statsd_exporter (which counts int(1/rate) events per line).
 """
 
 from __future__ import annotations
@@ -109,6 +115,7 @@ class _BucketSpan:
 
 _TYPES = {"counter": 0, "gauge": 1, "summary": 2, "histogram": 4}  # enum MetricType
 _UINT64_LIMIT = 2.0**64
+_UINT64_MAX = (1 << 64) - 1
 
 
 def wants_protobuf(accept: str) -> bool:
@@ -171,9 +178,6 @@ def _metric(
         value.double(_VALUE, state.value)
         metric.message(_Metric.GAUGE, value)
     elif kind == "summary":
-        if not _is_count(state.count):
-            dropped["fractional_count"] += 1
-            return None
         _summary(value, state, scrape.quantiles.get(key))
         metric.message(_Metric.SUMMARY, value)
     else:
@@ -191,10 +195,16 @@ def _is_count(value: float) -> bool:
     return value.is_integer() and 0 <= value < _UINT64_LIMIT
 
 
+def rounded_count(value: float) -> int:
+    """A count as a uint64: the nearest whole number, half up (a monotone rounding, so a count
+    that grows never reads smaller), within [0, 2**64)."""
+    return min(max(math.floor(value + 0.5), 0), _UINT64_MAX)
+
+
 def _summary(summary: Message, state: SeriesState, values: tuple[float, ...] | None) -> None:
     scale = scale_of(state)
     qs = state.quantiles
-    summary.uint(_Summary.SAMPLE_COUNT, int(state.count))
+    summary.uint(_Summary.SAMPLE_COUNT, rounded_count(state.count))
     summary.double(_Summary.SAMPLE_SUM, state.total / scale)
     for q, v in zip(qs, values or (math.nan,) * len(qs), strict=True):
         quantile = Message()
