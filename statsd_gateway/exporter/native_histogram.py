@@ -37,8 +37,10 @@ _PER_OCTAVE = 1 << SCHEMA
 # The upper bounds of an octave's buckets, as the fraction math.frexp gives ([0.5, 1)): a
 # value v = f·2^e is in bucket (e - 1)·64 + the first j with f <= _OCTAVE[j].
 _OCTAVE = [2.0 ** (j / _PER_OCTAVE) / 2 for j in range(_PER_OCTAVE)]
-# The bucket Prometheus counts ±Inf in: one past the bucket that ends at 2^1024.
-_INF_INDEX = 1024 << SCHEMA
+# The bucket Prometheus counts ±Inf in: one past the last bucket of finite values, 1024 << 6,
+# whose upper bound (2^1024 by the formula) Prometheus takes as MaxFloat64 (getBound in
+# model/histogram/generic.go).
+_INF_INDEX = (1024 << SCHEMA) + 1
 # Up to this many empty buckets stay inside a span (a zero delta costs a byte; a new span
 # four), as client_golang writes its spans.
 MAX_GAP = 2
