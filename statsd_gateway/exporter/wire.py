@@ -65,16 +65,16 @@ class Message:
         self.buf += _DOUBLE.pack(value)
 
     def string(self, field: int, value: str) -> None:
-        self.bytes(field, value.encode("utf-8"))
+        self.length_delimited(field, value.encode("utf-8"))
 
-    def bytes(self, field: int, value: bytes | bytearray) -> None:
+    def length_delimited(self, field: int, value: bytes | bytearray) -> None:
         """A length-delimited field: bytes, or an encoded sub-message."""
         self._tag(field, LENGTH_DELIMITED)
         put_varint(self.buf, len(value))
         self.buf += value
 
     def message(self, field: int, value: Message) -> None:
-        self.bytes(field, value.buf)
+        self.length_delimited(field, value.buf)
 
 
 def delimited(message: Message) -> bytes:
