@@ -83,8 +83,9 @@ def bucket_index(value: float) -> int:
 def native_histogram(
     bins: sketch.Bins | None, scale: float, count: float
 ) -> NativeHistogram | None:
-    """The native histogram of a series' bins since start (None: no bins), its values ÷
-    `scale`; None if its counts do not add up to the series' `count` (see the contract)."""
+    """The native histogram of a series' bins since start (`bins` None: it has none), its
+    values ÷ `scale`; None if its counts do not add up to the series' `count` (see the
+    contract)."""
     bins = bins if bins is not None else sketch.Bins.empty()
     positive = _side(bins.pos_keys.tolist(), bins.pos_counts.tolist(), scale)
     negative = _side(bins.neg_keys.tolist(), bins.neg_counts.tolist(), scale)
