@@ -14,7 +14,7 @@ import pytest
 from ddsketch.mapping import LogarithmicMapping
 
 from statsd_gateway import sketch
-from statsd_gateway.exporter.protobuf import render_protobuf
+from statsd_gateway.exporter.protobuf import render_protobuf, wants_protobuf
 from statsd_gateway.exporter.state import Scrape, SeriesState
 from statsd_gateway.mapping_file import parse_mapping_file
 from statsd_gateway.model import MetricType
@@ -176,6 +176,28 @@ async def test_protobuf_only_when_the_scrape_prefers_it(
     else:
         assert not content_type.startswith("application/vnd.google.protobuf")
         assert b"jobs_done" in body
+
+
+PB = "application/vnd.google.protobuf"
+PB_DELIMITED = f"{PB};proto=io.prometheus.client.MetricFamily;encoding=delimited"
+
+
+@pytest.mark.parametrize(
+    ("accept", "protobuf"),
+    [
+        ("", False),  # no Accept header: the text format
+        (f"text/plain;version=0.0.4;q=0.5,{PB_DELIMITED};q=0.5", False),  # a tie: the first
+        (f"{PB_DELIMITED};q=0.5,text/plain;version=0.0.4;q=0.5", True),
+        (f"{PB};encoding=delimited;proto=io.prometheus.client.MetricFamily", True),  # any order
+        ("Application/Vnd.Google.Protobuf; PROTO=io.prometheus.client.MetricFamily; "
+         "Encoding=delimited", True),  # media type and parameter names in any case
+        (f'{PB};proto="io.prometheus.client.MetricFamily";encoding="delimited"', True),  # quoted
+        (f"{PB};proto=io.prometheus.client.MetricFamily", False),  # no encoding: not delimited
+        (f"{PB_DELIMITED};q=high,text/plain", False),  # a malformed q asks for nothing
+    ],
+)  # fmt: skip
+async def test_negotiation_as_the_accept_header_says(accept: str, protobuf: bool) -> None:
+    assert wants_protobuf(accept) is protobuf
 
 
 async def test_weighted_counts_are_float_histograms_and_rounded_summary_counts(
