@@ -1,14 +1,12 @@
 """The statsd_exporter-compatible scrape (exporter.listen): what a Prometheus scraping it sees,
-checked with promtool's own linter and with a real Prometheus server scraping it."""
+checked with promtool's own linter (a real Prometheus server scrapes it in
+test_exporter_prometheus.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import shutil
-import socket
-import urllib.parse
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from statsd_gateway.config import Config
 from statsd_gateway.gateway import Gateway
 from tests.conftest import (
     Api,
@@ -194,59 +193,6 @@ async def test_promtool_finds_nothing_to_lint(
     assert not problems, text
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-async def test_a_real_prometheus_scrapes_it(
-    served: tuple[Gateway, Api], clock: ManualClock, tmp_path: Path
-) -> None:
-    prometheus = shutil.which("prometheus")
-    if prometheus is None:
-        missing_prerequisite("prometheus is not installed (apt-get install prometheus)")
-    assert prometheus is not None
-    gw, api = served
-    await send(api, [{"name": "api.hits", "type": "counter", "value": 5, "tags": {"host": "a"}}])
-    clock.advance(10)
-    await gw.flusher.flush()
-    assert gw.exporter_address is not None
-    target = "{}:{}".format(*gw.exporter_address)
-    (tmp_path / "prometheus.yml").write_text(
-        "global: {scrape_interval: 1s}\n"
-        f"scrape_configs: [{{job_name: gw, static_configs: [{{targets: ['{target}']}}]}}]\n"
-    )
-    port = free_port()
-    proc = await asyncio.create_subprocess_exec(
-        prometheus, f"--config.file={tmp_path / 'prometheus.yml'}",
-        f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}",
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        query = urllib.parse.urlencode({"query": 'api_hits{job="gw"}'})
-        url = f"http://127.0.0.1:{port}/api/v1/query?{query}"
-        value = None
-        async with aiohttp.ClientSession() as s:
-            for _ in range(600):  # until Prometheus has scraped once (bounded: 30 s)
-                try:
-                    async with s.get(url) as r:
-                        body = json.loads(await r.text())
-                    if body["data"]["result"]:
-                        value = body["data"]["result"][0]
-                        break
-                except (aiohttp.ClientConnectionError, ValueError, KeyError):
-                    pass  # not up yet: it answers 503 text until its storage is ready
-                await asyncio.sleep(0.05)
-        assert value is not None, "Prometheus never scraped the exporter"
-        assert value["metric"]["host"] == "a"
-        assert value["value"][1] == "5"
-    finally:
-        proc.terminate()
-        await proc.wait()
-
-
 MAPPING = """
 mappings:
   - match: "api.*.latency"
@@ -264,15 +210,19 @@ mappings:
 """
 
 
-async def test_mapping_rules_shape_the_scrape(tmp_path: Path, clock: ManualClock) -> None:
+def mapped_config(tmp_path: Path) -> Config:
+    """The exporter on, shaped by MAPPING's rules."""
     rules = tmp_path / "mapping.yml"
     rules.write_text(MAPPING)
-    config = make_config(
+    return make_config(
         tmp_path,
         exporter={"enabled": True, "listen": "127.0.0.1:0"},
         statsd={"mapping_file": str(rules)},
     )
-    async with running(config, clock) as (gw, _):
+
+
+async def test_mapping_rules_shape_the_scrape(tmp_path: Path, clock: ManualClock) -> None:
+    async with running(mapped_config(tmp_path), clock) as (gw, _):
         lines = [f"api.home.latency:{v}|ms" for v in (5, 50, 50, 500, 5000)]
         lines += ["job.done:1|c", *(f"q.size:{v}|h" for v in range(1, 101))]
         send_udp(gw, "\n".join(lines).encode())

@@ -185,8 +185,9 @@ class ExporterConfig(Section, frozen=True):
     listen: ListenAddress = ListenAddress("127.0.0.1:9102")  # statsd_exporter's web port
     tenant: NonEmpty = "default"
     # OpenMetrics to a scraper that asks for it (Prometheus does, first): its counters then
-    # end in _total. Off, the text format always, as statsd_exporter serves it, so Prometheus
-    # stores the names statsd_exporter users' queries have.
+    # end in _total. Off, the text format (or protobuf, to a scraper that prefers it), as
+    # statsd_exporter serves it, so Prometheus stores the names statsd_exporter users'
+    # queries have.
     openmetrics: bool = False
 
 

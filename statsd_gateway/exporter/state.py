@@ -11,10 +11,12 @@ A drop-in for statsd_exporter's `/metrics` (docs/PROMETHEUS.md, "The scrape"):
   summaries do (so a quantile covers 8 to 10 minutes and the slot under way); or, where its
   mapping rule says `observer_type: histogram`, a histogram of the rule's buckets, counted
   since start from its sketches merged since start;
-- a series whose rule has a `ttl` leaves the scrape once it has had no row for that long.
+- a series whose rule has a `ttl` leaves the scrape once it has had no row for that long
+  (the first scrape after that forgets it); a series that comes back, or one whose type
+  changes, starts again from nothing: its count, sum, quantiles and buckets alike.
 
 `add()` takes each RowBatch the flusher has written (on the flush worker thread); `snapshot()`
-copies what a scrape renders (exposition.py), under the same lock, off the loop.
+copies what a scrape renders (exposition.py, protobuf.py), under the same lock, off the loop.
 """
 
 from __future__ import annotations
@@ -115,10 +117,15 @@ class ScrapeState:
             self._rotate(now)
             summaries: list[int] = []
             histograms: list[int] = []
+            remade: set[SeriesKey] = set()
             for i in mine:
                 key, mtype = rows.keys[i], rows.types[i]
                 state = self._series.get(key)
                 if state is None or state.type is not mtype:
+                    if state is not None:  # another type: what the old one had is not its
+                        remade.add(key)
+                        summaries = [j for j in summaries if rows.keys[j] != key]
+                        histograms = [j for j in histograms if rows.keys[j] != key]
                     state = self._series[key] = SeriesState(
                         mtype, now, options=self.options_of(key)
                     )
@@ -126,6 +133,8 @@ class ScrapeState:
                 self._fold(state, rows, i)
                 if is_observer(mtype) and rows.has_sketch[i]:
                     (histograms if state.is_histogram else summaries).append(i)
+            if remade:
+                self._forget(remade)
             if summaries:
                 self._open = _folded(self._open, rows, summaries)
             if histograms:
@@ -169,14 +178,28 @@ class ScrapeState:
             parts = [m for _, m in self._closed]
             self._closed_merged = _merged(parts) if parts else None
 
+    def _forget(self, keys: set[SeriesKey]) -> None:
+        """Drops the sketches of series forgotten or made again: since start, and in every
+        quantile slot (so a series that comes back starts from nothing, as its count does)."""
+        self._since_start = _without(self._since_start, keys)
+        self._open = _without(self._open, keys)
+        closed = [(slot, _without(m, keys)) for slot, m in self._closed]
+        if any(m is not was for (_, m), (_, was) in zip(closed, self._closed, strict=True)):
+            self._closed = deque((slot, m) for slot, m in closed if m is not None)
+            parts = [m for _, m in self._closed]
+            self._closed_merged = _merged(parts) if parts else None
+
     def snapshot(self) -> Scrape:
-        """The series to render (those past their TTL forgotten) and the summaries'
-        quantiles. Runs off the loop."""
+        """The series to render (those past their TTL forgotten, with their sketches) and the
+        summaries' quantiles. Runs off the loop."""
         now = self.clock()
         with self._lock:
             self._rotate(now)
-            for key in [k for k, s in self._series.items() if _expired(s, now)]:
+            expired = {k for k, s in self._series.items() if _expired(s, now)}
+            for key in expired:
                 del self._series[key]
+            if expired:
+                self._forget(expired)
             series = {k: s.copy() for k, s in self._series.items()}
             parts = [m for m in (self._closed_merged, self._open) if m is not None]
             since_start = self._since_start
@@ -190,6 +213,19 @@ class ScrapeState:
 def _expired(state: SeriesState, now: float) -> bool:
     ttl = None if state.options is None else state.options.ttl
     return ttl is not None and ttl > 0 and now - state.updated > ttl
+
+
+def _without(have: Merged | None, keys: set[SeriesKey]) -> Merged | None:
+    """`have` without the items of `keys` (itself if it has none of them; None if empty)."""
+    if have is None:
+        return None
+    have_keys, flat = have
+    keep = [i for i, k in enumerate(have_keys) if k not in keys]
+    if len(keep) == len(have_keys):
+        return have
+    if not keep:
+        return None
+    return [have_keys[i] for i in keep], sketch.flat_take(flat, keep)
 
 
 def _folded(have: Merged | None, rows: RowBatch, items: list[int]) -> Merged:
