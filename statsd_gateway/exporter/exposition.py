@@ -13,15 +13,21 @@ import functools
 import math
 from collections import Counter
 
+import msgspec
+import numpy as np
+
 from statsd_gateway.exporter.families import (
     LabelPairs,
+    Member,
     classic_buckets,
     families,
     help_text,
     scale_of,
 )
-from statsd_gateway.exporter.state import Scrape
+from statsd_gateway.exporter.state import Scrape, SeriesState
 from statsd_gateway.model import SeriesKey
+
+_JSON = msgspec.json.Encoder()
 
 TEXT = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -38,11 +44,89 @@ def render(scrape: Scrape, *, openmetrics: bool, dropped: Counter[str]) -> bytes
         name = family.removesuffix("_total") if openmetrics and kind == "counter" else family
         lines.append(f"# HELP {name} {_help(help_text(scrape, members))}")
         lines.append(f"# TYPE {name} {kind}")
-        for labels, key in members:
-            lines.extend(_samples(name, kind, _rendered(labels), key, scrape, openmetrics))
+        lines.extend(_family_samples(name, kind, members, scrape, openmetrics))
     if openmetrics:
         lines.append("# EOF")
     return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+def _family_samples(
+    name: str, kind: str, members: list[Member], scrape: Scrape, openmetrics: bool
+) -> list[str]:
+    """The sample lines of one family's members, in order. The numbers of all of them are
+    written at once (_numbers): 10,000 summaries are 50,000 numbers."""
+    states = [scrape.series[key] for _, key in members]
+    braces = [f"{{{_rendered(labels)}}}" if labels else "" for labels, _ in members]
+    if kind == "counter":
+        head = name + ("_total" if openmetrics else "")
+        values = _numbers([s.total for s in states])
+        return [f"{head}{b} {v}" for b, v in zip(braces, values, strict=True)]
+    if kind == "gauge":
+        values = _numbers([s.value for s in states])
+        return [f"{name}{b} {v}" for b, v in zip(braces, values, strict=True)]
+    if kind == "histogram":
+        out: list[str] = []
+        for (labels, key), state, b in zip(members, states, braces, strict=True):
+            out += _histogram_samples(name, _rendered(labels), key, state, scrape)
+            out += _tail(name, b, state)
+        return out
+    # Summaries: per member its quantiles (its rule's), then _sum and _count.
+    heads = [f"{name}{{{b[1:-1]},quantile=" if b else f"{name}{{quantile=" for b in braces]
+    rules = {s.quantiles for s in states}
+    if len(rules) == 1:  # the usual case: every member with the same quantiles, at once
+        (qs,) = rules
+        nan = (math.nan,) * len(qs)
+        grid = np.array([scrape.quantiles.get(key, nan) for _, key in members], dtype=np.float64)
+        scale = np.array([scale_of(s) for s in states], dtype=np.float64)
+        grid = np.column_stack(
+            [grid.reshape(len(members), len(qs)) / scale[:, None],
+             np.array([s.total for s in states]) / scale, [s.count for s in states]]
+        )  # fmt: skip
+        texts = _numbers(grid.ravel().tolist())
+        k = len(qs) + 2
+        tags = [f'"{_quantile_text(q)}"}} ' for q in qs]
+        return [
+            line
+            for i, (head, b) in enumerate(zip(heads, braces, strict=True))
+            for line in (
+                *(head + tag + texts[i * k + j] for j, tag in enumerate(tags)),
+                f"{name}_sum{b} {texts[i * k + k - 2]}",
+                f"{name}_count{b} {texts[i * k + k - 1]}",
+            )
+        ]
+    out: list[str] = []
+    for (_, key), state, head, b in zip(members, states, heads, braces, strict=True):
+        scale = scale_of(state)
+        values = scrape.quantiles.get(key, (math.nan,) * len(state.quantiles))
+        numbers = _numbers([*(v / scale for v in values), state.total / scale, state.count])
+        for q, text in zip(state.quantiles, numbers, strict=False):
+            out.append(f'{head}"{_quantile_text(q)}"}} {text}')
+        out.append(f"{name}_sum{b} {numbers[-2]}")
+        out.append(f"{name}_count{b} {numbers[-1]}")
+    return out
+
+
+def _tail(name: str, braces: str, state: SeriesState) -> list[str]:
+    scale = scale_of(state)
+    return [
+        f"{name}_sum{braces} {_number(state.total / scale)}",
+        f"{name}_count{braces} {_number(state.count)}",
+    ]
+
+
+def _histogram_samples(
+    name: str, labels: str, key: SeriesKey, state: SeriesState, scrape: Scrape
+) -> list[str]:
+    head = f"{name}_bucket{{{labels}," if labels else f"{name}_bucket{{"
+    buckets = classic_buckets(state, scrape.since_start.get(key), scale_of(state))
+    out = [f'{head}le="{_number(le)}"}} {_number(c)}' for le, c in buckets]
+    out.append(f'{head}le="+Inf"}} {_number(state.count)}')
+    return out
+
+
+@functools.lru_cache(maxsize=256)
+def _quantile_text(q: float) -> str:
+    return _number(q)
 
 
 @functools.lru_cache(maxsize=1 << 18)
@@ -54,32 +138,25 @@ def _escaped(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def _samples(
-    name: str, kind: str, labels: str, key: SeriesKey, scrape: Scrape, openmetrics: bool
-) -> list[str]:
-    state = scrape.series[key]
-    braces = f"{{{labels}}}" if labels else ""
-    if kind == "counter":
-        return [f"{name}{'_total' if openmetrics else ''}{braces} {_number(state.total)}"]
-    if kind == "gauge":
-        return [f"{name}{braces} {_number(state.value)}"]
-    scale = scale_of(state)
-    tail = [
-        f"{name}_sum{braces} {_number(state.total / scale)}",
-        f"{name}_count{braces} {_number(state.count)}",
-    ]
-    if kind == "histogram":
-        head = f"{name}_bucket{{{labels}," if labels else f"{name}_bucket{{"
-        buckets = classic_buckets(state, scrape.since_start.get(key), scale)
-        out = [f'{head}le="{_number(le)}"}} {_number(c)}' for le, c in buckets]
-        out.append(f'{head}le="+Inf"}} {_number(state.count)}')
-        return out + tail
-    qs = state.quantiles
-    values = scrape.quantiles.get(key, (math.nan,) * len(qs))
-    head = f"{name}{{{labels},quantile=" if labels else f"{name}{{quantile="
-    return [
-        f'{head}"{_number(q)}"}} {_number(v / scale)}' for q, v in zip(qs, values, strict=True)
-    ] + tail
+def _numbers(values: list[float]) -> list[str]:
+    """_number of each value, the same strings, from one JSON encoding of them all (msgspec's
+    shortest round-trip digits are repr's). Where repr writes an exponent (|v| < 1e-4 or
+    >= 1e16), or JSON does (an `e`), or JSON has no number (NaN and the infinities: `null`),
+    the value goes through _number."""
+    if not values:
+        return []
+    text = _JSON.encode(values).decode()
+    out = [p[:-2] if p.endswith(".0") else p for p in text[1:-1].split(",")]
+    size = np.abs(np.asarray(values, dtype=np.float64))
+    with np.errstate(invalid="ignore"):
+        odd = ~((size >= 1e-4) & (size < 1e16)) & (size != 0)  # NaN: neither, so odd
+    for i in np.flatnonzero(odd).tolist():
+        out[i] = _number(values[i])
+    if "e" in text:
+        for i, p in enumerate(out):
+            if "e" in p:
+                out[i] = _number(values[i])
+    return out
 
 
 def _help(text: str) -> str:

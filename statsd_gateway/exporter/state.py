@@ -248,12 +248,12 @@ def _quantiles(
     """Each summary's quantiles (its own, in order), one cell_quantiles per distinct q."""
     if not parts:
         return {}
-    index: dict[SeriesKey, int] = {}
-    groups = np.asarray(
-        [index.setdefault(k, len(index)) for ks, _ in parts for k in ks], dtype=np.int64
-    )
+    every = [k for ks, _ in parts for k in ks]
+    index = {k: i for i, k in enumerate(dict.fromkeys(every))}
+    groups = np.fromiter(map(index.__getitem__, every), dtype=np.int64, count=len(every))
     keys, flat = list(index), sketch.flat_concat([f for _, f in parts])
-    wanted = sorted({q for k in keys if k in series for q in series[k].quantiles})
+    rules = {series[k].quantiles for k in keys if k in series}
+    wanted = sorted({q for qs in rules for q in qs})
     # One window over one cell per series: the window kernel merges each series' items
     # (the closed slots' merge, the open slot) and ranks them at once, per q.
     zero, one = np.zeros(1, dtype=np.int64), np.ones(1, dtype=np.int64)
@@ -267,6 +267,10 @@ def _quantiles(
             per_q[q] = sketch.cell_quantiles(merged, cells, len(keys), q).tolist()
         else:
             per_q[q] = got[:, 0].tolist()
+    if len(rules) == 1:  # the usual case: every summary with the same quantiles
+        (qs,) = rules
+        rows = zip(keys, zip(*(per_q[q] for q in qs), strict=True), strict=True)
+        return {k: v for k, v in rows if k in series}
     return {
         k: tuple(per_q[q][i] for q in series[k].quantiles)
         for i, k in enumerate(keys)
