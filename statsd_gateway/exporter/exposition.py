@@ -94,16 +94,16 @@ def _family_samples(
                 f"{name}_count{b} {texts[i * k + k - 1]}",
             )
         ]
-    out: list[str] = []
+    lines: list[str] = []  # members with quantiles of their own: one at a time
     for (_, key), state, head, b in zip(members, states, heads, braces, strict=True):
-        scale = scale_of(state)
-        values = scrape.quantiles.get(key, (math.nan,) * len(state.quantiles))
-        numbers = _numbers([*(v / scale for v in values), state.total / scale, state.count])
-        for q, text in zip(state.quantiles, numbers, strict=False):
-            out.append(f'{head}"{_quantile_text(q)}"}} {text}')
-        out.append(f"{name}_sum{b} {numbers[-2]}")
-        out.append(f"{name}_count{b} {numbers[-1]}")
-    return out
+        unit = scale_of(state)
+        found = scrape.quantiles.get(key, (math.nan,) * len(state.quantiles))
+        written = _numbers([*(v / unit for v in found), state.total / unit, state.count])
+        for q, text in zip(state.quantiles, written, strict=False):
+            lines.append(f'{head}"{_quantile_text(q)}"}} {text}')
+        lines.append(f"{name}_sum{b} {written[-2]}")
+        lines.append(f"{name}_count{b} {written[-1]}")
+    return lines
 
 
 def _tail(name: str, braces: str, state: SeriesState) -> list[str]:
