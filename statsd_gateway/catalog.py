@@ -12,12 +12,13 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from statsd_gateway.aggregator import IntervalAggregator
 from statsd_gateway.errors import MetricNotFound
 from statsd_gateway.flusher import Flusher
-from statsd_gateway.model import Tags
+from statsd_gateway.model import SeriesKey, Tags
 from statsd_gateway.series_registry import SeriesRegistry
 from statsd_gateway.store.base import Store
 
@@ -32,11 +33,14 @@ class MetricCatalog:
         aggregator: IntervalAggregator,
         store: Store,
         flusher: Flusher,
+        *,
+        on_deleted: Callable[[set[SeriesKey]], None] = lambda keys: None,
     ) -> None:
         self._registry = registry
         self._aggregator = aggregator
         self._store = store
         self._flusher = flusher
+        self._on_deleted = on_deleted  # what else holds series: the exporter's scrape
 
     def metrics_of(self, tenant: str, match: str | None = None) -> list[dict[str, Any]]:
         """The tenant's metrics (those whose name matches the glob `match`, if given) with
@@ -74,6 +78,7 @@ class MetricCatalog:
             with self._aggregator.live_held():  # no StatsD point of theirs lands in between
                 in_memory = self._aggregator.discard(keys)
                 self._registry.forget(keys)
+            self._on_deleted(keys)
         # Their points may still be in the write-ahead log, which a crash would replay: a flush
         # now writes what memory holds without them and releases the log up to here.
         await self._flusher.flush(force=True)

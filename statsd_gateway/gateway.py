@@ -161,6 +161,7 @@ class Gateway:
         if others.deleted:  # deleted through another gateway: forgotten here too
             await self.flusher.discard_rollups(set(others.deleted))
             self._forget_series(others.deleted)
+            self._unscrape(set(others.deleted))
 
     def now(self) -> float:
         return self.clock()
@@ -241,7 +242,9 @@ class Gateway:
         self.query_engine = QueryEngine(
             self.store, self.aggregator, max_sketches=cfg.query.max_sketches
         )
-        self.catalog = MetricCatalog(self.registry, self.aggregator, self.store, self.flusher)
+        self.catalog = MetricCatalog(
+            self.registry, self.aggregator, self.store, self.flusher, on_deleted=self._unscrape
+        )
         self.flusher.before_write = self._learn_series_of_others
         self.promql = PromqlService(self.query_engine, self.tiers, timeout=cfg.query.timeout)
         if cfg.exporter.enabled:
@@ -373,6 +376,12 @@ class Gateway:
             cfg.address,
             cfg.packet_bytes,
         )
+
+    def _unscrape(self, keys: set[SeriesKey]) -> None:
+        """Deleted series leave the exporter's scrape too (a series only gone stale stays,
+        as in statsd_exporter, until its rule's ttl)."""
+        if self.scrape_state is not None:
+            self.scrape_state.forget(keys)
 
     def _forget_series(self, keys: list[SeriesKey]) -> None:
         """Series the store removed; one with a point in memory since stays known (its next

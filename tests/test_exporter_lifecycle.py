@@ -15,7 +15,7 @@ from statsd_gateway.exporter.protobuf import render_protobuf
 from statsd_gateway.exporter.state import ScrapeState
 from statsd_gateway.mapping_file import parse_mapping_file
 from statsd_gateway.model import BucketRow, MetricType, RowBatch
-from tests.conftest import ManualClock, make_config, running, send_udp, wait_for_udp
+from tests.conftest import ADMIN_KEY, ManualClock, make_config, running, send_udp, wait_for_udp
 from tests.protobuf_scrape import PROMETHEUS_PROTOBUF_ACCEPT, Histogram, decode, scrape_bytes
 from tests.test_exporter import samples, scrape
 
@@ -138,3 +138,31 @@ def test_a_type_change_within_one_flush_keeps_only_the_new_type_rows(clock: Manu
     dropped: Counter[str] = Counter()
     text = render(state.snapshot(), openmetrics=False, dropped=dropped).decode()
     assert text_buckets(text) == {"1": 1, "10": 1, "+Inf": 1, "count": 1}
+
+
+@pytest.mark.asyncio
+async def test_a_metric_deleted_through_the_api_leaves_the_scrape(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    """DELETE /v1/metrics takes the metric's series off the scrape (they are gone from the
+    store and from memory); sent again, it counts from nothing. Other metrics stay."""
+    config = make_config(tmp_path, exporter={"enabled": True, "listen": "127.0.0.1:0"})
+    async with running(config, clock) as (gw, api):
+        send_udp(gw, b"jobs:3|c|#host:a\njobs:4|c|#host:b\nkept:1|c")
+        await wait_for_udp(gw, 1)
+        clock.advance(10)
+        await gw.flusher.flush()
+        got = samples((await scrape(gw))[1])
+        assert (got['jobs{host="a"}'], got['jobs{host="b"}'], got["kept"]) == (3, 4, 1)
+        status, body = await api.request(
+            "DELETE", "/v1/metrics", params={"name": "jobs"}, key=ADMIN_KEY
+        )
+        assert status == 200, body
+        got = samples((await scrape(gw))[1])
+        assert not [name for name in got if name.startswith("jobs")] and got["kept"] == 1
+        send_udp(gw, b"jobs:2|c|#host:a")
+        await wait_for_udp(gw, 2)
+        clock.advance(10)
+        await gw.flusher.flush()
+        got = samples((await scrape(gw))[1])
+        assert got['jobs{host="a"}'] == 2 and 'jobs{host="b"}' not in got

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -177,6 +177,16 @@ class ScrapeState:
         if changed:
             parts = [m for _, m in self._closed]
             self._closed_merged = _merged(parts) if parts else None
+
+    def forget(self, keys: Iterable[SeriesKey]) -> None:
+        """Series deleted (DELETE /v1/metrics, through this gateway or another on the same
+        store): gone from the scrape with their sketches; one that comes back starts from
+        nothing."""
+        gone = set(keys)
+        with self._lock:
+            for key in gone:
+                self._series.pop(key, None)
+            self._forget(gone)
 
     def _forget(self, keys: set[SeriesKey]) -> None:
         """Drops the sketches of series forgotten or made again: since start, and in every
