@@ -468,6 +468,17 @@ async def _free(api: Api, dsn: str) -> None:
         conn.execute("VACUUM points_10s")
 
 
+async def _tied_later_first_in_heap(gw: Gateway, api: Api, dsn: str) -> None:
+    """temp = 1, then temp = 2 at the same time in a later flush, the later row placed
+    before the earlier one in the heap (in space VACUUM freed)."""
+    await _fill(gw, api)
+    await _write_tied(gw, api, 1)
+    await _free(api, dsn)
+    await _write_tied(gw, api, 2)
+    places = _heap_places(dsn)
+    assert places[2.0] < places[1.0], places  # the case itself
+
+
 def _heap_places(dsn: str) -> dict[float, tuple[int, int]]:
     with psycopg.connect(dsn) as conn:
         rows = conn.execute("SELECT last, ctid::text FROM points_10s").fetchall()
@@ -490,12 +501,7 @@ async def test_on_equal_times_the_later_written_gauge_wins_where_vacuum_reused_s
     before the earlier row (the heap's order is not the write order), and once sealed."""
     clock = ManualClock(T0 + 5)
     async with gateways([pg_config(tmp_path, postgres_dsn, "gw")], clock) as [(gw, api)]:
-        await _fill(gw, api)
-        await _write_tied(gw, api, 1)
-        await _free(api, postgres_dsn)
-        await _write_tied(gw, api, 2)
-        places = _heap_places(postgres_dsn)
-        assert places[2.0] < places[1.0], places  # the case itself: later, but first in the heap
+        await _tied_later_first_in_heap(gw, api, postgres_dsn)
         assert await _last_of_bucket(api) == [2]
         clock.advance(2 * HOUR)  # the window completes; its rows are sealed into a chunk
         assert await gw.flusher.flush(force=True)
@@ -514,11 +520,7 @@ async def test_a_restart_rebuilds_the_open_minute_in_write_order(
     clock = ManualClock(T0 + 5)
     config = pg_config(tmp_path, postgres_dsn, "gw")
     async with gateways([config], clock) as [(gw, api)]:
-        await _fill(gw, api)
-        await _write_tied(gw, api, 1)
-        await _free(api, postgres_dsn)
-        await _write_tied(gw, api, 2)
-    assert _heap_places(postgres_dsn)[2.0] < _heap_places(postgres_dsn)[1.0]
+        await _tied_later_first_in_heap(gw, api, postgres_dsn)
     async with gateways([config], clock) as [(gw, api)]:  # rebuilds the open minute
         clock.advance(2 * HOUR)
         assert await gw.flusher.flush(force=True)
