@@ -9,9 +9,13 @@ What it measures
     `--kind counter`. Then GET /metrics on the exporter is timed `--runs` times, request to
     last byte (aiohttp client), and the answer checked: every series present, counts exact.
 
+    `--protobuf`: the scrape asks for the protobuf format, as a Prometheus with native
+    histograms does (the answer checked by its size only).
+
 How to run (from the repository root; about a minute each)
     .venv/bin/python bench/scrape.py --kind timing
     .venv/bin/python bench/scrape.py --kind counter --runs 11
+    .venv/bin/python bench/scrape.py --kind timing --protobuf
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.query import ManualClock
 from statsd_gateway.api.auth import hash_key
 from statsd_gateway.config import config_from_dict
+from statsd_gateway.exporter.protobuf import PROTOBUF
 from statsd_gateway.gateway import Gateway, tune_gc
 
 KEY = "bench-key"
@@ -39,7 +44,7 @@ SERIES = 10_000
 TARGET = 0.200
 
 
-async def run(kind: str, runs: int, flushes: int) -> None:
+async def run(kind: str, runs: int, flushes: int, protobuf: bool) -> None:
     tune_gc()
     with tempfile.TemporaryDirectory(prefix="scrape-bench-") as tmp:
         raw = {
@@ -76,17 +81,26 @@ async def run(kind: str, runs: int, flushes: int) -> None:
                     clock.advance(10)
                     await gw.flusher.flush()
                 times = []
+                accept = {"Accept": PROTOBUF} if protobuf else {}
                 for _ in range(runs):
                     began = time.perf_counter()
-                    async with s.get(scrape_url) as r:
-                        body = await r.text()
+                    async with s.get(scrape_url, headers=accept) as r:
+                        raw = await r.read()
                     times.append(time.perf_counter() - began)
         finally:
             await gw.stop()
+    med = statistics.median(times)
+    if protobuf:
+        print(
+            f"{kind}, protobuf: {SERIES:,} series, scrape median {med * 1000:.1f} ms "
+            f"({min(times) * 1000:.1f}–{max(times) * 1000:.1f}, {runs} runs), "
+            f"{len(raw) / 1e6:.1f} MB"
+        )
+        return
+    body = raw.decode()
     lines = [x for x in body.splitlines() if x.startswith("bench_m")]
     want = SERIES * (5 if kind == "timing" else 1)  # 3 quantiles + _sum + _count a summary
     assert len(lines) == want, (len(lines), want)
-    med = statistics.median(times)
     print(
         f"{kind}: {SERIES:,} series, scrape median {med * 1000:.1f} ms "
         f"({min(times) * 1000:.1f}–{max(times) * 1000:.1f}, {runs} runs), "
@@ -102,8 +116,9 @@ def main() -> None:
     parser.add_argument("--kind", choices=("timing", "counter", "gauge"), default="timing")
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--flushes", type=int, default=72)
+    parser.add_argument("--protobuf", action="store_true", help="ask for the protobuf format")
     args = parser.parse_args()
-    asyncio.run(run(args.kind, args.runs, args.flushes))
+    asyncio.run(run(args.kind, args.runs, args.flushes, args.protobuf))
 
 
 if __name__ == "__main__":
