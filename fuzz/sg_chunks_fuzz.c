@@ -17,10 +17,12 @@
  *   the blobs, the sketches' rows increasing and within the rows, their bounds from 0 to every
  *   bin and non-decreasing, counts > 0, zero counts >= 0, keys increasing within each store;
  *   the HyperLogLogs' rows increasing and within the rows, their ends increasing to the bytes;
- *   a sketch only for a row in [since, until);
+ *   a sketch only for a row in [since, until); each sketch's `integral` flag as
+ *   flat_from_arrays computes it;
  * - the cap only ever adds SG_CH_DEFER: decoded again with the largest cap, the status is the
  *   same (or the first was SG_CH_DEFER), and two answers are equal byte for byte.
  */
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -162,6 +164,15 @@ static void check_answer(const sg_chunks *d, size_t nblobs) {
             for (int64_t j = b[st]; j < b[st + 1]; j++)
                 CHECK(counts[j] > 0 && (j == b[st] || k[j] > k[j - 1]), "bin %lld", (long long)j);
         }
+        /* integral: the zero count and every count of the sketch whole, below 2**53 */
+        const uint8_t *whole = d->integral.p;
+        CHECK(d->integral.n == s, "integral %zu of %zu", d->integral.n, s);
+        for (size_t i = 0; i < s; i++) {
+            int ok = zero[i] == floor(zero[i]) && zero[i] < 9007199254740992.0;
+            for (int64_t j = b[2 * i]; ok && j < b[2 * i + 2]; j++)
+                ok = counts[j] == floor(counts[j]) && counts[j] < 9007199254740992.0;
+            CHECK(whole[i] == ok, "integral of sketch %zu", i);
+        }
     }
     if (d->hll) {
         size_t h = d->hll_rows.n;
@@ -186,7 +197,7 @@ static void check_same(const sg_chunks *a, const sg_chunks *b) {
         CHECK(same_vec(&a->values[i], &b->values[i], 8), "column %d differs", i);
     CHECK(same_vec(&a->sketch_rows, &b->sketch_rows, 8) && same_vec(&a->keys, &b->keys, 8) &&
               same_vec(&a->counts, &b->counts, 8) && same_vec(&a->bounds, &b->bounds, 8) &&
-              same_vec(&a->zero, &b->zero, 8),
+              same_vec(&a->zero, &b->zero, 8) && same_vec(&a->integral, &b->integral, 1),
           "sketches differ");
     CHECK(same_vec(&a->hll_rows, &b->hll_rows, 8) && same_vec(&a->hll_ends, &b->hll_ends, 8) &&
               same_vec(&a->hll_data, &b->hll_data, 1),

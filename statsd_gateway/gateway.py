@@ -161,7 +161,6 @@ class Gateway:
         if others.deleted:  # deleted through another gateway: forgotten here too
             await self.flusher.discard_rollups(set(others.deleted))
             self._forget_series(others.deleted)
-            self._unscrape(set(others.deleted))
 
     def now(self) -> float:
         return self.clock()
@@ -378,19 +377,21 @@ class Gateway:
         )
 
     def _unscrape(self, keys: set[SeriesKey]) -> None:
-        """Deleted series leave the exporter's scrape too (a series only gone stale stays,
-        as in statsd_exporter, until its rule's ttl)."""
+        """Series gone from the store leave the exporter's scrape too: deleted (here, or by
+        another gateway on a shared store), or forgotten as stale (no bucket left in any
+        tier, by this gateway's retention or another's)."""
         if self.scrape_state is not None:
             self.scrape_state.forget(keys)
 
     def _forget_series(self, keys: list[SeriesKey]) -> None:
-        """Series the store removed; one with a point in memory since stays known (its next
-        flush writes it again)."""
+        """Series the store removed (stale, or deleted by another gateway); one with a point in
+        memory since stays known (its next flush writes it again), and on the scrape."""
         with self.aggregator.live_held():  # no StatsD point lands in between
             in_memory = self.aggregator.keys_in_memory()
             gone = [k for k in keys if k not in in_memory]
             self.registry.forget(gone)
             self.aggregator.forget_gauges(gone)
+        self._unscrape(set(gone))
 
     async def _start_stream_transports(self) -> None:
         cfg = self.config

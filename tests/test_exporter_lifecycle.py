@@ -15,7 +15,7 @@ from statsd_gateway.exporter.protobuf import render_protobuf
 from statsd_gateway.exporter.state import ScrapeState
 from statsd_gateway.mapping_file import parse_mapping_file
 from statsd_gateway.model import BucketRow, MetricType, RowBatch
-from tests.conftest import ADMIN_KEY, ManualClock, make_config, running, send_udp, wait_for_udp
+from tests.conftest import ADMIN_KEY, T0, ManualClock, make_config, running, send_udp, wait_for_udp
 from tests.protobuf_scrape import PROMETHEUS_PROTOBUF_ACCEPT, Histogram, decode, scrape_bytes
 from tests.test_exporter import samples, scrape
 
@@ -166,3 +166,41 @@ async def test_a_metric_deleted_through_the_api_leaves_the_scrape(
         await gw.flusher.flush()
         got = samples((await scrape(gw))[1])
         assert got['jobs{host="a"}'] == 2 and 'jobs{host="b"}' not in got
+
+
+@pytest.mark.asyncio
+async def test_a_series_the_store_forgets_as_stale_leaves_the_scrape(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    """Quiet until no tier holds a bucket of it, a series is forgotten by retention: it leaves
+    the scrape then, not before (as statsd_exporter keeps it, without a ttl)."""
+    tiers = [
+        {"resolution": "10s", "retention": "2m"},
+        {"resolution": "1m", "retention": "1h"},
+        {"resolution": "1h", "retention": "3h"},
+    ]
+    config = make_config(
+        tmp_path, storage={"tiers": tiers}, exporter={"enabled": True, "listen": "127.0.0.1:0"}
+    )
+    async with running(config, clock) as (gw, _):
+        assert gw.retention is not None
+        send_udp(gw, b"gone:5|c\nkept:1|c")
+        await wait_for_udp(gw, 1)
+        clock.advance(10)
+        await gw.flusher.flush()
+        clock.advance(2 * 3600)
+        await gw.flusher.flush()
+        await gw.retention.run_once(force=True)  # its hour is still kept: known, on the scrape
+        assert samples((await scrape(gw))[1])["gone"] == 5
+        # Here its rows are never sealed: a sealed hour would keep it until its day's chunk goes.
+        for hour in range(2, 2 + 28):
+            clock.advance(3600)
+            send_udp(gw, b"kept:1|c")
+            await wait_for_udp(gw, hour)
+            await gw.flusher.flush()
+            await gw.retention.run_once(force=True)
+            if "gone" not in samples((await scrape(gw))[1]):
+                break
+        got = samples((await scrape(gw))[1])
+        assert "gone" not in got and got["kept"] == hour
+        assert clock.t - T0 > 3 * 3600  # not before its hour aged out of the 1 h tier

@@ -84,7 +84,7 @@ def _family_samples(
         )  # fmt: skip
         texts = _numbers(grid.ravel().tolist())
         k = len(qs) + 2
-        tags = [f'"{_quantile_text(q)}"}} ' for q in qs]
+        tags = [f'"{_number(q)}"}} ' for q in qs]
         return [
             line
             for i, (head, b) in enumerate(zip(heads, braces, strict=True))
@@ -100,7 +100,7 @@ def _family_samples(
         found = scrape.quantiles.get(key, (math.nan,) * len(state.quantiles))
         written = _numbers([*(v / unit for v in found), state.total / unit, state.count])
         for q, text in zip(state.quantiles, written, strict=False):
-            lines.append(f'{head}"{_quantile_text(q)}"}} {text}')
+            lines.append(f'{head}"{_number(q)}"}} {text}')
         lines.append(f"{name}_sum{b} {written[-2]}")
         lines.append(f"{name}_count{b} {written[-1]}")
     return lines
@@ -122,11 +122,6 @@ def _histogram_samples(
     out = [f'{head}le="{_number(le)}"}} {_number(c)}' for le, c in buckets]
     out.append(f'{head}le="+Inf"}} {_number(state.count)}')
     return out
-
-
-@functools.lru_cache(maxsize=256)
-def _quantile_text(q: float) -> str:
-    return _number(q)
 
 
 @functools.lru_cache(maxsize=1 << 18)

@@ -53,6 +53,7 @@ typedef struct {
     sg_ch_vec hll_len;    /* one blob's HyperLogLog lengths */
     uint64_t sk_rows, n_bins; /* the sketch blocks' counts, added (saturating) */
     int hll_bad;          /* a HyperLogLog part does not add up (reported after the sketches) */
+    int misaligned;       /* a sketch block whose flags or lengths do not add up on its own */
 } ctx;
 
 #define BAD(msg)                                                                                 \
@@ -286,27 +287,35 @@ static int group(ctx *c, const uint8_t *p, size_t len, size_t *at, int want, buf
  * [since, until), which lose their sketch as the rows of a block outside it do: their flag
  * NaN, their zero count, lengths and bins taken out in place. The reference drops the same
  * before it checks the bins (chunks_decode._flat_sketches), so a bin only a dropped sketch
- * holds is never judged. Where the block's flags or lengths do not add up to s and nb, its
- * sketches cannot be told apart: left to the reference if one is to go, else to
- * finish_sketches. */
+ * holds is never judged. The reference pairs the n-th flagged row of the whole batch with its
+ * n-th sketch and bins: a block's own sketches are its own only while every block so far
+ * adds up on its own (its flags to s, its lengths to nb). After one that does not, a block
+ * with a sketch to drop is left to the reference (SG_CH_DEFER); one with none, to
+ * finish_sketches, as before. */
 static int drop_outside(ctx *c, const double *ts, double *has, uint64_t m, uint64_t s,
                         uint64_t nb) {
     sg_chunks *d = c->d;
     double lo = d->since, hi = d->until;
     int some = 0;
-    for (uint64_t r = 0; r < m && !some; r++) some = has[r] == 1.0 && !(ts[r] >= lo && ts[r] < hi);
-    if (!some) return 0;
-    double *zero = (double *)d->zero.p + (d->zero.n - s);
+    uint64_t flagged = 0, total = 0;
+    for (uint64_t r = 0; r < m; r++) {
+        flagged += has[r] == 1.0;
+        some |= has[r] == 1.0 && !(ts[r] >= lo && ts[r] < hi);
+    }
     double *lens = (double *)c->lens.p + (c->lens.n - 2 * s);
+    int whole = flagged == s; /* then s <= m: the lengths are few */
+    for (uint64_t j = 0; whole && j < 2 * s; j++) {
+        if (!(lens[j] >= 0 && lens[j] < TWO53) || lens[j] != floor(lens[j]))
+            whole = 0;
+        else
+            total += (uint64_t)lens[j];
+    }
+    if (!whole || total != nb) c->misaligned = 1;
+    if (!some) return 0;
+    if (c->misaligned) return SG_CH_DEFER;
+    double *zero = (double *)d->zero.p + (d->zero.n - s);
     double *keys = (double *)d->keys.p + (d->keys.n - nb);
     double *counts = (double *)d->counts.p + (d->counts.n - nb);
-    uint64_t flagged = 0, total = 0;
-    for (uint64_t r = 0; r < m; r++) flagged += has[r] == 1.0;
-    for (uint64_t j = 0; j < 2 * s; j++) {
-        if (!(lens[j] >= 0 && lens[j] < TWO53) || lens[j] != floor(lens[j])) return SG_CH_DEFER;
-        total += (uint64_t)lens[j];
-    }
-    if (flagged != s || total != nb) return SG_CH_DEFER;
     uint64_t k = 0, kept = 0, read = 0, written = 0;
     for (uint64_t r = 0; r < m; r++) {
         if (has[r] != 1.0) continue;
@@ -356,7 +365,10 @@ static int sketch_block(ctx *c, const block *bl, uint64_t m, const double *ts, d
     TRY(append_column(c, &d->counts, &col));
     c->sk_rows = sat_add(c->sk_rows, s);
     c->n_bins = sat_add(c->n_bins, nb);
-    if (c->sk_rows == UINT64_MAX || c->n_bins == UINT64_MAX) return 0; /* finish_sketches: BAD */
+    if (c->sk_rows == UINT64_MAX || c->n_bins == UINT64_MAX) { /* finish_sketches: BAD */
+        c->misaligned = 1;
+        return 0;
+    }
     return drop_outside(c, ts, has, m, s, nb);
 }
 

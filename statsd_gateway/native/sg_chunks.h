@@ -6,15 +6,17 @@
  * identical answers, bit for bit, for any bytes):
  * - SG_CH_OK: the blobs' rows, in blob order, as the reference returns them: `ts`, `chunk`, the
  *   value columns asked for (NaN where a column is tag 0 or its group absent), and if asked the
- *   sketches (the rows of the blocks overlapping [since, until) only) and HyperLogLogs. Checked
+ *   sketches (of the rows in [since, until) only) and HyperLogLogs. Checked
  *   as the reference checks them, including what sketch.flat_from_arrays refuses.
  * - SG_CH_BAD: the reference raises ChunkError for these blobs; `error` says why.
  * - SG_CH_DEFER: the reference decides: a count or inflated group past `max_cells`, an
  *   allocation that failed, or an input where the reference does something this code does not
  *   repeat (raises another error than ChunkError: a row count of 2**63 or more, an infinite
  *   HyperLogLog length; or computes in float where the order of additions could matter: sketch
- *   store lengths that are not integers below 2**53, keys outside int64). Never for a chunk the
- *   encoder wrote.
+ *   store lengths that are not integers below 2**53, keys outside int64; or pairs a batch's
+ *   flagged rows with its sketches across blocks: a sketch to drop for a row outside [since,
+ *   until) in or after a block whose flags or lengths do not add up on their own). Never for
+ *   a chunk the encoder wrote.
  * The checks run in the reference's order where that decides the outcome: every blob's header
  * and columns first, then the sketches' consistency, then the HyperLogLogs'.
  */
@@ -51,7 +53,7 @@ void sg_ch_release(void *p, size_t mapped);
 typedef struct {
     /* what to decode */
     unsigned want;         /* bit SG_CH_COUNT…SG_CH_LAST_TS: that value column */
-    int sketches, hll;     /* decode the sketches (of blocks overlapping [since, until)), HLLs */
+    int sketches, hll;     /* decode the sketches (of the rows in [since, until)), HLLs */
     double since, until;
     size_t max_cells;      /* the most elements of any array and bytes of any inflated group */
     /* what came out (SG_CH_OK) */

@@ -58,6 +58,8 @@ def chunk_row_batch(
     known = [k for k in known if k[2] is not None]
     if not known:
         return replace(RowBatch.from_rows([]), series=np.empty(0, dtype=np.int64))
+    # Every row (the default range is all finite times: no bucket time the encoder wrote is
+    # NaN or infinite, which would lose its sketch here).
     d = decode_chunks(
         [data for _, data, _ in known], NUMERIC_COLUMNS,
         sketches=True, hll=True,
