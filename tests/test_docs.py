@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import re
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from statsd_gateway import errors, protocol
 from statsd_gateway.aggregator import AGGREGATOR_REJECT_REASONS
 from statsd_gateway.api.openapi_prometheus import ERROR_TYPES
+from statsd_gateway.exporter.families import DROP_REASONS
 from statsd_gateway.mapping import MAPPING_REJECT_REASONS
 from statsd_gateway.promql.evaluate import SUPPORTED_FUNCTIONS
 from statsd_gateway.promql.syntax import AGGREGATIONS
@@ -72,3 +74,21 @@ def test_every_promql_construct_is_in_the_table(construct: str) -> None:
 @pytest.mark.parametrize("error_type", sorted({*ERROR_TYPES.values(), "timeout"}))
 def test_every_prometheus_error_type_is_documented(error_type: str) -> None:
     assert f"| `{error_type}` |" in (DOCS / "PROMETHEUS.md").read_text()
+
+
+@pytest.mark.parametrize("reason", DROP_REASONS)
+def test_every_scrape_drop_reason_is_documented(reason: str) -> None:
+    row = next(
+        line
+        for line in (DOCS / "METRICS.md").read_text().splitlines()
+        if line.startswith("| `statsd_gateway_exporter_dropped_series_total` |")
+    )
+    assert f"`{reason}`" in row
+
+
+def test_the_scrape_counts_no_reason_outside_the_list() -> None:
+    exporter = Path(__file__).parent.parent / "statsd_gateway" / "exporter"
+    used = {
+        m for f in exporter.glob("*.py") for m in re.findall(r'dropped\["(\w+)"\]', f.read_text())
+    }
+    assert used and used <= set(DROP_REASONS), used - set(DROP_REASONS)

@@ -34,6 +34,9 @@ KINDS = {
 }  # fmt: skip
 SCALE = {MetricType.TIMING: 1000.0}  # milliseconds → seconds
 RESERVED_LABELS = ("quantile", "le", "__name__")
+# Why a scrape leaves a series out (statsd_gateway_exporter_dropped_series_total{reason};
+# docs/METRICS.md): these here, and the protobuf format's own (protobuf.py).
+DROP_REASONS = ("name_clash", "kind_clash", "label_clash", "duplicate", "native_count_mismatch")
 
 LabelPairs = tuple[tuple[str, str], ...]  # (label name, value), sorted by name
 Member = tuple[LabelPairs, SeriesKey]
