@@ -161,6 +161,9 @@ class Gateway:
         if others.deleted:  # deleted through another gateway: forgotten here too
             await self.flusher.discard_rollups(set(others.deleted))
             self._forget_series(others.deleted)
+            # Off the scrape even with points here since: what it showed predates the delete
+            # (the snapshot being written, still in memory, is added again after this).
+            self._unscrape(set(others.deleted))
 
     def now(self) -> float:
         return self.clock()

@@ -115,13 +115,16 @@ def test_a_histogram_made_again_with_another_type_counts_only_its_new_observatio
 
 
 @pytest.mark.parametrize("how", ["expired", "remade"])
+@pytest.mark.parametrize("slot", ["open", "closed"])
 def test_a_summary_back_has_the_quantiles_of_its_new_observations_only(
-    clock: ManualClock, how: str
+    clock: ManualClock, how: str, slot: str
 ) -> None:
+    """Its old sketches gone from the slot under way, or (250 s on, two 2-minute slots later)
+    from a closed slot and the closed slots' merge."""
     options = parse_mapping_file("mappings: [{match: h, name: h, ttl: 60s}]").options[0]
     state = ScrapeState("default", clock, options_of=lambda key: options)
     state.add(rows(MetricType.TIMING, [1000.0] * 9))  # within the quantiles' 10 minutes
-    clock.advance(61 if how == "expired" else 10)
+    clock.advance(250 if slot == "closed" else 61 if how == "expired" else 10)
     if how == "expired":
         assert KEY not in state.snapshot().series
     state.add(rows(MetricType.TIMING if how == "expired" else MetricType.HISTOGRAM, [10.0]))
@@ -204,3 +207,29 @@ async def test_a_series_the_store_forgets_as_stale_leaves_the_scrape(
         got = samples((await scrape(gw))[1])
         assert "gone" not in got and got["kept"] == hour
         assert clock.t - T0 > 3 * 3600  # not before its hour aged out of the 1 h tier
+
+
+@pytest.mark.asyncio
+async def test_a_histogram_back_after_its_ttl_with_no_scrape_between_starts_again(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    """Past its ttl a series starts from nothing whether or not a scrape saw it go: here no
+    scrape runs while it is quiet (Prometheus down, or scraping less often than the ttl)."""
+    rules = tmp_path / "mapping.yml"
+    rules.write_text(RULES)
+    config = make_config(
+        tmp_path,
+        exporter={"enabled": True, "listen": "127.0.0.1:0"},
+        statsd={"mapping_file": str(rules)},
+    )
+    async with running(config, clock) as (gw, _):
+        send_udp(gw, b"h:0.5|h\nh:5|h\nh:5|h")
+        await wait_for_udp(gw, 1)
+        clock.advance(10)
+        await gw.flusher.flush()
+        clock.advance(300)  # quiet past its ttl of 60 s, and nobody scrapes
+        send_udp(gw, b"h:0.5|h")
+        await wait_for_udp(gw, 2)
+        clock.advance(10)
+        await gw.flusher.flush()
+        assert text_buckets((await scrape(gw))[1]) == {"1": 1, "10": 1, "+Inf": 1, "count": 1}

@@ -281,7 +281,10 @@ async def test_a_family_whose_every_histogram_misses_its_count_is_not_served() -
 
 async def test_a_summary_count_is_rounded_half_up_and_never_shrinks_as_it_grows() -> None:
     key = ("default", "lat", ())
-    counts = sorted({k / 0.3 for k in range(1, 40)} | {0.0, 0.25, 0.5, 1.5, 2.5, 2.75, 1e17})
+    edges = {0.49999999999999994, 2.0**52 + 1, 2.0**52 + 0.5, 2.0**53}  # exact, not floor(c+.5)
+    counts = sorted(
+        {k / 0.3 for k in range(1, 40)} | {0.0, 0.25, 0.5, 1.5, 2.5, 2.75, 1e17} | edges
+    )
     served = []
     for count in counts:
         state = SeriesState(MetricType.TIMING, 0.0, count, 12.0 * count)
@@ -292,3 +295,5 @@ async def test_a_summary_count_is_rounded_half_up_and_never_shrinks_as_it_grows(
     assert all(abs(n - c) <= 0.5 for n, c in zip(served, counts, strict=True))
     assert served == sorted(served)  # no decrease: Prometheus would see a counter reset
     assert served[counts.index(0.5)] == 1 and served[counts.index(2.5)] == 3  # half up
+    assert served[counts.index(0.49999999999999994)] == 0
+    assert served[counts.index(2.0**52 + 1)] == 2**52 + 1

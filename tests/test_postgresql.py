@@ -27,6 +27,7 @@ from statsd_gateway.store.schema import SchemaError
 from tests.conftest import ADMIN_KEY, T0, Api, ManualClock, make_config
 from tests.daemon import Daemon, generated_key, poll_value, write_config
 from tests.postgres import PostgresCluster, running_cluster
+from tests.test_exporter import samples, scrape
 
 HOUR = 3600.0
 
@@ -559,3 +560,34 @@ async def test_a_schema_1_database_is_migrated_and_its_rows_count_as_written_fir
         places = _heap_places(postgres_dsn)
         assert places[2.0] < places[1.0], places
         assert await _last_of_bucket(api) == [2]
+
+
+async def test_a_metric_deleted_through_another_gateway_restarts_on_this_ones_scrape(
+    tmp_path: Path, postgres_dsn: str
+) -> None:
+    """gw-b scrapes what it receives; a delete through gw-a reaches gw-b's scrape at its next
+    flush, which then shows only what arrived since, though points of it were in gw-b's
+    memory when it learnt of the delete."""
+    clock = ManualClock(T0 + 5)
+    a_config = pg_config(tmp_path, postgres_dsn, "gw-a")
+    b_config = make_config(
+        tmp_path / "gw-b",
+        storage={
+            "backend": "postgresql",
+            "postgresql": {"dsn": postgres_dsn, "source": "gw-b", "connect_timeout": "3s"},
+        },
+        exporter={"enabled": True, "listen": "127.0.0.1:0"},
+    )
+    async with gateways([a_config, b_config], clock) as [(a_gw, a), (b_gw, b)]:
+        assert (await b.report({"name": "jobs", "type": "counter", "value": 3}))[0] == 200
+        assert await b_gw.flusher.flush(force=True)
+        assert samples((await scrape(b_gw))[1])["jobs"] == 3
+        assert await a_gw.flusher.flush(force=True)  # gw-a learns of jobs
+        assert (await b.report({"name": "jobs", "type": "counter", "value": 2}))[0] == 200
+        status, body = await a.request(
+            "DELETE", "/v1/metrics", params={"name": "jobs"}, key=ADMIN_KEY
+        )
+        assert status == 200, body
+        clock.advance(30)
+        assert await b_gw.flusher.flush(force=True)  # learns of the delete, writes the 2
+        assert samples((await scrape(b_gw))[1])["jobs"] == 2

@@ -198,7 +198,10 @@ def _is_count(value: float) -> bool:
 def rounded_count(value: float) -> int:
     """A count as a uint64: the nearest whole number, half up (a monotone rounding, so a count
     that grows never reads smaller), within [0, 2**64)."""
-    return min(max(math.floor(value + 0.5), 0), _UINT64_MAX)
+    whole = math.floor(value)
+    # value - whole is exact (finite value): floor(value + 0.5) would round 0.49999999999999994
+    # up, and 2**52 + 1 to 2**52 + 2.
+    return min(max(whole + (value - whole >= 0.5), 0), _UINT64_MAX)
 
 
 def _summary(summary: Message, state: SeriesState, values: tuple[float, ...] | None) -> None:

@@ -121,8 +121,9 @@ class ScrapeState:
             for i in mine:
                 key, mtype = rows.keys[i], rows.types[i]
                 state = self._series.get(key)
-                if state is None or state.type is not mtype:
-                    if state is not None:  # another type: what the old one had is not its
+                if state is None or state.type is not mtype or _expired(state, now):
+                    if state is not None:  # another type, or back after its ttl (with no
+                        # scrape in between to forget it): what the old one had is not its
                         remade.add(key)
                         summaries = [j for j in summaries if rows.keys[j] != key]
                         histograms = [j for j in histograms if rows.keys[j] != key]
@@ -179,9 +180,9 @@ class ScrapeState:
             self._closed_merged = _merged(parts) if parts else None
 
     def forget(self, keys: Iterable[SeriesKey]) -> None:
-        """Series deleted (DELETE /v1/metrics, through this gateway or another on the same
-        store): gone from the scrape with their sketches; one that comes back starts from
-        nothing."""
+        """Series gone from the store (deleted, through this gateway or another on the same
+        store, or forgotten as stale): gone from the scrape with their sketches; one that
+        comes back starts from nothing."""
         gone = set(keys)
         with self._lock:
             for key in gone:
