@@ -237,7 +237,7 @@ class Gateway:
             self.telemetry,
             clock=self.clock,
             interval=cfg.storage.retention_check_interval,
-            forget_series=self._forget_series,
+            forget_series=self._forget_stale,
         )
         self.sealing = SealJob(self.store, self.telemetry, interval=cfg.aggregation.flush_interval)
         self._pipeline = True
@@ -386,15 +386,20 @@ class Gateway:
         if self.scrape_state is not None:
             self.scrape_state.forget(keys)
 
-    def _forget_series(self, keys: list[SeriesKey]) -> None:
+    def _forget_series(self, keys: list[SeriesKey]) -> list[SeriesKey]:
         """Series the store removed (stale, or deleted by another gateway); one with a point in
-        memory since stays known (its next flush writes it again), and on the scrape."""
+        memory since stays known (its next flush writes it again). Those forgotten."""
         with self.aggregator.live_held():  # no StatsD point lands in between
             in_memory = self.aggregator.keys_in_memory()
             gone = [k for k in keys if k not in in_memory]
             self.registry.forget(gone)
             self.aggregator.forget_gauges(gone)
-        self._unscrape(set(gone))
+        return gone
+
+    def _forget_stale(self, keys: list[SeriesKey]) -> None:
+        """Series retention forgot as stale: off the scrape too, but those with a point in
+        memory since (they are being written again)."""
+        self._unscrape(set(self._forget_series(keys)))
 
     async def _start_stream_transports(self) -> None:
         cfg = self.config
