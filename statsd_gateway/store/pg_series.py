@@ -40,6 +40,14 @@ async def record_deleted(conn: psycopg.AsyncConnection, source_id: int, ids: lis
     )
 
 
+async def _drop_series(conn: psycopg.AsyncConnection, source_id: int, ids: list[int]) -> None:
+    """Series `ids` gone, but for their bucket rows: their gauges, and they themselves, their
+    keys logged for the other gateways (the caller bumped the generation)."""
+    await conn.execute("DELETE FROM gauge_current WHERE series_id = ANY(%s)", (ids,))
+    await record_deleted(conn, source_id, ids)
+    await conn.execute("DELETE FROM series WHERE id = ANY(%s)", (ids,))
+
+
 async def series_ids_of(conn: psycopg.AsyncConnection, keys: Sequence[SeriesKey]) -> list[int]:
     if not keys:
         return []
@@ -66,9 +74,7 @@ async def delete_series(
             f"DELETE FROM {chunk_table(res)} WHERE series_id = ANY(%s) RETURNING rows", (ids,)
         )
         rows += sum(int(n) for (n,) in await cur.fetchall())
-    await conn.execute("DELETE FROM gauge_current WHERE series_id = ANY(%s)", (ids,))
-    await record_deleted(conn, source_id, ids)
-    await conn.execute("DELETE FROM series WHERE id = ANY(%s)", (ids,))
+    await _drop_series(conn, source_id, ids)
     return rows
 
 
@@ -102,10 +108,8 @@ async def delete_stale(
     stale = [(int(sid), (t, n, tags_from_json(g))) for sid, t, n, g in await cur.fetchall()]
     gone = [sid for sid, _ in stale]
     if gone:
-        await conn.execute("DELETE FROM gauge_current WHERE series_id = ANY(%s)", (gone,))
         await conn.execute(BUMP_GENERATION)
-        await record_deleted(conn, source_id, gone)
-        await conn.execute("DELETE FROM series WHERE id = ANY(%s)", (gone,))
+        await _drop_series(conn, source_id, gone)
     return stale
 
 

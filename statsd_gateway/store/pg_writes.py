@@ -45,8 +45,10 @@ class SeriesIds:
         self.generation = -1
 
     def forget(self) -> None:
+        """Every id dropped, valid for no generation (the next flush reads them again)."""
         self.ids.clear()
         self.types.clear()
+        self.generation = -1
 
 
 async def begin_flush(

@@ -297,7 +297,6 @@ class PostgresStore:
             await conn.execute(BUMP_GENERATION)
             yield conn
         self._series.forget()
-        self._series.generation = -1
 
     async def delete_expired(self, resolution: float, before: float) -> int:
         async with self._connection() as conn, conn.transaction():
@@ -345,7 +344,6 @@ class PostgresStore:
         if not stale:
             return []
         self._series.forget()
-        self._series.generation = -1
         for sid, _ in stale:
             self._last_write.pop(sid, None)
         return [key for _, key in stale]
