@@ -13,7 +13,6 @@ import functools
 import math
 from collections import Counter
 
-import msgspec
 import numpy as np
 
 from statsd_gateway.exporter.families import (
@@ -25,9 +24,8 @@ from statsd_gateway.exporter.families import (
     scale_of,
 )
 from statsd_gateway.exporter.state import Scrape, SeriesState
+from statsd_gateway.float_text import texts_of
 from statsd_gateway.model import SeriesKey
-
-_JSON = msgspec.json.Encoder()
 
 TEXT = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -134,24 +132,12 @@ def _escaped(value: str) -> str:
 
 
 def _numbers(values: list[float]) -> list[str]:
-    """_number of each value, the same strings, from one JSON encoding of them all (msgspec's
-    shortest round-trip digits are repr's). Where repr writes an exponent (|v| < 1e-4 or
-    >= 1e16), or JSON does (an `e`), or JSON has no number (NaN and the infinities: `null`),
-    the value goes through _number."""
-    if not values:
-        return []
-    text = _JSON.encode(values).decode()
-    out = [p[:-2] if p.endswith(".0") else p for p in text[1:-1].split(",")]
+    """_number of each value, the same strings, written at once (float_text); also through
+    _number, the values repr writes with an exponent (|v| < 1e-4 or >= 1e16) and JSON not."""
     size = np.abs(np.asarray(values, dtype=np.float64))
     with np.errstate(invalid="ignore"):
         odd = ~((size >= 1e-4) & (size < 1e16)) & (size != 0)  # NaN: neither, so odd
-    for i in np.flatnonzero(odd).tolist():
-        out[i] = _number(values[i])
-    if "e" in text:
-        for i, p in enumerate(out):
-            if "e" in p:
-                out[i] = _number(values[i])
-    return out
+    return texts_of(values, _number, also=np.flatnonzero(odd).tolist())
 
 
 def _help(text: str) -> str:
