@@ -19,6 +19,7 @@ import math
 import operator
 from array import array
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -205,27 +206,32 @@ def _python_bins(
 
 
 def _native_bins(accs: Sequence[SeriesAccumulator]) -> sketch.FlatBins | None:
-    """The bins of every accumulator's values by the native core, where it is built and every
-    value (and weight) is in one of its arrays; None otherwise, or if a value is not finite
-    (bin_flat then raises the error that says so)."""
+    """The bins of every accumulator's values by the native core, where it is built; None
+    otherwise, or if a value is not finite (bin_flat then raises the error that says so). The
+    native core's entries hold array('d'); among them, the Python path's lists (a body applied
+    after a swap took the reference's path) are copied into one, so that a few of them do not
+    send the whole flush through numpy. Lists alone (the pure-Python path) stay bin_flat's:
+    the reference."""
     binning = native_binning
-    if binning is None:
+    # The slots are typed as lists; the native core's are arrays.
+    held: list[Any] = [acc.values for acc in accs]
+    if binning is None or not any(type(v) is array for v in held):
         return None
     values: list[array[float]] = []
     weights: list[array[float] | None] = []
     weighted = False
-    for acc in accs:
-        # The native core's entries hold array('d'), though the slots are typed as lists.
-        v: object = acc.values
-        w: object = acc.weights
-        if v is None or not len(v):  # type: ignore[arg-type]
-            v = _NO_VALUES
-        elif type(v) is not array:
+    for acc, v in zip(accs, held, strict=True):
+        w: Any = acc.weights
+        try:
+            if not v:
+                v = _NO_VALUES
+            elif type(v) is not array:
+                v = array("d", v)
+            if w is not None and type(w) is not array:
+                w = array("d", w)
+        except (TypeError, OverflowError):  # bin_flat says what is wrong
             return None
-        if w is not None:
-            if type(w) is not array:
-                return None
-            weighted = True
+        weighted = weighted or w is not None
         values.append(v)
         weights.append(w)
     out = binning(values, weights if weighted else None)

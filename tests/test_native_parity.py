@@ -295,6 +295,57 @@ def test_native_binning_leaves_a_value_that_is_not_finite_to_bin_flat() -> None:
         assert MODULE.bin_values([array("d", [1.0])], [array("d", [bad])]) is None
 
 
+def test_a_flush_of_native_arrays_and_python_lists_is_binned_by_the_core_as_bin_flat() -> None:
+    """A body applied after a swap takes the reference's path, so a flush can hold both the
+    core's arrays and Python lists (weighted or not): all of it is binned by the core, exactly
+    as bin_flat bins it, rather than the lists sending the whole flush through numpy. Lists
+    alone (the pure-Python path) stay bin_flat's."""
+
+    def acc(values: Any, weights: Any = None) -> accumulator.SeriesAccumulator:
+        a = accumulator.SeriesAccumulator(MetricType.TIMING)
+        a.count, a.sum = float(len(values)), float(sum(values))
+        a.min, a.max = min(values), max(values)
+        a.values, a.weights = values, weights
+        return a
+
+    def rows(accs: list[accumulator.SeriesAccumulator]) -> Any:
+        n = len(accs)
+        keys = [("t", "lat", (("host", str(i)),)) for i in range(n)]
+        return accumulator.finish_rows([T0] * n, list(range(n)), accs, keys)
+
+    def mixed() -> list[accumulator.SeriesAccumulator]:
+        return [
+            acc(array("d", [1.0, 2.5, 1e6])),
+            acc([3.0, -4.0, 0.0]),
+            acc([7.0, 7.0], [2.0, 1 / 0.3]),
+            acc(array("d", [5.0]), array("d", [10.0])),
+        ]
+
+    calls: list[bool] = []
+    binning = accumulator.native_binning
+    assert binning is not None
+
+    def spy(values: Any, weights: Any) -> Any:
+        calls.append(all(type(v) is array for v in values))
+        return binning(values, weights)
+
+    accumulator.native_binning = spy
+    try:
+        got = rows(mixed())
+        assert calls == [True]
+        rows([acc([1.0, 2.0]), acc([3.0], [2.0])])
+        assert calls == [True]  # lists alone: not the core's
+    finally:
+        accumulator.native_binning = binning
+    accumulator.native_binning = None
+    try:
+        want = rows(mixed())
+    finally:
+        accumulator.native_binning = binning
+    for field in ("keys", "counts", "bounds", "zero", "integral"):
+        assert getattr(got.sketches, field).tolist() == getattr(want.sketches, field).tolist()
+
+
 @settings(PARITY, max_examples=max(PARITY.max_examples // 20, 50))
 @given(
     st.lists(
