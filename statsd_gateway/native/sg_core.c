@@ -216,11 +216,24 @@ void sg_table_free(sg_table *t) {
     free(t);
 }
 
+static size_t acc_value_bytes(const sg_acc *a) {
+    return a->cap * sizeof(double) * (a->weights ? 2 : 1);
+}
+
+/* Doubles the room for a series-bucket's values (and weights), kept in the table's count. */
+static void acc_grow(sg_table *t, sg_acc *a) {
+    t->value_bytes -= acc_value_bytes(a);
+    a->cap = a->cap ? a->cap * 2 : 4;
+    a->values = xrealloc(a->values, a->cap * sizeof(double));
+    if (a->weights) a->weights = xrealloc(a->weights, a->cap * sizeof(double));
+    t->value_bytes += acc_value_bytes(a);
+}
+
 size_t sg_table_memory(const sg_table *t) {
-    size_t bytes = t->cap * sizeof(sg_acc) + t->nslots * sizeof(uint32_t) + t->member_bytes;
-    for (size_t i = 0; i < t->n; i++)
-        bytes += t->accs[i].cap * sizeof(double) * (t->accs[i].weights ? 2 : 1);
-    return bytes;
+    /* O(1): an HTTP write asks before every body, so a walk of the table would cost a
+     * back-fill's interval quadratic time. */
+    return t->cap * sizeof(sg_acc) + t->nslots * sizeof(uint32_t) + t->value_bytes +
+           t->member_bytes;
 }
 
 static inline uint64_t acc_hash(double bucket, int64_t sid) {
@@ -286,6 +299,7 @@ size_t sg_table_discard(sg_table *t, const int64_t *sids, size_t n) {
         sg_acc *a = &t->accs[i];
         if (sid_in(a->sid, sids, n)) {
             t->values -= a->n;
+            t->value_bytes -= acc_value_bytes(a);
             if (a->members) t->member_bytes -= a->members->cap;
             free(a->values);
             free(a->weights);
@@ -790,11 +804,7 @@ static void add_value(sg_core *c, int64_t sid, int type, double b, double t, dou
         a->count += 1.0;
         a->sum += v;
         if (sketched) {
-            if (a->n == a->cap) {
-                a->cap = a->cap ? a->cap * 2 : 4;
-                a->values = xrealloc(a->values, a->cap * sizeof(double));
-                if (a->weights) a->weights = xrealloc(a->weights, a->cap * sizeof(double));
-            }
+            if (a->n == a->cap) acc_grow(tab, a);
             a->values[a->n] = v;
             if (a->weights) a->weights[a->n] = 1.0;
             a->n++;
@@ -805,13 +815,10 @@ static void add_value(sg_core *c, int64_t sid, int type, double b, double t, dou
         a->count += w;
         a->sum += v * w;
         if (sketched) {
-            if (a->n == a->cap) {
-                a->cap = a->cap ? a->cap * 2 : 4;
-                a->values = xrealloc(a->values, a->cap * sizeof(double));
-                if (a->weights) a->weights = xrealloc(a->weights, a->cap * sizeof(double));
-            }
+            if (a->n == a->cap) acc_grow(tab, a);
             if (!a->weights) {
                 a->weights = xrealloc(NULL, a->cap * sizeof(double));
+                tab->value_bytes += a->cap * sizeof(double);
                 for (size_t i = 0; i < a->n; i++) a->weights[i] = 1.0;
             }
             a->values[a->n] = v;

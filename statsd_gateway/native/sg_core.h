@@ -95,6 +95,7 @@ typedef struct {
     uint32_t *slots; /* acc index + 1, 0 empty */
     size_t nslots;
     size_t values;   /* buffered values, all series */
+    size_t value_bytes; /* what their buffers (values and weights) take */
     size_t member_bytes;
 } sg_table;
 
