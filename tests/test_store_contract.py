@@ -3,8 +3,10 @@ SQLite store on a real file and against the in-memory store give the same answer
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -137,6 +139,29 @@ async def test_reads_pick_the_coarse_tier_where_it_is_complete(store: Store) -> 
     # One 1-minute row for the first minute, six 10 s rows for the second.
     assert got.cols.ts.tolist() == [T0, *(T0 + 60 + 10 * i for i in range(6))]
     assert float(np.sum(got.cols.values["count"])) == 12.0
+
+
+async def test_rows_are_handed_on_off_the_loop_and_what_then_raises_is_raised(
+    store: Store,
+) -> None:
+    """read_rows_then gives `then` what read_rows answers, on another thread than the loop's
+    (the reduction must not stall it), and raises what `then` raises."""
+    await store.write_flush(FlushWrite(1, RowBatch.from_rows([timing(T0, EU, 1.0, 2.0)])))
+    seen: list[tuple[int, int, list[float]]] = []
+
+    def then(rows: Any) -> str:
+        seen.append((threading.get_ident(), rows.flushed_seq, rows.cols.values["sum"].tolist()))
+        return "reduced"
+
+    assert await store.read_rows_then(read(values=("sum",)), then) == "reduced"
+    assert [(seq, sums) for _, seq, sums in seen] == [(1, [3.0])]
+    assert seen[0][0] != threading.get_ident()
+
+    def fails(rows: Any) -> None:
+        raise ZeroDivisionError("in then")
+
+    with pytest.raises(ZeroDivisionError, match="in then"):
+        await store.read_rows_then(read(values=("sum",)), fails)
 
 
 async def test_the_sketch_budget_is_asked_before_any_row_is_read(store: Store) -> None:

@@ -13,7 +13,6 @@ Semantics (DESIGN.md §2, §4; cells as plan.py defines them):
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -29,7 +28,7 @@ from statsd_gateway.model import MetricType, RowBatch, Tags, matches_all
 from statsd_gateway.query.plan import QueryPlan, Selector
 from statsd_gateway.query.reduce import QueryRows, merge_sketches, reduce_rows
 from statsd_gateway.query.result import MergedSketch, QueryResult, SeriesResult
-from statsd_gateway.store.base import Columns, RowRead, Store, concat_columns
+from statsd_gateway.store.base import Columns, RowRead, Store, StoredRows, concat_columns
 from statsd_gateway.store.tiers import is_multiple
 
 T = TypeVar("T")
@@ -39,8 +38,9 @@ _SKETCH_VALUES = ("count", "sum", "min", "max")
 
 class QueryEngine:
     """Runs plans against a Store and an IntervalAggregator. `run` and `merged_sketch` are
-    coroutines for the event loop: the store reads on its own threads, the reductions run on a
-    worker thread; only the copy of what memory holds of the metric runs on the loop."""
+    coroutines for the event loop: the store reads on its own threads, and the reductions run
+    on the thread that read; only the copy of what memory holds of the metric runs on the
+    loop."""
 
     def __init__(
         self,
@@ -71,18 +71,18 @@ class QueryEngine:
         if not agg.applies_to(mtype):
             raise InvalidArgument(f"{agg.op.value} does not apply to a {mtype.value} metric", "agg")
         self._check_window(plan.window)
-        rows = await self.read_rows(
+        return await self.read_rows_then(
             selector,
             plan.read_from,
             plan.until,
             plan.window,
+            lambda rows: then(QueryResult(mtype, self.reduce(plan, rows))),
             values=agg.columns,
             sketches=agg.sketches,
             hll=agg.hll,
             by_series=not plan.grouping.is_total,
             span=plan.until - plan.start,
         )
-        return await asyncio.to_thread(lambda: then(QueryResult(mtype, self.reduce(plan, rows))))
 
     def reduce(self, plan: QueryPlan, rows: QueryRows) -> list[SeriesResult]:
         """Worker thread: the rows reduced per (group, cell)."""
@@ -98,10 +98,15 @@ class QueryEngine:
                 "distributions do",
                 "name",
             )
-        rows = await self.read_rows(
-            selector, start, until, None, values=_SKETCH_VALUES, sketches=True
+        bins, count, total, lo, hi = await self.read_rows_then(
+            selector,
+            start,
+            until,
+            None,
+            lambda rows: merge_sketches(rows.cols),
+            values=_SKETCH_VALUES,
+            sketches=True,
         )
-        bins, count, total, lo, hi = await asyncio.to_thread(merge_sketches, rows.cols)
         return MergedSketch(mtype, bins, count, total, lo, hi)
 
     def _check_window(self, window: float | None) -> None:
@@ -134,6 +139,28 @@ class QueryEngine:
         rows' series are read only `by_series`, to group by tags. `span` is the range the
         query asked for (default: until - start), which a refusal to merge too many sketches
         suggests shortening."""
+        return await self.read_rows_then(
+            selector, start, until, window, lambda rows: rows, values=values,
+            sketches=sketches, hll=hll, by_series=by_series, span=span,
+        )  # fmt: skip
+
+    async def read_rows_then(
+        self,
+        selector: Selector,
+        start: float,
+        until: float,
+        window: float | None,
+        then: Callable[[QueryRows], T],
+        *,
+        values: Sequence[str],
+        sketches: bool = False,
+        hll: bool = False,
+        by_series: bool = False,
+        span: float | None = None,
+    ) -> T:
+        """then(read_rows(...)), called off the loop on the thread that read the store: the
+        memory's rows are added and `then` reduces them there, one thread hop in all (each
+        costs a wake-up, a good part of a small query's latency)."""
         memory = self._copy_memory(selector)  # before the store read: see the module docstring
         budget = None
         if sketches:
@@ -143,36 +170,34 @@ class QueryEngine:
                     asked = until - start if span is None else span
                     raise _sketch_budget_error(n, self.max_sketches, window, asked)
 
-        stored = await self.store.read_rows(
-            RowRead(
-                selector.tenant,
-                selector.name,
-                selector.matchers,
-                start,
-                until,
-                window,
-                values=tuple(values),
-                sketches=sketches,
-                hll=hll,
-                by_series=by_series,
-                sketch_budget=budget,
-            )
-        )
-        tags = [s.tags for s in stored.series]
-        parts = [(0, stored.cols)]
-        if memory:
+        def with_memory(stored: StoredRows) -> T:
+            tags = [s.tags for s in stored.series]
+            parts = [(0, stored.cols)]
+            if memory:
 
-            def convert() -> tuple[list[Tags], Columns]:
                 def keep(t: Tags) -> bool:
                     return matches_all(t, selector.matchers)
 
                 rows = memory.rows(stored.flushed_seq, start, until, keep)
-                return _memory_columns(rows, values, sketches, hll, by_series)
+                memory_tags, in_memory = _memory_columns(rows, values, sketches, hll, by_series)
+                parts.append((len(tags), in_memory))
+                tags += memory_tags
+            return then(QueryRows(tags, _concat(parts, values)))
 
-            memory_tags, in_memory = await asyncio.to_thread(convert)
-            parts.append((len(tags), in_memory))
-            tags += memory_tags
-        return QueryRows(tags, _concat(parts, values))
+        request = RowRead(
+            selector.tenant,
+            selector.name,
+            selector.matchers,
+            start,
+            until,
+            window,
+            values=tuple(values),
+            sketches=sketches,
+            hll=hll,
+            by_series=by_series,
+            sketch_budget=budget,
+        )
+        return await self.store.read_rows_then(request, with_memory)
 
     def _copy_memory(self, selector: Selector) -> MemoryRows:
         """The one place the engine reads the aggregator (on the loop): a copy of what memory

@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -40,6 +40,8 @@ from statsd_gateway.model import Matcher, MetricType, RowBatch, SeriesKey, Tags
 
 # The numeric columns of a bucket row a read may ask for.
 NUMERIC_COLUMNS = ("count", "sum", "min", "max", "last", "last_ts")
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,6 +307,12 @@ class Store(Protocol):
     # -- reads
     async def flushed_seq(self) -> int: ...
     async def read_rows(self, request: RowRead) -> StoredRows: ...
+    async def read_rows_then(self, request: RowRead, then: Callable[[StoredRows], T]) -> T:
+        """then(the rows read_rows answers), called off the event loop where the backend read
+        them, once the read transaction is over: a caller that reduces the rows saves a
+        thread hop. `then` must not touch the loop; what it raises is raised here."""
+        ...
+
     async def read_for_rebuild(self, resolution: float, since: float) -> RowBatch:
         """Every row of tier `resolution` from `since` on (the open rollups, at start)."""
         ...

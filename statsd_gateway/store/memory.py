@@ -9,6 +9,7 @@ raises it (a store that is down), until it is set back to None. Nothing is persi
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import time
@@ -30,6 +31,7 @@ from statsd_gateway.store.base import (
     SeriesInfo,
     StoredRows,
     StoredState,
+    T,
 )
 from statsd_gateway.store.tiers import plan_segments
 
@@ -250,6 +252,9 @@ class MemoryStore:
 
     async def series_of_others(self) -> OthersSeries:
         return OthersSeries()  # one gateway owns the store
+
+    async def read_rows_then(self, request: RowRead, then: Callable[[StoredRows], T]) -> T:
+        return await asyncio.to_thread(then, await self.read_rows(request))
 
     async def read_rows(self, request: RowRead) -> StoredRows:
         s = self._s  # one state for the whole read: writes replace it, never change it

@@ -19,6 +19,7 @@ gateways share, each writing under its own `source` (schema: store/pg_schema.py)
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import socket
@@ -40,6 +41,7 @@ from statsd_gateway.store.base import (
     SeriesInfo,
     StoredRows,
     StoredState,
+    T,
 )
 from statsd_gateway.store.chunks import ChunkError
 from statsd_gateway.store.pg_chunks import seal_next
@@ -380,6 +382,9 @@ class PostgresStore:
     async def read_rows(self, request: RowRead) -> StoredRows:
         async with self._reading() as conn:
             return await pg_reads.read_stored_rows(conn, self._source_id, request, self.resolutions)
+
+    async def read_rows_then(self, request: RowRead, then: Callable[[StoredRows], T]) -> T:
+        return await asyncio.to_thread(then, await self.read_rows(request))
 
     async def read_for_rebuild(self, resolution: float, since: float) -> RowBatch:
         async with self._reading() as conn:

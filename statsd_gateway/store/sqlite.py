@@ -173,6 +173,14 @@ class SqliteStore:
     async def read_rows(self, request: RowRead) -> StoredRows:
         return await self.run_read(lambda c: read_stored_rows(c, request, self.resolutions))
 
+    async def read_rows_then(self, request: RowRead, then: Callable[[StoredRows], T]) -> T:
+        loop = asyncio.get_running_loop()
+
+        def read_then() -> T:
+            return then(self._read(lambda c: read_stored_rows(c, request, self.resolutions)))
+
+        return await loop.run_in_executor(self._readers, read_then)
+
     async def series(
         self, tenant: str, name: str | None = None, matchers: Sequence[Matcher] = ()
     ) -> list[SeriesInfo]:
