@@ -54,6 +54,7 @@ from statsd_gateway.snapshot import (
     MetricIndex,
     Snapshot,
     SnapshotEntry,
+    collection_paused,
     merge_entries,
     native_bytes,
 )
@@ -340,8 +341,9 @@ class IntervalAggregator:
     def swap(self) -> Snapshot:
         """Moves the live interval into a new pending snapshot (on the event loop; O(1) but
         for what the live sources held, merged in first)."""
-        for source in self.sources:
-            self._merge(*source.take())
+        with collection_paused():
+            for source in self.sources:
+                self._merge(*source.take())
         snap = Snapshot(
             self._next_seq,
             self._live,
