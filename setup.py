@@ -20,10 +20,12 @@ setup(
                 "statsd_gateway/native/sg_relay_module.c",
                 "statsd_gateway/native/sg_windows.c",
                 "statsd_gateway/native/sg_windows_module.c",
+                "statsd_gateway/native/sg_interval_module.c",
                 "statsd_gateway/native/sg_module.c",
             ],
             depends=[
                 "statsd_gateway/native/sg_core.h",
+                "statsd_gateway/native/sg_interval.h",
                 "statsd_gateway/native/sg_bins.h",
                 "statsd_gateway/native/sg_chunks.h",
                 "statsd_gateway/native/sg_relay.h",

@@ -317,7 +317,7 @@ static void check_binning(const sg_table *t) {
 static void check_table(const sg_table *t, uint32_t min_member) {
     CHECK(t->n <= t->cap, "table n %zu cap %zu", t->n, t->cap);
     check_slots(t->slots, t->nslots, t->n, "table");
-    size_t values = 0, member_caps = 0;
+    size_t values = 0, member_caps = 0, value_bytes = 0;
     acc_id *ids = malloc((t->n + 1) * sizeof *ids);
     CHECK(ids, "out of memory");
     for (size_t i = 0; i < t->n; i++) {
@@ -335,6 +335,9 @@ static void check_table(const sg_table *t, uint32_t min_member) {
         CHECK(a->n <= a->cap, "values n %zu cap %zu", a->n, a->cap);
         CHECK(!a->cap || a->values, "cap %zu without values", a->cap);
         values += a->n;
+        value_bytes += a->cap * sizeof(double) * (a->weights ? 2 : 1);
+        CHECK(sg_table_find(t, a->bucket, a->sid) == (long)i, "entry %zu not found where it is",
+              i);
         if (a->type == SG_SET) {
             CHECK(a->members && a->members->n >= 1, "a set without members");
             CHECK(a->n == 0 && !a->weights, "a set with values");
@@ -373,6 +376,8 @@ static void check_table(const sg_table *t, uint32_t min_member) {
         }
     }
     CHECK(values == t->values, "table says %zu values, entries hold %zu", t->values, values);
+    CHECK(value_bytes == t->value_bytes, "table says %zu value bytes, entries hold %zu",
+          t->value_bytes, value_bytes);
     CHECK(member_caps == t->member_bytes, "table says %zu member bytes, sets hold %zu",
           t->member_bytes, member_caps);
     qsort(ids, t->n, sizeof *ids, cmp_acc_id);
@@ -546,10 +551,24 @@ static void feed(const uint8_t *data, size_t len, double now, int transport) {
 
 /* ---- the operations a control byte asks for */
 
+/* What a held interval's pop() does: every other series-bucket dropped, the rest intact. */
+static void check_drop(sg_table *t) {
+    unsigned char *gone = calloc(t->n ? t->n : 1, 1);
+    CHECK(gone, "out of memory");
+    size_t kept = 0;
+    for (size_t i = 0; i < t->n; i++) kept += !(gone[i] = i % 2);
+    sg_table_drop(t, gone);
+    free(gone);
+    CHECK(t->n == kept, "drop kept %zu of %zu", t->n, kept);
+    check_table(t, 1);
+    CHECK(sg_table_find(t, NAN, 1) == -1, "found a bucket that is not a number");
+}
+
 static void op_swap(void) {
     sg_table *t = sg_core_swap(core);
     check_table(t, 1);
     check_binning(t);
+    check_drop(t);
     sg_table_free(t);
     CHECK(core->live->n == 0 && core->live->values == 0, "a swap left a non-empty table");
     t = sg_core_swap(points);

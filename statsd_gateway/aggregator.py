@@ -38,7 +38,6 @@ from itertools import repeat
 from statsd_gateway.accumulator import (
     MemoryEntry,
     MemoryRows,
-    NativeEntry,
     SeriesAccumulator,
     finish_rows,
 )
@@ -49,12 +48,14 @@ from statsd_gateway.snapshot import (
     ENTRY_BYTES,
     VALUE_BYTES,
     Buckets,
+    HeldInterval,
     LiveSink,
     LiveSource,
     MetricIndex,
     Snapshot,
     SnapshotEntry,
     collection_paused,
+    held_rows,
     merge_entries,
     native_bytes,
 )
@@ -280,6 +281,14 @@ class IntervalAggregator:
         into = None
         if seq != self._next_seq:
             into = next((s for s in self._pending if s.seq == seq), None)
+        if into is not None and into.held is not None:
+            ids = self.registry.ids_of(tenant)
+            pairs = [
+                (self.bucket_of(now if x.timestamp is None else x.timestamp), sid)
+                for x in samples
+                if (sid := ids.get((x.name, x.tags))) is not None
+            ]
+            into.unhold(pairs, self.registry)
         return self.add_samples(tenant, samples, into=into, now=now)
 
     def keys_in_memory(self) -> set[SeriesKey]:
@@ -290,6 +299,9 @@ class IntervalAggregator:
                 ids.update(m)
         for source in self.sources:
             ids |= source.sids()
+        for snap in self._pending:
+            if snap.held is not None:
+                ids |= snap.held.sids()
         return set(map(self.registry.key_of, ids))
 
     @contextmanager
@@ -307,6 +319,7 @@ class IntervalAggregator:
         series-buckets were dropped."""
         ids = {sid for sid in map(self.registry.id_of, keys) if sid is not None}
         dropped = sum(source.discard(ids) for source in self.sources)
+        dropped += sum(s.held.discard(list(ids)) for s in self._pending if s.held is not None)
         for index in [self._live_index, *(s.index for s in self._pending)]:
             for metric in {(k[0], k[1]) for k in keys} & index.keys():
                 # The series may come back into the same bucket: one index entry each.
@@ -339,11 +352,26 @@ class IntervalAggregator:
         self._gauges.update(current)
 
     def swap(self) -> Snapshot:
-        """Moves the live interval into a new pending snapshot (on the event loop; O(1) but
-        for what the live sources held, merged in first)."""
-        with collection_paused():
-            for source in self.sources:
-                self._merge(*source.take())
+        """Moves the live interval into a new pending snapshot (on the event loop). Where one
+        core alone held anything and the maps here are empty (the native path's usual case),
+        its interval is kept as it is (`Snapshot.held`), O(1); otherwise what the live sources
+        held is merged into the maps first, an accumulator per series-bucket."""
+        held: HeldInterval | None = None
+        taken = []
+        for source in self.sources:
+            intervals, gauges = source.take()
+            self._merge_gauges(gauges)
+            taken.append([i for i in intervals if len(i)])
+        if sum(map(len, taken)) == 1 and not self._live:
+            held = next(i[0] for i in taken if i)
+            self._live_bytes += native_bytes(*held.memory())
+        else:
+            with collection_paused():
+                for intervals in taken:  # each source's cores in one merge: see merge_entries
+                    entries = [e for interval in intervals for e in interval.entries()]
+                    self._live_bytes += merge_entries(
+                        self._live, self._live_index, entries, self.registry
+                    )
         snap = Snapshot(
             self._next_seq,
             self._live,
@@ -351,6 +379,7 @@ class IntervalAggregator:
             index=self._live_index,
             gauges=self._gauges_changed,
             memory_bytes=self._live_bytes,
+            held=held,
         )
         self._next_seq += 1
         self._live = {}
@@ -361,10 +390,8 @@ class IntervalAggregator:
         self._live_bytes = 0
         return snap
 
-    def _merge(self, entries: list[NativeEntry], gauges: list[tuple[int, float, float]]) -> None:
-        """A live source's interval into the live maps, as if its points had been added here
-        after those already there."""
-        self._live_bytes += merge_entries(self._live, self._live_index, entries, self.registry)
+    def _merge_gauges(self, gauges: list[tuple[int, float, float]]) -> None:
+        """The current values a live source's interval changed."""
         key_of = self.registry.key_of
         for sid, v, t in gauges:
             key = key_of(sid)
@@ -406,12 +433,17 @@ class IntervalAggregator:
             ts.extend(repeat(b, len(m)))
             ids.extend(m)
             accs.extend(m.values())
-        return finish_rows(ts, ids, accs, list(map(self.registry.key_of, ids)))
+        rows = finish_rows(ts, ids, accs, list(map(self.registry.key_of, ids)))
+        if snap.held is None or not len(snap.held):
+            return rows
+        held = held_rows(snap.held, self.registry)
+        return RowBatch.concat([rows, held]) if len(rows) else held
 
     def unfinishable(self, snap: Snapshot) -> list[tuple[SnapshotEntry, Exception]]:
         """The entries of a snapshot that cannot be finished into a row, each with its error,
         found by finishing each on its own (off the loop; only after the whole snapshot failed
-        to finish, so its cost matters little)."""
+        to finish, so its cost matters little). What `held` has must be materialized first."""
+        assert snap.held is None, "materialize the snapshot first"
         found: list[tuple[SnapshotEntry, Exception]] = []
         for b, m in snap.buckets.items():
             for sid, acc in m.items():
@@ -435,11 +467,14 @@ class IntervalAggregator:
                 acc = buckets.get(ts, {}).get(sid)
                 if acc is not None:  # None: set aside by the flusher
                     out.append((seq, ts, sid, key_of(sid), acc.copy()))
-        if self.sources:
-            sids = list(self.registry.ids_of_metric(tenant, name))
-            mtype = self.registry.types.get((tenant, name))
-            for source in self.sources if sids and mtype is not None else ():
-                for entry in source.copy(sids):
-                    acc = SeriesAccumulator.from_native(entry, mtype)  # type: ignore[arg-type]
-                    out.append((self._next_seq, entry[0], entry[1], key_of(entry[1]), acc))
+        held: list[tuple[int, HeldInterval | LiveSource]] = [
+            (s.seq, s.held) for s in self._pending if s.held is not None
+        ]
+        held += [(self._next_seq, source) for source in self.sources]
+        sids = list(self.registry.ids_of_metric(tenant, name)) if held else []
+        mtype = self.registry.types.get((tenant, name))
+        for seq, part in held if sids and mtype is not None else ():
+            for entry in part.copy(sids):
+                acc = SeriesAccumulator.from_native(entry, mtype)  # type: ignore[arg-type]
+                out.append((seq, entry[0], entry[1], key_of(entry[1]), acc))
         return MemoryRows(out)

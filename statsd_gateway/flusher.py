@@ -302,6 +302,7 @@ class Flusher:
         finishing the snapshot failed) or written, and removes them from it (logged and
         counted): True if any were found. A snapshot that keeps failing with no series to blame
         counts a data failure towards QUARANTINE_AFTER."""
+        snap.materialize(self.aggregator.registry)  # set aside by entry, held ones too
         if rows is None:
             found = await self._on_worker(self.aggregator.unfinishable, snap)
         else:

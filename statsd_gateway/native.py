@@ -44,6 +44,7 @@ from statsd_gateway.mapping import DROPPED_BY_MAPPING, INVALID_MAPPED_NAME
 from statsd_gateway.model import FUTURE_MAX_SECONDS, VALUE_ABS_MAX, MetricType, Sample
 from statsd_gateway.protocol import StatsdParser
 from statsd_gateway.series_registry import CARDINALITY_LIMIT, TYPE_CONFLICT
+from statsd_gateway.snapshot import HeldInterval
 from statsd_gateway.telemetry import Telemetry
 
 PURE_PYTHON_ENV = "STATSD_GATEWAY_PURE_PYTHON"
@@ -375,11 +376,8 @@ class NativeLive:
 
     # ---- aggregator.LiveSource
 
-    def take(self) -> tuple[list[NativeEntry], list[tuple[int, float, float]]]:
-        entries: list[NativeEntry] = []
-        for core in self.cores:
-            entries.extend(core.swap())
-        return entries, self.gauges.take_changed()
+    def take(self) -> tuple[list[HeldInterval], list[tuple[int, float, float]]]:
+        return [core.swap_interval() for core in self.cores], self.gauges.take_changed()
 
     def copy(self, sids: list[int]) -> list[NativeEntry]:
         entries: list[NativeEntry] = []

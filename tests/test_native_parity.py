@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from statsd_gateway import accumulator, native, sketch
+from statsd_gateway import accumulator, native, sketch, snapshot
 from statsd_gateway.aggregator import IntervalAggregator
 from statsd_gateway.api.schemas import decode_typed_batch, parse_batch, parse_point, sample_of
 from statsd_gateway.ingest import Ingest, LoggedBody
@@ -68,10 +68,17 @@ class Path:
         self.ingest.statsd_lines("default", data, transport)
 
     def outcome(self) -> dict[str, Any]:
+        """What the interval comes to. Where the swap kept the native core's interval held
+        (Snapshot.held, finished in one pass), the same snapshot is also turned into
+        accumulators and finished as those: both must give the same rows."""
         snap = self.aggregator.swap()
         rows = self.aggregator.snapshot_rows(snap)
+        if snap.held is not None:
+            held = _rows_outcome(rows)
+            snap.materialize(self.registry)
+            rows = self.aggregator.snapshot_rows(snap)
+            assert _rows_outcome(rows) == held
         self.aggregator.release(snap)
-        order = np.lexsort((rows.series, rows.ts))
         out: dict[str, Any] = {
             "series": sorted(
                 (sid, key)
@@ -85,11 +92,20 @@ class Path:
             "rejects": dict(+self.telemetry.rejects),
             "ignored": dict(+self.telemetry.ignored),
         }
-        for col in ("ts", "series", "count", "sum", "min", "max", "last", "last_ts"):
-            out[col] = [_same(x) for x in getattr(rows, col)[order].tolist()]
-        out["sketches"] = [_sketch(rows, int(i)) for i in order]
-        out["hll"] = [rows.hll[int(i)] for i in order]
-        return out
+        return {**out, **_rows_outcome(rows)}
+
+
+def _rows_outcome(rows: Any) -> dict[str, Any]:
+    """A RowBatch's rows by (bucket, series), every column of them."""
+    order = np.lexsort((rows.series, rows.ts))
+    out: dict[str, Any] = {}
+    for col in ("ts", "series", "count", "sum", "min", "max", "last", "last_ts"):
+        out[col] = [_same(x) for x in getattr(rows, col)[order].tolist()]
+    out["sketches"] = [_sketch(rows, int(i)) for i in order]
+    out["hll"] = [rows.hll[int(i)] for i in order]
+    out["types"] = [rows.types[int(i)] for i in order]
+    out["keys"] = [rows.keys[int(i)] for i in order]
+    return out
 
 
 def _same(x: float) -> Any:
@@ -101,7 +117,7 @@ def _sketch(rows: Any, i: int) -> Any:
         return None
     b = rows.sketches.bins(i)
     return (b.pos_keys.tolist(), b.pos_counts.tolist(), b.neg_keys.tolist(),
-            b.neg_counts.tolist(), b.zero)  # fmt: skip
+            b.neg_counts.tolist(), b.zero, bool(rows.sketches.integral[i]))  # fmt: skip
 
 
 def both(**kw: Any) -> tuple[Path, Path]:
@@ -377,7 +393,7 @@ def test_timer_values_of_datagrams_as_the_reference(
     want = ref.outcome()
     binned = []
 
-    def spy(values: Any, weights: Any) -> Any:
+    def spy(values: Any, weights: Any) -> Any:  # the accumulators' binning, after the held one
         out = binning(values, weights)
         binned.append(out is not None)
         return out
@@ -661,3 +677,91 @@ def test_logged_typed_points_judged_anew_when_memory_changed_before_the_commit(
         )
     assert answers[1] == answers[0]
     assert answers[0][0] == ([], [(3, "type_conflict")])
+
+
+def test_a_logged_body_committed_into_a_held_snapshot_adds_after_what_the_core_held(
+    tmp_path: pathlib.Path,
+) -> None:
+    """The swap keeps the native core's interval as it is (Snapshot.held); a body logged
+    before that swap and committed after it goes into that snapshot: the series-buckets it
+    adds to leave the held interval first, so the body's points land after them (the gauge's
+    later value stays, the timings add) exactly as the reference's accumulators take them,
+    and the others stay held until the flush finishes them."""
+    first = [_timing(1.0), {"name": "g", "value": 2.0}, _timing(7.0, tags={"other": "y"})]
+    batch = [_timing(2.0), {"name": "g", "value": 5.0}, _timing(3.0, tags={"new": "x"})]
+    answers = []
+    for path in both():
+        path.ingest.wal = WriteAheadLog(tmp_path / f"wal-{path.live is not None}")
+        assert _typed_points(path, first) == ([], [])
+        path.clock.advance(0.001)
+        decoded, to_sample = _batch_points(batch)
+        logged = LoggedBody("batch", json.dumps({"points": batch}).encode(), total=len(batch))
+        path.ingest.points(
+            "default", decoded, to_sample, "http", logged=logged,
+            reread=lambda: _batch_points(batch)[0],
+        )  # fmt: skip
+        snap = path.aggregator.swap()
+        if path.live is not None:
+            assert snap.held is not None and len(snap.held) == 3
+        path.ingest.commit(logged)
+        if path.live is not None:
+            assert snap.held is not None and len(snap.held) == 1  # only {other: y} stays held
+        answers.append((_rows_of_every_snapshot(path), path.aggregator.keys_in_memory()))
+    assert answers[1] == answers[0]
+    rows_of_snapshot = answers[0][0][0]  # the held snapshot's (the last swap's is empty)
+    rows = {
+        (key[1], key[2]): (count, total, last) for key, _, count, total, last in rows_of_snapshot
+    }
+    assert rows[("lat", ())] == (2.0, 3.0, "nan")
+    assert rows[("g", ())][2] == 5.0
+
+
+def test_what_a_held_snapshot_holds_is_read_discarded_and_materialized_as_the_reference() -> None:
+    """A snapshot's held interval, before the flush: a query's copy of one metric reads it, a
+    delete drops its series from it, and turned into accumulators (as the flusher does before
+    setting series aside) it gives the same rows."""
+    answers = []
+    for path in both():
+        path.send(b"lat:1|ms\nlat:2|ms|#host:a\ngone:1|c\nfine:3|g\nu:x|s\nu:y|s")
+        snap = path.aggregator.swap()
+        if path.live is not None:
+            assert snap.held is not None and len(snap.held) == 5
+        memory = path.aggregator.metric_in_memory("default", "lat")
+        rows = memory.rows(0, 0.0, float("inf"), lambda tags: True)
+        assert sorted(rows.sum.tolist()) == [1.0, 2.0]
+        assert path.aggregator.discard({("default", "gone", ())}) == 1
+        assert ("default", "gone", ()) not in path.aggregator.keys_in_memory()
+        assert snap.series_count() == 4
+        held = _rows_outcome(path.aggregator.snapshot_rows(snap))
+        snap.materialize(path.registry)
+        assert snap.held is None and path.aggregator.unfinishable(snap) == []
+        assert _rows_outcome(path.aggregator.snapshot_rows(snap)) == held
+        answers.append(held)
+    assert answers[1] == answers[0]
+
+
+def test_a_held_interval_the_core_cannot_bin_fails_with_the_reference_error() -> None:
+    """A value the core refuses to bin (a gauge run past the largest float by +N changes):
+    the finish of the held interval raises what the reference's finish raises for the same
+    entries, so the flusher materializes the snapshot and sets that series aside."""
+    registry = SeriesRegistry()
+    sid = registry.admit("default", "huge", (), MetricType.GAUGE, 10)
+    assert isinstance(sid, int)
+    entry = (T0, sid, 2.0, math.inf, 1e300, math.inf, math.inf, T0, array("d", [1e300, math.inf]),
+             None, None, 0)  # fmt: skip
+
+    class Unbinnable:
+        def __len__(self) -> int:
+            return 1
+
+        def columns(self) -> None:
+            return None
+
+        def sids(self) -> set[int]:
+            return {sid}
+
+        def copy(self, sids: list[int]) -> list[Any]:
+            return [entry] if sid in sids else []
+
+    with pytest.raises(ValueError, match="finite"):
+        snapshot.held_rows(Unbinnable(), registry)  # type: ignore[arg-type]

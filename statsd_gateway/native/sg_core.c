@@ -293,6 +293,35 @@ static int sid_in(int64_t sid, const int64_t *sids, size_t n) {
     return bsearch(&sid, sids, n, sizeof *sids, cmp_i64) != NULL;
 }
 
+long sg_table_find(const sg_table *t, double bucket, int64_t sid) {
+    if (!t->nslots) return -1;
+    size_t mask = t->nslots - 1;
+    for (size_t s = acc_hash(bucket, sid) & mask; t->slots[s]; s = (s + 1) & mask) {
+        const sg_acc *a = &t->accs[t->slots[s] - 1];
+        if (a->sid == sid && a->bucket == bucket) return (long)(t->slots[s] - 1);
+    }
+    return -1;
+}
+
+void sg_table_drop(sg_table *t, const unsigned char *gone) {
+    size_t kept = 0;
+    for (size_t i = 0; i < t->n; i++) {
+        sg_acc *a = &t->accs[i];
+        if (gone[i]) {
+            t->values -= a->n;
+            t->value_bytes -= acc_value_bytes(a);
+            if (a->members) t->member_bytes -= a->members->cap;
+            free(a->values);
+            free(a->weights);
+            members_free(a->members);
+        } else {
+            t->accs[kept++] = *a;
+        }
+    }
+    t->n = kept;
+    table_rehash(t, t->nslots);
+}
+
 size_t sg_table_discard(sg_table *t, const int64_t *sids, size_t n) {
     size_t kept = 0, gone = 0;
     for (size_t i = 0; i < t->n; i++) {

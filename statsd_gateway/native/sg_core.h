@@ -152,6 +152,10 @@ void sg_table_free(sg_table *t);
 size_t sg_table_memory(const sg_table *t);
 /* Removes the entries of the given series (sorted ascending); returns how many went. */
 size_t sg_table_discard(sg_table *t, const int64_t *sids, size_t n);
+/* The index of (bucket, sid) in t's accs, or -1. */
+long sg_table_find(const sg_table *t, double bucket, int64_t sid);
+/* Frees and removes the series-buckets i with gone[i] (the others keep their order). */
+void sg_table_drop(sg_table *t, const unsigned char *gone);
 
 sg_gauges *sg_gauges_new(void);
 void sg_gauges_free(sg_gauges *g);

@@ -25,6 +25,7 @@
 #include "sg_bins.h"
 #include "sg_chunks.h"
 #include "sg_core.h"
+#include "sg_interval.h"
 #include "sg_relay.h"
 #include "sg_windows.h"
 
@@ -88,8 +89,7 @@ static int cmp_sid(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-/* An iterable of ints -> a sorted int64 array (caller frees), or NULL with an exception. */
-static int64_t *sorted_sids(PyObject *iterable, size_t *n) {
+int64_t *sg_sorted_sids(PyObject *iterable, size_t *n) {
     PyObject *seq = PySequence_Fast(iterable, "series ids: an iterable of ints");
     if (!seq) return NULL;
     Py_ssize_t len = PySequence_Fast_GET_SIZE(seq);
@@ -116,7 +116,7 @@ static int64_t *sorted_sids(PyObject *iterable, size_t *n) {
 
 static PyObject *Gauges_forget(GaugesObject *self, PyObject *iterable) {
     size_t n;
-    int64_t *sids = sorted_sids(iterable, &n);
+    int64_t *sids = sg_sorted_sids(iterable, &n);
     if (!sids) return NULL;
     Py_BEGIN_ALLOW_THREADS sg_gauges_forget(self->g, sids, n);
     Py_END_ALLOW_THREADS PyMem_Free(sids);
@@ -667,7 +667,7 @@ static PyObject *doubles_array(const double *p, size_t n) {
 
 /* (bucket, sid, count, sum, min, max, last|None, last_ts, values|None, weights|None,
  *  members|None) of one series-bucket */
-static PyObject *entry_of(const sg_acc *a) {
+PyObject *sg_entry_of(const sg_acc *a) {
     PyObject *values = Py_None, *weights = Py_None, *members = Py_None, *last = Py_None;
     Py_INCREF(Py_None);
     Py_INCREF(Py_None);
@@ -710,16 +710,15 @@ done:
     return out;
 }
 
-/* The entries of table t (of the series `only`, sorted, unless it is NULL). `consume`: t is
- * freed next, so each entry's values are freed as soon as they are copied out, and the values
- * are never held twice over (the swap's peak memory is about one copy of them, not two). */
-static PyObject *entries_of(sg_table *t, const int64_t *only, size_t nonly, int consume) {
+/* sg_interval.h. With `consume`, the values are never held twice over (the swap's peak memory
+ * is about one copy of them, not two). */
+PyObject *sg_entries_of(sg_table *t, const int64_t *only, size_t nonly, int consume) {
     PyObject *out = PyList_New(0);
     if (!out) return NULL;
     for (size_t i = 0; i < t->n; i++) {
         sg_acc *a = &t->accs[i];
         if (only && !bsearch(&a->sid, only, nonly, sizeof *only, cmp_sid)) continue;
-        PyObject *e = entry_of(a);
+        PyObject *e = sg_entry_of(a);
         if (!e || PyList_Append(out, e) < 0) {
             Py_XDECREF(e);
             Py_DECREF(out);
@@ -735,29 +734,25 @@ static PyObject *entries_of(sg_table *t, const int64_t *only, size_t nonly, int 
     return out;
 }
 
-static PyObject *Core_swap(CoreObject *self, PyObject *unused) {
+static PyObject *Core_swap_interval(CoreObject *self, PyObject *unused) {
     core_lock(self);
     sg_table *t = sg_core_swap(self->core);
     pthread_mutex_unlock(&self->lock);
-    PyObject *out = entries_of(t, NULL, 0, 1);
-    sg_table_free(t);
-    return out;
+    return sg_interval_new(t);
 }
 
 static PyObject *Core_copy(CoreObject *self, PyObject *iterable) {
     size_t n;
-    int64_t *sids = sorted_sids(iterable, &n);
+    int64_t *sids = sg_sorted_sids(iterable, &n);
     if (!sids) return NULL;
     core_lock(self);
-    PyObject *out = entries_of(self->core->live, sids, n, 0);
+    PyObject *out = sg_entries_of(self->core->live, sids, n, 0);
     pthread_mutex_unlock(&self->lock);
     PyMem_Free(sids);
     return out;
 }
 
-static PyObject *Core_sids(CoreObject *self, PyObject *unused) {
-    core_lock(self);
-    const sg_table *t = self->core->live;
+PyObject *sg_table_sids(const sg_table *t) {
     PyObject *out = PySet_New(NULL);
     for (size_t i = 0; out && i < t->n; i++) {
         PyObject *sid = PyLong_FromLongLong(t->accs[i].sid);
@@ -768,13 +763,19 @@ static PyObject *Core_sids(CoreObject *self, PyObject *unused) {
         }
         Py_DECREF(sid);
     }
+    return out;
+}
+
+static PyObject *Core_sids(CoreObject *self, PyObject *unused) {
+    core_lock(self);
+    PyObject *out = sg_table_sids(self->core->live);
     pthread_mutex_unlock(&self->lock);
     return out;
 }
 
 static PyObject *Core_discard(CoreObject *self, PyObject *iterable) {
     size_t n;
-    int64_t *sids = sorted_sids(iterable, &n);
+    int64_t *sids = sg_sorted_sids(iterable, &n);
     if (!sids) return NULL;
     core_lock(self);
     size_t gone = sg_table_discard(self->core->live, sids, n);
@@ -1005,13 +1006,13 @@ static PyMethodDef Core_methods[] = {
      "apply_points(packed, members, now): what resolve_points() accepted, into the live table."},
     {"add", (PyCFunction)Core_add, METH_VARARGS,
      "add(samples, sids, now): admitted samples (HTTP points) into the live interval."},
-    {"swap", (PyCFunction)Core_swap, METH_NOARGS,
-     "The live interval's entries; the core starts a new one."},
     {"copy", (PyCFunction)Core_copy, METH_O, "Copies of the live entries of these series."},
     {"sids", (PyCFunction)Core_sids, METH_NOARGS, "The series ids in the live interval."},
     {"discard", (PyCFunction)Core_discard, METH_O,
      "Drops the live entries of these series; returns how many."},
     {"forget", (PyCFunction)Core_forget, METH_NOARGS, "Forgets every cached resolver answer."},
+    {"swap_interval", (PyCFunction)Core_swap_interval, METH_NOARGS,
+     "Starts a new live interval; returns the old one as an Interval (held in native memory)."},
     {"memory", (PyCFunction)Core_memory, METH_NOARGS,
      "(entries, values, bytes) of the live interval."},
     {"counts", (PyCFunction)Core_counts, METH_NOARGS,
@@ -1208,7 +1209,7 @@ PyMODINIT_FUNC PyInit__native(void) {
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
-    if (sg_chunks_ready(m) < 0 || sg_relay_ready(m) < 0) {
+    if (sg_chunks_ready(m) < 0 || sg_relay_ready(m) < 0 || sg_interval_ready(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }
