@@ -5,7 +5,7 @@ Contract:
 - `SeriesAccumulator` is mutated only by the aggregator, on the event loop. Whatever leaves
   memory is a copy of it (`copy()`, on the loop) or a snapshot that nothing adds to any more.
 - `finish_rows()` turns accumulators into one RowBatch (one row each, sketch values binned in
-  one numpy pass, or by the native core where they are all in its arrays: the same bins). It
+  one numpy pass, or by the native core where any is in one of its arrays: the same bins). It
   reads only what it is given: it runs off the loop (the flush worker, a query's thread).
 - `MemoryRows` is what a query gets of the interval still in memory: copies taken on the loop,
   finished off it by its one method, `rows()`.

@@ -23,7 +23,8 @@ Contract:
   writing them will take (the flush's transient arrays): the figure `storage.backfill_memory`
   bounds (backpressure.py).
 - A live source (`LiveSource`: the native core, native.py) holds series-buckets of the live
-  interval outside Python: swap() merges what it held into the snapshot, a query reads a copy of
+  interval outside Python: swap() keeps what one core alone held as it is (`Snapshot.held`,
+  held_interval.py) or merges what several held into the snapshot, a query reads a copy of
   its metric's part, and keys_in_memory(), discard() and memory_bytes() count it in.
 - The clock is injected: tests own time.
 """
@@ -35,6 +36,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from itertools import repeat
 
+from statsd_gateway import held_interval
 from statsd_gateway.accumulator import (
     MemoryEntry,
     MemoryRows,
@@ -55,7 +57,6 @@ from statsd_gateway.snapshot import (
     Snapshot,
     SnapshotEntry,
     collection_paused,
-    held_rows,
     merge_entries,
     native_bytes,
 )
@@ -288,7 +289,7 @@ class IntervalAggregator:
                 for x in samples
                 if (sid := ids.get((x.name, x.tags))) is not None
             ]
-            into.unhold(pairs, self.registry)
+            held_interval.unhold(into, pairs, self.registry)
         return self.add_samples(tenant, samples, into=into, now=now)
 
     def keys_in_memory(self) -> set[SeriesKey]:
@@ -368,7 +369,7 @@ class IntervalAggregator:
         else:
             with collection_paused():
                 for intervals in taken:  # each source's cores in one merge: see merge_entries
-                    entries = [e for interval in intervals for e in interval.entries()]
+                    entries = [e for interval in intervals for e in interval.entries()[0]]
                     self._live_bytes += merge_entries(
                         self._live, self._live_index, entries, self.registry
                     )
@@ -436,8 +437,7 @@ class IntervalAggregator:
         rows = finish_rows(ts, ids, accs, list(map(self.registry.key_of, ids)))
         if snap.held is None or not len(snap.held):
             return rows
-        held = held_rows(snap.held, self.registry)
-        return RowBatch.concat([rows, held]) if len(rows) else held
+        return held_interval.snapshot_rows(snap, rows, self.registry)
 
     def unfinishable(self, snap: Snapshot) -> list[tuple[SnapshotEntry, Exception]]:
         """The entries of a snapshot that cannot be finished into a row, each with its error,
@@ -454,27 +454,24 @@ class IntervalAggregator:
         return found
 
     def metric_in_memory(self, tenant: str, name: str) -> MemoryRows:
-        """What memory holds of one metric (the live interval and the pending snapshots), for a
-        query to finish off the loop. Runs on the loop: it reads the metric's entries through
-        each interval's index, so its cost follows that metric's series in memory, not
-        everything in memory, and copies their accumulators (nothing else is done here)."""
+        """What memory holds of one metric (the live interval and the pending snapshots, in that
+        order of theirs), for a query to finish off the loop. Runs on the loop: it reads the
+        metric's entries through each interval's index, so its cost follows that metric's
+        series in memory, and copies their accumulators (nothing else is done here); a held
+        interval and a live core are scanned whole for them (in C)."""
         out: list[MemoryEntry] = []
-        sources = [(s.seq, s.buckets, s.index) for s in self._pending]
-        sources.append((self._next_seq, self._live, self._live_index))
         key_of = self.registry.key_of
-        for seq, buckets, index in sources:
-            for ts, sid in index.get((tenant, name), ()):
-                acc = buckets.get(ts, {}).get(sid)
-                if acc is not None:  # None: set aside by the flusher
-                    out.append((seq, ts, sid, key_of(sid), acc.copy()))
-        held: list[tuple[int, HeldInterval | LiveSource]] = [
-            (s.seq, s.held) for s in self._pending if s.held is not None
-        ]
-        held += [(self._next_seq, source) for source in self.sources]
+        held = [s for s in self._pending if s.held is not None] or self.sources
         sids = list(self.registry.ids_of_metric(tenant, name)) if held else []
         mtype = self.registry.types.get((tenant, name))
-        for seq, part in held if sids and mtype is not None else ():
-            for entry in part.copy(sids):
+        for snap in self._pending:
+            out += held_interval.metric_entries(snap, tenant, name, sids, mtype, self.registry)
+        for ts, sid in self._live_index.get((tenant, name), ()):
+            acc = self._live.get(ts, {}).get(sid)
+            if acc is not None:
+                out.append((self._next_seq, ts, sid, key_of(sid), acc.copy()))
+        for source in self.sources if sids and mtype is not None else ():
+            for entry in source.copy(sids):
                 acc = SeriesAccumulator.from_native(entry, mtype)  # type: ignore[arg-type]
-                out.append((seq, entry[0], entry[1], key_of(entry[1]), acc))
+                out.append((self._next_seq, entry[0], entry[1], key_of(entry[1]), acc))
         return MemoryRows(out)

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from statsd_gateway import held_interval
 from statsd_gateway.aggregator import IntervalAggregator
 from statsd_gateway.errors import StoreError
 from statsd_gateway.idempotency import TTL_SECONDS, IdempotencyLedger
@@ -302,7 +303,7 @@ class Flusher:
         finishing the snapshot failed) or written, and removes them from it (logged and
         counted): True if any were found. A snapshot that keeps failing with no series to blame
         counts a data failure towards QUARANTINE_AFTER."""
-        snap.materialize(self.aggregator.registry)  # set aside by entry, held ones too
+        held_interval.materialize(snap, self.aggregator.registry)  # set aside by entry
         if rows is None:
             found = await self._on_worker(self.aggregator.unfinishable, snap)
         else:

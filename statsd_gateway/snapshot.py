@@ -14,12 +14,8 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import numpy as np
-import numpy.typing as npt
-
-from statsd_gateway import sketch
-from statsd_gateway.accumulator import NativeEntry, SeriesAccumulator, finish_rows
-from statsd_gateway.model import MetricType, RowBatch, Sample, SeriesKey
+from statsd_gateway.accumulator import NativeEntry, SeriesAccumulator
+from statsd_gateway.model import MetricType, Sample, SeriesKey
 from statsd_gateway.series_registry import SeriesRegistry
 
 # Memory per series-bucket (its accumulator, map slot and index entry: ~450 bytes held for a
@@ -60,25 +56,28 @@ class HeldInterval(Protocol):
 
     def sids(self) -> set[int]: ...
 
-    def copy(self, sids: list[int]) -> list[NativeEntry]:
-        """Copies of the entries of these series."""
+    # Each entry comes with its origin: its place in the interval as swapped out, the order
+    # its accumulator would have been made in (held_interval.py keeps rows in that order).
+    def copy(self, sids: list[int]) -> tuple[list[NativeEntry], list[int]]:
+        """(copies of the entries of these series, their origins)."""
         ...
 
     def discard(self, sids: list[int]) -> int:
         """Drops these series; returns how many entries."""
         ...
 
-    def pop(self, pairs: list[tuple[float, int]]) -> list[NativeEntry]:
-        """The entries of these (bucket, series id) pairs that are held, removed."""
+    def pop(self, pairs: list[tuple[float, int]]) -> tuple[list[NativeEntry], list[int]]:
+        """(the entries of these (bucket, series id) pairs that are held, their origins),
+        removed."""
         ...
 
-    def entries(self) -> list[NativeEntry]:
-        """Every entry; the interval is left empty."""
+    def entries(self) -> tuple[list[NativeEntry], list[int]]:
+        """(every entry, their origins); the interval is left empty."""
         ...
 
     def columns(self) -> tuple[Any, ...] | None:
-        """The rows as column buffers with their sketches binned (`Interval.columns` in
-        sg_interval_module.c), or None if a value cannot be binned."""
+        """The rows as column buffers with their sketches binned, and their origins
+        (`Interval.columns` in sg_interval_module.c), or None if a value cannot be binned."""
         ...
 
 
@@ -134,28 +133,14 @@ class Snapshot:
     gauges: dict[SeriesKey, tuple[float, float]] = field(default_factory=dict)
     memory_bytes: int = 0  # the aggregator's estimate when it was swapped out
     # Series-buckets a live source held, kept outside Python until the flush finishes them; none
-    # is also in `buckets` (a write into this snapshot moves the ones it adds to there first).
+    # is also in `buckets` (a write into this snapshot moves the ones it adds to there first,
+    # with their origins in `moved`: held_interval.py).
     held: HeldInterval | None = None
+    moved: dict[SnapshotEntry, int] = field(default_factory=dict)
 
     def series_count(self) -> int:
         held = 0 if self.held is None else len(self.held)
         return held + sum(len(m) for m in self.buckets.values())
-
-    def unhold(self, pairs: list[tuple[float, int]], registry: SeriesRegistry) -> None:
-        """Before a write adds to these (bucket, series id) pairs: what `held` has of them moves
-        into the maps, so the write adds after it exactly as into the live interval."""
-        if self.held is not None and pairs:
-            popped = self.held.pop(pairs)
-            if popped:
-                with collection_paused():
-                    merge_entries(self.buckets, self.index, popped, registry)
-
-    def materialize(self, registry: SeriesRegistry) -> None:
-        """All of `held` into the maps (on the loop: the flusher sets series aside by entry)."""
-        if self.held is not None:
-            with collection_paused():
-                merge_entries(self.buckets, self.index, self.held.entries(), registry)
-            self.held = None
 
     def remove(self, entries: Iterable[SnapshotEntry]) -> None:
         """Forgets these (bucket, series id) entries (the flusher set them aside as
@@ -227,51 +212,3 @@ def collection_paused() -> Iterator[None]:
     finally:
         if collecting:
             gc.enable()
-
-
-# The native core's type codes are MetricType's members in order.
-_TYPES = tuple(MetricType)
-
-
-def held_rows(held: HeldInterval, registry: SeriesRegistry) -> RowBatch:
-    """The rows of a held interval in one pass, as finish_rows gives them for the same
-    series-buckets (its sketches binned by the core). A value the core cannot bin: the
-    reference's finish_rows of the same entries raises the error that says which."""
-    key_of = registry.key_of
-    cols = held.columns()
-    if cols is None:
-        entries = held.copy(list(held.sids()))
-        keys_of = [key_of(e[1]) for e in entries]
-        accs = [
-            SeriesAccumulator.from_native(e, registry.types[(k[0], k[1])])
-            for e, k in zip(entries, keys_of, strict=True)
-        ]
-        return finish_rows([e[0] for e in entries], [e[1] for e in entries], accs, keys_of)
-    ts, sid, count, total, mn, mx, last, last_ts, types, has_values = cols[:10]
-    keys, counts, bounds, zero, sets = cols[10:]
-    n = len(held)
-
-    def f64(b: bytes) -> npt.NDArray[np.float64]:
-        return np.frombuffer(b, np.float64, n).copy()  # a RowBatch's columns are writable
-
-    ids = np.frombuffer(sid, np.int64, n).copy()
-    bounds_a = np.frombuffer(bounds, np.int64, 2 * n + 1)
-    binned = int(bounds_a[-1])
-    hll: list[bytes | None] = [None] * n
-    for row, members in sets:
-        hll[row] = sketch.hll_from_members(set(members))
-    rows = RowBatch(
-        ts=f64(ts), keys=list(map(key_of, ids.tolist())),
-        types=list(map(_TYPES.__getitem__, np.frombuffer(types, np.uint8, n).tolist())),
-        count=f64(count), sum=f64(total), min=f64(mn), max=f64(mx), last=f64(last),
-        last_ts=f64(last_ts),
-        sketches=sketch.flat_from_arrays(
-            np.frombuffer(keys, np.int64, binned), np.frombuffer(counts, np.float64, binned),
-            bounds_a, np.frombuffer(zero, np.float64, n),
-        ),
-        has_sketch=np.frombuffer(has_values, np.uint8, n).astype(np.bool_),
-        hll=hll, series=ids,
-    )  # fmt: skip
-    if not rows.count.all():  # no observation (a set's count counts its members): no row
-        rows = rows.take(np.flatnonzero(rows.count))
-    return rows

@@ -68,7 +68,9 @@ class SqliteStore:
         self.resolutions = tuple(resolutions)
         self.read_timeout = read_timeout
         self._writer_thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
-        self._readers = ThreadPoolExecutor(2, thread_name_prefix="sqlite-reader")
+        # Four: a query's reduction runs on the reader that read its rows (read_rows_then), so
+        # two long ones must not leave an idempotency lookup or a series listing waiting.
+        self._readers = ThreadPoolExecutor(4, thread_name_prefix="sqlite-reader")
         self._writer = SqliteWriter(self.path, self.resolutions, clock)
         self._local = threading.local()
         self._read_conns: list[sqlite3.Connection] = []
