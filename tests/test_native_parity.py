@@ -644,6 +644,19 @@ def _rows_of_every_snapshot(path: Path) -> list[Any]:
     return out
 
 
+def _judge_logged(path: Path, points: list[dict[str, Any]]) -> tuple[LoggedBody, Any]:
+    """A batch judged as a write-ahead-logged request judges it (a millisecond after what came
+    before), not yet committed: (its LoggedBody, the per-point answer)."""
+    path.clock.advance(0.001)
+    decoded, to_sample = _batch_points(points)
+    logged = LoggedBody("batch", json.dumps({"points": points}).encode(), total=len(points))
+    result = path.ingest.points(
+        "default", decoded, to_sample, "http", logged=logged,
+        reread=lambda: _batch_points(points)[0],
+    )  # fmt: skip
+    return logged, result
+
+
 @pytest.mark.parametrize("between", ["a swap", "a forgotten series"])
 def test_logged_typed_points_judged_anew_when_memory_changed_before_the_commit(
     tmp_path: pathlib.Path, between: str
@@ -660,13 +673,7 @@ def test_logged_typed_points_judged_anew_when_memory_changed_before_the_commit(
         assert _typed_points(path, first) == ([], [])  # no log entry asked: applied at once
         snap = path.aggregator.swap()
         path.aggregator.release(snap)  # as if flushed: "old" is in no memory now
-        path.clock.advance(0.001)
-        decoded, to_sample = _batch_points(batch)
-        logged = LoggedBody("batch", json.dumps({"points": batch}).encode(), total=len(batch))
-        result = path.ingest.points(
-            "default", decoded, to_sample, "http", logged=logged,
-            reread=lambda: _batch_points(batch)[0],
-        )  # fmt: skip
+        logged, result = _judge_logged(path, batch)
         assert logged.header is not None and logged.header["keep"] == [0, 1, 2]
         if between == "a swap":
             path.aggregator.swap()
@@ -699,13 +706,7 @@ def test_a_logged_body_committed_into_a_held_snapshot_adds_after_what_the_core_h
     for path in both():
         path.ingest.wal = WriteAheadLog(tmp_path / f"wal-{path.live is not None}")
         assert _typed_points(path, first) == ([], [])
-        path.clock.advance(0.001)
-        decoded, to_sample = _batch_points(batch)
-        logged = LoggedBody("batch", json.dumps({"points": batch}).encode(), total=len(batch))
-        path.ingest.points(
-            "default", decoded, to_sample, "http", logged=logged,
-            reread=lambda: _batch_points(batch)[0],
-        )  # fmt: skip
+        logged, _ = _judge_logged(path, batch)
         snap = path.aggregator.swap()
         if path.live is not None:
             assert snap.held is not None and len(snap.held) == 3
@@ -788,13 +789,7 @@ def test_a_held_snapshot_keeps_the_reference_order_of_its_rows(tmp_path: pathlib
     for path in both():
         path.ingest.wal = WriteAheadLog(tmp_path / f"wal-{path.live is not None}")
         path.send(data)
-        path.clock.advance(0.001)
-        decoded, to_sample = _batch_points(late)
-        logged = LoggedBody("batch", json.dumps({"points": late}).encode(), total=len(late))
-        path.ingest.points(
-            "default", decoded, to_sample, "http", logged=logged,
-            reread=lambda: _batch_points(late)[0],
-        )  # fmt: skip
+        logged, _ = _judge_logged(path, late)
         snap = path.aggregator.swap()
         assert (snap.held is not None) == (path.live is not None)
         path.ingest.commit(logged)

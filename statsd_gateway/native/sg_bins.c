@@ -124,3 +124,14 @@ long sg_bin_series(sg_binner *b, const double *v, const double *w, size_t n, int
     *zero = z;
     return (long)(pos + neg);
 }
+
+int sg_bin_run(sg_binner *b, const double *v, const double *w, size_t n, size_t i,
+               int64_t *keys, double *counts, int64_t *bounds, double *zero, size_t *at) {
+    size_t npos = 0;
+    long got = sg_bin_series(b, v, w, n, keys + *at, counts + *at, &npos, &zero[i]);
+    if (got < 0) return -1;
+    bounds[2 * i + 1] = (int64_t)(*at + npos);
+    *at += (size_t)got;
+    bounds[2 * i + 2] = (int64_t)*at;
+    return 0;
+}

@@ -40,4 +40,11 @@ void sg_binner_free(sg_binner *b);
 long sg_bin_series(sg_binner *b, const double *v, const double *w, size_t n, int64_t *keys,
                    double *counts, size_t *npos, double *zero);
 
+/* Series i of many binned into one flat run (sketch.FlatBins' layout): its bins at keys/counts
+ * + *at, its bounds at bounds[2i + 1] (the end of its positive keys) and bounds[2i + 2] (its
+ * end; bounds[0] is 0), its zero bucket's weight in zero[i]; *at moves past them. 0, or -1 as
+ * sg_bin_series. */
+int sg_bin_run(sg_binner *b, const double *v, const double *w, size_t n, size_t i,
+               int64_t *keys, double *counts, int64_t *bounds, double *zero, size_t *at);
+
 #endif

@@ -323,24 +323,12 @@ void sg_table_drop(sg_table *t, const unsigned char *gone) {
 }
 
 size_t sg_table_discard(sg_table *t, const int64_t *sids, size_t n) {
-    size_t kept = 0, gone = 0;
-    for (size_t i = 0; i < t->n; i++) {
-        sg_acc *a = &t->accs[i];
-        if (sid_in(a->sid, sids, n)) {
-            t->values -= a->n;
-            t->value_bytes -= acc_value_bytes(a);
-            if (a->members) t->member_bytes -= a->members->cap;
-            free(a->values);
-            free(a->weights);
-            members_free(a->members);
-            gone++;
-        } else {
-            t->accs[kept++] = *a;
-        }
-    }
-    t->n = kept;
-    table_rehash(t, t->nslots);
-    return gone;
+    unsigned char *gone = xcalloc(t->n ? t->n : 1, 1);
+    size_t dropped = 0;
+    for (size_t i = 0; i < t->n; i++) dropped += gone[i] = sid_in(t->accs[i].sid, sids, n);
+    sg_table_drop(t, gone);
+    free(gone);
+    return dropped;
 }
 
 /* ---- set members */

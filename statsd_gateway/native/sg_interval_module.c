@@ -259,18 +259,10 @@ static PyObject *Interval_columns(IntervalObject *self, PyObject *unused) {
     sg_binner binner = {0};
     Py_BEGIN_ALLOW_THREADS;
     bounds[0] = 0;
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; finite && i < n; i++) {
         const sg_acc *a = &t->accs[i];
-        size_t npos = 0;
-        long got = sg_bin_series(&binner, a->values, a->weights, a->n, keys + at, counts + at,
-                                 &npos, &zero[i]);
-        if (got < 0) {
-            finite = 0;
-            break;
-        }
-        bounds[2 * i + 1] = (int64_t)(at + npos);
-        at += (size_t)got;
-        bounds[2 * i + 2] = (int64_t)at;
+        finite = sg_bin_run(&binner, a->values, a->weights, a->n, i, keys, counts, bounds, zero,
+                            &at) == 0;
     }
     sg_binner_free(&binner);
     Py_END_ALLOW_THREADS;

@@ -1124,18 +1124,10 @@ static PyObject *bin_values(PyObject *m, PyObject *args) {
     sg_binner binner = {0};
     Py_BEGIN_ALLOW_THREADS;
     b[0] = 0;
-    for (Py_ssize_t i = 0; i < m_series; i++) {
-        size_t npos = 0;
+    for (Py_ssize_t i = 0; finite && i < m_series; i++) {
         const double *w = wb[i].buf ? wb[i].buf : NULL;
-        long got = sg_bin_series(&binner, vb[i].buf, w, (size_t)vb[i].len / 8, k + at, c + at,
-                                 &npos, &z[i]);
-        if (got < 0) {
-            finite = 0;
-            break;
-        }
-        b[2 * i + 1] = (int64_t)(at + npos);
-        at += (size_t)got;
-        b[2 * i + 2] = (int64_t)at;
+        finite = sg_bin_run(&binner, vb[i].buf, w, (size_t)vb[i].len / 8, (size_t)i, k, c, b, z,
+                            &at) == 0;
     }
     sg_binner_free(&binner);
     Py_END_ALLOW_THREADS;
